@@ -1,0 +1,640 @@
+//! Talking to the metadata group: node identity, registration, heartbeats, delete orders.
+//!
+//! What must stay true:
+//! - `<data-dir>/node.json` (`{"uuid", "node_id", "cluster"}`) is written atomically; the uuid
+//!   is made once and never changes, so a restarted server keeps its node id. A data dir made
+//!   under another cluster secret is refused.
+//! - Registration goes to the metadata nodes in turn (followers forward to the leader) and is
+//!   retried with backoff until it succeeds or the process stops.
+//! - Every metadata node gets its own heartbeat every second on its own task with its own
+//!   timeout, so a dead node never delays the others; each node gets the full inventory on
+//!   its first heartbeat and every 30 s after.
+//! - Deleting is idempotent: ordered deletions run on one background task, and each deleted
+//!   id is acknowledged (`deleted`) in the heartbeats of the next ~10 seconds.
+//! - Every request carries `x-dfs-node-auth` (proof of the cluster secret).
+use crate::metrics::Metrics;
+use crate::store::Store;
+use dfs_common::headers::NODE_AUTH;
+use dfs_common::token::ClusterSecret;
+use dfs_proto::meta_client::MetaClient;
+use dfs_proto::{HeartbeatRequest, RegisterChunkServerRequest};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest wait for one metadata node's heartbeat answer.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for one registration attempt (a Raft commit behind it).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const INVENTORY_EVERY: Duration = Duration::from_secs(30);
+/// How long a deleted chunk id keeps being acknowledged (about 10 heartbeats).
+const ACK_DELETES_FOR: Duration = Duration::from_secs(10);
+/// Delete orders waiting for the deleter; more are dropped (the leader repeats them).
+const DELETE_QUEUE: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("cannot read node identity file {path}: {source}")]
+    ReadIdentity {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("node identity file {path} is damaged ({reason}); restore it or move the data dir away")]
+    BadIdentity { path: PathBuf, reason: String },
+    #[error("cannot write node identity file {path}: {source}")]
+    WriteIdentity {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("data dir {path} belongs to another cluster (it was set up with a different cluster secret)")]
+    OtherCluster { path: PathBuf },
+    #[error("metadata address {addr:?} is not usable: {reason}")]
+    BadAddress { addr: String, reason: String },
+    #[error("no metadata address given")]
+    NoAddress,
+    #[error("stopped before registering with the metadata service")]
+    Stopped,
+}
+
+/// What `<data-dir>/node.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// Random, made on first start, never changed.
+    pub uuid: String,
+    /// Given by the metadata group at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Fingerprint of the cluster secret this data dir was set up with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+impl NodeIdentity {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("node.json")
+    }
+
+    /// Read `node.json`, or make and save a new identity on first start.
+    pub fn load_or_create(data_dir: &Path, secret: &ClusterSecret) -> Result<Self, LinkError> {
+        let path = Self::path(data_dir);
+        let fingerprint = secret.fingerprint();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut id: NodeIdentity =
+                    serde_json::from_slice(&bytes).map_err(|e| LinkError::BadIdentity {
+                        path: path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if uuid::Uuid::parse_str(&id.uuid).is_err() {
+                    return Err(LinkError::BadIdentity {
+                        path,
+                        reason: format!("{:?} is not a UUID", id.uuid),
+                    });
+                }
+                match &id.cluster {
+                    Some(c) if *c != fingerprint => {
+                        return Err(LinkError::OtherCluster {
+                            path: data_dir.to_path_buf(),
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        id.cluster = Some(fingerprint);
+                        id.save(data_dir)?;
+                    }
+                }
+                Ok(id)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = NodeIdentity {
+                    uuid: uuid::Uuid::new_v4().to_string(),
+                    node_id: None,
+                    cluster: Some(fingerprint),
+                };
+                id.save(data_dir)?;
+                Ok(id)
+            }
+            Err(source) => Err(LinkError::ReadIdentity { path, source }),
+        }
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<(), LinkError> {
+        let path = Self::path(data_dir);
+        let mut text = serde_json::to_vec_pretty(self).map_err(|e| LinkError::BadIdentity {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        text.push(b'\n');
+        dfs_common::durable::write_atomic(&path, &text)
+            .map_err(|source| LinkError::WriteIdentity { path, source })
+    }
+}
+
+/// Turn `host:port` or `http://host:port` into a lazily connected channel.
+fn channel(addr: &str) -> Result<Channel, LinkError> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| LinkError::BadAddress {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+/// Chunks deleted on order, and orders not carried out yet.
+#[derive(Default)]
+struct DeleteLog {
+    /// Deleted ids with the time of deletion, oldest first.
+    recent: VecDeque<(String, Instant)>,
+    recent_set: HashSet<String>,
+    pending: HashSet<String>,
+}
+
+impl DeleteLog {
+    fn prune(&mut self, now: Instant) {
+        while let Some((id, at)) = self.recent.front() {
+            if now.duration_since(*at) < ACK_DELETES_FOR {
+                break;
+            }
+            self.recent_set.remove(id);
+            self.recent.pop_front();
+        }
+    }
+
+    /// Ids to acknowledge in the next heartbeat.
+    fn acks(&mut self) -> Vec<String> {
+        self.prune(Instant::now());
+        self.recent.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    fn done(&mut self, id: String) {
+        self.pending.remove(&id);
+        if self.recent_set.insert(id.clone()) {
+            self.recent.push_back((id, Instant::now()));
+        }
+    }
+}
+
+struct Target {
+    addr: String,
+    client: MetaClient<Channel>,
+}
+
+/// Registration and heartbeats towards every metadata node.
+pub struct MetaLink {
+    targets: Vec<Target>,
+    auth: AsciiMetadataValue,
+    advertise: String,
+    store: Store,
+    metrics: Arc<Metrics>,
+    node_id: Arc<AtomicU64>,
+    deletes: Mutex<DeleteLog>,
+    delete_tx: mpsc::Sender<String>,
+    delete_rx: Mutex<Option<mpsc::Receiver<String>>>,
+}
+
+impl MetaLink {
+    pub fn new(
+        meta_addrs: &[String],
+        secret: &ClusterSecret,
+        advertise: String,
+        store: Store,
+        metrics: Arc<Metrics>,
+        node_id: Arc<AtomicU64>,
+    ) -> Result<Self, LinkError> {
+        let mut targets = Vec::new();
+        for addr in meta_addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+            targets.push(Target {
+                addr: addr.to_string(),
+                client: MetaClient::new(channel(addr)?),
+            });
+        }
+        if targets.is_empty() {
+            return Err(LinkError::NoAddress);
+        }
+        let auth = MetadataValue::try_from(secret.node_proof()).map_err(|e| LinkError::BadAddress {
+            addr: NODE_AUTH.to_string(),
+            reason: e.to_string(),
+        })?;
+        let (delete_tx, delete_rx) = mpsc::channel(DELETE_QUEUE);
+        Ok(Self {
+            targets,
+            auth,
+            advertise,
+            store,
+            metrics,
+            node_id,
+            deletes: Mutex::new(DeleteLog::default()),
+            delete_tx,
+            delete_rx: Mutex::new(Some(delete_rx)),
+        })
+    }
+
+    fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert(NODE_AUTH, self.auth.clone());
+        req.set_timeout(timeout);
+        req
+    }
+
+    fn deletes(&self) -> std::sync::MutexGuard<'_, DeleteLog> {
+        self.deletes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register until it works; saves and returns the node id. Returns `Stopped` if
+    /// `shutdown` fires first.
+    pub async fn register(
+        &self,
+        identity: &mut NodeIdentity,
+        data_dir: &Path,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<u64, LinkError> {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            let mut last_error = String::new();
+            for t in &self.targets {
+                let req = self.request(
+                    RegisterChunkServerRequest {
+                        uuid: identity.uuid.clone(),
+                        addr: self.advertise.clone(),
+                        capacity_bytes: self.store.capacity(),
+                    },
+                    REGISTER_TIMEOUT,
+                );
+                let mut client = t.client.clone();
+                let outcome = tokio::select! {
+                    r = tokio::time::timeout(REGISTER_TIMEOUT, client.register_chunk_server(req)) => r,
+                    _ = shutdown.changed() => return Err(LinkError::Stopped),
+                };
+                match outcome {
+                    Ok(Ok(reply)) => {
+                        let id = reply.into_inner().node_id;
+                        if id == 0 {
+                            last_error = format!("{} answered with node id 0", t.addr);
+                            continue;
+                        }
+                        if identity.node_id.is_some_and(|old| old != id) {
+                            tracing::warn!(
+                                uuid = %identity.uuid,
+                                old_node_id = identity.node_id.unwrap_or(0),
+                                node_id = id,
+                                "the metadata service gave this server a new node id"
+                            );
+                        }
+                        if identity.node_id != Some(id) {
+                            identity.node_id = Some(id);
+                            identity.save(data_dir)?;
+                        }
+                        return Ok(id);
+                    }
+                    Ok(Err(status)) => {
+                        last_error = format!("{}: {:?}: {}", t.addr, status.code(), status.message());
+                    }
+                    Err(_) => {
+                        last_error = format!("{}: no answer within {:?}", t.addr, REGISTER_TIMEOUT);
+                    }
+                }
+            }
+            // Quiet while a fresh cluster elects its leader, then say what is wrong.
+            if attempt >= 2 {
+                tracing::warn!(
+                    uuid = %identity.uuid,
+                    waited_s = started.elapsed().as_secs(),
+                    last_error = %last_error,
+                    "still trying to register with the metadata service"
+                );
+            }
+            let delay = Duration::from_millis(200)
+                .saturating_mul(1u32 << attempt.min(5))
+                .min(Duration::from_secs(5));
+            attempt = attempt.saturating_add(1);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return Err(LinkError::Stopped),
+            }
+        }
+    }
+
+    /// Start the heartbeat task of every metadata node and the deleter.
+    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut handles = Vec::new();
+        let rx = self
+            .delete_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(rx) = rx {
+            handles.push(tokio::spawn(Arc::clone(self).deleter(rx, shutdown.clone())));
+        }
+        for i in 0..self.targets.len() {
+            handles.push(tokio::spawn(Arc::clone(self).heartbeat_loop(i, shutdown.clone())));
+        }
+        handles
+    }
+
+    fn heartbeat(&self, with_inventory: bool) -> HeartbeatRequest {
+        let inventory = if with_inventory {
+            self.store.inventory()
+        } else {
+            Vec::new()
+        };
+        HeartbeatRequest {
+            node_id: self.node_id.load(Ordering::Relaxed),
+            addr: self.advertise.clone(),
+            capacity_bytes: self.store.capacity(),
+            used_bytes: self.store.used_bytes(),
+            chunk_count: self.store.chunk_count(),
+            active_transfers: u32::try_from(self.metrics.active_transfers.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+            deleted: self.deletes().acks(),
+            inventory,
+            inventory_included: with_inventory,
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, i: usize, mut shutdown: watch::Receiver<bool>) {
+        let addr = self.targets[i].addr.clone();
+        let mut client = self.targets[i].client.clone();
+        let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_inventory: Option<Instant> = None;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let with_inventory = last_inventory.is_none_or(|t| t.elapsed() >= INVENTORY_EVERY);
+            let req = self.request(self.heartbeat(with_inventory), HEARTBEAT_TIMEOUT);
+            let node_id = self.node_id.load(Ordering::Relaxed);
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(req)) => r,
+                _ = shutdown.changed() => return,
+            };
+            let error = match outcome {
+                Ok(Ok(reply)) => {
+                    Metrics::inc(&self.metrics.heartbeats_total);
+                    if with_inventory {
+                        last_inventory = Some(Instant::now());
+                    }
+                    if let Some(since) = failing_since.take() {
+                        tracing::info!(node_id, metasrv = %addr, down_s = since.elapsed().as_secs(), "heartbeats reach the metadata node again");
+                    }
+                    self.order_deletes(reply.into_inner().delete);
+                    continue;
+                }
+                Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+                Err(_) => format!("no answer within {HEARTBEAT_TIMEOUT:?}"),
+            };
+            Metrics::inc(&self.metrics.heartbeat_failures_total);
+            if failing_since.is_none() {
+                failing_since = Some(Instant::now());
+                tracing::warn!(node_id, metasrv = %addr, error = %error, "heartbeat failed");
+            }
+        }
+    }
+
+    /// Queue delete orders not already queued or done.
+    fn order_deletes(&self, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut log = self.deletes();
+        for id in ids {
+            if log.recent_set.contains(&id) || log.pending.contains(&id) {
+                continue;
+            }
+            if self.delete_tx.try_send(id.clone()).is_ok() {
+                log.pending.insert(id);
+            }
+        }
+    }
+
+    async fn deleter(self: Arc<Self>, mut rx: mpsc::Receiver<String>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let id = tokio::select! {
+                id = rx.recv() => match id { Some(id) => id, None => return },
+                _ = shutdown.changed() => return,
+            };
+            let node_id = self.node_id.load(Ordering::Relaxed);
+            match self.store.delete(&id).await {
+                Ok(existed) => {
+                    tracing::debug!(node_id, chunk_id = %id, existed, "chunk deleted on order");
+                    self.deletes().done(id);
+                }
+                Err(crate::store::StoreError::InvalidChunkId(_)) => {
+                    // Nothing by that name can exist here; acknowledge so the order stops.
+                    tracing::warn!(node_id, chunk_id = %id.chars().take(64).collect::<String>(), "delete order for an invalid chunk id");
+                    self.deletes().done(id);
+                }
+                Err(e) => {
+                    tracing::warn!(node_id, chunk_id = %id, error = %e, "cannot delete chunk; will retry when ordered again");
+                    self.deletes().pending.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+    use dfs_proto::meta_server::{Meta, MetaServer};
+    use dfs_proto::*;
+    use tonic::{Request, Response, Status};
+
+    #[test]
+    fn identity_is_made_once_and_tied_to_the_cluster() {
+        let d = tempfile::tempdir().unwrap();
+        let s = ClusterSecret::new(b"0123456789abcdef".to_vec());
+        let a = NodeIdentity::load_or_create(d.path(), &s).unwrap();
+        assert!(a.node_id.is_none());
+        let mut b = NodeIdentity::load_or_create(d.path(), &s).unwrap();
+        assert_eq!(a, b);
+        b.node_id = Some(4);
+        b.save(d.path()).unwrap();
+        let text = std::fs::read_to_string(d.path().join("node.json")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["node_id"], 4);
+        assert_eq!(v["uuid"], a.uuid.as_str());
+        assert_eq!(NodeIdentity::load_or_create(d.path(), &s).unwrap().node_id, Some(4));
+        let other = ClusterSecret::new(b"fedcba9876543210".to_vec());
+        assert!(matches!(
+            NodeIdentity::load_or_create(d.path(), &other),
+            Err(LinkError::OtherCluster { .. })
+        ));
+        std::fs::write(d.path().join("node.json"), b"{not json").unwrap();
+        assert!(matches!(
+            NodeIdentity::load_or_create(d.path(), &s),
+            Err(LinkError::BadIdentity { .. })
+        ));
+    }
+
+    #[test]
+    fn delete_acks_expire() {
+        let mut log = DeleteLog::default();
+        log.pending.insert("a".into());
+        log.done("a".into());
+        log.done("a".into());
+        assert_eq!(log.acks(), vec!["a".to_string()]);
+        assert!(log.pending.is_empty());
+        log.prune(Instant::now() + ACK_DELETES_FOR);
+        assert!(log.acks().is_empty());
+    }
+
+    /// A fake metadata node recording what it is sent.
+    #[derive(Default)]
+    struct FakeMeta {
+        proof: String,
+        registers: Mutex<Vec<RegisterChunkServerRequest>>,
+        heartbeats: Mutex<Vec<HeartbeatRequest>>,
+        delete: Mutex<Vec<String>>,
+        fail_registers: AtomicU64,
+    }
+
+    fn unimpl<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("fake"))
+    }
+
+    #[tonic::async_trait]
+    impl Meta for Arc<FakeMeta> {
+        async fn mkdir(&self, _: Request<MkdirRequest>) -> Result<Response<Empty>, Status> { unimpl() }
+        async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListReply>, Status> { unimpl() }
+        async fn stat(&self, _: Request<StatRequest>) -> Result<Response<FileInfo>, Status> { unimpl() }
+        async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<Empty>, Status> { unimpl() }
+        async fn remove(&self, _: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> { unimpl() }
+        async fn usage(&self, _: Request<StatRequest>) -> Result<Response<UsageReply>, Status> { unimpl() }
+        async fn allocate_chunks(&self, _: Request<AllocateRequest>) -> Result<Response<AllocateReply>, Status> { unimpl() }
+        async fn commit_file(&self, _: Request<CommitRequest>) -> Result<Response<FileInfo>, Status> { unimpl() }
+        async fn open_read(&self, _: Request<StatRequest>) -> Result<Response<OpenReadReply>, Status> { unimpl() }
+        async fn report_bad_replica(&self, _: Request<BadReplicaReport>) -> Result<Response<Empty>, Status> { unimpl() }
+        async fn who_am_i(&self, _: Request<Empty>) -> Result<Response<UserInfo>, Status> { unimpl() }
+        async fn user_add(&self, _: Request<UserAddRequest>) -> Result<Response<UserAddReply>, Status> { unimpl() }
+        async fn user_list(&self, _: Request<Empty>) -> Result<Response<UserListReply>, Status> { unimpl() }
+        async fn user_remove(&self, _: Request<UserRemoveRequest>) -> Result<Response<Empty>, Status> { unimpl() }
+        async fn register(&self, _: Request<UserAddRequest>) -> Result<Response<UserAddReply>, Status> { unimpl() }
+        async fn cluster_status(&self, _: Request<StatusRequest>) -> Result<Response<ClusterStatusReply>, Status> { unimpl() }
+        async fn add_member(&self, _: Request<AddMemberRequest>) -> Result<Response<Empty>, Status> { unimpl() }
+        async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<Empty>, Status> { unimpl() }
+        async fn import(&self, _: Request<ImportRequest>) -> Result<Response<ImportReply>, Status> { unimpl() }
+        async fn export(&self, _: Request<Empty>) -> Result<Response<ExportReply>, Status> { unimpl() }
+
+        async fn register_chunk_server(
+            &self,
+            req: Request<RegisterChunkServerRequest>,
+        ) -> Result<Response<RegisterChunkServerReply>, Status> {
+            let proof = req.metadata().get(NODE_AUTH).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if proof != self.proof {
+                return Err(Status::unauthenticated("bad node proof"));
+            }
+            if self.fail_registers.load(Ordering::Relaxed) > 0 {
+                self.fail_registers.fetch_sub(1, Ordering::Relaxed);
+                return Err(Status::unavailable("electing"));
+            }
+            self.registers.lock().unwrap().push(req.into_inner());
+            Ok(Response::new(RegisterChunkServerReply { node_id: 3 }))
+        }
+
+        async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+            let proof = req.metadata().get(NODE_AUTH).and_then(|v| v.to_str().ok()).unwrap_or("");
+            if proof != self.proof {
+                return Err(Status::unauthenticated("bad node proof"));
+            }
+            self.heartbeats.lock().unwrap().push(req.into_inner());
+            let delete = std::mem::take(&mut *self.delete.lock().unwrap());
+            Ok(Response::new(HeartbeatReply { delete, leader: true }))
+        }
+    }
+
+    #[tokio::test]
+    async fn registers_heartbeats_and_deletes() {
+        let secret = ClusterSecret::new(b"0123456789abcdef".to_vec());
+        let fake = Arc::new(FakeMeta {
+            proof: secret.node_proof(),
+            fail_registers: AtomicU64::new(2),
+            ..Default::default()
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MetaServer::new(Arc::clone(&fake)))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+
+        let d = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let store = Store::open(
+            StoreConfig {
+                data_dir: d.path().to_path_buf(),
+                backup_dir: None,
+                capacity: 1 << 30,
+            },
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        let id = "0a1b2c3d-1111-4222-8333-444455556666";
+        let mut w = store.begin_write(id).unwrap();
+        w.write(vec![1, 2, 3]).await.unwrap();
+        w.finish().await.unwrap();
+
+        let node_id = Arc::new(AtomicU64::new(0));
+        // The first address is dead: registration moves on to the next.
+        let link = Arc::new(
+            MetaLink::new(
+                &["127.0.0.1:1".to_string(), addr.to_string()],
+                &secret,
+                "127.0.0.1:9999".into(),
+                store.clone(),
+                metrics,
+                Arc::clone(&node_id),
+            )
+            .unwrap(),
+        );
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let mut ident = NodeIdentity::load_or_create(d.path(), &secret).unwrap();
+        let got = link.register(&mut ident, d.path(), &mut stop_rx).await.unwrap();
+        assert_eq!(got, 3);
+        assert_eq!(NodeIdentity::load_or_create(d.path(), &secret).unwrap().node_id, Some(3));
+        {
+            let regs = fake.registers.lock().unwrap();
+            assert_eq!(regs[0].uuid, ident.uuid);
+            assert_eq!(regs[0].addr, "127.0.0.1:9999");
+        }
+        node_id.store(got, Ordering::Relaxed);
+
+        fake.delete.lock().unwrap().push(id.to_string());
+        let handles = link.spawn(stop_rx.clone());
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        stop_tx.send(true).unwrap();
+        for h in handles {
+            h.await.unwrap();
+        }
+        let beats = fake.heartbeats.lock().unwrap();
+        assert!(beats.len() >= 3, "{} heartbeats", beats.len());
+        assert!(beats[0].inventory_included);
+        assert_eq!(beats[0].inventory, vec![id.to_string()]);
+        assert_eq!(beats[0].node_id, 3);
+        assert!(!beats[1].inventory_included && beats[1].inventory.is_empty());
+        assert!(beats[1..].iter().any(|b| b.deleted == vec![id.to_string()]));
+        assert_eq!(beats.last().unwrap().chunk_count, 0);
+        assert_eq!(store.chunk_count(), 0);
+    }
+}

@@ -1,0 +1,508 @@
+//! The gRPC `Chunk` service: token-checked chunk writes and reads over the store.
+//!
+//! What must stay true:
+//! - No byte is written or read before the request's chunk token is verified for that chunk
+//!   and operation (`Op::Write` / `Op::Read`) with the cluster secret.
+//! - `Write` answers only after the chunk (and its backup) is durable; a stream that breaks,
+//!   stalls or ends in an error leaves nothing visible.
+//! - `Read` streams only verified bytes; every failure is a `Status` with a meaningful code and
+//!   a sentence a person can act on, never a panic.
+use crate::metrics::{Method, Metrics};
+use crate::store::{validate_chunk_id, ChunkMeta, Store, StoreError};
+use dfs_common::token::{ClusterSecret, Op, TokenError};
+use dfs_common::STREAM_PIECE;
+use dfs_proto::chunk_server::{Chunk, ChunkServer};
+use dfs_proto::{ReadChunkReply, ReadChunkRequest, WriteChunkReply, WriteChunkRequest};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Largest gRPC message accepted or sent: one 1 MiB piece plus generous overhead.
+pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// A write whose client sends nothing for this long is abandoned.
+const WRITE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `Chunk` service state.
+pub struct ChunkService {
+    store: Store,
+    secret: ClusterSecret,
+    metrics: Arc<Metrics>,
+    /// 0 until registered with the metadata group.
+    node_id: Arc<AtomicU64>,
+}
+
+impl ChunkService {
+    pub fn new(
+        store: Store,
+        secret: ClusterSecret,
+        metrics: Arc<Metrics>,
+        node_id: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            store,
+            secret,
+            metrics,
+            node_id,
+        }
+    }
+
+    /// The tonic server with message limits set for 1 MiB pieces.
+    pub fn into_server(self) -> ChunkServer<ChunkService> {
+        ChunkServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    fn check_token(&self, token: &str, op: Op, chunk_id: &str) -> Result<(), Status> {
+        let what = match op {
+            Op::Read => "read",
+            Op::Write => "write",
+        };
+        let result = if token.is_empty() {
+            Err(Status::unauthenticated(format!(
+                "the {what} request for chunk {chunk_id} carries no chunk token; ask the metadata service for one"
+            )))
+        } else {
+            self.secret
+                .verify_chunk(token, op, chunk_id, now_ms())
+                .map_err(|e| token_status(&e, what, chunk_id))
+        };
+        if result.is_err() {
+            Metrics::inc(&self.metrics.token_rejections_total);
+        }
+        result
+    }
+
+    async fn do_write(&self, mut stream: Streaming<WriteChunkRequest>) -> Result<WriteChunkReply, Status> {
+        let node_id = self.node_id.load(Ordering::Relaxed);
+        if node_id == 0 {
+            return Err(Status::unavailable(
+                "this chunk server has not registered with the metadata service yet; retry shortly",
+            ));
+        }
+        let first = next_message(&mut stream)
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the write stream ended before its first message (chunk id and token)"))?;
+        if first.chunk_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "the first write message must carry the chunk id and its token",
+            ));
+        }
+        let chunk_id = first.chunk_id;
+        validate_chunk_id(&chunk_id).map_err(store_status)?;
+        self.check_token(&first.token, Op::Write, &chunk_id)?;
+
+        let mut writer = self.store.begin_write(&chunk_id).map_err(store_status)?;
+        writer.write(first.data).await.map_err(store_status)?;
+        while let Some(msg) = next_message(&mut stream).await? {
+            if !msg.chunk_id.is_empty() && msg.chunk_id != chunk_id {
+                return Err(Status::invalid_argument(format!(
+                    "a write stream carries one chunk: got {:?} in the stream of chunk {chunk_id}",
+                    msg.chunk_id.chars().take(64).collect::<String>()
+                )));
+            }
+            writer.write(msg.data).await.map_err(store_status)?;
+        }
+        let ChunkMeta { size, crc32c } = writer.finish().await.map_err(store_status)?;
+        Metrics::inc(&self.metrics.writes_total);
+        Metrics::add(&self.metrics.written_bytes_total, size);
+        tracing::debug!(node_id, chunk_id = %chunk_id, size, crc32c, "chunk written");
+        Ok(WriteChunkReply {
+            size,
+            crc32c,
+            node_id,
+        })
+    }
+}
+
+/// The next client message; `None` at the end of the stream. A broken or stalled stream is
+/// an error (dropping the store writer then removes its temp files).
+async fn next_message(stream: &mut Streaming<WriteChunkRequest>) -> Result<Option<WriteChunkRequest>, Status> {
+    match tokio::time::timeout(WRITE_IDLE_TIMEOUT, stream.message()).await {
+        Ok(Ok(m)) => Ok(m),
+        Ok(Err(status)) => Err(Status::new(
+            status.code(),
+            format!("the write stream broke: {}", status.message()),
+        )),
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no data arrived for {} s; the write was abandoned",
+            WRITE_IDLE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn token_status(e: &TokenError, what: &str, chunk_id: &str) -> Status {
+    match e {
+        TokenError::Malformed | TokenError::BadSignature => Status::unauthenticated(format!(
+            "the {what} token for chunk {chunk_id} is invalid ({e}); ask the metadata service for a new one"
+        )),
+        TokenError::WrongScope => Status::permission_denied(format!(
+            "the token does not allow a {what} of chunk {chunk_id} ({e})"
+        )),
+        TokenError::Expired => Status::permission_denied(format!(
+            "the {what} token for chunk {chunk_id} has expired; ask the metadata service for a fresh one"
+        )),
+    }
+}
+
+/// Map a store error to a status code a client can act on.
+pub fn store_status(e: StoreError) -> Status {
+    let msg = e.to_string();
+    match e {
+        StoreError::InvalidChunkId(_) | StoreError::TooLarge { .. } => Status::invalid_argument(msg),
+        StoreError::NotFound(_) => Status::not_found(msg),
+        StoreError::Full { .. } | StoreError::NoSpace { .. } => Status::resource_exhausted(msg),
+        StoreError::Conflict(_) => Status::already_exists(msg),
+        StoreError::DataLoss { .. } => Status::data_loss(msg),
+        StoreError::Aborted(_) => Status::aborted(msg),
+        StoreError::Io { .. } | StoreError::Internal(_) => Status::internal(msg),
+    }
+}
+
+#[tonic::async_trait]
+impl Chunk for ChunkService {
+    async fn write(&self, request: Request<Streaming<WriteChunkRequest>>) -> Result<Response<WriteChunkReply>, Status> {
+        let started = Instant::now();
+        let _active = self.metrics.transfer();
+        let result = self.do_write(request.into_inner()).await;
+        self.metrics
+            .observe(Method::Write, result.is_ok(), started.elapsed());
+        if let Err(status) = &result {
+            tracing::info!(
+                node_id = self.node_id.load(Ordering::Relaxed),
+                code = ?status.code(),
+                error = status.message(),
+                "chunk write failed"
+            );
+        }
+        result.map(Response::new)
+    }
+
+    type ReadStream = ReadStream;
+
+    async fn read(&self, request: Request<ReadChunkRequest>) -> Result<Response<ReadStream>, Status> {
+        let started = Instant::now();
+        let active = self.metrics.transfer();
+        let req = request.into_inner();
+        let opened = async {
+            validate_chunk_id(&req.chunk_id).map_err(store_status)?;
+            self.check_token(&req.token, Op::Read, &req.chunk_id)?;
+            self.store
+                .open_read(&req.chunk_id)
+                .await
+                .map_err(store_status)
+        }
+        .await;
+        match opened {
+            Ok(reader) => Ok(Response::new(ReadStream {
+                rx: reader.stream(STREAM_PIECE),
+                metrics: Arc::clone(&self.metrics),
+                node_id: self.node_id.load(Ordering::Relaxed),
+                chunk_id: req.chunk_id,
+                started,
+                finished: false,
+                _active: active,
+            })),
+            Err(status) => {
+                self.metrics.observe(Method::Read, false, started.elapsed());
+                tracing::info!(
+                    node_id = self.node_id.load(Ordering::Relaxed),
+                    code = ?status.code(),
+                    error = status.message(),
+                    "chunk read refused"
+                );
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The pieces of one chunk read, counted into the metrics as they go out.
+pub struct ReadStream {
+    rx: mpsc::Receiver<Result<Vec<u8>, StoreError>>,
+    metrics: Arc<Metrics>,
+    node_id: u64,
+    chunk_id: String,
+    started: Instant,
+    finished: bool,
+    _active: crate::metrics::TransferGuard,
+}
+
+impl ReadStream {
+    fn finish(&mut self, ok: bool) {
+        if !self.finished {
+            self.finished = true;
+            self.metrics
+                .observe(Method::Read, ok, self.started.elapsed());
+            if ok {
+                Metrics::inc(&self.metrics.reads_total);
+            }
+        }
+    }
+}
+
+impl tokio_stream::Stream for ReadStream {
+    type Item = Result<ReadChunkReply, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(data))) => {
+                Metrics::add(&this.metrics.read_bytes_total, data.len() as u64);
+                Poll::Ready(Some(Ok(ReadChunkReply { data })))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.finish(false);
+                tracing::warn!(node_id = this.node_id, chunk_id = %this.chunk_id, error = %e, "chunk read failed");
+                Poll::Ready(Some(Err(store_status(e))))
+            }
+            Poll::Ready(None) => {
+                this.finish(true);
+                Poll::Ready(None)
+            }
+        }
+    }
+}
+
+impl Drop for ReadStream {
+    fn drop(&mut self) {
+        // The client went away before the end.
+        self.finish(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreConfig;
+    use dfs_proto::chunk_client::ChunkClient;
+    use tokio_stream::StreamExt;
+
+    const ID: &str = "0a1b2c3d-1111-4222-8333-444455556666";
+
+    struct Fixture {
+        client: ChunkClient<tonic::transport::Channel>,
+        secret: ClusterSecret,
+        metrics: Arc<Metrics>,
+        dir: tempfile::TempDir,
+        _shutdown: tokio::sync::oneshot::Sender<()>,
+    }
+
+    async fn start(capacity: u64) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let store = Store::open(
+            StoreConfig {
+                data_dir: dir.path().to_path_buf(),
+                backup_dir: Some(dir.path().join("backups")),
+                capacity,
+            },
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        let secret = ClusterSecret::new(b"0123456789abcdef0123".to_vec());
+        let svc = ChunkService::new(
+            store,
+            secret.clone(),
+            Arc::clone(&metrics),
+            Arc::new(AtomicU64::new(7)),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc.into_server())
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    async {
+                        let _ = rx.await;
+                    },
+                ),
+        );
+        let client = ChunkClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap()
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Fixture {
+            client,
+            secret,
+            metrics,
+            dir,
+            _shutdown: tx,
+        }
+    }
+
+    fn later() -> u64 {
+        now_ms() + 60_000
+    }
+
+    fn pieces(id: &str, token: &str, data: &[u8]) -> Vec<WriteChunkRequest> {
+        let mut out = vec![WriteChunkRequest {
+            chunk_id: id.into(),
+            token: token.into(),
+            data: Vec::new(),
+        }];
+        out.extend(data.chunks(STREAM_PIECE).map(|c| WriteChunkRequest {
+            chunk_id: String::new(),
+            token: String::new(),
+            data: c.to_vec(),
+        }));
+        out
+    }
+
+    async fn read_all(f: &mut Fixture, id: &str, token: &str) -> Result<Vec<u8>, Status> {
+        let mut s = f
+            .client
+            .read(ReadChunkRequest {
+                chunk_id: id.into(),
+                token: token.into(),
+            })
+            .await?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(m) = s.next().await {
+            out.extend_from_slice(&m?.data);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn write_then_read_over_grpc() {
+        let mut f = start(u64::MAX).await;
+        let data: Vec<u8> = (0..3 * STREAM_PIECE + 5).map(|i| (i * 7 % 251) as u8).collect();
+        let wt = f.secret.sign_chunk(Op::Write, ID, later());
+        let reply = f
+            .client
+            .write(tokio_stream::iter(pieces(ID, &wt, &data)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.size, data.len() as u64);
+        assert_eq!(reply.crc32c, crc32c::crc32c(&data));
+        assert_eq!(reply.node_id, 7);
+        let rt = f.secret.sign_chunk(Op::Read, ID, later());
+        assert_eq!(read_all(&mut f, ID, &rt).await.unwrap(), data);
+        assert_eq!(f.metrics.reads_total.load(Ordering::Relaxed), 1);
+        assert_eq!(f.metrics.writes_total.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            f.metrics.read_bytes_total.load(Ordering::Relaxed),
+            data.len() as u64
+        );
+        assert_eq!(f.metrics.active_transfers.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn tokens_and_ids_are_checked_first() {
+        let mut f = start(u64::MAX).await;
+        let data = vec![1u8; 1000];
+        let cases = [
+            (String::new(), tonic::Code::Unauthenticated),
+            ("junk".to_string(), tonic::Code::Unauthenticated),
+            (
+                ClusterSecret::new(b"another secret 123".to_vec()).sign_chunk(Op::Write, ID, later()),
+                tonic::Code::Unauthenticated,
+            ),
+            (f.secret.sign_chunk(Op::Read, ID, later()), tonic::Code::PermissionDenied),
+            (f.secret.sign_chunk(Op::Write, ID, 1), tonic::Code::PermissionDenied),
+        ];
+        for (token, code) in cases {
+            let err = f
+                .client
+                .write(tokio_stream::iter(pieces(ID, &token, &data)))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), code, "{token}: {}", err.message());
+        }
+        assert!(f.dir.path().join("chunks/0a").read_dir().unwrap().next().is_none());
+        let rt = f.secret.sign_chunk(Op::Read, ID, 1);
+        let err = read_all(&mut f, ID, &rt).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        assert_eq!(f.metrics.token_rejections_total.load(Ordering::Relaxed), 6);
+
+        let bad = "../../../etc/passwd";
+        let t = f.secret.sign_chunk(Op::Write, bad, later());
+        let err = f
+            .client
+            .write(tokio_stream::iter(pieces(bad, &t, &data)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        let err = read_all(&mut f, bad, "x").await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+        let rt = f.secret.sign_chunk(Op::Read, ID, later());
+        let err = read_all(&mut f, ID, &rt).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+
+        let err = f
+            .client
+            .write(tokio_stream::iter(Vec::<WriteChunkRequest>::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn full_server_answers_resource_exhausted() {
+        let mut f = start(1000).await;
+        let wt = f.secret.sign_chunk(Op::Write, ID, later());
+        let err = f
+            .client
+            .write(tokio_stream::iter(pieces(ID, &wt, &vec![0u8; 5000])))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+    }
+
+    #[tokio::test]
+    async fn broken_write_stream_leaves_nothing() {
+        let mut f = start(u64::MAX).await;
+        let wt = f.secret.sign_chunk(Op::Write, ID, later());
+        let (tx, rx) = mpsc::channel::<WriteChunkRequest>(4);
+        let mut client = f.client.clone();
+        let call = tokio::spawn(async move {
+            client
+                .write(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        for m in pieces(ID, &wt, &vec![5u8; 2 * STREAM_PIECE]) {
+            tx.send(m).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call.abort(); // the client dies mid-transfer
+        drop(tx);
+        let dir = f.dir.path().join("chunks/0a");
+        let mut empty = false;
+        for _ in 0..200 {
+            empty = dir.read_dir().unwrap().next().is_none()
+                && f.metrics.active_transfers.load(Ordering::Relaxed) == 0;
+            if empty {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(empty, "temp or chunk file left behind");
+        let rt = f.secret.sign_chunk(Op::Read, ID, later());
+        assert_eq!(
+            read_all(&mut f, ID, &rt).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+}

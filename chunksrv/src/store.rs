@@ -1,0 +1,1345 @@
+//! The chunk store: chunk files on local disk, each mirrored into a backup directory.
+//!
+//! # On-disk layout
+//! ```text
+//! <data-dir>/chunks/<id[0..2]>/<id>                 primary copy of chunk <id>
+//! <data-dir>/chunks/<id[0..2]>/.<id>.<n>.tmp        a write or a repair in progress
+//! <data-dir>/quarantine/<id>.<unix-ms>              a copy found corrupt with nothing to heal it
+//! <backup-dir>/chunks/<id[0..2]>/<id>               backup copy (same format)
+//! <backup-dir>/quarantine/...
+//! ```
+//! `<id>` is a lowercase hyphenated UUID, `<id[0..2]>` its first two hex digits (256 fan-out
+//! directories, all created at start). A chunk file is self-describing:
+//! ```text
+//! data      size bytes
+//! blocks    ceil(size / 65536) x u32 LE    CRC32C of each 64 KiB block (the last may be short)
+//! footer    24 bytes: magic "DFSCHK01", size u64 LE, whole-chunk CRC32C u32 LE,
+//!           CRC32C u32 LE of (blocks table ++ first 20 footer bytes)
+//! ```
+//! so a file is valid only if its length is exactly `size + 4*blocks + 24`, the footer's own
+//! checksum matches and the whole-chunk CRC equals the combination of the block CRCs.
+//!
+//! # What must stay true
+//! - A chunk id is checked ([`validate_chunk_id`]) before it touches a path: no traversal.
+//! - A chunk is visible under its final name only once complete and fsynced (temp file in the
+//!   same directory, fsync, link/rename, directory fsync); the primary is installed before the
+//!   backup, and a write is acknowledged only after both are durable. A failed or abandoned
+//!   write removes its temp files and leaves nothing visible.
+//! - Memory stays bounded: writes and reads move at most a few pieces at a time, never a whole
+//!   chunk.
+//! - Reads never return a byte that was not verified against its block CRC. A bad or missing
+//!   primary is restored from a good backup (atomically); when no good copy exists the read
+//!   fails with [`StoreError::DataLoss`], the bad copies go to `quarantine/` and the chunk leaves
+//!   the inventory, so the metadata group re-replicates it.
+//! - `used_bytes` counts chunk data once (backups are not counted); writes reserve their bytes
+//!   as they arrive, so concurrent writes never overshoot the capacity.
+//! - All file IO runs on tokio's blocking pool, never on the async runtime.
+use crate::metrics::Metrics;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tracing::Span;
+
+/// Checksum granularity.
+pub const BLOCK_SIZE: usize = 64 * 1024;
+/// Hard limit on the size of one chunk.
+pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+
+const MAGIC: &[u8; 8] = b"DFSCHK01";
+const FOOTER_LEN: usize = 24;
+/// Pieces buffered between the network and the disk, per transfer.
+const QUEUE_DEPTH: usize = 4;
+/// Size of the buffer in front of a temp file (pieces of this size or more bypass it).
+const WRITE_BUFFER: usize = 4 * BLOCK_SIZE;
+/// Lock stripes serializing install, repair, quarantine and delete of the same chunk.
+const LOCK_STRIPES: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk id {0:?} is not a lowercase hyphenated UUID")]
+    InvalidChunkId(String),
+    #[error("chunk {0} is not stored on this server")]
+    NotFound(String),
+    #[error("chunk is larger than the {max}-byte limit")]
+    TooLarge { max: u64 },
+    #[error("this chunk server is full: {used} of {capacity} bytes used or reserved")]
+    Full { used: u64, capacity: u64 },
+    #[error("the disk is full: cannot write {path}: {source}")]
+    NoSpace { path: PathBuf, source: io::Error },
+    #[error("chunk {0} already exists here with different content")]
+    Conflict(String),
+    #[error("chunk {chunk_id} is corrupt and no good copy is left on this server: {reason}")]
+    DataLoss { chunk_id: String, reason: String },
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("the write of chunk {0} was abandoned before it finished")]
+    Aborted(String),
+    #[error("internal error in the chunk store: {0}")]
+    Internal(String),
+}
+
+/// Build an IO error for `op` on `path`, recognizing a full disk.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| {
+        let full = source.kind() == io::ErrorKind::StorageFull
+            || source.kind() == io::ErrorKind::QuotaExceeded
+            || matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+        if full {
+            StoreError::NoSpace {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            StoreError::Io {
+                op,
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// Accept only lowercase hyphenated UUIDs (`8-4-4-4-12` hex digits): 36 characters, nothing
+/// that could name another directory.
+pub fn validate_chunk_id(id: &str) -> Result<(), StoreError> {
+    let b = id.as_bytes();
+    let ok = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidChunkId(id.chars().take(64).collect()))
+    }
+}
+
+/// Size and checksum of a stored chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkMeta {
+    pub size: u64,
+    pub crc32c: u32,
+}
+
+/// The checksums stored at the end of a chunk file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Trailer {
+    size: u64,
+    crc: u32,
+    blocks: Vec<u32>,
+}
+
+fn block_count(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE as u64)
+}
+
+/// Total file length of a chunk of `size` data bytes.
+fn file_len(size: u64) -> u64 {
+    size + 4 * block_count(size) + FOOTER_LEN as u64
+}
+
+/// Data size of a chunk file of length `len` (inverse of [`file_len`]); `None` if impossible.
+fn size_from_file_len(len: u64) -> Option<u64> {
+    let rest = len.checked_sub(FOOTER_LEN as u64)?;
+    let blocks = rest.div_ceil(BLOCK_SIZE as u64 + 4);
+    let size = rest - 4 * blocks;
+    (file_len(size) == len).then_some(size)
+}
+
+/// Whole-chunk CRC from the block CRCs (no second pass over the data).
+fn combine(blocks: &[u32], size: u64) -> u32 {
+    let mut whole = 0u32;
+    let mut left = size;
+    for (i, b) in blocks.iter().enumerate() {
+        let len = left.min(BLOCK_SIZE as u64);
+        left -= len;
+        whole = if i == 0 {
+            *b
+        } else {
+            crc32c::crc32c_combine(whole, *b, len as usize)
+        };
+    }
+    whole
+}
+
+/// Why a copy of a chunk cannot be used.
+#[derive(Debug)]
+enum Bad {
+    Missing,
+    Corrupt(String),
+    Io(io::Error),
+}
+
+impl std::fmt::Display for Bad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bad::Missing => f.write_str("missing"),
+            Bad::Corrupt(r) => f.write_str(r),
+            Bad::Io(e) => write!(f, "unreadable: {e}"),
+        }
+    }
+}
+
+impl From<io::Error> for Bad {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::NotFound => Bad::Missing,
+            io::ErrorKind::UnexpectedEof => Bad::Corrupt("truncated".into()),
+            _ => Bad::Io(e),
+        }
+    }
+}
+
+impl Trailer {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.blocks.len() * 4 + FOOTER_LEN);
+        for b in &self.blocks {
+            out.extend_from_slice(&b.to_le_bytes());
+        }
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.size.to_le_bytes());
+        out.extend_from_slice(&self.crc.to_le_bytes());
+        let check = crc32c::crc32c(&out);
+        out.extend_from_slice(&check.to_le_bytes());
+        out
+    }
+
+    /// Read and check the trailer of an open chunk file.
+    fn read(file: &File) -> Result<Trailer, Bad> {
+        let len = file.metadata()?.len();
+        if len < FOOTER_LEN as u64 {
+            return Err(Bad::Corrupt(format!("truncated to {len} bytes")));
+        }
+        let mut footer = [0u8; FOOTER_LEN];
+        file.read_exact_at(&mut footer, len - FOOTER_LEN as u64)?;
+        if &footer[..8] != MAGIC {
+            return Err(Bad::Corrupt("no chunk footer (truncated or overwritten)".into()));
+        }
+        let size = u64::from_le_bytes(footer[8..16].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(footer[16..20].try_into().unwrap_or_default());
+        let check = u32::from_le_bytes(footer[20..24].try_into().unwrap_or_default());
+        if size > MAX_CHUNK_SIZE || file_len(size) != len {
+            return Err(Bad::Corrupt(format!(
+                "file is {len} bytes but its footer says {size} data bytes"
+            )));
+        }
+        let nblocks = block_count(size) as usize;
+        let mut table = vec![0u8; nblocks * 4];
+        file.read_exact_at(&mut table, size)?;
+        let table_crc = crc32c::crc32c_append(crc32c::crc32c(&table), &footer[..20]);
+        if table_crc != check {
+            return Err(Bad::Corrupt("checksum table is corrupt".into()));
+        }
+        let blocks: Vec<u32> = table
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if combine(&blocks, size) != crc {
+            return Err(Bad::Corrupt("checksum table disagrees with the chunk checksum".into()));
+        }
+        Ok(Trailer { size, crc, blocks })
+    }
+
+    fn read_path(path: &Path) -> Result<(File, Trailer), Bad> {
+        let file = File::open(path)?;
+        let t = Trailer::read(&file)?;
+        Ok((file, t))
+    }
+
+    /// Read `len` bytes at `offset` (block aligned) and verify every block.
+    fn read_verified(&self, file: &File, offset: u64, len: usize) -> Result<Vec<u8>, Bad> {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)?;
+        self.verify(&buf, offset)?;
+        Ok(buf)
+    }
+
+    fn verify(&self, buf: &[u8], offset: u64) -> Result<(), Bad> {
+        let first = (offset / BLOCK_SIZE as u64) as usize;
+        for (i, block) in buf.chunks(BLOCK_SIZE).enumerate() {
+            let idx = first + i;
+            let expect = self.blocks.get(idx).copied();
+            if expect != Some(crc32c::crc32c(block)) {
+                return Err(Bad::Corrupt(format!("block {idx} fails its checksum")));
+            }
+        }
+        Ok(())
+    }
+
+    fn meta(&self) -> ChunkMeta {
+        ChunkMeta {
+            size: self.size,
+            crc32c: self.crc,
+        }
+    }
+}
+
+/// CRC32C of every 64 KiB block, computed as bytes arrive in pieces of any size.
+#[derive(Default)]
+struct BlockCrcs {
+    blocks: Vec<u32>,
+    current: u32,
+    current_len: usize,
+    total: u64,
+}
+
+impl BlockCrcs {
+    fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        while !data.is_empty() {
+            let take = (BLOCK_SIZE - self.current_len).min(data.len());
+            let (head, rest) = data.split_at(take);
+            self.current = crc32c::crc32c_append(self.current, head);
+            self.current_len += take;
+            data = rest;
+            if self.current_len == BLOCK_SIZE {
+                self.blocks.push(self.current);
+                self.current = 0;
+                self.current_len = 0;
+            }
+        }
+    }
+
+    fn finish(mut self) -> Trailer {
+        if self.current_len > 0 {
+            self.blocks.push(self.current);
+        }
+        Trailer {
+            size: self.total,
+            crc: combine(&self.blocks, self.total),
+            blocks: self.blocks,
+        }
+    }
+}
+
+/// A temp file in a chunk's directory; removed on drop unless installed.
+struct TempFile {
+    path: PathBuf,
+    dir: PathBuf,
+    out: BufWriter<File>,
+    installed: bool,
+}
+
+impl TempFile {
+    fn create(dir: &Path, id: &str, nonce: u64) -> Result<Self, StoreError> {
+        let path = dir.join(format!(".{id}.{nonce}.tmp"));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err("create", &path))?;
+        Ok(Self {
+            out: BufWriter::with_capacity(WRITE_BUFFER, file),
+            dir: dir.to_path_buf(),
+            path,
+            installed: false,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.out
+            .write_all(data)
+            .map_err(io_err("write", &self.path))
+    }
+
+    /// Flush and fsync the content.
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.out.flush().map_err(io_err("write", &self.path))?;
+        self.out
+            .get_ref()
+            .sync_data()
+            .map_err(io_err("fsync", &self.path))
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.installed {
+            if let Err(e) = fs::remove_file(&self.path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temp file");
+                }
+            }
+        }
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    dfs_common::durable::fsync_dir(dir).map_err(io_err("fsync directory", dir))
+}
+
+fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// Where the store keeps its files and how much it may hold.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// `None`: no backup copies.
+    pub backup_dir: Option<PathBuf>,
+    /// Bytes of chunk data accepted (backups not counted).
+    pub capacity: u64,
+}
+
+/// What the store holds: chunk id -> data size, and bytes in use or promised to writes.
+#[derive(Default)]
+struct Accounting {
+    index: HashMap<String, u64>,
+    used: u64,
+    reserved: u64,
+}
+
+struct Inner {
+    primary: PathBuf,
+    backup: Option<PathBuf>,
+    capacity: u64,
+    accounting: Mutex<Accounting>,
+    locks: Vec<Mutex<()>>,
+    nonce: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// The chunk store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Run blocking store code on tokio's blocking pool, keeping the caller's tracing span.
+async fn blocking<T, F>(f: F) -> Result<T, StoreError>
+where
+    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+    T: Send + 'static,
+{
+    let span = Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| StoreError::Internal(format!("store task failed: {e}")))?
+}
+
+impl Store {
+    /// Open (creating if needed) the store: make the directory tree, remove temp files left
+    /// by a crash, and index the chunks present. Blocking; call before serving.
+    pub fn open(config: StoreConfig, metrics: Arc<Metrics>) -> Result<Store, StoreError> {
+        let primary = config.data_dir.join("chunks");
+        let backup = config.backup_dir.as_ref().map(|d| d.join("chunks"));
+        let mut acc = Accounting::default();
+        for root in std::iter::once(&primary).chain(backup.as_ref()) {
+            prepare_root(root)?;
+        }
+        scan_root(&primary, &mut acc)?;
+        if let Some(b) = &backup {
+            // Chunks whose primary is gone but whose backup is here are still servable.
+            scan_root(b, &mut acc)?;
+        }
+        metrics.capacity_bytes.store(config.capacity, Ordering::Relaxed);
+        metrics.bytes_stored.store(acc.used, Ordering::Relaxed);
+        metrics
+            .chunks_stored
+            .store(acc.index.len() as u64, Ordering::Relaxed);
+        Ok(Store {
+            inner: Arc::new(Inner {
+                primary,
+                backup,
+                capacity: config.capacity,
+                accounting: Mutex::new(acc),
+                locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                nonce: AtomicU64::new(0),
+                metrics,
+            }),
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// Bytes of chunk data stored (one copy per chunk).
+    pub fn used_bytes(&self) -> u64 {
+        lock(&self.inner.accounting).used
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        lock(&self.inner.accounting).index.len() as u64
+    }
+
+    /// Every chunk id held.
+    pub fn inventory(&self) -> Vec<String> {
+        lock(&self.inner.accounting).index.keys().cloned().collect()
+    }
+
+    /// Start writing chunk `id`. Feed pieces with [`ChunkWriter::write`], then call
+    /// [`ChunkWriter::finish`]; dropping the writer before that abandons the write.
+    pub fn begin_write(&self, id: &str) -> Result<ChunkWriter, StoreError> {
+        validate_chunk_id(id)?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let inner = Arc::clone(&self.inner);
+        let chunk_id = id.to_string();
+        let span = Span::current();
+        let handle = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| inner.write_blocking(&chunk_id, rx))
+        });
+        Ok(ChunkWriter {
+            chunk_id: id.to_string(),
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Open chunk `id` for reading, healing the primary from the backup if needed.
+    pub async fn open_read(&self, id: &str) -> Result<ChunkReader, StoreError> {
+        validate_chunk_id(id)?;
+        let inner = Arc::clone(&self.inner);
+        let chunk_id = id.to_string();
+        blocking(move || {
+            let (file, trailer, from_backup) = inner.open_blocking(&chunk_id)?;
+            Ok(ChunkReader {
+                inner,
+                chunk_id,
+                file,
+                trailer,
+                from_backup,
+            })
+        })
+        .await
+    }
+
+    /// Remove chunk `id` (primary and backup). Idempotent: returns whether anything was there.
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        validate_chunk_id(id)?;
+        let inner = Arc::clone(&self.inner);
+        let chunk_id = id.to_string();
+        blocking(move || inner.delete_blocking(&chunk_id)).await
+    }
+}
+
+/// Create `root` and its 256 fan-out directories, durably.
+fn prepare_root(root: &Path) -> Result<(), StoreError> {
+    fs::create_dir_all(root).map_err(io_err("create directory", root))?;
+    let mut created = false;
+    for i in 0..=255u8 {
+        let dir = root.join(format!("{i:02x}"));
+        match fs::create_dir(&dir) {
+            Ok(()) => created = true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create directory", &dir)(e)),
+        }
+    }
+    if created {
+        fsync_dir(root)?;
+        if let Some(parent) = root.parent() {
+            fsync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Index the chunk files under `root` (sizes from file lengths; contents are checked on
+/// read) and remove leftover temp files.
+fn scan_root(root: &Path, acc: &mut Accounting) -> Result<(), StoreError> {
+    for i in 0..=255u8 {
+        let dir = root.join(format!("{i:02x}"));
+        let entries = fs::read_dir(&dir).map_err(io_err("list", &dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("list", &dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                let path = entry.path();
+                match fs::remove_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "removed temp file left by an interrupted write"),
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover temp file"),
+                }
+                continue;
+            }
+            if validate_chunk_id(name).is_err() || !name.starts_with(&format!("{i:02x}")) {
+                continue;
+            }
+            if acc.index.contains_key(name) {
+                continue;
+            }
+            let len = entry.metadata().map_err(io_err("stat", &entry.path()))?.len();
+            // A file of impossible length is still listed: a read will heal or quarantine it.
+            let size = size_from_file_len(len).unwrap_or(0);
+            acc.index.insert(name.to_string(), size);
+            acc.used += size;
+        }
+    }
+    Ok(())
+}
+
+fn chunk_dir(root: &Path, id: &str) -> PathBuf {
+    root.join(&id[..2])
+}
+
+fn chunk_path(root: &Path, id: &str) -> PathBuf {
+    chunk_dir(root, id).join(id)
+}
+
+/// Releases a write's reserved bytes when dropped.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    bytes: u64,
+}
+
+impl Reservation<'_> {
+    fn grow(&mut self, n: u64) -> Result<(), StoreError> {
+        let mut acc = lock(&self.inner.accounting);
+        let want = acc.used + acc.reserved + n;
+        if want > self.inner.capacity {
+            return Err(StoreError::Full {
+                used: acc.used + acc.reserved,
+                capacity: self.inner.capacity,
+            });
+        }
+        acc.reserved += n;
+        self.bytes += n;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut acc = lock(&self.inner.accounting);
+        acc.reserved = acc.reserved.saturating_sub(self.bytes);
+    }
+}
+
+/// A message from the network side of a write to its disk side.
+enum Cmd {
+    Data(Vec<u8>),
+    Finish,
+}
+
+impl Inner {
+    fn next_nonce(&self) -> u64 {
+        (u64::from(std::process::id()) << 32) | self.nonce.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn chunk_lock(&self, id: &str) -> MutexGuard<'_, ()> {
+        let i = crc32c::crc32c(id.as_bytes()) as usize % LOCK_STRIPES;
+        lock(&self.locks[i])
+    }
+
+    fn set_gauges(&self, acc: &Accounting) {
+        self.metrics.bytes_stored.store(acc.used, Ordering::Relaxed);
+        self.metrics
+            .chunks_stored
+            .store(acc.index.len() as u64, Ordering::Relaxed);
+    }
+
+    fn remember(&self, id: &str, size: u64) {
+        let mut acc = lock(&self.accounting);
+        if let Some(old) = acc.index.insert(id.to_string(), size) {
+            acc.used -= old.min(acc.used);
+        }
+        acc.used += size;
+        self.set_gauges(&acc);
+    }
+
+    fn forget(&self, id: &str) -> bool {
+        let mut acc = lock(&self.accounting);
+        let had = acc.index.remove(id);
+        if let Some(size) = had {
+            acc.used -= size.min(acc.used);
+        }
+        self.set_gauges(&acc);
+        had.is_some()
+    }
+
+    /// The disk side of a write: temp files, checksums, fsync, install.
+    fn write_blocking(&self, id: &str, mut rx: mpsc::Receiver<Cmd>) -> Result<ChunkMeta, StoreError> {
+        let nonce = self.next_nonce();
+        let mut primary = TempFile::create(&chunk_dir(&self.primary, id), id, nonce)?;
+        let mut backup = match &self.backup {
+            Some(root) => Some(TempFile::create(&chunk_dir(root, id), id, nonce)?),
+            None => None,
+        };
+        let mut reservation = Reservation {
+            inner: self,
+            bytes: 0,
+        };
+        let mut crcs = BlockCrcs::default();
+        loop {
+            match rx.blocking_recv() {
+                Some(Cmd::Data(buf)) => {
+                    let n = buf.len() as u64;
+                    if crcs.total + n > MAX_CHUNK_SIZE {
+                        return Err(StoreError::TooLarge {
+                            max: MAX_CHUNK_SIZE,
+                        });
+                    }
+                    reservation.grow(n)?;
+                    primary.write(&buf)?;
+                    if let Some(b) = backup.as_mut() {
+                        b.write(&buf)?;
+                    }
+                    crcs.update(&buf);
+                }
+                Some(Cmd::Finish) => break,
+                None => return Err(StoreError::Aborted(id.to_string())),
+            }
+        }
+        drop(rx);
+        let trailer = crcs.finish();
+        let encoded = trailer.encode();
+        primary.write(&encoded)?;
+        primary.sync()?;
+        if let Some(b) = backup.as_mut() {
+            b.write(&encoded)?;
+            b.sync()?;
+        }
+        let _guard = self.chunk_lock(id);
+        self.install_primary(id, &mut primary, &trailer)?;
+        self.remember(id, trailer.size);
+        if let Some(b) = backup.as_mut() {
+            let target = b.dir.join(id);
+            install(b, &target)?;
+        }
+        Ok(trailer.meta())
+    }
+
+    /// Put a complete temp file under the primary name. An existing chunk with the same
+    /// checksums (a retried write) is replaced by the fresh copy; one with different content
+    /// is a conflict.
+    fn install_primary(&self, id: &str, tmp: &mut TempFile, trailer: &Trailer) -> Result<(), StoreError> {
+        let target = chunk_path(&self.primary, id);
+        match fs::hard_link(&tmp.path, &target) {
+            Ok(()) => {
+                tmp.installed = true;
+                if let Err(e) = fs::remove_file(&tmp.path) {
+                    tracing::warn!(path = %tmp.path.display(), error = %e, "cannot remove temp name");
+                }
+                fsync_dir(&tmp.dir)
+            }
+            // Already there (a retry or a concurrent writer), or no hard links on this
+            // filesystem: compare, then replace.
+            Err(_) => {
+                if let Ok((_, existing)) = Trailer::read_path(&target) {
+                    if existing != *trailer {
+                        return Err(StoreError::Conflict(id.to_string()));
+                    }
+                }
+                install(tmp, &target)
+            }
+        }
+    }
+
+    /// Find a readable copy of `id`: the primary, else a primary restored from the backup,
+    /// else the backup itself. Returns the file, its trailer and whether it is the backup.
+    fn open_blocking(&self, id: &str) -> Result<(File, Trailer, bool), StoreError> {
+        let path = chunk_path(&self.primary, id);
+        match Trailer::read_path(&path) {
+            Ok((file, trailer)) => Ok((file, trailer, false)),
+            Err(bad) => {
+                if !matches!(bad, Bad::Missing) {
+                    Metrics::inc(&self.metrics.checksum_failures_total);
+                }
+                self.recover(id, None, &bad)
+            }
+        }
+    }
+
+    /// The primary of `id` is bad (`problem`): restore it from the backup and return the
+    /// restored file. `expected` is the trailer of the bad primary when it was readable: the
+    /// backup must match it (bytes may already have been sent from the primary).
+    fn recover(&self, id: &str, expected: Option<&Trailer>, problem: &Bad) -> Result<(File, Trailer, bool), StoreError> {
+        let primary_missing = matches!(problem, Bad::Missing);
+        let Some(backup_root) = &self.backup else {
+            if primary_missing {
+                self.forget(id);
+                return Err(StoreError::NotFound(id.to_string()));
+            }
+            tracing::error!(chunk_id = id, problem = %problem, "chunk copy is bad and backups are disabled");
+            return Err(self.lost(id, format!("primary copy {problem}; backups are disabled")));
+        };
+        let bpath = chunk_path(backup_root, id);
+        let (bfile, btrailer) = match Trailer::read_path(&bpath) {
+            Ok(found) => found,
+            Err(Bad::Missing) if primary_missing => {
+                self.forget(id);
+                return Err(StoreError::NotFound(id.to_string()));
+            }
+            Err(bbad) => {
+                if !matches!(bbad, Bad::Missing) {
+                    Metrics::inc(&self.metrics.checksum_failures_total);
+                }
+                tracing::error!(chunk_id = id, primary = %problem, backup = %bbad, "no good copy of chunk left");
+                return Err(self.lost(id, format!("primary copy {problem}; backup copy {bbad}")));
+            }
+        };
+        if expected.is_some_and(|t| *t != btrailer) {
+            tracing::error!(chunk_id = id, primary = %problem, "backup copy has other checksums than the primary");
+            return Err(self.lost(id, format!("primary copy {problem}; backup copy differs from it")));
+        }
+        match self.restore(id, &bfile, &btrailer) {
+            Ok(file) => {
+                Metrics::inc(&self.metrics.backup_restores_total);
+                tracing::warn!(chunk_id = id, problem = %problem, "primary copy restored from backup");
+                Ok((file, btrailer, false))
+            }
+            Err(Restore::BackupBad(bbad)) => {
+                Metrics::inc(&self.metrics.checksum_failures_total);
+                tracing::error!(chunk_id = id, primary = %problem, backup = %bbad, "no good copy of chunk left");
+                Err(self.lost(id, format!("primary copy {problem}; backup copy {bbad}")))
+            }
+            Err(Restore::Gone) => {
+                self.forget(id);
+                Err(StoreError::NotFound(id.to_string()))
+            }
+            Err(Restore::Failed(e)) => {
+                tracing::warn!(chunk_id = id, problem = %problem, error = %e, "cannot restore primary copy; serving the verified backup");
+                Ok((bfile, btrailer, true))
+            }
+        }
+    }
+
+    /// Copy the backup to a new primary, verifying every block, and install it.
+    fn restore(&self, id: &str, bfile: &File, trailer: &Trailer) -> Result<File, Restore> {
+        let mut tmp = TempFile::create(&chunk_dir(&self.primary, id), id, self.next_nonce())
+            .map_err(Restore::Failed)?;
+        let piece = dfs_common::STREAM_PIECE.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
+        let mut offset = 0u64;
+        while offset < trailer.size {
+            let n = (trailer.size - offset).min(piece as u64) as usize;
+            let buf = trailer
+                .read_verified(bfile, offset, n)
+                .map_err(Restore::BackupBad)?;
+            tmp.write(&buf).map_err(Restore::Failed)?;
+            offset += n as u64;
+        }
+        tmp.write(&trailer.encode()).map_err(Restore::Failed)?;
+        tmp.sync().map_err(Restore::Failed)?;
+        let target = chunk_path(&self.primary, id);
+        let _guard = self.chunk_lock(id);
+        // Deleted meanwhile: do not bring it back.
+        let backup_present = self
+            .backup
+            .as_ref()
+            .is_some_and(|b| chunk_path(b, id).exists());
+        if !backup_present {
+            return Err(Restore::Gone);
+        }
+        install(&mut tmp, &target).map_err(Restore::Failed)?;
+        File::open(&target).map_err(|e| Restore::Failed(io_err("open", &target)(e)))
+    }
+
+    /// No good copy of `id` is left: move the bad copies aside, drop it from the inventory.
+    fn lost(&self, id: &str, reason: String) -> StoreError {
+        let _guard = self.chunk_lock(id);
+        for root in std::iter::once(&self.primary).chain(self.backup.as_ref()) {
+            quarantine(root, id);
+        }
+        drop(_guard);
+        self.forget(id);
+        StoreError::DataLoss {
+            chunk_id: id.to_string(),
+            reason,
+        }
+    }
+
+    fn delete_blocking(&self, id: &str) -> Result<bool, StoreError> {
+        let _guard = self.chunk_lock(id);
+        let mut existed = false;
+        for root in std::iter::once(&self.primary).chain(self.backup.as_ref()) {
+            let path = chunk_path(root, id);
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    existed = true;
+                    fsync_dir(&chunk_dir(root, id))?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("remove", &path)(e)),
+            }
+        }
+        drop(_guard);
+        let indexed = self.forget(id);
+        if existed {
+            Metrics::inc(&self.metrics.deletes_total);
+        }
+        Ok(existed || indexed)
+    }
+}
+
+/// Why restoring a primary from its backup did not happen.
+enum Restore {
+    /// The backup failed verification while being copied.
+    BackupBad(Bad),
+    /// The chunk was deleted meanwhile.
+    Gone,
+    /// Writing the new primary failed (the backup itself is fine).
+    Failed(StoreError),
+}
+
+/// Rename a synced temp file over `target` and make the rename durable.
+fn install(tmp: &mut TempFile, target: &Path) -> Result<(), StoreError> {
+    fs::rename(&tmp.path, target).map_err(io_err("rename into place", target))?;
+    tmp.installed = true;
+    fsync_dir(&tmp.dir)
+}
+
+/// Move a bad copy of `id` under `<root>/../quarantine/` (best effort).
+fn quarantine(root: &Path, id: &str) {
+    let path = chunk_path(root, id);
+    if !path.exists() {
+        return;
+    }
+    let qdir = root.parent().unwrap_or(root).join("quarantine");
+    let dest = qdir.join(format!("{id}.{}", now_ms()));
+    let moved = fs::create_dir_all(&qdir).and_then(|()| fs::rename(&path, &dest));
+    match moved {
+        Ok(()) => {
+            tracing::warn!(chunk_id = id, to = %dest.display(), "bad chunk copy moved to quarantine");
+            let _ = dfs_common::durable::fsync_dir(&chunk_dir(root, id));
+        }
+        Err(e) => {
+            tracing::error!(chunk_id = id, path = %path.display(), error = %e, "cannot quarantine bad chunk copy")
+        }
+    }
+}
+
+/// The network side of a write in progress.
+pub struct ChunkWriter {
+    chunk_id: String,
+    tx: Option<mpsc::Sender<Cmd>>,
+    handle: Option<tokio::task::JoinHandle<Result<ChunkMeta, StoreError>>>,
+}
+
+impl ChunkWriter {
+    /// Queue one piece for the disk (waits while the disk is behind: bounded memory).
+    pub async fn write(&mut self, data: Vec<u8>) -> Result<(), StoreError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Cmd::Data(data)).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.outcome().await.err().unwrap_or_else(|| {
+                StoreError::Internal("chunk writer ended early".into())
+            }))
+        }
+    }
+
+    /// Make the chunk durable (primary, then backup) and return its size and checksum.
+    pub async fn finish(mut self) -> Result<ChunkMeta, StoreError> {
+        if let Some(tx) = &self.tx {
+            // If the worker already stopped, its error comes out of `outcome`.
+            let _ = tx.send(Cmd::Finish).await;
+        }
+        self.outcome().await
+    }
+
+    async fn outcome(&mut self) -> Result<ChunkMeta, StoreError> {
+        self.tx = None;
+        match self.handle.take() {
+            Some(h) => h
+                .await
+                .map_err(|e| StoreError::Internal(format!("chunk writer task failed: {e}")))?,
+            None => Err(StoreError::Aborted(self.chunk_id.clone())),
+        }
+    }
+}
+
+/// An open, checked copy of a chunk, ready to stream.
+pub struct ChunkReader {
+    inner: Arc<Inner>,
+    chunk_id: String,
+    file: File,
+    trailer: Trailer,
+    from_backup: bool,
+}
+
+impl ChunkReader {
+    pub fn meta(&self) -> ChunkMeta {
+        self.trailer.meta()
+    }
+
+    /// Stream the chunk in verified pieces of about `piece` bytes (rounded to whole blocks)
+    /// from a blocking task; at most a few pieces are in flight. Dropping the receiver stops
+    /// the task. An error item ends the stream.
+    pub fn stream(self, piece: usize) -> mpsc::Receiver<Result<Vec<u8>, StoreError>> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let piece = piece.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
+        let span = Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| self.stream_blocking(piece, tx)));
+        rx
+    }
+
+    fn stream_blocking(mut self, piece: usize, tx: mpsc::Sender<Result<Vec<u8>, StoreError>>) {
+        let size = self.trailer.size;
+        let mut offset = 0u64;
+        let mut recovered = false;
+        while offset < size {
+            let n = (size - offset).min(piece as u64) as usize;
+            match self.trailer.read_verified(&self.file, offset, n) {
+                Ok(buf) => {
+                    if tx.blocking_send(Ok(buf)).is_err() {
+                        return; // the reader went away
+                    }
+                    offset += n as u64;
+                }
+                Err(bad) => {
+                    if !matches!(bad, Bad::Missing) {
+                        Metrics::inc(&self.inner.metrics.checksum_failures_total);
+                    }
+                    let err = if self.from_backup || recovered {
+                        tracing::error!(chunk_id = %self.chunk_id, problem = %bad, "no good copy of chunk left");
+                        self.inner.lost(&self.chunk_id, format!("every copy {bad}"))
+                    } else {
+                        match self.inner.recover(&self.chunk_id, Some(&self.trailer), &bad) {
+                            Ok((file, trailer, from_backup)) => {
+                                recovered = true;
+                                self.file = file;
+                                self.trailer = trailer;
+                                self.from_backup = from_backup;
+                                continue;
+                            }
+                            Err(e) => e,
+                        }
+                    };
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const ID: &str = "0a1b2c3d-1111-4222-8333-444455556666";
+
+    fn open(dir: &Path, capacity: u64, backups: bool) -> (Store, Arc<Metrics>) {
+        let metrics = Metrics::new();
+        let store = Store::open(
+            StoreConfig {
+                data_dir: dir.to_path_buf(),
+                backup_dir: backups.then(|| dir.join("backups")),
+                capacity,
+            },
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        (store, metrics)
+    }
+
+    /// Deterministic, non-repeating test bytes.
+    fn pattern(len: usize) -> Vec<u8> {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    async fn put(store: &Store, id: &str, data: &[u8], piece: usize) -> Result<ChunkMeta, StoreError> {
+        let mut w = store.begin_write(id)?;
+        for p in data.chunks(piece.max(1)) {
+            w.write(p.to_vec()).await?;
+        }
+        w.finish().await
+    }
+
+    async fn get(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
+        let reader = store.open_read(id).await?;
+        let mut rx = reader.stream(dfs_common::STREAM_PIECE);
+        let mut out = Vec::new();
+        while let Some(piece) = rx.recv().await {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out)
+    }
+
+    fn primary(dir: &Path, id: &str) -> PathBuf {
+        dir.join("chunks").join(&id[..2]).join(id)
+    }
+
+    fn backup(dir: &Path, id: &str) -> PathBuf {
+        dir.join("backups/chunks").join(&id[..2]).join(id)
+    }
+
+    fn temp_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.to_string_lossy().ends_with(".tmp") {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    fn flip_byte(path: &Path, offset: u64) {
+        let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, offset).unwrap();
+        b[0] ^= 0x40;
+        f.write_all_at(&b, offset).unwrap();
+    }
+
+    #[test]
+    fn chunk_ids_are_checked_strictly() {
+        assert!(validate_chunk_id(ID).is_ok());
+        for bad in [
+            "",
+            "../../../../etc/passwd-000000000000",
+            "0A1B2C3D-1111-4222-8333-444455556666",
+            "0a1b2c3d11114222833344445555666600000",
+            "------------------------------------",
+            "0a1b2c3d-1111-4222-8333-44445555666",
+            "0a1b2c3d-1111-4222-8333-4444555566667",
+            "0a1b2c3d-1111-4222-8333-44445555666/",
+            "0a1b2c3d-1111-4222-8333-44445555666\0",
+            "0a1b2c3d-1111-4222-8333-44445555666é",
+            "0a1b2c3d/1111-4222-8333-444455556666",
+        ] {
+            assert!(validate_chunk_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn size_and_file_length_agree() {
+        for size in [0u64, 1, 65535, 65536, 65537, 3 * 65536, 1 << 20, MAX_CHUNK_SIZE] {
+            assert_eq!(size_from_file_len(file_len(size)), Some(size), "{size}");
+        }
+        assert_eq!(size_from_file_len(3), None);
+    }
+
+    #[test]
+    fn block_crcs_match_direct_crc_for_any_piece_size() {
+        let data = pattern(5 * BLOCK_SIZE + 123);
+        for piece in [1usize, 1000, BLOCK_SIZE, BLOCK_SIZE + 1, 1 << 20] {
+            let mut c = BlockCrcs::default();
+            for p in data.chunks(piece) {
+                c.update(p);
+            }
+            let t = c.finish();
+            assert_eq!(t.crc, crc32c::crc32c(&data));
+            assert_eq!(t.blocks.len(), 6);
+            assert_eq!(t.blocks[5], crc32c::crc32c(&data[5 * BLOCK_SIZE..]));
+        }
+        assert_eq!(BlockCrcs::default().finish().crc, 0);
+    }
+
+    #[tokio::test]
+    async fn round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, metrics) = open(d.path(), u64::MAX, true);
+        for (i, len) in [0usize, 1, BLOCK_SIZE, 3 * 1024 * 1024 + 17].into_iter().enumerate() {
+            let id = format!("0a1b2c3d-1111-4222-8333-44445555666{i}");
+            let data = pattern(len);
+            let meta = put(&store, &id, &data, 300_000).await.unwrap();
+            assert_eq!(meta.size, len as u64);
+            assert_eq!(meta.crc32c, crc32c::crc32c(&data));
+            assert_eq!(get(&store, &id).await.unwrap(), data);
+            assert!(primary(d.path(), &id).exists());
+            assert!(backup(d.path(), &id).exists());
+        }
+        assert_eq!(store.chunk_count(), 4);
+        let total = (1 + BLOCK_SIZE + 3 * 1024 * 1024 + 17) as u64;
+        assert_eq!(store.used_bytes(), total);
+        assert_eq!(metrics.bytes_stored.load(Ordering::Relaxed), total);
+        assert!(temp_files(d.path()).is_empty());
+
+        // A retry with the same bytes is fine; other bytes under the same id are not.
+        let data = pattern(1000);
+        put(&store, ID, &data, 100).await.unwrap();
+        put(&store, ID, &data, 7).await.unwrap();
+        let other = put(&store, ID, &pattern(999), 100).await;
+        assert!(matches!(other, Err(StoreError::Conflict(_))), "{other:?}");
+        assert_eq!(get(&store, ID).await.unwrap(), data);
+        assert!(temp_files(d.path()).is_empty());
+
+        // Reopening finds the same chunks.
+        drop(store);
+        let (store, _) = open(d.path(), u64::MAX, true);
+        assert_eq!(store.chunk_count(), 5);
+        assert_eq!(store.used_bytes(), total + 1000);
+        let mut inv = store.inventory();
+        inv.sort();
+        assert!(inv.contains(&ID.to_string()));
+    }
+
+    #[tokio::test]
+    async fn corrupted_primary_is_healed_from_backup() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, metrics) = open(d.path(), u64::MAX, true);
+        let data = pattern(2 * 1024 * 1024 + 5);
+        put(&store, ID, &data, 1 << 20).await.unwrap();
+        // Corrupt a byte in the second piece: the first piece is already streamed when the
+        // damage is found, so the store must switch copies mid-stream.
+        flip_byte(&primary(d.path(), ID), 1024 * 1024 + 77);
+        assert_eq!(get(&store, ID).await.unwrap(), data);
+        assert_eq!(metrics.checksum_failures_total.load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.backup_restores_total.load(Ordering::Relaxed), 1);
+        // The primary itself is good again.
+        let (f, t) = Trailer::read_path(&primary(d.path(), ID)).unwrap();
+        assert_eq!(t.read_verified(&f, 0, data.len()).unwrap(), data);
+        assert_eq!(get(&store, ID).await.unwrap(), data);
+        assert_eq!(metrics.backup_restores_total.load(Ordering::Relaxed), 1);
+        assert!(temp_files(d.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn truncated_or_deleted_primary_is_restored() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, metrics) = open(d.path(), u64::MAX, true);
+        let data = pattern(300_000);
+        put(&store, ID, &data, 65_000).await.unwrap();
+        let p = primary(d.path(), ID);
+        OpenOptions::new().write(true).open(&p).unwrap().set_len(100_000).unwrap();
+        assert_eq!(get(&store, ID).await.unwrap(), data);
+        fs::remove_file(&p).unwrap();
+        assert_eq!(get(&store, ID).await.unwrap(), data);
+        assert!(p.exists());
+        assert_eq!(metrics.backup_restores_total.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.checksum_failures_total.load(Ordering::Relaxed), 1);
+        // A chunk with only its backup left is still in the inventory after a restart.
+        fs::remove_file(&p).unwrap();
+        drop(store);
+        let (store, _) = open(d.path(), u64::MAX, true);
+        assert_eq!(store.inventory(), vec![ID.to_string()]);
+        assert_eq!(get(&store, ID).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn both_copies_bad_is_data_loss_never_wrong_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, _) = open(d.path(), u64::MAX, true);
+        let data = pattern(200_000);
+        put(&store, ID, &data, 1 << 20).await.unwrap();
+        flip_byte(&primary(d.path(), ID), 10);
+        flip_byte(&backup(d.path(), ID), 150_000);
+        let got = get(&store, ID).await;
+        assert!(matches!(got, Err(StoreError::DataLoss { .. })), "{got:?}");
+        // The bad copies are out of the way and out of the inventory.
+        assert!(store.inventory().is_empty());
+        assert!(!primary(d.path(), ID).exists());
+        assert!(fs::read_dir(d.path().join("quarantine")).unwrap().count() == 1);
+        assert!(matches!(get(&store, ID).await, Err(StoreError::NotFound(_))));
+
+        // Without backups, a corrupt chunk is data loss too.
+        let d = tempfile::tempdir().unwrap();
+        let (store, _) = open(d.path(), u64::MAX, false);
+        put(&store, ID, &data, 1 << 20).await.unwrap();
+        flip_byte(&primary(d.path(), ID), 199_999);
+        assert!(matches!(get(&store, ID).await, Err(StoreError::DataLoss { .. })));
+        // Corrupt checksum table.
+        put(&store, ID, &data, 1 << 20).await.unwrap();
+        flip_byte(&primary(d.path(), ID), 200_001);
+        assert!(matches!(get(&store, ID).await, Err(StoreError::DataLoss { .. })));
+    }
+
+    #[tokio::test]
+    async fn capacity_full_is_refused_and_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, _) = open(d.path(), 1_000_000, true);
+        put(&store, ID, &pattern(600_000), 100_000).await.unwrap();
+        let id2 = "0a1b2c3d-1111-4222-8333-444455556667";
+        let r = put(&store, id2, &pattern(600_000), 100_000).await;
+        assert!(matches!(r, Err(StoreError::Full { .. })), "{r:?}");
+        assert!(!primary(d.path(), id2).exists());
+        assert!(!backup(d.path(), id2).exists());
+        assert!(temp_files(d.path()).is_empty());
+        assert_eq!(store.inventory(), vec![ID.to_string()]);
+        assert_eq!(store.used_bytes(), 600_000);
+        // The reservation was released: a chunk that fits still goes in.
+        put(&store, id2, &pattern(400_000), 100_000).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn too_large_and_abandoned_writes_leave_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, _) = open(d.path(), u64::MAX, true);
+        let mut w = store.begin_write(ID).unwrap();
+        let piece = vec![7u8; 1 << 20];
+        let mut result = Ok(());
+        for _ in 0..=64 {
+            result = w.write(piece.clone()).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        let result = match result {
+            Ok(()) => w.finish().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        assert!(matches!(result, Err(StoreError::TooLarge { .. })), "{result:?}");
+
+        let mut w = store.begin_write(ID).unwrap();
+        w.write(vec![1u8; 1000]).await.unwrap();
+        drop(w); // the client went away mid-transfer
+        for _ in 0..100 {
+            if temp_files(d.path()).is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(temp_files(d.path()).is_empty());
+        assert!(!primary(d.path(), ID).exists());
+        assert!(store.inventory().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_is_idempotent_and_bad_ids_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, _) = open(d.path(), u64::MAX, true);
+        put(&store, ID, &pattern(10), 10).await.unwrap();
+        assert!(store.delete(ID).await.unwrap());
+        assert!(!store.delete(ID).await.unwrap());
+        assert!(!primary(d.path(), ID).exists() && !backup(d.path(), ID).exists());
+        assert!(matches!(get(&store, ID).await, Err(StoreError::NotFound(_))));
+        assert_eq!(store.used_bytes(), 0);
+        let bad = "../../etc/passwd";
+        assert!(matches!(store.begin_write(bad), Err(StoreError::InvalidChunkId(_))));
+        assert!(matches!(store.open_read(bad).await, Err(StoreError::InvalidChunkId(_))));
+        assert!(matches!(store.delete(bad).await, Err(StoreError::InvalidChunkId(_))));
+    }
+
+    #[tokio::test]
+    async fn leftover_temp_files_are_cleaned_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, _) = open(d.path(), u64::MAX, true);
+        drop(store);
+        let stale = d.path().join("chunks/0a").join(format!(".{ID}.5.tmp"));
+        fs::write(&stale, b"half a chunk").unwrap();
+        let (store, _) = open(d.path(), u64::MAX, true);
+        assert!(!stale.exists());
+        assert!(store.inventory().is_empty());
+    }
+}

@@ -1,0 +1,22 @@
+//! Pieces every dfs process shares: path rules, secrets and tokens, crash-safe files.
+pub mod auth_file;
+pub mod durable;
+pub mod http;
+pub mod keys;
+pub mod path;
+pub mod token;
+
+/// gRPC metadata keys carrying a caller's identity.
+pub mod headers {
+    pub const USER: &str = "x-dfs-user";
+    pub const KEY: &str = "x-dfs-key";
+    pub const NODE_AUTH: &str = "x-dfs-node-auth";
+    /// Set on a reply that was refused because this node is not the leader.
+    pub const LEADER_HINT: &str = "x-dfs-leader";
+}
+
+/// Default chunk size (8 MiB) and replication factor.
+pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_REPLICATION: u32 = 2;
+/// Bytes per gRPC data message on the chunk path.
+pub const STREAM_PIECE: usize = 1024 * 1024;

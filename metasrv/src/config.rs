@@ -1,0 +1,204 @@
+//! metasrv's command line (every flag has a `DFS_META_*` environment fallback) and the checks
+//! made on it before anything starts.
+use crate::types::NodeId;
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "metasrv",
+    version,
+    about = "A dfs metadata node: one member of the Raft group that keeps the namespace, users and chunk map.",
+    after_help = "Example (three nodes on one machine):\n  \
+        metasrv --id 1 --listen 127.0.0.1:7001 --metrics 127.0.0.1:9101 --data-dir /var/lib/dfs/meta-1 \\\n    \
+        --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --cluster-secret-file /etc/dfs/secret \\\n    \
+        --admin-auth-out /etc/dfs/admin.auth"
+)]
+pub struct Args {
+    /// This node's id (a positive integer, unique in the cluster, never reused).
+    #[arg(long, env = "DFS_META_ID")]
+    pub id: NodeId,
+    /// Address to serve gRPC on (clients, chunk servers and peers).
+    #[arg(long, env = "DFS_META_LISTEN")]
+    pub listen: String,
+    /// Address peers and clients should use to reach this node (default: --listen).
+    #[arg(long, env = "DFS_META_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Directory for the Raft log, state machine, snapshots and saved-files.json.
+    #[arg(long, env = "DFS_META_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Initial members as id=host:port, comma separated (this node included).
+    #[arg(long, env = "DFS_META_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
+    /// Address to serve Prometheus metrics on (/metrics, /healthz, /leader).
+    #[arg(long, env = "DFS_META_METRICS")]
+    pub metrics: String,
+    /// File holding the cluster secret (the same on every node; at least 16 bytes).
+    #[arg(long, env = "DFS_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: PathBuf,
+    /// Where to write the admin user's auth file when this node creates the cluster.
+    #[arg(long, env = "DFS_META_ADMIN_AUTH_OUT")]
+    pub admin_auth_out: Option<PathBuf>,
+    /// Let anyone create a (non-admin) user with `dfsctl register NAME`.
+    #[arg(long, env = "DFS_META_ALLOW_SELF_REGISTER")]
+    pub allow_self_register: bool,
+    /// This node joins an existing cluster (added with `dfsctl cluster add-member`); never initialize.
+    #[arg(long, env = "DFS_META_JOIN")]
+    pub join: bool,
+    /// Take a snapshot after this many log entries.
+    #[arg(long, env = "DFS_META_SNAPSHOT_EVERY", default_value_t = 20_000)]
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, for followers that lag a little.
+    #[arg(long, env = "DFS_META_KEEP_LOGS", default_value_t = 5_000)]
+    pub keep_logs: u64,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Minimum election timeout in milliseconds (the maximum is twice this).
+    #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 250)]
+    pub election_timeout_ms: u64,
+    /// Chunk size for new files, in bytes.
+    #[arg(long, env = "DFS_CHUNK_SIZE", default_value_t = dfs_common::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u64,
+    /// Replication factor for files that do not ask for one.
+    #[arg(long, env = "DFS_REPLICATION", default_value_t = dfs_common::DEFAULT_REPLICATION)]
+    pub replication: u32,
+}
+
+pub struct Config {
+    pub id: NodeId,
+    pub listen: String,
+    pub advertise: String,
+    pub data_dir: PathBuf,
+    pub peers: BTreeMap<NodeId, String>,
+    pub metrics: String,
+    pub secret_file: PathBuf,
+    pub admin_auth_out: Option<PathBuf>,
+    pub allow_self_register: bool,
+    pub join: bool,
+    pub snapshot_every: u64,
+    pub keep_logs: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    pub chunk_size: u64,
+    pub replication: u32,
+}
+
+impl Config {
+    pub fn from_args(a: Args) -> anyhow::Result<Config> {
+        if a.id == 0 {
+            bail!("--id must be a positive integer");
+        }
+        let mut peers = BTreeMap::new();
+        for p in &a.peers {
+            let (id, addr) = p.split_once('=').with_context(|| format!("--peers entry {p:?} is not id=host:port"))?;
+            let id: NodeId = id.trim().parse().with_context(|| format!("--peers entry {p:?} has a bad id"))?;
+            peers.insert(id, addr.trim().to_string());
+        }
+        let advertise = a.advertise.clone().unwrap_or_else(|| a.listen.clone());
+        if !a.join {
+            match peers.get(&a.id) {
+                None if peers.is_empty() => {
+                    peers.insert(a.id, advertise.clone());
+                }
+                None => bail!("--peers must include this node ({}={advertise})", a.id),
+                Some(_) => {}
+            }
+        }
+        if a.chunk_size == 0 || a.chunk_size > 64 * 1024 * 1024 {
+            bail!("--chunk-size must be between 1 byte and 64 MiB");
+        }
+        if a.heartbeat_ms == 0 || a.election_timeout_ms <= a.heartbeat_ms * 2 {
+            bail!("--election-timeout-ms must be more than twice --heartbeat-ms");
+        }
+        Ok(Config {
+            id: a.id,
+            listen: a.listen,
+            advertise,
+            data_dir: a.data_dir,
+            peers,
+            metrics: a.metrics,
+            secret_file: a.cluster_secret_file,
+            admin_auth_out: a.admin_auth_out,
+            allow_self_register: a.allow_self_register,
+            join: a.join,
+            snapshot_every: a.snapshot_every.max(1),
+            keep_logs: a.keep_logs,
+            heartbeat_ms: a.heartbeat_ms,
+            election_timeout_ms: a.election_timeout_ms,
+            chunk_size: a.chunk_size,
+            replication: a.replication.max(1),
+        })
+    }
+
+    pub fn raft_config(&self) -> anyhow::Result<openraft::Config> {
+        let c = openraft::Config {
+            cluster_name: "dfs".into(),
+            heartbeat_interval: self.heartbeat_ms,
+            election_timeout_min: self.election_timeout_ms,
+            election_timeout_max: self.election_timeout_ms * 2,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_logs,
+            purge_batch_size: 256,
+            max_payload_entries: 1000,
+            snapshot_max_chunk_size: 1024 * 1024,
+            ..Default::default()
+        };
+        Ok(c.validate()?)
+    }
+
+    pub fn service_config(&self) -> crate::service::ServiceConfig {
+        crate::service::ServiceConfig {
+            allow_self_register: self.allow_self_register,
+            chunk_size: self.chunk_size,
+            default_replication: self.replication,
+            token_ttl: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// What a data dir remembers about who it belongs to.
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    node_id: NodeId,
+    secret_fingerprint: String,
+}
+
+/// Refuse a data dir that is not writable, belongs to another node id, or was created with
+/// another cluster secret (that is, belongs to another cluster).
+pub fn check_data_dir(cfg: &Config, secret: &dfs_common::token::ClusterSecret) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let probe = cfg.data_dir.join(".write-probe");
+    std::fs::write(&probe, b"x").with_context(|| format!("data dir {} is not writable", cfg.data_dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    let path = cfg.data_dir.join("identity.json");
+    match std::fs::read(&path) {
+        Ok(raw) => {
+            let id: Identity = serde_json::from_slice(&raw)
+                .with_context(|| format!("{} is not a metasrv identity file", path.display()))?;
+            if id.node_id != cfg.id {
+                bail!("data dir {} belongs to node {}, not node {}", cfg.data_dir.display(), id.node_id, cfg.id);
+            }
+            if id.secret_fingerprint != secret.fingerprint() {
+                bail!(
+                    "data dir {} belongs to another cluster: it was created with a different cluster secret than {}",
+                    cfg.data_dir.display(),
+                    cfg.secret_file.display()
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = Identity { node_id: cfg.id, secret_fingerprint: secret.fingerprint() };
+            dfs_common::durable::write_atomic(&path, &serde_json::to_vec_pretty(&id)?)
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}

@@ -1,0 +1,168 @@
+//! metasrv: one member of the Raft group that keeps the dfs namespace, users and chunk map.
+mod bootstrap;
+mod config;
+mod export;
+mod liveness;
+mod metrics;
+mod network;
+mod service;
+mod state;
+mod store;
+mod types;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use std::sync::Arc;
+
+fn main() -> std::process::ExitCode {
+    let args = config::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DFS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn")),
+        )
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("metasrv: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("metasrv: {e:#}");
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: config::Args) -> anyhow::Result<()> {
+    let cfg = config::Config::from_args(args)?;
+    let secret = dfs_common::token::ClusterSecret::load(&cfg.secret_file)?;
+    config::check_data_dir(&cfg, &secret)?;
+
+    // Bind first, so a taken port is a clear error before anything else starts.
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (is the port taken?)", cfg.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(&cfg.metrics)
+        .await
+        .with_context(|| format!("cannot serve metrics on {} (is the port taken?)", cfg.metrics))?;
+
+    let (log_store, state_machine) = store::open(&cfg.data_dir.join("raft"), &cfg.data_dir.join("snapshots"))
+        .map_err(|e| anyhow::anyhow!("cannot open the store in {} (is another metasrv using it?): {e}", cfg.data_dir.display()))?;
+    let shared = state_machine.shared();
+    let log_for_metrics = log_store.clone();
+    let raft = types::Raft::new(
+        cfg.id,
+        Arc::new(cfg.raft_config()?),
+        network::NetworkFactory { secret: secret.clone() },
+        log_store,
+        state_machine,
+    )
+    .await
+    .context("cannot start raft")?;
+
+    let node = Arc::new(service::MetaNode {
+        id: cfg.id,
+        raft: raft.clone(),
+        state: shared.clone(),
+        secret: secret.clone(),
+        config: cfg.service_config(),
+        liveness: Default::default(),
+        metrics: Default::default(),
+    });
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = {
+        let meta = dfs_proto::meta_server::MetaServer::new(service::MetaApi { node: node.clone() })
+            .max_decoding_message_size(network::MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(network::MAX_RAFT_MESSAGE);
+        let raft_svc = dfs_proto::raft_transport_server::RaftTransportServer::new(service::RaftApi { node: node.clone() })
+            .max_decoding_message_size(network::MAX_RAFT_MESSAGE)
+            .max_encoding_message_size(network::MAX_RAFT_MESSAGE);
+        let incoming = tokio_stream_listener(listener);
+        let mut stop = stop_rx.clone();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(meta)
+                .add_service(raft_svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        )
+    };
+
+    let durable_dir = cfg.data_dir.join("raft");
+    {
+        let node = node.clone();
+        let handler: dfs_common::http::Handler = Arc::new(move |path: &str| match path {
+            "/metrics" => {
+                let sled = dir_size(&durable_dir);
+                (200, dfs_common::http::PROMETHEUS_TEXT, metrics::render(&node, log_for_metrics.log_size(), sled))
+            }
+            "/healthz" => match node.raft.metrics().borrow().running_state {
+                Ok(()) => (200, "text/plain", "ok\n".into()),
+                Err(ref e) => (503, "text/plain", format!("raft stopped: {e}\n")),
+            },
+            "/leader" if node.is_leader() => (200, "text/plain", "leader\n".into()),
+            "/leader" => (503, "text/plain", "not leader\n".into()),
+            _ => (404, "text/plain", "try /metrics, /healthz or /leader\n".into()),
+        });
+        tokio::spawn(dfs_common::http::serve(metrics_listener, handler));
+    }
+    tokio::spawn(export::run_writer(shared.clone(), raft.clone(), cfg.data_dir.clone()));
+    tokio::spawn(bootstrap::watch_leader(node.clone()));
+
+    bootstrap::check_peers(&node, &cfg).await?;
+    bootstrap::initialize_if_fresh(&node, &cfg).await?;
+    if let Some(out) = cfg.admin_auth_out.clone() {
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = bootstrap::create_admin(&node, &out).await {
+                tracing::error!(error = %e, "could not create the admin user");
+            }
+        });
+    }
+    tracing::info!(node = cfg.id, addr = %cfg.advertise, metrics = %cfg.metrics, data = %cfg.data_dir.display(), "metasrv ready");
+
+    let fatal = bootstrap::wait_for_stop(&node).await;
+    let _ = stop_tx.send(true);
+    let _ = raft.shutdown().await;
+    let _ = stop_rx.changed().await;
+    let _ = server.await;
+    if let Some(reason) = fatal {
+        bail!("raft stopped: {reason}; exiting so a supervisor restarts this node");
+    }
+    tracing::info!(node = cfg.id, "metasrv stopped");
+    Ok(())
+}
+
+fn tokio_stream_listener(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}
+
+/// Total size of the files under a directory (sled's size on disk).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,138 @@
+//! Raft messages to other metasrv nodes over gRPC (service `RaftTransport`).
+//!
+//! Openraft requests travel as JSON in `RaftMessage.payload`, with the id of the node they are
+//! meant for: a node that receives a message for another id refuses it (openraft misbehaves when
+//! a node talks to itself through a stale address). Every call carries the cluster-secret proof.
+use crate::types::{NodeId, TypeConfig};
+use dfs_common::headers;
+use dfs_common::token::ClusterSecret;
+use dfs_proto::raft_transport_client::RaftTransportClient;
+use dfs_proto::RaftMessage;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::{AnyError, BasicNode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// Largest gRPC message between metasrv nodes (log batches and snapshot chunks).
+pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// A lazily connected channel to `addr` (`host:port`).
+pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .connect_lazy())
+}
+
+pub fn raft_client(addr: &str) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
+    Ok(RaftTransportClient::new(channel(addr)?)
+        .max_decoding_message_size(MAX_RAFT_MESSAGE)
+        .max_encoding_message_size(MAX_RAFT_MESSAGE))
+}
+
+/// Attach the node proof to an outgoing request.
+pub fn with_node_auth<T>(msg: T, secret: &ClusterSecret) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Ok(v) = secret.node_proof().parse() {
+        req.metadata_mut().insert(headers::NODE_AUTH, v);
+    }
+    req
+}
+
+pub struct NetworkFactory {
+    pub secret: ClusterSecret,
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
+        PeerClient { target, client: raft_client(&node.addr).ok(), secret: self.secret.clone() }
+    }
+}
+
+pub struct PeerClient {
+    target: NodeId,
+    client: Option<RaftTransportClient<Channel>>,
+    secret: ClusterSecret,
+}
+
+#[derive(Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
+impl PeerClient {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        rpc: Rpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error("bad peer address"))));
+        };
+        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let msg = with_node_auth(RaftMessage { target: self.target, payload }, &self.secret);
+        let fut = async {
+            match rpc {
+                Rpc::Append => client.append_entries(msg).await,
+                Rpc::Vote => client.vote(msg).await,
+                Rpc::Snapshot => client.install_snapshot(msg).await,
+            }
+        };
+        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Err(elapsed) => return Err(RPCError::Network(NetworkError::new(&elapsed))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Append, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(Rpc::Snapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(Rpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,499 @@
+//! What each `Meta` method does once it runs on the right node. Every handler first decides
+//! where it must run (`write_gate` / `read_gate`), then authenticates, then acts; nothing is
+//! checked against a follower's possibly stale state when the leader must answer.
+use super::{now_ms, Caller, MetaNode, OpError, OpResult};
+use crate::liveness::{place, ServerView};
+use crate::state::command::CommandV1;
+use crate::state::{ChunkRef, Command, FileData, Inode, Reply, Role, State};
+use crate::types::NodeId;
+use dfs_common::keys;
+use dfs_common::token::Op;
+use dfs_proto::*;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+use tonic::Status;
+
+/// Most chunks one allocation call hands out.
+const MAX_ALLOCATE: u32 = 64;
+/// Most delete orders in one heartbeat reply.
+const MAX_DELETE_ORDERS: usize = 1000;
+/// A write token is still accepted at commit this long after it expired (slow uploads).
+const COMMIT_GRACE_MS: u64 = 60 * 60 * 1000;
+
+fn invalid(e: impl std::fmt::Display) -> OpError {
+    Status::invalid_argument(e.to_string()).into()
+}
+
+fn v1(c: CommandV1) -> Command {
+    Command::V1(c)
+}
+
+fn file_info(path: &str, n: &Inode, st: Option<&State>) -> FileInfo {
+    let mut info = FileInfo {
+        path: path.to_string(),
+        is_dir: n.is_dir(),
+        owner: n.owner.clone(),
+        created_ms: n.created_ms,
+        modified_ms: n.modified_ms,
+        id: n.id.clone(),
+        ..Default::default()
+    };
+    if let Some(f) = &n.file {
+        info.size = f.size;
+        info.replication = f.replication;
+        info.sha256 = f.sha256.clone();
+        info.chunk_size = f.chunk_size;
+        if let Some(st) = st {
+            info.chunks = f
+                .chunks
+                .iter()
+                .map(|c| ChunkInfo {
+                    chunk_id: c.id.clone(),
+                    size: c.size,
+                    crc32c: c.crc32c,
+                    replicas: c.replicas.clone(),
+                    replica_addrs: c
+                        .replicas
+                        .iter()
+                        .map(|r| st.chunk_servers.get(r).map(|s| s.addr.clone()).unwrap_or_default())
+                        .collect(),
+                    token: String::new(),
+                })
+                .collect();
+        }
+    }
+    info
+}
+
+fn new_key_reply(name: &str) -> (String, UserAddReply) {
+    let key = keys::generate_key();
+    (keys::hash_key(&key), UserAddReply { name: name.to_string(), key })
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> OpError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => OpError::NotLeader(f.leader_id),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Status::failed_precondition(format!("membership change refused: {e}")).into()
+        }
+        RaftError::Fatal(f) => Status::unavailable(format!("metadata node stopped: {f}")).into(),
+    }
+}
+
+impl MetaNode {
+    pub async fn mkdir(&self, c: &Caller, r: MkdirRequest) -> OpResult<Empty> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        self.propose(v1(CommandV1::Mkdir { actor, path, parents: r.parents, id, now_ms: now_ms() })).await?;
+        Ok(Empty {})
+    }
+
+    pub async fn list(&self, c: &Caller, r: ListRequest) -> OpResult<ListReply> {
+        self.read_gate(r.stale).await?;
+        let (actor, _) = self.authenticate(c)?;
+        let st = self.read_state();
+        let entries = st.list(&actor, &r.path, r.recursive)?;
+        Ok(ListReply { entries: entries.iter().map(|(p, n)| file_info(p, n, None)).collect() })
+    }
+
+    pub async fn stat(&self, c: &Caller, r: StatRequest) -> OpResult<FileInfo> {
+        self.read_gate(r.stale).await?;
+        let (actor, _) = self.authenticate(c)?;
+        let st = self.read_state();
+        let (p, n) = st.stat(&actor, &r.path)?;
+        Ok(file_info(&p, &n, Some(&st)))
+    }
+
+    pub async fn rename(&self, c: &Caller, r: RenameRequest) -> OpResult<Empty> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let from = dfs_common::path::normalize(&r.from).map_err(invalid)?;
+        let to = dfs_common::path::normalize(&r.to).map_err(invalid)?;
+        self.propose(v1(CommandV1::Rename { actor, from, to, now_ms: now_ms() })).await?;
+        Ok(Empty {})
+    }
+
+    pub async fn remove(&self, c: &Caller, r: RemoveRequest) -> OpResult<RemoveReply> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
+        match self.propose(v1(CommandV1::Remove { actor, path, recursive: r.recursive })).await? {
+            Reply::Removed { count } => Ok(RemoveReply { removed: count }),
+            _ => Ok(RemoveReply { removed: 0 }),
+        }
+    }
+
+    pub async fn usage(&self, c: &Caller, r: StatRequest) -> OpResult<UsageReply> {
+        self.read_gate(r.stale).await?;
+        let (actor, _) = self.authenticate(c)?;
+        let st = self.read_state();
+        let mut u = UsageReply::default();
+        for (_, n) in st.list(&actor, &r.path, true)? {
+            match &n.file {
+                Some(f) => {
+                    u.files += 1;
+                    u.bytes += f.size;
+                }
+                None => u.dirs += 1,
+            }
+        }
+        Ok(u)
+    }
+
+    pub async fn allocate_chunks(&self, c: &Caller, r: AllocateRequest) -> OpResult<AllocateReply> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        if r.count == 0 || r.count > MAX_ALLOCATE {
+            return Err(invalid(format!("ask for 1 to {MAX_ALLOCATE} chunks at a time")));
+        }
+        let replication = if r.replication == 0 { self.config.default_replication } else { r.replication };
+        if replication > crate::state::MAX_REPLICATION {
+            return Err(invalid(format!("replication must be at most {}", crate::state::MAX_REPLICATION)));
+        }
+        let st = self.read_state();
+        st.check_file_target(&actor, &r.path, r.overwrite)?;
+        let live: Vec<(NodeId, u64)> = self
+            .liveness
+            .live()
+            .into_iter()
+            .filter(|(id, _)| st.chunk_servers.contains_key(id))
+            .map(|(id, v)| (id, v.used))
+            .collect();
+        if live.is_empty() {
+            return Err(Status::failed_precondition(
+                "no chunk server is live, so nothing can be stored: start one with `chunksrv --meta ...` (or `dfsctl local up`)",
+            )
+            .into());
+        }
+        let expires = now_ms() as u64 + self.config.token_ttl.as_millis() as u64;
+        let placement = place(&live, replication as usize, r.count as usize, self.config.chunk_size);
+        let chunks = placement
+            .into_iter()
+            .map(|targets| {
+                let chunk_id = uuid::Uuid::new_v4().to_string();
+                AllocatedChunk {
+                    token: self.secret.sign_chunk(Op::Write, &chunk_id, expires),
+                    chunk_id,
+                    targets: targets
+                        .into_iter()
+                        .filter_map(|id| st.chunk_servers.get(&id).map(|s| ChunkTarget { node_id: id, addr: s.addr.clone() }))
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(AllocateReply { chunks, chunk_size: self.config.chunk_size })
+    }
+
+    pub async fn commit_file(&self, c: &Caller, r: CommitRequest) -> OpResult<FileInfo> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
+        if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid("sha256 must be 64 hex characters"));
+        }
+        let earliest = (now_ms() as u64).saturating_sub(COMMIT_GRACE_MS);
+        let mut chunks = Vec::with_capacity(r.chunks.len());
+        for ch in &r.chunks {
+            // The write token proves this caller was given the chunk id by a leader.
+            self.secret
+                .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
+                .map_err(|e| Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id)))?;
+            let replicas: BTreeSet<NodeId> = ch.replicas.iter().copied().collect();
+            chunks.push(ChunkRef { id: ch.chunk_id.clone(), size: ch.size, crc32c: ch.crc32c, replicas: replicas.into_iter().collect() });
+        }
+        let replication = if r.replication == 0 { self.config.default_replication } else { r.replication };
+        let file = FileData { size: r.size, replication, sha256: r.sha256.to_lowercase(), chunk_size: r.chunk_size, chunks };
+        let id = uuid::Uuid::new_v4().to_string();
+        self.propose(v1(CommandV1::CommitFile { actor: actor.clone(), path: path.clone(), overwrite: r.overwrite, file, id, now_ms: now_ms() }))
+            .await?;
+        let st = self.read_state();
+        let (p, n) = st.stat(&actor, &path)?;
+        Ok(file_info(&p, &n, Some(&st)))
+    }
+
+    pub async fn open_read(&self, c: &Caller, r: StatRequest) -> OpResult<OpenReadReply> {
+        self.read_gate(r.stale).await?;
+        let (actor, _) = self.authenticate(c)?;
+        let st = self.read_state();
+        let (p, n) = st.stat(&actor, &r.path)?;
+        if n.is_dir() {
+            return Err(Status::failed_precondition(format!("{p} is a directory")).into());
+        }
+        let mut info = file_info(&p, &n, Some(&st));
+        // Live replicas first, so a reader tries a dead server last.
+        for ch in &mut info.chunks {
+            let mut pairs: Vec<(u64, String)> = ch.replicas.iter().copied().zip(ch.replica_addrs.drain(..)).collect();
+            pairs.sort_by_key(|(id, _)| !self.liveness.is_live(*id));
+            (ch.replicas, ch.replica_addrs) = pairs.into_iter().unzip();
+        }
+        let expires = now_ms() as u64 + self.config.token_ttl.as_millis() as u64;
+        let tokens = info.chunks.iter().map(|ch| self.secret.sign_chunk(Op::Read, &ch.chunk_id, expires)).collect();
+        Ok(OpenReadReply { file: Some(info), tokens })
+    }
+
+    pub async fn report_bad_replica(&self, c: &Caller, r: BadReplicaReport) -> OpResult<Empty> {
+        let (user, _) = self.authenticate(c)?;
+        self.metrics.bad_replica_reports.inc();
+        tracing::warn!(node = self.id, chunk = %r.chunk_id, server = r.node_id, reporter = %user, reason = %r.reason, "bad replica reported");
+        Ok(Empty {})
+    }
+
+    pub async fn who_am_i(&self, c: &Caller, _r: Empty) -> OpResult<UserInfo> {
+        self.read_gate(false).await?;
+        let (name, _) = self.authenticate(c)?;
+        let st = self.read_state();
+        let u = st.users.get(&name).ok_or_else(|| Status::not_found("user vanished"))?;
+        Ok(UserInfo { name: u.name.clone(), role: u.role.as_str().into(), created_ms: u.created_ms })
+    }
+
+    pub async fn user_add(&self, c: &Caller, r: UserAddRequest) -> OpResult<UserAddReply> {
+        self.write_gate()?;
+        let actor = self.authenticate_admin(c)?;
+        let (hash, reply) = new_key_reply(&r.name);
+        let role = if r.admin { Role::Admin } else { Role::User };
+        self.propose(v1(CommandV1::AddUser { actor: Some(actor), name: r.name, role, key_hash: hash, now_ms: now_ms() }))
+            .await?;
+        Ok(reply)
+    }
+
+    pub async fn user_list(&self, c: &Caller, _r: Empty) -> OpResult<UserListReply> {
+        self.read_gate(false).await?;
+        self.authenticate_admin(c)?;
+        let st = self.read_state();
+        let users = st
+            .users
+            .values()
+            .map(|u| UserInfo { name: u.name.clone(), role: u.role.as_str().into(), created_ms: u.created_ms })
+            .collect();
+        Ok(UserListReply { users })
+    }
+
+    pub async fn user_remove(&self, c: &Caller, r: UserRemoveRequest) -> OpResult<Empty> {
+        self.write_gate()?;
+        let actor = self.authenticate_admin(c)?;
+        self.propose(v1(CommandV1::RemoveUser { actor, name: r.name })).await?;
+        Ok(Empty {})
+    }
+
+    pub async fn register(&self, _c: &Caller, r: UserAddRequest) -> OpResult<UserAddReply> {
+        self.write_gate()?;
+        if !self.config.allow_self_register {
+            return Err(Status::permission_denied(
+                "self-registration is disabled on this cluster: ask an admin for `dfsctl user add` (or start metasrv with --allow-self-register)",
+            )
+            .into());
+        }
+        if r.admin {
+            return Err(Status::permission_denied("self-registration cannot create an admin").into());
+        }
+        let (hash, reply) = new_key_reply(&r.name);
+        self.propose(v1(CommandV1::AddUser { actor: None, name: r.name, role: Role::User, key_hash: hash, now_ms: now_ms() }))
+            .await?;
+        Ok(reply)
+    }
+
+    /// This node's own view, as `Hello` reports it to peers.
+    pub fn hello_reply(&self) -> HelloReply {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        let applied = m.last_applied.map(|l| l.index).unwrap_or(0);
+        HelloReply {
+            id: self.id,
+            cluster_id: self.read_state().meta.cluster_id.clone(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied,
+            commit: applied,
+            role: role.into(),
+            leader: m.current_leader.unwrap_or(0),
+            initialized: m.membership_config.membership().voter_ids().next().is_some(),
+        }
+    }
+
+    pub async fn cluster_status(&self, c: &Caller, _r: StatusRequest) -> OpResult<ClusterStatusReply> {
+        self.authenticate(c)?;
+        let me = self.hello_reply();
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        let nodes: Vec<(NodeId, String)> =
+            membership.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let asks = nodes.iter().map(|(id, addr)| {
+            let (id, addr) = (*id, addr.clone());
+            let me = me.clone();
+            async move {
+                if id == self.id {
+                    return (id, addr, Some(me));
+                }
+                let Ok(mut client) = crate::network::raft_client(&addr) else { return (id, addr, None) };
+                let req = crate::network::with_node_auth(HelloRequest { from: self.id, target: id }, &self.secret);
+                let r = tokio::time::timeout(Duration::from_millis(800), client.hello(req)).await;
+                (id, addr, r.ok().and_then(|r| r.ok()).map(|r| r.into_inner()))
+            }
+        });
+        let answers = futures::future::join_all(asks).await;
+        let mut leader = me.leader;
+        let mut term = me.term;
+        let members = answers
+            .into_iter()
+            .map(|(id, addr, h)| match h {
+                Some(h) => {
+                    if h.term > term {
+                        term = h.term;
+                        leader = h.leader;
+                    }
+                    let role = if voters.contains(&id) { h.role } else { "learner".to_string() };
+                    MemberStatus {
+                        id,
+                        addr,
+                        role,
+                        term: h.term,
+                        last_log_index: h.last_log_index,
+                        applied: h.applied,
+                        reachable: true,
+                        commit: h.commit,
+                    }
+                }
+                None => MemberStatus { id, addr, role: "unreachable".into(), reachable: false, ..Default::default() },
+            })
+            .collect();
+        let st = self.read_state();
+        let chunk_servers = st
+            .chunk_servers
+            .values()
+            .map(|s| {
+                let v: Option<ServerView> = self.liveness.get(s.id);
+                ChunkServerStatus {
+                    id: s.id,
+                    addr: s.addr.clone(),
+                    live: self.liveness.is_live(s.id),
+                    capacity_bytes: v.as_ref().map(|v| v.capacity).unwrap_or(0),
+                    used_bytes: v.as_ref().map(|v| v.used).unwrap_or(0),
+                    chunks: v.as_ref().map(|v| v.chunks).unwrap_or(0),
+                    last_seen_ms: v.map(|v| v.last_seen.elapsed().as_millis() as u64).unwrap_or(u64::MAX),
+                }
+            })
+            .collect();
+        let (files, _, _) = st.totals();
+        Ok(ClusterStatusReply {
+            leader,
+            term,
+            members,
+            chunk_servers,
+            cluster_id: st.meta.cluster_id.clone(),
+            files,
+            under_replicated_files: st.under_replicated_files(),
+        })
+    }
+
+    pub async fn add_member(&self, c: &Caller, r: AddMemberRequest) -> OpResult<Empty> {
+        self.write_gate()?;
+        self.authenticate_admin(c)?;
+        if r.id == 0 || r.addr.is_empty() {
+            return Err(invalid("give a non-zero node id and its host:port"));
+        }
+        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if voters.contains(&r.id) {
+            return Err(Status::already_exists(format!("node {} is already a member", r.id)).into());
+        }
+        tracing::info!(node = self.id, new = r.id, addr = %r.addr, "adding member: learner first");
+        self.raft.add_learner(r.id, BasicNode { addr: r.addr.clone() }, true).await.map_err(membership_error)?;
+        let mut new_voters = voters;
+        new_voters.insert(r.id);
+        self.raft.change_membership(new_voters, false).await.map_err(membership_error)?;
+        tracing::info!(node = self.id, new = r.id, "member added");
+        Ok(Empty {})
+    }
+
+    pub async fn remove_member(&self, c: &Caller, r: RemoveMemberRequest) -> OpResult<Empty> {
+        self.write_gate()?;
+        self.authenticate_admin(c)?;
+        let mut voters: BTreeSet<NodeId> =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if !voters.remove(&r.id) {
+            return Err(Status::not_found(format!("node {} is not a member", r.id)).into());
+        }
+        if voters.is_empty() {
+            return Err(Status::failed_precondition("cannot remove the last member").into());
+        }
+        self.raft.change_membership(voters, false).await.map_err(membership_error)?;
+        tracing::info!(node = self.id, removed = r.id, "member removed");
+        Ok(Empty {})
+    }
+
+    pub async fn import(&self, c: &Caller, r: ImportRequest) -> OpResult<ImportReply> {
+        self.write_gate()?;
+        let actor = self.authenticate_admin(c)?;
+        let files = crate::export::parse_import(&r.saved_files_json, now_ms()).map_err(invalid)?;
+        match self.propose(v1(CommandV1::Import { actor, files, now_ms: now_ms() })).await? {
+            Reply::Imported { report, count } => Ok(ImportReply { report, imported: count }),
+            _ => Ok(ImportReply::default()),
+        }
+    }
+
+    pub async fn export(&self, c: &Caller, _r: Empty) -> OpResult<ExportReply> {
+        self.read_gate(false).await?;
+        self.authenticate_admin(c)?;
+        Ok(ExportReply { saved_files_json: crate::export::render(&self.read_state()) })
+    }
+
+    pub async fn register_chunk_server(
+        &self,
+        c: &Caller,
+        r: RegisterChunkServerRequest,
+    ) -> OpResult<RegisterChunkServerReply> {
+        self.write_gate()?;
+        self.authenticate_node(c)?;
+        if r.uuid.is_empty() || r.uuid.len() > 64 || r.addr.is_empty() || r.addr.len() > 256 {
+            return Err(invalid("chunk server registration needs a uuid (≤64 bytes) and an address"));
+        }
+        match self.propose(v1(CommandV1::RegisterChunkServer { uuid: r.uuid, addr: r.addr.clone(), now_ms: now_ms() })).await? {
+            Reply::ChunkServerId { id } => {
+                tracing::info!(node = self.id, chunk_server = id, addr = %r.addr, "chunk server registered");
+                Ok(RegisterChunkServerReply { node_id: id })
+            }
+            _ => Err(Status::internal("unexpected reply to registration").into()),
+        }
+    }
+
+    /// Heartbeats are answered by every node from its own state (no forwarding).
+    pub async fn heartbeat(&self, c: &Caller, r: HeartbeatRequest) -> OpResult<HeartbeatReply> {
+        self.authenticate_node(c)?;
+        let pending: Vec<String> = {
+            let st = self.read_state();
+            if !st.chunk_servers.contains_key(&r.node_id) {
+                return Err(Status::not_found(format!("unknown chunk server id {}: register first", r.node_id)).into());
+            }
+            st.pending_deletes.get(&r.node_id).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        };
+        self.liveness.record(
+            r.node_id,
+            ServerView {
+                last_seen: Instant::now(),
+                capacity: r.capacity_bytes,
+                used: r.used_bytes,
+                chunks: r.chunk_count,
+            },
+        );
+        let acked: BTreeSet<&String> = r.deleted.iter().collect();
+        let confirmed: Vec<String> = pending.iter().filter(|c| acked.contains(c)).cloned().collect();
+        let leader = self.is_leader();
+        if leader && !confirmed.is_empty() {
+            let cmd = v1(CommandV1::ChunksDeleted { node: r.node_id, chunks: confirmed });
+            if let Err(e) = self.propose(cmd).await {
+                tracing::debug!(node = self.id, error = ?e, "could not record chunk deletions; the server will report them again");
+            }
+        }
+        let delete = pending.into_iter().filter(|c| !acked.contains(c)).take(MAX_DELETE_ORDERS).collect();
+        Ok(HeartbeatReply { delete, leader })
+    }
+}

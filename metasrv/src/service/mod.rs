@@ -1,0 +1,261 @@
+//! The metasrv node as its gRPC services see it: Raft handle, shared state, soft state, and the
+//! rules for where a request runs.
+//!
+//! Any node accepts any request. A write or a linearizable read that reaches a follower is
+//! forwarded to the leader (`RaftTransport.Forward`, at most `MAX_HOPS` hops) with the caller's
+//! credentials; the leader authenticates it against its own state. Stale reads (`stale: true`)
+//! are answered from the local applied state.
+mod handlers;
+mod meta_api;
+mod raft_api;
+
+pub use meta_api::MetaApi;
+pub use raft_api::RaftApi;
+
+use crate::liveness::Liveness;
+use crate::metrics::Metrics;
+use crate::state::command::{ApplyError, ErrorKind};
+use crate::state::{Command, Reply, Request, State};
+use crate::types::{NodeId, Raft};
+use dfs_common::headers;
+use dfs_common::token::ClusterSecret;
+use dfs_proto::ForwardRequest;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tonic::{Code, Status};
+
+/// Most times one request is handed from node to node looking for the leader.
+pub const MAX_HOPS: u32 = 3;
+/// How long a request waits for an election to finish before giving up.
+const LEADER_WAIT: Duration = Duration::from_secs(3);
+
+/// Settings the services need.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub allow_self_register: bool,
+    pub chunk_size: u64,
+    pub default_replication: u32,
+    /// How long chunk tokens stay valid.
+    pub token_ttl: Duration,
+}
+
+pub struct MetaNode {
+    pub id: NodeId,
+    pub raft: Raft,
+    pub state: Arc<RwLock<State>>,
+    pub secret: ClusterSecret,
+    pub config: ServiceConfig,
+    pub liveness: Liveness,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Who is calling: a user (name and key) and/or a node (cluster-secret proof).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub user: String,
+    pub key: String,
+    pub node_auth: String,
+}
+
+impl Caller {
+    pub fn from_metadata(m: &tonic::metadata::MetadataMap) -> Caller {
+        let get = |k: &str| m.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        Caller { user: get(headers::USER), key: get(headers::KEY), node_auth: get(headers::NODE_AUTH) }
+    }
+}
+
+/// A handler's failure: a final status, or "not the leader" (then the request is forwarded).
+#[derive(Debug)]
+pub enum OpError {
+    Status(Status),
+    NotLeader(Option<NodeId>),
+}
+
+impl From<Status> for OpError {
+    fn from(s: Status) -> Self {
+        OpError::Status(s)
+    }
+}
+
+impl From<ApplyError> for OpError {
+    fn from(e: ApplyError) -> Self {
+        OpError::Status(apply_status(&e))
+    }
+}
+
+pub type OpResult<T> = Result<T, OpError>;
+
+pub fn apply_status(e: &ApplyError) -> Status {
+    let code = match e.kind {
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::AlreadyExists => Code::AlreadyExists,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+    };
+    Status::new(code, e.message.clone())
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl MetaNode {
+    pub fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.current_leader() == Some(self.id)
+    }
+
+    /// Writes run only on the leader: answer "not leader" early, before any local check.
+    pub fn write_gate(&self) -> OpResult<()> {
+        match self.current_leader() {
+            Some(l) if l == self.id => Ok(()),
+            other => Err(OpError::NotLeader(other)),
+        }
+    }
+
+    /// A linearizable read point (or nothing for a stale read).
+    pub async fn read_gate(&self, stale: bool) -> OpResult<()> {
+        if stale {
+            return Ok(());
+        }
+        self.write_gate()?;
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(OpError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Status::unavailable(format!("cannot reach a quorum of metadata nodes: {e}")).into())
+            }
+            Err(RaftError::Fatal(f)) => Err(Status::unavailable(format!("metadata node stopped: {f}")).into()),
+        }
+    }
+
+    /// Propose a command through Raft and wait until it is committed and applied.
+    pub async fn propose(&self, cmd: Command) -> OpResult<Reply> {
+        match self.raft.client_write(Request { cmd }).await {
+            Ok(resp) => resp.data.result.map_err(OpError::from),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(OpError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                Err(Status::failed_precondition(e.to_string()).into())
+            }
+            Err(RaftError::Fatal(f)) => Err(Status::unavailable(format!("metadata node stopped: {f}")).into()),
+        }
+    }
+
+    /// The authenticated user name, checked against this node's applied state.
+    pub fn authenticate(&self, c: &Caller) -> OpResult<(String, bool)> {
+        if c.user.is_empty() || c.key.is_empty() {
+            return Err(Status::unauthenticated(
+                "no credentials: pass an auth file (--auth-file or DFS_AUTH_FILE) with a line user/key",
+            )
+            .into());
+        }
+        let st = self.read_state();
+        match st.users.get(&c.user) {
+            Some(u) if dfs_common::keys::key_matches(&c.key, &u.key_hash) => {
+                Ok((u.name.clone(), u.role == crate::state::Role::Admin))
+            }
+            _ => {
+                self.metrics.auth_failures.inc();
+                Err(Status::unauthenticated(format!("unknown user {:?} or wrong key", c.user)).into())
+            }
+        }
+    }
+
+    pub fn authenticate_admin(&self, c: &Caller) -> OpResult<String> {
+        let (user, admin) = self.authenticate(c)?;
+        if !admin {
+            return Err(Status::permission_denied(format!("{user} is not an admin")).into());
+        }
+        Ok(user)
+    }
+
+    pub fn authenticate_node(&self, c: &Caller) -> OpResult<()> {
+        if self.secret.check_node_proof(&c.node_auth) {
+            Ok(())
+        } else {
+            self.metrics.auth_failures.inc();
+            Err(Status::permission_denied("not a cluster node: missing or wrong cluster-secret proof").into())
+        }
+    }
+
+    fn member_addr(&self, id: NodeId) -> Option<String> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&id).map(|n| n.addr.clone())
+    }
+
+    /// Wait (bounded) until some node is known as leader.
+    async fn wait_for_leader(&self) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            if let Some(l) = rx.borrow_and_update().current_leader {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Hand a request to the leader and return its reply, encoded.
+    /// Boxed (and `Send`) because forwarding and dispatching call each other.
+    pub fn forward<'a>(
+        &'a self,
+        method: &'a str,
+        caller: &'a Caller,
+        body: Vec<u8>,
+        hops: u32,
+        hint: Option<NodeId>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, Status>> + Send + 'a>> {
+        Box::pin(async move {
+        if hops >= MAX_HOPS {
+            return Err(Status::unavailable("no stable leader right now (request went round too many nodes); retry"));
+        }
+        let leader = match hint {
+            Some(l) => Some(l),
+            None => self.wait_for_leader().await,
+        };
+        let Some(leader) = leader else {
+            return Err(Status::unavailable("no metadata leader is elected (is a majority of metasrv nodes up?)"));
+        };
+        if leader == self.id {
+            // We became leader in the meantime: run it here.
+            return self.dispatch(method, caller.clone(), &body, hops + 1).await;
+        }
+        let addr = self
+            .member_addr(leader)
+            .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
+        let mut client = crate::network::raft_client(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
+        let req = ForwardRequest {
+            method: method.to_string(),
+            body,
+            hops: hops + 1,
+            user: caller.user.clone(),
+            key: caller.key.clone(),
+            node_auth: caller.node_auth.clone(),
+        };
+        let reply = client
+            .forward(crate::network::with_node_auth(req, &self.secret))
+            .await
+            .map_err(|s| Status::unavailable(format!("forwarding to leader {leader} at {addr} failed: {}", s.message())))?
+            .into_inner();
+        if reply.code == 0 {
+            Ok(reply.body)
+        } else {
+            Err(Status::new(Code::from_i32(reply.code), reply.message))
+        }
+    })
+    }
+}

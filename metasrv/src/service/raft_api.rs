@@ -1,0 +1,95 @@
+//! The `RaftTransport` gRPC service: Raft messages from peers, forwarded client requests, and
+//! the `Hello` identity check. Every call must carry the cluster-secret proof.
+use super::{Caller, MetaNode};
+use crate::types::{NodeId, TypeConfig};
+use dfs_common::headers;
+use dfs_proto::raft_transport_server::RaftTransport;
+use dfs_proto::{ForwardReply, ForwardRequest, HelloReply, HelloRequest, RaftMessage};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone)]
+pub struct RaftApi {
+    pub node: Arc<MetaNode>,
+}
+
+impl RaftApi {
+    fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let proof = req.metadata().get(headers::NODE_AUTH).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if self.node.secret.check_node_proof(proof) {
+            return Ok(());
+        }
+        self.node.metrics.auth_failures.inc();
+        tracing::warn!(node = self.node.id, peer = ?req.remote_addr(), "refused a peer message: wrong cluster secret");
+        Err(Status::permission_denied("wrong cluster secret: this node belongs to another cluster or was given another --cluster-secret-file"))
+    }
+
+    fn check_target(&self, target: NodeId) -> Result<(), Status> {
+        if target == self.node.id {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "message for node {target} reached node {}: check the --peers addresses",
+                self.node.id
+            )))
+        }
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+        serde_json::from_slice(payload).map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+    }
+
+    fn reply<T: serde::Serialize>(&self, v: &T) -> Result<Response<RaftMessage>, Status> {
+        let payload = serde_json::to_vec(v).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(RaftMessage { target: 0, payload }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftTransport for RaftApi {
+    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
+        let m = req.into_inner();
+        self.check_target(m.target)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = Self::decode(&m.payload)?;
+        let res = self.node.raft.append_entries(rpc).await;
+        self.reply(&res)
+    }
+
+    async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
+        let m = req.into_inner();
+        self.check_target(m.target)?;
+        let rpc: VoteRequest<NodeId> = Self::decode(&m.payload)?;
+        let res = self.node.raft.vote(rpc).await;
+        self.reply(&res)
+    }
+
+    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_peer(&req)?;
+        let m = req.into_inner();
+        self.check_target(m.target)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = Self::decode(&m.payload)?;
+        let res = self.node.raft.install_snapshot(rpc).await;
+        self.reply(&res)
+    }
+
+    async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+        self.check_peer(&req)?;
+        let f = req.into_inner();
+        let caller = Caller { user: f.user, key: f.key, node_auth: f.node_auth };
+        let reply = match self.node.dispatch(&f.method, caller, &f.body, f.hops).await {
+            Ok(body) => ForwardReply { body, code: 0, message: String::new() },
+            Err(s) => ForwardReply { body: Vec::new(), code: s.code() as i32, message: s.message().to_string() },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn hello(&self, req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        self.check_peer(&req)?;
+        let h = req.into_inner();
+        self.check_target(h.target)?;
+        Ok(Response::new(self.node.hello_reply()))
+    }
+}

@@ -1,0 +1,176 @@
+//! Commands carried by Raft entries, and what applying them returns.
+//!
+//! Commands are a versioned enum (`Command::V1`): a new shape is a new variant, and old entries in
+//! a log or snapshot still decode. Everything non-deterministic (time, ids, key hashes) is decided
+//! by the proposer and carried in the command.
+use super::{ChunkRef, FileData, NodeId, Role, State};
+use serde::{Deserialize, Serialize};
+
+/// The Raft entry payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub cmd: Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    V1(CommandV1),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandV1 {
+    /// First command of a cluster: its id and the admin user. Ignored if already initialized.
+    Init { cluster_id: String, admin_key_hash: String, now_ms: i64 },
+    /// `actor == None` is self-registration (checked by the proposer against its config).
+    AddUser { actor: Option<String>, name: String, role: Role, key_hash: String, now_ms: i64 },
+    RemoveUser { actor: String, name: String },
+    Mkdir { actor: String, path: String, parents: bool, id: String, now_ms: i64 },
+    Rename { actor: String, from: String, to: String, now_ms: i64 },
+    Remove { actor: String, path: String, recursive: bool },
+    /// Create or (with `overwrite`) atomically replace a file whose chunks are already durable.
+    CommitFile { actor: String, path: String, overwrite: bool, file: FileData, id: String, now_ms: i64 },
+    /// Files from an original `saved-files.json` (their chunks are not recoverable).
+    Import { actor: String, files: Vec<ImportedFile>, now_ms: i64 },
+    /// Register a chunk server or update its address; the same uuid keeps the same id.
+    RegisterChunkServer { uuid: String, addr: String, now_ms: i64 },
+    /// A chunk server confirmed these deletions.
+    ChunksDeleted { node: NodeId, chunks: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedFile {
+    pub path: String,
+    pub id: String,
+    pub owner: String,
+    pub size: u64,
+    pub sha256: String,
+    pub created_ms: i64,
+    pub modified_ms: i64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Why a command was refused. Refusals change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    InvalidArgument,
+    FailedPrecondition,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApplyError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl ApplyError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+    pub fn not_found(path: &str) -> Self {
+        Self::new(ErrorKind::NotFound, format!("{path}: no such file or directory"))
+    }
+    pub fn denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Done,
+    /// Init: whether this command was the one that initialized the cluster.
+    Initialized { won: bool },
+    Removed { count: u64 },
+    ChunkServerId { id: NodeId },
+    Imported { report: Vec<String>, count: u64 },
+}
+
+/// The Raft response: what applying returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub result: Result<Reply, ApplyError>,
+}
+
+impl State {
+    /// Apply one command; `touched` collects the records that changed.
+    pub fn apply(&mut self, cmd: &Command, touched: &mut Vec<super::RecordKey>) -> Result<Reply, ApplyError> {
+        let Command::V1(c) = cmd;
+        match c {
+            CommandV1::Init { cluster_id, admin_key_hash, now_ms } => {
+                Ok(self.init(cluster_id, admin_key_hash, *now_ms, touched))
+            }
+            CommandV1::AddUser { actor, name, role, key_hash, now_ms } => {
+                self.add_user(actor.as_deref(), name, *role, key_hash, *now_ms, touched)
+            }
+            CommandV1::RemoveUser { actor, name } => self.remove_user(actor, name, touched),
+            CommandV1::Mkdir { actor, path, parents, id, now_ms } => {
+                self.mkdir(actor, path, *parents, id, *now_ms, touched)
+            }
+            CommandV1::Rename { actor, from, to, now_ms } => self.rename(actor, from, to, *now_ms, touched),
+            CommandV1::Remove { actor, path, recursive } => self.remove(actor, path, *recursive, touched),
+            CommandV1::CommitFile { actor, path, overwrite, file, id, now_ms } => {
+                self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched)
+            }
+            CommandV1::Import { actor, files, now_ms } => self.import(actor, files, *now_ms, touched),
+            CommandV1::RegisterChunkServer { uuid, addr, now_ms } => {
+                Ok(self.register_chunk_server(uuid, addr, *now_ms, touched))
+            }
+            CommandV1::ChunksDeleted { node, chunks } => {
+                self.chunks_deleted(*node, chunks, touched);
+                Ok(Reply::Done)
+            }
+        }
+    }
+
+    fn register_chunk_server(
+        &mut self,
+        uuid: &str,
+        addr: &str,
+        now_ms: i64,
+        touched: &mut Vec<super::RecordKey>,
+    ) -> Reply {
+        use super::{ChunkServerEntry, RecordKey};
+        if let Some(e) = self.chunk_servers.values_mut().find(|e| e.uuid == uuid) {
+            if e.addr != addr {
+                e.addr = addr.to_string();
+                touched.push(RecordKey::ChunkServer(e.id));
+            }
+            return Reply::ChunkServerId { id: e.id };
+        }
+        // Chunk server ids start at 1 and are never reused.
+        let id = self.meta.next_chunk_server_id.max(1);
+        self.meta.next_chunk_server_id = id + 1;
+        self.chunk_servers.insert(
+            id,
+            ChunkServerEntry { id, uuid: uuid.to_string(), addr: addr.to_string(), registered_ms: now_ms },
+        );
+        touched.push(RecordKey::Meta);
+        touched.push(RecordKey::ChunkServer(id));
+        Reply::ChunkServerId { id }
+    }
+
+    fn chunks_deleted(&mut self, node: NodeId, chunks: &[String], touched: &mut Vec<super::RecordKey>) {
+        if let Some(set) = self.pending_deletes.get_mut(&node) {
+            for c in chunks {
+                set.remove(c);
+            }
+            if set.is_empty() {
+                self.pending_deletes.remove(&node);
+            }
+            touched.push(super::RecordKey::PendingDeletes(node));
+        }
+    }
+
+    /// Queue every replica of `chunks` for deletion.
+    pub(super) fn queue_deletes(&mut self, chunks: &[ChunkRef], touched: &mut Vec<super::RecordKey>) {
+        for c in chunks {
+            for n in &c.replicas {
+                self.pending_deletes.entry(*n).or_default().insert(c.id.clone());
+                touched.push(super::RecordKey::PendingDeletes(*n));
+            }
+        }
+    }
+}

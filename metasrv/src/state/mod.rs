@@ -1,0 +1,230 @@
+//! The replicated state: namespace, users, chunk-server registry and pending chunk deletions.
+//!
+//! Invariants (kept by `apply`, checked in tests):
+//! - every path in `nodes` is normalized and its parent is `/` or a directory in `nodes`;
+//! - every chunk of a file names only registered chunk servers;
+//! - a chunk id belongs to at most one file; chunks of removed or replaced files are queued in
+//!   `pending_deletes` and never referenced again.
+//!
+//! Applying is pure (no IO, no clock, no randomness: times and ids come inside the command), so
+//! every member reaches the same state from the same log. The store persists the records that
+//! an apply touched (`RecordKey`), in the same sled batch as the applied log id.
+pub mod command;
+mod namespace;
+mod users;
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use command::{Command, CommandV1, Reply, Request, Response};
+pub use namespace::MAX_REPLICATION;
+
+pub type NodeId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    Admin,
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub role: Role,
+    /// sha256 of the access key (hex); the key itself is never stored.
+    pub key_hash: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: String,
+    pub size: u64,
+    pub crc32c: u32,
+    /// Chunk servers holding an acknowledged, durable copy.
+    pub replicas: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileData {
+    pub size: u64,
+    pub replication: u32,
+    pub sha256: String,
+    pub chunk_size: u64,
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A directory (`file == None`) or a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub id: String,
+    pub owner: String,
+    pub created_ms: i64,
+    pub modified_ms: i64,
+    pub file: Option<FileData>,
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        self.file.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkServerEntry {
+    pub id: NodeId,
+    /// Stable identity the chunk server keeps in its data dir.
+    pub uuid: String,
+    pub addr: String,
+    pub registered_ms: i64,
+}
+
+/// Cluster-wide settings fixed at initialization.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterMeta {
+    pub cluster_id: String,
+    pub next_chunk_server_id: NodeId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub meta: ClusterMeta,
+    /// Every path but the root, which always exists and is not stored.
+    pub nodes: BTreeMap<String, Inode>,
+    pub users: BTreeMap<String, User>,
+    pub chunk_servers: BTreeMap<NodeId, ChunkServerEntry>,
+    /// Chunk server -> chunks it should delete (from removed or replaced files).
+    pub pending_deletes: BTreeMap<NodeId, BTreeSet<String>>,
+}
+
+/// One persisted record of the state. An apply reports which records it touched.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecordKey {
+    Meta,
+    Node(String),
+    User(String),
+    ChunkServer(NodeId),
+    PendingDeletes(NodeId),
+}
+
+impl RecordKey {
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            RecordKey::Meta => b"m".to_vec(),
+            RecordKey::Node(p) => format!("n{p}").into_bytes(),
+            RecordKey::User(u) => format!("u{u}").into_bytes(),
+            RecordKey::ChunkServer(id) => format!("c{id:020}").into_bytes(),
+            RecordKey::PendingDeletes(id) => format!("d{id:020}").into_bytes(),
+        }
+    }
+
+    pub fn decode(raw: &[u8]) -> Option<RecordKey> {
+        let (tag, rest) = raw.split_first()?;
+        let rest = std::str::from_utf8(rest).ok()?;
+        Some(match tag {
+            b'm' if rest.is_empty() => RecordKey::Meta,
+            b'n' => RecordKey::Node(rest.to_string()),
+            b'u' => RecordKey::User(rest.to_string()),
+            b'c' => RecordKey::ChunkServer(rest.parse().ok()?),
+            b'd' => RecordKey::PendingDeletes(rest.parse().ok()?),
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("unknown record key {0:?}")]
+    UnknownKey(String),
+    #[error("record {key:?} does not decode: {source}")]
+    Decode { key: String, source: serde_json::Error },
+}
+
+impl State {
+    /// The serialized value of one record, or `None` if it no longer exists.
+    pub fn record(&self, key: &RecordKey) -> Option<Vec<u8>> {
+        let v = match key {
+            RecordKey::Meta => serde_json::to_vec(&self.meta),
+            RecordKey::Node(p) => serde_json::to_vec(self.nodes.get(p)?),
+            RecordKey::User(u) => serde_json::to_vec(self.users.get(u)?),
+            RecordKey::ChunkServer(id) => serde_json::to_vec(self.chunk_servers.get(id)?),
+            RecordKey::PendingDeletes(id) => serde_json::to_vec(self.pending_deletes.get(id)?),
+        };
+        Some(v.expect("state records always serialize"))
+    }
+
+    /// Every record, for a full rewrite (snapshot install).
+    pub fn all_records(&self) -> Vec<(RecordKey, Vec<u8>)> {
+        let mut keys = vec![RecordKey::Meta];
+        keys.extend(self.nodes.keys().cloned().map(RecordKey::Node));
+        keys.extend(self.users.keys().cloned().map(RecordKey::User));
+        keys.extend(self.chunk_servers.keys().copied().map(RecordKey::ChunkServer));
+        keys.extend(self.pending_deletes.keys().copied().map(RecordKey::PendingDeletes));
+        keys.into_iter().filter_map(|k| self.record(&k).map(|v| (k, v))).collect()
+    }
+
+    /// Load one persisted record (used when opening the store).
+    pub fn load_record(&mut self, raw_key: &[u8], value: &[u8]) -> Result<(), RecordError> {
+        let key = RecordKey::decode(raw_key)
+            .ok_or_else(|| RecordError::UnknownKey(String::from_utf8_lossy(raw_key).into_owned()))?;
+        let dec = |source| RecordError::Decode { key: format!("{key:?}"), source };
+        match &key {
+            RecordKey::Meta => self.meta = serde_json::from_slice(value).map_err(dec)?,
+            RecordKey::Node(p) => {
+                self.nodes.insert(p.clone(), serde_json::from_slice(value).map_err(dec)?);
+            }
+            RecordKey::User(u) => {
+                self.users.insert(u.clone(), serde_json::from_slice(value).map_err(dec)?);
+            }
+            RecordKey::ChunkServer(id) => {
+                self.chunk_servers.insert(*id, serde_json::from_slice(value).map_err(dec)?);
+            }
+            RecordKey::PendingDeletes(id) => {
+                self.pending_deletes.insert(*id, serde_json::from_slice(value).map_err(dec)?);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_admin(&self, user: &str) -> bool {
+        self.users.get(user).is_some_and(|u| u.role == Role::Admin)
+    }
+
+    /// Number of files and directories, and bytes in files.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let mut files = 0;
+        let mut dirs = 0;
+        let mut bytes = 0;
+        for n in self.nodes.values() {
+            match &n.file {
+                Some(f) => {
+                    files += 1;
+                    bytes += f.size;
+                }
+                None => dirs += 1,
+            }
+        }
+        (files, dirs, bytes)
+    }
+
+    /// Files with a chunk that has fewer replicas than the file's replication factor.
+    pub fn under_replicated_files(&self) -> u64 {
+        self.nodes
+            .values()
+            .filter_map(|n| n.file.as_ref())
+            .filter(|f| f.chunks.iter().any(|c| (c.replicas.len() as u32) < f.replication))
+            .count() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests;

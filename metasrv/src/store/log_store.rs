@@ -1,0 +1,169 @@
+//! The Raft log and vote in sled.
+//!
+//! Keys in the `log` tree are big-endian indexes, so sled's order is log order. The `raft` tree
+//! holds the vote, the committed log id and the last purged log id.
+//! To ensure correctness (openraft `RaftLogStorage`): the vote is durable before `save_vote`
+//! returns; appended entries are durable before the flush callback fires; `last_purged` is
+//! written before the entries it covers are deleted, in the same flush.
+use super::{Durable, TREE_LOG, TREE_RAFT};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogReader, StorageIOError};
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+#[derive(Clone)]
+pub struct LogStore {
+    durable: Arc<Durable>,
+    log: sled::Tree,
+    raft: sled::Tree,
+}
+
+fn index_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+fn index_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[..8]);
+    u64::from_be_bytes(b)
+}
+
+impl LogStore {
+    pub fn new(durable: Arc<Durable>) -> Result<Self, sled::Error> {
+        let log = durable.db.open_tree(TREE_LOG)?;
+        let raft = durable.db.open_tree(TREE_RAFT)?;
+        Ok(Self { durable, log, raft })
+    }
+
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+        let raw = self.raft.get(key).map_err(|e| StorageIOError::read(&e))?;
+        raw.map(|v| serde_json::from_slice(&v).map_err(|e| StorageIOError::read(&e).into())).transpose()
+    }
+
+    fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError> {
+        let bytes = serde_json::to_vec(v).map_err(|e| StorageIOError::write(&e))?;
+        self.raft.insert(key, bytes).map_err(|e| StorageIOError::write(&e))?;
+        Ok(())
+    }
+
+    async fn sync(&self) -> Result<(), StorageError> {
+        self.durable.sync_async().await.map_err(|e| StorageIOError::write_logs(&e).into())
+    }
+
+    /// Number of entries and bytes currently in the log (for metrics).
+    pub fn log_size(&self) -> (u64, u64) {
+        let bytes = self.log.iter().values().filter_map(Result::ok).map(|v| v.len() as u64).sum();
+        (self.log.len() as u64, bytes)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(index_key(*i)),
+            Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for kv in self.log.range((Bound::Included(index_key(start)), end)) {
+            let (_, v) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
+            out.push(serde_json::from_slice(&v).map_err(|e| StorageIOError::read_logs(&e))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
+        let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
+            Some((_, v)) => {
+                let e: Entry = serde_json::from_slice(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                Some(e.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta(KEY_VOTE, vote)?;
+        self.durable.sync_async().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta(KEY_VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed on its own: a lost committed id only means re-applying from the snapshot.
+        self.put_meta(KEY_COMMITTED, &committed)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            let v = serde_json::to_vec(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, &err))?;
+            batch.insert(&index_key(e.log_id.index), v);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        let res = self.durable.sync_async().await;
+        let failed = res.as_ref().err().map(|e| StorageIOError::write_logs(e));
+        callback.log_io_completed(res);
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(index_key(log_id.index)..).keys() {
+            batch.remove(k.map_err(|e| StorageIOError::write_logs(&e))?);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.sync().await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first: a crash between the two leaves extra entries, never a gap.
+        self.put_meta(KEY_LAST_PURGED, &log_id)?;
+        let mut batch = sled::Batch::default();
+        for k in self.log.range(..=index_key(log_id.index)).keys() {
+            let k = k.map_err(|e| StorageIOError::write_logs(&e))?;
+            debug_assert!(index_of(&k) <= log_id.index);
+            batch.remove(k);
+        }
+        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.sync().await
+    }
+}

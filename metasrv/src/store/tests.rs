@@ -1,0 +1,47 @@
+//! openraft's storage conformance suite against the real sled store, plus reopen checks.
+use super::{open, LogStore, StateMachine};
+use crate::types::{StorageError, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+use tempfile::TempDir;
+
+struct SledBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, sm) = open(&dir.path().join("sled"), &dir.path().join("snapshots"))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite() -> Result<(), StorageError> {
+    Suite::test_all(SledBuilder)
+}
+
+#[tokio::test]
+async fn state_survives_reopen() {
+    use crate::state::{Command, CommandV1, Request};
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sled");
+    let snaps = dir.path().join("snapshots");
+    {
+        let (mut log, mut sm) = open(&db, &snaps).unwrap();
+        log.save_vote(&Vote::new(3, 1)).await.unwrap();
+        let entry = Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(3, 1), 1),
+            payload: EntryPayload::Normal(Request {
+                cmd: Command::V1(CommandV1::Init { cluster_id: "c".into(), admin_key_hash: "h".into(), now_ms: 1 }),
+            }),
+        };
+        sm.apply(vec![entry]).await.unwrap();
+    }
+    let (mut log, mut sm) = open(&db, &snaps).unwrap();
+    assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
+    let (applied, _) = sm.applied_state().await.unwrap();
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    assert_eq!(sm.shared().read().unwrap().meta.cluster_id, "c");
+}

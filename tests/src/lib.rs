@@ -1,0 +1,1 @@
+//! Shared helpers for cluster tests (see tests/tests/).
