@@ -56,10 +56,11 @@ pub struct Args {
     #[arg(long, env = "DFS_META_KEEP_LOGS", default_value_t = 5_000)]
     pub keep_logs: u64,
     /// Leader heartbeat interval in milliseconds.
-    #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 50)]
+    #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 25)]
     pub heartbeat_ms: u64,
-    /// Minimum election timeout in milliseconds (the maximum is twice this).
-    #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 250)]
+    /// Minimum election timeout in milliseconds (the maximum is twice this). A follower starts
+    /// an election after the leader's lease (the maximum) plus a random timeout in [min, max].
+    #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 75)]
     pub election_timeout_ms: u64,
     /// Chunk size for new files, in bytes.
     #[arg(long, env = "DFS_CHUNK_SIZE", default_value_t = dfs_common::DEFAULT_CHUNK_SIZE)]

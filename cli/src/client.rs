@@ -1,0 +1,156 @@
+//! A connection to the metadata group that survives leader changes: requests go to the node
+//! that answered last; on "unavailable" (node down, no leader yet) the next node is tried, until
+//! the deadline. Any member works, because followers forward to the leader.
+use anyhow::{bail, Context};
+use dfs_common::auth_file::Credentials;
+use dfs_common::headers;
+use dfs_proto::meta_client::MetaClient;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub type Grpc = MetaClient<Channel>;
+
+/// Longest a single attempt may take before the next node is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct MetaConn {
+    addrs: Vec<String>,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+    creds: Option<Credentials>,
+    timeout: Duration,
+    attempt_timeout: Duration,
+}
+
+pub fn default_auth_file() -> PathBuf {
+    dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("dfs").join("auth.txt")
+}
+
+pub fn lazy_channel(addr: &str) -> anyhow::Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("bad address {addr:?}"))?
+        .connect_timeout(Duration::from_secs(1))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .connect_lazy())
+}
+
+impl MetaConn {
+    /// Build a connection; credentials are read when the auth file exists.
+    pub fn connect(addrs: &[String], auth_file: Option<&Path>, timeout: Duration) -> anyhow::Result<MetaConn> {
+        let addrs: Vec<String> = addrs.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        if addrs.is_empty() {
+            bail!("no metadata node given: pass --meta host:port,... or set DFS_META (`dfsctl local up` prints it)");
+        }
+        let path = auth_file.map(Path::to_path_buf).unwrap_or_else(default_auth_file);
+        let creds = match dfs_common::auth_file::read(&path) {
+            Ok(c) => Some(c),
+            Err(dfs_common::auth_file::AuthFileError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && auth_file.is_none() =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Self::with_credentials(&addrs, creds, timeout)
+    }
+
+    /// A connection with the given credentials (or none, for self-registration).
+    pub fn with_credentials(addrs: &[String], creds: Option<Credentials>, timeout: Duration) -> anyhow::Result<MetaConn> {
+        if addrs.is_empty() {
+            bail!("no metadata node given: pass --meta host:port,... or set DFS_META");
+        }
+        let channels = addrs.iter().map(|a| lazy_channel(a)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(MetaConn {
+            addrs: addrs.to_vec(),
+            channels,
+            current: AtomicUsize::new(0),
+            creds,
+            timeout,
+            attempt_timeout: ATTEMPT_TIMEOUT.min(timeout),
+        })
+    }
+
+    /// Let one attempt run as long as the whole call (for slow operations like add-member).
+    pub fn patient(mut self) -> Self {
+        self.attempt_timeout = self.timeout;
+        self
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.creds.as_ref().map(|c| c.user.as_str())
+    }
+
+    /// Wrap a message with the caller's credentials.
+    pub fn req<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(c) = &self.creds {
+            if let (Ok(u), Ok(k)) = (c.user.parse(), c.key.parse()) {
+                r.metadata_mut().insert(headers::USER, u);
+                r.metadata_mut().insert(headers::KEY, k);
+            }
+        }
+        r
+    }
+
+    /// Run `f` against a metadata node, moving to the next one while the cluster is unavailable.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(Grpc) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let n = self.addrs.len();
+        let mut i = self.current.load(Ordering::Relaxed) % n;
+        let mut tried = 0;
+        loop {
+            let client = MetaClient::new(self.channels[i].clone())
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let err = match tokio::time::timeout(self.attempt_timeout.min(left), f(client)).await {
+                Ok(Ok(r)) => {
+                    self.current.store(i, Ordering::Relaxed);
+                    return Ok(r.into_inner());
+                }
+                Ok(Err(s)) if retryable(&s) => s,
+                Ok(Err(s)) => return Err(s),
+                Err(_) => Status::deadline_exceeded(format!("{} did not answer in time", self.addrs[i])),
+            };
+            tried += 1;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::new(
+                    err.code(),
+                    format!("no metadata node could serve the request ({}); tried {}", err.message(), self.addrs.join(",")),
+                ));
+            }
+            i = (i + 1) % n;
+            if tried % n == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn retryable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+}
+
+/// `rpc!(conn, method, message)`: call a Meta method with credentials and failover.
+/// The message expression is evaluated again for every attempt.
+#[macro_export]
+macro_rules! rpc {
+    ($conn:expr, $method:ident, $msg:expr) => {{
+        let conn = &$conn;
+        conn.call(|mut g| {
+            let r = conn.req($msg);
+            async move { g.$method(r).await }
+        })
+        .await
+    }};
+}

@@ -1,0 +1,100 @@
+//! Cluster membership and status: `cluster status|leader|add-member|remove-member`.
+use crate::output::{human_bytes, print_json};
+use crate::rpc;
+use crate::Ctx;
+use clap::Subcommand;
+use dfs_proto::*;
+use serde_json::json;
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCmd {
+    /// Members (role, term, last log and applied index) and chunk servers.
+    #[command(after_help = "Example: dfsctl cluster status --json")]
+    Status,
+    /// Print the leader's id and address.
+    Leader,
+    /// Add a metasrv node: as a learner first (it catches up), then as a voter (admin).
+    #[command(after_help = "Example: dfsctl cluster add-member 4 127.0.0.1:7004")]
+    AddMember { id: u64, addr: String },
+    /// Remove a metasrv node from the group (admin).
+    #[command(after_help = "Example: dfsctl cluster remove-member 4")]
+    RemoveMember { id: u64 },
+}
+
+pub fn status_json(s: &ClusterStatusReply) -> serde_json::Value {
+    json!({
+        "cluster_id": s.cluster_id,
+        "leader": s.leader,
+        "term": s.term,
+        "members": s.members.iter().map(|m| json!({
+            "id": m.id, "addr": m.addr, "role": m.role, "term": m.term,
+            "last_log_index": m.last_log_index, "applied": m.applied, "reachable": m.reachable,
+        })).collect::<Vec<_>>(),
+        "chunk_servers": s.chunk_servers.iter().map(|c| json!({
+            "id": c.id, "addr": c.addr, "live": c.live, "capacity_bytes": c.capacity_bytes,
+            "used_bytes": c.used_bytes, "chunks": c.chunks,
+        })).collect::<Vec<_>>(),
+        "files": s.files,
+        "under_replicated_files": s.under_replicated_files,
+    })
+}
+
+pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    match cmd {
+        ClusterCmd::Status => {
+            let s = rpc!(c, cluster_status, StatusRequest { stale: false })?;
+            if ctx.json {
+                print_json(&status_json(&s));
+                return Ok(0);
+            }
+            println!("cluster {}  leader {}  term {}", s.cluster_id, s.leader, s.term);
+            println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}", "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED");
+            for m in &s.members {
+                println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}", m.id, m.addr, m.role, m.term, m.last_log_index, m.applied);
+            }
+            if !s.chunk_servers.is_empty() {
+                println!();
+                println!("{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}", "ID", "CHUNK SERVER", "LIVE", "USED", "CAPACITY", "CHUNKS");
+                for cs in &s.chunk_servers {
+                    println!(
+                        "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}",
+                        cs.id,
+                        cs.addr,
+                        if cs.live { "yes" } else { "NO" },
+                        human_bytes(cs.used_bytes),
+                        human_bytes(cs.capacity_bytes),
+                        cs.chunks
+                    );
+                }
+            }
+            println!("\n{} files, {} under-replicated", s.files, s.under_replicated_files);
+        }
+        ClusterCmd::Leader => {
+            let s = rpc!(c, cluster_status, StatusRequest { stale: false })?;
+            let addr = s.members.iter().find(|m| m.id == s.leader).map(|m| m.addr.clone()).unwrap_or_default();
+            if s.leader == 0 {
+                anyhow::bail!("no leader is elected right now");
+            }
+            if ctx.json {
+                print_json(&json!({"leader": s.leader, "addr": addr, "term": s.term}));
+            } else {
+                println!("{} {}", s.leader, addr);
+            }
+        }
+        ClusterCmd::AddMember { id, addr } => {
+            let c = c.patient();
+            rpc!(c, add_member, AddMemberRequest { id, addr: addr.clone() })?;
+            if !ctx.quiet {
+                eprintln!("node {id} at {addr} is now a voting member");
+            }
+        }
+        ClusterCmd::RemoveMember { id } => {
+            rpc!(c, remove_member, RemoveMemberRequest { id })?;
+            if !ctx.quiet {
+                eprintln!("node {id} removed");
+            }
+        }
+    }
+    Ok(0)
+}

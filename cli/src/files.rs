@@ -1,0 +1,133 @@
+//! Namespace commands: ls, stat, mkdir, mv, rm, du.
+use crate::output::{file_json, fully_replicated, human_bytes, print_json, time_ms};
+use crate::Ctx;
+use clap::Args;
+use dfs_proto::*;
+use serde_json::json;
+
+/// Make a path absolute (`a/b` means `/a/b`); the server checks the rest.
+pub fn remote(p: &str) -> String {
+    if p.starts_with('/') {
+        p.to_string()
+    } else {
+        format!("/{p}")
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[arg(default_value = "/")]
+    pub path: String,
+    /// Long format: type, owner, size, replication, modification time.
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// Recurse into directories.
+    #[arg(short = 'R')]
+    pub recursive: bool,
+    /// Answer from the contacted node's state without a leader check (may be slightly stale).
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct MkdirArgs {
+    pub path: String,
+    /// Create missing parents; no error if it exists.
+    #[arg(short = 'p')]
+    pub parents: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    pub path: String,
+    /// Remove a directory and everything in it.
+    #[arg(short = 'r', short_alias = 'R')]
+    pub recursive: bool,
+}
+
+pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    let path = remote(&a.path);
+    let reply = crate::rpc!(c, list, ListRequest { path: path.clone(), recursive: a.recursive, stale: a.stale })?;
+    for f in &reply.entries {
+        if ctx.json {
+            print_json(&file_json(f, false));
+        } else if a.long {
+            let kind = if f.is_dir { "d" } else { "-" };
+            let rep = if f.is_dir { "-".to_string() } else { f.replication.to_string() };
+            println!("{kind} {:<10} {:>12} {:>2} {} {}", f.owner, f.size, rep, time_ms(f.modified_ms), f.path);
+        } else {
+            println!("{}{}", f.path, if f.is_dir { "/" } else { "" });
+        }
+    }
+    Ok(0)
+}
+
+pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    let path = remote(path);
+    let f = crate::rpc!(c, stat, StatRequest { path: path.clone(), stale: false })?;
+    if ctx.json {
+        print_json(&file_json(&f, true));
+        return Ok(0);
+    }
+    println!("path:        {}", f.path);
+    println!("type:        {}", if f.is_dir { "directory" } else { "file" });
+    println!("owner:       {}", f.owner);
+    println!("created:     {}", time_ms(f.created_ms));
+    println!("modified:    {}", time_ms(f.modified_ms));
+    if !f.is_dir {
+        println!("size:        {} ({})", f.size, human_bytes(f.size));
+        println!("sha256:      {}", f.sha256);
+        println!("replication: {} ({})", f.replication, if fully_replicated(&f) { "fully replicated" } else { "UNDER-REPLICATED" });
+        println!("chunks:      {}", f.chunks.len());
+        for (i, ch) in f.chunks.iter().enumerate() {
+            let reps: Vec<String> =
+                ch.replicas.iter().zip(&ch.replica_addrs).map(|(id, a)| format!("{id}@{a}")).collect();
+            println!("  {:>4} {} {:>10} crc32c={:08x} replicas=[{}]", i + 1, ch.chunk_id, ch.size, ch.crc32c, reps.join(" "));
+        }
+    }
+    Ok(0)
+}
+
+pub async fn mkdir(ctx: &Ctx, a: MkdirArgs) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    let path = remote(&a.path);
+    crate::rpc!(c, mkdir, MkdirRequest { path: path.clone(), parents: a.parents })?;
+    if ctx.json {
+        print_json(&json!({"ok": true, "path": path}));
+    }
+    Ok(0)
+}
+
+pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    let (from, to) = (remote(from), remote(to));
+    crate::rpc!(c, rename, RenameRequest { from: from.clone(), to: to.clone() })?;
+    if ctx.json {
+        print_json(&json!({"ok": true, "from": from, "to": to}));
+    }
+    Ok(0)
+}
+
+pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    let path = remote(&a.path);
+    let r = crate::rpc!(c, remove, RemoveRequest { path: path.clone(), recursive: a.recursive })?;
+    if ctx.json {
+        print_json(&json!({"ok": true, "path": path, "removed": r.removed}));
+    }
+    Ok(0)
+}
+
+pub async fn du(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    let path = remote(path);
+    let u = crate::rpc!(c, usage, StatRequest { path: path.clone(), stale: false })?;
+    if ctx.json {
+        print_json(&json!({"path": path, "files": u.files, "dirs": u.dirs, "bytes": u.bytes}));
+    } else {
+        println!("{} in {} files, {} directories: {}", human_bytes(u.bytes), u.files, u.dirs, path);
+    }
+    Ok(0)
+}

@@ -1,0 +1,377 @@
+//! `dfsctl local`: a real cluster of metasrv and chunksrv processes on loopback ports.
+//!
+//! Everything lives under one directory (`--dir`, default `.dfs`): `cluster.json` (nodes, their
+//! ports, arguments and pids), `cluster.secret`, `admin.auth`, `env`, and one data dir per node
+//! (`meta-1/`, `chunk-1/`, ... each with a `log` file). Nodes run in their own process group, so
+//! they outlive the dfsctl that started them.
+use crate::output::print_json;
+use crate::Ctx;
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Args, Debug, Clone)]
+pub struct DirArg {
+    /// Directory holding the local cluster.
+    #[arg(long, env = "DFS_LOCAL_DIR", default_value = ".dfs")]
+    pub dir: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LocalCmd {
+    /// Start (or restart) the local cluster and wait until it serves requests.
+    #[command(after_help = "Example: dfsctl local up --dir /tmp/dfs --metas 3 --chunks 3")]
+    Up(UpArgs),
+    /// List every node: name, pid, address, metrics address, alive.
+    Status(DirArg),
+    /// Stop every node (SIGTERM, then SIGKILL after 10 s).
+    Down(DirArg),
+    /// SIGKILL one node (for trying failover by hand).
+    #[command(after_help = "Example: dfsctl local kill meta-1")]
+    Kill {
+        #[command(flatten)]
+        dir: DirArg,
+        node: String,
+    },
+    /// Start one node again on its data dir.
+    #[command(after_help = "Example: dfsctl local start meta-1")]
+    Start {
+        #[command(flatten)]
+        dir: DirArg,
+        node: String,
+    },
+    /// Pause (SIGSTOP) or resume (SIGCONT) one node.
+    Pause {
+        #[command(flatten)]
+        dir: DirArg,
+        node: String,
+        /// Resume instead of pausing.
+        #[arg(long)]
+        resume: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// Number of metadata nodes.
+    #[arg(long, default_value_t = 3)]
+    pub metas: u32,
+    /// Number of chunk servers.
+    #[arg(long, default_value_t = 3)]
+    pub chunks: u32,
+    /// Extra argument for every metasrv (repeatable), e.g. --meta-arg=--allow-self-register.
+    #[arg(long = "meta-arg", allow_hyphen_values = true)]
+    pub meta_args: Vec<String>,
+    /// Extra argument for every chunksrv (repeatable), e.g. --chunk-arg=--capacity=1000000.
+    #[arg(long = "chunk-arg", allow_hyphen_values = true)]
+    pub chunk_args: Vec<String>,
+    /// Seconds to wait for a leader and the chunk servers.
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct LocalNode {
+    pub name: String,
+    pub kind: String,
+    pub id: u64,
+    pub addr: String,
+    pub metrics_addr: String,
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    pub pid: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct LocalCluster {
+    pub nodes: Vec<LocalNode>,
+}
+
+impl LocalCluster {
+    pub fn load(dir: &Path) -> anyhow::Result<LocalCluster> {
+        let p = dir.join("cluster.json");
+        let raw = std::fs::read(&p)
+            .with_context(|| format!("no local cluster in {} (start one with `dfsctl local up --dir {}`)", dir.display(), dir.display()))?;
+        Ok(serde_json::from_slice(&raw)?)
+    }
+
+    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
+        dfs_common::durable::write_atomic(&dir.join("cluster.json"), &serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
+
+    pub fn meta_addrs(&self) -> Vec<String> {
+        self.nodes.iter().filter(|n| n.kind == "meta").map(|n| n.addr.clone()).collect()
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> anyhow::Result<&mut LocalNode> {
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .with_context(|| format!("no node named {name}; nodes: {}", names.join(", ")))
+    }
+}
+
+/// A free loopback port (the OS picks one; it is released for the node to bind).
+fn free_addr() -> anyhow::Result<String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.to_string())
+}
+
+/// Where the server binaries are: `DFS_BIN_DIR`, else beside this dfsctl.
+fn binary(name: &str) -> PathBuf {
+    if let Ok(d) = std::env::var("DFS_BIN_DIR") {
+        return PathBuf::from(d).join(name);
+    }
+    match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(name),
+        Err(_) => PathBuf::from(name),
+    }
+}
+
+/// Is `pid` a live (not zombie) process running `bin`?
+pub fn alive(pid: Option<u32>, kind: &str) -> bool {
+    let Some(pid) = pid else { return false };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
+    if state.is_empty() || state == "Z" || state == "X" {
+        return false;
+    }
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    String::from_utf8_lossy(&cmd).contains(if kind == "meta" { "metasrv" } else { "chunksrv" })
+}
+
+fn spawn(node: &mut LocalNode) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(&node.data_dir)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(node.data_dir.join("log"))?;
+    let bin = binary(if node.kind == "meta" { "metasrv" } else { "chunksrv" });
+    let child = Command::new(&bin)
+        .args(&node.args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("cannot start {} (built? `cargo build --release`)", bin.display()))?;
+    node.pid = Some(child.id());
+    Ok(())
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid we started; no memory is touched.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+fn log_tail(node: &LocalNode) -> String {
+    let text = std::fs::read_to_string(node.data_dir.join("log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(5).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+}
+
+fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
+    if a.metas == 0 {
+        bail!("--metas must be at least 1");
+    }
+    let dir = std::fs::canonicalize(dir)?;
+    let secret = dir.join("cluster.secret");
+    dfs_common::durable::write_secret(&secret, dfs_common::keys::generate_key().as_bytes())?;
+    let secret = secret.display().to_string();
+    let mut nodes = Vec::new();
+    let mut peers = Vec::new();
+    for i in 1..=a.metas {
+        let addr = free_addr()?;
+        peers.push(format!("{i}={addr}"));
+        nodes.push((i, addr, free_addr()?));
+    }
+    let peers = peers.join(",");
+    let mut out = LocalCluster::default();
+    for (i, addr, metrics) in nodes {
+        let data_dir = dir.join(format!("meta-{i}"));
+        let mut args = vec![
+            format!("--id={i}"),
+            format!("--listen={addr}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--peers={peers}"),
+            format!("--metrics={metrics}"),
+            format!("--cluster-secret-file={secret}"),
+        ];
+        if i == 1 {
+            args.push(format!("--admin-auth-out={}", dir.join("admin.auth").display()));
+        }
+        args.extend(a.meta_args.iter().cloned());
+        out.nodes.push(LocalNode { name: format!("meta-{i}"), kind: "meta".into(), id: i as u64, addr, metrics_addr: metrics, data_dir, args, pid: None });
+    }
+    let metas = out.meta_addrs().join(",");
+    for i in 1..=a.chunks {
+        let (addr, metrics) = (free_addr()?, free_addr()?);
+        let data_dir = dir.join(format!("chunk-{i}"));
+        let mut args = vec![
+            format!("--listen={addr}"),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--meta={metas}"),
+            format!("--metrics={metrics}"),
+            format!("--cluster-secret-file={secret}"),
+        ];
+        args.extend(a.chunk_args.iter().cloned());
+        out.nodes.push(LocalNode { name: format!("chunk-{i}"), kind: "chunk".into(), id: i as u64, addr, metrics_addr: metrics, data_dir, args, pid: None });
+    }
+    Ok(out)
+}
+
+/// Wait until a leader answers with the admin key and every chunk server is live.
+async fn wait_ready(dir: &Path, cluster: &LocalCluster, chunks: usize, wait: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    let auth = dir.join("admin.auth");
+    let mut last_problem = String::from("starting");
+    while Instant::now() < deadline {
+        for n in &cluster.nodes {
+            if !alive(n.pid, &n.kind) {
+                bail!("{} exited during start-up; its log ends with:\n    {}", n.name, log_tail(n));
+            }
+        }
+        if auth.exists() {
+            let conn = crate::client::MetaConn::connect(&cluster.meta_addrs(), Some(&auth), Duration::from_secs(2))?;
+            match crate::rpc!(conn, cluster_status, dfs_proto::StatusRequest { stale: false }) {
+                Ok(s) => {
+                    let live = s.chunk_servers.iter().filter(|c| c.live).count();
+                    if s.leader != 0 && live >= chunks {
+                        return Ok(());
+                    }
+                    last_problem = format!("leader {}, {live}/{chunks} chunk servers live", s.leader);
+                }
+                Err(e) => last_problem = e.message().to_string(),
+            }
+        } else {
+            last_problem = "waiting for the admin user to be created".into();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the local cluster did not become ready in {} s ({last_problem}); see the logs under {}", wait.as_secs(), dir.display())
+}
+
+fn write_env(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<PathBuf> {
+    let dir = std::fs::canonicalize(dir)?;
+    let text = format!(
+        "export DFS_META={}\nexport DFS_AUTH_FILE={}\n",
+        cluster.meta_addrs().join(","),
+        dir.join("admin.auth").display()
+    );
+    let p = dir.join("env");
+    dfs_common::durable::write_atomic(&p, text.as_bytes())?;
+    Ok(p)
+}
+
+async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
+    let dir = &a.dir.dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut cluster = match LocalCluster::load(dir) {
+        Ok(c) => c,
+        Err(_) => new_cluster(dir, &a)?,
+    };
+    let mut started = 0;
+    for n in &mut cluster.nodes {
+        if !alive(n.pid, &n.kind) {
+            spawn(n)?;
+            started += 1;
+        }
+    }
+    cluster.save(dir)?;
+    let chunks = cluster.nodes.iter().filter(|n| n.kind == "chunk").count();
+    wait_ready(dir, &cluster, chunks, Duration::from_secs(a.wait)).await?;
+    let env = write_env(dir, &cluster)?;
+    let metas = cluster.nodes.len() - chunks;
+    if ctx.json {
+        print_json(&json!({"dir": std::fs::canonicalize(dir)?, "env": env, "started": started, "meta": cluster.meta_addrs()}));
+    } else {
+        println!("{}", std::fs::read_to_string(&env)?.trim_end());
+        if !ctx.quiet {
+            eprintln!(
+                "local cluster is up: {metas} metadata node(s), {chunks} chunk server(s) in {} ({started} started now).\n\
+                 Next:  source {}\n       dfsctl put ./some-file /some-file && dfsctl ls -l /\n\
+                 Stop:  dfsctl local down --dir {}",
+                dir.display(),
+                env.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
+    match cmd {
+        LocalCmd::Up(a) => up(ctx, a).await,
+        LocalCmd::Status(d) => {
+            let c = LocalCluster::load(&d.dir)?;
+            for n in &c.nodes {
+                let live = alive(n.pid, &n.kind);
+                if ctx.json {
+                    print_json(&json!({"name": n.name, "pid": n.pid, "addr": n.addr, "metrics_addr": n.metrics_addr, "alive": live}));
+                } else {
+                    let pid = n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                    println!("{:<10} {:>8} {:<22} {:<22} {}", n.name, pid, n.addr, n.metrics_addr, if live { "alive" } else { "DOWN" });
+                }
+            }
+            Ok(0)
+        }
+        LocalCmd::Down(d) => {
+            let c = LocalCluster::load(&d.dir)?;
+            let running: Vec<&LocalNode> = c.nodes.iter().filter(|n| alive(n.pid, &n.kind)).collect();
+            for n in &running {
+                signal(n.pid.unwrap_or(0), libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while running.iter().any(|n| alive(n.pid, &n.kind)) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            for n in running.iter().filter(|n| alive(n.pid, &n.kind)) {
+                signal(n.pid.unwrap_or(0), libc::SIGKILL);
+            }
+            if !ctx.quiet {
+                eprintln!("stopped {} node(s); data kept in {}", running.len(), d.dir.display());
+            }
+            Ok(0)
+        }
+        LocalCmd::Kill { dir, node } => {
+            let mut c = LocalCluster::load(&dir.dir)?;
+            let n = c.node_mut(&node)?;
+            if alive(n.pid, &n.kind) {
+                signal(n.pid.unwrap_or(0), libc::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while alive(n.pid, &n.kind) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            Ok(0)
+        }
+        LocalCmd::Start { dir, node } => {
+            let mut c = LocalCluster::load(&dir.dir)?;
+            let n = c.node_mut(&node)?;
+            if alive(n.pid, &n.kind) {
+                bail!("{node} is already running (pid {})", n.pid.unwrap_or(0));
+            }
+            spawn(n)?;
+            c.save(&dir.dir)?;
+            Ok(0)
+        }
+        LocalCmd::Pause { dir, node, resume } => {
+            let mut c = LocalCluster::load(&dir.dir)?;
+            let n = c.node_mut(&node)?;
+            if !alive(n.pid, &n.kind) {
+                bail!("{node} is not running");
+            }
+            signal(n.pid.unwrap_or(0), if resume { libc::SIGCONT } else { libc::SIGSTOP });
+            Ok(0)
+        }
+    }
+}

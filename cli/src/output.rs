@@ -1,0 +1,79 @@
+//! How results and errors are printed: text for people, `--json` for scripts, one error line.
+use dfs_proto::FileInfo;
+use serde_json::json;
+
+/// One line saying what failed: the server's sentence for gRPC errors, the chain otherwise.
+pub fn error_line(e: &anyhow::Error) -> String {
+    if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        return status_line(s);
+    }
+    format!("{e:#}")
+}
+
+pub fn status_line(s: &tonic::Status) -> String {
+    let msg = s.message();
+    match s.code() {
+        tonic::Code::Unauthenticated => format!("{msg} (check the auth file: --auth-file or DFS_AUTH_FILE)"),
+        _ if msg.is_empty() => format!("{:?}", s.code()),
+        _ => msg.to_string(),
+    }
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn time_ms(ms: i64) -> String {
+    use chrono::TimeZone;
+    match chrono::Local.timestamp_millis_opt(ms).single() {
+        Some(t) => t.format("%Y-%m-%d %H:%M").to_string(),
+        None => "-".into(),
+    }
+}
+
+/// Whether every chunk has as many replicas as the file asks for.
+pub fn fully_replicated(f: &FileInfo) -> bool {
+    f.chunks.iter().all(|c| c.replicas.len() as u32 >= f.replication)
+}
+
+/// The JSON shape of a file or directory (documented in README.md).
+pub fn file_json(f: &FileInfo, with_chunks: bool) -> serde_json::Value {
+    let mut v = json!({
+        "path": f.path,
+        "type": if f.is_dir { "dir" } else { "file" },
+        "owner": f.owner,
+        "size": f.size,
+        "replication": f.replication,
+        "created_ms": f.created_ms,
+        "modified_ms": f.modified_ms,
+        "id": f.id,
+    });
+    if !f.is_dir {
+        v["sha256"] = json!(f.sha256);
+        v["chunk_size"] = json!(f.chunk_size);
+    }
+    if with_chunks && !f.is_dir {
+        v["fully_replicated"] = json!(fully_replicated(f));
+        v["chunks"] = f
+            .chunks
+            .iter()
+            .map(|c| json!({"id": c.chunk_id, "size": c.size, "crc32c": c.crc32c, "replicas": c.replicas, "addrs": c.replica_addrs}))
+            .collect();
+    }
+    v
+}
+
+pub fn print_json(v: &serde_json::Value) {
+    println!("{v}");
+}
