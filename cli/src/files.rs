@@ -7,7 +7,7 @@ use serde_json::json;
 
 /// Make a path absolute (`a/b` means `/a/b`); the server checks the rest.
 pub fn remote(p: &str) -> String {
-    if p.starts_with('/') {
+    if p.is_empty() || p.starts_with('/') {
         p.to_string()
     } else {
         format!("/{p}")

@@ -55,6 +55,9 @@ pub struct Args {
     /// Log entries kept after a snapshot, for followers that lag a little.
     #[arg(long, env = "DFS_META_KEEP_LOGS", default_value_t = 5_000)]
     pub keep_logs: u64,
+    /// Purge the log only when at least this many entries can go (fewer, larger purges).
+    #[arg(long, env = "DFS_META_PURGE_BATCH", default_value_t = 256)]
+    pub purge_batch: u64,
     /// Leader heartbeat interval in milliseconds.
     #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 25)]
     pub heartbeat_ms: u64,
@@ -83,6 +86,7 @@ pub struct Config {
     pub join: bool,
     pub snapshot_every: u64,
     pub keep_logs: u64,
+    pub purge_batch: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub chunk_size: u64,
@@ -129,6 +133,7 @@ impl Config {
             join: a.join,
             snapshot_every: a.snapshot_every.max(1),
             keep_logs: a.keep_logs,
+            purge_batch: a.purge_batch.max(1),
             heartbeat_ms: a.heartbeat_ms,
             election_timeout_ms: a.election_timeout_ms,
             chunk_size: a.chunk_size,
@@ -145,7 +150,7 @@ impl Config {
             install_snapshot_timeout: 10_000,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_logs,
-            purge_batch_size: 256,
+            purge_batch_size: self.purge_batch,
             max_payload_entries: 1000,
             snapshot_max_chunk_size: 1024 * 1024,
             ..Default::default()

@@ -54,7 +54,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot serve metrics on {} (is the port taken?)", cfg.metrics))?;
 
-    let (log_store, state_machine) = store::open(&cfg.data_dir.join("raft"), &cfg.data_dir.join("snapshots"))
+    let (log_store, state_machine, durable) = store::open(&cfg.data_dir.join("raft"), &cfg.data_dir.join("snapshots"))
         .map_err(|e| anyhow::anyhow!("cannot open the store in {} (is another metasrv using it?): {e}", cfg.data_dir.display()))?;
     let shared = state_machine.shared();
     let log_for_metrics = log_store.clone();
@@ -105,7 +105,11 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         let handler: dfs_common::http::Handler = Arc::new(move |path: &str| match path {
             "/metrics" => {
                 let sled = dir_size(&durable_dir);
-                (200, dfs_common::http::PROMETHEUS_TEXT, metrics::render(&node, log_for_metrics.log_size(), sled))
+                let syncs = (
+                    durable.syncs.load(std::sync::atomic::Ordering::Relaxed),
+                    durable.sync_nanos.load(std::sync::atomic::Ordering::Relaxed),
+                );
+                (200, dfs_common::http::PROMETHEUS_TEXT, metrics::render(&node, log_for_metrics.log_size(), sled, syncs))
             }
             "/healthz" => match node.raft.metrics().borrow().running_state {
                 Ok(()) => (200, "text/plain", "ok\n".into()),

@@ -68,7 +68,7 @@ fn counter(out: &mut String, name: &str, help: &str, v: u64) {
 }
 
 /// Render everything this node knows as Prometheus text.
-pub fn render(node: &MetaNode, log_size: (u64, u64), sled_bytes: u64) -> String {
+pub fn render(node: &MetaNode, log_size: (u64, u64), sled_bytes: u64, syncs: (u64, u64)) -> String {
     let m = node.raft.metrics().borrow().clone();
     let mut out = String::new();
     gauge(&mut out, "dfs_meta_node_id", "This metasrv node's id.", node.id);
@@ -82,6 +82,8 @@ pub fn render(node: &MetaNode, log_size: (u64, u64), sled_bytes: u64) -> String 
     gauge(&mut out, "dfs_raft_log_entries", "Entries in the Raft log on disk.", log_size.0);
     gauge(&mut out, "dfs_raft_log_bytes", "Bytes of Raft log entries on disk.", log_size.1);
     gauge(&mut out, "dfs_sled_size_bytes", "Size of the sled database on disk.", sled_bytes);
+    counter(&mut out, "dfs_sled_syncs_total", "Group-commit syncs (sled flush + fdatasync).", syncs.0);
+    let _ = writeln!(out, "# HELP dfs_sled_sync_seconds_total Time spent in syncs.\n# TYPE dfs_sled_sync_seconds_total counter\ndfs_sled_sync_seconds_total {}", syncs.1 as f64 / 1e9);
     counter(&mut out, "dfs_raft_leader_changes_total", "Times this node saw the leader change.", node.metrics.leader_changes.get());
     {
         let st = node.read_state();

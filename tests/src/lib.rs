@@ -1,1 +1,239 @@
-//! Shared helpers for cluster tests (see tests/tests/).
+//! Helpers for cluster tests: start a real local cluster (`dfsctl local up`) in a temp dir on
+//! free ports, run `dfsctl` against it, kill and restart nodes, and wait for conditions.
+//! Every test gets its own directory and ports, so tests run in parallel.
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Where cargo put the binaries (`target/<profile>`), or `DFS_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DFS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is not built: run `cargo build --workspace` first", p.display());
+    p
+}
+
+/// Poll `cond` every 50 ms until it holds; panic with `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub meta: String,
+    pub auth: PathBuf,
+}
+
+/// The result of one dfsctl run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Assert success and return stdout.
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, 0, "dfsctl failed: {}{}", self.stderr, self.stdout);
+        self.stdout
+    }
+
+    /// Assert failure with exit code 1 and a one-line message containing `needle`.
+    pub fn fails_with(self, needle: &str) -> String {
+        assert_eq!(self.code, 1, "expected failure, got {}: {}{}", self.code, self.stdout, self.stderr);
+        assert!(self.stderr.contains(needle), "stderr {:?} lacks {needle:?}", self.stderr);
+        assert_eq!(self.stderr.trim_end().lines().count(), 1, "one error line, got {:?}", self.stderr);
+        self.stderr
+    }
+
+    pub fn json(self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+}
+
+impl Cluster {
+    /// Start `metas` metadata nodes and `chunks` chunk servers; extra args go to every metasrv.
+    pub fn up(metas: u32, chunks: u32, meta_args: &[&str]) -> Cluster {
+        Self::up_with(metas, chunks, meta_args, &[])
+    }
+
+    pub fn up_with(metas: u32, chunks: u32, meta_args: &[&str], chunk_args: &[&str]) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("dfs-test-").tempdir().expect("temp dir");
+        let mut cmd = Command::new(bin("dfsctl"));
+        cmd.args(["local", "up", "--quiet", "--dir"])
+            .arg(dir.path())
+            .arg(format!("--metas={metas}"))
+            .arg(format!("--chunks={chunks}"));
+        for a in meta_args {
+            cmd.arg(format!("--meta-arg={a}"));
+        }
+        for a in chunk_args {
+            cmd.arg(format!("--chunk-arg={a}"));
+        }
+        let out = Run::from(cmd.env_remove("DFS_META").env_remove("DFS_AUTH_FILE").output().expect("run dfsctl"));
+        assert_eq!(out.code, 0, "local up failed: {}", out.stderr);
+        let env = std::fs::read_to_string(dir.path().join("env")).expect("env file");
+        let meta = env
+            .lines()
+            .find_map(|l| l.strip_prefix("export DFS_META="))
+            .expect("DFS_META in env")
+            .to_string();
+        let auth = dir.path().join("admin.auth");
+        Cluster { dir, meta, auth }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run dfsctl as the admin.
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        self.ctl_as(&self.auth, args)
+    }
+
+    /// Run dfsctl with another auth file.
+    pub fn ctl_as(&self, auth: &Path, args: &[&str]) -> Run {
+        self.ctl_env(&self.meta, auth, args, None)
+    }
+
+    /// Run dfsctl against chosen metadata addresses, optionally feeding stdin.
+    pub fn ctl_env(&self, meta: &str, auth: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        use std::io::Write;
+        let mut cmd = Command::new(bin("dfsctl"));
+        cmd.args(args)
+            .env("DFS_META", meta)
+            .env("DFS_AUTH_FILE", auth)
+            .env("DFS_LOCAL_DIR", self.path())
+            .env("DFS_LOG", "warn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn dfsctl");
+        {
+            let mut sin = child.stdin.take().expect("stdin");
+            if let Some(b) = stdin {
+                sin.write_all(b).expect("write stdin");
+            }
+        }
+        Run::from(child.wait_with_output().expect("dfsctl output"))
+    }
+
+    pub fn local(&self, args: &[&str]) -> Run {
+        let mut a = vec!["local"];
+        a.extend_from_slice(&args[..1]);
+        a.push("--dir");
+        let d = self.path().display().to_string();
+        a.push(&d);
+        a.extend_from_slice(&args[1..]);
+        self.ctl(&a)
+    }
+
+    pub fn kill(&self, node: &str) {
+        self.local(&["kill", node]).ok();
+    }
+
+    pub fn start(&self, node: &str) {
+        self.local(&["start", node]).ok();
+    }
+
+    pub fn status(&self) -> Value {
+        self.ctl(&["--json", "--timeout", "5", "cluster", "status"]).json()
+    }
+
+    /// The leader's id, once a leader is elected.
+    pub fn leader(&self) -> u64 {
+        let mut leader = 0;
+        wait_until(Duration::from_secs(20), "a leader", || {
+            let r = self.ctl(&["--json", "--timeout", "3", "cluster", "status"]);
+            if r.code != 0 {
+                return false;
+            }
+            let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or(Value::Null);
+            leader = v["leader"].as_u64().unwrap_or(0);
+            leader != 0
+        });
+        leader
+    }
+
+    /// Addresses of the metadata nodes, in node order.
+    pub fn meta_addrs(&self) -> Vec<String> {
+        self.meta.split(',').map(str::to_string).collect()
+    }
+
+    /// Wait until every member reports the same applied index (at least `min`).
+    pub fn wait_converged(&self, members: usize, min: u64) {
+        wait_until(Duration::from_secs(30), "members to converge", || {
+            let r = self.ctl(&["--json", "--timeout", "3", "cluster", "status"]);
+            let Ok(v) = serde_json::from_str::<Value>(r.stdout.trim()) else { return false };
+            let Some(ms) = v["members"].as_array() else { return false };
+            let applied: Vec<u64> = ms.iter().map(|m| m["applied"].as_u64().unwrap_or(0)).collect();
+            ms.len() == members && ms.iter().all(|m| m["reachable"] == true) && applied.iter().all(|a| *a == applied[0] && *a >= min)
+        });
+    }
+
+    /// Create a user and return its auth file.
+    pub fn add_user(&self, name: &str) -> PathBuf {
+        let p = self.path().join(format!("{name}.auth"));
+        self.ctl(&["user", "add", name, "--out", p.to_str().expect("utf8 path")]).ok();
+        p
+    }
+
+    pub fn secret_file(&self) -> PathBuf {
+        self.path().join("cluster.secret")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("dfsctl"))
+            .args(["local", "down", "--quiet", "--dir"])
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// A free loopback address.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+pub fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@
 //! To ensure correctness (openraft `RaftLogStorage`): the vote is durable before `save_vote`
 //! returns; appended entries are durable before the flush callback fires; `last_purged` is
 //! written before the entries it covers are deleted, in the same flush.
-use super::{Durable, TREE_LOG, TREE_RAFT};
+use super::{Durable, Flusher, Waiter, TREE_LOG, TREE_RAFT};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
@@ -19,7 +19,7 @@ const KEY_LAST_PURGED: &[u8] = b"last_purged";
 
 #[derive(Clone)]
 pub struct LogStore {
-    durable: Arc<Durable>,
+    flusher: Flusher,
     log: sled::Tree,
     raft: sled::Tree,
 }
@@ -35,10 +35,10 @@ fn index_of(key: &[u8]) -> u64 {
 }
 
 impl LogStore {
-    pub fn new(durable: Arc<Durable>) -> Result<Self, sled::Error> {
+    pub fn new(durable: Arc<Durable>, flusher: Flusher) -> Result<Self, sled::Error> {
         let log = durable.db.open_tree(TREE_LOG)?;
         let raft = durable.db.open_tree(TREE_RAFT)?;
-        Ok(Self { durable, log, raft })
+        Ok(Self { flusher, log, raft })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
@@ -53,7 +53,7 @@ impl LogStore {
     }
 
     async fn sync(&self) -> Result<(), StorageError> {
-        self.durable.sync_async().await.map_err(|e| StorageIOError::write_logs(&e).into())
+        self.flusher.sync().await.map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     /// Number of entries and bytes currently in the log (for metrics).
@@ -108,7 +108,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_meta(KEY_VOTE, vote)?;
-        self.durable.sync_async().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.flusher.sync().await.map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -136,13 +136,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(e.log_id.index), v);
         }
         self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
-        let res = self.durable.sync_async().await;
-        let failed = res.as_ref().err().map(|e| StorageIOError::write_logs(e));
-        callback.log_io_completed(res);
-        match failed {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+        // Durable later, by the flusher's next sync; openraft waits for the callback.
+        self.flusher.enqueue(Waiter::Log(callback)).map_err(|e| StorageIOError::write_logs(&e))?;
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

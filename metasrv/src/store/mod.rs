@@ -3,8 +3,12 @@
 //!
 //! Durability (see shared/design.md): sled 0.34's `flush()` writes with `sync_file_range`, which
 //! neither flushes the disk cache nor file metadata. `Durable::sync` therefore follows each
-//! `flush()` with an `fdatasync` of sled's data file. It runs once per batch (an `append` of many
-//! entries, an `apply` of many entries), never per entry, and always in `spawn_blocking`.
+//! `flush()` with an `fdatasync` of sled's data file.
+//!
+//! Group commit: appends and applies do not sync themselves. They hand a waiter to the flusher
+//! thread, which takes every waiter queued so far, runs one `sync` (covering every write made
+//! before it started), then completes them all in order. So one fdatasync serves many Raft
+//! entries, and openraft is told an entry is durable only after a sync that covers it.
 mod log_store;
 mod state_machine;
 
@@ -28,6 +32,9 @@ const TREE_SM: &str = "sm";
 pub struct Durable {
     pub db: sled::Db,
     data_file: File,
+    /// Syncs done and time spent in them (for metrics).
+    pub syncs: std::sync::atomic::AtomicU64,
+    pub sync_nanos: std::sync::atomic::AtomicU64,
 }
 
 impl Durable {
@@ -43,26 +50,78 @@ impl Durable {
             .open()
             .map_err(io::Error::other)?;
         let data_file = File::open(dir.join("db"))?;
-        Ok(Arc::new(Durable { db, data_file }))
+        Ok(Arc::new(Durable { db, data_file, syncs: Default::default(), sync_nanos: Default::default() }))
     }
 
     /// Make every earlier write durable: sled flush, then fdatasync of its data file.
-    /// Blocking: call from `spawn_blocking`.
+    /// Blocking: only the flusher thread calls it.
     pub fn sync(&self) -> io::Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let t = std::time::Instant::now();
         self.db.flush().map_err(io::Error::other)?;
-        self.data_file.sync_data()
+        let r = self.data_file.sync_data();
+        self.syncs.fetch_add(1, Relaxed);
+        self.sync_nanos.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        r
+    }
+}
+
+/// Someone waiting for the next sync.
+pub enum Waiter {
+    /// Openraft's callback for appended log entries.
+    Log(openraft::storage::LogFlushed<crate::types::TypeConfig>),
+    Notify(tokio::sync::oneshot::Sender<io::Result<()>>),
+}
+
+/// The group-commit thread (see the module doc).
+#[derive(Clone)]
+pub struct Flusher {
+    tx: std::sync::mpsc::Sender<Waiter>,
+}
+
+impl Flusher {
+    pub fn spawn(durable: Arc<Durable>) -> io::Result<Flusher> {
+        let (tx, rx) = std::sync::mpsc::channel::<Waiter>();
+        std::thread::Builder::new().name("sled-flusher".into()).spawn(move || {
+            while let Ok(first) = rx.recv() {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                let result = durable.sync();
+                for w in batch {
+                    let r = match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    };
+                    match w {
+                        Waiter::Log(cb) => cb.log_io_completed(r),
+                        Waiter::Notify(tx) => {
+                            let _ = tx.send(r);
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(Flusher { tx })
     }
 
-    pub async fn sync_async(self: &Arc<Self>) -> io::Result<()> {
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.sync()).await.map_err(io::Error::other)?
+    /// Complete `w` after the next sync.
+    pub fn enqueue(&self, w: Waiter) -> io::Result<()> {
+        self.tx.send(w).map_err(|_| io::Error::other("the flusher thread is gone"))
+    }
+
+    /// Wait until every write made before this call is durable.
+    pub async fn sync(&self) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.enqueue(Waiter::Notify(tx))?;
+        rx.await.map_err(|_| io::Error::other("the flusher thread is gone"))?
     }
 }
 
 /// Open the log store and the state machine over one database.
-pub fn open(dir: &Path, snapshot_dir: &Path) -> Result<(LogStore, StateMachine), crate::types::StorageError> {
+pub fn open(dir: &Path, snapshot_dir: &Path) -> Result<(LogStore, StateMachine, Arc<Durable>), crate::types::StorageError> {
     let durable = Durable::open(dir).map_err(|e| openraft::StorageIOError::read(&e))?;
-    let log = LogStore::new(durable.clone()).map_err(|e| openraft::StorageIOError::read(&e))?;
-    let sm = StateMachine::open(durable, snapshot_dir)?;
-    Ok((log, sm))
+    let flusher = Flusher::spawn(durable.clone()).map_err(|e| openraft::StorageIOError::read(&e))?;
+    let log = LogStore::new(durable.clone(), flusher.clone()).map_err(|e| openraft::StorageIOError::read(&e))?;
+    let sm = StateMachine::open(durable.clone(), flusher, snapshot_dir)?;
+    Ok((log, sm, durable))
 }

@@ -4,7 +4,7 @@
 //! and the membership in one atomic sled batch, then syncs, before openraft hears of it. A
 //! snapshot is built from a copy of the state taken in `get_snapshot_builder`, so applying goes
 //! on while it is serialized. Installing a snapshot replaces every record in one batch.
-use super::{Durable, TREE_SM};
+use super::{Durable, Flusher, TREE_SM};
 use crate::state::{Reply, Response, State};
 use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use openraft::storage::RaftStateMachine;
@@ -22,7 +22,7 @@ const SNAPSHOT_FILE: &str = "current.snap";
 pub type SharedState = Arc<RwLock<State>>;
 
 pub struct StateMachine {
-    durable: Arc<Durable>,
+    flusher: Flusher,
     tree: sled::Tree,
     state: SharedState,
     applied: Option<LogId>,
@@ -39,7 +39,7 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateMachine {
-    pub fn open(durable: Arc<Durable>, snapshot_dir: &Path) -> Result<Self, StorageError> {
+    pub fn open(durable: Arc<Durable>, flusher: Flusher, snapshot_dir: &Path) -> Result<Self, StorageError> {
         let tree = durable.db.open_tree(TREE_SM).map_err(read_err)?;
         let mut state = State::default();
         let mut applied = None;
@@ -54,7 +54,7 @@ impl StateMachine {
         }
         std::fs::create_dir_all(snapshot_dir).map_err(read_err)?;
         Ok(Self {
-            durable,
+            flusher,
             tree,
             state: Arc::new(RwLock::new(state)),
             applied,
@@ -72,7 +72,7 @@ impl StateMachine {
     }
 
     async fn sync(&self) -> Result<(), StorageError> {
-        self.durable.sync_async().await.map_err(write_err)
+        self.flusher.sync().await.map_err(write_err)
     }
 }
 

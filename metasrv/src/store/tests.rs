@@ -9,7 +9,7 @@ struct SledBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for SledBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (log, sm) = open(&dir.path().join("sled"), &dir.path().join("snapshots"))?;
+        let (log, sm, _) = open(&dir.path().join("sled"), &dir.path().join("snapshots"))?;
         Ok((dir, log, sm))
     }
 }
@@ -29,7 +29,7 @@ async fn state_survives_reopen() {
     let db = dir.path().join("sled");
     let snaps = dir.path().join("snapshots");
     {
-        let (mut log, mut sm) = open(&db, &snaps).unwrap();
+        let (mut log, mut sm, _) = open(&db, &snaps).unwrap();
         log.save_vote(&Vote::new(3, 1)).await.unwrap();
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), 1),
@@ -39,7 +39,7 @@ async fn state_survives_reopen() {
         };
         sm.apply(vec![entry]).await.unwrap();
     }
-    let (mut log, mut sm) = open(&db, &snaps).unwrap();
+    let (mut log, mut sm, _) = open(&db, &snaps).unwrap();
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(1));
