@@ -124,52 +124,77 @@ async fn meta_bench(ctx: &Ctx, clients: Vec<usize>, seconds: u64) -> anyhow::Res
     for &n in &clients {
         let level = format!("{root}/c{n}");
         rpc!(conn, mkdir, MkdirRequest { path: level.clone(), parents: true })?;
-        let deadline = Instant::now() + Duration::from_secs(seconds);
+        // Phase 1: writes only (mkdir, then rename of what was just made).
         let started = Instant::now();
+        let deadline = started + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..n)
             .map(|w| {
                 let (conn, level) = (conn.clone(), level.clone());
                 tokio::spawn(async move {
-                    let (mut writes, mut reads, mut errors) = (Vec::new(), Vec::new(), 0u64);
+                    let (mut lat, mut made, mut errors) = (Vec::new(), Vec::new(), 0u64);
                     let mut i = 0u64;
                     while Instant::now() < deadline {
                         let a = format!("{level}/w{w}-{i}");
-                        let b = format!("{level}/w{w}-{i}-moved");
+                        let b = format!("{a}-moved");
+                        i += 1;
                         let t = Instant::now();
                         if rpc!(conn, mkdir, MkdirRequest { path: a.clone(), parents: false }).is_err() {
                             errors += 1;
                             continue;
                         }
-                        writes.push(t.elapsed());
-                        for _ in 0..2 {
-                            let t = Instant::now();
-                            match rpc!(conn, stat, StatRequest { path: a.clone(), stale: false }) {
-                                Ok(_) => reads.push(t.elapsed()),
-                                Err(_) => errors += 1,
-                            }
-                        }
+                        lat.push(t.elapsed());
                         let t = Instant::now();
                         match rpc!(conn, rename, RenameRequest { from: a.clone(), to: b.clone() }) {
-                            Ok(_) => writes.push(t.elapsed()),
+                            Ok(_) => {
+                                lat.push(t.elapsed());
+                                made.push(b);
+                            }
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (lat, made, errors)
+                })
+            })
+            .collect();
+        let (mut writes, mut made, mut errors) = (Vec::new(), Vec::new(), 0);
+        for t in tasks {
+            let (l, m, e) = t.await?;
+            writes.extend(l);
+            made.push(m);
+            errors += e;
+        }
+        let w = summarize(writes, started.elapsed().as_secs_f64());
+        // Phase 2: linearizable reads only (stat of what phase 1 made).
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(seconds);
+        let tasks: Vec<_> = made
+            .into_iter()
+            .map(|paths| {
+                let conn = conn.clone();
+                tokio::spawn(async move {
+                    let (mut lat, mut errors) = (Vec::new(), 0u64);
+                    let mut i = 0;
+                    while Instant::now() < deadline && !paths.is_empty() {
+                        let t = Instant::now();
+                        match rpc!(conn, stat, StatRequest { path: paths[i % paths.len()].clone(), stale: false }) {
+                            Ok(_) => lat.push(t.elapsed()),
                             Err(_) => errors += 1,
                         }
                         i += 1;
                     }
-                    (writes, reads, errors)
+                    (lat, errors)
                 })
             })
             .collect();
-        let (mut writes, mut reads, mut errors) = (Vec::new(), Vec::new(), 0);
+        let mut reads = Vec::new();
         for t in tasks {
-            let (w, r, e) = t.await?;
-            writes.extend(w);
-            reads.extend(r);
+            let (l, e) = t.await?;
+            reads.extend(l);
             errors += e;
         }
-        let secs = started.elapsed().as_secs_f64();
-        let (w, r) = (summarize(writes, secs), summarize(reads, secs));
+        let r = summarize(reads, started.elapsed().as_secs_f64());
         if !ctx.json {
-            println!("{}", w.line(&format!("meta writes (mkdir+mv), {n} clients")));
+            println!("{}", w.line(&format!("meta writes (mkdir, mv), {n} clients")));
             println!("{}", r.line(&format!("meta reads (stat), {n} clients")));
             if errors > 0 {
                 println!("  errors: {errors}");

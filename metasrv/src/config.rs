@@ -65,6 +65,9 @@ pub struct Args {
     /// an election after the leader's lease (the maximum) plus a random timeout in [min, max].
     #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 75)]
     pub election_timeout_ms: u64,
+    /// Async worker threads. Few threads mean fewer context switches, which cost a lot in VMs.
+    #[arg(long, env = "DFS_META_THREADS", default_value_t = 2)]
+    pub threads: usize,
     /// Chunk size for new files, in bytes.
     #[arg(long, env = "DFS_CHUNK_SIZE", default_value_t = dfs_common::DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u64,

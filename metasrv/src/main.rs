@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("metasrv: cannot start the async runtime: {e}");
@@ -76,6 +76,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         config: cfg.service_config(),
         liveness: Default::default(),
         metrics: Default::default(),
+        reads: service::ReadBarrier::new(raft.clone()),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -8,6 +8,9 @@
 mod handlers;
 mod meta_api;
 mod raft_api;
+mod read_barrier;
+
+pub use read_barrier::ReadBarrier;
 
 pub use meta_api::MetaApi;
 pub use raft_api::RaftApi;
@@ -20,7 +23,7 @@ use crate::types::{NodeId, Raft};
 use dfs_common::headers;
 use dfs_common::token::ClusterSecret;
 use dfs_proto::ForwardRequest;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -48,6 +51,7 @@ pub struct MetaNode {
     pub config: ServiceConfig,
     pub liveness: Liveness,
     pub metrics: Arc<Metrics>,
+    pub reads: ReadBarrier,
 }
 
 /// Who is calling: a user (name and key) and/or a node (cluster-secret proof).
@@ -131,13 +135,10 @@ impl MetaNode {
             return Ok(());
         }
         self.write_gate()?;
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(OpError::NotLeader(f.leader_id)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(Status::unavailable(format!("cannot reach a quorum of metadata nodes: {e}")).into())
-            }
-            Err(RaftError::Fatal(f)) => Err(Status::unavailable(format!("metadata node stopped: {f}")).into()),
+        match self.reads.wait().await {
+            Ok(()) => Ok(()),
+            Err(read_barrier::ReadCheck::NotLeader(l)) => Err(OpError::NotLeader(l)),
+            Err(read_barrier::ReadCheck::Unavailable(m)) => Err(Status::unavailable(m).into()),
         }
     }
 
