@@ -28,17 +28,22 @@ use tokio::sync::{mpsc, watch};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait for one metadata node's heartbeat answer.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for one registration attempt (a Raft commit behind it).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const INVENTORY_EVERY: Duration = Duration::from_secs(30);
-/// How long a deleted chunk id keeps being acknowledged (about 10 heartbeats).
-const ACK_DELETES_FOR: Duration = Duration::from_secs(10);
+/// Heartbeats between two full inventories (30 s).
+const INVENTORY_EVERY_BEATS: u32 = 30;
+/// Heartbeats during which a deleted chunk id keeps being acknowledged.
+const ACK_DELETES_BEATS: u32 = 10;
 /// Delete orders waiting for the deleter; more are dropped (the leader repeats them).
 const DELETE_QUEUE: usize = 100_000;
+/// Consecutive "unknown chunk server" answers from one metadata node before re-registering.
+const UNKNOWN_BEFORE_REREGISTER: u32 = 10;
+/// At most one re-registration per this many heartbeat intervals.
+const REREGISTER_EVERY_BEATS: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -47,7 +52,9 @@ pub enum LinkError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("node identity file {path} is damaged ({reason}); restore it or move the data dir away")]
+    #[error(
+        "node identity file {path} is damaged ({reason}); restore it or move the data dir away"
+    )]
     BadIdentity { path: PathBuf, reason: String },
     #[error("cannot write node identity file {path}: {source}")]
     WriteIdentity {
@@ -157,9 +164,18 @@ fn channel(addr: &str) -> Result<Channel, LinkError> {
         .connect_lazy())
 }
 
+/// Outcome of one registration round.
+enum RoundError {
+    /// Nobody answered yes; the last error, for the log.
+    Failed(String),
+    /// Registered, but the node id cannot be saved.
+    Fatal(LinkError),
+}
+
 /// Chunks deleted on order, and orders not carried out yet.
-#[derive(Default)]
 struct DeleteLog {
+    /// How long a deleted id keeps being acknowledged.
+    ack_for: Duration,
     /// Deleted ids with the time of deletion, oldest first.
     recent: VecDeque<(String, Instant)>,
     recent_set: HashSet<String>,
@@ -167,9 +183,18 @@ struct DeleteLog {
 }
 
 impl DeleteLog {
+    fn new(ack_for: Duration) -> Self {
+        Self {
+            ack_for,
+            recent: VecDeque::new(),
+            recent_set: HashSet::new(),
+            pending: HashSet::new(),
+        }
+    }
+
     fn prune(&mut self, now: Instant) {
         while let Some((id, at)) = self.recent.front() {
-            if now.duration_since(*at) < ACK_DELETES_FOR {
+            if now.duration_since(*at) < self.ack_for {
                 break;
             }
             self.recent_set.remove(id);
@@ -199,6 +224,12 @@ struct Target {
 /// Registration and heartbeats towards every metadata node.
 pub struct MetaLink {
     targets: Vec<Target>,
+    uuid: String,
+    identity: Mutex<NodeIdentity>,
+    data_dir: PathBuf,
+    last_reregister: tokio::sync::Mutex<Option<Instant>>,
+    /// Time between two heartbeats to one metadata node.
+    interval: Duration,
     auth: AsciiMetadataValue,
     advertise: String,
     store: Store,
@@ -210,8 +241,11 @@ pub struct MetaLink {
 }
 
 impl MetaLink {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         meta_addrs: &[String],
+        identity: NodeIdentity,
+        data_dir: &Path,
         secret: &ClusterSecret,
         advertise: String,
         store: Store,
@@ -219,7 +253,11 @@ impl MetaLink {
         node_id: Arc<AtomicU64>,
     ) -> Result<Self, LinkError> {
         let mut targets = Vec::new();
-        for addr in meta_addrs.iter().map(|a| a.trim()).filter(|a| !a.is_empty()) {
+        for addr in meta_addrs
+            .iter()
+            .map(|a| a.trim())
+            .filter(|a| !a.is_empty())
+        {
             targets.push(Target {
                 addr: addr.to_string(),
                 client: MetaClient::new(channel(addr)?),
@@ -228,22 +266,36 @@ impl MetaLink {
         if targets.is_empty() {
             return Err(LinkError::NoAddress);
         }
-        let auth = MetadataValue::try_from(secret.node_proof()).map_err(|e| LinkError::BadAddress {
-            addr: NODE_AUTH.to_string(),
-            reason: e.to_string(),
-        })?;
+        let auth =
+            MetadataValue::try_from(secret.node_proof()).map_err(|e| LinkError::BadAddress {
+                addr: NODE_AUTH.to_string(),
+                reason: e.to_string(),
+            })?;
         let (delete_tx, delete_rx) = mpsc::channel(DELETE_QUEUE);
         Ok(Self {
             targets,
+            uuid: identity.uuid.clone(),
+            identity: Mutex::new(identity),
+            data_dir: data_dir.to_path_buf(),
+            last_reregister: tokio::sync::Mutex::new(None),
             auth,
             advertise,
             store,
             metrics,
             node_id,
-            deletes: Mutex::new(DeleteLog::default()),
+            interval: HEARTBEAT_INTERVAL,
+            deletes: Mutex::new(DeleteLog::new(HEARTBEAT_INTERVAL * ACK_DELETES_BEATS)),
             delete_tx,
             delete_rx: Mutex::new(Some(delete_rx)),
         })
+    }
+
+    /// Heartbeat more often (tests); delete acks and inventories keep their beat counts.
+    #[cfg(test)]
+    fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self.deletes = Mutex::new(DeleteLog::new(interval * ACK_DELETES_BEATS));
+        self
     }
 
     fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
@@ -257,65 +309,25 @@ impl MetaLink {
         self.deletes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Register until it works; saves and returns the node id. Returns `Stopped` if
-    /// `shutdown` fires first.
-    pub async fn register(
-        &self,
-        identity: &mut NodeIdentity,
-        data_dir: &Path,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<u64, LinkError> {
+    /// Register until it works; saves and returns the node id (also published to the
+    /// shared node id and the metrics). Returns `Stopped` if `shutdown` fires first.
+    pub async fn register(&self, shutdown: &mut watch::Receiver<bool>) -> Result<u64, LinkError> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
         loop {
-            let mut last_error = String::new();
-            for t in &self.targets {
-                let req = self.request(
-                    RegisterChunkServerRequest {
-                        uuid: identity.uuid.clone(),
-                        addr: self.advertise.clone(),
-                        capacity_bytes: self.store.capacity(),
-                    },
-                    REGISTER_TIMEOUT,
-                );
-                let mut client = t.client.clone();
-                let outcome = tokio::select! {
-                    r = tokio::time::timeout(REGISTER_TIMEOUT, client.register_chunk_server(req)) => r,
-                    _ = shutdown.changed() => return Err(LinkError::Stopped),
-                };
-                match outcome {
-                    Ok(Ok(reply)) => {
-                        let id = reply.into_inner().node_id;
-                        if id == 0 {
-                            last_error = format!("{} answered with node id 0", t.addr);
-                            continue;
-                        }
-                        if identity.node_id.is_some_and(|old| old != id) {
-                            tracing::warn!(
-                                uuid = %identity.uuid,
-                                old_node_id = identity.node_id.unwrap_or(0),
-                                node_id = id,
-                                "the metadata service gave this server a new node id"
-                            );
-                        }
-                        if identity.node_id != Some(id) {
-                            identity.node_id = Some(id);
-                            identity.save(data_dir)?;
-                        }
-                        return Ok(id);
-                    }
-                    Ok(Err(status)) => {
-                        last_error = format!("{}: {:?}: {}", t.addr, status.code(), status.message());
-                    }
-                    Err(_) => {
-                        last_error = format!("{}: no answer within {:?}", t.addr, REGISTER_TIMEOUT);
-                    }
-                }
-            }
+            let round = tokio::select! {
+                r = self.register_round() => r,
+                _ = crate::shutdown::stopped(shutdown) => return Err(LinkError::Stopped),
+            };
+            let last_error = match round {
+                Ok(id) => return Ok(id),
+                Err(RoundError::Fatal(e)) => return Err(e),
+                Err(RoundError::Failed(msg)) => msg,
+            };
             // Quiet while a fresh cluster elects its leader, then say what is wrong.
             if attempt >= 2 {
                 tracing::warn!(
-                    uuid = %identity.uuid,
+                    uuid = %self.uuid,
                     waited_s = started.elapsed().as_secs(),
                     last_error = %last_error,
                     "still trying to register with the metadata service"
@@ -327,13 +339,88 @@ impl MetaLink {
             attempt = attempt.saturating_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = shutdown.changed() => return Err(LinkError::Stopped),
+                _ = crate::shutdown::stopped(shutdown) => return Err(LinkError::Stopped),
+            }
+        }
+    }
+
+    /// One registration attempt on each metadata node in turn, until one answers.
+    async fn register_round(&self) -> Result<u64, RoundError> {
+        let mut last_error = String::new();
+        for t in &self.targets {
+            let req = self.request(
+                RegisterChunkServerRequest {
+                    uuid: self.uuid.clone(),
+                    addr: self.advertise.clone(),
+                    capacity_bytes: self.store.capacity(),
+                },
+                REGISTER_TIMEOUT,
+            );
+            let mut client = t.client.clone();
+            match tokio::time::timeout(REGISTER_TIMEOUT, client.register_chunk_server(req)).await {
+                Ok(Ok(reply)) => {
+                    let id = reply.into_inner().node_id;
+                    if id == 0 {
+                        last_error = format!("{} answered with node id 0", t.addr);
+                        continue;
+                    }
+                    self.adopt_node_id(id).map_err(RoundError::Fatal)?;
+                    return Ok(id);
+                }
+                Ok(Err(status)) => {
+                    last_error = format!("{}: {:?}: {}", t.addr, status.code(), status.message());
+                }
+                Err(_) => {
+                    last_error = format!("{}: no answer within {REGISTER_TIMEOUT:?}", t.addr);
+                }
+            }
+        }
+        Err(RoundError::Failed(last_error))
+    }
+
+    /// Record the node id given at registration: node.json, shared id, metrics.
+    fn adopt_node_id(&self, id: u64) -> Result<(), LinkError> {
+        let mut identity = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = identity.node_id.filter(|old| *old != id) {
+            tracing::warn!(uuid = %identity.uuid, old_node_id = old, node_id = id, "the metadata service gave this server a new node id");
+        }
+        if identity.node_id != Some(id) {
+            identity.node_id = Some(id);
+            identity.save(&self.data_dir)?;
+        }
+        self.node_id.store(id, Ordering::Relaxed);
+        self.metrics.node_id.store(id, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A metadata node keeps answering that it does not know this server (its state was
+    /// reset, or it lags far behind): register again, at most once per interval.
+    async fn reregister(&self, metasrv: &str) {
+        let mut last = self.last_reregister.lock().await;
+        if last.is_some_and(|t| t.elapsed() < self.interval * REREGISTER_EVERY_BEATS) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let old = self.node_id.load(Ordering::Relaxed);
+        match self.register_round().await {
+            Ok(id) => {
+                tracing::warn!(node_id = id, old_node_id = old, metasrv = %metasrv, "registered again: a metadata node did not know this server")
+            }
+            Err(RoundError::Failed(e))
+            | Err(RoundError::Fatal(LinkError::BadAddress { reason: e, .. })) => {
+                tracing::warn!(node_id = old, metasrv = %metasrv, error = %e, "cannot register again")
+            }
+            Err(RoundError::Fatal(e)) => {
+                tracing::error!(node_id = old, error = %e, "cannot register again")
             }
         }
     }
 
     /// Start the heartbeat task of every metadata node and the deleter.
-    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut handles = Vec::new();
         let rx = self
             .delete_rx
@@ -344,7 +431,9 @@ impl MetaLink {
             handles.push(tokio::spawn(Arc::clone(self).deleter(rx, shutdown.clone())));
         }
         for i in 0..self.targets.len() {
-            handles.push(tokio::spawn(Arc::clone(self).heartbeat_loop(i, shutdown.clone())));
+            handles.push(tokio::spawn(
+                Arc::clone(self).heartbeat_loop(i, shutdown.clone()),
+            ));
         }
         handles
     }
@@ -361,7 +450,8 @@ impl MetaLink {
             capacity_bytes: self.store.capacity(),
             used_bytes: self.store.used_bytes(),
             chunk_count: self.store.chunk_count(),
-            active_transfers: u32::try_from(self.metrics.active_transfers.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
+            active_transfers: u32::try_from(self.metrics.active_transfers.load(Ordering::Relaxed))
+                .unwrap_or(u32::MAX),
             deleted: self.deletes().acks(),
             inventory,
             inventory_included: with_inventory,
@@ -371,22 +461,33 @@ impl MetaLink {
     async fn heartbeat_loop(self: Arc<Self>, i: usize, mut shutdown: watch::Receiver<bool>) {
         let addr = self.targets[i].addr.clone();
         let mut client = self.targets[i].client.clone();
-        let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_inventory: Option<Instant> = None;
         let mut failing_since: Option<Instant> = None;
+        let mut unknown_streak = 0u32;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
-                _ = shutdown.changed() => return,
+                _ = crate::shutdown::stopped(&mut shutdown) => return,
             }
-            let with_inventory = last_inventory.is_none_or(|t| t.elapsed() >= INVENTORY_EVERY);
+            let with_inventory =
+                last_inventory.is_none_or(|t| t.elapsed() >= self.interval * INVENTORY_EVERY_BEATS);
             let req = self.request(self.heartbeat(with_inventory), HEARTBEAT_TIMEOUT);
             let node_id = self.node_id.load(Ordering::Relaxed);
             let outcome = tokio::select! {
                 r = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(req)) => r,
-                _ = shutdown.changed() => return,
+                _ = crate::shutdown::stopped(&mut shutdown) => return,
             };
+            if matches!(&outcome, Ok(Err(status)) if status.code() == tonic::Code::NotFound) {
+                unknown_streak += 1;
+                if unknown_streak >= UNKNOWN_BEFORE_REREGISTER {
+                    unknown_streak = 0;
+                    self.reregister(&addr).await;
+                }
+            } else {
+                unknown_streak = 0;
+            }
             let error = match outcome {
                 Ok(Ok(reply)) => {
                     Metrics::inc(&self.metrics.heartbeats_total);
@@ -426,11 +527,15 @@ impl MetaLink {
         }
     }
 
-    async fn deleter(self: Arc<Self>, mut rx: mpsc::Receiver<String>, mut shutdown: watch::Receiver<bool>) {
+    async fn deleter(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<String>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let id = tokio::select! {
                 id = rx.recv() => match id { Some(id) => id, None => return },
-                _ = shutdown.changed() => return,
+                _ = crate::shutdown::stopped(&mut shutdown) => return,
             };
             let node_id = self.node_id.load(Ordering::Relaxed);
             match self.store.delete(&id).await {
@@ -474,7 +579,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["node_id"], 4);
         assert_eq!(v["uuid"], a.uuid.as_str());
-        assert_eq!(NodeIdentity::load_or_create(d.path(), &s).unwrap().node_id, Some(4));
+        assert_eq!(
+            NodeIdentity::load_or_create(d.path(), &s).unwrap().node_id,
+            Some(4)
+        );
         let other = ClusterSecret::new(b"fedcba9876543210".to_vec());
         assert!(matches!(
             NodeIdentity::load_or_create(d.path(), &other),
@@ -489,13 +597,13 @@ mod tests {
 
     #[test]
     fn delete_acks_expire() {
-        let mut log = DeleteLog::default();
+        let mut log = DeleteLog::new(Duration::from_secs(10));
         log.pending.insert("a".into());
         log.done("a".into());
         log.done("a".into());
         assert_eq!(log.acks(), vec!["a".to_string()]);
         assert!(log.pending.is_empty());
-        log.prune(Instant::now() + ACK_DELETES_FOR);
+        log.prune(Instant::now() + log.ack_for);
         assert!(log.acks().is_empty());
     }
 
@@ -507,6 +615,9 @@ mod tests {
         heartbeats: Mutex<Vec<HeartbeatRequest>>,
         delete: Mutex<Vec<String>>,
         fail_registers: AtomicU64,
+        /// Answer heartbeats with "unknown chunk server" (a reset metadata group).
+        forgot: std::sync::atomic::AtomicBool,
+        next_id: AtomicU64,
     }
 
     fn unimpl<T>() -> Result<Response<T>, Status> {
@@ -514,33 +625,107 @@ mod tests {
     }
 
     #[tonic::async_trait]
-    impl Meta for Arc<FakeMeta> {
-        async fn mkdir(&self, _: Request<MkdirRequest>) -> Result<Response<Empty>, Status> { unimpl() }
-        async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListReply>, Status> { unimpl() }
-        async fn stat(&self, _: Request<StatRequest>) -> Result<Response<FileInfo>, Status> { unimpl() }
-        async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<Empty>, Status> { unimpl() }
-        async fn remove(&self, _: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> { unimpl() }
-        async fn usage(&self, _: Request<StatRequest>) -> Result<Response<UsageReply>, Status> { unimpl() }
-        async fn allocate_chunks(&self, _: Request<AllocateRequest>) -> Result<Response<AllocateReply>, Status> { unimpl() }
-        async fn commit_file(&self, _: Request<CommitRequest>) -> Result<Response<FileInfo>, Status> { unimpl() }
-        async fn open_read(&self, _: Request<StatRequest>) -> Result<Response<OpenReadReply>, Status> { unimpl() }
-        async fn report_bad_replica(&self, _: Request<BadReplicaReport>) -> Result<Response<Empty>, Status> { unimpl() }
-        async fn who_am_i(&self, _: Request<Empty>) -> Result<Response<UserInfo>, Status> { unimpl() }
-        async fn user_add(&self, _: Request<UserAddRequest>) -> Result<Response<UserAddReply>, Status> { unimpl() }
-        async fn user_list(&self, _: Request<Empty>) -> Result<Response<UserListReply>, Status> { unimpl() }
-        async fn user_remove(&self, _: Request<UserRemoveRequest>) -> Result<Response<Empty>, Status> { unimpl() }
-        async fn register(&self, _: Request<UserAddRequest>) -> Result<Response<UserAddReply>, Status> { unimpl() }
-        async fn cluster_status(&self, _: Request<StatusRequest>) -> Result<Response<ClusterStatusReply>, Status> { unimpl() }
-        async fn add_member(&self, _: Request<AddMemberRequest>) -> Result<Response<Empty>, Status> { unimpl() }
-        async fn remove_member(&self, _: Request<RemoveMemberRequest>) -> Result<Response<Empty>, Status> { unimpl() }
-        async fn import(&self, _: Request<ImportRequest>) -> Result<Response<ImportReply>, Status> { unimpl() }
-        async fn export(&self, _: Request<Empty>) -> Result<Response<ExportReply>, Status> { unimpl() }
+    impl Meta for FakeMeta {
+        async fn mkdir(&self, _: Request<MkdirRequest>) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
+        async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+            unimpl()
+        }
+        async fn stat(&self, _: Request<StatRequest>) -> Result<Response<FileInfo>, Status> {
+            unimpl()
+        }
+        async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
+        async fn remove(&self, _: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
+            unimpl()
+        }
+        async fn usage(&self, _: Request<StatRequest>) -> Result<Response<UsageReply>, Status> {
+            unimpl()
+        }
+        async fn allocate_chunks(
+            &self,
+            _: Request<AllocateRequest>,
+        ) -> Result<Response<AllocateReply>, Status> {
+            unimpl()
+        }
+        async fn commit_file(
+            &self,
+            _: Request<CommitRequest>,
+        ) -> Result<Response<FileInfo>, Status> {
+            unimpl()
+        }
+        async fn open_read(
+            &self,
+            _: Request<StatRequest>,
+        ) -> Result<Response<OpenReadReply>, Status> {
+            unimpl()
+        }
+        async fn report_bad_replica(
+            &self,
+            _: Request<BadReplicaReport>,
+        ) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
+        async fn who_am_i(&self, _: Request<Empty>) -> Result<Response<UserInfo>, Status> {
+            unimpl()
+        }
+        async fn user_add(
+            &self,
+            _: Request<UserAddRequest>,
+        ) -> Result<Response<UserAddReply>, Status> {
+            unimpl()
+        }
+        async fn user_list(&self, _: Request<Empty>) -> Result<Response<UserListReply>, Status> {
+            unimpl()
+        }
+        async fn user_remove(
+            &self,
+            _: Request<UserRemoveRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
+        async fn register(
+            &self,
+            _: Request<UserAddRequest>,
+        ) -> Result<Response<UserAddReply>, Status> {
+            unimpl()
+        }
+        async fn cluster_status(
+            &self,
+            _: Request<StatusRequest>,
+        ) -> Result<Response<ClusterStatusReply>, Status> {
+            unimpl()
+        }
+        async fn add_member(
+            &self,
+            _: Request<AddMemberRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
+        async fn remove_member(
+            &self,
+            _: Request<RemoveMemberRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
+        async fn import(&self, _: Request<ImportRequest>) -> Result<Response<ImportReply>, Status> {
+            unimpl()
+        }
+        async fn export(&self, _: Request<Empty>) -> Result<Response<ExportReply>, Status> {
+            unimpl()
+        }
 
         async fn register_chunk_server(
             &self,
             req: Request<RegisterChunkServerRequest>,
         ) -> Result<Response<RegisterChunkServerReply>, Status> {
-            let proof = req.metadata().get(NODE_AUTH).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let proof = req
+                .metadata()
+                .get(NODE_AUTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if proof != self.proof {
                 return Err(Status::unauthenticated("bad node proof"));
             }
@@ -549,17 +734,32 @@ mod tests {
                 return Err(Status::unavailable("electing"));
             }
             self.registers.lock().unwrap().push(req.into_inner());
-            Ok(Response::new(RegisterChunkServerReply { node_id: 3 }))
+            self.forgot.store(false, Ordering::Relaxed);
+            let node_id = self.next_id.load(Ordering::Relaxed);
+            Ok(Response::new(RegisterChunkServerReply { node_id }))
         }
 
-        async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
-            let proof = req.metadata().get(NODE_AUTH).and_then(|v| v.to_str().ok()).unwrap_or("");
+        async fn heartbeat(
+            &self,
+            req: Request<HeartbeatRequest>,
+        ) -> Result<Response<HeartbeatReply>, Status> {
+            let proof = req
+                .metadata()
+                .get(NODE_AUTH)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
             if proof != self.proof {
                 return Err(Status::unauthenticated("bad node proof"));
             }
+            if self.forgot.load(Ordering::Relaxed) {
+                return Err(Status::not_found("unknown chunk server id: register first"));
+            }
             self.heartbeats.lock().unwrap().push(req.into_inner());
             let delete = std::mem::take(&mut *self.delete.lock().unwrap());
-            Ok(Response::new(HeartbeatReply { delete, leader: true }))
+            Ok(Response::new(HeartbeatReply {
+                delete,
+                leader: true,
+            }))
         }
     }
 
@@ -569,13 +769,14 @@ mod tests {
         let fake = Arc::new(FakeMeta {
             proof: secret.node_proof(),
             fail_registers: AtomicU64::new(2),
+            next_id: AtomicU64::new(3),
             ..Default::default()
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(MetaServer::new(Arc::clone(&fake)))
+                .add_service(MetaServer::from_arc(Arc::clone(&fake)))
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
 
@@ -597,44 +798,78 @@ mod tests {
 
         let node_id = Arc::new(AtomicU64::new(0));
         // The first address is dead: registration moves on to the next.
+        let ident = NodeIdentity::load_or_create(d.path(), &secret).unwrap();
         let link = Arc::new(
             MetaLink::new(
                 &["127.0.0.1:1".to_string(), addr.to_string()],
+                ident.clone(),
+                d.path(),
                 &secret,
                 "127.0.0.1:9999".into(),
                 store.clone(),
                 metrics,
                 Arc::clone(&node_id),
             )
-            .unwrap(),
+            .unwrap()
+            .with_interval(Duration::from_millis(50)),
         );
         let (stop_tx, mut stop_rx) = watch::channel(false);
-        let mut ident = NodeIdentity::load_or_create(d.path(), &secret).unwrap();
-        let got = link.register(&mut ident, d.path(), &mut stop_rx).await.unwrap();
+        let got = link.register(&mut stop_rx).await.unwrap();
         assert_eq!(got, 3);
-        assert_eq!(NodeIdentity::load_or_create(d.path(), &secret).unwrap().node_id, Some(3));
+        assert_eq!(
+            NodeIdentity::load_or_create(d.path(), &secret)
+                .unwrap()
+                .node_id,
+            Some(3)
+        );
         {
             let regs = fake.registers.lock().unwrap();
             assert_eq!(regs[0].uuid, ident.uuid);
             assert_eq!(regs[0].addr, "127.0.0.1:9999");
         }
-        node_id.store(got, Ordering::Relaxed);
+        assert_eq!(node_id.load(Ordering::Relaxed), 3);
 
         fake.delete.lock().unwrap().push(id.to_string());
         let handles = link.spawn(stop_rx.clone());
-        tokio::time::sleep(Duration::from_millis(3500)).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        {
+            let beats = fake.heartbeats.lock().unwrap();
+            assert!(beats.len() >= 3, "{} heartbeats", beats.len());
+            assert!(beats[0].inventory_included);
+            assert_eq!(beats[0].inventory, vec![id.to_string()]);
+            assert_eq!(beats[0].node_id, 3);
+            assert!(!beats[1].inventory_included && beats[1].inventory.is_empty());
+            assert!(beats[1..].iter().any(|b| b.deleted == vec![id.to_string()]));
+            assert_eq!(beats.last().unwrap().chunk_count, 0);
+        }
+        assert_eq!(store.chunk_count(), 0);
+
+        // The metadata group forgets this server: after ten "unknown" answers it registers
+        // again and adopts the new id.
+        fake.next_id.store(9, Ordering::Relaxed);
+        fake.forgot.store(true, Ordering::Relaxed);
+        let mut adopted = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if node_id.load(Ordering::Relaxed) == 9 {
+                adopted = true;
+                break;
+            }
+        }
+        assert!(adopted, "did not register again");
+        assert_eq!(fake.registers.lock().unwrap().len(), 2);
+        assert_eq!(
+            NodeIdentity::load_or_create(d.path(), &secret)
+                .unwrap()
+                .node_id,
+            Some(9)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(fake.heartbeats.lock().unwrap().last().unwrap().node_id, 9);
+
         stop_tx.send(true).unwrap();
         for h in handles {
             h.await.unwrap();
         }
-        let beats = fake.heartbeats.lock().unwrap();
-        assert!(beats.len() >= 3, "{} heartbeats", beats.len());
-        assert!(beats[0].inventory_included);
-        assert_eq!(beats[0].inventory, vec![id.to_string()]);
-        assert_eq!(beats[0].node_id, 3);
-        assert!(!beats[1].inventory_included && beats[1].inventory.is_empty());
-        assert!(beats[1..].iter().any(|b| b.deleted == vec![id.to_string()]));
-        assert_eq!(beats.last().unwrap().chunk_count, 0);
-        assert_eq!(store.chunk_count(), 0);
     }
 }

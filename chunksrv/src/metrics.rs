@@ -94,7 +94,9 @@ pub struct TransferGuard {
 
 impl Drop for TransferGuard {
     fn drop(&mut self) {
-        self.metrics.active_transfers.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .active_transfers
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -222,7 +224,10 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         }
         let name = "dfs_chunk_request_duration_seconds";
         let _ = writeln!(
@@ -350,7 +355,11 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>) -> std::io::Result
 }
 
 /// Serve `/metrics` and `/healthz` on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -368,7 +377,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: w
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
         }
     }
 }
@@ -411,7 +420,10 @@ mod tests {
         assert!(r.body.contains("dfs_chunk_writes_total"));
         let (r, head_only) = route("HEAD /metrics HTTP/1.1\r\n\r\n", &m);
         assert!(head_only && r.status == "200 OK");
-        assert_eq!(route("GET /nope HTTP/1.1\r\n\r\n", &m).0.status, "404 Not Found");
+        assert_eq!(
+            route("GET /nope HTTP/1.1\r\n\r\n", &m).0.status,
+            "404 Not Found"
+        );
         assert_eq!(
             route("POST /metrics HTTP/1.1\r\n\r\n", &m).0.status,
             "405 Method Not Allowed"

@@ -8,7 +8,7 @@
 //! - `Read` streams only verified bytes; every failure is a `Status` with a meaningful code and
 //!   a sentence a person can act on, never a panic.
 use crate::metrics::{Method, Metrics};
-use crate::store::{validate_chunk_id, ChunkMeta, Store, StoreError};
+use crate::store::{validate_chunk_id, ChunkMeta, ChunkStream, Store, StoreError};
 use dfs_common::token::{ClusterSecret, Op, TokenError};
 use dfs_common::STREAM_PIECE;
 use dfs_proto::chunk_server::{Chunk, ChunkServer};
@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Largest gRPC message accepted or sent: one 1 MiB piece plus generous overhead.
@@ -77,16 +76,21 @@ impl ChunkService {
         result
     }
 
-    async fn do_write(&self, mut stream: Streaming<WriteChunkRequest>) -> Result<WriteChunkReply, Status> {
+    async fn do_write(
+        &self,
+        mut stream: Streaming<WriteChunkRequest>,
+    ) -> Result<WriteChunkReply, Status> {
         let node_id = self.node_id.load(Ordering::Relaxed);
         if node_id == 0 {
             return Err(Status::unavailable(
                 "this chunk server has not registered with the metadata service yet; retry shortly",
             ));
         }
-        let first = next_message(&mut stream)
-            .await?
-            .ok_or_else(|| Status::invalid_argument("the write stream ended before its first message (chunk id and token)"))?;
+        let first = next_message(&mut stream).await?.ok_or_else(|| {
+            Status::invalid_argument(
+                "the write stream ended before its first message (chunk id and token)",
+            )
+        })?;
         if first.chunk_id.is_empty() {
             return Err(Status::invalid_argument(
                 "the first write message must carry the chunk id and its token",
@@ -110,7 +114,7 @@ impl ChunkService {
         let ChunkMeta { size, crc32c } = writer.finish().await.map_err(store_status)?;
         Metrics::inc(&self.metrics.writes_total);
         Metrics::add(&self.metrics.written_bytes_total, size);
-        tracing::debug!(node_id, chunk_id = %chunk_id, size, crc32c, "chunk written");
+        tracing::debug!(chunk_id = %chunk_id, size, crc32c, "chunk written");
         Ok(WriteChunkReply {
             size,
             crc32c,
@@ -121,7 +125,9 @@ impl ChunkService {
 
 /// The next client message; `None` at the end of the stream. A broken or stalled stream is
 /// an error (dropping the store writer then removes its temp files).
-async fn next_message(stream: &mut Streaming<WriteChunkRequest>) -> Result<Option<WriteChunkRequest>, Status> {
+async fn next_message(
+    stream: &mut Streaming<WriteChunkRequest>,
+) -> Result<Option<WriteChunkRequest>, Status> {
     match tokio::time::timeout(WRITE_IDLE_TIMEOUT, stream.message()).await {
         Ok(Ok(m)) => Ok(m),
         Ok(Err(status)) => Err(Status::new(
@@ -160,7 +166,9 @@ fn token_status(e: &TokenError, what: &str, chunk_id: &str) -> Status {
 pub fn store_status(e: StoreError) -> Status {
     let msg = e.to_string();
     match e {
-        StoreError::InvalidChunkId(_) | StoreError::TooLarge { .. } => Status::invalid_argument(msg),
+        StoreError::InvalidChunkId(_) | StoreError::TooLarge { .. } => {
+            Status::invalid_argument(msg)
+        }
         StoreError::NotFound(_) => Status::not_found(msg),
         StoreError::Full { .. } | StoreError::NoSpace { .. } => Status::resource_exhausted(msg),
         StoreError::Conflict(_) => Status::already_exists(msg),
@@ -172,26 +180,27 @@ pub fn store_status(e: StoreError) -> Status {
 
 #[tonic::async_trait]
 impl Chunk for ChunkService {
-    async fn write(&self, request: Request<Streaming<WriteChunkRequest>>) -> Result<Response<WriteChunkReply>, Status> {
+    async fn write(
+        &self,
+        request: Request<Streaming<WriteChunkRequest>>,
+    ) -> Result<Response<WriteChunkReply>, Status> {
         let started = Instant::now();
         let _active = self.metrics.transfer();
         let result = self.do_write(request.into_inner()).await;
         self.metrics
             .observe(Method::Write, result.is_ok(), started.elapsed());
         if let Err(status) = &result {
-            tracing::info!(
-                node_id = self.node_id.load(Ordering::Relaxed),
-                code = ?status.code(),
-                error = status.message(),
-                "chunk write failed"
-            );
+            tracing::info!(code = ?status.code(), error = status.message(), "chunk write failed");
         }
         result.map(Response::new)
     }
 
     type ReadStream = ReadStream;
 
-    async fn read(&self, request: Request<ReadChunkRequest>) -> Result<Response<ReadStream>, Status> {
+    async fn read(
+        &self,
+        request: Request<ReadChunkRequest>,
+    ) -> Result<Response<ReadStream>, Status> {
         let started = Instant::now();
         let active = self.metrics.transfer();
         let req = request.into_inner();
@@ -206,7 +215,7 @@ impl Chunk for ChunkService {
         .await;
         match opened {
             Ok(reader) => Ok(Response::new(ReadStream {
-                rx: reader.stream(STREAM_PIECE),
+                pieces: reader.stream(STREAM_PIECE),
                 metrics: Arc::clone(&self.metrics),
                 node_id: self.node_id.load(Ordering::Relaxed),
                 chunk_id: req.chunk_id,
@@ -216,12 +225,7 @@ impl Chunk for ChunkService {
             })),
             Err(status) => {
                 self.metrics.observe(Method::Read, false, started.elapsed());
-                tracing::info!(
-                    node_id = self.node_id.load(Ordering::Relaxed),
-                    code = ?status.code(),
-                    error = status.message(),
-                    "chunk read refused"
-                );
+                tracing::info!(code = ?status.code(), error = status.message(), "chunk read refused");
                 Err(status)
             }
         }
@@ -230,7 +234,7 @@ impl Chunk for ChunkService {
 
 /// The pieces of one chunk read, counted into the metrics as they go out.
 pub struct ReadStream {
-    rx: mpsc::Receiver<Result<Vec<u8>, StoreError>>,
+    pieces: ChunkStream,
     metrics: Arc<Metrics>,
     node_id: u64,
     chunk_id: String,
@@ -260,7 +264,7 @@ impl tokio_stream::Stream for ReadStream {
         if this.finished {
             return Poll::Ready(None);
         }
-        match this.rx.poll_recv(cx) {
+        match Pin::new(&mut this.pieces).poll_next(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(data))) => {
                 Metrics::add(&this.metrics.read_bytes_total, data.len() as u64);
@@ -291,6 +295,7 @@ mod tests {
     use super::*;
     use crate::store::StoreConfig;
     use dfs_proto::chunk_client::ChunkClient;
+    use tokio::sync::mpsc;
     use tokio_stream::StreamExt;
 
     const ID: &str = "0a1b2c3d-1111-4222-8333-444455556666";
@@ -300,6 +305,7 @@ mod tests {
         secret: ClusterSecret,
         metrics: Arc<Metrics>,
         dir: tempfile::TempDir,
+        addr: std::net::SocketAddr,
         _shutdown: tokio::sync::oneshot::Sender<()>,
     }
 
@@ -345,6 +351,7 @@ mod tests {
             secret,
             metrics,
             dir,
+            addr,
             _shutdown: tx,
         }
     }
@@ -386,7 +393,9 @@ mod tests {
     #[tokio::test]
     async fn write_then_read_over_grpc() {
         let mut f = start(u64::MAX).await;
-        let data: Vec<u8> = (0..3 * STREAM_PIECE + 5).map(|i| (i * 7 % 251) as u8).collect();
+        let data: Vec<u8> = (0..3 * STREAM_PIECE + 5)
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
         let wt = f.secret.sign_chunk(Op::Write, ID, later());
         let reply = f
             .client
@@ -416,11 +425,21 @@ mod tests {
             (String::new(), tonic::Code::Unauthenticated),
             ("junk".to_string(), tonic::Code::Unauthenticated),
             (
-                ClusterSecret::new(b"another secret 123".to_vec()).sign_chunk(Op::Write, ID, later()),
+                ClusterSecret::new(b"another secret 123".to_vec()).sign_chunk(
+                    Op::Write,
+                    ID,
+                    later(),
+                ),
                 tonic::Code::Unauthenticated,
             ),
-            (f.secret.sign_chunk(Op::Read, ID, later()), tonic::Code::PermissionDenied),
-            (f.secret.sign_chunk(Op::Write, ID, 1), tonic::Code::PermissionDenied),
+            (
+                f.secret.sign_chunk(Op::Read, ID, later()),
+                tonic::Code::PermissionDenied,
+            ),
+            (
+                f.secret.sign_chunk(Op::Write, ID, 1),
+                tonic::Code::PermissionDenied,
+            ),
         ];
         for (token, code) in cases {
             let err = f
@@ -430,7 +449,14 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.code(), code, "{token}: {}", err.message());
         }
-        assert!(f.dir.path().join("chunks/0a").read_dir().unwrap().next().is_none());
+        assert!(f
+            .dir
+            .path()
+            .join("chunks/0a")
+            .read_dir()
+            .unwrap()
+            .next()
+            .is_none());
         let rt = f.secret.sign_chunk(Op::Read, ID, 1);
         let err = read_all(&mut f, ID, &rt).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
@@ -468,15 +494,46 @@ mod tests {
             .write(tokio_stream::iter(pieces(ID, &wt, &vec![0u8; 5000])))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{}", err.message());
+        assert_eq!(
+            err.code(),
+            tonic::Code::ResourceExhausted,
+            "{}",
+            err.message()
+        );
+    }
+
+    /// A TCP proxy to `target` that cuts every connection when `cut` fires.
+    async fn cutting_proxy(
+        target: std::net::SocketAddr,
+    ) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut_tx, cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut cut = cut_rx.clone();
+                tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(target).await.unwrap();
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        (addr, cut_tx)
     }
 
     #[tokio::test]
     async fn broken_write_stream_leaves_nothing() {
         let mut f = start(u64::MAX).await;
+        let (proxy, cut) = cutting_proxy(f.addr).await;
+        let mut client = ChunkClient::connect(format!("http://{proxy}"))
+            .await
+            .unwrap()
+            .max_encoding_message_size(MAX_MESSAGE);
         let wt = f.secret.sign_chunk(Op::Write, ID, later());
         let (tx, rx) = mpsc::channel::<WriteChunkRequest>(4);
-        let mut client = f.client.clone();
         let call = tokio::spawn(async move {
             client
                 .write(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -485,12 +542,19 @@ mod tests {
         for m in pieces(ID, &wt, &vec![5u8; 2 * STREAM_PIECE]) {
             tx.send(m).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        call.abort(); // the client dies mid-transfer
-        drop(tx);
         let dir = f.dir.path().join("chunks/0a");
-        let mut empty = false;
         for _ in 0..200 {
+            if f.metrics.active_transfers.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The network breaks mid-transfer (the stream never ended cleanly).
+        cut.send(true).unwrap();
+        assert!(call.await.unwrap().is_err());
+        let mut empty = false;
+        for _ in 0..300 {
             empty = dir.read_dir().unwrap().next().is_none()
                 && f.metrics.active_transfers.load(Ordering::Relaxed) == 0;
             if empty {
@@ -499,6 +563,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(empty, "temp or chunk file left behind");
+        drop(tx);
         let rt = f.secret.sign_chunk(Op::Read, ID, later());
         assert_eq!(
             read_all(&mut f, ID, &rt).await.unwrap_err().code(),

@@ -25,8 +25,8 @@
 //!   same directory, fsync, link/rename, directory fsync); the primary is installed before the
 //!   backup, and a write is acknowledged only after both are durable. A failed or abandoned
 //!   write removes its temp files and leaves nothing visible.
-//! - Memory stays bounded: writes and reads move at most a few pieces at a time, never a whole
-//!   chunk.
+//! - Memory stays bounded: a write queues at most a few pieces, a read holds at most two;
+//!   never a whole chunk.
 //! - Reads never return a byte that was not verified against its block CRC. A bad or missing
 //!   primary is restored from a good backup (atomically); when no good copy exists the read
 //!   fails with [`StoreError::DataLoss`], the bad copies go to `quarantine/` and the chunk leaves
@@ -37,8 +37,9 @@
 use crate::metrics::Metrics;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::future::Future;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -53,7 +54,7 @@ pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 
 const MAGIC: &[u8; 8] = b"DFSCHK01";
 const FOOTER_LEN: usize = 24;
-/// Pieces buffered between the network and the disk, per transfer.
+/// Pieces queued between the network and the disk, per write.
 const QUEUE_DEPTH: usize = 4;
 /// Size of the buffer in front of a temp file (pieces of this size or more bypass it).
 const WRITE_BUFFER: usize = 4 * BLOCK_SIZE;
@@ -89,11 +90,14 @@ pub enum StoreError {
 }
 
 /// Build an IO error for `op` on `path`, recognizing a full disk.
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
     move |source| {
         let full = source.kind() == io::ErrorKind::StorageFull
             || source.kind() == io::ErrorKind::QuotaExceeded
-            || matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT));
+            || matches!(
+                source.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EDQUOT)
+            );
         if full {
             StoreError::NoSpace {
                 path: path.to_path_buf(),
@@ -157,6 +161,30 @@ fn size_from_file_len(len: u64) -> Option<u64> {
     (file_len(size) == len).then_some(size)
 }
 
+/// The linear map taking `crc(A)` to `crc(A ++ 64 KiB of zeros)` (conditioning aside), as the
+/// images of the 32 basis vectors: with it, appending a whole block's CRC costs a few XORs
+/// instead of `crc32c_combine`'s matrix squarings.
+fn block_shift_operator() -> &'static [u32; 32] {
+    static OP: std::sync::OnceLock<[u32; 32]> = std::sync::OnceLock::new();
+    OP.get_or_init(|| std::array::from_fn(|i| crc32c::crc32c_combine(1u32 << i, 0, BLOCK_SIZE)))
+}
+
+/// `crc32c_combine(crc1, crc2, BLOCK_SIZE)`, fast.
+fn combine_block(crc1: u32, crc2: u32) -> u32 {
+    let op = block_shift_operator();
+    let mut shifted = 0u32;
+    let mut v = crc1;
+    let mut i = 0;
+    while v != 0 {
+        if v & 1 == 1 {
+            shifted ^= op[i];
+        }
+        v >>= 1;
+        i += 1;
+    }
+    shifted ^ crc2
+}
+
 /// Whole-chunk CRC from the block CRCs (no second pass over the data).
 fn combine(blocks: &[u32], size: u64) -> u32 {
     let mut whole = 0u32;
@@ -166,6 +194,8 @@ fn combine(blocks: &[u32], size: u64) -> u32 {
         left -= len;
         whole = if i == 0 {
             *b
+        } else if len == BLOCK_SIZE as u64 {
+            combine_block(whole, *b)
         } else {
             crc32c::crc32c_combine(whole, *b, len as usize)
         };
@@ -187,6 +217,16 @@ impl std::fmt::Display for Bad {
             Bad::Missing => f.write_str("missing"),
             Bad::Corrupt(r) => f.write_str(r),
             Bad::Io(e) => write!(f, "unreadable: {e}"),
+        }
+    }
+}
+
+impl Bad {
+    fn dup(&self) -> Bad {
+        match self {
+            Bad::Missing => Bad::Missing,
+            Bad::Corrupt(r) => Bad::Corrupt(r.clone()),
+            Bad::Io(e) => Bad::Io(io::Error::new(e.kind(), e.to_string())),
         }
     }
 }
@@ -224,7 +264,9 @@ impl Trailer {
         let mut footer = [0u8; FOOTER_LEN];
         file.read_exact_at(&mut footer, len - FOOTER_LEN as u64)?;
         if &footer[..8] != MAGIC {
-            return Err(Bad::Corrupt("no chunk footer (truncated or overwritten)".into()));
+            return Err(Bad::Corrupt(
+                "no chunk footer (truncated or overwritten)".into(),
+            ));
         }
         let size = u64::from_le_bytes(footer[8..16].try_into().unwrap_or_default());
         let crc = u32::from_le_bytes(footer[16..20].try_into().unwrap_or_default());
@@ -246,7 +288,9 @@ impl Trailer {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if combine(&blocks, size) != crc {
-            return Err(Bad::Corrupt("checksum table disagrees with the chunk checksum".into()));
+            return Err(Bad::Corrupt(
+                "checksum table disagrees with the chunk checksum".into(),
+            ));
         }
         Ok(Trailer { size, crc, blocks })
     }
@@ -259,8 +303,14 @@ impl Trailer {
 
     /// Read `len` bytes at `offset` (block aligned) and verify every block.
     fn read_verified(&self, file: &File, offset: u64, len: usize) -> Result<Vec<u8>, Bad> {
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, offset)?;
+        // Read into fresh capacity: no zero-filling of the buffer first.
+        let mut buf = Vec::with_capacity(len);
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
+        f.take(len as u64).read_to_end(&mut buf)?;
+        if buf.len() != len {
+            return Err(Bad::Corrupt("truncated".into()));
+        }
         self.verify(&buf, offset)?;
         Ok(buf)
     }
@@ -329,7 +379,15 @@ struct TempFile {
     dir: PathBuf,
     out: BufWriter<File>,
     installed: bool,
+    /// Bytes written so far.
+    written: u64,
+    /// Bytes already handed to the kernel's writeback.
+    writeback_started: u64,
 }
+
+/// Start writing back a temp file's pages every this many bytes, so the final fsync has
+/// little left to wait for (disk writes overlap the network transfer).
+const WRITEBACK_STEP: u64 = 1024 * 1024;
 
 impl TempFile {
     fn create(dir: &Path, id: &str, nonce: u64) -> Result<Self, StoreError> {
@@ -344,13 +402,26 @@ impl TempFile {
             dir: dir.to_path_buf(),
             path,
             installed: false,
+            written: 0,
+            writeback_started: 0,
         })
     }
 
     fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
         self.out
             .write_all(data)
-            .map_err(io_err("write", &self.path))
+            .map_err(io_err("write", &self.path))?;
+        self.written += data.len() as u64;
+        if self.written - self.writeback_started >= WRITEBACK_STEP {
+            self.out.flush().map_err(io_err("write", &self.path))?;
+            start_writeback(
+                self.out.get_ref(),
+                self.writeback_started,
+                self.written - self.writeback_started,
+            );
+            self.writeback_started = self.written;
+        }
+        Ok(())
     }
 
     /// Flush and fsync the content.
@@ -362,6 +433,24 @@ impl TempFile {
             .map_err(io_err("fsync", &self.path))
     }
 }
+
+/// Ask the kernel to start writing `len` bytes at `offset` to disk, without waiting. Only a
+/// hint: durability still comes from the fsync, which also reports any error.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: the descriptor belongs to `file`, which is open for the whole call;
+    // sync_file_range reads no memory of ours.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -451,7 +540,9 @@ impl Store {
             // Chunks whose primary is gone but whose backup is here are still servable.
             scan_root(b, &mut acc)?;
         }
-        metrics.capacity_bytes.store(config.capacity, Ordering::Relaxed);
+        metrics
+            .capacity_bytes
+            .store(config.capacity, Ordering::Relaxed);
         metrics.bytes_stored.store(acc.used, Ordering::Relaxed);
         metrics
             .chunks_stored
@@ -511,13 +602,17 @@ impl Store {
         let inner = Arc::clone(&self.inner);
         let chunk_id = id.to_string();
         blocking(move || {
-            let (file, trailer, from_backup) = inner.open_blocking(&chunk_id)?;
+            let (file, trailer, primary_problem) = inner.open_blocking(&chunk_id)?;
             Ok(ChunkReader {
                 inner,
                 chunk_id,
                 file,
                 trailer,
-                from_backup,
+                primary_problem,
+                offset: 0,
+                piece: dfs_common::STREAM_PIECE,
+                recovered: false,
+                done: false,
             })
         })
         .await
@@ -566,8 +661,12 @@ fn scan_root(root: &Path, acc: &mut Accounting) -> Result<(), StoreError> {
             if name.starts_with('.') && name.ends_with(".tmp") {
                 let path = entry.path();
                 match fs::remove_file(&path) {
-                    Ok(()) => tracing::info!(path = %path.display(), "removed temp file left by an interrupted write"),
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover temp file"),
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed temp file left by an interrupted write")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover temp file")
+                    }
                 }
                 continue;
             }
@@ -577,7 +676,10 @@ fn scan_root(root: &Path, acc: &mut Accounting) -> Result<(), StoreError> {
             if acc.index.contains_key(name) {
                 continue;
             }
-            let len = entry.metadata().map_err(io_err("stat", &entry.path()))?.len();
+            let len = entry
+                .metadata()
+                .map_err(io_err("stat", &entry.path()))?
+                .len();
             // A file of impossible length is still listed: a read will heal or quarantine it.
             let size = size_from_file_len(len).unwrap_or(0);
             acc.index.insert(name.to_string(), size);
@@ -667,7 +769,11 @@ impl Inner {
     }
 
     /// The disk side of a write: temp files, checksums, fsync, install.
-    fn write_blocking(&self, id: &str, mut rx: mpsc::Receiver<Cmd>) -> Result<ChunkMeta, StoreError> {
+    fn write_blocking(
+        &self,
+        id: &str,
+        mut rx: mpsc::Receiver<Cmd>,
+    ) -> Result<ChunkMeta, StoreError> {
         let nonce = self.next_nonce();
         let mut primary = TempFile::create(&chunk_dir(&self.primary, id), id, nonce)?;
         let mut backup = match &self.backup {
@@ -703,11 +809,20 @@ impl Inner {
         let trailer = crcs.finish();
         let encoded = trailer.encode();
         primary.write(&encoded)?;
-        primary.sync()?;
         if let Some(b) = backup.as_mut() {
             b.write(&encoded)?;
-            b.sync()?;
         }
+        // Both copies reach the disk together (one wait instead of two); neither is visible
+        // until both are durable.
+        std::thread::scope(|scope| {
+            let backup_synced = backup.as_mut().map(|b| scope.spawn(|| b.sync()));
+            primary.sync()?;
+            match backup_synced.map(|h| h.join()) {
+                None | Some(Ok(Ok(()))) => Ok(()),
+                Some(Ok(Err(e))) => Err(e),
+                Some(Err(_)) => Err(StoreError::Internal("backup fsync thread panicked".into())),
+            }
+        })?;
         let _guard = self.chunk_lock(id);
         self.install_primary(id, &mut primary, &trailer)?;
         self.remember(id, trailer.size);
@@ -721,7 +836,12 @@ impl Inner {
     /// Put a complete temp file under the primary name. An existing chunk with the same
     /// checksums (a retried write) is replaced by the fresh copy; one with different content
     /// is a conflict.
-    fn install_primary(&self, id: &str, tmp: &mut TempFile, trailer: &Trailer) -> Result<(), StoreError> {
+    fn install_primary(
+        &self,
+        id: &str,
+        tmp: &mut TempFile,
+        trailer: &Trailer,
+    ) -> Result<(), StoreError> {
         let target = chunk_path(&self.primary, id);
         match fs::hard_link(&tmp.path, &target) {
             Ok(()) => {
@@ -746,69 +866,94 @@ impl Inner {
 
     /// Find a readable copy of `id`: the primary, else a primary restored from the backup,
     /// else the backup itself. Returns the file, its trailer and whether it is the backup.
-    fn open_blocking(&self, id: &str) -> Result<(File, Trailer, bool), StoreError> {
+    fn open_blocking(&self, id: &str) -> Result<(File, Trailer, Option<Bad>), StoreError> {
         let path = chunk_path(&self.primary, id);
         match Trailer::read_path(&path) {
-            Ok((file, trailer)) => Ok((file, trailer, false)),
+            Ok((file, trailer)) => Ok((file, trailer, None)),
             Err(bad) => {
-                if !matches!(bad, Bad::Missing) {
-                    Metrics::inc(&self.metrics.checksum_failures_total);
-                }
+                self.count_failure(&bad);
                 self.recover(id, None, &bad)
             }
         }
     }
 
+    fn count_failure(&self, bad: &Bad) {
+        if matches!(bad, Bad::Corrupt(_)) {
+            Metrics::inc(&self.metrics.checksum_failures_total);
+        }
+    }
+
+    /// Neither copy of `id` is usable. Only proven damage (a failed check, a missing copy
+    /// next to a corrupt one) is data loss, which quarantines the copies; an IO error (out of
+    /// file descriptors, a flaky disk) is reported as such and changes nothing.
+    fn give_up(&self, id: &str, primary: &Bad, backup: Option<&Bad>) -> StoreError {
+        let io = [Some(primary), backup]
+            .into_iter()
+            .flatten()
+            .find_map(|b| match b {
+                Bad::Io(e) => Some(io::Error::new(e.kind(), e.to_string())),
+                _ => None,
+            });
+        if let Some(source) = io {
+            tracing::error!(chunk_id = %id, primary = %primary, backup = ?backup.map(|b| b.to_string()), "cannot read chunk");
+            return StoreError::Io {
+                op: "read",
+                path: chunk_path(&self.primary, id),
+                source,
+            };
+        }
+        if matches!(primary, Bad::Missing) && backup.is_none_or(|b| matches!(b, Bad::Missing)) {
+            self.forget(id);
+            return StoreError::NotFound(id.to_string());
+        }
+        let reason = match backup {
+            Some(b) => format!("primary copy {primary}; backup copy {b}"),
+            None => format!("primary copy {primary}; backups are disabled"),
+        };
+        tracing::error!(chunk_id = %id, reason = %reason, "no good copy of chunk left");
+        self.lost(id, reason)
+    }
+
     /// The primary of `id` is bad (`problem`): restore it from the backup and return the
     /// restored file. `expected` is the trailer of the bad primary when it was readable: the
     /// backup must match it (bytes may already have been sent from the primary).
-    fn recover(&self, id: &str, expected: Option<&Trailer>, problem: &Bad) -> Result<(File, Trailer, bool), StoreError> {
-        let primary_missing = matches!(problem, Bad::Missing);
+    fn recover(
+        &self,
+        id: &str,
+        expected: Option<&Trailer>,
+        problem: &Bad,
+    ) -> Result<(File, Trailer, Option<Bad>), StoreError> {
         let Some(backup_root) = &self.backup else {
-            if primary_missing {
-                self.forget(id);
-                return Err(StoreError::NotFound(id.to_string()));
-            }
-            tracing::error!(chunk_id = id, problem = %problem, "chunk copy is bad and backups are disabled");
-            return Err(self.lost(id, format!("primary copy {problem}; backups are disabled")));
+            return Err(self.give_up(id, problem, None));
         };
-        let bpath = chunk_path(backup_root, id);
-        let (bfile, btrailer) = match Trailer::read_path(&bpath) {
+        let (bfile, btrailer) = match Trailer::read_path(&chunk_path(backup_root, id)) {
             Ok(found) => found,
-            Err(Bad::Missing) if primary_missing => {
-                self.forget(id);
-                return Err(StoreError::NotFound(id.to_string()));
-            }
             Err(bbad) => {
-                if !matches!(bbad, Bad::Missing) {
-                    Metrics::inc(&self.metrics.checksum_failures_total);
-                }
-                tracing::error!(chunk_id = id, primary = %problem, backup = %bbad, "no good copy of chunk left");
-                return Err(self.lost(id, format!("primary copy {problem}; backup copy {bbad}")));
+                self.count_failure(&bbad);
+                return Err(self.give_up(id, problem, Some(&bbad)));
             }
         };
         if expected.is_some_and(|t| *t != btrailer) {
-            tracing::error!(chunk_id = id, primary = %problem, "backup copy has other checksums than the primary");
-            return Err(self.lost(id, format!("primary copy {problem}; backup copy differs from it")));
+            let differs = Bad::Corrupt("differs from the primary copy".into());
+            return Err(self.give_up(id, problem, Some(&differs)));
         }
         match self.restore(id, &bfile, &btrailer) {
             Ok(file) => {
                 Metrics::inc(&self.metrics.backup_restores_total);
-                tracing::warn!(chunk_id = id, problem = %problem, "primary copy restored from backup");
-                Ok((file, btrailer, false))
+                tracing::warn!(chunk_id = %id, problem = %problem, "primary copy restored from backup");
+                Ok((file, btrailer, None))
             }
             Err(Restore::BackupBad(bbad)) => {
-                Metrics::inc(&self.metrics.checksum_failures_total);
-                tracing::error!(chunk_id = id, primary = %problem, backup = %bbad, "no good copy of chunk left");
-                Err(self.lost(id, format!("primary copy {problem}; backup copy {bbad}")))
+                self.count_failure(&bbad);
+                Err(self.give_up(id, problem, Some(&bbad)))
             }
             Err(Restore::Gone) => {
                 self.forget(id);
                 Err(StoreError::NotFound(id.to_string()))
             }
             Err(Restore::Failed(e)) => {
-                tracing::warn!(chunk_id = id, problem = %problem, error = %e, "cannot restore primary copy; serving the verified backup");
-                Ok((bfile, btrailer, true))
+                tracing::warn!(chunk_id = %id, problem = %problem, error = %e, "cannot restore primary copy; serving the verified backup");
+                Ok((bfile, btrailer, Some(problem.dup())))
             }
         }
     }
@@ -908,11 +1053,11 @@ fn quarantine(root: &Path, id: &str) {
     let moved = fs::create_dir_all(&qdir).and_then(|()| fs::rename(&path, &dest));
     match moved {
         Ok(()) => {
-            tracing::warn!(chunk_id = id, to = %dest.display(), "bad chunk copy moved to quarantine");
+            tracing::warn!(chunk_id = %id, to = %dest.display(), "bad chunk copy moved to quarantine");
             let _ = dfs_common::durable::fsync_dir(&chunk_dir(root, id));
         }
         Err(e) => {
-            tracing::error!(chunk_id = id, path = %path.display(), error = %e, "cannot quarantine bad chunk copy")
+            tracing::error!(chunk_id = %id, path = %path.display(), error = %e, "cannot quarantine bad chunk copy")
         }
     }
 }
@@ -937,9 +1082,11 @@ impl ChunkWriter {
         if sent {
             Ok(())
         } else {
-            Err(self.outcome().await.err().unwrap_or_else(|| {
-                StoreError::Internal("chunk writer ended early".into())
-            }))
+            Err(self
+                .outcome()
+                .await
+                .err()
+                .unwrap_or_else(|| StoreError::Internal("chunk writer ended early".into())))
         }
     }
 
@@ -969,61 +1116,142 @@ pub struct ChunkReader {
     chunk_id: String,
     file: File,
     trailer: Trailer,
-    from_backup: bool,
+    /// Set while serving the backup copy: what was wrong with the primary.
+    primary_problem: Option<Bad>,
+    /// Next byte to send.
+    offset: u64,
+    /// Bytes per piece (whole blocks).
+    piece: usize,
+    /// A copy was already restored during this read.
+    recovered: bool,
+    /// The end or an error was reached.
+    done: bool,
+}
+
+type PieceTask = tokio::task::JoinHandle<(ChunkReader, Option<Result<Vec<u8>, StoreError>>)>;
+
+/// The verified pieces of one chunk as an async stream. Each piece is read and checked on
+/// the blocking pool, one piece ahead of the consumer; no thread waits on a slow client.
+pub struct ChunkStream {
+    reader: Option<ChunkReader>,
+    pending: Option<PieceTask>,
+    span: Span,
 }
 
 impl ChunkReader {
-    pub fn meta(&self) -> ChunkMeta {
-        self.trailer.meta()
+    /// Stream the chunk in verified pieces of about `piece` bytes (rounded to whole blocks).
+    /// An error item ends the stream.
+    pub fn stream(mut self, piece: usize) -> ChunkStream {
+        self.piece = piece.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
+        ChunkStream {
+            reader: Some(self),
+            pending: None,
+            span: Span::current(),
+        }
     }
 
-    /// Stream the chunk in verified pieces of about `piece` bytes (rounded to whole blocks)
-    /// from a blocking task; at most a few pieces are in flight. Dropping the receiver stops
-    /// the task. An error item ends the stream.
-    pub fn stream(self, piece: usize) -> mpsc::Receiver<Result<Vec<u8>, StoreError>> {
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let piece = piece.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
-        let span = Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| self.stream_blocking(piece, tx)));
-        rx
-    }
-
-    fn stream_blocking(mut self, piece: usize, tx: mpsc::Sender<Result<Vec<u8>, StoreError>>) {
+    /// Read and verify the next piece, switching to a good copy if this one fails.
+    fn next_piece(&mut self) -> Option<Result<Vec<u8>, StoreError>> {
         let size = self.trailer.size;
-        let mut offset = 0u64;
-        let mut recovered = false;
-        while offset < size {
-            let n = (size - offset).min(piece as u64) as usize;
-            match self.trailer.read_verified(&self.file, offset, n) {
+        while !self.done && self.offset < size {
+            let n = (size - self.offset).min(self.piece as u64) as usize;
+            let bad = match self.trailer.read_verified(&self.file, self.offset, n) {
                 Ok(buf) => {
-                    if tx.blocking_send(Ok(buf)).is_err() {
-                        return; // the reader went away
-                    }
-                    offset += n as u64;
+                    self.offset += n as u64;
+                    return Some(Ok(buf));
                 }
-                Err(bad) => {
-                    if !matches!(bad, Bad::Missing) {
-                        Metrics::inc(&self.inner.metrics.checksum_failures_total);
-                    }
-                    let err = if self.from_backup || recovered {
-                        tracing::error!(chunk_id = %self.chunk_id, problem = %bad, "no good copy of chunk left");
-                        self.inner.lost(&self.chunk_id, format!("every copy {bad}"))
-                    } else {
-                        match self.inner.recover(&self.chunk_id, Some(&self.trailer), &bad) {
-                            Ok((file, trailer, from_backup)) => {
-                                recovered = true;
-                                self.file = file;
-                                self.trailer = trailer;
-                                self.from_backup = from_backup;
-                                continue;
-                            }
-                            Err(e) => e,
-                        }
-                    };
-                    let _ = tx.blocking_send(Err(err));
-                    return;
+                Err(bad) => bad,
+            };
+            self.inner.count_failure(&bad);
+            let err = if let Some(primary) = &self.primary_problem {
+                // The backup was the last copy left.
+                self.inner.give_up(&self.chunk_id, primary, Some(&bad))
+            } else if self.recovered {
+                // A copy restored and verified moments ago fails: conclude nothing about the
+                // copies; the next read checks them again.
+                tracing::error!(chunk_id = %self.chunk_id, problem = %bad, "restored chunk copy failed again");
+                match bad {
+                    Bad::Io(source) => StoreError::Io {
+                        op: "read",
+                        path: chunk_path(&self.inner.primary, &self.chunk_id),
+                        source,
+                    },
+                    _ => StoreError::DataLoss {
+                        chunk_id: self.chunk_id.clone(),
+                        reason: format!("restored copy {bad}"),
+                    },
                 }
+            } else {
+                match self
+                    .inner
+                    .recover(&self.chunk_id, Some(&self.trailer), &bad)
+                {
+                    Ok((file, trailer, primary_problem)) => {
+                        self.recovered = true;
+                        self.file = file;
+                        self.trailer = trailer;
+                        self.primary_problem = primary_problem;
+                        continue;
+                    }
+                    Err(e) => e,
+                }
+            };
+            self.done = true;
+            return Some(Err(err));
+        }
+        self.done = true;
+        None
+    }
+}
+
+impl ChunkStream {
+    fn spawn_next(&mut self) {
+        if let Some(mut reader) = self.reader.take() {
+            if reader.done {
+                self.reader = Some(reader);
+                return;
             }
+            let span = self.span.clone();
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                let item = span.in_scope(|| reader.next_piece());
+                (reader, item)
+            }));
+        }
+    }
+}
+
+impl futures::Stream for ChunkStream {
+    type Item = Result<Vec<u8>, StoreError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.pending.is_none() {
+            this.spawn_next();
+        }
+        let Some(task) = this.pending.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let joined = match std::pin::Pin::new(task).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(joined) => joined,
+        };
+        this.pending = None;
+        match joined {
+            Ok((reader, item)) => {
+                this.reader = Some(reader);
+                if matches!(item, Some(Ok(_))) {
+                    // Read ahead while the consumer sends this piece.
+                    this.spawn_next();
+                }
+                Poll::Ready(item)
+            }
+            Err(e) => Poll::Ready(Some(Err(StoreError::Internal(format!(
+                "chunk read task failed: {e}"
+            ))))),
         }
     }
 }
@@ -1062,7 +1290,12 @@ mod tests {
             .collect()
     }
 
-    async fn put(store: &Store, id: &str, data: &[u8], piece: usize) -> Result<ChunkMeta, StoreError> {
+    async fn put(
+        store: &Store,
+        id: &str,
+        data: &[u8],
+        piece: usize,
+    ) -> Result<ChunkMeta, StoreError> {
         let mut w = store.begin_write(id)?;
         for p in data.chunks(piece.max(1)) {
             w.write(p.to_vec()).await?;
@@ -1072,9 +1305,9 @@ mod tests {
 
     async fn get(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
         let reader = store.open_read(id).await?;
-        let mut rx = reader.stream(dfs_common::STREAM_PIECE);
+        let mut pieces = reader.stream(dfs_common::STREAM_PIECE);
         let mut out = Vec::new();
-        while let Some(piece) = rx.recv().await {
+        while let Some(piece) = futures::StreamExt::next(&mut pieces).await {
             out.extend_from_slice(&piece?);
         }
         Ok(out)
@@ -1105,7 +1338,11 @@ mod tests {
     }
 
     fn flip_byte(path: &Path, offset: u64) {
-        let f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, offset).unwrap();
         b[0] ^= 0x40;
@@ -1134,7 +1371,16 @@ mod tests {
 
     #[test]
     fn size_and_file_length_agree() {
-        for size in [0u64, 1, 65535, 65536, 65537, 3 * 65536, 1 << 20, MAX_CHUNK_SIZE] {
+        for size in [
+            0u64,
+            1,
+            65535,
+            65536,
+            65537,
+            3 * 65536,
+            1 << 20,
+            MAX_CHUNK_SIZE,
+        ] {
             assert_eq!(size_from_file_len(file_len(size)), Some(size), "{size}");
         }
         assert_eq!(size_from_file_len(3), None);
@@ -1154,13 +1400,27 @@ mod tests {
             assert_eq!(t.blocks[5], crc32c::crc32c(&data[5 * BLOCK_SIZE..]));
         }
         assert_eq!(BlockCrcs::default().finish().crc, 0);
+        for len in [
+            BLOCK_SIZE,
+            2 * BLOCK_SIZE,
+            7 * BLOCK_SIZE,
+            7 * BLOCK_SIZE - 1,
+        ] {
+            let data = pattern(len);
+            let mut c = BlockCrcs::default();
+            c.update(&data);
+            assert_eq!(c.finish().crc, crc32c::crc32c(&data), "{len}");
+        }
     }
 
     #[tokio::test]
     async fn round_trip() {
         let d = tempfile::tempdir().unwrap();
         let (store, metrics) = open(d.path(), u64::MAX, true);
-        for (i, len) in [0usize, 1, BLOCK_SIZE, 3 * 1024 * 1024 + 17].into_iter().enumerate() {
+        for (i, len) in [0usize, 1, BLOCK_SIZE, 3 * 1024 * 1024 + 17]
+            .into_iter()
+            .enumerate()
+        {
             let id = format!("0a1b2c3d-1111-4222-8333-44445555666{i}");
             let data = pattern(len);
             let meta = put(&store, &id, &data, 300_000).await.unwrap();
@@ -1222,7 +1482,12 @@ mod tests {
         let data = pattern(300_000);
         put(&store, ID, &data, 65_000).await.unwrap();
         let p = primary(d.path(), ID);
-        OpenOptions::new().write(true).open(&p).unwrap().set_len(100_000).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(100_000)
+            .unwrap();
         assert_eq!(get(&store, ID).await.unwrap(), data);
         fs::remove_file(&p).unwrap();
         assert_eq!(get(&store, ID).await.unwrap(), data);
@@ -1251,18 +1516,45 @@ mod tests {
         assert!(store.inventory().is_empty());
         assert!(!primary(d.path(), ID).exists());
         assert!(fs::read_dir(d.path().join("quarantine")).unwrap().count() == 1);
-        assert!(matches!(get(&store, ID).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            get(&store, ID).await,
+            Err(StoreError::NotFound(_))
+        ));
 
         // Without backups, a corrupt chunk is data loss too.
         let d = tempfile::tempdir().unwrap();
         let (store, _) = open(d.path(), u64::MAX, false);
         put(&store, ID, &data, 1 << 20).await.unwrap();
         flip_byte(&primary(d.path(), ID), 199_999);
-        assert!(matches!(get(&store, ID).await, Err(StoreError::DataLoss { .. })));
+        assert!(matches!(
+            get(&store, ID).await,
+            Err(StoreError::DataLoss { .. })
+        ));
         // Corrupt checksum table.
         put(&store, ID, &data, 1 << 20).await.unwrap();
         flip_byte(&primary(d.path(), ID), 200_001);
-        assert!(matches!(get(&store, ID).await, Err(StoreError::DataLoss { .. })));
+        assert!(matches!(
+            get(&store, ID).await,
+            Err(StoreError::DataLoss { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn io_errors_are_not_mistaken_for_corruption() {
+        let d = tempfile::tempdir().unwrap();
+        let (store, metrics) = open(d.path(), u64::MAX, true);
+        put(&store, ID, &pattern(1000), 1000).await.unwrap();
+        // Unreadable (not corrupt) copies: directories where the files should be.
+        for p in [primary(d.path(), ID), backup(d.path(), ID)] {
+            fs::remove_file(&p).unwrap();
+            fs::create_dir(&p).unwrap();
+        }
+        let got = get(&store, ID).await;
+        assert!(matches!(got, Err(StoreError::Io { .. })), "{got:?}");
+        assert_eq!(store.inventory(), vec![ID.to_string()]);
+        assert!(primary(d.path(), ID).is_dir());
+        assert!(!d.path().join("quarantine").exists());
+        assert_eq!(metrics.checksum_failures_total.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
@@ -1299,7 +1591,10 @@ mod tests {
             Ok(()) => w.finish().await.map(|_| ()),
             Err(e) => Err(e),
         };
-        assert!(matches!(result, Err(StoreError::TooLarge { .. })), "{result:?}");
+        assert!(
+            matches!(result, Err(StoreError::TooLarge { .. })),
+            "{result:?}"
+        );
 
         let mut w = store.begin_write(ID).unwrap();
         w.write(vec![1u8; 1000]).await.unwrap();
@@ -1323,12 +1618,24 @@ mod tests {
         assert!(store.delete(ID).await.unwrap());
         assert!(!store.delete(ID).await.unwrap());
         assert!(!primary(d.path(), ID).exists() && !backup(d.path(), ID).exists());
-        assert!(matches!(get(&store, ID).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            get(&store, ID).await,
+            Err(StoreError::NotFound(_))
+        ));
         assert_eq!(store.used_bytes(), 0);
         let bad = "../../etc/passwd";
-        assert!(matches!(store.begin_write(bad), Err(StoreError::InvalidChunkId(_))));
-        assert!(matches!(store.open_read(bad).await, Err(StoreError::InvalidChunkId(_))));
-        assert!(matches!(store.delete(bad).await, Err(StoreError::InvalidChunkId(_))));
+        assert!(matches!(
+            store.begin_write(bad),
+            Err(StoreError::InvalidChunkId(_))
+        ));
+        assert!(matches!(
+            store.open_read(bad).await,
+            Err(StoreError::InvalidChunkId(_))
+        ));
+        assert!(matches!(
+            store.delete(bad).await,
+            Err(StoreError::InvalidChunkId(_))
+        ));
     }
 
     #[tokio::test]

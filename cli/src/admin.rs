@@ -36,8 +36,15 @@ pub async fn run(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<i32> {
             }
         }
         AdminCmd::Import { file } => {
-            let bytes = std::fs::read(&file).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let r = rpc!(c, import, ImportRequest { saved_files_json: bytes.clone() })?;
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let r = rpc!(
+                c,
+                import,
+                ImportRequest {
+                    saved_files_json: bytes.clone()
+                }
+            )?;
             if ctx.json {
                 print_json(&json!({"imported": r.imported, "report": r.report}));
             } else {

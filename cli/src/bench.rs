@@ -37,7 +37,9 @@ pub enum BenchKind {
         seconds: u64,
     },
     /// Big-file and small-file throughput.
-    #[command(after_help = "Example: dfsctl bench data --big-mib 1024 --small 2000 --clients 1,16")]
+    #[command(
+        after_help = "Example: dfsctl bench data --big-mib 1024 --small 2000 --clients 1,16"
+    )]
     Data {
         /// Size of the big file in MiB.
         #[arg(long, default_value_t = 1024)]
@@ -84,7 +86,12 @@ struct Lat {
 
 fn summarize(mut v: Vec<Duration>, secs: f64) -> Lat {
     v.sort();
-    Lat { ops: v.len(), secs, p50: percentile(&v, 0.5), p99: percentile(&v, 0.99) }
+    Lat {
+        ops: v.len(),
+        secs,
+        p50: percentile(&v, 0.5),
+        p99: percentile(&v, 0.99),
+    }
 }
 
 impl Lat {
@@ -95,7 +102,13 @@ impl Lat {
         json!({"ops": self.ops, "ops_per_sec": (self.rate() * 10.0).round() / 10.0, "p50_ms": self.p50, "p99_ms": self.p99})
     }
     fn line(&self, what: &str) -> String {
-        format!("{what:<34} {:>9.0} ops/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ops)", self.rate(), self.p50, self.p99, self.ops)
+        format!(
+            "{what:<34} {:>9.0} ops/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} ops)",
+            self.rate(),
+            self.p50,
+            self.p99,
+            self.ops
+        )
     }
 }
 
@@ -103,27 +116,59 @@ impl Lat {
 async fn leader_conn(ctx: &Ctx) -> anyhow::Result<Arc<MetaConn>> {
     let conn = ctx.client()?;
     let s = rpc!(conn, cluster_status, StatusRequest { stale: false })?;
-    let leader = s.members.iter().find(|m| m.id == s.leader).map(|m| m.addr.clone());
+    let leader = s
+        .members
+        .iter()
+        .find(|m| m.id == s.leader)
+        .map(|m| m.addr.clone());
     let mut addrs = ctx.meta.clone();
     if let Some(l) = leader {
         addrs.retain(|a| *a != l);
         addrs.insert(0, l);
     }
-    Ok(Arc::new(MetaConn::connect(&addrs, ctx.auth_file.as_deref(), ctx.timeout)?))
+    Ok(Arc::new(MetaConn::connect(
+        &addrs,
+        ctx.auth_file.as_deref(),
+        ctx.timeout,
+    )?))
 }
 
 fn run_id() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0))
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0)
+    )
 }
 
-async fn meta_bench(ctx: &Ctx, clients: Vec<usize>, seconds: u64) -> anyhow::Result<serde_json::Value> {
+async fn meta_bench(
+    ctx: &Ctx,
+    clients: Vec<usize>,
+    seconds: u64,
+) -> anyhow::Result<serde_json::Value> {
     let conn = leader_conn(ctx).await?;
     let root = format!("/bench-meta-{}", run_id());
-    rpc!(conn, mkdir, MkdirRequest { path: root.clone(), parents: true })?;
+    rpc!(
+        conn,
+        mkdir,
+        MkdirRequest {
+            path: root.clone(),
+            parents: true
+        }
+    )?;
     let mut results = Vec::new();
     for &n in &clients {
         let level = format!("{root}/c{n}");
-        rpc!(conn, mkdir, MkdirRequest { path: level.clone(), parents: true })?;
+        rpc!(
+            conn,
+            mkdir,
+            MkdirRequest {
+                path: level.clone(),
+                parents: true
+            }
+        )?;
         // Phase 1: writes only (mkdir, then rename of what was just made).
         let started = Instant::now();
         let deadline = started + Duration::from_secs(seconds);
@@ -138,13 +183,29 @@ async fn meta_bench(ctx: &Ctx, clients: Vec<usize>, seconds: u64) -> anyhow::Res
                         let b = format!("{a}-moved");
                         i += 1;
                         let t = Instant::now();
-                        if rpc!(conn, mkdir, MkdirRequest { path: a.clone(), parents: false }).is_err() {
+                        if rpc!(
+                            conn,
+                            mkdir,
+                            MkdirRequest {
+                                path: a.clone(),
+                                parents: false
+                            }
+                        )
+                        .is_err()
+                        {
                             errors += 1;
                             continue;
                         }
                         lat.push(t.elapsed());
                         let t = Instant::now();
-                        match rpc!(conn, rename, RenameRequest { from: a.clone(), to: b.clone() }) {
+                        match rpc!(
+                            conn,
+                            rename,
+                            RenameRequest {
+                                from: a.clone(),
+                                to: b.clone()
+                            }
+                        ) {
                             Ok(_) => {
                                 lat.push(t.elapsed());
                                 made.push(b);
@@ -176,7 +237,14 @@ async fn meta_bench(ctx: &Ctx, clients: Vec<usize>, seconds: u64) -> anyhow::Res
                     let mut i = 0;
                     while Instant::now() < deadline && !paths.is_empty() {
                         let t = Instant::now();
-                        match rpc!(conn, stat, StatRequest { path: paths[i % paths.len()].clone(), stale: false }) {
+                        match rpc!(
+                            conn,
+                            stat,
+                            StatRequest {
+                                path: paths[i % paths.len()].clone(),
+                                stale: false
+                            }
+                        ) {
                             Ok(_) => lat.push(t.elapsed()),
                             Err(_) => errors += 1,
                         }
@@ -194,15 +262,26 @@ async fn meta_bench(ctx: &Ctx, clients: Vec<usize>, seconds: u64) -> anyhow::Res
         }
         let r = summarize(reads, started.elapsed().as_secs_f64());
         if !ctx.json {
-            println!("{}", w.line(&format!("meta writes (mkdir, mv), {n} clients")));
+            println!(
+                "{}",
+                w.line(&format!("meta writes (mkdir, mv), {n} clients"))
+            );
             println!("{}", r.line(&format!("meta reads (stat), {n} clients")));
             if errors > 0 {
                 println!("  errors: {errors}");
             }
         }
-        results.push(json!({"clients": n, "writes": w.json(), "reads": r.json(), "errors": errors}));
+        results
+            .push(json!({"clients": n, "writes": w.json(), "reads": r.json(), "errors": errors}));
     }
-    let _ = rpc!(conn, remove, RemoveRequest { path: root.clone(), recursive: true });
+    let _ = rpc!(
+        conn,
+        remove,
+        RemoveRequest {
+            path: root.clone(),
+            recursive: true
+        }
+    );
     Ok(json!({"meta": results}))
 }
 
@@ -237,10 +316,17 @@ impl tokio::io::AsyncRead for PatternReader {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         let n = (buf.remaining() as u64).min(self.left) as usize / 8 * 8;
-        let n = if n == 0 { (buf.remaining() as u64).min(self.left) as usize } else { n };
+        let n = if n == 0 {
+            (buf.remaining() as u64).min(self.left) as usize
+        } else {
+            n
+        };
         let mut out = vec![0u8; n];
         for c in out.chunks_mut(8) {
-            self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            self.state = self
+                .state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let b = self.state.to_le_bytes();
             c.copy_from_slice(&b[..c.len()]);
         }
@@ -252,30 +338,87 @@ impl tokio::io::AsyncRead for PatternReader {
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
-async fn small_files(conn: Arc<MetaConn>, pool: ChunkPool, root: &str, n: usize, clients: usize, replication: u32) -> anyhow::Result<[Lat; 4]> {
+async fn small_files(
+    conn: Arc<MetaConn>,
+    pool: ChunkPool,
+    root: &str,
+    n: usize,
+    clients: usize,
+    replication: u32,
+) -> anyhow::Result<[Lat; 4]> {
     let data = Arc::new(vec![0xabu8; 4096]);
     let mut phases: Vec<Lat> = Vec::new();
     for phase in 0..4 {
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|w| {
-                let (conn, pool, data, root) = (conn.clone(), pool.clone(), data.clone(), root.to_string());
+                let (conn, pool, data, root) =
+                    (conn.clone(), pool.clone(), data.clone(), root.to_string());
                 tokio::spawn(async move {
                     let mut lat = Vec::new();
                     for i in (w..n).step_by(clients) {
                         let p = format!("{root}/f{i}");
                         let t = Instant::now();
                         let ok = match phase {
-                            0 => put_stream(&conn, &pool, &data[..], Some(4096), &p, false, replication, &indicatif::ProgressBar::hidden()).await.map(|_| ()),
-                            1 => rpc!(conn, stat, StatRequest { path: p.clone(), stale: false }).map(|_| ()).map_err(Into::into),
-                            2 => match rpc!(conn, open_read, StatRequest { path: p.clone(), stale: false }) {
-                                Ok(r) => get_stream(&conn, &pool, &r, &mut std::io::sink(), &indicatif::ProgressBar::hidden()).await.map(|_| ()),
+                            0 => put_stream(
+                                &conn,
+                                &pool,
+                                &data[..],
+                                Some(4096),
+                                &p,
+                                false,
+                                replication,
+                                &indicatif::ProgressBar::hidden(),
+                            )
+                            .await
+                            .map(|_| ()),
+                            1 => rpc!(
+                                conn,
+                                stat,
+                                StatRequest {
+                                    path: p.clone(),
+                                    stale: false
+                                }
+                            )
+                            .map(|_| ())
+                            .map_err(Into::into),
+                            2 => match rpc!(
+                                conn,
+                                open_read,
+                                StatRequest {
+                                    path: p.clone(),
+                                    stale: false
+                                }
+                            ) {
+                                Ok(r) => get_stream(
+                                    &conn,
+                                    &pool,
+                                    &r,
+                                    &mut std::io::sink(),
+                                    &indicatif::ProgressBar::hidden(),
+                                )
+                                .await
+                                .map(|_| ()),
                                 Err(e) => Err(e.into()),
                             },
-                            _ => rpc!(conn, remove, RemoveRequest { path: p.clone(), recursive: false }).map(|_| ()).map_err(Into::into),
+                            _ => rpc!(
+                                conn,
+                                remove,
+                                RemoveRequest {
+                                    path: p.clone(),
+                                    recursive: false
+                                }
+                            )
+                            .map(|_| ())
+                            .map_err(Into::into),
                         };
                         ok?;
                         lat.push(t.elapsed());
@@ -296,22 +439,64 @@ async fn small_files(conn: Arc<MetaConn>, pool: ChunkPool, root: &str, n: usize,
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn data_bench(ctx: &Ctx, big_mib: u64, small: usize, clients: Vec<usize>, replication: u32, dir: PathBuf, scratch: PathBuf) -> anyhow::Result<serde_json::Value> {
+async fn data_bench(
+    ctx: &Ctx,
+    big_mib: u64,
+    small: usize,
+    clients: Vec<usize>,
+    replication: u32,
+    dir: PathBuf,
+    scratch: PathBuf,
+) -> anyhow::Result<serde_json::Value> {
     let conn = leader_conn(ctx).await?;
     let pool = ChunkPool::default();
     let root = format!("/bench-data-{}", run_id());
-    rpc!(conn, mkdir, MkdirRequest { path: root.clone(), parents: true })?;
+    rpc!(
+        conn,
+        mkdir,
+        MkdirRequest {
+            path: root.clone(),
+            parents: true
+        }
+    )?;
     let mut out = json!({});
 
     let baseline = fsync_baseline(&scratch, big_mib.min(1024))?;
     let big = format!("{root}/big");
     let bytes = big_mib << 20;
     let t = Instant::now();
-    put_stream(&conn, &pool, PatternReader { left: bytes, state: 7 }, Some(bytes), &big, false, replication, &indicatif::ProgressBar::hidden()).await?;
+    put_stream(
+        &conn,
+        &pool,
+        PatternReader {
+            left: bytes,
+            state: 7,
+        },
+        Some(bytes),
+        &big,
+        false,
+        replication,
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await?;
     let put_mbs = bytes as f64 / 1e6 / t.elapsed().as_secs_f64();
-    let reply = rpc!(conn, open_read, StatRequest { path: big.clone(), stale: false })?;
+    let reply = rpc!(
+        conn,
+        open_read,
+        StatRequest {
+            path: big.clone(),
+            stale: false
+        }
+    )?;
     let t = Instant::now();
-    get_stream(&conn, &pool, &reply, &mut std::io::sink(), &indicatif::ProgressBar::hidden()).await?;
+    get_stream(
+        &conn,
+        &pool,
+        &reply,
+        &mut std::io::sink(),
+        &indicatif::ProgressBar::hidden(),
+    )
+    .await?;
     let get_mbs = bytes as f64 / 1e6 / t.elapsed().as_secs_f64();
     let target = 0.85 * baseline / replication as f64;
     if !ctx.json {
@@ -320,13 +505,28 @@ async fn data_bench(ctx: &Ctx, big_mib: u64, small: usize, clients: Vec<usize>, 
         println!("get {big_mib} MiB                          {get_mbs:>9.1} MB/s");
     }
     out["big"] = json!({"mib": big_mib, "replication": replication, "put_mb_per_sec": put_mbs, "get_mb_per_sec": get_mbs, "fsync_baseline_mb_per_sec": baseline, "put_target_mb_per_sec": target});
-    let _ = rpc!(conn, remove, RemoveRequest { path: big.clone(), recursive: false });
+    let _ = rpc!(
+        conn,
+        remove,
+        RemoveRequest {
+            path: big.clone(),
+            recursive: false
+        }
+    );
 
     let mut levels = Vec::new();
     for &n in &clients {
         let dir_n = format!("{root}/small-{n}");
-        rpc!(conn, mkdir, MkdirRequest { path: dir_n.clone(), parents: true })?;
-        let [c, s, r, d] = small_files(conn.clone(), pool.clone(), &dir_n, small, n, replication).await?;
+        rpc!(
+            conn,
+            mkdir,
+            MkdirRequest {
+                path: dir_n.clone(),
+                parents: true
+            }
+        )?;
+        let [c, s, r, d] =
+            small_files(conn.clone(), pool.clone(), &dir_n, small, n, replication).await?;
         if !ctx.json {
             println!("{}", c.line(&format!("4 KiB create, {n} clients")));
             println!("{}", s.line(&format!("4 KiB stat, {n} clients")));
@@ -336,7 +536,14 @@ async fn data_bench(ctx: &Ctx, big_mib: u64, small: usize, clients: Vec<usize>, 
         levels.push(json!({"clients": n, "create": c.json(), "stat": s.json(), "read": r.json(), "delete": d.json()}));
     }
     out["small"] = json!(levels);
-    let _ = rpc!(conn, remove, RemoveRequest { path: root.clone(), recursive: true });
+    let _ = rpc!(
+        conn,
+        remove,
+        RemoveRequest {
+            path: root.clone(),
+            recursive: true
+        }
+    );
 
     // SAFETY: getrusage fills the struct we pass.
     let client_kib = unsafe {
@@ -347,22 +554,45 @@ async fn data_bench(ctx: &Ctx, big_mib: u64, small: usize, clients: Vec<usize>, 
     let mut servers = serde_json::Map::new();
     if let Ok(c) = LocalCluster::load(&dir) {
         for n in &c.nodes {
-            if let Some(kib) = n.pid.filter(|_| alive(n.pid, &n.kind)).and_then(peak_rss_kib) {
+            if let Some(kib) = n
+                .pid
+                .filter(|_| alive(n.pid, &n.kind))
+                .and_then(peak_rss_kib)
+            {
                 servers.insert(n.name.clone(), json!(kib / 1024));
             }
         }
     }
     if !ctx.json {
-        println!("peak RSS: dfsctl {} MiB; servers (MiB): {}", client_kib / 1024, serde_json::Value::Object(servers.clone()));
+        println!(
+            "peak RSS: dfsctl {} MiB; servers (MiB): {}",
+            client_kib / 1024,
+            serde_json::Value::Object(servers.clone())
+        );
     }
     out["peak_rss_mib"] = json!({"dfsctl": client_kib / 1024, "servers": servers});
     Ok(out)
 }
 
-async fn failover_bench(ctx: &Ctx, dir: PathBuf, kills: usize) -> anyhow::Result<serde_json::Value> {
-    let conn = Arc::new(MetaConn::connect(&LocalCluster::load(&dir)?.meta_addrs(), ctx.auth_file.as_deref(), Duration::from_secs(30))?);
+async fn failover_bench(
+    ctx: &Ctx,
+    dir: PathBuf,
+    kills: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let conn = Arc::new(MetaConn::connect(
+        &LocalCluster::load(&dir)?.meta_addrs(),
+        ctx.auth_file.as_deref(),
+        Duration::from_secs(30),
+    )?);
     let root = format!("/bench-failover-{}", run_id());
-    rpc!(conn, mkdir, MkdirRequest { path: root.clone(), parents: true })?;
+    rpc!(
+        conn,
+        mkdir,
+        MkdirRequest {
+            path: root.clone(),
+            parents: true
+        }
+    )?;
     let mut gaps = Vec::new();
     for k in 0..kills {
         let s = rpc!(conn, cluster_status, StatusRequest { stale: false })?;
@@ -370,7 +600,11 @@ async fn failover_bench(ctx: &Ctx, dir: PathBuf, kills: usize) -> anyhow::Result
         let name = format!("meta-{leader}");
         // Reloaded every round: a restarted node has a new pid.
         let cluster = LocalCluster::load(&dir)?;
-        let node = cluster.nodes.iter().find(|n| n.name == name).context("leader is not a local node")?;
+        let node = cluster
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .context("leader is not a local node")?;
         let pid = node.pid.context("leader has no pid")?;
         // SAFETY: kill(2) on a process of our local cluster.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -379,14 +613,27 @@ async fn failover_bench(ctx: &Ctx, dir: PathBuf, kills: usize) -> anyhow::Result
         loop {
             let p = format!("{root}/k{k}-{i}");
             i += 1;
-            if rpc!(conn, mkdir, MkdirRequest { path: p.clone(), parents: true }).is_ok() {
+            if rpc!(
+                conn,
+                mkdir,
+                MkdirRequest {
+                    path: p.clone(),
+                    parents: true
+                }
+            )
+            .is_ok()
+            {
                 break;
             }
         }
         let gap = killed.elapsed();
         gaps.push(gap);
         if !ctx.json {
-            println!("kill {}: leader {leader} SIGKILLed, next write acknowledged after {:.0} ms", k + 1, gap.as_secs_f64() * 1000.0);
+            println!(
+                "kill {}: leader {leader} SIGKILLed, next write acknowledged after {:.0} ms",
+                k + 1,
+                gap.as_secs_f64() * 1000.0
+            );
         }
         let status = std::process::Command::new(std::env::current_exe()?)
             .args(["local", "start", "--dir"])
@@ -402,8 +649,16 @@ async fn failover_bench(ctx: &Ctx, dir: PathBuf, kills: usize) -> anyhow::Result
         let mut steady = 0;
         while steady < 5 && Instant::now() < deadline {
             let s = rpc!(conn, cluster_status, StatusRequest { stale: false })?;
-            let max = s.members.iter().map(|m| m.last_log_index).max().unwrap_or(0);
-            let even = s.members.iter().all(|m| m.reachable && m.last_log_index == max && m.applied == max);
+            let max = s
+                .members
+                .iter()
+                .map(|m| m.last_log_index)
+                .max()
+                .unwrap_or(0);
+            let even = s
+                .members
+                .iter()
+                .all(|m| m.reachable && m.last_log_index == max && m.applied == max);
             steady = if even { steady + 1 } else { 0 };
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -412,15 +667,22 @@ async fn failover_bench(ctx: &Ctx, dir: PathBuf, kills: usize) -> anyhow::Result
     if !ctx.json {
         println!("write unavailability after leader SIGKILL: median {:.0} ms, p99 {:.0} ms, max {:.0} ms over {kills} kills", lat.p50, lat.p99, gaps.iter().max().map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0));
     }
-    Ok(json!({"failover": {"kills": kills, "median_ms": lat.p50, "p99_ms": lat.p99, "gaps_ms": gaps.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>()}}))
+    Ok(
+        json!({"failover": {"kills": kills, "median_ms": lat.p50, "p99_ms": lat.p99, "gaps_ms": gaps.iter().map(|d| d.as_millis() as u64).collect::<Vec<_>>()}}),
+    )
 }
 
 pub async fn run(ctx: &Ctx, a: BenchArgs) -> anyhow::Result<i32> {
     let v = match a.what {
         BenchKind::Meta { clients, seconds } => meta_bench(ctx, clients, seconds).await?,
-        BenchKind::Data { big_mib, small, clients, replication, dir, scratch } => {
-            data_bench(ctx, big_mib, small, clients, replication, dir, scratch).await?
-        }
+        BenchKind::Data {
+            big_mib,
+            small,
+            clients,
+            replication,
+            dir,
+            scratch,
+        } => data_bench(ctx, big_mib, small, clients, replication, dir, scratch).await?,
         BenchKind::Failover { dir, kills } => failover_bench(ctx, dir, kills).await?,
     };
     if ctx.json {

@@ -27,7 +27,10 @@ pub struct MetaConn {
 }
 
 pub fn default_auth_file() -> PathBuf {
-    dirs::config_dir().unwrap_or_else(|| PathBuf::from(".")).join("dfs").join("auth.txt")
+    dirs::config_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("dfs")
+        .join("auth.txt")
 }
 
 pub fn lazy_channel(addr: &str) -> anyhow::Result<Channel> {
@@ -42,12 +45,22 @@ pub fn lazy_channel(addr: &str) -> anyhow::Result<Channel> {
 
 impl MetaConn {
     /// Build a connection; credentials are read when the auth file exists.
-    pub fn connect(addrs: &[String], auth_file: Option<&Path>, timeout: Duration) -> anyhow::Result<MetaConn> {
-        let addrs: Vec<String> = addrs.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+    pub fn connect(
+        addrs: &[String],
+        auth_file: Option<&Path>,
+        timeout: Duration,
+    ) -> anyhow::Result<MetaConn> {
+        let addrs: Vec<String> = addrs
+            .iter()
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
         if addrs.is_empty() {
             bail!("no metadata node given: pass --meta host:port,... or set DFS_META (`dfsctl local up` prints it)");
         }
-        let path = auth_file.map(Path::to_path_buf).unwrap_or_else(default_auth_file);
+        let path = auth_file
+            .map(Path::to_path_buf)
+            .unwrap_or_else(default_auth_file);
         let creds = match dfs_common::auth_file::read(&path) {
             Ok(c) => Some(c),
             Err(dfs_common::auth_file::AuthFileError::Read { source, .. })
@@ -61,11 +74,18 @@ impl MetaConn {
     }
 
     /// A connection with the given credentials (or none, for self-registration).
-    pub fn with_credentials(addrs: &[String], creds: Option<Credentials>, timeout: Duration) -> anyhow::Result<MetaConn> {
+    pub fn with_credentials(
+        addrs: &[String],
+        creds: Option<Credentials>,
+        timeout: Duration,
+    ) -> anyhow::Result<MetaConn> {
         if addrs.is_empty() {
             bail!("no metadata node given: pass --meta host:port,... or set DFS_META");
         }
-        let channels = addrs.iter().map(|a| lazy_channel(a)).collect::<anyhow::Result<Vec<_>>>()?;
+        let channels = addrs
+            .iter()
+            .map(|a| lazy_channel(a))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(MetaConn {
             addrs: addrs.to_vec(),
             channels,
@@ -120,13 +140,19 @@ impl MetaConn {
                 }
                 Ok(Err(s)) if retryable(&s) => s,
                 Ok(Err(s)) => return Err(s),
-                Err(_) => Status::deadline_exceeded(format!("{} did not answer in time", self.addrs[i])),
+                Err(_) => {
+                    Status::deadline_exceeded(format!("{} did not answer in time", self.addrs[i]))
+                }
             };
             tried += 1;
             if tokio::time::Instant::now() >= deadline {
                 return Err(Status::new(
                     err.code(),
-                    format!("no metadata node could serve the request ({}); tried {}", err.message(), self.addrs.join(",")),
+                    format!(
+                        "no metadata node could serve the request ({}); tried {}",
+                        err.message(),
+                        self.addrs.join(",")
+                    ),
                 ));
             }
             i = (i + 1) % n;
@@ -138,7 +164,10 @@ impl MetaConn {
 }
 
 fn retryable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::Unknown | Code::Cancelled)
+    matches!(
+        s.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled
+    )
 }
 
 /// `rpc!(conn, method, message)`: call a Meta method with credentials and failover.

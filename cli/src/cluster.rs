@@ -48,14 +48,26 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 print_json(&status_json(&s));
                 return Ok(0);
             }
-            println!("cluster {}  leader {}  term {}", s.cluster_id, s.leader, s.term);
-            println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}", "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED");
+            println!(
+                "cluster {}  leader {}  term {}",
+                s.cluster_id, s.leader, s.term
+            );
+            println!(
+                "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}",
+                "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED"
+            );
             for m in &s.members {
-                println!("{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}", m.id, m.addr, m.role, m.term, m.last_log_index, m.applied);
+                println!(
+                    "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}",
+                    m.id, m.addr, m.role, m.term, m.last_log_index, m.applied
+                );
             }
             if !s.chunk_servers.is_empty() {
                 println!();
-                println!("{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}", "ID", "CHUNK SERVER", "LIVE", "USED", "CAPACITY", "CHUNKS");
+                println!(
+                    "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}",
+                    "ID", "CHUNK SERVER", "LIVE", "USED", "CAPACITY", "CHUNKS"
+                );
                 for cs in &s.chunk_servers {
                     println!(
                         "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}",
@@ -68,11 +80,19 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
                     );
                 }
             }
-            println!("\n{} files, {} under-replicated", s.files, s.under_replicated_files);
+            println!(
+                "\n{} files, {} under-replicated",
+                s.files, s.under_replicated_files
+            );
         }
         ClusterCmd::Leader => {
             let s = rpc!(c, cluster_status, StatusRequest { stale: false })?;
-            let addr = s.members.iter().find(|m| m.id == s.leader).map(|m| m.addr.clone()).unwrap_or_default();
+            let addr = s
+                .members
+                .iter()
+                .find(|m| m.id == s.leader)
+                .map(|m| m.addr.clone())
+                .unwrap_or_default();
             if s.leader == 0 {
                 anyhow::bail!("no leader is elected right now");
             }
@@ -84,7 +104,14 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
         }
         ClusterCmd::AddMember { id, addr } => {
             let c = c.patient();
-            rpc!(c, add_member, AddMemberRequest { id, addr: addr.clone() })?;
+            rpc!(
+                c,
+                add_member,
+                AddMemberRequest {
+                    id,
+                    addr: addr.clone()
+                }
+            )?;
             if !ctx.quiet {
                 eprintln!("node {id} at {addr} is now a voting member");
             }

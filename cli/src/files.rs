@@ -48,14 +48,33 @@ pub struct RmArgs {
 pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let path = remote(&a.path);
-    let reply = crate::rpc!(c, list, ListRequest { path: path.clone(), recursive: a.recursive, stale: a.stale })?;
+    let reply = crate::rpc!(
+        c,
+        list,
+        ListRequest {
+            path: path.clone(),
+            recursive: a.recursive,
+            stale: a.stale
+        }
+    )?;
     for f in &reply.entries {
         if ctx.json {
             print_json(&file_json(f, false));
         } else if a.long {
             let kind = if f.is_dir { "d" } else { "-" };
-            let rep = if f.is_dir { "-".to_string() } else { f.replication.to_string() };
-            println!("{kind} {:<10} {:>12} {:>2} {} {}", f.owner, f.size, rep, time_ms(f.modified_ms), f.path);
+            let rep = if f.is_dir {
+                "-".to_string()
+            } else {
+                f.replication.to_string()
+            };
+            println!(
+                "{kind} {:<10} {:>12} {:>2} {} {}",
+                f.owner,
+                f.size,
+                rep,
+                time_ms(f.modified_ms),
+                f.path
+            );
         } else {
             println!("{}{}", f.path, if f.is_dir { "/" } else { "" });
         }
@@ -66,25 +85,54 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
 pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let path = remote(path);
-    let f = crate::rpc!(c, stat, StatRequest { path: path.clone(), stale: false })?;
+    let f = crate::rpc!(
+        c,
+        stat,
+        StatRequest {
+            path: path.clone(),
+            stale: false
+        }
+    )?;
     if ctx.json {
         print_json(&file_json(&f, true));
         return Ok(0);
     }
     println!("path:        {}", f.path);
-    println!("type:        {}", if f.is_dir { "directory" } else { "file" });
+    println!(
+        "type:        {}",
+        if f.is_dir { "directory" } else { "file" }
+    );
     println!("owner:       {}", f.owner);
     println!("created:     {}", time_ms(f.created_ms));
     println!("modified:    {}", time_ms(f.modified_ms));
     if !f.is_dir {
         println!("size:        {} ({})", f.size, human_bytes(f.size));
         println!("sha256:      {}", f.sha256);
-        println!("replication: {} ({})", f.replication, if fully_replicated(&f) { "fully replicated" } else { "UNDER-REPLICATED" });
+        println!(
+            "replication: {} ({})",
+            f.replication,
+            if fully_replicated(&f) {
+                "fully replicated"
+            } else {
+                "UNDER-REPLICATED"
+            }
+        );
         println!("chunks:      {}", f.chunks.len());
         for (i, ch) in f.chunks.iter().enumerate() {
-            let reps: Vec<String> =
-                ch.replicas.iter().zip(&ch.replica_addrs).map(|(id, a)| format!("{id}@{a}")).collect();
-            println!("  {:>4} {} {:>10} crc32c={:08x} replicas=[{}]", i + 1, ch.chunk_id, ch.size, ch.crc32c, reps.join(" "));
+            let reps: Vec<String> = ch
+                .replicas
+                .iter()
+                .zip(&ch.replica_addrs)
+                .map(|(id, a)| format!("{id}@{a}"))
+                .collect();
+            println!(
+                "  {:>4} {} {:>10} crc32c={:08x} replicas=[{}]",
+                i + 1,
+                ch.chunk_id,
+                ch.size,
+                ch.crc32c,
+                reps.join(" ")
+            );
         }
     }
     Ok(0)
@@ -93,7 +141,14 @@ pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
 pub async fn mkdir(ctx: &Ctx, a: MkdirArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let path = remote(&a.path);
-    crate::rpc!(c, mkdir, MkdirRequest { path: path.clone(), parents: a.parents })?;
+    crate::rpc!(
+        c,
+        mkdir,
+        MkdirRequest {
+            path: path.clone(),
+            parents: a.parents
+        }
+    )?;
     if ctx.json {
         print_json(&json!({"ok": true, "path": path}));
     }
@@ -103,7 +158,14 @@ pub async fn mkdir(ctx: &Ctx, a: MkdirArgs) -> anyhow::Result<i32> {
 pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let (from, to) = (remote(from), remote(to));
-    crate::rpc!(c, rename, RenameRequest { from: from.clone(), to: to.clone() })?;
+    crate::rpc!(
+        c,
+        rename,
+        RenameRequest {
+            from: from.clone(),
+            to: to.clone()
+        }
+    )?;
     if ctx.json {
         print_json(&json!({"ok": true, "from": from, "to": to}));
     }
@@ -113,7 +175,14 @@ pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let path = remote(&a.path);
-    let r = crate::rpc!(c, remove, RemoveRequest { path: path.clone(), recursive: a.recursive })?;
+    let r = crate::rpc!(
+        c,
+        remove,
+        RemoveRequest {
+            path: path.clone(),
+            recursive: a.recursive
+        }
+    )?;
     if ctx.json {
         print_json(&json!({"ok": true, "path": path, "removed": r.removed}));
     }
@@ -123,11 +192,24 @@ pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
 pub async fn du(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let path = remote(path);
-    let u = crate::rpc!(c, usage, StatRequest { path: path.clone(), stale: false })?;
+    let u = crate::rpc!(
+        c,
+        usage,
+        StatRequest {
+            path: path.clone(),
+            stale: false
+        }
+    )?;
     if ctx.json {
         print_json(&json!({"path": path, "files": u.files, "dirs": u.dirs, "bytes": u.bytes}));
     } else {
-        println!("{} in {} files, {} directories: {}", human_bytes(u.bytes), u.files, u.dirs, path);
+        println!(
+            "{} in {} files, {} directories: {}",
+            human_bytes(u.bytes),
+            u.files,
+            u.dirs,
+            path
+        );
     }
     Ok(0)
 }

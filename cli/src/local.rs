@@ -96,18 +96,30 @@ pub struct LocalCluster {
 impl LocalCluster {
     pub fn load(dir: &Path) -> anyhow::Result<LocalCluster> {
         let p = dir.join("cluster.json");
-        let raw = std::fs::read(&p)
-            .with_context(|| format!("no local cluster in {} (start one with `dfsctl local up --dir {}`)", dir.display(), dir.display()))?;
+        let raw = std::fs::read(&p).with_context(|| {
+            format!(
+                "no local cluster in {} (start one with `dfsctl local up --dir {}`)",
+                dir.display(),
+                dir.display()
+            )
+        })?;
         Ok(serde_json::from_slice(&raw)?)
     }
 
     pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        dfs_common::durable::write_atomic(&dir.join("cluster.json"), &serde_json::to_vec_pretty(self)?)?;
+        dfs_common::durable::write_atomic(
+            &dir.join("cluster.json"),
+            &serde_json::to_vec_pretty(self)?,
+        )?;
         Ok(())
     }
 
     pub fn meta_addrs(&self) -> Vec<String> {
-        self.nodes.iter().filter(|n| n.kind == "meta").map(|n| n.addr.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.kind == "meta")
+            .map(|n| n.addr.clone())
+            .collect()
     }
 
     pub fn node_mut(&mut self, name: &str) -> anyhow::Result<&mut LocalNode> {
@@ -140,19 +152,34 @@ fn binary(name: &str) -> PathBuf {
 pub fn alive(pid: Option<u32>, kind: &str) -> bool {
     let Some(pid) = pid else { return false };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit(')').next().and_then(|s| s.split_whitespace().next()).unwrap_or("");
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or("");
     if state.is_empty() || state == "Z" || state == "X" {
         return false;
     }
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmd).contains(if kind == "meta" { "metasrv" } else { "chunksrv" })
+    String::from_utf8_lossy(&cmd).contains(if kind == "meta" {
+        "metasrv"
+    } else {
+        "chunksrv"
+    })
 }
 
 fn spawn(node: &mut LocalNode) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&node.data_dir)?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(node.data_dir.join("log"))?;
-    let bin = binary(if node.kind == "meta" { "metasrv" } else { "chunksrv" });
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(node.data_dir.join("log"))?;
+    let bin = binary(if node.kind == "meta" {
+        "metasrv"
+    } else {
+        "chunksrv"
+    });
     let child = Command::new(&bin)
         .args(&node.args)
         .stdin(Stdio::null())
@@ -160,7 +187,12 @@ fn spawn(node: &mut LocalNode) -> anyhow::Result<()> {
         .stderr(log)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("cannot start {} (built? `cargo build --release`)", bin.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot start {} (built? `cargo build --release`)",
+                bin.display()
+            )
+        })?;
     node.pid = Some(child.id());
     Ok(())
 }
@@ -206,10 +238,22 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
             format!("--cluster-secret-file={secret}"),
         ];
         if i == 1 {
-            args.push(format!("--admin-auth-out={}", dir.join("admin.auth").display()));
+            args.push(format!(
+                "--admin-auth-out={}",
+                dir.join("admin.auth").display()
+            ));
         }
         args.extend(a.meta_args.iter().cloned());
-        out.nodes.push(LocalNode { name: format!("meta-{i}"), kind: "meta".into(), id: i as u64, addr, metrics_addr: metrics, data_dir, args, pid: None });
+        out.nodes.push(LocalNode {
+            name: format!("meta-{i}"),
+            kind: "meta".into(),
+            id: i as u64,
+            addr,
+            metrics_addr: metrics,
+            data_dir,
+            args,
+            pid: None,
+        });
     }
     let metas = out.meta_addrs().join(",");
     for i in 1..=a.chunks {
@@ -223,31 +267,58 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
             format!("--cluster-secret-file={secret}"),
         ];
         args.extend(a.chunk_args.iter().cloned());
-        out.nodes.push(LocalNode { name: format!("chunk-{i}"), kind: "chunk".into(), id: i as u64, addr, metrics_addr: metrics, data_dir, args, pid: None });
+        out.nodes.push(LocalNode {
+            name: format!("chunk-{i}"),
+            kind: "chunk".into(),
+            id: i as u64,
+            addr,
+            metrics_addr: metrics,
+            data_dir,
+            args,
+            pid: None,
+        });
     }
     Ok(out)
 }
 
 /// Wait until a leader answers with the admin key and every chunk server is live.
-async fn wait_ready(dir: &Path, cluster: &LocalCluster, chunks: usize, wait: Duration) -> anyhow::Result<()> {
+async fn wait_ready(
+    dir: &Path,
+    cluster: &LocalCluster,
+    chunks: usize,
+    wait: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + wait;
     let auth = dir.join("admin.auth");
     let mut last_problem = String::from("starting");
     while Instant::now() < deadline {
         for n in &cluster.nodes {
             if !alive(n.pid, &n.kind) {
-                bail!("{} exited during start-up; its log ends with:\n    {}", n.name, log_tail(n));
+                bail!(
+                    "{} exited during start-up; its log ends with:\n    {}",
+                    n.name,
+                    log_tail(n)
+                );
             }
         }
         if auth.exists() {
-            let conn = crate::client::MetaConn::connect(&cluster.meta_addrs(), Some(&auth), Duration::from_secs(2))?;
-            match crate::rpc!(conn, cluster_status, dfs_proto::StatusRequest { stale: false }) {
+            let conn = crate::client::MetaConn::connect(
+                &cluster.meta_addrs(),
+                Some(&auth),
+                Duration::from_secs(2),
+            )?;
+            match crate::rpc!(
+                conn,
+                cluster_status,
+                dfs_proto::StatusRequest { stale: false }
+            ) {
                 Ok(s) => {
                     let live = s.chunk_servers.iter().filter(|c| c.live).count();
                     if s.leader != 0 && live >= chunks {
                         return Ok(());
                     }
-                    last_problem = format!("leader {}, {live}/{chunks} chunk servers live", s.leader);
+                    last_problem =
+                        format!("leader {}, {live}/{chunks} chunk servers live", s.leader);
                 }
                 Err(e) => last_problem = e.message().to_string(),
             }
@@ -256,7 +327,11 @@ async fn wait_ready(dir: &Path, cluster: &LocalCluster, chunks: usize, wait: Dur
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    bail!("the local cluster did not become ready in {} s ({last_problem}); see the logs under {}", wait.as_secs(), dir.display())
+    bail!(
+        "the local cluster did not become ready in {} s ({last_problem}); see the logs under {}",
+        wait.as_secs(),
+        dir.display()
+    )
 }
 
 fn write_env(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<PathBuf> {
@@ -291,7 +366,9 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
     let env = write_env(dir, &cluster)?;
     let metas = cluster.nodes.len() - chunks;
     if ctx.json {
-        print_json(&json!({"dir": std::fs::canonicalize(dir)?, "env": env, "started": started, "meta": cluster.meta_addrs()}));
+        print_json(
+            &json!({"dir": std::fs::canonicalize(dir)?, "env": env, "started": started, "meta": cluster.meta_addrs()}),
+        );
     } else {
         println!("{}", std::fs::read_to_string(&env)?.trim_end());
         if !ctx.quiet {
@@ -316,17 +393,27 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             for n in &c.nodes {
                 let live = alive(n.pid, &n.kind);
                 if ctx.json {
-                    print_json(&json!({"name": n.name, "pid": n.pid, "addr": n.addr, "metrics_addr": n.metrics_addr, "alive": live}));
+                    print_json(
+                        &json!({"name": n.name, "pid": n.pid, "addr": n.addr, "metrics_addr": n.metrics_addr, "alive": live}),
+                    );
                 } else {
                     let pid = n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-                    println!("{:<10} {:>8} {:<22} {:<22} {}", n.name, pid, n.addr, n.metrics_addr, if live { "alive" } else { "DOWN" });
+                    println!(
+                        "{:<10} {:>8} {:<22} {:<22} {}",
+                        n.name,
+                        pid,
+                        n.addr,
+                        n.metrics_addr,
+                        if live { "alive" } else { "DOWN" }
+                    );
                 }
             }
             Ok(0)
         }
         LocalCmd::Down(d) => {
             let c = LocalCluster::load(&d.dir)?;
-            let running: Vec<&LocalNode> = c.nodes.iter().filter(|n| alive(n.pid, &n.kind)).collect();
+            let running: Vec<&LocalNode> =
+                c.nodes.iter().filter(|n| alive(n.pid, &n.kind)).collect();
             for n in &running {
                 signal(n.pid.unwrap_or(0), libc::SIGTERM);
             }
@@ -338,7 +425,11 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
             }
             if !ctx.quiet {
-                eprintln!("stopped {} node(s); data kept in {}", running.len(), d.dir.display());
+                eprintln!(
+                    "stopped {} node(s); data kept in {}",
+                    running.len(),
+                    d.dir.display()
+                );
             }
             Ok(0)
         }
@@ -370,7 +461,10 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             if !alive(n.pid, &n.kind) {
                 bail!("{node} is not running");
             }
-            signal(n.pid.unwrap_or(0), if resume { libc::SIGCONT } else { libc::SIGSTOP });
+            signal(
+                n.pid.unwrap_or(0),
+                if resume { libc::SIGCONT } else { libc::SIGSTOP },
+            );
             Ok(0)
         }
     }

@@ -13,7 +13,9 @@ pub fn error_line(e: &anyhow::Error) -> String {
 pub fn status_line(s: &tonic::Status) -> String {
     let msg = s.message();
     match s.code() {
-        tonic::Code::Unauthenticated => format!("{msg} (check the auth file: --auth-file or DFS_AUTH_FILE)"),
+        tonic::Code::Unauthenticated => {
+            format!("{msg} (check the auth file: --auth-file or DFS_AUTH_FILE)")
+        }
         _ if msg.is_empty() => format!("{:?}", s.code()),
         _ => msg.to_string(),
     }
@@ -44,7 +46,9 @@ pub fn time_ms(ms: i64) -> String {
 
 /// Whether every chunk has as many replicas as the file asks for.
 pub fn fully_replicated(f: &FileInfo) -> bool {
-    f.chunks.iter().all(|c| c.replicas.len() as u32 >= f.replication)
+    f.chunks
+        .iter()
+        .all(|c| c.replicas.len() as u32 >= f.replication)
 }
 
 /// The JSON shape of a file or directory (documented in README.md).

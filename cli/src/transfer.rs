@@ -74,7 +74,9 @@ impl ChunkPool {
                 c
             }
         };
-        Ok(ChunkClient::new(ch).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE))
+        Ok(ChunkClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
     }
 }
 
@@ -104,19 +106,43 @@ async fn read_chunk<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> std::io::Resul
     Ok(buf)
 }
 
-async fn write_replica(pool: &ChunkPool, addr: &str, chunk_id: &str, token: &str, data: Arc<Vec<u8>>) -> anyhow::Result<WriteChunkReply> {
+async fn write_replica(
+    pool: &ChunkPool,
+    addr: &str,
+    chunk_id: &str,
+    token: &str,
+    data: Arc<Vec<u8>>,
+) -> anyhow::Result<WriteChunkReply> {
     let mut client = pool.client(addr)?;
-    let header = WriteChunkRequest { chunk_id: chunk_id.to_string(), token: token.to_string(), data: Vec::new() };
-    let pieces = (0..data.len()).step_by(dfs_common::STREAM_PIECE).map(move |off| {
-        let end = (off + dfs_common::STREAM_PIECE).min(data.len());
-        WriteChunkRequest { chunk_id: String::new(), token: String::new(), data: data[off..end].to_vec() }
-    });
+    let header = WriteChunkRequest {
+        chunk_id: chunk_id.to_string(),
+        token: token.to_string(),
+        data: Vec::new(),
+    };
+    let pieces = (0..data.len())
+        .step_by(dfs_common::STREAM_PIECE)
+        .map(move |off| {
+            let end = (off + dfs_common::STREAM_PIECE).min(data.len());
+            WriteChunkRequest {
+                chunk_id: String::new(),
+                token: String::new(),
+                data: data[off..end].to_vec(),
+            }
+        });
     let stream = futures::stream::iter(std::iter::once(header).chain(pieces));
-    Ok(client.write(stream).await.map_err(|s| anyhow::anyhow!("{addr}: {}", status_line(&s)))?.into_inner())
+    Ok(client
+        .write(stream)
+        .await
+        .map_err(|s| anyhow::anyhow!("{addr}: {}", status_line(&s)))?
+        .into_inner())
 }
 
 /// Store one chunk on all its targets; it counts as stored when at least one replica has it.
-async fn upload_chunk(pool: ChunkPool, alloc: AllocatedChunk, data: Vec<u8>) -> anyhow::Result<ChunkInfo> {
+async fn upload_chunk(
+    pool: ChunkPool,
+    alloc: AllocatedChunk,
+    data: Vec<u8>,
+) -> anyhow::Result<ChunkInfo> {
     let crc = crc32c::crc32c(&data);
     let size = data.len() as u64;
     let data = Arc::new(data);
@@ -131,14 +157,28 @@ async fn upload_chunk(pool: ChunkPool, alloc: AllocatedChunk, data: Vec<u8>) -> 
     for (node, r) in futures::future::join_all(writes).await {
         match r {
             Ok(rep) if rep.crc32c == crc && rep.size == size => replicas.push(node),
-            Ok(rep) => errors.push(format!("server {node} stored {} bytes with crc {:08x}, expected {size} / {crc:08x}", rep.size, rep.crc32c)),
+            Ok(rep) => errors.push(format!(
+                "server {node} stored {} bytes with crc {:08x}, expected {size} / {crc:08x}",
+                rep.size, rep.crc32c
+            )),
             Err(e) => errors.push(format!("{e:#}")),
         }
     }
     if replicas.is_empty() {
-        bail!("chunk {} could not be stored on any of its servers: {}", alloc.chunk_id, errors.join("; "));
+        bail!(
+            "chunk {} could not be stored on any of its servers: {}",
+            alloc.chunk_id,
+            errors.join("; ")
+        );
     }
-    Ok(ChunkInfo { chunk_id: alloc.chunk_id, size, crc32c: crc, replicas, replica_addrs: vec![], token: alloc.token })
+    Ok(ChunkInfo {
+        chunk_id: alloc.chunk_id,
+        size,
+        crc32c: crc,
+        replicas,
+        replica_addrs: vec![],
+        token: alloc.token,
+    })
 }
 
 pub struct PutOutcome {
@@ -157,7 +197,16 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
     replication: u32,
     pb: &indicatif::ProgressBar,
 ) -> anyhow::Result<PutOutcome> {
-    let first = rpc!(conn, allocate_chunks, AllocateRequest { path: path.to_string(), replication, count: 1, overwrite: force })?;
+    let first = rpc!(
+        conn,
+        allocate_chunks,
+        AllocateRequest {
+            path: path.to_string(),
+            replication,
+            count: 1,
+            overwrite: force
+        }
+    )?;
     let chunk_size = first.chunk_size.max(1);
     let mut allocated: VecDeque<AllocatedChunk> = first.chunks.into();
     let mut hasher = Sha256::new();
@@ -165,7 +214,9 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
     let mut uploads = futures::stream::FuturesOrdered::new();
     let mut done: Vec<ChunkInfo> = Vec::new();
     loop {
-        let data = read_chunk(&mut reader, chunk_size as usize).await.context("cannot read the input")?;
+        let data = read_chunk(&mut reader, chunk_size as usize)
+            .await
+            .context("cannot read the input")?;
         if data.is_empty() {
             break;
         }
@@ -174,11 +225,27 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
         let alloc = match allocated.pop_front() {
             Some(a) => a,
             None => {
-                let left = size_hint.map(|s| s.saturating_sub(total - data.len() as u64).div_ceil(chunk_size)).unwrap_or(4);
+                let left = size_hint
+                    .map(|s| {
+                        s.saturating_sub(total - data.len() as u64)
+                            .div_ceil(chunk_size)
+                    })
+                    .unwrap_or(4);
                 let count = left.clamp(1, 16) as u32;
-                let more = rpc!(conn, allocate_chunks, AllocateRequest { path: path.to_string(), replication, count, overwrite: force })?;
+                let more = rpc!(
+                    conn,
+                    allocate_chunks,
+                    AllocateRequest {
+                        path: path.to_string(),
+                        replication,
+                        count,
+                        overwrite: force
+                    }
+                )?;
                 allocated.extend(more.chunks);
-                allocated.pop_front().context("the leader allocated no chunk")?
+                allocated
+                    .pop_front()
+                    .context("the leader allocated no chunk")?
             }
         };
         let last = data.len() < chunk_size as usize;
@@ -214,7 +281,10 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
     let conn = ctx.client()?;
     let pool = ChunkPool::default();
     let path = if a.remote.ends_with('/') {
-        let name = Path::new(&a.local).file_name().and_then(|n| n.to_str()).context("give a remote file name for stdin")?;
+        let name = Path::new(&a.local)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("give a remote file name for stdin")?;
         remote(&format!("{}{name}", a.remote))
     } else {
         remote(&a.remote)
@@ -223,21 +293,45 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let out = if a.local == "-" {
         let pb = progress(ctx, None);
-        let r = put_stream(&conn, &pool, tokio::io::stdin(), None, &path, a.force, replication, &pb).await;
+        let r = put_stream(
+            &conn,
+            &pool,
+            tokio::io::stdin(),
+            None,
+            &path,
+            a.force,
+            replication,
+            &pb,
+        )
+        .await;
         pb.finish_and_clear();
         r?
     } else {
-        let f = tokio::fs::File::open(&a.local).await.with_context(|| format!("cannot open {}", a.local))?;
+        let f = tokio::fs::File::open(&a.local)
+            .await
+            .with_context(|| format!("cannot open {}", a.local))?;
         let len = f.metadata().await?.len();
         let pb = progress(ctx, Some(len));
-        let r = put_stream(&conn, &pool, tokio::io::BufReader::with_capacity(1 << 20, f), Some(len), &path, a.force, replication, &pb).await;
+        let r = put_stream(
+            &conn,
+            &pool,
+            tokio::io::BufReader::with_capacity(1 << 20, f),
+            Some(len),
+            &path,
+            a.force,
+            replication,
+            &pb,
+        )
+        .await;
         pb.finish_and_clear();
         r?
     };
     let secs = started.elapsed().as_secs_f64();
     let full = crate::output::fully_replicated(&out.file);
     if ctx.json {
-        print_json(&json!({"ok": true, "path": out.file.path, "size": out.bytes, "sha256": out.file.sha256, "chunks": out.file.chunks.len(), "fully_replicated": full, "seconds": secs}));
+        print_json(
+            &json!({"ok": true, "path": out.file.path, "size": out.bytes, "sha256": out.file.sha256, "chunks": out.file.chunks.len(), "fully_replicated": full, "seconds": secs}),
+        );
     } else if !ctx.quiet {
         eprintln!(
             "stored {} ({} bytes, {} chunk(s)) in {:.2} s{}",
@@ -245,14 +339,28 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
             out.bytes,
             out.file.chunks.len(),
             secs,
-            if full { String::new() } else { format!("; UNDER-REPLICATED: fewer live chunk servers than replication {}", out.file.replication) }
+            if full {
+                String::new()
+            } else {
+                format!(
+                    "; UNDER-REPLICATED: fewer live chunk servers than replication {}",
+                    out.file.replication
+                )
+            }
         );
     }
     Ok(0)
 }
 
 /// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn.
-async fn fetch_chunk(conn: &MetaConn, pool: &ChunkPool, path: &str, index: usize, ch: &ChunkInfo, token: &str) -> anyhow::Result<Vec<u8>> {
+async fn fetch_chunk(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    path: &str,
+    index: usize,
+    ch: &ChunkInfo,
+    token: &str,
+) -> anyhow::Result<Vec<u8>> {
     if ch.replicas.is_empty() {
         bail!("chunk {} of {path} has no replica (imported metadata whose bytes were never stored here)", index + 1);
     }
@@ -261,12 +369,19 @@ async fn fetch_chunk(conn: &MetaConn, pool: &ChunkPool, path: &str, index: usize
         let attempt = async {
             let mut client = pool.client(addr)?;
             let mut stream = client
-                .read(ReadChunkRequest { chunk_id: ch.chunk_id.clone(), token: token.to_string() })
+                .read(ReadChunkRequest {
+                    chunk_id: ch.chunk_id.clone(),
+                    token: token.to_string(),
+                })
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", status_line(&s)))?
                 .into_inner();
             let mut buf = Vec::with_capacity(ch.size as usize);
-            while let Some(piece) = stream.message().await.map_err(|s| anyhow::anyhow!("{}", status_line(&s)))? {
+            while let Some(piece) = stream
+                .message()
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", status_line(&s)))?
+            {
                 if buf.len() + piece.data.len() > ch.size as usize {
                     bail!("server sent more than the chunk's {} bytes", ch.size);
                 }
@@ -277,7 +392,10 @@ async fn fetch_chunk(conn: &MetaConn, pool: &ChunkPool, path: &str, index: usize
             }
             let crc = crc32c::crc32c(&buf);
             if crc != ch.crc32c {
-                bail!("checksum mismatch: got {crc:08x}, expected {:08x}", ch.crc32c);
+                bail!(
+                    "checksum mismatch: got {crc:08x}, expected {:08x}",
+                    ch.crc32c
+                );
             }
             Ok(buf)
         };
@@ -285,27 +403,50 @@ async fn fetch_chunk(conn: &MetaConn, pool: &ChunkPool, path: &str, index: usize
             Ok(b) => return Ok(b),
             Err(e) => {
                 let reason = format!("{e:#}");
-                let report = BadReplicaReport { chunk_id: ch.chunk_id.clone(), node_id: *node, reason: reason.clone() };
+                let report = BadReplicaReport {
+                    chunk_id: ch.chunk_id.clone(),
+                    node_id: *node,
+                    reason: reason.clone(),
+                };
                 let _ = rpc!(conn, report_bad_replica, report.clone());
                 errors.push(format!("server {node} ({addr}): {reason}"));
             }
         }
     }
-    bail!("chunk {} of {path} could not be read from any replica: {}", index + 1, errors.join("; "))
+    bail!(
+        "chunk {} of {path} could not be read from any replica: {}",
+        index + 1,
+        errors.join("; ")
+    )
 }
 
 /// Write the file's bytes, in order, to `out`; returns the sha256 of what was written.
-pub async fn get_stream<W: Write>(conn: &MetaConn, pool: &ChunkPool, reply: &OpenReadReply, out: &mut W, pb: &indicatif::ProgressBar) -> anyhow::Result<u64> {
+pub async fn get_stream<W: Write>(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    reply: &OpenReadReply,
+    out: &mut W,
+    pb: &indicatif::ProgressBar,
+) -> anyhow::Result<u64> {
     let file = reply.file.as_ref().context("the leader returned no file")?;
     if reply.tokens.len() != file.chunks.len() {
-        bail!("the leader returned {} read tokens for {} chunks", reply.tokens.len(), file.chunks.len());
+        bail!(
+            "the leader returned {} read tokens for {} chunks",
+            reply.tokens.len(),
+            file.chunks.len()
+        );
     }
     let path = file.path.clone();
     let mut hasher = Sha256::new();
     let mut total = 0u64;
     // Collected first: a stream holding the closure trips Send inference in spawned tasks.
-    let pending: Vec<_> =
-        file.chunks.iter().zip(&reply.tokens).enumerate().map(|(i, (ch, tok))| fetch_chunk(conn, pool, &path, i, ch, tok)).collect();
+    let pending: Vec<_> = file
+        .chunks
+        .iter()
+        .zip(&reply.tokens)
+        .enumerate()
+        .map(|(i, (ch, tok))| fetch_chunk(conn, pool, &path, i, ch, tok))
+        .collect();
     let mut fetches = futures::stream::iter(pending).buffered(IN_FLIGHT);
     while let Some(chunk) = fetches.next().await {
         let chunk = chunk?;
@@ -319,7 +460,10 @@ pub async fn get_stream<W: Write>(conn: &MetaConn, pool: &ChunkPool, reply: &Ope
     }
     let sum = hex::encode(hasher.finalize());
     if !file.sha256.is_empty() && sum != file.sha256 {
-        bail!("{path}: sha256 of the bytes read is {sum}, the file's is {}; nothing was written", file.sha256);
+        bail!(
+            "{path}: sha256 of the bytes read is {sum}, the file's is {}; nothing was written",
+            file.sha256
+        );
     }
     Ok(total)
 }
@@ -332,7 +476,10 @@ fn ask(question: &str) -> bool {
 }
 
 fn temp_beside(target: &Path) -> PathBuf {
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("download");
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("download");
     target.with_file_name(format!(".{name}.dfs-part-{}", std::process::id()))
 }
 
@@ -340,13 +487,30 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
     let conn = ctx.client()?;
     let pool = ChunkPool::default();
     let path = remote(&a.remote);
-    let reply = rpc!(conn, open_read, StatRequest { path: path.clone(), stale: false })?;
+    let reply = rpc!(
+        conn,
+        open_read,
+        StatRequest {
+            path: path.clone(),
+            stale: false
+        }
+    )?;
     let size = reply.file.as_ref().map(|f| f.size).unwrap_or(0);
-    let local = a.local.clone().unwrap_or_else(|| dfs_common::path::file_name(&path).to_string());
+    let local = a
+        .local
+        .clone()
+        .unwrap_or_else(|| dfs_common::path::file_name(&path).to_string());
     let started = Instant::now();
     if local == "-" {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        get_stream(&conn, &pool, &reply, &mut out, &indicatif::ProgressBar::hidden()).await?;
+        get_stream(
+            &conn,
+            &pool,
+            &reply,
+            &mut out,
+            &indicatif::ProgressBar::hidden(),
+        )
+        .await?;
         out.flush()?;
         return Ok(0);
     }
@@ -358,12 +522,16 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
         // SAFETY: isatty only inspects file descriptors.
         let tty = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
         if !tty || !ask(&format!("{} exists. Replace it?", target.display())) {
-            bail!("{} exists; not replacing it (use -f to replace)", target.display());
+            bail!(
+                "{} exists; not replacing it (use -f to replace)",
+                target.display()
+            );
         }
     }
     let tmp = temp_beside(&target);
     let result = async {
-        let f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
         let pb = progress(ctx, Some(size));
         let r = get_stream(&conn, &pool, &reply, &mut w, &pb).await;
@@ -386,11 +554,22 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
     if ctx.json {
         print_json(&json!({"ok": true, "path": path, "local": target, "size": n, "seconds": secs}));
     } else if !ctx.quiet {
-        eprintln!("fetched {path} to {} ({n} bytes) in {secs:.2} s", target.display());
+        eprintln!(
+            "fetched {path} to {} ({n} bytes) in {secs:.2} s",
+            target.display()
+        );
     }
     Ok(0)
 }
 
 pub async fn cat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
-    get(ctx, GetArgs { remote: path.to_string(), local: Some("-".into()), force: true }).await
+    get(
+        ctx,
+        GetArgs {
+            remote: path.to_string(),
+            local: Some("-".into()),
+            force: true,
+        },
+    )
+    .await
 }

@@ -37,9 +37,18 @@ pub struct RegisterArgs {
 
 fn save(out: &std::path::Path, name: &str, key: &str) -> anyhow::Result<()> {
     if out.exists() {
-        anyhow::bail!("{} already exists; not replacing an auth file (remove it first)", out.display());
+        anyhow::bail!(
+            "{} already exists; not replacing an auth file (remove it first)",
+            out.display()
+        );
     }
-    auth_file::write(out, &Credentials { user: name.to_string(), key: key.to_string() })?;
+    auth_file::write(
+        out,
+        &Credentials {
+            user: name.to_string(),
+            key: key.to_string(),
+        },
+    )?;
     Ok(())
 }
 
@@ -52,14 +61,25 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<i32> {
                     anyhow::bail!("{} already exists; not replacing an auth file", o.display());
                 }
             }
-            let r = rpc!(c, user_add, UserAddRequest { name: name.clone(), admin })?;
+            let r = rpc!(
+                c,
+                user_add,
+                UserAddRequest {
+                    name: name.clone(),
+                    admin
+                }
+            )?;
             match out {
                 Some(o) => {
                     save(&o, &r.name, &r.key)?;
                     if ctx.json {
                         print_json(&json!({"name": r.name, "auth_file": o}));
                     } else if !ctx.quiet {
-                        eprintln!("user {} created; auth file written to {}", r.name, o.display());
+                        eprintln!(
+                            "user {} created; auth file written to {}",
+                            r.name,
+                            o.display()
+                        );
                     }
                 }
                 None if ctx.json => print_json(&json!({"name": r.name, "key": r.key})),
@@ -75,7 +95,9 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<i32> {
             let r = rpc!(c, user_list, Empty {})?;
             for u in r.users {
                 if ctx.json {
-                    print_json(&json!({"name": u.name, "role": u.role, "created_ms": u.created_ms}));
+                    print_json(
+                        &json!({"name": u.name, "role": u.role, "created_ms": u.created_ms}),
+                    );
                 } else {
                     println!("{:<20} {:<6} {}", u.name, u.role, time_ms(u.created_ms));
                 }
@@ -92,12 +114,26 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<i32> {
 }
 
 pub async fn register(ctx: &Ctx, a: RegisterArgs) -> anyhow::Result<i32> {
-    let out = a.out.clone().or_else(|| ctx.auth_file.clone()).unwrap_or_else(crate::client::default_auth_file);
+    let out = a
+        .out
+        .clone()
+        .or_else(|| ctx.auth_file.clone())
+        .unwrap_or_else(crate::client::default_auth_file);
     if out.exists() {
-        anyhow::bail!("{} already exists: you are registered (remove it to register again)", out.display());
+        anyhow::bail!(
+            "{} already exists: you are registered (remove it to register again)",
+            out.display()
+        );
     }
     let c = crate::client::MetaConn::with_credentials(&ctx.meta, None, ctx.timeout)?;
-    let r = rpc!(c, register, UserAddRequest { name: a.name.clone(), admin: false })?;
+    let r = rpc!(
+        c,
+        register,
+        UserAddRequest {
+            name: a.name.clone(),
+            admin: false
+        }
+    )?;
     save(&out, &r.name, &r.key)?;
     if ctx.json {
         print_json(&json!({"name": r.name, "auth_file": out}));

@@ -4,11 +4,17 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum AuthFileError {
     #[error("cannot read auth file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("auth file {path} is not one line of the form user/key")]
     Malformed { path: String },
     #[error("cannot write auth file {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,19 +29,27 @@ pub fn parse(text: &str) -> Option<Credentials> {
     if user.is_empty() || key.is_empty() || line.contains('\n') {
         return None;
     }
-    Some(Credentials { user: user.to_string(), key: key.to_string() })
+    Some(Credentials {
+        user: user.to_string(),
+        key: key.to_string(),
+    })
 }
 
 pub fn read(path: &Path) -> Result<Credentials, AuthFileError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read { path: p.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| AuthFileError::Read {
+        path: p.clone(),
+        source,
+    })?;
     parse(&text).ok_or(AuthFileError::Malformed { path: p })
 }
 
 pub fn write(path: &Path, creds: &Credentials) -> Result<(), AuthFileError> {
     let line = format!("{}/{}", creds.user, creds.key);
-    crate::durable::write_secret(path, line.as_bytes())
-        .map_err(|source| AuthFileError::Write { path: path.display().to_string(), source })
+    crate::durable::write_secret(path, line.as_bytes()).map_err(|source| AuthFileError::Write {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -46,7 +60,10 @@ mod tests {
     fn round_trip_and_format() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("auth.txt");
-        let c = Credentials { user: "adrian".into(), key: "abc".into() };
+        let c = Credentials {
+            user: "adrian".into(),
+            key: "abc".into(),
+        };
         write(&p, &c).unwrap();
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "adrian/abc");
         assert_eq!(read(&p).unwrap(), c);

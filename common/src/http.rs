@@ -22,14 +22,21 @@ fn reason(code: u16) -> &'static str {
 /// Serve until the listener fails. Each connection is handled on its own task.
 pub async fn serve(listener: TcpListener, handler: Handler) {
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { continue };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut len = 0;
             // Read until the end of the request head (or 4 KiB, whichever first).
             while len < buf.len() {
-                match tokio::time::timeout(std::time::Duration::from_secs(5), sock.read(&mut buf[len..])).await {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sock.read(&mut buf[len..]),
+                )
+                .await
+                {
                     Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
                     Ok(Ok(n)) => len += n,
                 }

@@ -70,7 +70,9 @@ pub fn file_name(path: &str) -> &str {
 
 /// Is `path` equal to `dir` or inside it?
 pub fn is_within(path: &str, dir: &str) -> bool {
-    dir == "/" || path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
+    dir == "/"
+        || path == dir
+        || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
 }
 
 /// Every ancestor of `path`, from the top down, excluding the root and `path` itself.
@@ -103,11 +105,20 @@ mod tests {
     fn rejects_bad_paths() {
         assert_eq!(normalize(""), Err(PathError::Empty));
         assert!(matches!(normalize("a/b"), Err(PathError::NotAbsolute(_))));
-        assert!(matches!(normalize("/a/../b"), Err(PathError::DotComponent(_))));
-        assert!(matches!(normalize("/a/./b"), Err(PathError::DotComponent(_))));
+        assert!(matches!(
+            normalize("/a/../b"),
+            Err(PathError::DotComponent(_))
+        ));
+        assert!(matches!(
+            normalize("/a/./b"),
+            Err(PathError::DotComponent(_))
+        ));
         assert_eq!(normalize("/a\0b"), Err(PathError::BadCharacter));
         assert_eq!(normalize("/a\nb"), Err(PathError::BadCharacter));
-        assert_eq!(normalize(&format!("/{}", "x".repeat(256))), Err(PathError::NameTooLong));
+        assert_eq!(
+            normalize(&format!("/{}", "x".repeat(256))),
+            Err(PathError::NameTooLong)
+        );
         assert_eq!(normalize(&"/x".repeat(3000)), Err(PathError::TooLong));
     }
 

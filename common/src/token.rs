@@ -21,7 +21,10 @@ pub enum TokenError {
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("cannot read cluster secret file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cluster secret in {path} is shorter than 16 bytes")]
     TooShort { path: String },
 }
@@ -55,13 +58,18 @@ impl std::fmt::Debug for ClusterSecret {
 
 impl ClusterSecret {
     pub fn new(secret: impl Into<Vec<u8>>) -> Self {
-        Self { secret: secret.into() }
+        Self {
+            secret: secret.into(),
+        }
     }
 
     /// Read a secret file (surrounding whitespace ignored).
     pub fn load(path: &Path) -> Result<Self, SecretError> {
         let p = path.display().to_string();
-        let raw = std::fs::read(path).map_err(|source| SecretError::Read { path: p.clone(), source })?;
+        let raw = std::fs::read(path).map_err(|source| SecretError::Read {
+            path: p.clone(),
+            source,
+        })?;
         let text = String::from_utf8_lossy(&raw);
         let trimmed = text.trim();
         if trimmed.len() < 16 {
@@ -82,18 +90,34 @@ impl ClusterSecret {
     /// Token `op.chunk.expiry_ms.mac` allowing `op` on `chunk_id` until `expires_ms` (unix ms).
     pub fn sign_chunk(&self, op: Op, chunk_id: &str, expires_ms: u64) -> String {
         let exp = expires_ms.to_string();
-        let mac = self.mac(&[b"chunk", op.as_str().as_bytes(), chunk_id.as_bytes(), exp.as_bytes()]);
+        let mac = self.mac(&[
+            b"chunk",
+            op.as_str().as_bytes(),
+            chunk_id.as_bytes(),
+            exp.as_bytes(),
+        ]);
         format!("{}.{}.{}.{}", op.as_str(), chunk_id, exp, mac)
     }
 
-    pub fn verify_chunk(&self, token: &str, op: Op, chunk_id: &str, now_ms: u64) -> Result<(), TokenError> {
+    pub fn verify_chunk(
+        &self,
+        token: &str,
+        op: Op,
+        chunk_id: &str,
+        now_ms: u64,
+    ) -> Result<(), TokenError> {
         let mut it = token.rsplitn(3, '.');
         let mac = it.next().ok_or(TokenError::Malformed)?;
         let exp = it.next().ok_or(TokenError::Malformed)?;
         let head = it.next().ok_or(TokenError::Malformed)?;
         let (tok_op, tok_chunk) = head.split_once('.').ok_or(TokenError::Malformed)?;
         let exp_ms: u64 = exp.parse().map_err(|_| TokenError::Malformed)?;
-        let expect = self.mac(&[b"chunk", tok_op.as_bytes(), tok_chunk.as_bytes(), exp.as_bytes()]);
+        let expect = self.mac(&[
+            b"chunk",
+            tok_op.as_bytes(),
+            tok_chunk.as_bytes(),
+            exp.as_bytes(),
+        ]);
         if !crate::keys::constant_time_eq(expect.as_bytes(), mac.as_bytes()) {
             return Err(TokenError::BadSignature);
         }
@@ -131,13 +155,31 @@ mod tests {
         let other = ClusterSecret::new(b"fedcba9876543210".to_vec());
         let t = s.sign_chunk(Op::Read, "c1", 1000);
         assert!(s.verify_chunk(&t, Op::Read, "c1", 999).is_ok());
-        assert!(matches!(s.verify_chunk(&t, Op::Read, "c1", 1001), Err(TokenError::Expired)));
-        assert!(matches!(s.verify_chunk(&t, Op::Write, "c1", 1), Err(TokenError::WrongScope)));
-        assert!(matches!(s.verify_chunk(&t, Op::Read, "c2", 1), Err(TokenError::WrongScope)));
-        assert!(matches!(other.verify_chunk(&t, Op::Read, "c1", 1), Err(TokenError::BadSignature)));
-        assert!(matches!(s.verify_chunk("junk", Op::Read, "c1", 1), Err(TokenError::Malformed)));
+        assert!(matches!(
+            s.verify_chunk(&t, Op::Read, "c1", 1001),
+            Err(TokenError::Expired)
+        ));
+        assert!(matches!(
+            s.verify_chunk(&t, Op::Write, "c1", 1),
+            Err(TokenError::WrongScope)
+        ));
+        assert!(matches!(
+            s.verify_chunk(&t, Op::Read, "c2", 1),
+            Err(TokenError::WrongScope)
+        ));
+        assert!(matches!(
+            other.verify_chunk(&t, Op::Read, "c1", 1),
+            Err(TokenError::BadSignature)
+        ));
+        assert!(matches!(
+            s.verify_chunk("junk", Op::Read, "c1", 1),
+            Err(TokenError::Malformed)
+        ));
         let forged = t.replace(".1000.", ".9999.");
-        assert!(matches!(s.verify_chunk(&forged, Op::Read, "c1", 1), Err(TokenError::BadSignature)));
+        assert!(matches!(
+            s.verify_chunk(&forged, Op::Read, "c1", 1),
+            Err(TokenError::BadSignature)
+        ));
         assert!(s.check_node_proof(&s.node_proof()));
         assert!(!s.check_node_proof(&other.node_proof()));
     }

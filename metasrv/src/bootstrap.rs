@@ -13,8 +13,15 @@ use std::time::Duration;
 use tonic::Status;
 
 async fn hello(node: &MetaNode, id: NodeId, addr: &str) -> Result<HelloReply, Status> {
-    let mut c = crate::network::raft_client(addr).map_err(|e| Status::unavailable(e.to_string()))?;
-    let req = crate::network::with_node_auth(HelloRequest { from: node.id, target: id }, &node.secret);
+    let mut c =
+        crate::network::raft_client(addr).map_err(|e| Status::unavailable(e.to_string()))?;
+    let req = crate::network::with_node_auth(
+        HelloRequest {
+            from: node.id,
+            target: id,
+        },
+        &node.secret,
+    );
     match tokio::time::timeout(Duration::from_secs(1), c.hello(req)).await {
         Ok(r) => r.map(|r| r.into_inner()),
         Err(_) => Err(Status::unavailable("timed out")),
@@ -61,19 +68,30 @@ pub async fn initialize_if_fresh(node: &MetaNode, cfg: &Config) -> anyhow::Resul
         return Ok(());
     }
     if cfg.peers.keys().next() != Some(&cfg.id) {
-        tracing::info!(node = cfg.id, "waiting for node {:?} to initialize the cluster", cfg.peers.keys().next());
+        tracing::info!(
+            node = cfg.id,
+            "waiting for node {:?} to initialize the cluster",
+            cfg.peers.keys().next()
+        );
         return Ok(());
     }
     for (id, addr) in cfg.peers.iter().filter(|(id, _)| **id != cfg.id) {
         if let Ok(h) = hello(node, *id, addr).await {
             if h.initialized {
-                tracing::info!(node = cfg.id, peer = id, "peers already form a cluster; not initializing");
+                tracing::info!(
+                    node = cfg.id,
+                    peer = id,
+                    "peers already form a cluster; not initializing"
+                );
                 return Ok(());
             }
         }
     }
-    let members: BTreeMap<NodeId, BasicNode> =
-        cfg.peers.iter().map(|(id, addr)| (*id, BasicNode { addr: addr.clone() })).collect();
+    let members: BTreeMap<NodeId, BasicNode> = cfg
+        .peers
+        .iter()
+        .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+        .collect();
     match node.raft.initialize(members).await {
         Ok(()) => tracing::info!(node = cfg.id, members = ?cfg.peers, "cluster initialized"),
         Err(e) => tracing::info!(node = cfg.id, error = %e, "not initializing"),
@@ -91,16 +109,25 @@ impl MetaNode {
     /// The `Init` command, run on the leader (reached by forwarding, node-authenticated).
     pub async fn init_cluster(&self, c: &Caller, body: &[u8]) -> Result<Vec<u8>, Status> {
         self.authenticate_node(c).map_err(op_status)?;
-        let r: InitRequest = serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let cmd = Command::V1(CommandV1::Init { cluster_id: r.cluster_id, admin_key_hash: r.admin_key_hash, now_ms: now_ms() });
+        let r: InitRequest =
+            serde_json::from_slice(body).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let cmd = Command::V1(CommandV1::Init {
+            cluster_id: r.cluster_id,
+            admin_key_hash: r.admin_key_hash,
+            now_ms: now_ms(),
+        });
         let gate = self.write_gate();
         match gate {
             Ok(()) => match self.propose(cmd).await {
                 Ok(_) => Ok(Vec::new()),
-                Err(OpError::NotLeader(h)) => self.forward("init_cluster", c, body.to_vec(), 1, h).await,
+                Err(OpError::NotLeader(h)) => {
+                    self.forward("init_cluster", c, body.to_vec(), 1, h).await
+                }
                 Err(OpError::Status(s)) => Err(s),
             },
-            Err(OpError::NotLeader(h)) => self.forward("init_cluster", c, body.to_vec(), 1, h).await,
+            Err(OpError::NotLeader(h)) => {
+                self.forward("init_cluster", c, body.to_vec(), 1, h).await
+            }
             Err(OpError::Status(s)) => Err(s),
         }
     }
@@ -120,7 +147,10 @@ pub async fn create_admin(node: &MetaNode, out: &Path) -> anyhow::Result<()> {
     loop {
         let (cluster_id, admin_hash) = {
             let st = node.read_state();
-            (st.meta.cluster_id.clone(), st.users.get("admin").map(|u| u.key_hash.clone()))
+            (
+                st.meta.cluster_id.clone(),
+                st.users.get("admin").map(|u| u.key_hash.clone()),
+            )
         };
         if !cluster_id.is_empty() {
             if let Ok(creds) = dfs_common::auth_file::read(&pending) {
@@ -140,7 +170,10 @@ pub async fn create_admin(node: &MetaNode, out: &Path) -> anyhow::Result<()> {
             let creds = match dfs_common::auth_file::read(&pending) {
                 Ok(c) => c,
                 Err(_) => {
-                    let c = dfs_common::auth_file::Credentials { user: "admin".into(), key: dfs_common::keys::generate_key() };
+                    let c = dfs_common::auth_file::Credentials {
+                        user: "admin".into(),
+                        key: dfs_common::keys::generate_key(),
+                    };
                     dfs_common::auth_file::write(&pending, &c)?;
                     c
                 }
@@ -149,7 +182,10 @@ pub async fn create_admin(node: &MetaNode, out: &Path) -> anyhow::Result<()> {
                 cluster_id: uuid::Uuid::new_v4().to_string(),
                 admin_key_hash: dfs_common::keys::hash_key(&creds.key),
             };
-            let caller = Caller { node_auth: node.secret.node_proof(), ..Default::default() };
+            let caller = Caller {
+                node_auth: node.secret.node_proof(),
+                ..Default::default()
+            };
             if let Err(e) = node.init_cluster(&caller, &serde_json::to_vec(&req)?).await {
                 tracing::debug!(node = node.id, error = %e.message(), "init not done yet");
             }

@@ -103,8 +103,13 @@ impl Config {
         }
         let mut peers = BTreeMap::new();
         for p in &a.peers {
-            let (id, addr) = p.split_once('=').with_context(|| format!("--peers entry {p:?} is not id=host:port"))?;
-            let id: NodeId = id.trim().parse().with_context(|| format!("--peers entry {p:?} has a bad id"))?;
+            let (id, addr) = p
+                .split_once('=')
+                .with_context(|| format!("--peers entry {p:?} is not id=host:port"))?;
+            let id: NodeId = id
+                .trim()
+                .parse()
+                .with_context(|| format!("--peers entry {p:?} has a bad id"))?;
             peers.insert(id, addr.trim().to_string());
         }
         let advertise = a.advertise.clone().unwrap_or_else(|| a.listen.clone());
@@ -180,11 +185,15 @@ struct Identity {
 
 /// Refuse a data dir that is not writable, belongs to another node id, or was created with
 /// another cluster secret (that is, belongs to another cluster).
-pub fn check_data_dir(cfg: &Config, secret: &dfs_common::token::ClusterSecret) -> anyhow::Result<()> {
+pub fn check_data_dir(
+    cfg: &Config,
+    secret: &dfs_common::token::ClusterSecret,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let probe = cfg.data_dir.join(".write-probe");
-    std::fs::write(&probe, b"x").with_context(|| format!("data dir {} is not writable", cfg.data_dir.display()))?;
+    std::fs::write(&probe, b"x")
+        .with_context(|| format!("data dir {} is not writable", cfg.data_dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     let path = cfg.data_dir.join("identity.json");
     match std::fs::read(&path) {
@@ -192,7 +201,12 @@ pub fn check_data_dir(cfg: &Config, secret: &dfs_common::token::ClusterSecret) -
             let id: Identity = serde_json::from_slice(&raw)
                 .with_context(|| format!("{} is not a metasrv identity file", path.display()))?;
             if id.node_id != cfg.id {
-                bail!("data dir {} belongs to node {}, not node {}", cfg.data_dir.display(), id.node_id, cfg.id);
+                bail!(
+                    "data dir {} belongs to node {}, not node {}",
+                    cfg.data_dir.display(),
+                    id.node_id,
+                    cfg.id
+                );
             }
             if id.secret_fingerprint != secret.fingerprint() {
                 bail!(
@@ -204,7 +218,10 @@ pub fn check_data_dir(cfg: &Config, secret: &dfs_common::token::ClusterSecret) -
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = Identity { node_id: cfg.id, secret_fingerprint: secret.fingerprint() };
+            let id = Identity {
+                node_id: cfg.id,
+                secret_fingerprint: secret.fingerprint(),
+            };
             dfs_common::durable::write_atomic(&path, &serde_json::to_vec_pretty(&id)?)
                 .with_context(|| format!("cannot write {}", path.display()))
         }

@@ -47,7 +47,10 @@ fn fmt_time(ms: i64) -> String {
 
 fn parse_time(s: &str) -> Option<i64> {
     let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").ok()?;
-    Local.from_local_datetime(&naive).earliest().map(|t| t.timestamp_millis())
+    Local
+        .from_local_datetime(&naive)
+        .earliest()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Render every file of the state in the original format.
@@ -73,7 +76,11 @@ pub fn render(state: &State) -> Vec<u8> {
                     chunk_id: c.id.clone(),
                     file_name: path.clone(),
                     index: i as u64 + 1,
-                    worker_id: c.replicas.first().map(|r| r.to_string()).unwrap_or_default(),
+                    worker_id: c
+                        .replicas
+                        .first()
+                        .map(|r| r.to_string())
+                        .unwrap_or_default(),
                     size: c.size,
                     crc32c: c.crc32c,
                     replicas: c.replicas.iter().map(|r| r.to_string()).collect(),
@@ -86,7 +93,9 @@ pub fn render(state: &State) -> Vec<u8> {
     let mut out = Vec::new();
     let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    files.serialize(&mut ser).expect("in-memory JSON cannot fail");
+    files
+        .serialize(&mut ser)
+        .expect("in-memory JSON cannot fail");
     out
 }
 
@@ -130,10 +139,18 @@ pub fn parse_import(bytes: &[u8], now_ms: i64) -> Result<Vec<ImportedFile>, Impo
                 serde_json::Value::Number(n) => n.as_u64().unwrap_or(0),
                 _ => 0,
             };
-            let path = if f.name.starts_with('/') { f.name.clone() } else { format!("/{}", f.name) };
+            let path = if f.name.starts_with('/') {
+                f.name.clone()
+            } else {
+                format!("/{}", f.name)
+            };
             ImportedFile {
                 path,
-                id: if f.id.is_empty() { uuid::Uuid::new_v4().to_string() } else { f.id },
+                id: if f.id.is_empty() {
+                    uuid::Uuid::new_v4().to_string()
+                } else {
+                    f.id
+                },
                 owner: f.owner,
                 size,
                 sha256: f.sha256,
@@ -142,7 +159,12 @@ pub fn parse_import(bytes: &[u8], now_ms: i64) -> Result<Vec<ImportedFile>, Impo
                 chunks: f
                     .chunks
                     .into_iter()
-                    .map(|c| ChunkRef { id: c.chunk_id, size: 0, crc32c: 0, replicas: vec![] })
+                    .map(|c| ChunkRef {
+                        id: c.chunk_id,
+                        size: 0,
+                        crc32c: 0,
+                        replicas: vec![],
+                    })
                     .collect(),
             }
         })
@@ -162,9 +184,13 @@ pub async fn run_writer(state: Arc<RwLock<State>>, raft: crate::types::Raft, dat
         }
         let bytes = render(&state.read().unwrap_or_else(|p| p.into_inner()));
         let p = path.clone();
-        match tokio::task::spawn_blocking(move || dfs_common::durable::write_atomic(&p, &bytes)).await {
+        match tokio::task::spawn_blocking(move || dfs_common::durable::write_atomic(&p, &bytes))
+            .await
+        {
             Ok(Ok(())) => written = applied,
-            Ok(Err(e)) => tracing::warn!(error = %e, path = %path.display(), "cannot write saved-files.json"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, path = %path.display(), "cannot write saved-files.json")
+            }
             Err(e) => tracing::warn!(error = %e, "saved-files.json writer task failed"),
         }
     }
@@ -225,16 +251,43 @@ mod tests {
                     replication: 2,
                     sha256: "h".into(),
                     chunk_size: 8,
-                    chunks: vec![ChunkRef { id: "c".into(), size: 5, crc32c: 7, replicas: vec![3, 4] }],
+                    chunks: vec![ChunkRef {
+                        id: "c".into(),
+                        size: 5,
+                        crc32c: 7,
+                        replicas: vec![3, 4],
+                    }],
                 }),
             },
         );
-        s.nodes.insert("/dir".into(), Inode { id: "d".into(), owner: "o".into(), created_ms: 0, modified_ms: 0, file: None });
+        s.nodes.insert(
+            "/dir".into(),
+            Inode {
+                id: "d".into(),
+                owner: "o".into(),
+                created_ms: 0,
+                modified_ms: 0,
+                file: None,
+            },
+        );
         let text = String::from_utf8(render(&s)).unwrap();
-        let keys = ["\"created\"", "\"id\"", "\"last_edited\"", "\"name\"", "\"owner\"", "\"permissions\"", "\"size\"", "\"sha256\"", "\"chunks\""];
+        let keys = [
+            "\"created\"",
+            "\"id\"",
+            "\"last_edited\"",
+            "\"name\"",
+            "\"owner\"",
+            "\"permissions\"",
+            "\"size\"",
+            "\"sha256\"",
+            "\"chunks\"",
+        ];
         let pos: Vec<usize> = keys.iter().map(|k| text.find(k).unwrap()).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "original key order");
-        assert!(text.contains("\n    {\n        \"created\""), "4-space indent");
+        assert!(
+            text.contains("\n    {\n        \"created\""),
+            "4-space indent"
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v.as_array().unwrap().len(), 1, "directories are not files");
         assert_eq!(v[0]["size"], "5");

@@ -24,27 +24,43 @@ pub struct Liveness {
 
 impl Liveness {
     pub fn record(&self, id: NodeId, view: ServerView) {
-        self.servers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, view);
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, view);
     }
 
     pub fn get(&self, id: NodeId) -> Option<ServerView> {
-        self.servers.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     pub fn is_live(&self, id: NodeId) -> bool {
-        self.get(id).is_some_and(|v| v.last_seen.elapsed() < LIVE_WINDOW)
+        self.get(id)
+            .is_some_and(|v| v.last_seen.elapsed() < LIVE_WINDOW)
     }
 
     /// Live servers with their used bytes.
     pub fn live(&self) -> Vec<(NodeId, ServerView)> {
         let g = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        g.iter().filter(|(_, v)| v.last_seen.elapsed() < LIVE_WINDOW).map(|(k, v)| (*k, v.clone())).collect()
+        g.iter()
+            .filter(|(_, v)| v.last_seen.elapsed() < LIVE_WINDOW)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
     }
 }
 
 /// Choose `replication` distinct servers per chunk, least used first (counting what this
 /// allocation already placed), never two replicas of a chunk on one server.
-pub fn place(live: &[(NodeId, u64)], replication: usize, chunks: usize, chunk_size: u64) -> Vec<Vec<NodeId>> {
+pub fn place(
+    live: &[(NodeId, u64)],
+    replication: usize,
+    chunks: usize,
+    chunk_size: u64,
+) -> Vec<Vec<NodeId>> {
     let mut load: Vec<(u64, NodeId)> = live.iter().map(|(id, used)| (*used, *id)).collect();
     let mut out = Vec::with_capacity(chunks);
     for _ in 0..chunks {

@@ -18,13 +18,18 @@ fn main() -> std::process::ExitCode {
     let args = config::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DFS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("DFS_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn")
+            }),
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("metasrv: cannot start the async runtime: {e}");
@@ -52,16 +57,28 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (is the port taken?)", cfg.listen))?;
     let metrics_listener = tokio::net::TcpListener::bind(&cfg.metrics)
         .await
-        .with_context(|| format!("cannot serve metrics on {} (is the port taken?)", cfg.metrics))?;
+        .with_context(|| {
+            format!(
+                "cannot serve metrics on {} (is the port taken?)",
+                cfg.metrics
+            )
+        })?;
 
-    let (log_store, state_machine, durable) = store::open(&cfg.data_dir.join("raft"), &cfg.data_dir.join("snapshots"))
-        .map_err(|e| anyhow::anyhow!("cannot open the store in {} (is another metasrv using it?): {e}", cfg.data_dir.display()))?;
+    let (log_store, state_machine, durable) =
+        store::open(&cfg.data_dir.join("raft"), &cfg.data_dir.join("snapshots")).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the store in {} (is another metasrv using it?): {e}",
+                cfg.data_dir.display()
+            )
+        })?;
     let shared = state_machine.shared();
     let log_for_metrics = log_store.clone();
     let raft = types::Raft::new(
         cfg.id,
         Arc::new(cfg.raft_config()?),
-        network::NetworkFactory { secret: secret.clone() },
+        network::NetworkFactory {
+            secret: secret.clone(),
+        },
         log_store,
         state_machine,
     )
@@ -84,7 +101,10 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         let meta = dfs_proto::meta_server::MetaServer::new(service::MetaApi { node: node.clone() })
             .max_decoding_message_size(network::MAX_RAFT_MESSAGE)
             .max_encoding_message_size(network::MAX_RAFT_MESSAGE);
-        let raft_svc = dfs_proto::raft_transport_server::RaftTransportServer::new(service::RaftApi { node: node.clone() })
+        let raft_svc =
+            dfs_proto::raft_transport_server::RaftTransportServer::new(service::RaftApi {
+                node: node.clone(),
+            })
             .max_decoding_message_size(network::MAX_RAFT_MESSAGE)
             .max_encoding_message_size(network::MAX_RAFT_MESSAGE);
         let incoming = tokio_stream_listener(listener);
@@ -108,9 +128,15 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
                 let sled = dir_size(&durable_dir);
                 let syncs = (
                     durable.syncs.load(std::sync::atomic::Ordering::Relaxed),
-                    durable.sync_nanos.load(std::sync::atomic::Ordering::Relaxed),
+                    durable
+                        .sync_nanos
+                        .load(std::sync::atomic::Ordering::Relaxed),
                 );
-                (200, dfs_common::http::PROMETHEUS_TEXT, metrics::render(&node, log_for_metrics.log_size(), sled, syncs))
+                (
+                    200,
+                    dfs_common::http::PROMETHEUS_TEXT,
+                    metrics::render(&node, log_for_metrics.log_size(), sled, syncs),
+                )
             }
             "/healthz" => match node.raft.metrics().borrow().running_state {
                 Ok(()) => (200, "text/plain", "ok\n".into()),
@@ -118,11 +144,19 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
             },
             "/leader" if node.is_leader() => (200, "text/plain", "leader\n".into()),
             "/leader" => (503, "text/plain", "not leader\n".into()),
-            _ => (404, "text/plain", "try /metrics, /healthz or /leader\n".into()),
+            _ => (
+                404,
+                "text/plain",
+                "try /metrics, /healthz or /leader\n".into(),
+            ),
         });
         tokio::spawn(dfs_common::http::serve(metrics_listener, handler));
     }
-    tokio::spawn(export::run_writer(shared.clone(), raft.clone(), cfg.data_dir.clone()));
+    tokio::spawn(export::run_writer(
+        shared.clone(),
+        raft.clone(),
+        cfg.data_dir.clone(),
+    ));
     tokio::spawn(bootstrap::watch_leader(node.clone()));
 
     bootstrap::check_peers(&node, &cfg).await?;
@@ -163,7 +197,9 @@ fn tokio_stream_listener(
 
 /// Total size of the files under a directory (sled's size on disk).
 fn dir_size(dir: &std::path::Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     rd.filter_map(Result::ok)
         .map(|e| match e.metadata() {
             Ok(m) if m.is_dir() => dir_size(&e.path()),

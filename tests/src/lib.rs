@@ -13,12 +13,19 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is not built: run `cargo build --workspace` first", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        p.display()
+    );
     p
 }
 
@@ -26,7 +33,10 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn wait_until(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -55,15 +65,32 @@ impl Run {
 
     /// Assert success and return stdout.
     pub fn ok(self) -> String {
-        assert_eq!(self.code, 0, "dfsctl failed: {}{}", self.stderr, self.stdout);
+        assert_eq!(
+            self.code, 0,
+            "dfsctl failed: {}{}",
+            self.stderr, self.stdout
+        );
         self.stdout
     }
 
     /// Assert failure with exit code 1 and a one-line message containing `needle`.
     pub fn fails_with(self, needle: &str) -> String {
-        assert_eq!(self.code, 1, "expected failure, got {}: {}{}", self.code, self.stdout, self.stderr);
-        assert!(self.stderr.contains(needle), "stderr {:?} lacks {needle:?}", self.stderr);
-        assert_eq!(self.stderr.trim_end().lines().count(), 1, "one error line, got {:?}", self.stderr);
+        assert_eq!(
+            self.code, 1,
+            "expected failure, got {}: {}{}",
+            self.code, self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "stderr {:?} lacks {needle:?}",
+            self.stderr
+        );
+        assert_eq!(
+            self.stderr.trim_end().lines().count(),
+            1,
+            "one error line, got {:?}",
+            self.stderr
+        );
         self.stderr
     }
 
@@ -80,7 +107,10 @@ impl Cluster {
     }
 
     pub fn up_with(metas: u32, chunks: u32, meta_args: &[&str], chunk_args: &[&str]) -> Cluster {
-        let dir = tempfile::Builder::new().prefix("dfs-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("dfs-test-")
+            .tempdir()
+            .expect("temp dir");
         let mut cmd = Command::new(bin("dfsctl"));
         cmd.args(["local", "up", "--quiet", "--dir"])
             .arg(dir.path())
@@ -92,7 +122,12 @@ impl Cluster {
         for a in chunk_args {
             cmd.arg(format!("--chunk-arg={a}"));
         }
-        let out = Run::from(cmd.env_remove("DFS_META").env_remove("DFS_AUTH_FILE").output().expect("run dfsctl"));
+        let out = Run::from(
+            cmd.env_remove("DFS_META")
+                .env_remove("DFS_AUTH_FILE")
+                .output()
+                .expect("run dfsctl"),
+        );
         assert_eq!(out.code, 0, "local up failed: {}", out.stderr);
         let env = std::fs::read_to_string(dir.path().join("env")).expect("env file");
         let meta = env
@@ -159,7 +194,8 @@ impl Cluster {
     }
 
     pub fn status(&self) -> Value {
-        self.ctl(&["--json", "--timeout", "5", "cluster", "status"]).json()
+        self.ctl(&["--json", "--timeout", "5", "cluster", "status"])
+            .json()
     }
 
     /// The leader's id, once a leader is elected.
@@ -186,17 +222,27 @@ impl Cluster {
     pub fn wait_converged(&self, members: usize, min: u64) {
         wait_until(Duration::from_secs(30), "members to converge", || {
             let r = self.ctl(&["--json", "--timeout", "3", "cluster", "status"]);
-            let Ok(v) = serde_json::from_str::<Value>(r.stdout.trim()) else { return false };
-            let Some(ms) = v["members"].as_array() else { return false };
-            let applied: Vec<u64> = ms.iter().map(|m| m["applied"].as_u64().unwrap_or(0)).collect();
-            ms.len() == members && ms.iter().all(|m| m["reachable"] == true) && applied.iter().all(|a| *a == applied[0] && *a >= min)
+            let Ok(v) = serde_json::from_str::<Value>(r.stdout.trim()) else {
+                return false;
+            };
+            let Some(ms) = v["members"].as_array() else {
+                return false;
+            };
+            let applied: Vec<u64> = ms
+                .iter()
+                .map(|m| m["applied"].as_u64().unwrap_or(0))
+                .collect();
+            ms.len() == members
+                && ms.iter().all(|m| m["reachable"] == true)
+                && applied.iter().all(|a| *a == applied[0] && *a >= min)
         });
     }
 
     /// Create a user and return its auth file.
     pub fn add_user(&self, name: &str) -> PathBuf {
         let p = self.path().join(format!("{name}.auth"));
-        self.ctl(&["user", "add", name, "--out", p.to_str().expect("utf8 path")]).ok();
+        self.ctl(&["user", "add", name, "--out", p.to_str().expect("utf8 path")])
+            .ok();
         p
     }
 

@@ -23,7 +23,11 @@ const ORIGIN_EXAMPLE: &str = r#"[
 ]"#;
 
 fn ls(c: &Cluster, path: &str) -> Vec<String> {
-    c.ctl(&["ls", "-R", path]).ok().lines().map(str::to_string).collect()
+    c.ctl(&["ls", "-R", path])
+        .ok()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -37,14 +41,22 @@ fn leader_is_elected_and_a_follower_takes_writes() {
     let addrs = c.meta_addrs();
     assert_ne!(follower as u64 + 1, leader);
     // Only the follower's address: the write must be forwarded to the leader.
-    c.ctl_env(&addrs[follower], &c.auth, &["mkdir", "-p", "/via/follower"], None).ok();
+    c.ctl_env(
+        &addrs[follower],
+        &c.auth,
+        &["mkdir", "-p", "/via/follower"],
+        None,
+    )
+    .ok();
     // Read back through another node, linearizably.
     let other = addrs[(follower + 1) % 3].clone();
     let out = c.ctl_env(&other, &c.auth, &["ls", "-R", "/"], None).ok();
     assert!(out.contains("/via/follower/"), "{out}");
     // A stale read from the follower itself sees it once applied there.
     wait_until(Duration::from_secs(5), "follower applied the write", || {
-        c.ctl_env(&addrs[follower], &c.auth, &["ls", "--stale", "/via"], None).stdout.contains("/via/follower")
+        c.ctl_env(&addrs[follower], &c.auth, &["ls", "--stale", "/via"], None)
+            .stdout
+            .contains("/via/follower")
     });
 }
 
@@ -76,19 +88,27 @@ fn everything_survives_sigkill_of_all_members() {
     for n in 1..=3 {
         c.kill(&format!("meta-{n}"));
     }
-    c.ctl(&["--timeout", "1", "ls", "/"]).fails_with("no metadata node");
+    c.ctl(&["--timeout", "1", "ls", "/"])
+        .fails_with("no metadata node");
     for n in 1..=3 {
         c.start(&format!("meta-{n}"));
     }
     c.leader();
     let out = c.ctl_as(&alice, &["ls", "-R", "/"]).ok();
-    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["/alice/", "/alice/docs/"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        vec!["/alice/", "/alice/docs/"]
+    );
     assert!(c.ctl(&["ls", "/"]).ok().contains("/admin-dir/"));
 }
 
 #[test]
 fn a_member_added_online_catches_up_from_a_snapshot() {
-    let c = Cluster::up(3, 0, &["--snapshot-every=20", "--keep-logs=5", "--purge-batch=1"]);
+    let c = Cluster::up(
+        3,
+        0,
+        &["--snapshot-every=20", "--keep-logs=5", "--purge-batch=1"],
+    );
     for i in 0..60 {
         c.ctl(&["mkdir", "-p", &format!("/s/d{i}")]).ok();
     }
@@ -98,7 +118,15 @@ fn a_member_added_online_catches_up_from_a_snapshot() {
     let data = c.path().join("meta-4");
     let log = std::fs::File::create(c.path().join("meta-4.log")).unwrap();
     let mut child = Command::new(bin("metasrv"))
-        .args(["--id", "4", "--join", "--listen", &addr, "--metrics", &metrics])
+        .args([
+            "--id",
+            "4",
+            "--join",
+            "--listen",
+            &addr,
+            "--metrics",
+            &metrics,
+        ])
         .arg("--data-dir")
         .arg(&data)
         .arg("--cluster-secret-file")
@@ -107,24 +135,39 @@ fn a_member_added_online_catches_up_from_a_snapshot() {
         .stderr(log)
         .spawn()
         .unwrap();
-    c.ctl(&["--timeout", "60", "cluster", "add-member", "4", &addr]).ok();
+    c.ctl(&["--timeout", "60", "cluster", "add-member", "4", &addr])
+        .ok();
     // It is a voter with the same state; it got there through a snapshot, since the log
     // before the snapshot was purged.
     wait_until(Duration::from_secs(30), "node 4 to catch up", || {
         let s = c.status();
         let ms = s["members"].as_array().unwrap().clone();
-        let max = ms.iter().map(|m| m["applied"].as_u64().unwrap_or(0)).max().unwrap_or(0);
-        ms.iter().any(|m| m["id"] == 4 && m["applied"].as_u64() == Some(max) && m["role"] == "follower")
+        let max = ms
+            .iter()
+            .map(|m| m["applied"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        ms.iter()
+            .any(|m| m["id"] == 4 && m["applied"].as_u64() == Some(max) && m["role"] == "follower")
     });
     // The leaders purged their logs (purge batch 1), so a snapshot was the only way in.
     let log = std::fs::read_to_string(c.path().join("meta-4.log")).unwrap();
-    assert!(log.contains("snapshot installed"), "node 4 should have installed a snapshot:\n{log}");
-    let listing = c.ctl_env(&addr, &c.auth, &["ls", "--stale", "/s"], None).ok();
+    assert!(
+        log.contains("snapshot installed"),
+        "node 4 should have installed a snapshot:\n{log}"
+    );
+    let listing = c
+        .ctl_env(&addr, &c.auth, &["ls", "--stale", "/s"], None)
+        .ok();
     assert_eq!(listing.lines().count(), 60);
     // And it can be removed again.
     c.ctl(&["cluster", "remove-member", "4"]).ok();
     wait_until(Duration::from_secs(10), "node 4 gone from members", || {
-        !c.status()["members"].as_array().unwrap().iter().any(|m| m["id"] == 4)
+        !c.status()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == 4)
     });
     let _ = child.kill();
     let _ = child.wait();
@@ -139,11 +182,19 @@ fn saved_files_json_matches_on_every_node_and_import_works() {
     assert!(report.contains("imported /hello.txt"), "{report}");
     assert!(report.contains("cannot be recovered"), "{report}");
     // Importing again reports the name as taken and changes nothing.
-    assert!(c.ctl(&["admin", "import", f.to_str().unwrap()]).ok().contains("already exists"));
+    assert!(c
+        .ctl(&["admin", "import", f.to_str().unwrap()])
+        .ok()
+        .contains("already exists"));
     for n in 1..=3 {
-        let p = c.path().join(format!("meta-{n}/cache-metadata/saved-files.json"));
+        let p = c
+            .path()
+            .join(format!("meta-{n}/cache-metadata/saved-files.json"));
         wait_until(Duration::from_secs(5), "saved-files.json written", || {
-            std::fs::read(&p).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).is_some_and(|v| v.as_array().map(|a| a.len()) == Some(1))
+            std::fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v.as_array().map(|a| a.len()) == Some(1))
         });
         let text = std::fs::read_to_string(&p).unwrap();
         let v: Value = serde_json::from_str(&text).unwrap();
@@ -153,7 +204,18 @@ fn saved_files_json_matches_on_every_node_and_import_works() {
         assert_eq!(file["size"], "132", "size is a string, as in the original");
         assert_eq!(file["permissions"], serde_json::json!({}));
         assert_eq!(file["chunks"][1]["index"], 2);
-        let keys: Vec<&str> = ["\"created\"", "\"id\"", "\"last_edited\"", "\"name\"", "\"owner\"", "\"permissions\"", "\"size\"", "\"sha256\"", "\"chunks\""].to_vec();
+        let keys: Vec<&str> = [
+            "\"created\"",
+            "\"id\"",
+            "\"last_edited\"",
+            "\"name\"",
+            "\"owner\"",
+            "\"permissions\"",
+            "\"size\"",
+            "\"sha256\"",
+            "\"chunks\"",
+        ]
+        .to_vec();
         let pos: Vec<usize> = keys.iter().map(|k| text.find(k).unwrap()).collect();
         assert!(pos.windows(2).all(|w| w[0] < w[1]), "original key order");
         let key = std::fs::read_to_string(&c.auth).unwrap();
@@ -176,20 +238,28 @@ fn users_see_and_change_only_their_own() {
     assert_eq!(c.ctl_as(&bob, &["ls", "/"]).ok().trim(), "/b/");
     let all = c.ctl(&["ls", "/"]).ok();
     assert!(all.contains("/a/") && all.contains("/b/"));
-    c.ctl_as(&bob, &["ls", "/a"]).fails_with("permission denied");
-    c.ctl_as(&bob, &["stat", "/a"]).fails_with("permission denied");
-    c.ctl_as(&bob, &["rm", "-r", "/a"]).fails_with("permission denied");
-    c.ctl_as(&bob, &["mv", "/a", "/mine"]).fails_with("permission denied");
-    c.ctl_as(&bob, &["mkdir", "/a/x"]).fails_with("permission denied");
-    c.ctl_as(&alice, &["user", "add", "carol"]).fails_with("not an admin");
-    c.ctl_as(&alice, &["user", "list"]).fails_with("not an admin");
+    c.ctl_as(&bob, &["ls", "/a"])
+        .fails_with("permission denied");
+    c.ctl_as(&bob, &["stat", "/a"])
+        .fails_with("permission denied");
+    c.ctl_as(&bob, &["rm", "-r", "/a"])
+        .fails_with("permission denied");
+    c.ctl_as(&bob, &["mv", "/a", "/mine"])
+        .fails_with("permission denied");
+    c.ctl_as(&bob, &["mkdir", "/a/x"])
+        .fails_with("permission denied");
+    c.ctl_as(&alice, &["user", "add", "carol"])
+        .fails_with("not an admin");
+    c.ctl_as(&alice, &["user", "list"])
+        .fails_with("not an admin");
     let users = c.ctl(&["user", "list"]).ok();
     assert!(users.contains("alice") && users.contains("bob") && users.contains("admin"));
     c.ctl(&["user", "remove", "bob"]).ok();
     c.ctl_as(&bob, &["ls", "/"]).fails_with("unknown user");
     // Self-registration is off unless metasrv allows it.
     let out = c.path().join("dave.auth");
-    c.ctl(&["register", "dave", "--out", out.to_str().unwrap()]).fails_with("self-registration is disabled");
+    c.ctl(&["register", "dave", "--out", out.to_str().unwrap()])
+        .fails_with("self-registration is disabled");
     assert!(!out.exists());
 }
 
@@ -197,11 +267,21 @@ fn users_see_and_change_only_their_own() {
 fn self_registration_writes_an_auth_file() {
     let c = Cluster::up(1, 0, &["--allow-self-register"]);
     let out = c.path().join("erin.auth");
-    c.ctl(&["register", "erin", "--out", out.to_str().unwrap()]).ok();
+    c.ctl(&["register", "erin", "--out", out.to_str().unwrap()])
+        .ok();
     let line = std::fs::read_to_string(&out).unwrap();
-    assert!(line.starts_with("erin/") && !line.ends_with('\n'), "auth.txt is one line user/key: {line:?}");
+    assert!(
+        line.starts_with("erin/") && !line.ends_with('\n'),
+        "auth.txt is one line user/key: {line:?}"
+    );
     assert_eq!(c.ctl_as(&out, &["whoami"]).ok().trim(), "erin (user)");
-    c.ctl(&["register", "erin", "--out", c.path().join("again.auth").to_str().unwrap()]).fails_with("already exists");
+    c.ctl(&[
+        "register",
+        "erin",
+        "--out",
+        c.path().join("again.auth").to_str().unwrap(),
+    ])
+    .fails_with("already exists");
 }
 
 #[test]
@@ -215,23 +295,32 @@ fn bad_input_is_refused_and_changes_nothing() {
 
     let ghost = c.path().join("ghost.auth");
     std::fs::write(&ghost, "ghost/0000").unwrap();
-    c.ctl_as(&ghost, &["mkdir", "/g"]).fails_with("unknown user");
+    c.ctl_as(&ghost, &["mkdir", "/g"])
+        .fails_with("unknown user");
     let key = std::fs::read_to_string(&c.auth).unwrap();
     let wrong = c.path().join("wrong.auth");
     std::fs::write(&wrong, format!("admin/{}x", key.split('/').nth(1).unwrap())).unwrap();
     c.ctl_as(&wrong, &["mkdir", "/g"]).fails_with("wrong key");
     let none = c.path().join("missing.auth");
-    c.ctl_as(&none, &["ls", "/"]).fails_with("cannot read auth file");
+    c.ctl_as(&none, &["ls", "/"])
+        .fails_with("cannot read auth file");
     c.ctl(&["mkdir", "/a/../b"]).fails_with("not allowed");
     c.ctl(&["mkdir", ""]).fails_with("");
-    c.ctl(&["mkdir", &format!("/{}", "n".repeat(300))]).fails_with("longer than 255");
+    c.ctl(&["mkdir", &format!("/{}", "n".repeat(300))])
+        .fails_with("longer than 255");
     c.ctl(&["mkdir", "/hello.txt"]).fails_with("is a file");
-    c.ctl(&["mkdir", "-p", "/hello.txt/sub"]).fails_with("is a file");
+    c.ctl(&["mkdir", "-p", "/hello.txt/sub"])
+        .fails_with("is a file");
     c.ctl(&["rm", "/d"]).fails_with("directory not empty");
     c.ctl(&["rm", "/"]).fails_with("root");
-    c.ctl(&["mv", "/d", "/d/e/inside"]).fails_with("into itself");
+    c.ctl(&["mv", "/d", "/d/e/inside"])
+        .fails_with("into itself");
     c.ctl(&["rm", "/nope"]).fails_with("no such file");
-    assert_eq!(c.ctl(&["ls", "-R", "/"]).ok(), before, "refusals changed nothing");
+    assert_eq!(
+        c.ctl(&["ls", "-R", "/"]).ok(),
+        before,
+        "refusals changed nothing"
+    );
     // Usage errors exit 2.
     assert_eq!(c.ctl(&["mkdir"]).code, 2);
     assert_eq!(c.ctl(&["frobnicate"]).code, 2);
@@ -244,9 +333,22 @@ fn a_node_with_the_wrong_secret_is_refused() {
     // A new node with another secret: its peers refuse it and it says so.
     let other = c.path().join("other.secret");
     std::fs::write(&other, "a-completely-different-secret-value").unwrap();
-    let peers: Vec<String> = c.meta_addrs().iter().enumerate().map(|(i, a)| format!("{}={a}", i + 1)).collect();
+    let peers: Vec<String> = c
+        .meta_addrs()
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect();
     let out = Command::new(bin("metasrv"))
-        .args(["--id", "9", "--join", "--listen", &free_addr(), "--metrics", &free_addr()])
+        .args([
+            "--id",
+            "9",
+            "--join",
+            "--listen",
+            &free_addr(),
+            "--metrics",
+            &free_addr(),
+        ])
         .arg(format!("--peers={}", peers.join(",")))
         .arg("--data-dir")
         .arg(c.path().join("intruder"))
@@ -256,14 +358,30 @@ fn a_node_with_the_wrong_secret_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("refused this node") && err.contains("cluster secret"), "{err}");
+    assert!(
+        err.contains("refused this node") && err.contains("cluster secret"),
+        "{err}"
+    );
     // An existing member restarted with another secret refuses to start on its data dir.
     c.kill("meta-3");
-    let cluster: Value = serde_json::from_str(&std::fs::read_to_string(c.path().join("cluster.json")).unwrap()).unwrap();
-    let args: Vec<String> = cluster["nodes"][2]["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+    let cluster: Value =
+        serde_json::from_str(&std::fs::read_to_string(c.path().join("cluster.json")).unwrap())
+            .unwrap();
+    let args: Vec<String> = cluster["nodes"][2]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
     let args: Vec<String> = args
         .into_iter()
-        .map(|a| if a.starts_with("--cluster-secret-file=") { format!("--cluster-secret-file={}", other.display()) } else { a })
+        .map(|a| {
+            if a.starts_with("--cluster-secret-file=") {
+                format!("--cluster-secret-file={}", other.display())
+            } else {
+                a
+            }
+        })
         .collect();
     let out = Command::new(bin("metasrv")).args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -57,7 +57,12 @@ fn file_info(path: &str, n: &Inode, st: Option<&State>) -> FileInfo {
                     replica_addrs: c
                         .replicas
                         .iter()
-                        .map(|r| st.chunk_servers.get(r).map(|s| s.addr.clone()).unwrap_or_default())
+                        .map(|r| {
+                            st.chunk_servers
+                                .get(r)
+                                .map(|s| s.addr.clone())
+                                .unwrap_or_default()
+                        })
                         .collect(),
                     token: String::new(),
                 })
@@ -69,12 +74,20 @@ fn file_info(path: &str, n: &Inode, st: Option<&State>) -> FileInfo {
 
 fn new_key_reply(name: &str) -> (String, UserAddReply) {
     let key = keys::generate_key();
-    (keys::hash_key(&key), UserAddReply { name: name.to_string(), key })
+    (
+        keys::hash_key(&key),
+        UserAddReply {
+            name: name.to_string(),
+            key,
+        },
+    )
 }
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> OpError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => OpError::NotLeader(f.leader_id),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            OpError::NotLeader(f.leader_id)
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
             Status::failed_precondition(format!("membership change refused: {e}")).into()
         }
@@ -88,7 +101,14 @@ impl MetaNode {
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
         let id = uuid::Uuid::new_v4().to_string();
-        self.propose(v1(CommandV1::Mkdir { actor, path, parents: r.parents, id, now_ms: now_ms() })).await?;
+        self.propose(v1(CommandV1::Mkdir {
+            actor,
+            path,
+            parents: r.parents,
+            id,
+            now_ms: now_ms(),
+        }))
+        .await?;
         Ok(Empty {})
     }
 
@@ -97,7 +117,9 @@ impl MetaNode {
         let (actor, _) = self.authenticate(c)?;
         let st = self.read_state();
         let entries = st.list(&actor, &r.path, r.recursive)?;
-        Ok(ListReply { entries: entries.iter().map(|(p, n)| file_info(p, n, None)).collect() })
+        Ok(ListReply {
+            entries: entries.iter().map(|(p, n)| file_info(p, n, None)).collect(),
+        })
     }
 
     pub async fn stat(&self, c: &Caller, r: StatRequest) -> OpResult<FileInfo> {
@@ -113,7 +135,13 @@ impl MetaNode {
         let (actor, _) = self.authenticate(c)?;
         let from = dfs_common::path::normalize(&r.from).map_err(invalid)?;
         let to = dfs_common::path::normalize(&r.to).map_err(invalid)?;
-        self.propose(v1(CommandV1::Rename { actor, from, to, now_ms: now_ms() })).await?;
+        self.propose(v1(CommandV1::Rename {
+            actor,
+            from,
+            to,
+            now_ms: now_ms(),
+        }))
+        .await?;
         Ok(Empty {})
     }
 
@@ -121,7 +149,14 @@ impl MetaNode {
         self.write_gate()?;
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
-        match self.propose(v1(CommandV1::Remove { actor, path, recursive: r.recursive })).await? {
+        match self
+            .propose(v1(CommandV1::Remove {
+                actor,
+                path,
+                recursive: r.recursive,
+            }))
+            .await?
+        {
             Reply::Removed { count } => Ok(RemoveReply { removed: count }),
             _ => Ok(RemoveReply { removed: 0 }),
         }
@@ -148,11 +183,20 @@ impl MetaNode {
         self.write_gate()?;
         let (actor, _) = self.authenticate(c)?;
         if r.count == 0 || r.count > MAX_ALLOCATE {
-            return Err(invalid(format!("ask for 1 to {MAX_ALLOCATE} chunks at a time")));
+            return Err(invalid(format!(
+                "ask for 1 to {MAX_ALLOCATE} chunks at a time"
+            )));
         }
-        let replication = if r.replication == 0 { self.config.default_replication } else { r.replication };
+        let replication = if r.replication == 0 {
+            self.config.default_replication
+        } else {
+            r.replication
+        };
         if replication > crate::state::MAX_REPLICATION {
-            return Err(invalid(format!("replication must be at most {}", crate::state::MAX_REPLICATION)));
+            return Err(invalid(format!(
+                "replication must be at most {}",
+                crate::state::MAX_REPLICATION
+            )));
         }
         let st = self.read_state();
         st.check_file_target(&actor, &r.path, r.overwrite)?;
@@ -170,7 +214,12 @@ impl MetaNode {
             .into());
         }
         let expires = now_ms() as u64 + self.config.token_ttl.as_millis() as u64;
-        let placement = place(&live, replication as usize, r.count as usize, self.config.chunk_size);
+        let placement = place(
+            &live,
+            replication as usize,
+            r.count as usize,
+            self.config.chunk_size,
+        );
         let chunks = placement
             .into_iter()
             .map(|targets| {
@@ -180,12 +229,20 @@ impl MetaNode {
                     chunk_id,
                     targets: targets
                         .into_iter()
-                        .filter_map(|id| st.chunk_servers.get(&id).map(|s| ChunkTarget { node_id: id, addr: s.addr.clone() }))
+                        .filter_map(|id| {
+                            st.chunk_servers.get(&id).map(|s| ChunkTarget {
+                                node_id: id,
+                                addr: s.addr.clone(),
+                            })
+                        })
                         .collect(),
                 }
             })
             .collect();
-        Ok(AllocateReply { chunks, chunk_size: self.config.chunk_size })
+        Ok(AllocateReply {
+            chunks,
+            chunk_size: self.config.chunk_size,
+        })
     }
 
     pub async fn commit_file(&self, c: &Caller, r: CommitRequest) -> OpResult<FileInfo> {
@@ -203,13 +260,35 @@ impl MetaNode {
                 .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
                 .map_err(|e| Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id)))?;
             let replicas: BTreeSet<NodeId> = ch.replicas.iter().copied().collect();
-            chunks.push(ChunkRef { id: ch.chunk_id.clone(), size: ch.size, crc32c: ch.crc32c, replicas: replicas.into_iter().collect() });
+            chunks.push(ChunkRef {
+                id: ch.chunk_id.clone(),
+                size: ch.size,
+                crc32c: ch.crc32c,
+                replicas: replicas.into_iter().collect(),
+            });
         }
-        let replication = if r.replication == 0 { self.config.default_replication } else { r.replication };
-        let file = FileData { size: r.size, replication, sha256: r.sha256.to_lowercase(), chunk_size: r.chunk_size, chunks };
+        let replication = if r.replication == 0 {
+            self.config.default_replication
+        } else {
+            r.replication
+        };
+        let file = FileData {
+            size: r.size,
+            replication,
+            sha256: r.sha256.to_lowercase(),
+            chunk_size: r.chunk_size,
+            chunks,
+        };
         let id = uuid::Uuid::new_v4().to_string();
-        self.propose(v1(CommandV1::CommitFile { actor: actor.clone(), path: path.clone(), overwrite: r.overwrite, file, id, now_ms: now_ms() }))
-            .await?;
+        self.propose(v1(CommandV1::CommitFile {
+            actor: actor.clone(),
+            path: path.clone(),
+            overwrite: r.overwrite,
+            file,
+            id,
+            now_ms: now_ms(),
+        }))
+        .await?;
         let st = self.read_state();
         let (p, n) = st.stat(&actor, &path)?;
         Ok(file_info(&p, &n, Some(&st)))
@@ -226,13 +305,25 @@ impl MetaNode {
         let mut info = file_info(&p, &n, Some(&st));
         // Live replicas first, so a reader tries a dead server last.
         for ch in &mut info.chunks {
-            let mut pairs: Vec<(u64, String)> = ch.replicas.iter().copied().zip(ch.replica_addrs.drain(..)).collect();
+            let mut pairs: Vec<(u64, String)> = ch
+                .replicas
+                .iter()
+                .copied()
+                .zip(ch.replica_addrs.drain(..))
+                .collect();
             pairs.sort_by_key(|(id, _)| !self.liveness.is_live(*id));
             (ch.replicas, ch.replica_addrs) = pairs.into_iter().unzip();
         }
         let expires = now_ms() as u64 + self.config.token_ttl.as_millis() as u64;
-        let tokens = info.chunks.iter().map(|ch| self.secret.sign_chunk(Op::Read, &ch.chunk_id, expires)).collect();
-        Ok(OpenReadReply { file: Some(info), tokens })
+        let tokens = info
+            .chunks
+            .iter()
+            .map(|ch| self.secret.sign_chunk(Op::Read, &ch.chunk_id, expires))
+            .collect();
+        Ok(OpenReadReply {
+            file: Some(info),
+            tokens,
+        })
     }
 
     pub async fn report_bad_replica(&self, c: &Caller, r: BadReplicaReport) -> OpResult<Empty> {
@@ -246,8 +337,15 @@ impl MetaNode {
         self.read_gate(false).await?;
         let (name, _) = self.authenticate(c)?;
         let st = self.read_state();
-        let u = st.users.get(&name).ok_or_else(|| Status::not_found("user vanished"))?;
-        Ok(UserInfo { name: u.name.clone(), role: u.role.as_str().into(), created_ms: u.created_ms })
+        let u = st
+            .users
+            .get(&name)
+            .ok_or_else(|| Status::not_found("user vanished"))?;
+        Ok(UserInfo {
+            name: u.name.clone(),
+            role: u.role.as_str().into(),
+            created_ms: u.created_ms,
+        })
     }
 
     pub async fn user_add(&self, c: &Caller, r: UserAddRequest) -> OpResult<UserAddReply> {
@@ -255,8 +353,14 @@ impl MetaNode {
         let actor = self.authenticate_admin(c)?;
         let (hash, reply) = new_key_reply(&r.name);
         let role = if r.admin { Role::Admin } else { Role::User };
-        self.propose(v1(CommandV1::AddUser { actor: Some(actor), name: r.name, role, key_hash: hash, now_ms: now_ms() }))
-            .await?;
+        self.propose(v1(CommandV1::AddUser {
+            actor: Some(actor),
+            name: r.name,
+            role,
+            key_hash: hash,
+            now_ms: now_ms(),
+        }))
+        .await?;
         Ok(reply)
     }
 
@@ -267,7 +371,11 @@ impl MetaNode {
         let users = st
             .users
             .values()
-            .map(|u| UserInfo { name: u.name.clone(), role: u.role.as_str().into(), created_ms: u.created_ms })
+            .map(|u| UserInfo {
+                name: u.name.clone(),
+                role: u.role.as_str().into(),
+                created_ms: u.created_ms,
+            })
             .collect();
         Ok(UserListReply { users })
     }
@@ -275,7 +383,11 @@ impl MetaNode {
     pub async fn user_remove(&self, c: &Caller, r: UserRemoveRequest) -> OpResult<Empty> {
         self.write_gate()?;
         let actor = self.authenticate_admin(c)?;
-        self.propose(v1(CommandV1::RemoveUser { actor, name: r.name })).await?;
+        self.propose(v1(CommandV1::RemoveUser {
+            actor,
+            name: r.name,
+        }))
+        .await?;
         Ok(Empty {})
     }
 
@@ -288,11 +400,19 @@ impl MetaNode {
             .into());
         }
         if r.admin {
-            return Err(Status::permission_denied("self-registration cannot create an admin").into());
+            return Err(
+                Status::permission_denied("self-registration cannot create an admin").into(),
+            );
         }
         let (hash, reply) = new_key_reply(&r.name);
-        self.propose(v1(CommandV1::AddUser { actor: None, name: r.name, role: Role::User, key_hash: hash, now_ms: now_ms() }))
-            .await?;
+        self.propose(v1(CommandV1::AddUser {
+            actor: None,
+            name: r.name,
+            role: Role::User,
+            key_hash: hash,
+            now_ms: now_ms(),
+        }))
+        .await?;
         Ok(reply)
     }
 
@@ -316,17 +436,29 @@ impl MetaNode {
             commit: applied,
             role: role.into(),
             leader: m.current_leader.unwrap_or(0),
-            initialized: m.membership_config.membership().voter_ids().next().is_some(),
+            initialized: m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some(),
         }
     }
 
-    pub async fn cluster_status(&self, c: &Caller, _r: StatusRequest) -> OpResult<ClusterStatusReply> {
+    pub async fn cluster_status(
+        &self,
+        c: &Caller,
+        _r: StatusRequest,
+    ) -> OpResult<ClusterStatusReply> {
         self.authenticate(c)?;
         let me = self.hello_reply();
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
-        let nodes: Vec<(NodeId, String)> =
-            membership.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+        let nodes: Vec<(NodeId, String)> = membership
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
         let asks = nodes.iter().map(|(id, addr)| {
             let (id, addr) = (*id, addr.clone());
             let me = me.clone();
@@ -334,10 +466,22 @@ impl MetaNode {
                 if id == self.id {
                     return (id, addr, Some(me));
                 }
-                let Ok(mut client) = crate::network::raft_client(&addr) else { return (id, addr, None) };
-                let req = crate::network::with_node_auth(HelloRequest { from: self.id, target: id }, &self.secret);
+                let Ok(mut client) = crate::network::raft_client(&addr) else {
+                    return (id, addr, None);
+                };
+                let req = crate::network::with_node_auth(
+                    HelloRequest {
+                        from: self.id,
+                        target: id,
+                    },
+                    &self.secret,
+                );
                 let r = tokio::time::timeout(Duration::from_millis(800), client.hello(req)).await;
-                (id, addr, r.ok().and_then(|r| r.ok()).map(|r| r.into_inner()))
+                (
+                    id,
+                    addr,
+                    r.ok().and_then(|r| r.ok()).map(|r| r.into_inner()),
+                )
             }
         });
         let answers = futures::future::join_all(asks).await;
@@ -351,7 +495,11 @@ impl MetaNode {
                         term = h.term;
                         leader = h.leader;
                     }
-                    let role = if voters.contains(&id) { h.role } else { "learner".to_string() };
+                    let role = if voters.contains(&id) {
+                        h.role
+                    } else {
+                        "learner".to_string()
+                    };
                     MemberStatus {
                         id,
                         addr,
@@ -363,7 +511,13 @@ impl MetaNode {
                         commit: h.commit,
                     }
                 }
-                None => MemberStatus { id, addr, role: "unreachable".into(), reachable: false, ..Default::default() },
+                None => MemberStatus {
+                    id,
+                    addr,
+                    role: "unreachable".into(),
+                    reachable: false,
+                    ..Default::default()
+                },
             })
             .collect();
         let st = self.read_state();
@@ -379,7 +533,9 @@ impl MetaNode {
                     capacity_bytes: v.as_ref().map(|v| v.capacity).unwrap_or(0),
                     used_bytes: v.as_ref().map(|v| v.used).unwrap_or(0),
                     chunks: v.as_ref().map(|v| v.chunks).unwrap_or(0),
-                    last_seen_ms: v.map(|v| v.last_seen.elapsed().as_millis() as u64).unwrap_or(u64::MAX),
+                    last_seen_ms: v
+                        .map(|v| v.last_seen.elapsed().as_millis() as u64)
+                        .unwrap_or(u64::MAX),
                 }
             })
             .collect();
@@ -401,15 +557,36 @@ impl MetaNode {
         if r.id == 0 || r.addr.is_empty() {
             return Err(invalid("give a non-zero node id and its host:port"));
         }
-        let voters: BTreeSet<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         if voters.contains(&r.id) {
-            return Err(Status::already_exists(format!("node {} is already a member", r.id)).into());
+            return Err(
+                Status::already_exists(format!("node {} is already a member", r.id)).into(),
+            );
         }
         tracing::info!(node = self.id, new = r.id, addr = %r.addr, "adding member: learner first");
-        self.raft.add_learner(r.id, BasicNode { addr: r.addr.clone() }, true).await.map_err(membership_error)?;
+        self.raft
+            .add_learner(
+                r.id,
+                BasicNode {
+                    addr: r.addr.clone(),
+                },
+                true,
+            )
+            .await
+            .map_err(membership_error)?;
         let mut new_voters = voters;
         new_voters.insert(r.id);
-        self.raft.change_membership(new_voters, false).await.map_err(membership_error)?;
+        self.raft
+            .change_membership(new_voters, false)
+            .await
+            .map_err(membership_error)?;
         tracing::info!(node = self.id, new = r.id, "member added");
         Ok(Empty {})
     }
@@ -417,15 +594,24 @@ impl MetaNode {
     pub async fn remove_member(&self, c: &Caller, r: RemoveMemberRequest) -> OpResult<Empty> {
         self.write_gate()?;
         self.authenticate_admin(c)?;
-        let mut voters: BTreeSet<NodeId> =
-            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let mut voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         if !voters.remove(&r.id) {
             return Err(Status::not_found(format!("node {} is not a member", r.id)).into());
         }
         if voters.is_empty() {
             return Err(Status::failed_precondition("cannot remove the last member").into());
         }
-        self.raft.change_membership(voters, false).await.map_err(membership_error)?;
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(membership_error)?;
         tracing::info!(node = self.id, removed = r.id, "member removed");
         Ok(Empty {})
     }
@@ -434,8 +620,18 @@ impl MetaNode {
         self.write_gate()?;
         let actor = self.authenticate_admin(c)?;
         let files = crate::export::parse_import(&r.saved_files_json, now_ms()).map_err(invalid)?;
-        match self.propose(v1(CommandV1::Import { actor, files, now_ms: now_ms() })).await? {
-            Reply::Imported { report, count } => Ok(ImportReply { report, imported: count }),
+        match self
+            .propose(v1(CommandV1::Import {
+                actor,
+                files,
+                now_ms: now_ms(),
+            }))
+            .await?
+        {
+            Reply::Imported { report, count } => Ok(ImportReply {
+                report,
+                imported: count,
+            }),
             _ => Ok(ImportReply::default()),
         }
     }
@@ -443,7 +639,9 @@ impl MetaNode {
     pub async fn export(&self, c: &Caller, _r: Empty) -> OpResult<ExportReply> {
         self.read_gate(false).await?;
         self.authenticate_admin(c)?;
-        Ok(ExportReply { saved_files_json: crate::export::render(&self.read_state()) })
+        Ok(ExportReply {
+            saved_files_json: crate::export::render(&self.read_state()),
+        })
     }
 
     pub async fn register_chunk_server(
@@ -454,9 +652,18 @@ impl MetaNode {
         self.write_gate()?;
         self.authenticate_node(c)?;
         if r.uuid.is_empty() || r.uuid.len() > 64 || r.addr.is_empty() || r.addr.len() > 256 {
-            return Err(invalid("chunk server registration needs a uuid (≤64 bytes) and an address"));
+            return Err(invalid(
+                "chunk server registration needs a uuid (≤64 bytes) and an address",
+            ));
         }
-        match self.propose(v1(CommandV1::RegisterChunkServer { uuid: r.uuid, addr: r.addr.clone(), now_ms: now_ms() })).await? {
+        match self
+            .propose(v1(CommandV1::RegisterChunkServer {
+                uuid: r.uuid,
+                addr: r.addr.clone(),
+                now_ms: now_ms(),
+            }))
+            .await?
+        {
             Reply::ChunkServerId { id } => {
                 tracing::info!(node = self.id, chunk_server = id, addr = %r.addr, "chunk server registered");
                 Ok(RegisterChunkServerReply { node_id: id })
@@ -471,9 +678,16 @@ impl MetaNode {
         let pending: Vec<String> = {
             let st = self.read_state();
             if !st.chunk_servers.contains_key(&r.node_id) {
-                return Err(Status::not_found(format!("unknown chunk server id {}: register first", r.node_id)).into());
+                return Err(Status::not_found(format!(
+                    "unknown chunk server id {}: register first",
+                    r.node_id
+                ))
+                .into());
             }
-            st.pending_deletes.get(&r.node_id).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+            st.pending_deletes
+                .get(&r.node_id)
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default()
         };
         self.liveness.record(
             r.node_id,
@@ -485,15 +699,26 @@ impl MetaNode {
             },
         );
         let acked: BTreeSet<&String> = r.deleted.iter().collect();
-        let confirmed: Vec<String> = pending.iter().filter(|c| acked.contains(c)).cloned().collect();
+        let confirmed: Vec<String> = pending
+            .iter()
+            .filter(|c| acked.contains(c))
+            .cloned()
+            .collect();
         let leader = self.is_leader();
         if leader && !confirmed.is_empty() {
-            let cmd = v1(CommandV1::ChunksDeleted { node: r.node_id, chunks: confirmed });
+            let cmd = v1(CommandV1::ChunksDeleted {
+                node: r.node_id,
+                chunks: confirmed,
+            });
             if let Err(e) = self.propose(cmd).await {
                 tracing::debug!(node = self.id, error = ?e, "could not record chunk deletions; the server will report them again");
             }
         }
-        let delete = pending.into_iter().filter(|c| !acked.contains(c)).take(MAX_DELETE_ORDERS).collect();
+        let delete = pending
+            .into_iter()
+            .filter(|c| !acked.contains(c))
+            .take(MAX_DELETE_ORDERS)
+            .collect();
         Ok(HeartbeatReply { delete, leader })
     }
 }

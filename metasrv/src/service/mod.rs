@@ -64,8 +64,17 @@ pub struct Caller {
 
 impl Caller {
     pub fn from_metadata(m: &tonic::metadata::MetadataMap) -> Caller {
-        let get = |k: &str| m.get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        Caller { user: get(headers::USER), key: get(headers::KEY), node_auth: get(headers::NODE_AUTH) }
+        let get = |k: &str| {
+            m.get(k)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string()
+        };
+        Caller {
+            user: get(headers::USER),
+            key: get(headers::KEY),
+            node_auth: get(headers::NODE_AUTH),
+        }
     }
 }
 
@@ -146,11 +155,15 @@ impl MetaNode {
     pub async fn propose(&self, cmd: Command) -> OpResult<Reply> {
         match self.raft.client_write(Request { cmd }).await {
             Ok(resp) => resp.data.result.map_err(OpError::from),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(OpError::NotLeader(f.leader_id)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(OpError::NotLeader(f.leader_id))
+            }
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 Err(Status::failed_precondition(e.to_string()).into())
             }
-            Err(RaftError::Fatal(f)) => Err(Status::unavailable(format!("metadata node stopped: {f}")).into()),
+            Err(RaftError::Fatal(f)) => {
+                Err(Status::unavailable(format!("metadata node stopped: {f}")).into())
+            }
         }
     }
 
@@ -169,7 +182,10 @@ impl MetaNode {
             }
             _ => {
                 self.metrics.auth_failures.inc();
-                Err(Status::unauthenticated(format!("unknown user {:?} or wrong key", c.user)).into())
+                Err(
+                    Status::unauthenticated(format!("unknown user {:?} or wrong key", c.user))
+                        .into(),
+                )
             }
         }
     }
@@ -187,7 +203,10 @@ impl MetaNode {
             Ok(())
         } else {
             self.metrics.auth_failures.inc();
-            Err(Status::permission_denied("not a cluster node: missing or wrong cluster-secret proof").into())
+            Err(Status::permission_denied(
+                "not a cluster node: missing or wrong cluster-secret proof",
+            )
+            .into())
         }
     }
 
@@ -204,7 +223,10 @@ impl MetaNode {
             if let Some(l) = rx.borrow_and_update().current_leader {
                 return Some(l);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return None;
             }
         }
@@ -219,44 +241,55 @@ impl MetaNode {
         body: Vec<u8>,
         hops: u32,
         hint: Option<NodeId>,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, Status>> + Send + 'a>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u8>, Status>> + Send + 'a>>
+    {
         Box::pin(async move {
-        if hops >= MAX_HOPS {
-            return Err(Status::unavailable("no stable leader right now (request went round too many nodes); retry"));
-        }
-        let leader = match hint {
-            Some(l) => Some(l),
-            None => self.wait_for_leader().await,
-        };
-        let Some(leader) = leader else {
-            return Err(Status::unavailable("no metadata leader is elected (is a majority of metasrv nodes up?)"));
-        };
-        if leader == self.id {
-            // We became leader in the meantime: run it here.
-            return self.dispatch(method, caller.clone(), &body, hops + 1).await;
-        }
-        let addr = self
-            .member_addr(leader)
-            .ok_or_else(|| Status::unavailable(format!("leader {leader} has no known address")))?;
-        let mut client = crate::network::raft_client(&addr).map_err(|e| Status::unavailable(e.to_string()))?;
-        let req = ForwardRequest {
-            method: method.to_string(),
-            body,
-            hops: hops + 1,
-            user: caller.user.clone(),
-            key: caller.key.clone(),
-            node_auth: caller.node_auth.clone(),
-        };
-        let reply = client
-            .forward(crate::network::with_node_auth(req, &self.secret))
-            .await
-            .map_err(|s| Status::unavailable(format!("forwarding to leader {leader} at {addr} failed: {}", s.message())))?
-            .into_inner();
-        if reply.code == 0 {
-            Ok(reply.body)
-        } else {
-            Err(Status::new(Code::from_i32(reply.code), reply.message))
-        }
-    })
+            if hops >= MAX_HOPS {
+                return Err(Status::unavailable(
+                    "no stable leader right now (request went round too many nodes); retry",
+                ));
+            }
+            let leader = match hint {
+                Some(l) => Some(l),
+                None => self.wait_for_leader().await,
+            };
+            let Some(leader) = leader else {
+                return Err(Status::unavailable(
+                    "no metadata leader is elected (is a majority of metasrv nodes up?)",
+                ));
+            };
+            if leader == self.id {
+                // We became leader in the meantime: run it here.
+                return self.dispatch(method, caller.clone(), &body, hops + 1).await;
+            }
+            let addr = self.member_addr(leader).ok_or_else(|| {
+                Status::unavailable(format!("leader {leader} has no known address"))
+            })?;
+            let mut client = crate::network::raft_client(&addr)
+                .map_err(|e| Status::unavailable(e.to_string()))?;
+            let req = ForwardRequest {
+                method: method.to_string(),
+                body,
+                hops: hops + 1,
+                user: caller.user.clone(),
+                key: caller.key.clone(),
+                node_auth: caller.node_auth.clone(),
+            };
+            let reply = client
+                .forward(crate::network::with_node_auth(req, &self.secret))
+                .await
+                .map_err(|s| {
+                    Status::unavailable(format!(
+                        "forwarding to leader {leader} at {addr} failed: {}",
+                        s.message()
+                    ))
+                })?
+                .into_inner();
+            if reply.code == 0 {
+                Ok(reply.body)
+            } else {
+                Err(Status::new(Code::from_i32(reply.code), reply.message))
+            }
+        })
     }
 }

@@ -16,7 +16,11 @@ pub struct RaftApi {
 
 impl RaftApi {
     fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let proof = req.metadata().get(headers::NODE_AUTH).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let proof = req
+            .metadata()
+            .get(headers::NODE_AUTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if self.node.secret.check_node_proof(proof) {
             return Ok(());
         }
@@ -37,7 +41,8 @@ impl RaftApi {
     }
 
     fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
-        serde_json::from_slice(payload).map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
+        serde_json::from_slice(payload)
+            .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
     }
 
     fn reply<T: serde::Serialize>(&self, v: &T) -> Result<Response<RaftMessage>, Status> {
@@ -48,7 +53,10 @@ impl RaftApi {
 
 #[tonic::async_trait]
 impl RaftTransport for RaftApi {
-    async fn append_entries(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let m = req.into_inner();
         self.check_target(m.target)?;
@@ -66,7 +74,10 @@ impl RaftTransport for RaftApi {
         self.reply(&res)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         self.check_peer(&req)?;
         let m = req.into_inner();
         self.check_target(m.target)?;
@@ -75,13 +86,28 @@ impl RaftTransport for RaftApi {
         self.reply(&res)
     }
 
-    async fn forward(&self, req: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+    async fn forward(
+        &self,
+        req: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
         self.check_peer(&req)?;
         let f = req.into_inner();
-        let caller = Caller { user: f.user, key: f.key, node_auth: f.node_auth };
+        let caller = Caller {
+            user: f.user,
+            key: f.key,
+            node_auth: f.node_auth,
+        };
         let reply = match self.node.dispatch(&f.method, caller, &f.body, f.hops).await {
-            Ok(body) => ForwardReply { body, code: 0, message: String::new() },
-            Err(s) => ForwardReply { body: Vec::new(), code: s.code() as i32, message: s.message().to_string() },
+            Ok(body) => ForwardReply {
+                body,
+                code: 0,
+                message: String::new(),
+            },
+            Err(s) => ForwardReply {
+                body: Vec::new(),
+                code: s.code() as i32,
+                message: s.message().to_string(),
+            },
         };
         Ok(Response::new(reply))
     }

@@ -27,7 +27,10 @@ pub struct ReadBarrier {
 
 impl ReadBarrier {
     pub fn new(raft: Raft) -> Self {
-        Self { raft, queue: Default::default() }
+        Self {
+            raft,
+            queue: Default::default(),
+        }
     }
 
     /// Returns once this node was confirmed leader after the call began and has applied
@@ -43,7 +46,8 @@ impl ReadBarrier {
             let (raft, queue) = (self.raft.clone(), self.queue.clone());
             tokio::spawn(drive(raft, queue));
         }
-        rx.await.unwrap_or_else(|_| Err(ReadCheck::Unavailable("read check was dropped".into())))
+        rx.await
+            .unwrap_or_else(|_| Err(ReadCheck::Unavailable("read check was dropped".into())))
     }
 }
 
@@ -59,11 +63,15 @@ async fn drive(raft: Raft, queue: Arc<Mutex<Queue>>) {
         };
         let result = match raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(ReadCheck::NotLeader(f.leader_id)),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(ReadCheck::Unavailable(format!("cannot reach a quorum of metadata nodes: {e}")))
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ReadCheck::NotLeader(f.leader_id))
             }
-            Err(RaftError::Fatal(f)) => Err(ReadCheck::Unavailable(format!("metadata node stopped: {f}"))),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
+                ReadCheck::Unavailable(format!("cannot reach a quorum of metadata nodes: {e}")),
+            ),
+            Err(RaftError::Fatal(f)) => Err(ReadCheck::Unavailable(format!(
+                "metadata node stopped: {f}"
+            ))),
         };
         for w in batch {
             let _ = w.send(result.clone());

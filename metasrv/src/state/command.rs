@@ -20,21 +20,67 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandV1 {
     /// First command of a cluster: its id and the admin user. Ignored if already initialized.
-    Init { cluster_id: String, admin_key_hash: String, now_ms: i64 },
+    Init {
+        cluster_id: String,
+        admin_key_hash: String,
+        now_ms: i64,
+    },
     /// `actor == None` is self-registration (checked by the proposer against its config).
-    AddUser { actor: Option<String>, name: String, role: Role, key_hash: String, now_ms: i64 },
-    RemoveUser { actor: String, name: String },
-    Mkdir { actor: String, path: String, parents: bool, id: String, now_ms: i64 },
-    Rename { actor: String, from: String, to: String, now_ms: i64 },
-    Remove { actor: String, path: String, recursive: bool },
+    AddUser {
+        actor: Option<String>,
+        name: String,
+        role: Role,
+        key_hash: String,
+        now_ms: i64,
+    },
+    RemoveUser {
+        actor: String,
+        name: String,
+    },
+    Mkdir {
+        actor: String,
+        path: String,
+        parents: bool,
+        id: String,
+        now_ms: i64,
+    },
+    Rename {
+        actor: String,
+        from: String,
+        to: String,
+        now_ms: i64,
+    },
+    Remove {
+        actor: String,
+        path: String,
+        recursive: bool,
+    },
     /// Create or (with `overwrite`) atomically replace a file whose chunks are already durable.
-    CommitFile { actor: String, path: String, overwrite: bool, file: FileData, id: String, now_ms: i64 },
+    CommitFile {
+        actor: String,
+        path: String,
+        overwrite: bool,
+        file: FileData,
+        id: String,
+        now_ms: i64,
+    },
     /// Files from an original `saved-files.json` (their chunks are not recoverable).
-    Import { actor: String, files: Vec<ImportedFile>, now_ms: i64 },
+    Import {
+        actor: String,
+        files: Vec<ImportedFile>,
+        now_ms: i64,
+    },
     /// Register a chunk server or update its address; the same uuid keeps the same id.
-    RegisterChunkServer { uuid: String, addr: String, now_ms: i64 },
+    RegisterChunkServer {
+        uuid: String,
+        addr: String,
+        now_ms: i64,
+    },
     /// A chunk server confirmed these deletions.
-    ChunksDeleted { node: NodeId, chunks: Vec<String> },
+    ChunksDeleted {
+        node: NodeId,
+        chunks: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,10 +114,16 @@ pub struct ApplyError {
 
 impl ApplyError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn not_found(path: &str) -> Self {
-        Self::new(ErrorKind::NotFound, format!("{path}: no such file or directory"))
+        Self::new(
+            ErrorKind::NotFound,
+            format!("{path}: no such file or directory"),
+        )
     }
     pub fn denied(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::PermissionDenied, message)
@@ -82,10 +134,19 @@ impl ApplyError {
 pub enum Reply {
     Done,
     /// Init: whether this command was the one that initialized the cluster.
-    Initialized { won: bool },
-    Removed { count: u64 },
-    ChunkServerId { id: NodeId },
-    Imported { report: Vec<String>, count: u64 },
+    Initialized {
+        won: bool,
+    },
+    Removed {
+        count: u64,
+    },
+    ChunkServerId {
+        id: NodeId,
+    },
+    Imported {
+        report: Vec<String>,
+        count: u64,
+    },
 }
 
 /// The Raft response: what applying returned.
@@ -96,25 +157,57 @@ pub struct Response {
 
 impl State {
     /// Apply one command; `touched` collects the records that changed.
-    pub fn apply(&mut self, cmd: &Command, touched: &mut Vec<super::RecordKey>) -> Result<Reply, ApplyError> {
+    pub fn apply(
+        &mut self,
+        cmd: &Command,
+        touched: &mut Vec<super::RecordKey>,
+    ) -> Result<Reply, ApplyError> {
         let Command::V1(c) = cmd;
         match c {
-            CommandV1::Init { cluster_id, admin_key_hash, now_ms } => {
-                Ok(self.init(cluster_id, admin_key_hash, *now_ms, touched))
-            }
-            CommandV1::AddUser { actor, name, role, key_hash, now_ms } => {
-                self.add_user(actor.as_deref(), name, *role, key_hash, *now_ms, touched)
-            }
+            CommandV1::Init {
+                cluster_id,
+                admin_key_hash,
+                now_ms,
+            } => Ok(self.init(cluster_id, admin_key_hash, *now_ms, touched)),
+            CommandV1::AddUser {
+                actor,
+                name,
+                role,
+                key_hash,
+                now_ms,
+            } => self.add_user(actor.as_deref(), name, *role, key_hash, *now_ms, touched),
             CommandV1::RemoveUser { actor, name } => self.remove_user(actor, name, touched),
-            CommandV1::Mkdir { actor, path, parents, id, now_ms } => {
-                self.mkdir(actor, path, *parents, id, *now_ms, touched)
-            }
-            CommandV1::Rename { actor, from, to, now_ms } => self.rename(actor, from, to, *now_ms, touched),
-            CommandV1::Remove { actor, path, recursive } => self.remove(actor, path, *recursive, touched),
-            CommandV1::CommitFile { actor, path, overwrite, file, id, now_ms } => {
-                self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched)
-            }
-            CommandV1::Import { actor, files, now_ms } => self.import(actor, files, *now_ms, touched),
+            CommandV1::Mkdir {
+                actor,
+                path,
+                parents,
+                id,
+                now_ms,
+            } => self.mkdir(actor, path, *parents, id, *now_ms, touched),
+            CommandV1::Rename {
+                actor,
+                from,
+                to,
+                now_ms,
+            } => self.rename(actor, from, to, *now_ms, touched),
+            CommandV1::Remove {
+                actor,
+                path,
+                recursive,
+            } => self.remove(actor, path, *recursive, touched),
+            CommandV1::CommitFile {
+                actor,
+                path,
+                overwrite,
+                file,
+                id,
+                now_ms,
+            } => self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched),
+            CommandV1::Import {
+                actor,
+                files,
+                now_ms,
+            } => self.import(actor, files, *now_ms, touched),
             CommandV1::RegisterChunkServer { uuid, addr, now_ms } => {
                 Ok(self.register_chunk_server(uuid, addr, *now_ms, touched))
             }
@@ -145,14 +238,24 @@ impl State {
         self.meta.next_chunk_server_id = id + 1;
         self.chunk_servers.insert(
             id,
-            ChunkServerEntry { id, uuid: uuid.to_string(), addr: addr.to_string(), registered_ms: now_ms },
+            ChunkServerEntry {
+                id,
+                uuid: uuid.to_string(),
+                addr: addr.to_string(),
+                registered_ms: now_ms,
+            },
         );
         touched.push(RecordKey::Meta);
         touched.push(RecordKey::ChunkServer(id));
         Reply::ChunkServerId { id }
     }
 
-    fn chunks_deleted(&mut self, node: NodeId, chunks: &[String], touched: &mut Vec<super::RecordKey>) {
+    fn chunks_deleted(
+        &mut self,
+        node: NodeId,
+        chunks: &[String],
+        touched: &mut Vec<super::RecordKey>,
+    ) {
         if let Some(set) = self.pending_deletes.get_mut(&node) {
             for c in chunks {
                 set.remove(c);
@@ -165,10 +268,17 @@ impl State {
     }
 
     /// Queue every replica of `chunks` for deletion.
-    pub(super) fn queue_deletes(&mut self, chunks: &[ChunkRef], touched: &mut Vec<super::RecordKey>) {
+    pub(super) fn queue_deletes(
+        &mut self,
+        chunks: &[ChunkRef],
+        touched: &mut Vec<super::RecordKey>,
+    ) {
         for c in chunks {
             for n in &c.replicas {
-                self.pending_deletes.entry(*n).or_default().insert(c.id.clone());
+                self.pending_deletes
+                    .entry(*n)
+                    .or_default()
+                    .insert(c.id.clone());
                 touched.push(super::RecordKey::PendingDeletes(*n));
             }
         }

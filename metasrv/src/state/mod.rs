@@ -146,7 +146,10 @@ pub enum RecordError {
     #[error("unknown record key {0:?}")]
     UnknownKey(String),
     #[error("record {key:?} does not decode: {source}")]
-    Decode { key: String, source: serde_json::Error },
+    Decode {
+        key: String,
+        source: serde_json::Error,
+    },
 }
 
 impl State {
@@ -167,29 +170,49 @@ impl State {
         let mut keys = vec![RecordKey::Meta];
         keys.extend(self.nodes.keys().cloned().map(RecordKey::Node));
         keys.extend(self.users.keys().cloned().map(RecordKey::User));
-        keys.extend(self.chunk_servers.keys().copied().map(RecordKey::ChunkServer));
-        keys.extend(self.pending_deletes.keys().copied().map(RecordKey::PendingDeletes));
-        keys.into_iter().filter_map(|k| self.record(&k).map(|v| (k, v))).collect()
+        keys.extend(
+            self.chunk_servers
+                .keys()
+                .copied()
+                .map(RecordKey::ChunkServer),
+        );
+        keys.extend(
+            self.pending_deletes
+                .keys()
+                .copied()
+                .map(RecordKey::PendingDeletes),
+        );
+        keys.into_iter()
+            .filter_map(|k| self.record(&k).map(|v| (k, v)))
+            .collect()
     }
 
     /// Load one persisted record (used when opening the store).
     pub fn load_record(&mut self, raw_key: &[u8], value: &[u8]) -> Result<(), RecordError> {
-        let key = RecordKey::decode(raw_key)
-            .ok_or_else(|| RecordError::UnknownKey(String::from_utf8_lossy(raw_key).into_owned()))?;
-        let dec = |source| RecordError::Decode { key: format!("{key:?}"), source };
+        let key = RecordKey::decode(raw_key).ok_or_else(|| {
+            RecordError::UnknownKey(String::from_utf8_lossy(raw_key).into_owned())
+        })?;
+        let dec = |source| RecordError::Decode {
+            key: format!("{key:?}"),
+            source,
+        };
         match &key {
             RecordKey::Meta => self.meta = serde_json::from_slice(value).map_err(dec)?,
             RecordKey::Node(p) => {
-                self.nodes.insert(p.clone(), serde_json::from_slice(value).map_err(dec)?);
+                self.nodes
+                    .insert(p.clone(), serde_json::from_slice(value).map_err(dec)?);
             }
             RecordKey::User(u) => {
-                self.users.insert(u.clone(), serde_json::from_slice(value).map_err(dec)?);
+                self.users
+                    .insert(u.clone(), serde_json::from_slice(value).map_err(dec)?);
             }
             RecordKey::ChunkServer(id) => {
-                self.chunk_servers.insert(*id, serde_json::from_slice(value).map_err(dec)?);
+                self.chunk_servers
+                    .insert(*id, serde_json::from_slice(value).map_err(dec)?);
             }
             RecordKey::PendingDeletes(id) => {
-                self.pending_deletes.insert(*id, serde_json::from_slice(value).map_err(dec)?);
+                self.pending_deletes
+                    .insert(*id, serde_json::from_slice(value).map_err(dec)?);
             }
         }
         Ok(())
@@ -221,7 +244,11 @@ impl State {
         self.nodes
             .values()
             .filter_map(|n| n.file.as_ref())
-            .filter(|f| f.chunks.iter().any(|c| (c.replicas.len() as u32) < f.replication))
+            .filter(|f| {
+                f.chunks
+                    .iter()
+                    .any(|c| (c.replicas.len() as u32) < f.replication)
+            })
             .count() as u64
     }
 }

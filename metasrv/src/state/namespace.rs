@@ -27,20 +27,27 @@ impl State {
         }
         match self.nodes.get(dir) {
             None => Err(ApplyError::not_found(dir)),
-            Some(n) if !n.is_dir() => {
-                Err(ApplyError::new(ErrorKind::FailedPrecondition, format!("{dir} is a file, not a directory")))
-            }
-            Some(n) if !self.may_change(actor, n) => {
-                Err(ApplyError::denied(format!("permission denied: {dir} belongs to another user")))
-            }
+            Some(n) if !n.is_dir() => Err(ApplyError::new(
+                ErrorKind::FailedPrecondition,
+                format!("{dir} is a file, not a directory"),
+            )),
+            Some(n) if !self.may_change(actor, n) => Err(ApplyError::denied(format!(
+                "permission denied: {dir} belongs to another user"
+            ))),
             Some(_) => Ok(()),
         }
     }
 
     /// Paths inside `dir` (not `dir` itself), in order.
     fn descendants<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Inode)> + 'a {
-        let prefix = if dir == "/" { "/".to_string() } else { format!("{dir}/") };
-        self.nodes.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix))
+        let prefix = if dir == "/" {
+            "/".to_string()
+        } else {
+            format!("{dir}/")
+        };
+        self.nodes
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
     }
 
     /// The ancestors of `path` that do not exist yet, after checking that the ones that do are
@@ -62,12 +69,23 @@ impl State {
         }
         // Creating the first missing ancestor (or the entry itself) happens inside the deepest
         // existing one.
-        let creator_dir = if missing.is_empty() { path::parent(path).unwrap_or("/").to_string() } else { last_existing };
+        let creator_dir = if missing.is_empty() {
+            path::parent(path).unwrap_or("/").to_string()
+        } else {
+            last_existing
+        };
         self.check_create_in(actor, &creator_dir)?;
         Ok(missing)
     }
 
-    fn create_dirs(&mut self, dirs: &[String], owner: &str, id: &str, now_ms: i64, touched: &mut Vec<RecordKey>) {
+    fn create_dirs(
+        &mut self,
+        dirs: &[String],
+        owner: &str,
+        id: &str,
+        now_ms: i64,
+        touched: &mut Vec<RecordKey>,
+    ) {
         for (i, d) in dirs.iter().enumerate() {
             let inode = Inode {
                 id: format!("{id}.{i}"),
@@ -92,13 +110,22 @@ impl State {
     ) -> Result<Reply, ApplyError> {
         let p = checked(raw)?;
         if p == "/" {
-            return if parents { Ok(Reply::Done) } else { Err(exists("/")) };
+            return if parents {
+                Ok(Reply::Done)
+            } else {
+                Err(exists("/"))
+            };
         }
         if let Some(n) = self.nodes.get(&p) {
             return match (n.is_dir(), parents) {
-                (false, _) => Err(ApplyError::new(ErrorKind::AlreadyExists, format!("{p} exists and is a file"))),
+                (false, _) => Err(ApplyError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{p} exists and is a file"),
+                )),
                 (true, true) if self.may_change(actor, n) => Ok(Reply::Done),
-                (true, true) => Err(ApplyError::denied(format!("permission denied: {p} belongs to another user"))),
+                (true, true) => Err(ApplyError::denied(format!(
+                    "permission denied: {p} belongs to another user"
+                ))),
                 (true, false) => Err(exists(&p)),
             };
         }
@@ -106,7 +133,10 @@ impl State {
         if !missing.is_empty() && !parents {
             return Err(ApplyError::new(
                 ErrorKind::NotFound,
-                format!("{}: parent directory does not exist (use -p to create it)", missing[0]),
+                format!(
+                    "{}: parent directory does not exist (use -p to create it)",
+                    missing[0]
+                ),
             ));
         }
         let mut all = missing;
@@ -126,22 +156,36 @@ impl State {
         let from = checked(from_raw)?;
         let mut to = checked(to_raw)?;
         if from == "/" {
-            return Err(ApplyError::new(ErrorKind::InvalidArgument, "cannot move the root directory"));
+            return Err(ApplyError::new(
+                ErrorKind::InvalidArgument,
+                "cannot move the root directory",
+            ));
         }
-        let Some(src) = self.nodes.get(&from) else { return Err(ApplyError::not_found(&from)) };
+        let Some(src) = self.nodes.get(&from) else {
+            return Err(ApplyError::not_found(&from));
+        };
         if !self.may_change(actor, src) {
-            return Err(ApplyError::denied(format!("permission denied: {from} belongs to another user")));
+            return Err(ApplyError::denied(format!(
+                "permission denied: {from} belongs to another user"
+            )));
         }
         // Like mv: moving onto an existing directory moves into it.
         let to_is_dir = to == "/" || self.nodes.get(&to).is_some_and(Inode::is_dir);
         if to_is_dir {
-            to = if to == "/" { format!("/{}", path::file_name(&from)) } else { format!("{to}/{}", path::file_name(&from)) };
+            to = if to == "/" {
+                format!("/{}", path::file_name(&from))
+            } else {
+                format!("{to}/{}", path::file_name(&from))
+            };
         }
         if to == from {
             return Ok(Reply::Done);
         }
         if path::is_within(&to, &from) {
-            return Err(ApplyError::new(ErrorKind::InvalidArgument, format!("cannot move {from} into itself")));
+            return Err(ApplyError::new(
+                ErrorKind::InvalidArgument,
+                format!("cannot move {from} into itself"),
+            ));
         }
         if self.nodes.contains_key(&to) {
             return Err(exists(&to));
@@ -151,7 +195,9 @@ impl State {
         let mut moving: Vec<String> = vec![from.clone()];
         for (k, n) in self.descendants(&from) {
             if !self.may_change(actor, n) {
-                return Err(ApplyError::denied(format!("permission denied: {k} belongs to another user")));
+                return Err(ApplyError::denied(format!(
+                    "permission denied: {k} belongs to another user"
+                )));
             }
             moving.push(k.clone());
         }
@@ -178,11 +224,18 @@ impl State {
     ) -> Result<Reply, ApplyError> {
         let p = checked(raw)?;
         if p == "/" {
-            return Err(ApplyError::new(ErrorKind::InvalidArgument, "cannot remove the root directory"));
+            return Err(ApplyError::new(
+                ErrorKind::InvalidArgument,
+                "cannot remove the root directory",
+            ));
         }
-        let Some(n) = self.nodes.get(&p) else { return Err(ApplyError::not_found(&p)) };
+        let Some(n) = self.nodes.get(&p) else {
+            return Err(ApplyError::not_found(&p));
+        };
         if !self.may_change(actor, n) {
-            return Err(ApplyError::denied(format!("permission denied: {p} belongs to another user")));
+            return Err(ApplyError::denied(format!(
+                "permission denied: {p} belongs to another user"
+            )));
         }
         let mut doomed = vec![p.clone()];
         if n.is_dir() {
@@ -194,7 +247,9 @@ impl State {
                     ));
                 }
                 if !self.may_change(actor, child) {
-                    return Err(ApplyError::denied(format!("permission denied: {k} belongs to another user")));
+                    return Err(ApplyError::denied(format!(
+                        "permission denied: {k} belongs to another user"
+                    )));
                 }
                 doomed.push(k.clone());
             }
@@ -210,24 +265,34 @@ impl State {
     }
 
     /// The checks a new file at `path` must pass; shared by allocation and commit.
-    pub fn check_file_target(&self, actor: &str, raw: &str, overwrite: bool) -> Result<String, ApplyError> {
+    pub fn check_file_target(
+        &self,
+        actor: &str,
+        raw: &str,
+        overwrite: bool,
+    ) -> Result<String, ApplyError> {
         let p = checked(raw)?;
         if p == "/" {
-            return Err(ApplyError::new(ErrorKind::InvalidArgument, "/ is a directory"));
+            return Err(ApplyError::new(
+                ErrorKind::InvalidArgument,
+                "/ is a directory",
+            ));
         }
         if !self.users.contains_key(actor) {
             return Err(ApplyError::denied(format!("unknown user {actor}")));
         }
         match self.nodes.get(&p) {
-            Some(n) if n.is_dir() => {
-                Err(ApplyError::new(ErrorKind::FailedPrecondition, format!("{p} is a directory")))
-            }
-            Some(n) if !self.may_change(actor, n) => {
-                Err(ApplyError::denied(format!("permission denied: {p} belongs to another user")))
-            }
-            Some(_) if !overwrite => {
-                Err(ApplyError::new(ErrorKind::AlreadyExists, format!("{p} already exists (use -f to replace it)")))
-            }
+            Some(n) if n.is_dir() => Err(ApplyError::new(
+                ErrorKind::FailedPrecondition,
+                format!("{p} is a directory"),
+            )),
+            Some(n) if !self.may_change(actor, n) => Err(ApplyError::denied(format!(
+                "permission denied: {p} belongs to another user"
+            ))),
+            Some(_) if !overwrite => Err(ApplyError::new(
+                ErrorKind::AlreadyExists,
+                format!("{p} already exists (use -f to replace it)"),
+            )),
             _ => {
                 self.missing_ancestors(actor, &p)?;
                 Ok(p)
@@ -238,11 +303,16 @@ impl State {
     fn check_file_data(&self, f: &FileData) -> Result<(), ApplyError> {
         let bad = |m: String| Err(ApplyError::new(ErrorKind::InvalidArgument, m));
         if f.replication == 0 || f.replication > MAX_REPLICATION {
-            return bad(format!("replication must be between 1 and {MAX_REPLICATION}"));
+            return bad(format!(
+                "replication must be between 1 and {MAX_REPLICATION}"
+            ));
         }
         let total: u64 = f.chunks.iter().map(|c| c.size).sum();
         if total != f.size {
-            return bad(format!("chunk sizes add up to {total}, not the file size {}", f.size));
+            return bad(format!(
+                "chunk sizes add up to {total}, not the file size {}",
+                f.size
+            ));
         }
         let mut ids = std::collections::HashSet::new();
         for c in &f.chunks {
@@ -252,7 +322,11 @@ impl State {
             if c.replicas.is_empty() {
                 return bad(format!("chunk {} has no replica", c.id));
             }
-            if let Some(n) = c.replicas.iter().find(|n| !self.chunk_servers.contains_key(n)) {
+            if let Some(n) = c
+                .replicas
+                .iter()
+                .find(|n| !self.chunk_servers.contains_key(n))
+            {
                 return bad(format!("chunk {} names unknown chunk server {n}", c.id));
             }
         }
@@ -278,8 +352,17 @@ impl State {
             Some(old) => (old.created_ms, old.owner.clone()),
             None => (now_ms, actor.to_string()),
         };
-        let new = Inode { id: id.to_string(), owner, created_ms, modified_ms: now_ms, file: Some(file.clone()) };
-        if let Some(Inode { file: Some(old), .. }) = self.nodes.insert(p.clone(), new) {
+        let new = Inode {
+            id: id.to_string(),
+            owner,
+            created_ms,
+            modified_ms: now_ms,
+            file: Some(file.clone()),
+        };
+        if let Some(Inode {
+            file: Some(old), ..
+        }) = self.nodes.insert(p.clone(), new)
+        {
             self.queue_deletes(&old.chunks, touched);
         }
         touched.push(RecordKey::Node(p));
@@ -355,21 +438,35 @@ impl State {
         if p == "/" {
             return Ok((p, root_inode()));
         }
-        let n = self.nodes.get(&p).ok_or_else(|| ApplyError::not_found(&p))?;
+        let n = self
+            .nodes
+            .get(&p)
+            .ok_or_else(|| ApplyError::not_found(&p))?;
         if !self.may_change(actor, n) {
-            return Err(ApplyError::denied(format!("permission denied: {p} belongs to another user")));
+            return Err(ApplyError::denied(format!(
+                "permission denied: {p} belongs to another user"
+            )));
         }
         Ok((p, n.clone()))
     }
 
     /// Entries of a directory the actor may see (only the ones it owns unless admin), or the
     /// file itself when `path` is a file.
-    pub fn list(&self, actor: &str, raw: &str, recursive: bool) -> Result<Vec<(String, Inode)>, ApplyError> {
+    pub fn list(
+        &self,
+        actor: &str,
+        raw: &str,
+        recursive: bool,
+    ) -> Result<Vec<(String, Inode)>, ApplyError> {
         let (p, n) = self.stat(actor, raw)?;
         if !n.is_dir() {
             return Ok(vec![(p, n)]);
         }
-        let depth = if p == "/" { 1 } else { p.matches('/').count() + 1 };
+        let depth = if p == "/" {
+            1
+        } else {
+            p.matches('/').count() + 1
+        };
         Ok(self
             .descendants(&p)
             .filter(|(k, _)| recursive || k.matches('/').count() == depth)
@@ -384,5 +481,11 @@ fn exists(p: &str) -> ApplyError {
 }
 
 fn root_inode() -> Inode {
-    Inode { id: "root".into(), owner: "admin".into(), created_ms: 0, modified_ms: 0, file: None }
+    Inode {
+        id: "root".into(),
+        owner: "admin".into(),
+        created_ms: 0,
+        modified_ms: 0,
+        file: None,
+    }
 }

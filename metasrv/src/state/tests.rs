@@ -4,7 +4,15 @@ use super::*;
 
 fn state() -> State {
     let mut s = State::default();
-    run(&mut s, CommandV1::Init { cluster_id: "c1".into(), admin_key_hash: "h".into(), now_ms: 1 }).unwrap();
+    run(
+        &mut s,
+        CommandV1::Init {
+            cluster_id: "c1".into(),
+            admin_key_hash: "h".into(),
+            now_ms: 1,
+        },
+    )
+    .unwrap();
     for u in ["alice", "bob"] {
         run(
             &mut s,
@@ -18,7 +26,15 @@ fn state() -> State {
         )
         .unwrap();
     }
-    run(&mut s, CommandV1::RegisterChunkServer { uuid: "u1".into(), addr: "a:1".into(), now_ms: 3 }).unwrap();
+    run(
+        &mut s,
+        CommandV1::RegisterChunkServer {
+            uuid: "u1".into(),
+            addr: "a:1".into(),
+            now_ms: 3,
+        },
+    )
+    .unwrap();
     s
 }
 
@@ -50,19 +66,45 @@ fn run(s: &mut State, c: CommandV1) -> Result<Reply, ApplyError> {
 }
 
 fn mkdir(s: &mut State, who: &str, p: &str, parents: bool) -> Result<Reply, ApplyError> {
-    run(s, CommandV1::Mkdir { actor: who.into(), path: p.into(), parents, id: "id".into(), now_ms: 5 })
+    run(
+        s,
+        CommandV1::Mkdir {
+            actor: who.into(),
+            path: p.into(),
+            parents,
+            id: "id".into(),
+            now_ms: 5,
+        },
+    )
 }
 
 fn file(size: u64) -> FileData {
     let chunks = if size == 0 {
         vec![]
     } else {
-        vec![ChunkRef { id: format!("chunk-{size}"), size, crc32c: 0, replicas: vec![1] }]
+        vec![ChunkRef {
+            id: format!("chunk-{size}"),
+            size,
+            crc32c: 0,
+            replicas: vec![1],
+        }]
     };
-    FileData { size, replication: 1, sha256: "x".into(), chunk_size: 8, chunks }
+    FileData {
+        size,
+        replication: 1,
+        sha256: "x".into(),
+        chunk_size: 8,
+        chunks,
+    }
 }
 
-fn commit(s: &mut State, who: &str, p: &str, overwrite: bool, size: u64) -> Result<Reply, ApplyError> {
+fn commit(
+    s: &mut State,
+    who: &str,
+    p: &str,
+    overwrite: bool,
+    size: u64,
+) -> Result<Reply, ApplyError> {
     run(
         s,
         CommandV1::CommitFile {
@@ -83,7 +125,14 @@ fn kind(r: Result<Reply, ApplyError>) -> ErrorKind {
 #[test]
 fn init_happens_once() {
     let mut s = state();
-    let r = run(&mut s, CommandV1::Init { cluster_id: "c2".into(), admin_key_hash: "z".into(), now_ms: 1 });
+    let r = run(
+        &mut s,
+        CommandV1::Init {
+            cluster_id: "c2".into(),
+            admin_key_hash: "z".into(),
+            now_ms: 1,
+        },
+    );
     assert_eq!(r.unwrap(), Reply::Initialized { won: false });
     assert_eq!(s.meta.cluster_id, "c1");
     assert_eq!(s.users["admin"].key_hash, "h");
@@ -93,19 +142,51 @@ fn init_happens_once() {
 fn mkdir_rules() {
     let mut s = state();
     mkdir(&mut s, "alice", "/a", false).unwrap();
-    assert_eq!(kind(mkdir(&mut s, "alice", "/a", false)), ErrorKind::AlreadyExists);
+    assert_eq!(
+        kind(mkdir(&mut s, "alice", "/a", false)),
+        ErrorKind::AlreadyExists
+    );
     mkdir(&mut s, "alice", "/a", true).unwrap();
-    assert_eq!(kind(mkdir(&mut s, "alice", "/x/y", false)), ErrorKind::NotFound);
+    assert_eq!(
+        kind(mkdir(&mut s, "alice", "/x/y", false)),
+        ErrorKind::NotFound
+    );
     mkdir(&mut s, "alice", "/x/y/z", true).unwrap();
     assert!(s.nodes.contains_key("/x/y"));
-    assert_eq!(kind(mkdir(&mut s, "bob", "/a/b", false)), ErrorKind::PermissionDenied);
-    assert_eq!(kind(mkdir(&mut s, "alice", "/a/../b", false)), ErrorKind::InvalidArgument);
-    assert_eq!(kind(mkdir(&mut s, "alice", "", false)), ErrorKind::InvalidArgument);
-    assert_eq!(kind(mkdir(&mut s, "alice", "/a\0b", false)), ErrorKind::InvalidArgument);
-    assert_eq!(kind(mkdir(&mut s, "alice", &format!("/{}", "n".repeat(300)), false)), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(mkdir(&mut s, "bob", "/a/b", false)),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(mkdir(&mut s, "alice", "/a/../b", false)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(mkdir(&mut s, "alice", "", false)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(mkdir(&mut s, "alice", "/a\0b", false)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(mkdir(
+            &mut s,
+            "alice",
+            &format!("/{}", "n".repeat(300)),
+            false
+        )),
+        ErrorKind::InvalidArgument
+    );
     commit(&mut s, "alice", "/f", false, 3).unwrap();
-    assert_eq!(kind(mkdir(&mut s, "alice", "/f", false)), ErrorKind::AlreadyExists);
-    assert_eq!(kind(mkdir(&mut s, "alice", "/f/g", true)), ErrorKind::FailedPrecondition);
+    assert_eq!(
+        kind(mkdir(&mut s, "alice", "/f", false)),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(mkdir(&mut s, "alice", "/f/g", true)),
+        ErrorKind::FailedPrecondition
+    );
     mkdir(&mut s, "admin", "/a/adm", false).unwrap();
 }
 
@@ -114,14 +195,62 @@ fn remove_rules() {
     let mut s = state();
     mkdir(&mut s, "alice", "/d/e", true).unwrap();
     commit(&mut s, "alice", "/d/e/f", false, 4).unwrap();
-    assert_eq!(kind(run(&mut s, CommandV1::Remove { actor: "alice".into(), path: "/d".into(), recursive: false })), ErrorKind::FailedPrecondition);
-    assert_eq!(kind(run(&mut s, CommandV1::Remove { actor: "bob".into(), path: "/d".into(), recursive: true })), ErrorKind::PermissionDenied);
-    assert_eq!(kind(run(&mut s, CommandV1::Remove { actor: "alice".into(), path: "/".into(), recursive: true })), ErrorKind::InvalidArgument);
-    let r = run(&mut s, CommandV1::Remove { actor: "alice".into(), path: "/d".into(), recursive: true }).unwrap();
+    assert_eq!(
+        kind(run(
+            &mut s,
+            CommandV1::Remove {
+                actor: "alice".into(),
+                path: "/d".into(),
+                recursive: false
+            }
+        )),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(
+        kind(run(
+            &mut s,
+            CommandV1::Remove {
+                actor: "bob".into(),
+                path: "/d".into(),
+                recursive: true
+            }
+        )),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(run(
+            &mut s,
+            CommandV1::Remove {
+                actor: "alice".into(),
+                path: "/".into(),
+                recursive: true
+            }
+        )),
+        ErrorKind::InvalidArgument
+    );
+    let r = run(
+        &mut s,
+        CommandV1::Remove {
+            actor: "alice".into(),
+            path: "/d".into(),
+            recursive: true,
+        },
+    )
+    .unwrap();
     assert_eq!(r, Reply::Removed { count: 3 });
     assert!(s.nodes.is_empty());
-    assert!(s.pending_deletes[&1].contains("chunk-4"), "chunks of removed files are queued for deletion");
-    run(&mut s, CommandV1::ChunksDeleted { node: 1, chunks: vec!["chunk-4".into()] }).unwrap();
+    assert!(
+        s.pending_deletes[&1].contains("chunk-4"),
+        "chunks of removed files are queued for deletion"
+    );
+    run(
+        &mut s,
+        CommandV1::ChunksDeleted {
+            node: 1,
+            chunks: vec!["chunk-4".into()],
+        },
+    )
+    .unwrap();
     assert!(s.pending_deletes.is_empty());
 }
 
@@ -132,18 +261,38 @@ fn rename_rules() {
     commit(&mut s, "alice", "/a/b/f", false, 1).unwrap();
     mkdir(&mut s, "alice", "/t", false).unwrap();
     let mv = |s: &mut State, who: &str, f: &str, t: &str| {
-        run(s, CommandV1::Rename { actor: who.into(), from: f.into(), to: t.into(), now_ms: 7 })
+        run(
+            s,
+            CommandV1::Rename {
+                actor: who.into(),
+                from: f.into(),
+                to: t.into(),
+                now_ms: 7,
+            },
+        )
     };
-    assert_eq!(kind(mv(&mut s, "alice", "/a", "/a/b/c")), ErrorKind::InvalidArgument);
-    assert_eq!(kind(mv(&mut s, "bob", "/a", "/z")), ErrorKind::PermissionDenied);
-    assert_eq!(kind(mv(&mut s, "alice", "/nope", "/z")), ErrorKind::NotFound);
+    assert_eq!(
+        kind(mv(&mut s, "alice", "/a", "/a/b/c")),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(mv(&mut s, "bob", "/a", "/z")),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(mv(&mut s, "alice", "/nope", "/z")),
+        ErrorKind::NotFound
+    );
     mv(&mut s, "alice", "/a", "/t").unwrap();
     assert!(s.nodes.contains_key("/t/a/b/f"));
     assert!(!s.nodes.contains_key("/a"));
     mv(&mut s, "alice", "/t/a/b/f", "/g").unwrap();
     assert!(s.nodes["/g"].file.is_some());
     commit(&mut s, "alice", "/h", false, 2).unwrap();
-    assert_eq!(kind(mv(&mut s, "alice", "/h", "/g")), ErrorKind::AlreadyExists);
+    assert_eq!(
+        kind(mv(&mut s, "alice", "/h", "/g")),
+        ErrorKind::AlreadyExists
+    );
     // A prefix that is not a parent is not moved along.
     mkdir(&mut s, "alice", "/p", false).unwrap();
     mkdir(&mut s, "alice", "/p-q", false).unwrap();
@@ -156,22 +305,57 @@ fn commit_rules() {
     let mut s = state();
     commit(&mut s, "alice", "/dir/f", false, 5).unwrap();
     assert!(s.nodes["/dir"].is_dir(), "put creates missing parents");
-    assert_eq!(kind(commit(&mut s, "alice", "/dir/f", false, 6)), ErrorKind::AlreadyExists);
-    assert_eq!(kind(commit(&mut s, "bob", "/dir/f", true, 6)), ErrorKind::PermissionDenied);
-    assert_eq!(kind(commit(&mut s, "alice", "/dir", true, 6)), ErrorKind::FailedPrecondition);
+    assert_eq!(
+        kind(commit(&mut s, "alice", "/dir/f", false, 6)),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(commit(&mut s, "bob", "/dir/f", true, 6)),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(commit(&mut s, "alice", "/dir", true, 6)),
+        ErrorKind::FailedPrecondition
+    );
     commit(&mut s, "alice", "/dir/f", true, 6).unwrap();
     assert_eq!(s.nodes["/dir/f"].file.as_ref().unwrap().size, 6);
-    assert!(s.pending_deletes[&1].contains("chunk-5"), "the replaced version's chunks are queued");
+    assert!(
+        s.pending_deletes[&1].contains("chunk-5"),
+        "the replaced version's chunks are queued"
+    );
     commit(&mut s, "alice", "/empty", false, 0).unwrap();
     let mut bad = file(3);
     bad.size = 4;
-    let r = run(&mut s, CommandV1::CommitFile { actor: "alice".into(), path: "/b".into(), overwrite: false, file: bad, id: "i".into(), now_ms: 1 });
+    let r = run(
+        &mut s,
+        CommandV1::CommitFile {
+            actor: "alice".into(),
+            path: "/b".into(),
+            overwrite: false,
+            file: bad,
+            id: "i".into(),
+            now_ms: 1,
+        },
+    );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
     let mut unknown = file(3);
     unknown.chunks[0].replicas = vec![99];
-    let r = run(&mut s, CommandV1::CommitFile { actor: "alice".into(), path: "/b".into(), overwrite: false, file: unknown, id: "i".into(), now_ms: 1 });
+    let r = run(
+        &mut s,
+        CommandV1::CommitFile {
+            actor: "alice".into(),
+            path: "/b".into(),
+            overwrite: false,
+            file: unknown,
+            id: "i".into(),
+            now_ms: 1,
+        },
+    );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
-    assert_eq!(kind(commit(&mut s, "ghost", "/g", false, 1)), ErrorKind::PermissionDenied);
+    assert_eq!(
+        kind(commit(&mut s, "ghost", "/g", false, 1)),
+        ErrorKind::PermissionDenied
+    );
 }
 
 #[test]
@@ -181,12 +365,27 @@ fn visibility() {
     commit(&mut s, "bob", "/b1", false, 2).unwrap();
     mkdir(&mut s, "alice", "/ad/sub", true).unwrap();
     let names = |v: Vec<(String, Inode)>| v.into_iter().map(|(p, _)| p).collect::<Vec<_>>();
-    assert_eq!(names(s.list("alice", "/", false).unwrap()), vec!["/a1", "/ad"]);
-    assert_eq!(names(s.list("alice", "/", true).unwrap()), vec!["/a1", "/ad", "/ad/sub"]);
+    assert_eq!(
+        names(s.list("alice", "/", false).unwrap()),
+        vec!["/a1", "/ad"]
+    );
+    assert_eq!(
+        names(s.list("alice", "/", true).unwrap()),
+        vec!["/a1", "/ad", "/ad/sub"]
+    );
     assert_eq!(names(s.list("bob", "/", false).unwrap()), vec!["/b1"]);
-    assert_eq!(names(s.list("admin", "/", false).unwrap()), vec!["/a1", "/ad", "/b1"]);
-    assert_eq!(s.stat("bob", "/a1").unwrap_err().kind, ErrorKind::PermissionDenied);
-    assert_eq!(s.list("bob", "/ad", false).unwrap_err().kind, ErrorKind::PermissionDenied);
+    assert_eq!(
+        names(s.list("admin", "/", false).unwrap()),
+        vec!["/a1", "/ad", "/b1"]
+    );
+    assert_eq!(
+        s.stat("bob", "/a1").unwrap_err().kind,
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        s.list("bob", "/ad", false).unwrap_err().kind,
+        ErrorKind::PermissionDenied
+    );
     assert_eq!(names(s.list("alice", "/a1", false).unwrap()), vec!["/a1"]);
 }
 
@@ -194,16 +393,62 @@ fn visibility() {
 fn users() {
     let mut s = state();
     let add = |s: &mut State, actor: Option<&str>, name: &str, role| {
-        run(s, CommandV1::AddUser { actor: actor.map(Into::into), name: name.into(), role, key_hash: "k".into(), now_ms: 1 })
+        run(
+            s,
+            CommandV1::AddUser {
+                actor: actor.map(Into::into),
+                name: name.into(),
+                role,
+                key_hash: "k".into(),
+                now_ms: 1,
+            },
+        )
     };
-    assert_eq!(kind(add(&mut s, Some("alice"), "carol", Role::User)), ErrorKind::PermissionDenied);
-    assert_eq!(kind(add(&mut s, None, "evil", Role::Admin)), ErrorKind::PermissionDenied);
-    assert_eq!(kind(add(&mut s, Some("admin"), "alice", Role::User)), ErrorKind::AlreadyExists);
-    assert_eq!(kind(add(&mut s, Some("admin"), "bad/name", Role::User)), ErrorKind::InvalidArgument);
+    assert_eq!(
+        kind(add(&mut s, Some("alice"), "carol", Role::User)),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(add(&mut s, None, "evil", Role::Admin)),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(add(&mut s, Some("admin"), "alice", Role::User)),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(add(&mut s, Some("admin"), "bad/name", Role::User)),
+        ErrorKind::InvalidArgument
+    );
     add(&mut s, None, "carol", Role::User).unwrap();
-    assert_eq!(kind(run(&mut s, CommandV1::RemoveUser { actor: "admin".into(), name: "admin".into() })), ErrorKind::FailedPrecondition);
-    assert_eq!(kind(run(&mut s, CommandV1::RemoveUser { actor: "bob".into(), name: "carol".into() })), ErrorKind::PermissionDenied);
-    run(&mut s, CommandV1::RemoveUser { actor: "admin".into(), name: "carol".into() }).unwrap();
+    assert_eq!(
+        kind(run(
+            &mut s,
+            CommandV1::RemoveUser {
+                actor: "admin".into(),
+                name: "admin".into()
+            }
+        )),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(
+        kind(run(
+            &mut s,
+            CommandV1::RemoveUser {
+                actor: "bob".into(),
+                name: "carol".into()
+            }
+        )),
+        ErrorKind::PermissionDenied
+    );
+    run(
+        &mut s,
+        CommandV1::RemoveUser {
+            actor: "admin".into(),
+            name: "carol".into(),
+        },
+    )
+    .unwrap();
     assert!(!s.users.contains_key("carol"));
 }
 
@@ -211,7 +456,15 @@ fn users() {
 fn chunk_servers_keep_their_id() {
     let mut s = state();
     let reg = |s: &mut State, uuid: &str, addr: &str| {
-        run(s, CommandV1::RegisterChunkServer { uuid: uuid.into(), addr: addr.into(), now_ms: 1 }).unwrap()
+        run(
+            s,
+            CommandV1::RegisterChunkServer {
+                uuid: uuid.into(),
+                addr: addr.into(),
+                now_ms: 1,
+            },
+        )
+        .unwrap()
     };
     assert_eq!(reg(&mut s, "u1", "a:2"), Reply::ChunkServerId { id: 1 });
     assert_eq!(s.chunk_servers[&1].addr, "a:2");
@@ -230,16 +483,41 @@ fn import_reports_each_file() {
         sha256: "s".into(),
         created_ms: 1,
         modified_ms: 2,
-        chunks: vec![ChunkRef { id: "c".into(), size: 132, crc32c: 0, replicas: vec![] }],
+        chunks: vec![ChunkRef {
+            id: "c".into(),
+            size: 132,
+            crc32c: 0,
+            replicas: vec![],
+        }],
     };
-    let r = run(&mut s, CommandV1::Import { actor: "admin".into(), files: vec![f("/hello.txt"), f("/taken"), f("/../x")], now_ms: 1 }).unwrap();
-    let Reply::Imported { report, count } = r else { panic!("wrong reply") };
+    let r = run(
+        &mut s,
+        CommandV1::Import {
+            actor: "admin".into(),
+            files: vec![f("/hello.txt"), f("/taken"), f("/../x")],
+            now_ms: 1,
+        },
+    )
+    .unwrap();
+    let Reply::Imported { report, count } = r else {
+        panic!("wrong reply")
+    };
     assert_eq!(count, 1);
     assert!(report[0].contains("cannot be recovered"));
     assert!(report[1].contains("already exists"));
     assert!(report[2].starts_with("skipped"));
     assert_eq!(s.nodes["/hello.txt"].owner, "adrian");
-    assert_eq!(kind(run(&mut s, CommandV1::Import { actor: "alice".into(), files: vec![], now_ms: 1 })), ErrorKind::PermissionDenied);
+    assert_eq!(
+        kind(run(
+            &mut s,
+            CommandV1::Import {
+                actor: "alice".into(),
+                files: vec![],
+                now_ms: 1
+            }
+        )),
+        ErrorKind::PermissionDenied
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@ pub fn validate_user_name(name: &str) -> Result<(), ApplyError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {
@@ -29,10 +31,18 @@ impl State {
         if !self.meta.cluster_id.is_empty() {
             return Reply::Initialized { won: false };
         }
-        self.meta = ClusterMeta { cluster_id: cluster_id.to_string(), next_chunk_server_id: 1 };
+        self.meta = ClusterMeta {
+            cluster_id: cluster_id.to_string(),
+            next_chunk_server_id: 1,
+        };
         self.users.insert(
             "admin".into(),
-            User { name: "admin".into(), role: Role::Admin, key_hash: admin_key_hash.into(), created_ms: now_ms },
+            User {
+                name: "admin".into(),
+                role: Role::Admin,
+                key_hash: admin_key_hash.into(),
+                created_ms: now_ms,
+            },
         );
         touched.push(RecordKey::Meta);
         touched.push(RecordKey::User("admin".into()));
@@ -49,17 +59,31 @@ impl State {
         touched: &mut Vec<RecordKey>,
     ) -> Result<Reply, ApplyError> {
         match actor {
-            Some(a) if !self.is_admin(a) => return Err(ApplyError::denied("only an admin can add users")),
-            None if role == Role::Admin => return Err(ApplyError::denied("self-registration cannot create an admin")),
+            Some(a) if !self.is_admin(a) => {
+                return Err(ApplyError::denied("only an admin can add users"))
+            }
+            None if role == Role::Admin => {
+                return Err(ApplyError::denied(
+                    "self-registration cannot create an admin",
+                ))
+            }
             _ => {}
         }
         validate_user_name(name)?;
         if self.users.contains_key(name) {
-            return Err(ApplyError::new(ErrorKind::AlreadyExists, format!("user {name} already exists")));
+            return Err(ApplyError::new(
+                ErrorKind::AlreadyExists,
+                format!("user {name} already exists"),
+            ));
         }
         self.users.insert(
             name.to_string(),
-            User { name: name.to_string(), role, key_hash: key_hash.to_string(), created_ms: now_ms },
+            User {
+                name: name.to_string(),
+                role,
+                key_hash: key_hash.to_string(),
+                created_ms: now_ms,
+            },
         );
         touched.push(RecordKey::User(name.to_string()));
         Ok(Reply::Done)
@@ -75,10 +99,23 @@ impl State {
             return Err(ApplyError::denied("only an admin can remove users"));
         }
         let Some(user) = self.users.get(name) else {
-            return Err(ApplyError::new(ErrorKind::NotFound, format!("no user named {name}")));
+            return Err(ApplyError::new(
+                ErrorKind::NotFound,
+                format!("no user named {name}"),
+            ));
         };
-        if user.role == Role::Admin && self.users.values().filter(|u| u.role == Role::Admin).count() == 1 {
-            return Err(ApplyError::new(ErrorKind::FailedPrecondition, "cannot remove the last admin"));
+        if user.role == Role::Admin
+            && self
+                .users
+                .values()
+                .filter(|u| u.role == Role::Admin)
+                .count()
+                == 1
+        {
+            return Err(ApplyError::new(
+                ErrorKind::FailedPrecondition,
+                "cannot remove the last admin",
+            ));
         }
         // Files stay, owned by the removed name, so an admin can still read or remove them.
         self.users.remove(name);

@@ -41,24 +41,39 @@ impl LogStore {
         Ok(Self { flusher, log, raft })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
         let raw = self.raft.get(key).map_err(|e| StorageIOError::read(&e))?;
-        raw.map(|v| serde_json::from_slice(&v).map_err(|e| StorageIOError::read(&e).into())).transpose()
+        raw.map(|v| serde_json::from_slice(&v).map_err(|e| StorageIOError::read(&e).into()))
+            .transpose()
     }
 
     fn put_meta<T: serde::Serialize>(&self, key: &[u8], v: &T) -> Result<(), StorageError> {
         let bytes = serde_json::to_vec(v).map_err(|e| StorageIOError::write(&e))?;
-        self.raft.insert(key, bytes).map_err(|e| StorageIOError::write(&e))?;
+        self.raft
+            .insert(key, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
         Ok(())
     }
 
     async fn sync(&self) -> Result<(), StorageError> {
-        self.flusher.sync().await.map_err(|e| StorageIOError::write_logs(&e).into())
+        self.flusher
+            .sync()
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e).into())
     }
 
     /// Number of entries and bytes currently in the log (for metrics).
     pub fn log_size(&self) -> (u64, u64) {
-        let bytes = self.log.iter().values().filter_map(Result::ok).map(|v| v.len() as u64).sum();
+        let bytes = self
+            .log
+            .iter()
+            .values()
+            .filter_map(Result::ok)
+            .map(|v| v.len() as u64)
+            .sum();
         (self.log.len() as u64, bytes)
     }
 }
@@ -94,12 +109,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last_purged: Option<LogId> = self.get_meta(KEY_LAST_PURGED)?;
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             Some((_, v)) => {
-                let e: Entry = serde_json::from_slice(&v).map_err(|e| StorageIOError::read_logs(&e))?;
+                let e: Entry =
+                    serde_json::from_slice(&v).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(e.log_id)
             }
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -108,7 +127,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         self.put_meta(KEY_VOTE, vote)?;
-        self.flusher.sync().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.flusher
+            .sync()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
@@ -125,19 +147,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut batch = sled::Batch::default();
         for e in entries {
-            let v = serde_json::to_vec(&e).map_err(|err| StorageIOError::write_log_entry(e.log_id, &err))?;
+            let v = serde_json::to_vec(&e)
+                .map_err(|err| StorageIOError::write_log_entry(e.log_id, &err))?;
             batch.insert(&index_key(e.log_id.index), v);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         // Durable later, by the flusher's next sync; openraft waits for the callback.
-        self.flusher.enqueue(Waiter::Log(callback)).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flusher
+            .enqueue(Waiter::Log(callback))
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -146,7 +177,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for k in self.log.range(index_key(log_id.index)..).keys() {
             batch.remove(k.map_err(|e| StorageIOError::write_logs(&e))?);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.sync().await
     }
 
@@ -159,7 +192,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             debug_assert!(index_of(&k) <= log_id.index);
             batch.remove(k);
         }
-        self.log.apply_batch(batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .apply_batch(batch)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         self.sync().await
     }
 }

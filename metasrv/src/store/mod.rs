@@ -50,7 +50,12 @@ impl Durable {
             .open()
             .map_err(io::Error::other)?;
         let data_file = File::open(dir.join("db"))?;
-        Ok(Arc::new(Durable { db, data_file, syncs: Default::default(), sync_nanos: Default::default() }))
+        Ok(Arc::new(Durable {
+            db,
+            data_file,
+            syncs: Default::default(),
+            sync_nanos: Default::default(),
+        }))
     }
 
     /// Make every earlier write durable: sled flush, then fdatasync of its data file.
@@ -61,7 +66,8 @@ impl Durable {
         self.db.flush().map_err(io::Error::other)?;
         let r = self.data_file.sync_data();
         self.syncs.fetch_add(1, Relaxed);
-        self.sync_nanos.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+        self.sync_nanos
+            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
         r
     }
 }
@@ -82,46 +88,56 @@ pub struct Flusher {
 impl Flusher {
     pub fn spawn(durable: Arc<Durable>) -> io::Result<Flusher> {
         let (tx, rx) = std::sync::mpsc::channel::<Waiter>();
-        std::thread::Builder::new().name("sled-flusher".into()).spawn(move || {
-            while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter());
-                let result = durable.sync();
-                for w in batch {
-                    let r = match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                    };
-                    match w {
-                        Waiter::Log(cb) => cb.log_io_completed(r),
-                        Waiter::Notify(tx) => {
-                            let _ = tx.send(r);
+        std::thread::Builder::new()
+            .name("sled-flusher".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let result = durable.sync();
+                    for w in batch {
+                        let r = match &result {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        };
+                        match w {
+                            Waiter::Log(cb) => cb.log_io_completed(r),
+                            Waiter::Notify(tx) => {
+                                let _ = tx.send(r);
+                            }
                         }
                     }
                 }
-            }
-        })?;
+            })?;
         Ok(Flusher { tx })
     }
 
     /// Complete `w` after the next sync.
     pub fn enqueue(&self, w: Waiter) -> io::Result<()> {
-        self.tx.send(w).map_err(|_| io::Error::other("the flusher thread is gone"))
+        self.tx
+            .send(w)
+            .map_err(|_| io::Error::other("the flusher thread is gone"))
     }
 
     /// Wait until every write made before this call is durable.
     pub async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(Waiter::Notify(tx))?;
-        rx.await.map_err(|_| io::Error::other("the flusher thread is gone"))?
+        rx.await
+            .map_err(|_| io::Error::other("the flusher thread is gone"))?
     }
 }
 
 /// Open the log store and the state machine over one database.
-pub fn open(dir: &Path, snapshot_dir: &Path) -> Result<(LogStore, StateMachine, Arc<Durable>), crate::types::StorageError> {
+pub fn open(
+    dir: &Path,
+    snapshot_dir: &Path,
+) -> Result<(LogStore, StateMachine, Arc<Durable>), crate::types::StorageError> {
     let durable = Durable::open(dir).map_err(|e| openraft::StorageIOError::read(&e))?;
-    let flusher = Flusher::spawn(durable.clone()).map_err(|e| openraft::StorageIOError::read(&e))?;
-    let log = LogStore::new(durable.clone(), flusher.clone()).map_err(|e| openraft::StorageIOError::read(&e))?;
+    let flusher =
+        Flusher::spawn(durable.clone()).map_err(|e| openraft::StorageIOError::read(&e))?;
+    let log = LogStore::new(durable.clone(), flusher.clone())
+        .map_err(|e| openraft::StorageIOError::read(&e))?;
     let sm = StateMachine::open(durable.clone(), flusher, snapshot_dir)?;
     Ok((log, sm, durable))
 }

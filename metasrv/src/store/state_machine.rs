@@ -6,7 +6,9 @@
 //! on while it is serialized. Installing a snapshot replaces every record in one batch.
 use super::{Durable, Flusher, TREE_SM};
 use crate::state::{Reply, Response, State};
-use crate::types::{Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+use crate::types::{
+    Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use std::io::Cursor;
@@ -39,7 +41,11 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError {
 }
 
 impl StateMachine {
-    pub fn open(durable: Arc<Durable>, flusher: Flusher, snapshot_dir: &Path) -> Result<Self, StorageError> {
+    pub fn open(
+        durable: Arc<Durable>,
+        flusher: Flusher,
+        snapshot_dir: &Path,
+    ) -> Result<Self, StorageError> {
         let tree = durable.db.open_tree(TREE_SM).map_err(read_err)?;
         let mut state = State::default();
         let mut applied = None;
@@ -92,8 +98,10 @@ fn decode_snapshot_file(raw: Vec<u8>) -> Option<(SnapshotMeta, Vec<u8>)> {
 
 fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
     let sig = Some(meta.signature());
-    let bytes = encode_snapshot_file(meta, data).map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-    dfs_common::durable::write_atomic(path, &bytes).map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+    let bytes = encode_snapshot_file(meta, data)
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+    dfs_common::durable::write_atomic(path, &bytes)
+        .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
     Ok(())
 }
 
@@ -108,15 +116,29 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let data = serde_json::to_vec(&self.state).map_err(read_err)?;
         let snapshot_id = match self.applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, uuid::Uuid::new_v4().simple()),
+            Some(l) => format!(
+                "{}-{}-{}",
+                l.leader_id.term,
+                l.index,
+                uuid::Uuid::new_v4().simple()
+            ),
             None => format!("empty-{}", uuid::Uuid::new_v4().simple()),
         };
-        let meta = SnapshotMeta { last_log_id: self.applied, last_membership: self.membership.clone(), snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
         let path = self.path.clone();
         let (m2, d2) = (meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || write_snapshot_file(&path, &m2, &d2)).await.map_err(write_err)??;
+        tokio::task::spawn_blocking(move || write_snapshot_file(&path, &m2, &d2))
+            .await
+            .map_err(write_err)??;
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -158,8 +180,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        batch.insert(KEY_APPLIED, serde_json::to_vec(&self.applied).map_err(write_err)?);
-        batch.insert(KEY_MEMBERSHIP, serde_json::to_vec(&self.membership).map_err(write_err)?);
+        batch.insert(
+            KEY_APPLIED,
+            serde_json::to_vec(&self.applied).map_err(write_err)?,
+        );
+        batch.insert(
+            KEY_MEMBERSHIP,
+            serde_json::to_vec(&self.membership).map_err(write_err)?,
+        );
         self.tree.apply_batch(batch).map_err(write_err)?;
         self.sync().await?;
         Ok(responses)
@@ -185,8 +213,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let sig = Some(meta.signature());
         let data = snapshot.into_inner();
-        let new_state: State =
-            serde_json::from_slice(&data).map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
+        let new_state: State = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
         write_snapshot_file(&self.snapshot_path(), meta, &data)?;
 
         let mut batch = sled::Batch::default();
@@ -196,8 +224,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for (k, v) in new_state.all_records() {
             batch.insert(k.encode(), v);
         }
-        batch.insert(KEY_APPLIED, serde_json::to_vec(&meta.last_log_id).map_err(write_err)?);
-        batch.insert(KEY_MEMBERSHIP, serde_json::to_vec(&meta.last_membership).map_err(write_err)?);
+        batch.insert(
+            KEY_APPLIED,
+            serde_json::to_vec(&meta.last_log_id).map_err(write_err)?,
+        );
+        batch.insert(
+            KEY_MEMBERSHIP,
+            serde_json::to_vec(&meta.last_membership).map_err(write_err)?,
+        );
         self.tree.apply_batch(batch).map_err(write_err)?;
         self.sync().await?;
 
@@ -216,8 +250,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
         };
         let Some((meta, data)) = decode_snapshot_file(raw) else {
-            return Err(StorageIOError::read_snapshot(None, &openraft::AnyError::error("snapshot file is corrupt")).into());
+            return Err(StorageIOError::read_snapshot(
+                None,
+                &openraft::AnyError::error("snapshot file is corrupt"),
+            )
+            .into());
         };
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
     }
 }

@@ -34,7 +34,11 @@ async fn state_survives_reopen() {
         let entry = Entry::<TypeConfig> {
             log_id: LogId::new(CommittedLeaderId::new(3, 1), 1),
             payload: EntryPayload::Normal(Request {
-                cmd: Command::V1(CommandV1::Init { cluster_id: "c".into(), admin_key_hash: "h".into(), now_ms: 1 }),
+                cmd: Command::V1(CommandV1::Init {
+                    cluster_id: "c".into(),
+                    admin_key_hash: "h".into(),
+                    now_ms: 1,
+                }),
             }),
         };
         sm.apply(vec![entry]).await.unwrap();

@@ -1,0 +1,139 @@
+//! dfsctl: the dfs client and admin tool (library, so the chaos tester reuses the client and
+//! the local cluster launcher).
+//! Exit codes: 0 ok, 1 the operation failed, 2 usage error (and the codes documented per command).
+pub mod admin;
+pub mod bench;
+pub mod client;
+pub mod cluster;
+pub mod files;
+pub mod local;
+pub mod output;
+pub mod transfer;
+pub mod users;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dfsctl",
+    version,
+    about = "Use and run a dfs cluster: files, users, cluster membership, and a local test cluster.",
+    after_help = "Examples:\n  dfsctl local up                     # start 3 metasrv + 3 chunksrv on loopback\n  source .dfs/env                     # point dfsctl at it\n  dfsctl put ./photo.jpg /photos/photo.jpg\n  dfsctl ls -l /photos\n  dfsctl get /photos/photo.jpg ./copy.jpg"
+)]
+pub struct Cli {
+    /// Metadata nodes, comma separated host:port (any member works; the leader is found).
+    #[arg(long, env = "DFS_META", global = true, value_delimiter = ',')]
+    pub meta: Vec<String>,
+    /// Auth file with one line user/key [default: auth.txt in the user's config dir].
+    #[arg(long, env = "DFS_AUTH_FILE", global = true)]
+    pub auth_file: Option<PathBuf>,
+    /// Print JSON (one object per result) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up on a request after this many seconds (leader changes are retried within it).
+    #[arg(long, global = true, default_value_t = 30.0)]
+    pub timeout: f64,
+    /// No progress bars or extra messages.
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Store a local file (or `-` for stdin) at a remote path.
+    #[command(after_help = "Example: dfsctl put ./report.pdf /docs/report.pdf --replication 3")]
+    Put(transfer::PutArgs),
+    /// Fetch a remote file to a local path (or `-` for stdout).
+    #[command(after_help = "Example: dfsctl get /docs/report.pdf ./report.pdf")]
+    Get(transfer::GetArgs),
+    /// Print a remote file to stdout.
+    #[command(after_help = "Example: dfsctl cat /docs/notes.txt")]
+    Cat { path: String },
+    /// List a directory (or show one file).
+    #[command(after_help = "Example: dfsctl ls -l -R /docs")]
+    Ls(files::LsArgs),
+    /// Show one file or directory, with its chunks and their replicas.
+    #[command(after_help = "Example: dfsctl stat /docs/report.pdf")]
+    Stat { path: String },
+    /// Create a directory.
+    #[command(after_help = "Example: dfsctl mkdir -p /a/b/c")]
+    Mkdir(files::MkdirArgs),
+    /// Move or rename a file or directory.
+    #[command(after_help = "Example: dfsctl mv /docs/old.txt /docs/new.txt")]
+    Mv { from: String, to: String },
+    /// Remove a file, or a directory with -r.
+    #[command(after_help = "Example: dfsctl rm -r /tmp/scratch")]
+    Rm(files::RmArgs),
+    /// Files, directories and bytes under a path.
+    #[command(after_help = "Example: dfsctl du /docs")]
+    Du {
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Users and access keys (admin).
+    #[command(subcommand)]
+    User(users::UserCmd),
+    /// Create your own user where the cluster allows it; writes the auth file.
+    #[command(after_help = "Example: dfsctl register alice --out ./auth.txt")]
+    Register(users::RegisterArgs),
+    /// Show who the auth file authenticates as.
+    Whoami,
+    /// Cluster membership and status.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// Administration: saved-files.json import and export.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
+    /// A real cluster of local processes on loopback, for trying dfs and for tests.
+    #[command(subcommand)]
+    Local(local::LocalCmd),
+    /// Measure metadata and data throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+/// Settings every command shares.
+pub struct Ctx {
+    pub meta: Vec<String>,
+    pub auth_file: Option<PathBuf>,
+    pub json: bool,
+    pub quiet: bool,
+    pub timeout: Duration,
+}
+
+impl Ctx {
+    pub fn client(&self) -> anyhow::Result<client::MetaConn> {
+        client::MetaConn::connect(&self.meta, self.auth_file.as_deref(), self.timeout)
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let ctx = Ctx {
+        meta: cli.meta,
+        auth_file: cli.auth_file,
+        json: cli.json,
+        quiet: cli.quiet,
+        timeout: Duration::from_secs_f64(cli.timeout.max(0.1)),
+    };
+    match cli.cmd {
+        Cmd::Put(a) => transfer::put(&ctx, a).await,
+        Cmd::Get(a) => transfer::get(&ctx, a).await,
+        Cmd::Cat { path } => transfer::cat(&ctx, &path).await,
+        Cmd::Ls(a) => files::ls(&ctx, a).await,
+        Cmd::Stat { path } => files::stat(&ctx, &path).await,
+        Cmd::Mkdir(a) => files::mkdir(&ctx, a).await,
+        Cmd::Mv { from, to } => files::mv(&ctx, &from, &to).await,
+        Cmd::Rm(a) => files::rm(&ctx, a).await,
+        Cmd::Du { path } => files::du(&ctx, &path).await,
+        Cmd::User(c) => users::run(&ctx, c).await,
+        Cmd::Register(a) => users::register(&ctx, a).await,
+        Cmd::Whoami => users::whoami(&ctx).await,
+        Cmd::Cluster(c) => cluster::run(&ctx, c).await,
+        Cmd::Admin(c) => admin::run(&ctx, c).await,
+        Cmd::Local(c) => local::run(&ctx, c).await,
+        Cmd::Bench(a) => bench::run(&ctx, a).await,
+    }
+}
