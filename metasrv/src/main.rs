@@ -120,38 +120,17 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         )
     };
 
-    let durable_dir = cfg.data_dir.join("raft");
-    {
-        let node = node.clone();
-        let handler: dfs_common::http::Handler = Arc::new(move |path: &str| match path {
-            "/metrics" => {
-                let sled = dir_size(&durable_dir);
-                let syncs = (
-                    durable.syncs.load(std::sync::atomic::Ordering::Relaxed),
-                    durable
-                        .sync_nanos
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                );
-                (
-                    200,
-                    dfs_common::http::PROMETHEUS_TEXT,
-                    metrics::render(&node, log_for_metrics.log_size(), sled, syncs),
-                )
-            }
-            "/healthz" => match node.raft.metrics().borrow().running_state {
-                Ok(()) => (200, "text/plain", "ok\n".into()),
-                Err(ref e) => (503, "text/plain", format!("raft stopped: {e}\n")),
+    tokio::spawn(dfs_common::http::serve(
+        metrics_listener,
+        metrics::http_handler(
+            node.clone(),
+            metrics::Sources {
+                log: log_for_metrics,
+                durable,
+                raft_dir: cfg.data_dir.join("raft"),
             },
-            "/leader" if node.is_leader() => (200, "text/plain", "leader\n".into()),
-            "/leader" => (503, "text/plain", "not leader\n".into()),
-            _ => (
-                404,
-                "text/plain",
-                "try /metrics, /healthz or /leader\n".into(),
-            ),
-        });
-        tokio::spawn(dfs_common::http::serve(metrics_listener, handler));
-    }
+        ),
+    ));
     tokio::spawn(export::run_writer(
         shared.clone(),
         raft.clone(),
@@ -193,18 +172,4 @@ fn tokio_stream_listener(
         });
         Some((r, l))
     })
-}
-
-/// Total size of the files under a directory (sled's size on disk).
-fn dir_size(dir: &std::path::Path) -> u64 {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    rd.filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }

@@ -128,7 +128,16 @@ impl Cluster {
                 .output()
                 .expect("run dfsctl"),
         );
-        assert_eq!(out.code, 0, "local up failed: {}", out.stderr);
+        if out.code != 0 {
+            let mut logs = String::new();
+            for e in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+                if let Ok(t) = std::fs::read_to_string(e.path().join("log")) {
+                    let tail: Vec<&str> = t.lines().rev().take(15).collect();
+                    logs.push_str(&format!("--- {}\n{}\n", e.file_name().to_string_lossy(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+                }
+            }
+            panic!("local up failed: {}\n{logs}", out.stderr);
+        }
         let env = std::fs::read_to_string(dir.path().join("env")).expect("env file");
         let meta = env
             .lines()

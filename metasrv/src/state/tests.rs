@@ -472,6 +472,17 @@ fn chunk_servers_keep_their_id() {
 }
 
 #[test]
+fn chunk_servers_registered_before_init_keep_unique_ids() {
+    let mut s = State::default();
+    let reg = |s: &mut State, uuid: &str| {
+        run(s, CommandV1::RegisterChunkServer { uuid: uuid.into(), addr: "a:1".into(), now_ms: 1 }).unwrap()
+    };
+    assert_eq!(reg(&mut s, "early"), Reply::ChunkServerId { id: 1 });
+    run(&mut s, CommandV1::Init { cluster_id: "c".into(), admin_key_hash: "h".into(), now_ms: 1 }).unwrap();
+    assert_eq!(reg(&mut s, "late"), Reply::ChunkServerId { id: 2 });
+}
+
+#[test]
 fn import_reports_each_file() {
     let mut s = state();
     commit(&mut s, "alice", "/taken", false, 1).unwrap();
