@@ -31,9 +31,10 @@ impl State {
         if !self.meta.cluster_id.is_empty() {
             return Reply::Initialized { won: false };
         }
+        // Chunk servers may have registered before this entry: keep their ids unique.
         self.meta = ClusterMeta {
             cluster_id: cluster_id.to_string(),
-            next_chunk_server_id: 1,
+            next_chunk_server_id: self.meta.next_chunk_server_id.max(1),
         };
         self.users.insert(
             "admin".into(),
