@@ -273,6 +273,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let metrics = metrics::Metrics::new();
+    metrics.set_dirs(&data_dir, backup_dir.as_deref());
     let store_config = store::StoreConfig {
         data_dir: data_dir.clone(),
         backup_dir: backup_dir.clone(),

@@ -4,11 +4,15 @@
 //! - Every name starts with `dfs_chunk_` and carries its unit (`_bytes`, `_seconds`, `_total`).
 //! - Counters only go up; they are plain atomics, so recording never blocks and never fails.
 //! - The HTTP side answers `GET /metrics` (Prometheus text format 0.0.4) and `GET /healthz`
-//!   (`200 ok`), one request per connection (`Connection: close`), and never lets a slow or
+//!   (`200 ok` while the data and backup directories can be written, `503` and the reason
+//!   otherwise), one request per connection (`Connection: close`), and never lets a slow or
 //!   malformed client hold anything but its own task.
+//! - Besides the `dfs_chunk_*` families, the process (`dfs_process_*`) and build
+//!   (`dfs_build_info`) families shared with metasrv are rendered by `dfs_common::promtext`.
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -85,6 +89,8 @@ pub struct Metrics {
     pub heartbeat_failures_total: AtomicU64,
     // Request latency by method and outcome: [read ok, read error, write ok, write error].
     requests: [Histogram; 4],
+    /// The store's directories (`data`, `backup`), for filesystem gauges and `/healthz`.
+    dirs: OnceLock<Vec<(&'static str, PathBuf)>>,
 }
 
 /// Decrements `active_transfers` when dropped.
@@ -124,6 +130,25 @@ impl Metrics {
         self.requests[idx].observe(elapsed);
     }
 
+    /// Name the store's directories: their filesystems are reported and `/healthz` checks
+    /// that they can be written. Only the first call counts.
+    pub fn set_dirs(&self, data_dir: &Path, backup_dir: Option<&Path>) {
+        let mut dirs = vec![("data", data_dir.to_path_buf())];
+        if let Some(b) = backup_dir {
+            dirs.push(("backup", b.to_path_buf()));
+        }
+        let _ = self.dirs.set(dirs);
+    }
+
+    /// Is the store usable: every directory exists, is writable and not on a read-only
+    /// filesystem.
+    pub fn health(&self) -> Result<(), String> {
+        for (_, d) in self.dirs.get().map(Vec::as_slice).unwrap_or(&[]) {
+            dfs_common::promtext::dir_usable(d)?;
+        }
+        Ok(())
+    }
+
     pub fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -134,11 +159,12 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4096);
+        let mut out = String::with_capacity(8192);
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        dfs_common::promtext::build_info(&mut out, "chunksrv", env!("CARGO_PKG_VERSION"));
         let gauges: [(&str, &str, u64); 5] = [
             (
-                "dfs_chunk_bytes_stored",
+                "dfs_chunk_stored_bytes",
                 "Bytes of chunk data stored (one copy; backups not counted).",
                 get(&self.bytes_stored),
             ),
@@ -253,6 +279,31 @@ impl Metrics {
             let _ = writeln!(out, "{name}_sum{{{l}}} {sum}");
             let _ = writeln!(out, "{name}_count{{{l}}} {}", get(&h.count));
         }
+        let dirs = self.dirs.get().map(Vec::as_slice).unwrap_or(&[]);
+        let stats: Vec<_> = dirs
+            .iter()
+            .filter_map(|(k, d)| dfs_common::promtext::fs_stats(d).map(|s| (k, s)))
+            .collect();
+        if !stats.is_empty() {
+            let fams: [(&str, &str); 2] = [
+                (
+                    "dfs_chunk_fs_size_bytes",
+                    "Size of the filesystem holding the data or backup directory (label dir).",
+                ),
+                (
+                    "dfs_chunk_fs_avail_bytes",
+                    "Free bytes (for unprivileged writers) on the filesystem of the data or backup directory.",
+                ),
+            ];
+            for (i, (name, help)) in fams.iter().enumerate() {
+                dfs_common::promtext::header(&mut out, name, "gauge", help);
+                for (k, s) in &stats {
+                    let v = if i == 0 { s.size_bytes } else { s.avail_bytes };
+                    let _ = writeln!(out, "{name}{{dir=\"{k}\"}} {v}");
+                }
+            }
+        }
+        dfs_common::promtext::process(&mut out);
         out
     }
 }
@@ -296,11 +347,19 @@ fn route(head: &str, metrics: &Metrics) -> (Reply, bool) {
                 body: metrics.render(),
                 allow: false,
             },
-            "/healthz" => Reply {
-                status: "200 OK",
-                content_type: text,
-                body: "ok".into(),
-                allow: false,
+            "/healthz" => match metrics.health() {
+                Ok(()) => Reply {
+                    status: "200 OK",
+                    content_type: text,
+                    body: "ok".into(),
+                    allow: false,
+                },
+                Err(e) => Reply {
+                    status: "503 Service Unavailable",
+                    content_type: text,
+                    body: format!("store not usable: {e}\n"),
+                    allow: false,
+                },
             },
             _ => Reply {
                 status: "404 Not Found",
@@ -393,7 +452,7 @@ mod tests {
         Metrics::inc(&m.checksum_failures_total);
         m.observe(Method::Read, true, Duration::from_millis(3));
         let text = m.render();
-        assert!(text.contains("\ndfs_chunk_bytes_stored 42\n"));
+        assert!(text.contains("\ndfs_chunk_stored_bytes 42\n"));
         assert!(text.contains("\ndfs_chunk_checksum_failures_total 1\n"));
         assert!(text.contains("# TYPE dfs_chunk_reads_total counter"));
         assert!(text.contains(
@@ -406,8 +465,31 @@ mod tests {
             "dfs_chunk_request_duration_seconds_count{method=\"read\",outcome=\"ok\"} 1"
         ));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            assert!(line.starts_with("dfs_chunk_"), "{line}");
+            assert!(
+                line.starts_with("dfs_chunk_")
+                    || line.starts_with("dfs_process_")
+                    || line.starts_with("dfs_build_info"),
+                "{line}"
+            );
         }
+        assert!(text.contains("# TYPE dfs_process_resident_memory_bytes gauge\n"));
+        assert!(!text.contains("dfs_chunk_fs_avail_bytes"));
+    }
+
+    #[test]
+    fn health_follows_the_store_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let m = Metrics::new();
+        m.set_dirs(d.path(), Some(&d.path().join("backups")));
+        let text = m.render();
+        assert!(text.contains("dfs_chunk_fs_avail_bytes{dir=\"data\"} "), "{text}");
+        // The backup directory does not exist: not usable.
+        let (r, _) = route("GET /healthz HTTP/1.1\r\n\r\n", &m);
+        assert_eq!(r.status, "503 Service Unavailable");
+        assert!(r.body.contains("backups"), "{}", r.body);
+        std::fs::create_dir(d.path().join("backups")).unwrap();
+        let (r, _) = route("GET /healthz HTTP/1.1\r\n\r\n", &m);
+        assert_eq!((r.status, r.body.as_str()), ("200 OK", "ok"));
     }
 
     #[test]

@@ -22,9 +22,12 @@
 //! # What must stay true
 //! - A chunk id is checked ([`validate_chunk_id`]) before it touches a path: no traversal.
 //! - A chunk is visible under its final name only once complete and fsynced (temp file in the
-//!   same directory, fsync, link/rename, directory fsync); the primary is installed before the
-//!   backup, and a write is acknowledged only after both are durable. A failed or abandoned
-//!   write removes its temp files and leaves nothing visible.
+//!   same directory, fsync, link/rename, directory fsync); a write is acknowledged once the
+//!   primary is durable. The backup copy is written alongside and renamed into place after the
+//!   primary, without waiting for its fsync: it guards against bit rot of the primary, not
+//!   against crashes (the other replicas do that), and a backup cut short by a crash fails its
+//!   checksums and is never served. A failed or abandoned write removes its temp files and
+//!   leaves nothing visible.
 //! - Memory stays bounded: a write queues at most a few pieces, a read holds at most two;
 //!   never a whole chunk.
 //! - Reads never return a byte that was not verified against its block CRC. A bad or missing
@@ -383,6 +386,8 @@ struct TempFile {
     written: u64,
     /// Bytes already handed to the kernel's writeback.
     writeback_started: u64,
+    /// Push pages to disk as they are written (primaries, which are fsynced before the ack).
+    eager: bool,
 }
 
 /// Start writing back a temp file's pages every this many bytes, so the final fsync has
@@ -390,7 +395,7 @@ struct TempFile {
 const WRITEBACK_STEP: u64 = 1024 * 1024;
 
 impl TempFile {
-    fn create(dir: &Path, id: &str, nonce: u64) -> Result<Self, StoreError> {
+    fn create(dir: &Path, id: &str, nonce: u64, eager: bool) -> Result<Self, StoreError> {
         let path = dir.join(format!(".{id}.{nonce}.tmp"));
         let file = OpenOptions::new()
             .write(true)
@@ -404,6 +409,7 @@ impl TempFile {
             installed: false,
             written: 0,
             writeback_started: 0,
+            eager,
         })
     }
 
@@ -412,7 +418,7 @@ impl TempFile {
             .write_all(data)
             .map_err(io_err("write", &self.path))?;
         self.written += data.len() as u64;
-        if self.written - self.writeback_started >= WRITEBACK_STEP {
+        if self.eager && self.written - self.writeback_started >= WRITEBACK_STEP {
             self.out.flush().map_err(io_err("write", &self.path))?;
             start_writeback(
                 self.out.get_ref(),
@@ -775,9 +781,9 @@ impl Inner {
         mut rx: mpsc::Receiver<Cmd>,
     ) -> Result<ChunkMeta, StoreError> {
         let nonce = self.next_nonce();
-        let mut primary = TempFile::create(&chunk_dir(&self.primary, id), id, nonce)?;
+        let mut primary = TempFile::create(&chunk_dir(&self.primary, id), id, nonce, true)?;
         let mut backup = match &self.backup {
-            Some(root) => Some(TempFile::create(&chunk_dir(root, id), id, nonce)?),
+            Some(root) => Some(TempFile::create(&chunk_dir(root, id), id, nonce, false)?),
             None => None,
         };
         let mut reservation = Reservation {
@@ -812,23 +818,16 @@ impl Inner {
         if let Some(b) = backup.as_mut() {
             b.write(&encoded)?;
         }
-        // Both copies reach the disk together (one wait instead of two); neither is visible
-        // until both are durable.
-        std::thread::scope(|scope| {
-            let backup_synced = backup.as_mut().map(|b| scope.spawn(|| b.sync()));
-            primary.sync()?;
-            match backup_synced.map(|h| h.join()) {
-                None | Some(Ok(Ok(()))) => Ok(()),
-                Some(Ok(Err(e))) => Err(e),
-                Some(Err(_)) => Err(StoreError::Internal("backup fsync thread panicked".into())),
-            }
-        })?;
+        // The acknowledgment waits for the primary only (see the module doc on backups).
+        primary.sync()?;
         let _guard = self.chunk_lock(id);
         self.install_primary(id, &mut primary, &trailer)?;
         self.remember(id, trailer.size);
         if let Some(b) = backup.as_mut() {
+            b.out.flush().map_err(io_err("write", &b.path))?;
             let target = b.dir.join(id);
-            install(b, &target)?;
+            fs::rename(&b.path, &target).map_err(io_err("rename into place", &target))?;
+            b.installed = true;
         }
         Ok(trailer.meta())
     }
@@ -960,7 +959,7 @@ impl Inner {
 
     /// Copy the backup to a new primary, verifying every block, and install it.
     fn restore(&self, id: &str, bfile: &File, trailer: &Trailer) -> Result<File, Restore> {
-        let mut tmp = TempFile::create(&chunk_dir(&self.primary, id), id, self.next_nonce())
+        let mut tmp = TempFile::create(&chunk_dir(&self.primary, id), id, self.next_nonce(), true)
             .map_err(Restore::Failed)?;
         let piece = dfs_common::STREAM_PIECE.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
         let mut offset = 0u64;
