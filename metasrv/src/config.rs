@@ -59,11 +59,11 @@ pub struct Args {
     #[arg(long, env = "DFS_META_PURGE_BATCH", default_value_t = 256)]
     pub purge_batch: u64,
     /// Leader heartbeat interval in milliseconds.
-    #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 25)]
+    #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 20)]
     pub heartbeat_ms: u64,
     /// Minimum election timeout in milliseconds (the maximum is twice this). A follower starts
     /// an election after the leader's lease (the maximum) plus a random timeout in [min, max].
-    #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 75)]
+    #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 60)]
     pub election_timeout_ms: u64,
     /// Async worker threads. Few threads mean fewer context switches, which cost a lot in VMs.
     #[arg(long, env = "DFS_META_THREADS", default_value_t = 2)]

@@ -1,9 +1,13 @@
 //! The state machine: `State` in memory, its records in the sled `sm` tree, snapshots as a file.
 //!
 //! To ensure correctness: an applied batch writes the changed records, the last applied log id
-//! and the membership in one atomic sled batch, then syncs, before openraft hears of it. A
-//! snapshot is built from a copy of the state taken in `get_snapshot_builder`, so applying goes
-//! on while it is serialized. Installing a snapshot replaces every record in one batch.
+//! and the membership in one atomic sled batch (all or nothing after a crash). Applying does not
+//! wait for an fsync of its own: every entry it applies is already durable in the log on a
+//! quorum, the next group-commit sync covers the batch, and after a power loss openraft
+//! re-applies from the persisted applied id. A snapshot first waits for a sync, so the state on
+//! disk is never older than a snapshot whose log has been purged. A snapshot is built from a
+//! copy of the state taken in `get_snapshot_builder`, so applying goes on while it is
+//! serialized. Installing a snapshot replaces every record in one batch, then syncs.
 use super::{Durable, Flusher, TREE_SM};
 use crate::state::{Reply, Response, State};
 use crate::types::{
@@ -106,6 +110,7 @@ fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<
 }
 
 pub struct SnapshotBuilder {
+    flusher: Flusher,
     state: State,
     applied: Option<LogId>,
     membership: StoredMembership,
@@ -114,6 +119,8 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        // The applied state up to this snapshot is on disk before its log can be purged.
+        self.flusher.sync().await.map_err(write_err)?;
         let data = serde_json::to_vec(&self.state).map_err(read_err)?;
         let snapshot_id = match self.applied {
             Some(l) => format!(
@@ -189,12 +196,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             serde_json::to_vec(&self.membership).map_err(write_err)?,
         );
         self.tree.apply_batch(batch).map_err(write_err)?;
-        self.sync().await?;
         Ok(responses)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         SnapshotBuilder {
+            flusher: self.flusher.clone(),
             state: self.state.read().unwrap_or_else(|p| p.into_inner()).clone(),
             applied: self.applied,
             membership: self.membership.clone(),

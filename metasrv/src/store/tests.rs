@@ -43,7 +43,18 @@ async fn state_survives_reopen() {
         };
         sm.apply(vec![entry]).await.unwrap();
     }
-    let (mut log, mut sm, _) = open(&db, &snaps).unwrap();
+    // The flusher thread lets go of the database once it sees its senders gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut log, mut sm, _) = loop {
+        match open(&db, &snaps) {
+            Ok(r) => break r,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen: {e}"),
+        }
+    };
     assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(3, 1)));
     let (applied, _) = sm.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index), Some(1));
