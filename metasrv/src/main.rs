@@ -94,6 +94,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         liveness: Default::default(),
         metrics: Default::default(),
         reads: service::ReadBarrier::new(raft.clone()),
+        writes: service::WriteBatcher::new(raft.clone()),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -242,11 +242,7 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
                     if *v == node.id {
                         last_log
                     } else {
-                        rep.get(v)
-                            .copied()
-                            .flatten()
-                            .map(|l| l.index)
-                            .unwrap_or(0)
+                        rep.get(v).copied().flatten().map(|l| l.index).unwrap_or(0)
                     }
                 })
                 .collect();
@@ -620,11 +616,18 @@ mod tests {
         let m = Metrics::default();
         m.observe_request("stat", None, Duration::from_millis(3));
         m.observe_request("stat", None, Duration::from_secs(20));
-        m.observe_request("mkdir", Some(&tonic::Status::unavailable("x")), Duration::ZERO);
+        m.observe_request(
+            "mkdir",
+            Some(&tonic::Status::unavailable("x")),
+            Duration::ZERO,
+        );
         let g = lock(&m.requests);
         let h = &g[&("stat", "ok")];
         assert_eq!(h.count, 2);
-        assert_eq!(h.counts[BUCKETS.iter().position(|b| *b == 0.005).unwrap()], 1);
+        assert_eq!(
+            h.counts[BUCKETS.iter().position(|b| *b == 0.005).unwrap()],
+            1
+        );
         assert_eq!(h.counts[BUCKETS.len() - 1], 1);
         assert_eq!(g[&("mkdir", "error")].count, 1);
     }

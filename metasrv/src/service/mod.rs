@@ -9,8 +9,10 @@ mod handlers;
 mod meta_api;
 mod raft_api;
 mod read_barrier;
+mod write_batcher;
 
 pub use read_barrier::ReadBarrier;
+pub use write_batcher::WriteBatcher;
 
 pub use meta_api::MetaApi;
 pub use raft_api::RaftApi;
@@ -18,12 +20,11 @@ pub use raft_api::RaftApi;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::state::command::{ApplyError, ErrorKind};
-use crate::state::{Command, Reply, Request, State};
+use crate::state::{Command, Reply, State};
 use crate::types::{NodeId, Raft};
 use dfs_common::headers;
 use dfs_common::token::ClusterSecret;
 use dfs_proto::ForwardRequest;
-use openraft::error::{ClientWriteError, RaftError};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tonic::{Code, Status};
@@ -52,6 +53,7 @@ pub struct MetaNode {
     pub liveness: Liveness,
     pub metrics: Arc<Metrics>,
     pub reads: ReadBarrier,
+    pub writes: WriteBatcher,
 }
 
 /// Who is calling: a user (name and key) and/or a node (cluster-secret proof).
@@ -152,19 +154,9 @@ impl MetaNode {
     }
 
     /// Propose a command through Raft and wait until it is committed and applied.
+    /// (Concurrent proposals share one Raft entry; see `write_batcher`.)
     pub async fn propose(&self, cmd: Command) -> OpResult<Reply> {
-        match self.raft.client_write(Request { cmd }).await {
-            Ok(resp) => resp.data.result.map_err(OpError::from),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(OpError::NotLeader(f.leader_id))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Err(Status::failed_precondition(e.to_string()).into())
-            }
-            Err(RaftError::Fatal(f)) => {
-                Err(Status::unavailable(format!("metadata node stopped: {f}")).into())
-            }
-        }
+        self.writes.submit(cmd).await
     }
 
     /// The authenticated user name, checked against this node's applied state.

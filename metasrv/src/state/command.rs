@@ -81,6 +81,11 @@ pub enum CommandV1 {
         node: NodeId,
         chunks: Vec<String>,
     },
+    /// Several independent commands in one entry, applied in order, each with its own result
+    /// (the leader batches concurrent writes this way).
+    Batch {
+        cmds: Vec<Command>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +151,10 @@ pub enum Reply {
     Imported {
         report: Vec<String>,
         count: u64,
+    },
+    /// One result per command of a `Batch`.
+    Batch {
+        results: Vec<Result<Reply, ApplyError>>,
     },
 }
 
@@ -214,6 +223,19 @@ impl State {
             CommandV1::ChunksDeleted { node, chunks } => {
                 self.chunks_deleted(*node, chunks, touched);
                 Ok(Reply::Done)
+            }
+            CommandV1::Batch { cmds } => {
+                let results = cmds
+                    .iter()
+                    .map(|c| match c {
+                        Command::V1(CommandV1::Batch { .. }) => Err(ApplyError::new(
+                            ErrorKind::InvalidArgument,
+                            "batches do not nest",
+                        )),
+                        c => self.apply(c, touched),
+                    })
+                    .collect();
+                Ok(Reply::Batch { results })
             }
         }
     }

@@ -475,11 +475,58 @@ fn chunk_servers_keep_their_id() {
 fn chunk_servers_registered_before_init_keep_unique_ids() {
     let mut s = State::default();
     let reg = |s: &mut State, uuid: &str| {
-        run(s, CommandV1::RegisterChunkServer { uuid: uuid.into(), addr: "a:1".into(), now_ms: 1 }).unwrap()
+        run(
+            s,
+            CommandV1::RegisterChunkServer {
+                uuid: uuid.into(),
+                addr: "a:1".into(),
+                now_ms: 1,
+            },
+        )
+        .unwrap()
     };
     assert_eq!(reg(&mut s, "early"), Reply::ChunkServerId { id: 1 });
-    run(&mut s, CommandV1::Init { cluster_id: "c".into(), admin_key_hash: "h".into(), now_ms: 1 }).unwrap();
+    run(
+        &mut s,
+        CommandV1::Init {
+            cluster_id: "c".into(),
+            admin_key_hash: "h".into(),
+            now_ms: 1,
+        },
+    )
+    .unwrap();
     assert_eq!(reg(&mut s, "late"), Reply::ChunkServerId { id: 2 });
+}
+
+#[test]
+fn a_batch_applies_each_command_on_its_own() {
+    let mut s = state();
+    let mk = |p: &str| {
+        Command::V1(CommandV1::Mkdir {
+            actor: "alice".into(),
+            path: p.into(),
+            parents: false,
+            id: "i".into(),
+            now_ms: 1,
+        })
+    };
+    let r = run(
+        &mut s,
+        CommandV1::Batch {
+            cmds: vec![mk("/x"), mk("/x"), mk("/y")],
+        },
+    )
+    .unwrap();
+    let Reply::Batch { results } = r else {
+        panic!("wrong reply")
+    };
+    assert!(results[0].is_ok());
+    assert_eq!(
+        results[1].as_ref().unwrap_err().kind,
+        ErrorKind::AlreadyExists
+    );
+    assert!(results[2].is_ok());
+    assert!(s.nodes.contains_key("/x") && s.nodes.contains_key("/y"));
 }
 
 #[test]
