@@ -31,6 +31,8 @@ use tonic::{Code, Status};
 
 /// Most times one request is handed from node to node looking for the leader.
 pub const MAX_HOPS: u32 = 3;
+/// Longest a forwarded request may take at the leader.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request waits for an election to finish before giving up.
 const LEADER_WAIT: Duration = Duration::from_secs(3);
 
@@ -267,9 +269,13 @@ impl MetaNode {
                 key: caller.key.clone(),
                 node_auth: caller.node_auth.clone(),
             };
-            let reply = client
-                .forward(crate::network::with_node_auth(req, &self.secret))
+            // Bounded: a paused leader must not hold a request forever (the client moves on).
+            let call = client.forward(crate::network::with_node_auth(req, &self.secret));
+            let reply = tokio::time::timeout(FORWARD_TIMEOUT, call)
                 .await
+                .map_err(|_| {
+                    Status::unavailable(format!("leader {leader} at {addr} did not answer in time"))
+                })?
                 .map_err(|s| {
                     Status::unavailable(format!(
                         "forwarding to leader {leader} at {addr} failed: {}",
