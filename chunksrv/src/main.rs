@@ -8,6 +8,8 @@
 //! - SIGTERM or SIGINT stops accepting, lets transfers drain (bounded), and exits 0.
 mod meta_link;
 mod metrics;
+mod replicate;
+mod scrub;
 mod service;
 mod shutdown;
 mod store;
@@ -74,7 +76,7 @@ struct Args {
     metrics: String,
 
     /// File holding the cluster secret (at least 16 bytes) shared by every dfs node.
-    #[arg(long, env = "DFS_CHUNK_CLUSTER_SECRET_FILE", value_name = "FILE")]
+    #[arg(long, env = "DFS_CLUSTER_SECRET_FILE", value_name = "FILE")]
     cluster_secret_file: PathBuf,
 
     /// Bytes of chunk data to accept (suffixes K, M, G, T = powers of 1024; backups not
@@ -86,6 +88,19 @@ struct Args {
     /// address bound by --listen].
     #[arg(long, env = "DFS_CHUNK_ADVERTISE", value_name = "ADDR")]
     advertise: Option<String>,
+
+    /// Scrubber read rate in bytes per second (0 turns the scrubber off).
+    #[arg(long, env = "DFS_CHUNK_SCRUB_RATE", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    scrub_rate: u64,
+
+    /// Pause between two scrub passes over every chunk, in seconds.
+    #[arg(
+        long,
+        env = "DFS_CHUNK_SCRUB_EVERY_SECS",
+        value_name = "SECS",
+        default_value_t = 3600.0
+    )]
+    scrub_every_secs: f64,
 }
 
 /// `1048576`, `512M`, `10G`, `1.5T` (powers of 1024).
@@ -144,7 +159,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
+            tracing_subscriber::EnvFilter::try_from_env("DFS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
@@ -368,6 +383,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match registered {
         Some(Ok(id)) => {
             link.spawn(shutdown_rx.clone());
+            let scrubber = scrub::Scrubber {
+                store: store.clone(),
+                secret: secret.clone(),
+                meta: args.meta.clone(),
+                node_id: Arc::clone(&node_id),
+                config: scrub::ScrubConfig {
+                    rate: args.scrub_rate,
+                    every: Duration::from_secs_f64(args.scrub_every_secs.clamp(0.01, 1e9)),
+                },
+                stats: Default::default(),
+            };
+            tokio::spawn(scrubber.run(shutdown_rx.clone()));
             tracing::info!(
                 node_id = id,
                 addr = %advertise,

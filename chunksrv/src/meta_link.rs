@@ -671,6 +671,24 @@ mod tests {
         async fn who_am_i(&self, _: Request<Empty>) -> Result<Response<UserInfo>, Status> {
             unimpl()
         }
+        async fn fsck(&self, _: Request<FsckRequest>) -> Result<Response<FsckReply>, Status> {
+            unimpl()
+        }
+        async fn gc(&self, _: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
+            unimpl()
+        }
+        async fn balance(
+            &self,
+            _: Request<BalanceRequest>,
+        ) -> Result<Response<BalanceReply>, Status> {
+            unimpl()
+        }
+        async fn set_replication(
+            &self,
+            _: Request<SetReplicationRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
         async fn user_add(
             &self,
             _: Request<UserAddRequest>,

@@ -10,8 +10,8 @@
 //! - Besides the `dfs_chunk_*` families, the process (`dfs_process_*`) and build
 //!   (`dfs_build_info`) families shared with metasrv are rendered by `dfs_common::promtext`.
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -169,7 +169,7 @@ impl Metrics {
                 get(&self.bytes_stored),
             ),
             (
-                "dfs_chunk_chunks_stored",
+                "dfs_chunk_stored_chunks",
                 "Chunks stored on this server.",
                 get(&self.chunks_stored),
             ),
@@ -482,7 +482,10 @@ mod tests {
         let m = Metrics::new();
         m.set_dirs(d.path(), Some(&d.path().join("backups")));
         let text = m.render();
-        assert!(text.contains("dfs_chunk_fs_avail_bytes{dir=\"data\"} "), "{text}");
+        assert!(
+            text.contains("dfs_chunk_fs_avail_bytes{dir=\"data\"} "),
+            "{text}"
+        );
         // The backup directory does not exist: not usable.
         let (r, _) = route("GET /healthz HTTP/1.1\r\n\r\n", &m);
         assert_eq!(r.status, "503 Service Unavailable");

@@ -197,6 +197,28 @@ impl Chunk for ChunkService {
 
     type ReadStream = ReadStream;
 
+    async fn replicate(
+        &self,
+        request: Request<dfs_proto::ReplicateRequest>,
+    ) -> Result<Response<WriteChunkReply>, Status> {
+        let auth = request
+            .metadata()
+            .get(dfs_common::headers::NODE_AUTH)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let result = crate::replicate::replicate(
+            &self.store,
+            &self.secret,
+            auth.as_deref(),
+            request.into_inner(),
+        )
+        .await;
+        if let Err(status) = &result {
+            tracing::warn!(code = ?status.code(), error = status.message(), "replicate failed");
+        }
+        result.map(Response::new)
+    }
+
     async fn read(
         &self,
         request: Request<ReadChunkRequest>,

@@ -10,6 +10,27 @@ use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
 pub enum AdminCmd {
+    /// One line per problem, then OK, WARN or ERR (exit 0, 1 or 2).
+    #[command(
+        after_help = "Checks: leader and quorum, members down or lagging, chunk servers down,\nunder-replicated or unreadable chunks, chunk server disks nearly full.\n\nExample: dfsctl admin health && echo healthy"
+    )]
+    Health(crate::health::HealthArgs),
+    /// Missing, corrupt and under-replicated chunks per file; ends with HEALTHY, DEGRADED or
+    /// CORRUPT (exit 0, 2 or 1).
+    #[command(
+        after_help = "A replica on a chunk server that is not live counts as missing.
+
+Example: dfsctl admin fsck /photos"
+    )]
+    Fsck(crate::fsck::FsckArgs),
+    /// Chunks that no file references (interrupted puts, lost delete orders); removes the ones
+    /// past the grace period only with --apply.
+    #[command(after_help = "Example: dfsctl admin gc && dfsctl admin gc --apply")]
+    Gc(crate::fsck::GcArgs),
+    /// Move replicas from the most to the least used chunk servers (a new server, uneven
+    /// use); shows the moves, runs them only with --apply (copy, verify, record, delete).
+    #[command(after_help = "Example: dfsctl admin balance && dfsctl admin balance --apply")]
+    Balance(crate::fsck::BalanceArgs),
     /// Print the metadata as the original system's saved-files.json (or write it to --out).
     #[command(after_help = "Example: dfsctl admin export --out saved-files.json")]
     Export {
@@ -22,8 +43,20 @@ pub enum AdminCmd {
 }
 
 pub async fn run(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<i32> {
+    if let AdminCmd::Health(a) = cmd {
+        return crate::health::run(ctx, a).await;
+    }
+    let cmd = match cmd {
+        AdminCmd::Fsck(a) => return crate::fsck::fsck(ctx, a).await,
+        AdminCmd::Gc(a) => return crate::fsck::gc(ctx, a).await,
+        AdminCmd::Balance(a) => return crate::fsck::balance(ctx, a).await,
+        other => other,
+    };
     let c = ctx.client()?;
     match cmd {
+        AdminCmd::Health(_) | AdminCmd::Fsck(_) | AdminCmd::Gc(_) | AdminCmd::Balance(_) => {
+            unreachable!("handled above")
+        }
         AdminCmd::Export { out } => {
             let r = rpc!(c, export, Empty {})?;
             match out {

@@ -67,6 +67,20 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 5)]
         kills: usize,
     },
+    /// Re-replication after SIGKILL of a chunk server: repair MB/s and chunks/s, and foreground
+    /// put+get MB/s before and during the repair (needs a `dfsctl local` cluster).
+    #[command(after_help = "Example: dfsctl bench repair --files 50 --file-mib 8
+(metasrv's --dead-timeout-ms and --repair-rate apply; compare --repair-rate=0)")]
+    Repair {
+        #[arg(long, env = "DFS_LOCAL_DIR", default_value = ".dfs")]
+        dir: PathBuf,
+        /// Files written before the kill.
+        #[arg(long, default_value_t = 50)]
+        files: usize,
+        /// Size of each file in MiB.
+        #[arg(long, default_value_t = 8)]
+        file_mib: u64,
+    },
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -684,6 +698,11 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> anyhow::Result<i32> {
             scratch,
         } => data_bench(ctx, big_mib, small, clients, replication, dir, scratch).await?,
         BenchKind::Failover { dir, kills } => failover_bench(ctx, dir, kills).await?,
+        BenchKind::Repair {
+            dir,
+            files,
+            file_mib,
+        } => crate::bench_repair::run(ctx, dir, files, file_mib).await?,
     };
     if ctx.json {
         print_json(&v);

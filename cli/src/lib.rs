@@ -3,9 +3,12 @@
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage error (and the codes documented per command).
 pub mod admin;
 pub mod bench;
+pub mod bench_repair;
 pub mod client;
 pub mod cluster;
 pub mod files;
+pub mod fsck;
+pub mod health;
 pub mod local;
 pub mod output;
 pub mod transfer;
@@ -74,6 +77,11 @@ pub enum Cmd {
         #[arg(default_value = "/")]
         path: String,
     },
+    /// Change the replication factor of a file (or of every file under a directory).
+    #[command(
+        after_help = "Example: dfsctl replication /docs/report.pdf 3 -w   # wait until 3 live replicas"
+    )]
+    Replication(fsck::ReplicationArgs),
     /// Users and access keys (admin).
     #[command(subcommand)]
     User(users::UserCmd),
@@ -85,7 +93,7 @@ pub enum Cmd {
     /// Cluster membership and status.
     #[command(subcommand)]
     Cluster(cluster::ClusterCmd),
-    /// Administration: saved-files.json import and export.
+    /// Administration: cluster health, saved-files.json import and export.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
     /// A real cluster of local processes on loopback, for trying dfs and for tests.
@@ -128,6 +136,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Mv { from, to } => files::mv(&ctx, &from, &to).await,
         Cmd::Rm(a) => files::rm(&ctx, a).await,
         Cmd::Du { path } => files::du(&ctx, &path).await,
+        Cmd::Replication(a) => fsck::replication(&ctx, a).await,
         Cmd::User(c) => users::run(&ctx, c).await,
         Cmd::Register(a) => users::register(&ctx, a).await,
         Cmd::Whoami => users::whoami(&ctx).await,

@@ -2,8 +2,9 @@
 //!
 //! Everything lives under one directory (`--dir`, default `.dfs`): `cluster.json` (nodes, their
 //! ports, arguments and pids), `cluster.secret`, `admin.auth`, `env`, and one data dir per node
-//! (`meta-1/`, `chunk-1/`, ... each with a `log` file). Nodes run in their own process group, so
-//! they outlive the dfsctl that started them.
+//! (`meta-1/`, `chunk-1/`, ... each with a `log` file), and `prometheus/targets/*.json`
+//! (file-based service discovery for `deploy/prometheus`). Nodes run in their own process
+//! group, so they outlive the dfsctl that started them.
 use crate::output::print_json;
 use crate::Ctx;
 use anyhow::{bail, Context};
@@ -132,9 +133,43 @@ impl LocalCluster {
 }
 
 /// A free loopback port (the OS picks one; it is released for the node to bind).
+/// Ports come from below the kernel's ephemeral range (32768 and up), so an outgoing
+/// connection of another process cannot take one between this check and the node's bind.
 fn free_addr() -> anyhow::Result<String> {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port: u16 = rng.gen_range(15_000..32_000);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l.local_addr()?.to_string());
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.to_string())
+}
+
+/// Kill what a failed first start left and forget the cluster, so it can be laid out again.
+fn discard(dir: &Path, cluster: &LocalCluster) {
+    for n in &cluster.nodes {
+        if alive(n.pid, &n.kind) {
+            signal(n.pid.unwrap_or(0), libc::SIGKILL);
+        }
+    }
+    for n in &cluster.nodes {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(n.pid, &n.kind) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_dir_all(&n.data_dir);
+    }
+    for f in [
+        "cluster.json",
+        "admin.auth",
+        "admin.pending",
+        "cluster.secret",
+    ] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 }
 
 /// Where the server binaries are: `DFS_BIN_DIR`, else beside this dfsctl.
@@ -346,24 +381,59 @@ fn write_env(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// Prometheus file-based service discovery for this cluster: `prometheus/targets/metasrv.json`
+/// and `chunksrv.json`, one target group per node (label `node`), as `deploy/prometheus`
+/// expects them beside its prometheus.yml.
+fn write_prometheus_targets(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<()> {
+    let targets = dir.join("prometheus").join("targets");
+    std::fs::create_dir_all(&targets)?;
+    for (kind, file) in [("meta", "metasrv.json"), ("chunk", "chunksrv.json")] {
+        let groups: Vec<serde_json::Value> = cluster
+            .nodes
+            .iter()
+            .filter(|n| n.kind == kind)
+            .map(|n| json!({"targets": [n.metrics_addr], "labels": {"node": n.name}}))
+            .collect();
+        dfs_common::durable::write_atomic(
+            &targets.join(file),
+            &serde_json::to_vec_pretty(&groups)?,
+        )?;
+    }
+    Ok(())
+}
+
 async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
     let dir = &a.dir.dir;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut cluster = match LocalCluster::load(dir) {
-        Ok(c) => c,
-        Err(_) => new_cluster(dir, &a)?,
-    };
-    let mut started = 0;
-    for n in &mut cluster.nodes {
-        if !alive(n.pid, &n.kind) {
-            spawn(n)?;
-            started += 1;
+    let existing = LocalCluster::load(dir).ok();
+    let fresh = existing.is_none();
+    let mut attempt = 0;
+    let (cluster, started, chunks) = loop {
+        attempt += 1;
+        let mut cluster = match &existing {
+            Some(c) => c.clone(),
+            None => new_cluster(dir, &a)?,
+        };
+        let mut started = 0;
+        for n in &mut cluster.nodes {
+            if !alive(n.pid, &n.kind) {
+                spawn(n)?;
+                started += 1;
+            }
         }
-    }
-    cluster.save(dir)?;
-    let chunks = cluster.nodes.iter().filter(|n| n.kind == "chunk").count();
-    wait_ready(dir, &cluster, chunks, Duration::from_secs(a.wait)).await?;
+        cluster.save(dir)?;
+        let chunks = cluster.nodes.iter().filter(|n| n.kind == "chunk").count();
+        match wait_ready(dir, &cluster, chunks, Duration::from_secs(a.wait)).await {
+            Ok(()) => break (cluster, started, chunks),
+            // A new cluster whose node lost a port race: lay it out again on other ports.
+            Err(e) if fresh && attempt < 3 && e.to_string().contains("exited during start-up") => {
+                discard(dir, &cluster);
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let env = write_env(dir, &cluster)?;
+    write_prometheus_targets(dir, &cluster)?;
     let metas = cluster.nodes.len() - chunks;
     if ctx.json {
         print_json(

@@ -187,6 +187,7 @@ pub struct PutOutcome {
 }
 
 /// Store everything `reader` yields at `path`. Used by `put` and by the benchmark.
+#[allow(clippy::too_many_arguments)] // each argument is a different, plain input
 pub async fn put_stream<R: AsyncRead + Unpin>(
     conn: &MetaConn,
     pool: &ChunkPool,

@@ -23,6 +23,8 @@ fn reason(code: u16) -> &'static str {
 pub async fn serve(listener: TcpListener, handler: Handler) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let handler = handler.clone();

@@ -4,6 +4,7 @@ pub mod durable;
 pub mod http;
 pub mod keys;
 pub mod path;
+pub mod promtext;
 pub mod token;
 
 /// gRPC metadata keys carrying a caller's identity.

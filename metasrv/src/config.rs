@@ -74,6 +74,8 @@ pub struct Args {
     /// Replication factor for files that do not ask for one.
     #[arg(long, env = "DFS_REPLICATION", default_value_t = dfs_common::DEFAULT_REPLICATION)]
     pub replication: u32,
+    #[command(flatten)]
+    pub healing: crate::healer::HealArgs,
 }
 
 pub struct Config {
@@ -94,6 +96,7 @@ pub struct Config {
     pub election_timeout_ms: u64,
     pub chunk_size: u64,
     pub replication: u32,
+    pub healing: crate::healer::HealArgs,
 }
 
 impl Config {
@@ -146,6 +149,7 @@ impl Config {
             election_timeout_ms: a.election_timeout_ms,
             chunk_size: a.chunk_size,
             replication: a.replication.max(1),
+            healing: a.healing,
         })
     }
 
@@ -159,7 +163,7 @@ impl Config {
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_logs,
             purge_batch_size: self.purge_batch,
-            max_payload_entries: 1000,
+            max_payload_entries: 32,
             snapshot_max_chunk_size: 1024 * 1024,
             ..Default::default()
         };

@@ -2,9 +2,11 @@
 mod bootstrap;
 mod config;
 mod export;
+mod healer;
 mod liveness;
 mod metrics;
 mod network;
+mod repair;
 mod service;
 mod state;
 mod store;
@@ -95,6 +97,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         metrics: Default::default(),
         reads: service::ReadBarrier::new(raft.clone()),
         writes: service::WriteBatcher::new(raft.clone()),
+        healing: healer::Healing::new(cfg.healing.clone()),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -138,6 +141,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         cfg.data_dir.clone(),
     ));
     tokio::spawn(bootstrap::watch_leader(node.clone()));
+    tokio::spawn(healer::run(node.clone()));
 
     bootstrap::check_peers(&node, &cfg).await?;
     bootstrap::initialize_if_fresh(&node, &cfg).await?;

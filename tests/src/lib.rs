@@ -130,10 +130,18 @@ impl Cluster {
         );
         if out.code != 0 {
             let mut logs = String::new();
-            for e in std::fs::read_dir(dir.path()).into_iter().flatten().flatten() {
+            for e in std::fs::read_dir(dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 if let Ok(t) = std::fs::read_to_string(e.path().join("log")) {
                     let tail: Vec<&str> = t.lines().rev().take(15).collect();
-                    logs.push_str(&format!("--- {}\n{}\n", e.file_name().to_string_lossy(), tail.into_iter().rev().collect::<Vec<_>>().join("\n")));
+                    logs.push_str(&format!(
+                        "--- {}\n{}\n",
+                        e.file_name().to_string_lossy(),
+                        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                    ));
                 }
             }
             panic!("local up failed: {}\n{logs}", out.stderr);

@@ -36,7 +36,7 @@ fn leader_is_elected_and_a_follower_takes_writes() {
     let leader = c.leader();
     let status = c.status();
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
-    assert_eq!(status["term"].as_u64().unwrap() >= 1, true);
+    assert!(status["term"].as_u64().unwrap() >= 1);
     let follower = (leader % 3) as usize; // an index into meta_addrs that is not the leader
     let addrs = c.meta_addrs();
     assert_ne!(follower as u64 + 1, leader);

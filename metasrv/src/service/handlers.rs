@@ -17,6 +17,8 @@ use tonic::Status;
 
 /// Most chunks one allocation call hands out.
 const MAX_ALLOCATE: u32 = 64;
+/// Files per Raft command when importing saved-files.json.
+const IMPORT_SLICE: usize = 500;
 /// Most delete orders in one heartbeat reply.
 const MAX_DELETE_ORDERS: usize = 1000;
 /// A write token is still accepted at commit this long after it expired (slow uploads).
@@ -327,8 +329,16 @@ impl MetaNode {
     }
 
     pub async fn report_bad_replica(&self, c: &Caller, r: BadReplicaReport) -> OpResult<Empty> {
-        let (user, _) = self.authenticate(c)?;
+        // The leader's healer acts on reports: hand them to it.
+        self.write_gate()?;
+        // Readers (users) and scrubbers (chunk servers, with the node proof) report.
+        let user = if !c.node_auth.is_empty() && self.secret.check_node_proof(&c.node_auth) {
+            format!("chunk server {}", r.node_id)
+        } else {
+            self.authenticate(c)?.0
+        };
         self.metrics.bad_replica_reports.inc();
+        self.healing.report_bad(&r.chunk_id, r.node_id);
         tracing::warn!(node = self.id, chunk = %r.chunk_id, server = r.node_id, reporter = %user, reason = %r.reason, "bad replica reported");
         Ok(Empty {})
     }
@@ -620,20 +630,22 @@ impl MetaNode {
         self.write_gate()?;
         let actor = self.authenticate_admin(c)?;
         let files = crate::export::parse_import(&r.saved_files_json, now_ms()).map_err(invalid)?;
-        match self
-            .propose(v1(CommandV1::Import {
-                actor,
-                files,
+        // One Raft command per slice of files: openraft 0.9 gives an AppendEntries only one
+        // heartbeat interval to complete, so a multi-megabyte entry would never replicate.
+        // Each slice is atomic; a repeated import skips what is already there.
+        let mut reply = ImportReply::default();
+        for slice in files.chunks(IMPORT_SLICE) {
+            let cmd = v1(CommandV1::Import {
+                actor: actor.clone(),
+                files: slice.to_vec(),
                 now_ms: now_ms(),
-            }))
-            .await?
-        {
-            Reply::Imported { report, count } => Ok(ImportReply {
-                report,
-                imported: count,
-            }),
-            _ => Ok(ImportReply::default()),
+            });
+            if let Reply::Imported { report, count } = self.propose(cmd).await? {
+                reply.report.extend(report);
+                reply.imported += count;
+            }
         }
+        Ok(reply)
     }
 
     pub async fn export(&self, c: &Caller, _r: Empty) -> OpResult<ExportReply> {
@@ -698,6 +710,11 @@ impl MetaNode {
                 chunks: r.chunk_count,
             },
         );
+        // Every node keeps the latest report, so a new leader can collect orphans at once.
+        if r.inventory_included {
+            self.healing.record_inventory(r.node_id, &r.inventory);
+        }
+        self.healing.forget_chunks(r.node_id, &r.deleted);
         let acked: BTreeSet<&String> = r.deleted.iter().collect();
         let confirmed: Vec<String> = pending
             .iter()

@@ -90,4 +90,8 @@ meta_rpcs! {
     export: Empty => ExportReply;
     register_chunk_server: RegisterChunkServerRequest => RegisterChunkServerReply;
     heartbeat: HeartbeatRequest => HeartbeatReply;
+    fsck: FsckRequest => FsckReply;
+    set_replication: SetReplicationRequest => Empty;
+    gc: GcRequest => GcReply;
+    balance: BalanceRequest => BalanceReply;
 }

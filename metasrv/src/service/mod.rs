@@ -56,6 +56,8 @@ pub struct MetaNode {
     pub metrics: Arc<Metrics>,
     pub reads: ReadBarrier,
     pub writes: WriteBatcher,
+    /// Self-healing soft state (dead servers, bad replicas, repair counters).
+    pub healing: crate::healer::Healing,
 }
 
 /// Who is calling: a user (name and key) and/or a node (cluster-secret proof).

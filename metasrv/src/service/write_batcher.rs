@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tonic::Status;
 
 /// Most commands in one entry (bounds entry size and apply time).
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 128;
 
 type Waiter = (Command, oneshot::Sender<OpResult<Reply>>);
 

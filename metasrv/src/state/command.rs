@@ -81,6 +81,36 @@ pub enum CommandV1 {
         node: NodeId,
         chunks: Vec<String>,
     },
+    /// Change a file's replication factor (the leader's healer then adds or drops replicas).
+    SetReplication {
+        actor: String,
+        path: String,
+        replication: u32,
+    },
+    /// A repair copy of `chunk_id` on `node` is durable and its checksum matches: record it,
+    /// and drop the replicas in `drop` (queued for deletion). Names the file by path and
+    /// inode id; refused if the file changed since.
+    ReplicaAdded {
+        path: String,
+        file_id: String,
+        chunk_id: String,
+        node: NodeId,
+        drop: Vec<NodeId>,
+    },
+    /// Drop replicas of a chunk (surplus, dead or corrupt) and queue their deletion; never the
+    /// last one.
+    DropReplicas {
+        path: String,
+        file_id: String,
+        chunk_id: String,
+        nodes: Vec<NodeId>,
+    },
+    /// Queue chunks that no file references on `node` (orphans) for deletion there. Chunks
+    /// that a file lists on that node are skipped (the leader's view was stale).
+    QueueOrphanDeletes {
+        node: NodeId,
+        chunks: Vec<String>,
+    },
     /// Several independent commands in one entry, applied in order, each with its own result
     /// (the leader batches concurrent writes this way).
     Batch {
@@ -147,6 +177,10 @@ pub enum Reply {
     },
     ChunkServerId {
         id: NodeId,
+    },
+    /// How many chunks a command queued for deletion.
+    Queued {
+        count: u64,
     },
     Imported {
         report: Vec<String>,
@@ -223,6 +257,27 @@ impl State {
             CommandV1::ChunksDeleted { node, chunks } => {
                 self.chunks_deleted(*node, chunks, touched);
                 Ok(Reply::Done)
+            }
+            CommandV1::SetReplication {
+                actor,
+                path,
+                replication,
+            } => self.set_replication(actor, path, *replication, touched),
+            CommandV1::ReplicaAdded {
+                path,
+                file_id,
+                chunk_id,
+                node,
+                drop,
+            } => self.replica_added(path, file_id, chunk_id, *node, drop, touched),
+            CommandV1::DropReplicas {
+                path,
+                file_id,
+                chunk_id,
+                nodes,
+            } => self.drop_replicas(path, file_id, chunk_id, nodes, touched),
+            CommandV1::QueueOrphanDeletes { node, chunks } => {
+                Ok(self.queue_orphan_deletes(*node, chunks, touched))
             }
             CommandV1::Batch { cmds } => {
                 let results = cmds

@@ -10,6 +10,7 @@
 //! every member reaches the same state from the same log. The store persists the records that
 //! an apply touched (`RecordKey`), in the same sled batch as the applied log id.
 pub mod command;
+mod healing;
 mod namespace;
 mod users;
 

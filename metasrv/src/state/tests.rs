@@ -590,3 +590,138 @@ fn record_keys_round_trip() {
         assert_eq!(RecordKey::decode(&k.encode()), Some(k));
     }
 }
+
+/// Self-healing commands: replication changes, repair copies, replica drops.
+#[test]
+fn healing_commands_keep_replica_lists_consistent() {
+    let mut s = state();
+    for u in ["u2", "u3"] {
+        run(
+            &mut s,
+            CommandV1::RegisterChunkServer {
+                uuid: u.into(),
+                addr: format!("{u}:1"),
+                now_ms: 3,
+            },
+        )
+        .unwrap();
+    }
+    commit(&mut s, "alice", "/f", false, 5).unwrap();
+    let setrep = |s: &mut State, who: &str, p: &str, n: u32| {
+        run(
+            s,
+            CommandV1::SetReplication {
+                actor: who.into(),
+                path: p.into(),
+                replication: n,
+            },
+        )
+    };
+    assert_eq!(
+        kind(setrep(&mut s, "bob", "/f", 2)),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind(setrep(&mut s, "alice", "/f", 0)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(setrep(&mut s, "alice", "/nope", 2)),
+        ErrorKind::NotFound
+    );
+    setrep(&mut s, "alice", "/f", 2).unwrap();
+    assert_eq!(s.nodes["/f"].file.as_ref().unwrap().replication, 2);
+    setrep(&mut s, "admin", "/f", 2).unwrap();
+
+    let added = |s: &mut State, file_id: &str, node: NodeId, drop: Vec<NodeId>| {
+        run(
+            s,
+            CommandV1::ReplicaAdded {
+                path: "/f".into(),
+                file_id: file_id.into(),
+                chunk_id: "chunk-5".into(),
+                node,
+                drop,
+            },
+        )
+    };
+    // A repair planned against another version of the file changes nothing.
+    assert_eq!(
+        kind(added(&mut s, "old", 2, vec![])),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(
+        kind(added(&mut s, "f", 9, vec![])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(added(&mut s, "f", 1, vec![])),
+        ErrorKind::AlreadyExists
+    );
+    added(&mut s, "f", 2, vec![]).unwrap();
+    let reps = |s: &State| {
+        s.nodes["/f"].file.as_ref().unwrap().chunks[0]
+            .replicas
+            .clone()
+    };
+    assert_eq!(reps(&s), vec![1, 2]);
+    // A copy that replaces a dead replica drops it and queues its deletion.
+    added(&mut s, "f", 3, vec![1]).unwrap();
+    assert_eq!(reps(&s), vec![2, 3]);
+    assert!(s.pending_deletes[&1].contains("chunk-5"));
+    // A server still told to delete the chunk cannot take it again.
+    assert_eq!(
+        kind(added(&mut s, "f", 1, vec![])),
+        ErrorKind::FailedPrecondition
+    );
+
+    let drop = |s: &mut State, nodes: Vec<NodeId>| {
+        run(
+            s,
+            CommandV1::DropReplicas {
+                path: "/f".into(),
+                file_id: "f".into(),
+                chunk_id: "chunk-5".into(),
+                nodes,
+            },
+        )
+    };
+    assert_eq!(
+        kind(drop(&mut s, vec![2, 3])),
+        ErrorKind::FailedPrecondition
+    );
+    drop(&mut s, vec![7]).unwrap();
+    drop(&mut s, vec![3]).unwrap();
+    assert_eq!(reps(&s), vec![2]);
+    assert!(s.pending_deletes[&3].contains("chunk-5"));
+}
+
+#[test]
+fn orphan_deletes_never_touch_a_referenced_replica() {
+    let mut s = state();
+    commit(&mut s, "alice", "/f", false, 5).unwrap();
+    let q = |s: &mut State, node: NodeId, chunks: &[&str]| {
+        run(
+            s,
+            CommandV1::QueueOrphanDeletes {
+                node,
+                chunks: chunks.iter().map(|c| c.to_string()).collect(),
+            },
+        )
+        .unwrap()
+    };
+    // chunk-5 is listed on server 1: kept. The orphan is queued once.
+    assert_eq!(
+        q(&mut s, 1, &["chunk-5", "orphan"]),
+        Reply::Queued { count: 1 }
+    );
+    assert_eq!(q(&mut s, 1, &["orphan"]), Reply::Queued { count: 0 });
+    assert!(!s.pending_deletes[&1].contains("chunk-5"));
+    assert!(s.pending_deletes[&1].contains("orphan"));
+    // Unknown servers and referenced-only lists change nothing.
+    assert_eq!(q(&mut s, 9, &["x"]), Reply::Queued { count: 0 });
+    let mut fresh = state();
+    commit(&mut fresh, "alice", "/f", false, 5).unwrap();
+    assert_eq!(q(&mut fresh, 1, &["chunk-5"]), Reply::Queued { count: 0 });
+    assert!(fresh.pending_deletes.is_empty());
+}

@@ -259,7 +259,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some((meta, data)) = decode_snapshot_file(raw) else {
             return Err(StorageIOError::read_snapshot(
                 None,
-                &openraft::AnyError::error("snapshot file is corrupt"),
+                openraft::AnyError::error("snapshot file is corrupt"),
             )
             .into());
         };

@@ -1,0 +1,388 @@
+//! Control of the real cluster under test, through the `dfsctl local` launcher: `dfsctl local
+//! up/start/down` (run as a process, so the nodes it starts are not children of chaos) and
+//! signals to the pids it records in `cluster.json` (SIGKILL, SIGSTOP, SIGCONT).
+//! Also what the convergence checker needs: each member's applied index, its
+//! `saved-files.json` and its own view of the namespace.
+use crate::history::Convergence;
+use dfs_proto::{ListRequest, StatusRequest};
+use dfsctl::client::MetaConn;
+use dfsctl::local::{alive, LocalCluster, LocalNode};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot run {bin}: {source} (build it with `cargo build --workspace --bins`, or set DFS_BIN_DIR)")]
+    Spawn {
+        bin: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`dfsctl {args}` failed: {stderr}")]
+    Dfsctl { args: String, stderr: String },
+    #[error("cluster description in {dir}: {message}")]
+    Load { dir: PathBuf, message: String },
+    #[error("no node named {0}")]
+    NoNode(String),
+    #[error("{0} did not die within 5 s of SIGKILL")]
+    Undead(String),
+    #[error("client: {0}")]
+    Client(String),
+    #[error("the cluster did not become ready in {secs} s: {last}")]
+    NotReady { secs: u64, last: String },
+}
+
+/// Where the binaries are: `DFS_BIN_DIR`, else beside this executable (as dfsctl does).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DFS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub auth: PathBuf,
+    pub meta_addrs: Vec<String>,
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on a pid recorded for a node we started; no memory is touched.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
+impl Cluster {
+    async fn dfsctl(bin_dir: &Path, args: &[String]) -> Result<String, ClusterError> {
+        let bin = bin_dir.join("dfsctl");
+        let out = tokio::process::Command::new(&bin)
+            .args(args)
+            .env("DFS_BIN_DIR", bin_dir)
+            .env_remove("DFS_META")
+            .env_remove("DFS_AUTH_FILE")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await
+            .map_err(|source| ClusterError::Spawn {
+                bin: bin.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(ClusterError::Dfsctl {
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Start a fresh cluster in `dir` (which must not hold one yet) and wait until it serves.
+    pub async fn up(
+        dir: &Path,
+        bin_dir: &Path,
+        metas: u32,
+        chunks: u32,
+        chunk_size: u64,
+    ) -> Result<Cluster, ClusterError> {
+        let args: Vec<String> = vec![
+            "local".into(),
+            "up".into(),
+            "--quiet".into(),
+            "--json".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            format!("--metas={metas}"),
+            format!("--chunks={chunks}"),
+            format!("--meta-arg=--chunk-size={chunk_size}"),
+            "--wait=120".into(),
+        ];
+        Self::dfsctl(bin_dir, &args).await?;
+        let c = Cluster {
+            dir: dir.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            auth: dir.join("admin.auth"),
+            meta_addrs: vec![],
+        };
+        let nodes = c.nodes()?;
+        Ok(Cluster {
+            meta_addrs: nodes.meta_addrs(),
+            ..c
+        })
+    }
+
+    pub fn nodes(&self) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::load(&self.dir).map_err(|e| ClusterError::Load {
+            dir: self.dir.clone(),
+            message: format!("{e:#}"),
+        })
+    }
+
+    fn node(&self, name: &str) -> Result<LocalNode, ClusterError> {
+        self.nodes()?
+            .nodes
+            .into_iter()
+            .find(|n| n.name == name)
+            .ok_or_else(|| ClusterError::NoNode(name.to_string()))
+    }
+
+    pub fn names(&self, kind: &str) -> Result<Vec<String>, ClusterError> {
+        Ok(self
+            .nodes()?
+            .nodes
+            .into_iter()
+            .filter(|n| n.kind == kind)
+            .map(|n| n.name)
+            .collect())
+    }
+
+    pub fn is_alive(&self, name: &str) -> bool {
+        self.node(name).is_ok_and(|n| alive(n.pid, &n.kind))
+    }
+
+    /// A client connection to the metadata group as the admin.
+    pub fn conn(&self, timeout: Duration) -> Result<MetaConn, ClusterError> {
+        MetaConn::connect(&self.meta_addrs, Some(&self.auth), timeout)
+            .map_err(|e| ClusterError::Client(format!("{e:#}")))
+    }
+
+    /// SIGKILL a node and wait until it is gone (polled every millisecond).
+    pub async fn kill(&self, name: &str) -> Result<(), ClusterError> {
+        let n = self.node(name)?;
+        if !alive(n.pid, &n.kind) {
+            return Ok(());
+        }
+        signal(n.pid.unwrap_or(0), libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(n.pid, &n.kind) {
+            if Instant::now() > deadline {
+                return Err(ClusterError::Undead(name.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Ok(())
+    }
+
+    /// Start a dead node again on its data dir (`dfsctl local start`), retrying briefly.
+    pub async fn start(&self, name: &str) -> Result<(), ClusterError> {
+        let args: Vec<String> = vec![
+            "local".into(),
+            "start".into(),
+            "--quiet".into(),
+            "--dir".into(),
+            self.dir.display().to_string(),
+            name.to_string(),
+        ];
+        let mut last = None;
+        for _ in 0..5 {
+            if self.is_alive(name) {
+                return Ok(());
+            }
+            match Self::dfsctl(&self.bin_dir, &args).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(last.unwrap_or_else(|| ClusterError::NoNode(name.to_string())))
+    }
+
+    pub fn pause(&self, name: &str) -> Result<(), ClusterError> {
+        let n = self.node(name)?;
+        if alive(n.pid, &n.kind) {
+            signal(n.pid.unwrap_or(0), libc::SIGSTOP);
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self, name: &str) -> Result<(), ClusterError> {
+        let n = self.node(name)?;
+        if alive(n.pid, &n.kind) {
+            signal(n.pid.unwrap_or(0), libc::SIGCONT);
+        }
+        Ok(())
+    }
+
+    /// The current metadata leader's node name, if one is known within `wait`.
+    pub async fn leader(&self, wait: Duration) -> Result<Option<String>, ClusterError> {
+        let deadline = Instant::now() + wait;
+        let conn = self.conn(Duration::from_secs(2))?;
+        loop {
+            if let Ok(s) = dfsctl::rpc!(conn, cluster_status, StatusRequest { stale: false }) {
+                if s.leader != 0 {
+                    return Ok(Some(format!("meta-{}", s.leader)));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Wait until every node runs, a leader is known, every member answers and every chunk
+    /// server is live.
+    pub async fn wait_ready(&self, wait: Duration) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + wait;
+        let conn = self.conn(Duration::from_secs(2))?;
+        let mut last = String::from("not asked yet");
+        while Instant::now() < deadline {
+            let nodes = self.nodes()?;
+            let dead: Vec<&str> = nodes
+                .nodes
+                .iter()
+                .filter(|n| !alive(n.pid, &n.kind))
+                .map(|n| n.name.as_str())
+                .collect();
+            if !dead.is_empty() {
+                last = format!("not running: {}", dead.join(", "));
+            } else {
+                match dfsctl::rpc!(conn, cluster_status, StatusRequest { stale: false }) {
+                    Ok(s) => {
+                        let live = s.chunk_servers.iter().filter(|c| c.live).count();
+                        let chunks = nodes.nodes.iter().filter(|n| n.kind == "chunk").count();
+                        let reachable = s.members.iter().all(|m| m.reachable);
+                        if s.leader != 0 && reachable && live >= chunks {
+                            return Ok(());
+                        }
+                        last = format!(
+                            "leader {}, members reachable {reachable}, {live}/{chunks} chunk servers live",
+                            s.leader
+                        );
+                    }
+                    Err(e) => last = e.message().to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(ClusterError::NotReady {
+            secs: wait.as_secs(),
+            last,
+        })
+    }
+
+    /// Start every dead node and resume every paused one, then wait until ready.
+    pub async fn heal(&self, paused: &[String], wait: Duration) -> Result<(), ClusterError> {
+        for p in paused {
+            self.resume(p)?;
+        }
+        for n in self.nodes()?.nodes {
+            if !alive(n.pid, &n.kind) {
+                self.start(&n.name).await?;
+            }
+        }
+        self.wait_ready(wait).await
+    }
+
+    /// Stop every node (`dfsctl local down`).
+    pub async fn down(&self) -> Result<(), ClusterError> {
+        let args: Vec<String> = vec![
+            "local".into(),
+            "down".into(),
+            "--quiet".into(),
+            "--dir".into(),
+            self.dir.display().to_string(),
+        ];
+        // Paused nodes ignore SIGTERM until resumed.
+        if let Ok(nodes) = self.nodes() {
+            for n in nodes.nodes {
+                if alive(n.pid, &n.kind) {
+                    signal(n.pid.unwrap_or(0), libc::SIGCONT);
+                }
+            }
+        }
+        Self::dfsctl(&self.bin_dir, &args).await.map(|_| ())
+    }
+
+    /// One snapshot of what each member holds.
+    async fn snapshot(&self, nodes: &LocalCluster) -> Result<Convergence, ClusterError> {
+        let mut c = Convergence::default();
+        let conn = self.conn(Duration::from_secs(3))?;
+        let status = dfsctl::rpc!(conn, cluster_status, StatusRequest { stale: false }).ok();
+        c.under_replicated_files = status.as_ref().map(|s| s.under_replicated_files);
+        for n in nodes.nodes.iter().filter(|n| n.kind == "meta") {
+            let applied = status.as_ref().and_then(|s| {
+                s.members
+                    .iter()
+                    .find(|m| m.addr == n.addr && m.reachable)
+                    .map(|m| m.applied)
+            });
+            c.applied.insert(n.name.clone(), applied);
+            let file = n.data_dir.join("cache-metadata").join("saved-files.json");
+            c.saved_files.insert(
+                n.name.clone(),
+                std::fs::read(&file)
+                    .ok()
+                    .map(|b| hex::encode(Sha256::digest(&b))),
+            );
+            // The member's own applied state (a stale read is answered locally).
+            let own = MetaConn::connect(
+                std::slice::from_ref(&n.addr),
+                Some(&self.auth),
+                Duration::from_secs(3),
+            )
+            .map_err(|e| ClusterError::Client(format!("{e:#}")))?;
+            let listing = dfsctl::rpc!(
+                own,
+                list,
+                ListRequest {
+                    path: "/".into(),
+                    recursive: true,
+                    stale: true
+                }
+            )
+            .ok()
+            .map(|r| {
+                let mut h = Sha256::new();
+                for e in &r.entries {
+                    h.update(format!("{e:?}\n").as_bytes());
+                }
+                hex::encode(h.finalize())
+            });
+            c.namespace.insert(n.name.clone(), listing);
+        }
+        Ok(c)
+    }
+
+    /// Wait (up to `wait`) until all members agree on applied index, saved-files.json and
+    /// namespace, then (up to 10 s more) until the leader counts no under-replicated file;
+    /// return the last snapshot.
+    pub async fn convergence(&self, wait: Duration) -> Result<Convergence, ClusterError> {
+        let started = Instant::now();
+        let nodes = self.nodes()?;
+        let mut agreed_since: Option<Instant> = None;
+        loop {
+            let mut c = self.snapshot(&nodes).await?;
+            let same = |m: &BTreeMap<String, Option<String>>| {
+                let first = m.values().next().cloned().flatten();
+                first.is_some() && m.values().all(|v| *v == first)
+            };
+            let first = c.applied.values().next().copied().flatten();
+            let applied_same = first.is_some() && c.applied.values().all(|v| *v == first);
+            let agreed = applied_same && same(&c.saved_files) && same(&c.namespace);
+            c.waited_ms = started.elapsed().as_millis() as u64;
+            if agreed {
+                let since = *agreed_since.get_or_insert_with(Instant::now);
+                if c.under_replicated_files == Some(0) || since.elapsed() >= Duration::from_secs(10)
+                {
+                    return Ok(c);
+                }
+            } else {
+                agreed_since = None;
+            }
+            if started.elapsed() >= wait {
+                c.note = format!(
+                    "gave up waiting after {} s (members agree: {agreed})",
+                    wait.as_secs()
+                );
+                return Ok(c);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

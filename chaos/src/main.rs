@@ -1,0 +1,237 @@
+//! `chaos`: kill the leader under load and prove that nothing acknowledged is lost.
+//! Exit codes: 0 every checker passed, 1 a checker found a violation, 2 chaos itself could not
+//! run (cluster did not start, bad arguments, ...).
+use anyhow::{bail, Context};
+use chaos::checker::{self, DEFAULT_BUDGET, DEFAULT_GRACE_US};
+use chaos::cluster::{bin_dir, Cluster};
+use chaos::history::{Clock, History, HistoryWriter, Record, RunInfo};
+use chaos::nemesis::{Nemesis, NemesisConfig};
+use chaos::report;
+use chaos::workload::{self, Shared, WorkloadConfig};
+use clap::Parser;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Chunk size of the cluster under test: small, so files of a few chunks stay cheap.
+const CHUNK_SIZE: u64 = 64 * 1024;
+const METAS: u32 = 3;
+const CHUNKS: u32 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chaos",
+    version,
+    about = "Start a real dfs cluster, run concurrent clients while killing and pausing nodes, then check that no acknowledged write was lost and every read was one a correct system could return.",
+    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10          # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
+)]
+struct Args {
+    /// Seconds the workload runs under faults.
+    #[arg(long, default_value_t = 60)]
+    duration: u64,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// SIGKILL the metadata leader every this many seconds (0: never); it restarts 1-2 s later.
+    #[arg(long, default_value_t = 10)]
+    kill_leader_every: u64,
+    /// Do not SIGKILL chunk servers.
+    #[arg(long)]
+    no_chunk_kills: bool,
+    /// Do not SIGSTOP the leader.
+    #[arg(long)]
+    no_pauses: bool,
+    /// Do not SIGKILL two of three metadata nodes at once.
+    #[arg(long)]
+    no_majority_kills: bool,
+    /// Keep the cluster's data dirs and the history in DIR (default: a new temp dir, whose
+    /// history is kept and whose cluster data is removed when every checker passes).
+    #[arg(long, value_name = "DIR")]
+    keep: Option<PathBuf>,
+    /// Print the summary table on stderr and, as the last line on stdout, one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Only run the checkers on a kept history file.
+    #[arg(long, value_name = "HISTORY")]
+    replay: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chaos: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Check a history and print the summary; returns whether every checker passed.
+fn check_and_report(history: &Path, json: bool) -> anyhow::Result<bool> {
+    let h = History::read(history)?;
+    let grace = h
+        .run
+        .as_ref()
+        .map(|r| r.unknown_grace_ms * 1000)
+        .filter(|g| *g > 0)
+        .unwrap_or(DEFAULT_GRACE_US);
+    let started = Instant::now();
+    let v = checker::check_all(&h, grace, DEFAULT_BUDGET);
+    let s = report::summarize(&h, &v, history);
+    if json {
+        eprint!("{}", s.table);
+        eprintln!("(checked in {:.1} s)", started.elapsed().as_secs_f64());
+        println!("{}", s.json);
+    } else {
+        print!("{}", s.table);
+    }
+    Ok(s.pass)
+}
+
+async fn run(a: Args) -> anyhow::Result<bool> {
+    if let Some(h) = &a.replay {
+        return check_and_report(h, a.json);
+    }
+    if a.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    let (work, keep) = match &a.keep {
+        Some(d) => (d.clone(), true),
+        None => (
+            std::env::temp_dir().join(format!(
+                "dfs-chaos-{}-{}",
+                unix_now().as_secs(),
+                std::process::id()
+            )),
+            false,
+        ),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    let work = std::fs::canonicalize(&work)?;
+    let cluster_dir = work.join("cluster");
+    let history_path = work.join("history.jsonl");
+    if cluster_dir.exists() || history_path.exists() {
+        bail!(
+            "{} already holds a chaos run; give --keep a new directory",
+            work.display()
+        );
+    }
+    std::fs::create_dir_all(&cluster_dir)?;
+    eprintln!(
+        "chaos: starting {METAS} metasrv + {CHUNKS} chunksrv in {} (binaries from {})",
+        cluster_dir.display(),
+        bin_dir().display()
+    );
+    let cluster = Arc::new(Cluster::up(&cluster_dir, &bin_dir(), METAS, CHUNKS, CHUNK_SIZE).await?);
+    let driven = tokio::select! {
+        r = drive(&a, cluster.clone(), &history_path) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    eprintln!("chaos: stopping the cluster");
+    if let Err(e) = cluster.down().await {
+        eprintln!("chaos: stopping the cluster: {e}");
+    }
+    driven.with_context(|| {
+        format!(
+            "the run did not complete; history so far: {} (cluster data kept in {})",
+            history_path.display(),
+            cluster_dir.display()
+        )
+    })?;
+    eprintln!("chaos: checking the history");
+    let pass = check_and_report(&history_path, a.json)?;
+    if pass && !keep {
+        let _ = std::fs::remove_dir_all(&cluster_dir);
+    }
+    Ok(pass)
+}
+
+/// Workload and nemesis together, then heal, final reads and convergence, all recorded.
+async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::Result<()> {
+    let history = Arc::new(HistoryWriter::create(history_path)?);
+    let clock = Clock::start();
+    let groups = (a.clients as u32 / 3).max(2);
+    history.write(&Record::Run(RunInfo {
+        started: format!("{} (unix seconds)", unix_now().as_secs()),
+        duration_s: a.duration,
+        clients: a.clients,
+        groups,
+        metas: METAS,
+        chunks: CHUNKS,
+        chunk_size: CHUNK_SIZE,
+        kill_leader_every_s: a.kill_leader_every,
+        chunk_kills: !a.no_chunk_kills,
+        pauses: !a.no_pauses,
+        majority_kills: !a.no_majority_kills,
+        cluster_dir: cluster.dir.display().to_string(),
+        unknown_grace_ms: DEFAULT_GRACE_US / 1000,
+    }))?;
+    let cfg = WorkloadConfig {
+        clients: a.clients,
+        groups,
+        chunk_size: CHUNK_SIZE,
+        max_size: CHUNK_SIZE * 7 / 2,
+        rpc_timeout: Duration::from_secs(10),
+        op_timeout: Duration::from_secs(30),
+        run_tag: format!("{:x}", unix_now().as_micros()),
+    };
+    let shared = Arc::new(Shared::new(
+        cfg,
+        history.clone(),
+        clock,
+        cluster.meta_addrs.clone(),
+        cluster.auth.clone(),
+    ));
+    workload::setup(&shared).await?;
+    let mut nemesis = Nemesis::new(
+        cluster.clone(),
+        history.clone(),
+        clock,
+        NemesisConfig {
+            kill_leader_every: (a.kill_leader_every > 0)
+                .then(|| Duration::from_secs(a.kill_leader_every)),
+            chunk_kills: !a.no_chunk_kills,
+            pauses: !a.no_pauses,
+            majority_kills: !a.no_majority_kills,
+        },
+    );
+    eprintln!(
+        "chaos: {} clients on {groups} groups of paths for {} s, leader kill every {} s",
+        a.clients, a.duration, a.kill_leader_every
+    );
+    let until = Instant::now() + Duration::from_secs(a.duration);
+    let (w, n) = tokio::join!(workload::run(shared.clone(), until), nemesis.run(until));
+    if let Err(e) = n {
+        eprintln!("chaos: the nemesis stopped early: {e}");
+    }
+    w?;
+    eprintln!("chaos: healing the cluster");
+    cluster
+        .heal(&nemesis.paused, Duration::from_secs(120))
+        .await?;
+    eprintln!("chaos: final reads");
+    workload::final_reads(shared.clone(), Duration::from_secs(120)).await?;
+    eprintln!("chaos: waiting for the members to converge");
+    let c = cluster.convergence(Duration::from_secs(60)).await?;
+    history.write(&Record::Convergence(c))?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The nemesis: faults injected while the workload runs, each switchable, each bounded (every
+//! fault is undone before the next starts), so the run always ends with every node back.
+//!
+//! The clock is the leader-kill period K. At the start of each period: SIGKILL the current
+//! leader, restart it 1–2 s later. Half a period later, one other fault, in rotation:
+//! SIGKILL a random chunk server and restart it 1–3 s later; SIGSTOP the leader for 1.5–4 s
+//! and SIGCONT it; and every fourth time, SIGKILL two of three metadata nodes (the leader among
+//! them) for 3 s, during which nothing that needs a quorum may be acknowledged.
+//! Every fault is recorded in the history at the moment it took effect.
+use crate::cluster::{Cluster, ClusterError};
+use crate::history::{Clock, Fault, FaultKind, HistoryError, HistoryWriter, Record};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NemesisError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+#[derive(Debug, Clone)]
+pub struct NemesisConfig {
+    /// None: no leader kills.
+    pub kill_leader_every: Option<Duration>,
+    pub chunk_kills: bool,
+    pub pauses: bool,
+    pub majority_kills: bool,
+}
+
+/// How long two of three metadata nodes stay dead.
+const MAJORITY_DOWN: Duration = Duration::from_secs(3);
+/// Period of the other faults when leaders are not killed.
+const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Other {
+    Chunk,
+    Pause,
+    Majority,
+}
+
+pub struct Nemesis {
+    cluster: Arc<Cluster>,
+    history: Arc<HistoryWriter>,
+    clock: Clock,
+    cfg: NemesisConfig,
+    rng: StdRng,
+    /// Nodes stopped with SIGSTOP and not yet resumed (for healing after an error).
+    pub paused: Vec<String>,
+}
+
+fn millis(rng: &mut StdRng, lo: u64, hi: u64, cap: Duration) -> Duration {
+    let cap = cap.as_millis() as u64;
+    let hi = hi.min(cap).max(1);
+    Duration::from_millis(rng.gen_range(lo.min(hi)..=hi))
+}
+
+impl Nemesis {
+    pub fn new(
+        cluster: Arc<Cluster>,
+        history: Arc<HistoryWriter>,
+        clock: Clock,
+        cfg: NemesisConfig,
+    ) -> Nemesis {
+        Nemesis {
+            cluster,
+            history,
+            clock,
+            cfg,
+            rng: StdRng::from_entropy(),
+            paused: Vec::new(),
+        }
+    }
+
+    fn record(
+        &self,
+        kind: FaultKind,
+        nodes: &[String],
+        note: Option<String>,
+    ) -> Result<(), HistoryError> {
+        self.history.write(&Record::Fault(Fault {
+            kind,
+            nodes: nodes.to_vec(),
+            at_us: self.clock.now_us(),
+            note,
+        }))
+    }
+
+    /// The leader, once every metadata node runs and one is elected (None after `wait`).
+    async fn settled_leader(&self, wait: Duration) -> Result<Option<String>, NemesisError> {
+        let deadline = Instant::now() + wait;
+        for m in self.cluster.names("meta")? {
+            while !self.cluster.is_alive(&m) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        Ok(self
+            .cluster
+            .leader(left.max(Duration::from_millis(500)))
+            .await?)
+    }
+
+    async fn restart(&self, names: &[String]) -> Result<(), NemesisError> {
+        self.record(FaultKind::Restart, names, None)?;
+        for n in names {
+            self.cluster.start(n).await?;
+        }
+        Ok(())
+    }
+
+    async fn kill_leader(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(10)).await? else {
+            self.record(
+                FaultKind::KillLeader,
+                &[],
+                Some("skipped: no leader elected".into()),
+            )?;
+            return Ok(());
+        };
+        self.cluster.kill(&leader).await?;
+        let nodes = vec![leader];
+        self.record(FaultKind::KillLeader, &nodes, None)?;
+        let delay = millis(&mut self.rng, 1000, 2000, budget);
+        tokio::time::sleep(delay).await;
+        self.restart(&nodes).await
+    }
+
+    async fn kill_chunk(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let alive: Vec<String> = self
+            .cluster
+            .names("chunk")?
+            .into_iter()
+            .filter(|n| self.cluster.is_alive(n))
+            .collect();
+        let Some(victim) = alive.choose(&mut self.rng).cloned() else {
+            return Ok(());
+        };
+        self.cluster.kill(&victim).await?;
+        let nodes = vec![victim];
+        self.record(FaultKind::KillChunk, &nodes, None)?;
+        let delay = millis(&mut self.rng, 1000, 3000, budget);
+        tokio::time::sleep(delay).await;
+        self.restart(&nodes).await
+    }
+
+    async fn pause_leader(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
+            return Ok(());
+        };
+        self.cluster.pause(&leader)?;
+        self.paused.push(leader.clone());
+        let nodes = vec![leader.clone()];
+        self.record(FaultKind::Pause, &nodes, None)?;
+        let delay = millis(&mut self.rng, 1500, 4000, budget);
+        tokio::time::sleep(delay).await;
+        self.cluster.resume(&leader)?;
+        self.paused.retain(|p| *p != leader);
+        self.record(FaultKind::Resume, &nodes, None)?;
+        Ok(())
+    }
+
+    async fn kill_majority(&mut self) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(10)).await? else {
+            return Ok(());
+        };
+        let metas = self.cluster.names("meta")?;
+        if metas.len() < 3 {
+            return Ok(());
+        }
+        let others: Vec<String> = metas.into_iter().filter(|m| *m != leader).collect();
+        let need = others.len() + 1;
+        let kill = need / 2 + need % 2; // a majority: 2 of 3, 3 of 5
+        let mut victims = vec![leader];
+        victims.extend(others.choose_multiple(&mut self.rng, kill - 1).cloned());
+        for v in &victims {
+            self.cluster.kill(v).await?;
+        }
+        self.record(FaultKind::KillMajority, &victims, None)?;
+        tokio::time::sleep(MAJORITY_DOWN).await;
+        self.restart(&victims).await
+    }
+
+    /// Inject faults until `until`; each is undone before the next begins.
+    pub async fn run(&mut self, until: Instant) -> Result<(), NemesisError> {
+        let period = self.cfg.kill_leader_every.unwrap_or(DEFAULT_PERIOD);
+        let half = period / 2;
+        // The next fault must fit before the end, with a little quiet time after it.
+        let tail = Duration::from_secs(3);
+        let mut others: Vec<Other> = Vec::new();
+        if self.cfg.chunk_kills {
+            others.push(Other::Chunk);
+        }
+        if self.cfg.pauses {
+            others.push(Other::Pause);
+        }
+        let mut slot_start = Instant::now() + Duration::from_secs(2);
+        let mut round = 0usize;
+        loop {
+            if slot_start + tail >= until {
+                return Ok(());
+            }
+            tokio::time::sleep_until(slot_start.into()).await;
+            if self.cfg.kill_leader_every.is_some() {
+                self.kill_leader(period.mul_f64(0.4)).await?;
+            }
+            let mid = slot_start + half;
+            let other = if self.cfg.majority_kills && round % 4 == 3 {
+                Some(Other::Majority)
+            } else if others.is_empty() {
+                None
+            } else {
+                Some(others[round % others.len()])
+            };
+            round += 1;
+            let longest = match other {
+                Some(Other::Majority) => MAJORITY_DOWN + Duration::from_secs(2),
+                Some(_) => half.mul_f64(0.8),
+                None => Duration::ZERO,
+            };
+            if other.is_some() && mid.max(Instant::now()) + longest + tail < until {
+                tokio::time::sleep_until(mid.into()).await;
+                let budget = half.mul_f64(0.8);
+                match other {
+                    Some(Other::Chunk) => self.kill_chunk(budget).await?,
+                    Some(Other::Pause) => self.pause_leader(budget).await?,
+                    Some(Other::Majority) => self.kill_majority().await?,
+                    None => {}
+                }
+            }
+            slot_start += period;
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The summary: operations by kind and outcome, faults, failover times (gap between a leader's
+//! SIGKILL and the next acknowledged write), a verdict per checker; as a table for people and
+//! as one JSON object for machines.
+use crate::checker::Verdicts;
+use crate::history::{FaultKind, History, Kind, Outcome};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Failover {
+    /// Milliseconds from each leader kill to the next acknowledged write.
+    pub gaps_ms: Vec<f64>,
+    /// Leader kills after which no write was acknowledged at all.
+    pub never: usize,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+impl Failover {
+    pub fn p50(&self) -> f64 {
+        percentile(&self.gaps_ms, 0.5)
+    }
+    pub fn p99(&self) -> f64 {
+        percentile(&self.gaps_ms, 0.99)
+    }
+    pub fn max(&self) -> f64 {
+        self.gaps_ms.last().copied().unwrap_or(0.0)
+    }
+}
+
+/// Failover per leader kill: kill (process seen dead) to the next acknowledged write.
+pub fn failover(h: &History) -> Failover {
+    let mut acks: Vec<u64> = h
+        .ops
+        .iter()
+        .filter(|o| o.kind.is_write() && o.outcome == Outcome::Ok && !o.final_read)
+        .map(|o| o.complete_us)
+        .collect();
+    acks.sort_unstable();
+    let mut f = Failover::default();
+    for k in h
+        .faults
+        .iter()
+        .filter(|k| k.kind == FaultKind::KillLeader && !k.nodes.is_empty())
+    {
+        let i = acks.partition_point(|t| *t <= k.at_us);
+        match acks.get(i) {
+            Some(t) => f.gaps_ms.push((t - k.at_us) as f64 / 1000.0),
+            None => f.never += 1,
+        }
+    }
+    f.gaps_ms.sort_by(|a, b| a.total_cmp(b));
+    f
+}
+
+pub struct Summary {
+    pub pass: bool,
+    pub json: Value,
+    pub table: String,
+}
+
+fn count(h: &History, kind: FaultKind) -> usize {
+    h.faults
+        .iter()
+        .filter(|f| f.kind == kind && !f.nodes.is_empty())
+        .count()
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
+    let pass = v.pass();
+    let mut by_kind: BTreeMap<Kind, [usize; 3]> = BTreeMap::new();
+    let (mut ok, mut failed, mut unknown, mut data_errors) = (0, 0, 0, 0);
+    for o in h.ops.iter().filter(|o| !o.final_read) {
+        let e = by_kind.entry(o.kind).or_default();
+        match o.outcome {
+            Outcome::Ok => {
+                e[0] += 1;
+                ok += 1;
+            }
+            Outcome::Failed => {
+                e[1] += 1;
+                failed += 1;
+            }
+            Outcome::Unknown => {
+                e[2] += 1;
+                unknown += 1;
+            }
+        }
+        if o.data_error.is_some() {
+            data_errors += 1;
+        }
+    }
+    let fo = failover(h);
+    let leader_kills = count(h, FaultKind::KillLeader);
+    let majority_kills = count(h, FaultKind::KillMajority);
+    let chunk_kills = count(h, FaultKind::KillChunk);
+    let pauses = count(h, FaultKind::Pause);
+    let run = h.run.clone().unwrap_or_default();
+
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "chaos: {} s, {} clients, {} metasrv + {} chunksrv, {} groups of paths, chunk size {} B",
+        run.duration_s, run.clients, run.metas, run.chunks, run.groups, run.chunk_size
+    );
+    let _ = writeln!(
+        t,
+        "{:<12} {:>9} {:>9} {:>9}",
+        "operation", "ok", "failed", "unknown"
+    );
+    for k in Kind::ALL {
+        let c = by_kind.get(&k).copied().unwrap_or_default();
+        let _ = writeln!(t, "{:<12} {:>9} {:>9} {:>9}", k.name(), c[0], c[1], c[2]);
+    }
+    let _ = writeln!(t, "{:<12} {:>9} {:>9} {:>9}", "total", ok, failed, unknown);
+    if data_errors > 0 {
+        let _ = writeln!(
+            t,
+            "gets whose bytes could not be read at the time: {data_errors}"
+        );
+    }
+    let _ = writeln!(
+        t,
+        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {pauses} leader pauses"
+    );
+    let _ = writeln!(
+        t,
+        "failover (leader SIGKILL -> next acknowledged write): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms over {} kills{}",
+        fo.p50(),
+        fo.p99(),
+        fo.max(),
+        fo.gaps_ms.len(),
+        if fo.never > 0 {
+            format!(" ({} kills never followed by an acknowledged write)", fo.never)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(t, "checkers:");
+    let _ = writeln!(
+        t,
+        "  no lost write      {}  {} acknowledged puts checked, {} lost{}",
+        verdict(v.lost.pass()),
+        v.lost.checked,
+        v.lost.lost.len(),
+        if v.lost.unreadable.is_empty() {
+            String::new()
+        } else {
+            format!(", final state unreadable at {:?}", v.lost.unreadable)
+        }
+    );
+    let _ = writeln!(
+        t,
+        "  linearizable       {}  {} groups, {} operations ({} unknown), {} configurations explored{}",
+        verdict(v.linear.pass()),
+        v.linear.groups,
+        v.linear.ops,
+        v.linear.unknown,
+        v.linear.explored,
+        if v.linear.needed_late_unknown > 0 {
+            format!(
+                "; {} group(s) needed an unknown op to take effect after the grace",
+                v.linear.needed_late_unknown
+            )
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        t,
+        "  no phantom reads   {}  {} reads checked, {} phantom",
+        verdict(v.phantom.pass()),
+        v.phantom.reads_checked,
+        v.phantom.phantoms.len()
+    );
+    let _ = writeln!(
+        t,
+        "  convergence        {}  {}",
+        verdict(v.convergence.pass),
+        match (&v.convergence.applied, v.convergence.problems.is_empty()) {
+            (Some(a), true) =>
+                format!("every member applied {a}; saved-files.json and namespace identical"),
+            _ => v.convergence.problems.join("; "),
+        }
+    );
+    let _ = writeln!(
+        t,
+        "  replication        {}  {} under-replicated files after healing",
+        verdict(v.replication.pass),
+        v.replication
+            .under_replicated_files
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "unknown number of".into())
+    );
+    let _ = writeln!(
+        t,
+        "  quorum             {}  {} majority-down windows, {} ops acknowledged without a quorum, {} not recovered",
+        verdict(v.quorum.pass()),
+        v.quorum.windows,
+        v.quorum.served_without_quorum.len(),
+        v.quorum.not_recovered
+    );
+    let mut details: Vec<String> = Vec::new();
+    for l in &v.lost.lost {
+        details.push(format!(
+            "lost write: op {} put {} content {} -> at the end: {}",
+            l.op, l.path, l.content, l.found
+        ));
+    }
+    details.extend(
+        v.linear
+            .violations
+            .iter()
+            .map(|s| format!("not linearizable: {s}")),
+    );
+    details.extend(
+        v.linear
+            .inconclusive
+            .iter()
+            .map(|s| format!("linearizability inconclusive: {s}")),
+    );
+    for p in &v.phantom.phantoms {
+        details.push(format!(
+            "phantom: op {} {} {}: {}",
+            p.op, p.path, p.content, p.why
+        ));
+    }
+    for id in v.quorum.served_without_quorum.iter().take(10) {
+        details.push(format!("acknowledged while a majority was down: op {id}"));
+    }
+    if !details.is_empty() {
+        let _ = writeln!(t, "violations:");
+        for d in details.iter().take(20) {
+            let _ = writeln!(t, "  {d}");
+        }
+        if details.len() > 20 {
+            let _ = writeln!(t, "  ... and {} more", details.len() - 20);
+        }
+    }
+    let _ = writeln!(t, "verdict: {}", verdict(pass));
+    let _ = writeln!(t, "history: {}", history_path.display());
+
+    let ops: BTreeMap<&str, Value> = by_kind
+        .iter()
+        .map(|(k, c)| {
+            (
+                k.name(),
+                json!({"ok": c[0], "failed": c[1], "unknown": c[2]}),
+            )
+        })
+        .collect();
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let json = json!({
+        "verdict": if pass { "pass" } else { "fail" },
+        "ops_ok": ok,
+        "ops_failed": failed,
+        "ops_unknown": unknown,
+        "leader_kills": leader_kills,
+        "lost_writes": v.lost.lost.len(),
+        "linearizable": v.linear.pass(),
+        "failover_ms": {"p50": round(fo.p50()), "p99": round(fo.p99()), "max": round(fo.max()), "kills_measured": fo.gaps_ms.len(), "never": fo.never},
+        "majority_kills": majority_kills,
+        "chunk_kills": chunk_kills,
+        "pauses": pauses,
+        "ops": ops,
+        "get_data_errors": data_errors,
+        "checkers": {
+            "no_lost_write": {"pass": v.lost.pass(), "checked": v.lost.checked, "lost": v.lost.lost.len(), "unreadable": v.lost.unreadable},
+            "linearizable": {"pass": v.linear.pass(), "groups": v.linear.groups, "ops": v.linear.ops, "unknown": v.linear.unknown, "violations": v.linear.violations, "inconclusive": v.linear.inconclusive},
+            "no_phantom_reads": {"pass": v.phantom.pass(), "reads": v.phantom.reads_checked, "phantoms": v.phantom.phantoms.len()},
+            "convergence": {"pass": v.convergence.pass, "applied": v.convergence.applied, "problems": v.convergence.problems},
+            "replication": {"pass": v.replication.pass, "under_replicated_files": v.replication.under_replicated_files},
+            "quorum": {"pass": v.quorum.pass(), "windows": v.quorum.windows, "served_without_quorum": v.quorum.served_without_quorum.len(), "not_recovered": v.quorum.not_recovered},
+        },
+        "duration_s": run.duration_s,
+        "clients": run.clients,
+        "history": history_path.display().to_string(),
+    });
+    Summary {
+        pass,
+        json,
+        table: t,
+    }
+}
