@@ -392,7 +392,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     rate: args.scrub_rate,
                     every: Duration::from_secs_f64(args.scrub_every_secs.clamp(0.01, 1e9)),
                 },
-                stats: Default::default(),
+                stats: Arc::clone(&metrics.scrub),
             };
             tokio::spawn(scrubber.run(shutdown_rx.clone()));
             tracing::info!(

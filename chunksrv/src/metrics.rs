@@ -91,6 +91,8 @@ pub struct Metrics {
     requests: [Histogram; 4],
     /// The store's directories (`data`, `backup`), for filesystem gauges and `/healthz`.
     dirs: OnceLock<Vec<(&'static str, PathBuf)>>,
+    /// What the scrubber has done (it updates these itself).
+    pub scrub: Arc<crate::scrub::ScrubStats>,
 }
 
 /// Decrements `active_transfers` when dropped.
@@ -250,6 +252,34 @@ impl Metrics {
             ),
         ];
         for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let scrub: [(&str, &str, u64); 4] = [
+            (
+                "dfs_chunk_scrub_passes_total",
+                "Scrub passes completed over every chunk.",
+                get(&self.scrub.passes),
+            ),
+            (
+                "dfs_chunk_scrubbed_chunks_total",
+                "Chunks re-read and verified by the scrubber.",
+                get(&self.scrub.chunks),
+            ),
+            (
+                "dfs_chunk_scrubbed_bytes_total",
+                "Bytes re-read and verified by the scrubber.",
+                get(&self.scrub.bytes),
+            ),
+            (
+                "dfs_chunk_scrub_lost_total",
+                "Chunks the scrubber found with no good local copy (reported for repair).",
+                get(&self.scrub.lost),
+            ),
+        ];
+        for (name, help, v) in scrub {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"

@@ -451,6 +451,50 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
             "Chunk replicas waiting to be deleted by their chunk server.",
             pending,
         );
+        let h = &node.healing;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        gauge(
+            o,
+            "dfs_repair_queue",
+            "Replica copies waiting in the leader's last repair plan.",
+            get(&h.queue),
+        );
+        gauge(
+            o,
+            "dfs_repair_lost_chunks",
+            "Chunks with no good replica left in the last repair plan.",
+            get(&h.lost),
+        );
+        gauge(
+            o,
+            "dfs_orphan_chunks_pending",
+            "Chunk replicas no file references, seen by the leader's last scan.",
+            get(&h.orphans_pending),
+        );
+        counter(
+            o,
+            "dfs_repair_copies_total",
+            "Replica copies made and recorded by this leader.",
+            get(&h.copies_total),
+        );
+        counter(
+            o,
+            "dfs_repair_copy_failures_total",
+            "Replica copies that failed.",
+            get(&h.copy_failures_total),
+        );
+        counter(
+            o,
+            "dfs_repair_copied_bytes_total",
+            "Bytes copied by re-replication.",
+            get(&h.copied_bytes_total),
+        );
+        counter(
+            o,
+            "dfs_repair_dropped_replicas_total",
+            "Surplus or dead replicas dropped from the metadata.",
+            get(&h.dropped_replicas_total),
+        );
         let servers: Vec<(NodeId, String)> = st
             .chunk_servers
             .values()
