@@ -2,6 +2,11 @@
 use clap::Parser;
 
 fn main() {
+    // Like other Unix tools: a closed pipe (`dfsctl ls | head`) ends the process quietly.
+    // SAFETY: resetting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = dfsctl::Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -121,7 +121,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // The applied state up to this snapshot is on disk before its log can be purged.
         self.flusher.sync().await.map_err(write_err)?;
-        let data = serde_json::to_vec(&self.state).map_err(read_err)?;
         let snapshot_id = match self.applied {
             Some(l) => format!(
                 "{}-{}-{}",
@@ -136,11 +135,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
+        // Serializing a large namespace takes a while: keep it off the async workers, which
+        // must go on sending heartbeats.
+        let state = std::mem::take(&mut self.state);
         let path = self.path.clone();
-        let (m2, d2) = (meta.clone(), data.clone());
-        tokio::task::spawn_blocking(move || write_snapshot_file(&path, &m2, &d2))
-            .await
-            .map_err(write_err)??;
+        let m2 = meta.clone();
+        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError> {
+            let data = serde_json::to_vec(&state).map_err(read_err)?;
+            write_snapshot_file(&path, &m2, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(write_err)??;
         tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
         Ok(Snapshot {
             meta,
