@@ -282,18 +282,27 @@ impl MetaNode {
             chunks,
         };
         let id = uuid::Uuid::new_v4().to_string();
+        let now = now_ms();
         self.propose(v1(CommandV1::CommitFile {
             actor: actor.clone(),
             path: path.clone(),
             overwrite: r.overwrite,
-            file,
-            id,
-            now_ms: now_ms(),
+            file: file.clone(),
+            id: id.clone(),
+            now_ms: now,
         }))
         .await?;
+        // The reply describes what was committed, not a later lookup: a concurrent rm or mv may
+        // already have changed the path, and the commit must still be reported as done.
+        let committed = Inode {
+            id,
+            owner: actor,
+            created_ms: now,
+            modified_ms: now,
+            file: Some(file),
+        };
         let st = self.read_state();
-        let (p, n) = st.stat(&actor, &path)?;
-        Ok(file_info(&p, &n, Some(&st)))
+        Ok(file_info(&path, &committed, Some(&st)))
     }
 
     pub async fn open_read(&self, c: &Caller, r: StatRequest) -> OpResult<OpenReadReply> {
