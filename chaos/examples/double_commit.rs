@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             replica_addrs: vec![],
             token: a.token.clone(),
         }],
+        request_id: String::new(),
     };
     dfsctl::rpc!(conn, commit_file, commit.clone())?;
     println!("first commit ok");

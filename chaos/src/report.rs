@@ -175,7 +175,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         v.linear.explored,
         if v.linear.needed_late_unknown > 0 {
             format!(
-                "; {} group(s) needed an unknown op to take effect after the grace",
+                "; {} group(s) passed only once unknown operations could take effect any time later",
                 v.linear.needed_late_unknown
             )
         } else {

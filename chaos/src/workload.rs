@@ -377,6 +377,7 @@ impl Client {
             sha256: sha256_hex(data),
             chunk_size: chunk_size as u64,
             chunks,
+            request_id: uuid::Uuid::new_v4().to_string(),
         };
         let (r, attempts) = counted!(self.conn, commit_file, commit.clone());
         match r {

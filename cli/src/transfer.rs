@@ -273,6 +273,8 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
         sha256: hex::encode(hasher.finalize()),
         chunk_size,
         chunks: done,
+        // The same id on every retry of this commit (see CommitRequest.request_id).
+        request_id: uuid::Uuid::new_v4().to_string(),
     };
     let file = rpc!(conn, commit_file, commit.clone())?;
     Ok(PutOutcome { file, bytes: total })

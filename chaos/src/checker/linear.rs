@@ -9,16 +9,17 @@
 //! saw: the history is not linearizable, and that operation is where it broke.
 //!
 //! Unknown operations (timed out, or an error after a retry) may take effect at any point after
-//! their invocation, or never: they are optional and have no completion. Two pruning rules keep
-//! the search small and lose nothing: applying an unknown operation that changes nothing is
-//! skipped (not applying it is always allowed), and of two configurations with the same state
-//! and linearized set, the one that applied a superset of unknown operations is dropped (the
-//! other can still do everything it can).
+//! their invocation, up to a grace after their completion (or without bound), or never: they
+//! are optional. At the end of its window an unknown operation has either been applied or never
+//! will be. Two pruning rules keep the search small and lose nothing: applying an unknown
+//! operation that changes nothing is skipped (not applying it is always allowed), and of two
+//! configurations with the same state and linearized set, the one that applied a superset of
+//! unknown operations is dropped (the other can still do everything it can).
 //!
-//! This exhaustive search names the first operation that breaks; the depth-first search below
-//! (`check_dfs`) is much faster on valid histories, so it runs first (with a bounded window for
-//! unknown operations: completion + grace, then without bound); both are exact for their
-//! assumption, so a pass of the bounded one is a pass.
+//! This exhaustive search (`check_jit`) names the first operation that breaks and forgets the
+//! past as it goes; the depth-first search below (`check_dfs`) is much faster on valid
+//! histories but must exhaust every alternative before it can say "no". Both are exact for the
+//! same assumption, and a unit test checks that they agree on random histories.
 use super::model::{apply, step, Group, ModelOp, State};
 use std::collections::HashMap;
 
@@ -46,6 +47,7 @@ enum Ev {
     Call(usize),
     Ret(usize),
     UCall(usize),
+    Expire(usize),
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -124,16 +126,98 @@ impl Frontier {
     }
 }
 
-/// Check one group exhaustively, unknown operations taking effect any time after their
-/// invocation or never. `budget`: most configurations explored before giving up. Names the
-/// first operation whose completion no configuration explains.
-pub fn check_jit(group: &Group, budget: usize) -> LinResult {
+/// Every configuration reachable from `configs` by linearizing open operations, stopping at
+/// the ones where `target` is done: a known operation linearized, or an unknown one applied.
+/// Returns them (with a known target dropped from the linearized set), or None when more than
+/// `budget` configurations were explored.
+fn closure(
+    ops: &[ModelOp],
+    configs: Vec<Config>,
+    open_known: &[u32],
+    open_unknown: &[u32],
+    target: Ev,
+    budget: usize,
+    explored: &mut usize,
+) -> Option<Frontier> {
+    let mut seen = Frontier::default();
+    let mut out = Frontier::default();
+    let mut stack: Vec<Config> = Vec::new();
+    for c in configs {
+        if seen.insert(&c) {
+            stack.push(c);
+        }
+    }
+    let mut here = 0usize;
+    while let Some(c) = stack.pop() {
+        *explored += 1;
+        here += 1;
+        if here > budget {
+            return None;
+        }
+        match target {
+            Ev::Ret(o) if c.lin.binary_search(&(o as u32)).is_ok() => {
+                out.insert(&Config {
+                    lin: without(&c.lin, o as u32),
+                    ..c
+                });
+                continue;
+            }
+            Ev::Expire(u) if c.applied.binary_search(&(u as u32)).is_ok() => {
+                out.insert(&c);
+                continue;
+            }
+            _ => {}
+        }
+        for &k in open_known {
+            if c.lin.binary_search(&k).is_ok() {
+                continue;
+            }
+            if let Some(next) = step(&c.state, &ops[k as usize]) {
+                let n = Config {
+                    state: next,
+                    lin: with(&c.lin, k),
+                    applied: c.applied.clone(),
+                };
+                if seen.insert(&n) {
+                    stack.push(n);
+                }
+            }
+        }
+        for &u in open_unknown {
+            if c.applied.binary_search(&u).is_ok() {
+                continue;
+            }
+            let (next, _) = apply(&c.state, &ops[u as usize].action);
+            if next == c.state {
+                continue;
+            }
+            let n = Config {
+                state: next,
+                lin: c.lin.clone(),
+                applied: with(&c.applied, u),
+            };
+            if seen.insert(&n) {
+                stack.push(n);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Check one group exhaustively. `grace_us`: how long after its completion an unknown
+/// operation may still take effect (None: any time later); it may also never take effect.
+/// `budget`: most configurations one step may explore before the search gives up (the total
+/// grows with the history; each step forgets the past). Names the first operation whose
+/// completion no configuration explains.
+pub fn check_jit(group: &Group, grace_us: Option<u64>, budget: usize) -> LinResult {
     let ops: &[ModelOp] = &group.ops;
     let mut events: Vec<(u64, u8, Ev)> = Vec::with_capacity(ops.len() * 2);
     for (i, o) in ops.iter().enumerate() {
         if o.unknown {
-            // Never expires: this search is the one without a bound on unknown operations.
             events.push((o.invoke_us, 0, Ev::UCall(i)));
+            if let Some(g) = grace_us {
+                events.push((o.complete_us.saturating_add(g), 1, Ev::Expire(i)));
+            }
         } else {
             events.push((o.invoke_us, 0, Ev::Call(i)));
             events.push((o.complete_us, 1, Ev::Ret(i)));
@@ -156,70 +240,64 @@ pub fn check_jit(group: &Group, budget: usize) -> LinResult {
         match ev {
             Ev::Call(i) => open_known.push(i as u32),
             Ev::UCall(i) => open_unknown.push(i as u32),
+            Ev::Expire(u) => {
+                let u32_ = u as u32;
+                if !open_unknown.contains(&u32_) {
+                    continue; // already settled
+                }
+                // Either it took effect by now (possibly after other open operations), or it
+                // never will.
+                let untouched: Vec<Config> = configs
+                    .iter()
+                    .filter(|c| c.applied.binary_search(&u32_).is_err())
+                    .cloned()
+                    .collect();
+                let Some(mut out) = closure(
+                    ops,
+                    configs,
+                    &open_known,
+                    &open_unknown,
+                    ev,
+                    budget,
+                    &mut explored,
+                ) else {
+                    return LinResult::Inconclusive {
+                        reason: format!(
+                            "the exhaustive search explored more than {budget} configurations at the end of unknown op {}'s window",
+                            ops[u].id
+                        ),
+                    };
+                };
+                for c in &untouched {
+                    out.insert(c);
+                }
+                open_unknown.retain(|x| *x != u32_);
+                let mut f = Frontier::default();
+                for mut c in out.into_configs() {
+                    c.applied.retain(|x| *x != u32_);
+                    f.insert(&c);
+                }
+                configs = f.into_configs();
+            }
             Ev::Ret(o) => {
-                let o32 = o as u32;
                 let before: Vec<State> = configs.iter().map(|c| c.state.clone()).collect();
-                let mut seen = Frontier::default();
-                let mut out = Frontier::default();
-                let mut stack: Vec<Config> = Vec::new();
-                for c in configs.drain(..) {
-                    if seen.insert(&c) {
-                        stack.push(c);
-                    }
-                }
-                while let Some(c) = stack.pop() {
-                    explored += 1;
-                    if explored > budget {
-                        return LinResult::Inconclusive {
-                            reason: format!(
-                                "search budget of {budget} configurations exhausted at op {}",
-                                ops[o].op
-                            ),
-                        };
-                    }
-                    if c.lin.binary_search(&o32).is_ok() {
-                        out.insert(&Config {
-                            lin: without(&c.lin, o32),
-                            ..c
-                        });
-                        continue;
-                    }
-                    for &k in &open_known {
-                        if c.lin.binary_search(&k).is_ok() {
-                            continue;
-                        }
-                        if let Some(next) = step(&c.state, &ops[k as usize]) {
-                            let n = Config {
-                                state: next,
-                                lin: with(&c.lin, k),
-                                applied: c.applied.clone(),
-                            };
-                            if seen.insert(&n) {
-                                stack.push(n);
-                            }
-                        }
-                    }
-                    for &u in &open_unknown {
-                        if c.applied.binary_search(&u).is_ok() {
-                            continue;
-                        }
-                        let (next, _) = apply(&c.state, &ops[u as usize].action);
-                        if next == c.state {
-                            continue;
-                        }
-                        let n = Config {
-                            state: next,
-                            lin: c.lin.clone(),
-                            applied: with(&c.applied, u),
-                        };
-                        if seen.insert(&n) {
-                            stack.push(n);
-                        }
-                    }
-                }
-                if let Some(p) = open_known.iter().position(|x| *x == o32) {
-                    open_known.remove(p);
-                }
+                let Some(out) = closure(
+                    ops,
+                    configs,
+                    &open_known,
+                    &open_unknown,
+                    ev,
+                    budget,
+                    &mut explored,
+                ) else {
+                    return LinResult::Inconclusive {
+                        reason: format!(
+                            "the exhaustive search explored more than {budget} configurations to explain op {}",
+                            ops[o].id
+                        ),
+                    };
+                };
+                open_known.retain(|x| *x != o as u32);
                 if out.len() == 0 {
                     let mut states: Vec<String> = before.iter().map(|s| group.render(s)).collect();
                     states.sort();
@@ -376,30 +454,31 @@ pub fn check_dfs(group: &Group, grace_us: Option<u64>, budget: usize) -> LinResu
                 explored: steps,
             };
         }
-        // The choices here: operations called before the first pending completion. Known
-        // operations first, then applying an unknown one, then letting one go without effect:
-        // unknown operations are applied only once nothing else works, which is when some
-        // observation needs them.
+        // The choices here: operations called before the first pending completion, in the
+        // order they were called (the order that usually works); an unknown one is first tried
+        // applied, then without effect.
         choices.clear();
         let mut e = next[head];
-        let mut unknowns = Vec::new();
         while e != NIL && ents[e].1 == 0 {
+            choices.push((e, 0));
             if ops[ents[e].2].unknown {
-                unknowns.push(e);
-            } else {
-                choices.push((e, 0));
+                choices.push((e, 1));
             }
             e = next[e];
         }
         let blocking = if e == NIL { None } else { Some(ents[e].2) };
-        choices.extend(unknowns.iter().map(|u| (*u, 0)));
-        choices.extend(unknowns.iter().map(|u| (*u, 1)));
         let mut moved = false;
         for (ci, &(entry, option)) in choices.iter().enumerate().skip(first_choice) {
             steps += 1;
             if steps > budget {
+                let o = &ops[deepest.1];
                 return LinResult::Inconclusive {
-                    reason: format!("depth-first search gave up after {budget} steps"),
+                    reason: format!(
+                        "depth-first search gave up after {budget} steps; the furthest it got was {} operations linearized, blocked at op {} (completed at {:.3} s)",
+                        deepest.0,
+                        o.id,
+                        o.complete_us as f64 / 1e6
+                    ),
                 };
             }
             let op = ents[entry].2;

@@ -77,6 +77,8 @@ pub enum Expect {
 pub struct ModelOp {
     /// Index in the history's op list.
     pub op: usize,
+    /// The operation's id in the history.
+    pub id: u64,
     pub action: Action,
     pub expect: Expect,
     pub invoke_us: u64,
@@ -210,6 +212,7 @@ impl Group {
             };
             g.ops.push(ModelOp {
                 op: i,
+                id: o.id,
                 action,
                 expect,
                 invoke_us: o.invoke_us,

@@ -251,6 +251,9 @@ impl MetaNode {
         self.write_gate()?;
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
+        if r.request_id.len() > 64 {
+            return Err(invalid("request_id is longer than 64 bytes"));
+        }
         if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid("sha256 must be 64 hex characters"));
         }
@@ -290,6 +293,7 @@ impl MetaNode {
             file: file.clone(),
             id: id.clone(),
             now_ms: now,
+            request_id: r.request_id.clone(),
         }))
         .await?;
         // The reply describes what was committed, not a later lookup: a concurrent rm or mv may

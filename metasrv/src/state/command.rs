@@ -63,6 +63,9 @@ pub enum CommandV1 {
         file: FileData,
         id: String,
         now_ms: i64,
+        /// The client's id for this put; a repeated id is answered without applying again.
+        #[serde(default)]
+        request_id: String,
     },
     /// Files from an original `saved-files.json` (their chunks are not recoverable).
     Import {
@@ -245,7 +248,18 @@ impl State {
                 file,
                 id,
                 now_ms,
-            } => self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched),
+                request_id,
+            } => {
+                if !request_id.is_empty() && self.recent_commits.contains_key(request_id) {
+                    // A retry of a commit that was applied: answer, change nothing.
+                    return Ok(Reply::Done);
+                }
+                let r = self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched);
+                if r.is_ok() && !request_id.is_empty() {
+                    self.remember_commit(request_id, *now_ms, touched);
+                }
+                r
+            }
             CommandV1::Import {
                 actor,
                 files,

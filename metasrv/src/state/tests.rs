@@ -57,6 +57,7 @@ fn run(s: &mut State, c: CommandV1) -> Result<Reply, ApplyError> {
                 RecordKey::User(u) => drop(replay.users.remove(u)),
                 RecordKey::ChunkServer(i) => drop(replay.chunk_servers.remove(i)),
                 RecordKey::PendingDeletes(i) => drop(replay.pending_deletes.remove(i)),
+                RecordKey::RecentCommit(r) => drop(replay.recent_commits.remove(r)),
                 RecordKey::Meta => unreachable!("meta always exists"),
             },
         }
@@ -114,6 +115,7 @@ fn commit(
             file: file(size),
             id: "f".into(),
             now_ms: 9,
+            request_id: String::new(),
         },
     )
 }
@@ -335,6 +337,7 @@ fn commit_rules() {
             file: bad,
             id: "i".into(),
             now_ms: 1,
+            request_id: String::new(),
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -349,6 +352,7 @@ fn commit_rules() {
             file: unknown,
             id: "i".into(),
             now_ms: 1,
+            request_id: String::new(),
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -527,6 +531,43 @@ fn a_batch_applies_each_command_on_its_own() {
     );
     assert!(results[2].is_ok());
     assert!(s.nodes.contains_key("/x") && s.nodes.contains_key("/y"));
+}
+
+#[test]
+fn a_retried_commit_is_not_applied_twice() {
+    let mut s = state();
+    let commit = |s: &mut State, p: &str, req: &str| {
+        run(
+            s,
+            CommandV1::CommitFile {
+                actor: "alice".into(),
+                path: p.into(),
+                overwrite: true,
+                file: file(3),
+                id: "f".into(),
+                now_ms: 9,
+                request_id: req.into(),
+            },
+        )
+    };
+    commit(&mut s, "/b", "req-1").unwrap();
+    run(
+        &mut s,
+        CommandV1::Rename {
+            actor: "alice".into(),
+            from: "/b".into(),
+            to: "/a".into(),
+            now_ms: 10,
+        },
+    )
+    .unwrap();
+    // The same put's commit arrives again (its reply was lost): nothing changes.
+    assert_eq!(commit(&mut s, "/b", "req-1").unwrap(), Reply::Done);
+    assert!(!s.nodes.contains_key("/b"));
+    assert!(s.nodes.contains_key("/a"));
+    // A new put is applied.
+    commit(&mut s, "/b", "req-2").unwrap();
+    assert!(s.nodes.contains_key("/b"));
 }
 
 #[test]
