@@ -250,7 +250,7 @@ impl State {
         self.recent_commits.insert(request_id.to_string(), now_ms);
         touched.push(RecordKey::RecentCommit(request_id.to_string()));
         // Prune now and then (every 1024 ids), deterministically from the command's time.
-        if self.recent_commits.len() % 1024 == 0 {
+        if self.recent_commits.len().is_multiple_of(1024) {
             let old: Vec<String> = self
                 .recent_commits
                 .iter()
