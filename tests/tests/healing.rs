@@ -381,7 +381,11 @@ fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else()
     // A leader knows orphans only from reports it received itself (a new leader waits for
     // the next report, sent every 30 s): allow for an election on a loaded machine.
     let patience = Duration::from_secs(100);
+    // Count again while waiting: an upload that was complete when the client died may still
+    // land after the first count.
+    let mut orphans = orphans;
     wait_until(patience, "gc lists the orphans", || {
+        orphans = all_chunk_files(&c) - committed;
         gc(false)["orphans"].as_array().map(Vec::len) == Some(orphans)
     });
     // Within the grace period nothing is removed, even with --apply.
