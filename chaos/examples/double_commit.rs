@@ -1,9 +1,12 @@
-//! Reproduction: a CommitFile retried after its first attempt was applied (the client saw
-//! "unavailable" because the leader died before answering, and MetaConn retried on the next
-//! node) is applied twice; with overwrite the second apply queues the file's own chunks for
-//! deletion, and the chunk servers delete the bytes of the live file.
+//! Reproduction (found by chaos): a CommitFile retried after its first attempt was applied (the
+//! client saw "unavailable" because the leader died before answering, and MetaConn retried on
+//! the next node) used to be applied twice; with overwrite the second apply queued the file's
+//! own chunks for deletion, and the chunk servers deleted the bytes of the live file. Sends the
+//! same commit twice, as such a retry does, with the same request id (as dfsctl does since the
+//! fix) or, with `--no-request-id`, without one; then reads the file back.
 //!
-//! Usage: cargo run -p chaos --example double_commit -- DIR   (DIR holds a `dfsctl local` cluster)
+//! Usage: cargo run -p chaos --example double_commit -- DIR [--no-request-id]
+//! (DIR holds a `dfsctl local` cluster.)
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::*;
 use dfsctl::client::{lazy_channel, MetaConn};
@@ -13,6 +16,11 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).expect("cluster dir"));
+    let request_id = if std::env::args().any(|a| a == "--no-request-id") {
+        String::new()
+    } else {
+        uuid::Uuid::new_v4().to_string()
+    };
     let cluster = dfsctl::local::LocalCluster::load(&dir)?;
     let conn = MetaConn::connect(
         &cluster.meta_addrs(),
@@ -65,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
             replica_addrs: vec![],
             token: a.token.clone(),
         }],
-        request_id: String::new(),
+        request_id,
     };
     dfsctl::rpc!(conn, commit_file, commit.clone())?;
     println!("first commit ok");
