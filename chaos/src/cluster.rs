@@ -4,12 +4,13 @@
 //! Also what the convergence checker needs: each member's applied index, its
 //! `saved-files.json` and its own view of the namespace.
 use crate::history::Convergence;
-use dfs_proto::{ListRequest, StatusRequest};
+use dfs_proto::{FsckRequest, ListRequest, StatusRequest};
 use dfsctl::client::MetaConn;
 use dfsctl::local::{alive, LocalCluster, LocalNode};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +45,17 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// How long convergence waits, once members agree, for repair to restore every file's
+/// replication (a lost server is declared dead, then a new leader waits its grace period).
+const REPLICATION_WAIT: Duration = Duration::from_secs(60);
+
 pub struct Cluster {
     pub dir: PathBuf,
     pub bin_dir: PathBuf,
     pub auth: PathBuf,
     pub meta_addrs: Vec<String>,
+    /// Chunk servers killed for good: never started again, not expected to be live.
+    lost: Mutex<BTreeSet<String>>,
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -89,8 +96,9 @@ impl Cluster {
         metas: u32,
         chunks: u32,
         chunk_size: u64,
+        meta_args: &[String],
     ) -> Result<Cluster, ClusterError> {
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "local".into(),
             "up".into(),
             "--quiet".into(),
@@ -102,12 +110,14 @@ impl Cluster {
             format!("--meta-arg=--chunk-size={chunk_size}"),
             "--wait=120".into(),
         ];
+        args.extend(meta_args.iter().map(|a| format!("--meta-arg={a}")));
         Self::dfsctl(bin_dir, &args).await?;
         let c = Cluster {
             dir: dir.to_path_buf(),
             bin_dir: bin_dir.to_path_buf(),
             auth: dir.join("admin.auth"),
             meta_addrs: vec![],
+            lost: Mutex::new(BTreeSet::new()),
         };
         let nodes = c.nodes()?;
         Ok(Cluster {
@@ -141,6 +151,20 @@ impl Cluster {
             .collect())
     }
 
+    /// SIGKILL a node and never start it again (as if its disk died with it).
+    pub async fn lose(&self, name: &str) -> Result<(), ClusterError> {
+        self.lost_names().insert(name.to_string());
+        self.kill(name).await
+    }
+
+    fn lost_names(&self) -> std::sync::MutexGuard<'_, BTreeSet<String>> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_lost(&self, name: &str) -> bool {
+        self.lost_names().contains(name)
+    }
+
     pub fn is_alive(&self, name: &str) -> bool {
         self.node(name).is_ok_and(|n| alive(n.pid, &n.kind))
     }
@@ -170,6 +194,9 @@ impl Cluster {
 
     /// Start a dead node again on its data dir (`dfsctl local start`), retrying briefly.
     pub async fn start(&self, name: &str) -> Result<(), ClusterError> {
+        if self.is_lost(name) {
+            return Ok(());
+        }
         let args: Vec<String> = vec![
             "local".into(),
             "start".into(),
@@ -225,14 +252,15 @@ impl Cluster {
         }
     }
 
-    /// Wait until every node runs, a leader is known, every member answers and every chunk
-    /// server is live.
+    /// Wait until every node runs (but the lost ones), a leader is known, every member answers
+    /// and every chunk server that runs is live.
     pub async fn wait_ready(&self, wait: Duration) -> Result<(), ClusterError> {
         let deadline = Instant::now() + wait;
         let conn = self.conn(Duration::from_secs(2))?;
         let mut last = String::from("not asked yet");
         while Instant::now() < deadline {
-            let nodes = self.nodes()?;
+            let mut nodes = self.nodes()?;
+            nodes.nodes.retain(|n| !self.is_lost(&n.name));
             let dead: Vec<&str> = nodes
                 .nodes
                 .iter()
@@ -272,7 +300,7 @@ impl Cluster {
             self.resume(p)?;
         }
         for n in self.nodes()?.nodes {
-            if !alive(n.pid, &n.kind) {
+            if !alive(n.pid, &n.kind) && !self.is_lost(&n.name) {
                 self.start(&n.name).await?;
             }
         }
@@ -304,7 +332,15 @@ impl Cluster {
         let mut c = Convergence::default();
         let conn = self.conn(Duration::from_secs(3))?;
         let status = dfsctl::rpc!(conn, cluster_status, StatusRequest { stale: false }).ok();
-        c.under_replicated_files = status.as_ref().map(|s| s.under_replicated_files);
+        // Fsck counts only replicas on live servers: a lost server's copies do not count.
+        c.under_replicated_files = dfsctl::rpc!(conn, fsck, FsckRequest { path: "/".into() })
+            .ok()
+            .map(|f| {
+                f.problems
+                    .iter()
+                    .filter(|p| p.status != "over-replicated")
+                    .count() as u64
+            });
         for n in nodes.nodes.iter().filter(|n| n.kind == "meta") {
             let applied = status.as_ref().and_then(|s| {
                 s.members
@@ -350,8 +386,8 @@ impl Cluster {
     }
 
     /// Wait (up to `wait`) until all members agree on applied index, saved-files.json and
-    /// namespace, then (up to 10 s more) until the leader counts no under-replicated file;
-    /// return the last snapshot.
+    /// namespace, then (up to `REPLICATION_WAIT` more) until fsck on the leader finds no file
+    /// short of live replicas; return the last snapshot.
     pub async fn convergence(&self, wait: Duration) -> Result<Convergence, ClusterError> {
         let started = Instant::now();
         let nodes = self.nodes()?;
@@ -368,8 +404,7 @@ impl Cluster {
             c.waited_ms = started.elapsed().as_millis() as u64;
             if agreed {
                 let since = *agreed_since.get_or_insert_with(Instant::now);
-                if c.under_replicated_files == Some(0) || since.elapsed() >= Duration::from_secs(10)
-                {
+                if c.under_replicated_files == Some(0) || since.elapsed() >= REPLICATION_WAIT {
                     return Ok(c);
                 }
             } else {

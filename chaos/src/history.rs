@@ -213,6 +213,8 @@ pub enum FaultKind {
     KillMajority,
     /// SIGKILL of a chunk server.
     KillChunk,
+    /// SIGKILL of a chunk server that is never started again (its disk is gone).
+    LoseChunk,
     /// SIGSTOP of the current leader.
     Pause,
     /// SIGCONT of a paused node.
@@ -259,6 +261,9 @@ pub struct RunInfo {
     pub chunk_size: u64,
     pub kill_leader_every_s: u64,
     pub chunk_kills: bool,
+    /// One chunk server killed for good partway through.
+    #[serde(default)]
+    pub lose_chunk_server: bool,
     pub pauses: bool,
     pub majority_kills: bool,
     pub cluster_dir: String,

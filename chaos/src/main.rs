@@ -17,14 +17,16 @@ use std::time::{Duration, Instant};
 /// Chunk size of the cluster under test: small, so files of a few chunks stay cheap.
 const CHUNK_SIZE: u64 = 64 * 1024;
 const METAS: u32 = 3;
-const CHUNKS: u32 = 3;
+/// Chunk servers are declared dead after this long in chaos runs (the default is 30 s), so a
+/// lost server's chunks are re-replicated within the run.
+const DEAD_TIMEOUT_MS: u64 = 5_000;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "chaos",
     version,
     about = "Start a real dfs cluster, run concurrent clients while killing and pausing nodes, then check that no acknowledged write was lost and every read was one a correct system could return.",
-    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10          # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
+    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
 )]
 struct Args {
     /// Seconds the workload runs under faults.
@@ -45,6 +47,13 @@ struct Args {
     /// Do not SIGKILL two of three metadata nodes at once.
     #[arg(long)]
     no_majority_kills: bool,
+    /// Chunk servers in the cluster (replication is 2).
+    #[arg(long, default_value_t = 3)]
+    chunks: u32,
+    /// A third of the way through, SIGKILL one chunk server and never restart it: the run
+    /// passes only if every file is back to full replication on the others (use --chunks 4).
+    #[arg(long)]
+    lose_chunk_server: bool,
     /// Keep the cluster's data dirs and the history in DIR (default: a new temp dir, whose
     /// history is kept and whose cluster data is removed when every checker passes).
     #[arg(long, value_name = "DIR")]
@@ -114,6 +123,10 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     if a.clients == 0 {
         bail!("--clients must be at least 1");
     }
+    let least = if a.lose_chunk_server { 3 } else { 2 };
+    if a.chunks < least {
+        bail!("--chunks must be at least {least} (replication 2, and a server to lose)");
+    }
     let (work, keep) = match &a.keep {
         Some(d) => (d.clone(), true),
         None => (
@@ -137,11 +150,23 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     }
     std::fs::create_dir_all(&cluster_dir)?;
     eprintln!(
-        "chaos: starting {METAS} metasrv + {CHUNKS} chunksrv in {} (binaries from {})",
+        "chaos: starting {METAS} metasrv + {} chunksrv in {} (binaries from {})",
+        a.chunks,
         cluster_dir.display(),
         bin_dir().display()
     );
-    let cluster = Arc::new(Cluster::up(&cluster_dir, &bin_dir(), METAS, CHUNKS, CHUNK_SIZE).await?);
+    let meta_args = [format!("--dead-timeout-ms={DEAD_TIMEOUT_MS}")];
+    let cluster = Arc::new(
+        Cluster::up(
+            &cluster_dir,
+            &bin_dir(),
+            METAS,
+            a.chunks,
+            CHUNK_SIZE,
+            &meta_args,
+        )
+        .await?,
+    );
     let driven = tokio::select! {
         r = drive(&a, cluster.clone(), &history_path) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -176,10 +201,11 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         clients: a.clients,
         groups,
         metas: METAS,
-        chunks: CHUNKS,
+        chunks: a.chunks,
         chunk_size: CHUNK_SIZE,
         kill_leader_every_s: a.kill_leader_every,
         chunk_kills: !a.no_chunk_kills,
+        lose_chunk_server: a.lose_chunk_server,
         pauses: !a.no_pauses,
         majority_kills: !a.no_majority_kills,
         cluster_dir: cluster.dir.display().to_string(),
@@ -212,6 +238,9 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
             chunk_kills: !a.no_chunk_kills,
             pauses: !a.no_pauses,
             majority_kills: !a.no_majority_kills,
+            lose_chunk_after: a
+                .lose_chunk_server
+                .then(|| Duration::from_secs(a.duration / 3)),
         },
     );
     eprintln!(
@@ -231,7 +260,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
     eprintln!("chaos: final reads");
     workload::final_reads(shared.clone(), Duration::from_secs(120)).await?;
     eprintln!("chaos: waiting for the members to converge");
-    let c = cluster.convergence(Duration::from_secs(60)).await?;
+    let c = cluster.convergence(Duration::from_secs(180)).await?;
     history.write(&Record::Convergence(c))?;
     Ok(())
 }

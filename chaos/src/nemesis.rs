@@ -6,6 +6,8 @@
 //! SIGKILL a random chunk server and restart it 1–3 s later; SIGSTOP the leader for 1.5–4 s
 //! and SIGCONT it; and every fourth time, SIGKILL two of three metadata nodes (the leader among
 //! them) for 3 s, during which nothing that needs a quorum may be acknowledged.
+//! With `lose_chunk_after`, the first period starting after that long also SIGKILLs one chunk
+//! server for good: it is never started again, and the cluster must re-replicate its chunks.
 //! Every fault is recorded in the history at the moment it took effect.
 use crate::cluster::{Cluster, ClusterError};
 use crate::history::{Clock, Fault, FaultKind, HistoryError, HistoryWriter, Record};
@@ -30,6 +32,8 @@ pub struct NemesisConfig {
     pub chunk_kills: bool,
     pub pauses: bool,
     pub majority_kills: bool,
+    /// Kill one chunk server for good this long after the start.
+    pub lose_chunk_after: Option<Duration>,
 }
 
 /// How long two of three metadata nodes stay dead.
@@ -149,6 +153,25 @@ impl Nemesis {
         self.restart(&nodes).await
     }
 
+    async fn lose_chunk(&mut self) -> Result<(), NemesisError> {
+        let alive: Vec<String> = self
+            .cluster
+            .names("chunk")?
+            .into_iter()
+            .filter(|n| self.cluster.is_alive(n))
+            .collect();
+        let Some(victim) = alive.choose(&mut self.rng).cloned() else {
+            return Ok(());
+        };
+        self.cluster.lose(&victim).await?;
+        self.record(
+            FaultKind::LoseChunk,
+            &[victim],
+            Some("never restarted".into()),
+        )?;
+        Ok(())
+    }
+
     async fn pause_leader(&mut self, budget: Duration) -> Result<(), NemesisError> {
         let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
             return Ok(());
@@ -199,13 +222,19 @@ impl Nemesis {
         if self.cfg.pauses {
             others.push(Other::Pause);
         }
-        let mut slot_start = Instant::now() + Duration::from_secs(2);
+        let started = Instant::now();
+        let mut slot_start = started + Duration::from_secs(2);
+        let mut lose_at = self.cfg.lose_chunk_after.map(|d| started + d);
         let mut round = 0usize;
         loop {
             if slot_start + tail >= until {
                 return Ok(());
             }
             tokio::time::sleep_until(slot_start.into()).await;
+            if lose_at.is_some_and(|t| Instant::now() >= t) {
+                lose_at = None;
+                self.lose_chunk().await?;
+            }
             if self.cfg.kill_leader_every.is_some() {
                 self.kill_leader(period.mul_f64(0.4)).await?;
             }

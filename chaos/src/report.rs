@@ -110,6 +110,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let leader_kills = count(h, FaultKind::KillLeader);
     let majority_kills = count(h, FaultKind::KillMajority);
     let chunk_kills = count(h, FaultKind::KillChunk);
+    let chunks_lost = count(h, FaultKind::LoseChunk);
     let pauses = count(h, FaultKind::Pause);
     let run = h.run.clone().unwrap_or_default();
 
@@ -137,7 +138,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     }
     let _ = writeln!(
         t,
-        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {pauses} leader pauses"
+        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses"
     );
     let _ = writeln!(
         t,
@@ -277,6 +278,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "failover_ms": {"p50": round(fo.p50()), "p99": round(fo.p99()), "max": round(fo.max()), "kills_measured": fo.gaps_ms.len(), "never": fo.never},
         "majority_kills": majority_kills,
         "chunk_kills": chunk_kills,
+        "chunk_servers_lost": chunks_lost,
         "pauses": pauses,
         "ops": ops,
         "get_data_errors": data_errors,

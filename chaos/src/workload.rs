@@ -197,7 +197,8 @@ pub async fn setup(shared: &Shared) -> Result<(), WorkloadError> {
             mkdir,
             MkdirRequest {
                 path: path.clone(),
-                parents: true
+                parents: true,
+                ..Default::default()
             }
         )
         .map_err(|s| WorkloadError::Setup {
@@ -521,6 +522,8 @@ impl Client {
     }
 
     async fn write_op(&mut self, o: &mut Op) {
+        // One id for every attempt of this operation, so a retry is not applied twice.
+        let request_id = uuid::Uuid::new_v4().to_string();
         let (r, attempts) = match o.kind {
             Kind::Mv => {
                 let (r, a) = counted!(
@@ -528,7 +531,8 @@ impl Client {
                     rename,
                     RenameRequest {
                         from: o.path.clone(),
-                        to: o.to.clone().unwrap_or_default()
+                        to: o.to.clone().unwrap_or_default(),
+                        request_id: request_id.clone(),
                     }
                 );
                 (r.map(|_| ()), a)
@@ -539,7 +543,8 @@ impl Client {
                     remove,
                     RemoveRequest {
                         path: o.path.clone(),
-                        recursive: o.recursive
+                        recursive: o.recursive,
+                        request_id: request_id.clone(),
                     }
                 );
                 (r.map(|_| ()), a)
@@ -550,7 +555,8 @@ impl Client {
                     mkdir,
                     MkdirRequest {
                         path: o.path.clone(),
-                        parents: false
+                        parents: false,
+                        request_id: request_id.clone(),
                     }
                 );
                 (r.map(|_| ()), a)

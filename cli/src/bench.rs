@@ -168,6 +168,7 @@ async fn meta_bench(
         conn,
         mkdir,
         MkdirRequest {
+            request_id: crate::client::new_request_id(),
             path: root.clone(),
             parents: true
         }
@@ -179,6 +180,7 @@ async fn meta_bench(
             conn,
             mkdir,
             MkdirRequest {
+                request_id: crate::client::new_request_id(),
                 path: level.clone(),
                 parents: true
             }
@@ -201,6 +203,7 @@ async fn meta_bench(
                             conn,
                             mkdir,
                             MkdirRequest {
+                                request_id: crate::client::new_request_id(),
                                 path: a.clone(),
                                 parents: false
                             }
@@ -216,6 +219,7 @@ async fn meta_bench(
                             conn,
                             rename,
                             RenameRequest {
+                                request_id: crate::client::new_request_id(),
                                 from: a.clone(),
                                 to: b.clone()
                             }
@@ -292,6 +296,7 @@ async fn meta_bench(
         conn,
         remove,
         RemoveRequest {
+            request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true
         }
@@ -427,6 +432,7 @@ async fn small_files(
                                 conn,
                                 remove,
                                 RemoveRequest {
+                                    request_id: crate::client::new_request_id(),
                                     path: p.clone(),
                                     recursive: false
                                 }
@@ -469,6 +475,7 @@ async fn data_bench(
         conn,
         mkdir,
         MkdirRequest {
+            request_id: crate::client::new_request_id(),
             path: root.clone(),
             parents: true
         }
@@ -523,6 +530,7 @@ async fn data_bench(
         conn,
         remove,
         RemoveRequest {
+            request_id: crate::client::new_request_id(),
             path: big.clone(),
             recursive: false
         }
@@ -535,6 +543,7 @@ async fn data_bench(
             conn,
             mkdir,
             MkdirRequest {
+                request_id: crate::client::new_request_id(),
                 path: dir_n.clone(),
                 parents: true
             }
@@ -554,6 +563,7 @@ async fn data_bench(
         conn,
         remove,
         RemoveRequest {
+            request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true
         }
@@ -603,6 +613,7 @@ async fn failover_bench(
         conn,
         mkdir,
         MkdirRequest {
+            request_id: crate::client::new_request_id(),
             path: root.clone(),
             parents: true
         }
@@ -631,6 +642,7 @@ async fn failover_bench(
                 conn,
                 mkdir,
                 MkdirRequest {
+                    request_id: crate::client::new_request_id(),
                     path: p.clone(),
                     parents: true
                 }

@@ -78,6 +78,7 @@ async fn foreground(
             conn,
             remove,
             RemoveRequest {
+                request_id: crate::client::new_request_id(),
                 path: p.clone(),
                 recursive: false
             }
@@ -294,6 +295,7 @@ pub async fn run(
         conn,
         remove,
         RemoveRequest {
+            request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true
         }

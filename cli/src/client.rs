@@ -26,6 +26,12 @@ pub struct MetaConn {
     attempt_timeout: Duration,
 }
 
+/// A fresh id for one logical write. Create it once per call, outside `rpc!` (which rebuilds
+/// its message on every attempt), so each retry carries the same id and is applied at most once.
+pub fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 pub fn default_auth_file() -> PathBuf {
     dirs::config_dir()
         .unwrap_or_else(|| PathBuf::from("."))

@@ -1,4 +1,5 @@
 //! Namespace commands: ls, stat, mkdir, mv, rm, du.
+use crate::client::new_request_id;
 use crate::output::{file_json, fully_replicated, human_bytes, print_json, time_ms};
 use crate::Ctx;
 use clap::Args;
@@ -141,12 +142,14 @@ pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
 pub async fn mkdir(ctx: &Ctx, a: MkdirArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let path = remote(&a.path);
+    let request_id = new_request_id();
     crate::rpc!(
         c,
         mkdir,
         MkdirRequest {
             path: path.clone(),
-            parents: a.parents
+            parents: a.parents,
+            request_id: request_id.clone(),
         }
     )?;
     if ctx.json {
@@ -158,12 +161,14 @@ pub async fn mkdir(ctx: &Ctx, a: MkdirArgs) -> anyhow::Result<i32> {
 pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let (from, to) = (remote(from), remote(to));
+    let request_id = new_request_id();
     crate::rpc!(
         c,
         rename,
         RenameRequest {
             from: from.clone(),
-            to: to.clone()
+            to: to.clone(),
+            request_id: request_id.clone(),
         }
     )?;
     if ctx.json {
@@ -175,12 +180,14 @@ pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let path = remote(&a.path);
+    let request_id = new_request_id();
     let r = crate::rpc!(
         c,
         remove,
         RemoveRequest {
             path: path.clone(),
-            recursive: a.recursive
+            recursive: a.recursive,
+            request_id: request_id.clone(),
         }
     )?;
     if ctx.json {

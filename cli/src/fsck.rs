@@ -168,12 +168,14 @@ pub async fn replication(ctx: &Ctx, a: ReplicationArgs) -> anyhow::Result<i32> {
         .map(|e| e.path)
         .collect();
     for p in &files {
+        let request_id = crate::client::new_request_id();
         rpc!(
             c,
             set_replication,
             SetReplicationRequest {
                 path: p.clone(),
-                replication: a.replication
+                replication: a.replication,
+                request_id: request_id.clone(),
             }
         )?;
     }

@@ -274,7 +274,7 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
         chunk_size,
         chunks: done,
         // The same id on every retry of this commit (see CommitRequest.request_id).
-        request_id: uuid::Uuid::new_v4().to_string(),
+        request_id: crate::client::new_request_id(),
     };
     let file = rpc!(conn, commit_file, commit.clone())?;
     Ok(PutOutcome { file, bytes: total })

@@ -104,7 +104,15 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<i32> {
             }
         }
         UserCmd::Remove { name } => {
-            rpc!(c, user_remove, UserRemoveRequest { name: name.clone() })?;
+            let request_id = crate::client::new_request_id();
+            rpc!(
+                c,
+                user_remove,
+                UserRemoveRequest {
+                    name: name.clone(),
+                    request_id: request_id.clone(),
+                }
+            )?;
             if ctx.json {
                 print_json(&json!({"ok": true, "removed": name}));
             }

@@ -624,11 +624,14 @@ impl MetaNode {
         }
         let path = dfs_common::path::normalize(&r.path)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.propose(Command::V1(CommandV1::SetReplication {
-            actor,
-            path,
-            replication: r.replication,
-        }))
+        self.propose(crate::service::client_write(
+            &r.request_id,
+            CommandV1::SetReplication {
+                actor,
+                path,
+                replication: r.replication,
+            },
+        )?)
         .await?;
         Ok(Empty {})
     }

@@ -21,8 +21,12 @@ const MAX_ALLOCATE: u32 = 64;
 const IMPORT_SLICE: usize = 500;
 /// Most delete orders in one heartbeat reply.
 const MAX_DELETE_ORDERS: usize = 1000;
-/// A write token is still accepted at commit this long after it expired (slow uploads).
-const COMMIT_GRACE_MS: u64 = 60 * 60 * 1000;
+/// A write token is still accepted at commit this long after it expired (slow uploads). With
+/// the 15-minute token this keeps every commit within 45 minutes of its allocation, inside the
+/// 1-hour orphan grace (a put's chunks are not collected while it may still commit).
+const COMMIT_GRACE_MS: u64 = 30 * 60 * 1000;
+/// Longest client request id.
+const MAX_REQUEST_ID: usize = 64;
 
 fn invalid(e: impl std::fmt::Display) -> OpError {
     Status::invalid_argument(e.to_string()).into()
@@ -30,6 +34,24 @@ fn invalid(e: impl std::fmt::Display) -> OpError {
 
 fn v1(c: CommandV1) -> Command {
     Command::V1(c)
+}
+
+/// A client's write, applied at most once when the client gave it a request id (it sends the
+/// same id on every retry of one call).
+pub(crate) fn client_write(request_id: &str, c: CommandV1) -> OpResult<Command> {
+    if request_id.len() > MAX_REQUEST_ID {
+        return Err(invalid(format!(
+            "request_id is longer than {MAX_REQUEST_ID} bytes"
+        )));
+    }
+    if request_id.is_empty() {
+        return Ok(v1(c));
+    }
+    Ok(v1(CommandV1::Once {
+        request_id: request_id.to_string(),
+        now_ms: now_ms(),
+        cmd: Box::new(v1(c)),
+    }))
 }
 
 fn file_info(path: &str, n: &Inode, st: Option<&State>) -> FileInfo {
@@ -103,13 +125,16 @@ impl MetaNode {
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
         let id = uuid::Uuid::new_v4().to_string();
-        self.propose(v1(CommandV1::Mkdir {
-            actor,
-            path,
-            parents: r.parents,
-            id,
-            now_ms: now_ms(),
-        }))
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::Mkdir {
+                actor,
+                path,
+                parents: r.parents,
+                id,
+                now_ms: now_ms(),
+            },
+        )?)
         .await?;
         Ok(Empty {})
     }
@@ -137,12 +162,15 @@ impl MetaNode {
         let (actor, _) = self.authenticate(c)?;
         let from = dfs_common::path::normalize(&r.from).map_err(invalid)?;
         let to = dfs_common::path::normalize(&r.to).map_err(invalid)?;
-        self.propose(v1(CommandV1::Rename {
-            actor,
-            from,
-            to,
-            now_ms: now_ms(),
-        }))
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::Rename {
+                actor,
+                from,
+                to,
+                now_ms: now_ms(),
+            },
+        )?)
         .await?;
         Ok(Empty {})
     }
@@ -152,11 +180,14 @@ impl MetaNode {
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
         match self
-            .propose(v1(CommandV1::Remove {
-                actor,
-                path,
-                recursive: r.recursive,
-            }))
+            .propose(client_write(
+                &r.request_id,
+                CommandV1::Remove {
+                    actor,
+                    path,
+                    recursive: r.recursive,
+                },
+            )?)
             .await?
         {
             Reply::Removed { count } => Ok(RemoveReply { removed: count }),
@@ -251,9 +282,6 @@ impl MetaNode {
         self.write_gate()?;
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
-        if r.request_id.len() > 64 {
-            return Err(invalid("request_id is longer than 64 bytes"));
-        }
         if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid("sha256 must be 64 hex characters"));
         }
@@ -286,15 +314,17 @@ impl MetaNode {
         };
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
-        self.propose(v1(CommandV1::CommitFile {
-            actor: actor.clone(),
-            path: path.clone(),
-            overwrite: r.overwrite,
-            file: file.clone(),
-            id: id.clone(),
-            now_ms: now,
-            request_id: r.request_id.clone(),
-        }))
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::CommitFile {
+                actor: actor.clone(),
+                path: path.clone(),
+                overwrite: r.overwrite,
+                file: file.clone(),
+                id: id.clone(),
+                now_ms: now,
+            },
+        )?)
         .await?;
         // The reply describes what was committed, not a later lookup: a concurrent rm or mv may
         // already have changed the path, and the commit must still be reported as done.
@@ -406,10 +436,13 @@ impl MetaNode {
     pub async fn user_remove(&self, c: &Caller, r: UserRemoveRequest) -> OpResult<Empty> {
         self.write_gate()?;
         let actor = self.authenticate_admin(c)?;
-        self.propose(v1(CommandV1::RemoveUser {
-            actor,
-            name: r.name,
-        }))
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::RemoveUser {
+                actor,
+                name: r.name,
+            },
+        )?)
         .await?;
         Ok(Empty {})
     }

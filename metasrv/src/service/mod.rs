@@ -11,6 +11,7 @@ mod raft_api;
 mod read_barrier;
 mod write_batcher;
 
+pub(crate) use handlers::client_write;
 pub use read_barrier::ReadBarrier;
 pub use write_batcher::WriteBatcher;
 

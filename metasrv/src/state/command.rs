@@ -63,9 +63,6 @@ pub enum CommandV1 {
         file: FileData,
         id: String,
         now_ms: i64,
-        /// The client's id for this put; a repeated id is answered without applying again.
-        #[serde(default)]
-        request_id: String,
     },
     /// Files from an original `saved-files.json` (their chunks are not recoverable).
     Import {
@@ -113,6 +110,14 @@ pub enum CommandV1 {
     QueueOrphanDeletes {
         node: NodeId,
         chunks: Vec<String>,
+    },
+    /// Apply `cmd` at most once: a request id applied in the last hour is answered with the
+    /// reply it got then, and nothing changes. A client retries a write whose reply it lost
+    /// (timeout, leader change) with the same id, so the retry cannot apply it a second time.
+    Once {
+        request_id: String,
+        now_ms: i64,
+        cmd: Box<Command>,
     },
     /// Several independent commands in one entry, applied in order, each with its own result
     /// (the leader batches concurrent writes this way).
@@ -248,18 +253,7 @@ impl State {
                 file,
                 id,
                 now_ms,
-                request_id,
-            } => {
-                if !request_id.is_empty() && self.recent_commits.contains_key(request_id) {
-                    // A retry of a commit that was applied: answer, change nothing.
-                    return Ok(Reply::Done);
-                }
-                let r = self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched);
-                if r.is_ok() && !request_id.is_empty() {
-                    self.remember_commit(request_id, *now_ms, touched);
-                }
-                r
-            }
+            } => self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched),
             CommandV1::Import {
                 actor,
                 files,
@@ -292,6 +286,26 @@ impl State {
             } => self.drop_replicas(path, file_id, chunk_id, nodes, touched),
             CommandV1::QueueOrphanDeletes { node, chunks } => {
                 Ok(self.queue_orphan_deletes(*node, chunks, touched))
+            }
+            CommandV1::Once {
+                request_id,
+                now_ms,
+                cmd,
+            } => {
+                if let Some(r) = self.recent_requests.get(request_id) {
+                    return Ok(r.reply.clone());
+                }
+                if let Command::V1(CommandV1::Once { .. } | CommandV1::Batch { .. }) = **cmd {
+                    return Err(ApplyError::new(
+                        ErrorKind::InvalidArgument,
+                        "a request wraps one plain command",
+                    ));
+                }
+                let r = self.apply(cmd, touched);
+                if let Ok(reply) = &r {
+                    self.remember_request(request_id, *now_ms, reply.clone(), touched);
+                }
+                r
             }
             CommandV1::Batch { cmds } => {
                 let results = cmds

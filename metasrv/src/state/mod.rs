@@ -105,14 +105,21 @@ pub struct State {
     pub chunk_servers: BTreeMap<NodeId, ChunkServerEntry>,
     /// Chunk server -> chunks it should delete (from removed or replaced files).
     pub pending_deletes: BTreeMap<NodeId, BTreeSet<String>>,
-    /// Request ids of recently applied commits (-> when), so a retried commit is not applied
-    /// twice. Entries older than `COMMIT_MEMORY_MS` are dropped.
+    /// Request ids of recently applied writes, so a retried write is answered without being
+    /// applied twice. Entries older than `REQUEST_MEMORY_MS` are dropped.
     #[serde(default)]
-    pub recent_commits: BTreeMap<String, i64>,
+    pub recent_requests: BTreeMap<String, Remembered>,
 }
 
-/// How long a commit's request id is remembered (far longer than any client retries).
-pub const COMMIT_MEMORY_MS: i64 = 60 * 60 * 1000;
+/// A recently applied request: when, and what it replied (a retry gets the same answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Remembered {
+    pub at_ms: i64,
+    pub reply: Reply,
+}
+
+/// How long a request id is remembered (far longer than any client retries).
+pub const REQUEST_MEMORY_MS: i64 = 60 * 60 * 1000;
 
 /// One persisted record of the state. An apply reports which records it touched.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,7 +129,7 @@ pub enum RecordKey {
     User(String),
     ChunkServer(NodeId),
     PendingDeletes(NodeId),
-    RecentCommit(String),
+    RecentRequest(String),
 }
 
 impl RecordKey {
@@ -133,7 +140,7 @@ impl RecordKey {
             RecordKey::User(u) => format!("u{u}").into_bytes(),
             RecordKey::ChunkServer(id) => format!("c{id:020}").into_bytes(),
             RecordKey::PendingDeletes(id) => format!("d{id:020}").into_bytes(),
-            RecordKey::RecentCommit(r) => format!("r{r}").into_bytes(),
+            RecordKey::RecentRequest(r) => format!("r{r}").into_bytes(),
         }
     }
 
@@ -146,7 +153,7 @@ impl RecordKey {
             b'u' => RecordKey::User(rest.to_string()),
             b'c' => RecordKey::ChunkServer(rest.parse().ok()?),
             b'd' => RecordKey::PendingDeletes(rest.parse().ok()?),
-            b'r' => RecordKey::RecentCommit(rest.to_string()),
+            b'r' => RecordKey::RecentRequest(rest.to_string()),
             _ => return None,
         })
     }
@@ -171,7 +178,7 @@ impl State {
             RecordKey::Node(p) => serde_json::to_vec(self.nodes.get(p)?),
             RecordKey::User(u) => serde_json::to_vec(self.users.get(u)?),
             RecordKey::ChunkServer(id) => serde_json::to_vec(self.chunk_servers.get(id)?),
-            RecordKey::RecentCommit(r) => serde_json::to_vec(self.recent_commits.get(r)?),
+            RecordKey::RecentRequest(r) => serde_json::to_vec(self.recent_requests.get(r)?),
             RecordKey::PendingDeletes(id) => serde_json::to_vec(self.pending_deletes.get(id)?),
         };
         Some(v.expect("state records always serialize"))
@@ -195,10 +202,10 @@ impl State {
                 .map(RecordKey::PendingDeletes),
         );
         keys.extend(
-            self.recent_commits
+            self.recent_requests
                 .keys()
                 .cloned()
-                .map(RecordKey::RecentCommit),
+                .map(RecordKey::RecentRequest),
         );
         keys.into_iter()
             .filter_map(|k| self.record(&k).map(|v| (k, v)))
@@ -232,34 +239,40 @@ impl State {
                 self.pending_deletes
                     .insert(*id, serde_json::from_slice(value).map_err(dec)?);
             }
-            RecordKey::RecentCommit(r) => {
-                self.recent_commits
+            RecordKey::RecentRequest(r) => {
+                self.recent_requests
                     .insert(r.clone(), serde_json::from_slice(value).map_err(dec)?);
             }
         }
         Ok(())
     }
 
-    /// Remember an applied commit's request id, forgetting ids older than `COMMIT_MEMORY_MS`.
-    pub(crate) fn remember_commit(
+    /// Remember an applied request's id and reply, forgetting ids older than
+    /// `REQUEST_MEMORY_MS`.
+    pub(crate) fn remember_request(
         &mut self,
         request_id: &str,
         now_ms: i64,
+        reply: Reply,
         touched: &mut Vec<RecordKey>,
     ) {
-        self.recent_commits.insert(request_id.to_string(), now_ms);
-        touched.push(RecordKey::RecentCommit(request_id.to_string()));
+        let r = Remembered {
+            at_ms: now_ms,
+            reply,
+        };
+        self.recent_requests.insert(request_id.to_string(), r);
+        touched.push(RecordKey::RecentRequest(request_id.to_string()));
         // Prune now and then (every 1024 ids), deterministically from the command's time.
-        if self.recent_commits.len().is_multiple_of(1024) {
+        if self.recent_requests.len().is_multiple_of(1024) {
             let old: Vec<String> = self
-                .recent_commits
+                .recent_requests
                 .iter()
-                .filter(|(_, t)| **t < now_ms - COMMIT_MEMORY_MS)
+                .filter(|(_, r)| r.at_ms < now_ms - REQUEST_MEMORY_MS)
                 .map(|(k, _)| k.clone())
                 .collect();
             for k in old {
-                self.recent_commits.remove(&k);
-                touched.push(RecordKey::RecentCommit(k));
+                self.recent_requests.remove(&k);
+                touched.push(RecordKey::RecentRequest(k));
             }
         }
     }

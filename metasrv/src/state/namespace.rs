@@ -329,6 +329,21 @@ impl State {
             {
                 return bad(format!("chunk {} names unknown chunk server {n}", c.id));
             }
+            // Its deletion was ordered (collected as an orphan after a very slow put): the
+            // bytes may already be gone, so the file must not point at them.
+            if let Some(n) = c.replicas.iter().find(|n| {
+                self.pending_deletes
+                    .get(n)
+                    .is_some_and(|set| set.contains(&c.id))
+            }) {
+                return Err(ApplyError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!(
+                        "chunk {} on chunk server {n} is being deleted (the put took too long); put the file again",
+                        c.id
+                    ),
+                ));
+            }
         }
         Ok(())
     }
@@ -363,7 +378,15 @@ impl State {
             file: Some(old), ..
         }) = self.nodes.insert(p.clone(), new)
         {
-            self.queue_deletes(&old.chunks, touched);
+            // Never the chunks the new version lists (the same commit applied twice).
+            let listed: std::collections::HashSet<&str> =
+                file.chunks.iter().map(|c| c.id.as_str()).collect();
+            let gone: Vec<super::ChunkRef> = old
+                .chunks
+                .into_iter()
+                .filter(|c| !listed.contains(c.id.as_str()))
+                .collect();
+            self.queue_deletes(&gone, touched);
         }
         touched.push(RecordKey::Node(p));
         Ok(Reply::Done)

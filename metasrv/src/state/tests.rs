@@ -57,7 +57,7 @@ fn run(s: &mut State, c: CommandV1) -> Result<Reply, ApplyError> {
                 RecordKey::User(u) => drop(replay.users.remove(u)),
                 RecordKey::ChunkServer(i) => drop(replay.chunk_servers.remove(i)),
                 RecordKey::PendingDeletes(i) => drop(replay.pending_deletes.remove(i)),
-                RecordKey::RecentCommit(r) => drop(replay.recent_commits.remove(r)),
+                RecordKey::RecentRequest(r) => drop(replay.recent_requests.remove(r)),
                 RecordKey::Meta => unreachable!("meta always exists"),
             },
         }
@@ -115,7 +115,6 @@ fn commit(
             file: file(size),
             id: "f".into(),
             now_ms: 9,
-            request_id: String::new(),
         },
     )
 }
@@ -337,7 +336,6 @@ fn commit_rules() {
             file: bad,
             id: "i".into(),
             now_ms: 1,
-            request_id: String::new(),
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -352,7 +350,6 @@ fn commit_rules() {
             file: unknown,
             id: "i".into(),
             now_ms: 1,
-            request_id: String::new(),
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -533,21 +530,31 @@ fn a_batch_applies_each_command_on_its_own() {
     assert!(s.nodes.contains_key("/x") && s.nodes.contains_key("/y"));
 }
 
+fn once(req: &str, c: CommandV1) -> CommandV1 {
+    CommandV1::Once {
+        request_id: req.into(),
+        now_ms: 9,
+        cmd: Box::new(Command::V1(c)),
+    }
+}
+
 #[test]
 fn a_retried_commit_is_not_applied_twice() {
     let mut s = state();
     let commit = |s: &mut State, p: &str, req: &str| {
         run(
             s,
-            CommandV1::CommitFile {
-                actor: "alice".into(),
-                path: p.into(),
-                overwrite: true,
-                file: file(3),
-                id: "f".into(),
-                now_ms: 9,
-                request_id: req.into(),
-            },
+            once(
+                req,
+                CommandV1::CommitFile {
+                    actor: "alice".into(),
+                    path: p.into(),
+                    overwrite: true,
+                    file: file(3),
+                    id: "f".into(),
+                    now_ms: 9,
+                },
+            ),
         )
     };
     commit(&mut s, "/b", "req-1").unwrap();
@@ -568,6 +575,78 @@ fn a_retried_commit_is_not_applied_twice() {
     // A new put is applied.
     commit(&mut s, "/b", "req-2").unwrap();
     assert!(s.nodes.contains_key("/b"));
+}
+
+#[test]
+fn a_retried_remove_gets_its_first_reply_and_removes_nothing_new() {
+    let mut s = state();
+    commit(&mut s, "alice", "/f", false, 3).unwrap();
+    let rm = |s: &mut State| {
+        run(
+            s,
+            once(
+                "rm-1",
+                CommandV1::Remove {
+                    actor: "alice".into(),
+                    path: "/f".into(),
+                    recursive: false,
+                },
+            ),
+        )
+    };
+    assert_eq!(rm(&mut s).unwrap(), Reply::Removed { count: 1 });
+    // Someone puts /f again; the lost-reply retry of the rm must not remove it.
+    commit(&mut s, "alice", "/f", false, 4).unwrap();
+    assert_eq!(rm(&mut s).unwrap(), Reply::Removed { count: 1 });
+    assert!(s.nodes.contains_key("/f"));
+    // A refused request is not remembered: its retry is judged again.
+    let mk = |s: &mut State| {
+        run(
+            s,
+            once(
+                "mk-1",
+                CommandV1::Mkdir {
+                    actor: "alice".into(),
+                    path: "/d/e".into(),
+                    parents: false,
+                    id: "i".into(),
+                    now_ms: 5,
+                },
+            ),
+        )
+    };
+    assert_eq!(kind(mk(&mut s)), ErrorKind::NotFound);
+    mkdir(&mut s, "alice", "/d", false).unwrap();
+    mk(&mut s).unwrap();
+    assert!(s.nodes.contains_key("/d/e"));
+    // Requests do not nest.
+    let nested = once(
+        "n",
+        once(
+            "m",
+            CommandV1::RemoveUser {
+                actor: "admin".into(),
+                name: "bob".into(),
+            },
+        ),
+    );
+    assert_eq!(kind(run(&mut s, nested)), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn a_commit_applied_twice_keeps_its_chunks_and_deleted_chunks_are_refused() {
+    let mut s = state();
+    commit(&mut s, "alice", "/f", true, 3).unwrap();
+    // The same commit again (no request id): the file's chunk is not queued for deletion.
+    commit(&mut s, "alice", "/f", true, 3).unwrap();
+    assert!(s.pending_deletes.is_empty());
+    // Replaced by another version: the old chunk is queued, and a commit naming it is refused.
+    commit(&mut s, "alice", "/f", true, 4).unwrap();
+    assert!(s.pending_deletes[&1].contains("chunk-3"));
+    assert_eq!(
+        kind(commit(&mut s, "alice", "/g", false, 3)),
+        ErrorKind::FailedPrecondition
+    );
 }
 
 #[test]
