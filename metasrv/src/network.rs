@@ -19,19 +19,36 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 /// Largest gRPC message between metasrv nodes (log batches and snapshot chunks).
 pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// A lazily connected channel to `addr` (`host:port`).
+/// A lazily connected channel to `addr` (`host:port`), shared by every caller in this process.
+/// openraft asks for a new network client for each leadership check (every linearizable read
+/// batch) and each election; a channel per call would open a TCP connection each time. A
+/// shared channel multiplexes calls on one HTTP/2 connection and reconnects by itself after
+/// the peer restarts.
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    let mut cache = CHANNELS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(c) = cache.get(addr) {
+        return Ok(c.clone());
+    }
+    let c = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .connect_lazy())
+        .keep_alive_timeout(Duration::from_secs(5))
+        .connect_lazy();
+    cache.insert(addr.to_string(), c.clone());
+    Ok(c)
 }
 
 pub fn raft_client(addr: &str) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
