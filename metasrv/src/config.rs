@@ -59,11 +59,11 @@ pub struct Args {
     #[arg(long, env = "DFS_META_PURGE_BATCH", default_value_t = 256)]
     pub purge_batch: u64,
     /// Leader heartbeat interval in milliseconds.
-    #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 20)]
+    #[arg(long, env = "DFS_META_HEARTBEAT_MS", default_value_t = 40)]
     pub heartbeat_ms: u64,
     /// Minimum election timeout in milliseconds (the maximum is twice this). A follower starts
     /// an election after the leader's lease (the maximum) plus a random timeout in [min, max].
-    #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 60)]
+    #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 100)]
     pub election_timeout_ms: u64,
     /// Async worker threads. Few threads mean fewer context switches, which cost a lot in VMs.
     #[arg(long, env = "DFS_META_THREADS", default_value_t = 2)]
@@ -153,6 +153,14 @@ impl Config {
         })
     }
 
+    /// Entries between snapshots on this node: `--snapshot-every`, plus a seventh of it per
+    /// node id, so members do not all serialize a large namespace at the same moment (a
+    /// quorum must stay responsive while one of them does).
+    pub fn snapshot_interval(&self) -> u64 {
+        let stagger = self.snapshot_every / 7 * ((self.id.saturating_sub(1)) % 7);
+        self.snapshot_every + stagger
+    }
+
     pub fn raft_config(&self) -> anyhow::Result<openraft::Config> {
         let c = openraft::Config {
             cluster_name: "dfs".into(),
@@ -160,7 +168,7 @@ impl Config {
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms * 2,
             install_snapshot_timeout: 10_000,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_interval()),
             max_in_snapshot_log_to_keep: self.keep_logs,
             purge_batch_size: self.purge_batch,
             max_payload_entries: 32,

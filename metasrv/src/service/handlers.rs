@@ -314,24 +314,29 @@ impl MetaNode {
         };
         let id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
-        self.propose(client_write(
-            &r.request_id,
-            CommandV1::CommitFile {
-                actor: actor.clone(),
-                path: path.clone(),
-                overwrite: r.overwrite,
-                file: file.clone(),
-                id: id.clone(),
-                now_ms: now,
-            },
-        )?)
-        .await?;
+        let reply = self
+            .propose(client_write(
+                &r.request_id,
+                CommandV1::CommitFile {
+                    actor: actor.clone(),
+                    path: path.clone(),
+                    overwrite: r.overwrite,
+                    file: file.clone(),
+                    id: id.clone(),
+                    now_ms: now,
+                },
+            )?)
+            .await?;
         // The reply describes what was committed, not a later lookup: a concurrent rm or mv may
         // already have changed the path, and the commit must still be reported as done.
+        let (owner, created_ms) = match reply {
+            Reply::Committed { owner, created_ms } => (owner, created_ms),
+            _ => (actor, now),
+        };
         let committed = Inode {
             id,
-            owner: actor,
-            created_ms: now,
+            owner,
+            created_ms,
             modified_ms: now,
             file: Some(file),
         };

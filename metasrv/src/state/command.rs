@@ -176,6 +176,11 @@ impl ApplyError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     Done,
+    /// CommitFile: the file's owner and creation time (kept when a version is replaced).
+    Committed {
+        owner: String,
+        created_ms: i64,
+    },
     /// Init: whether this command was the one that initialized the cluster.
     Initialized {
         won: bool,

@@ -369,7 +369,7 @@ impl State {
         };
         let new = Inode {
             id: id.to_string(),
-            owner,
+            owner: owner.clone(),
             created_ms,
             modified_ms: now_ms,
             file: Some(file.clone()),
@@ -389,7 +389,7 @@ impl State {
             self.queue_deletes(&gone, touched);
         }
         touched.push(RecordKey::Node(p));
-        Ok(Reply::Done)
+        Ok(Reply::Committed { owner, created_ms })
     }
 
     pub(super) fn import(

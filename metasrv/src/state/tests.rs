@@ -569,7 +569,11 @@ fn a_retried_commit_is_not_applied_twice() {
     )
     .unwrap();
     // The same put's commit arrives again (its reply was lost): nothing changes.
-    assert_eq!(commit(&mut s, "/b", "req-1").unwrap(), Reply::Done);
+    let first = Reply::Committed {
+        owner: "alice".into(),
+        created_ms: 9,
+    };
+    assert_eq!(commit(&mut s, "/b", "req-1").unwrap(), first);
     assert!(!s.nodes.contains_key("/b"));
     assert!(s.nodes.contains_key("/a"));
     // A new put is applied.

@@ -206,9 +206,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // The copy must be of the state at `applied` (nothing is applied meanwhile), but a large
+        // namespace takes a while to copy: hand this worker's other tasks (Raft's heartbeats
+        // among them) to another thread first, so they are not stuck behind the copy.
+        let copy = || self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let state = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(copy),
+            _ => copy(),
+        };
         SnapshotBuilder {
             flusher: self.flusher.clone(),
-            state: self.state.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            state,
             applied: self.applied,
             membership: self.membership.clone(),
             path: self.snapshot_path(),
