@@ -4,13 +4,17 @@
 //! holds the vote, the committed log id and the last purged log id.
 //! To ensure correctness (openraft `RaftLogStorage`): the vote is durable before `save_vote`
 //! returns; appended entries are durable before the flush callback fires; `last_purged` is
-//! written before the entries it covers are deleted, in the same flush.
+//! durable before the entries it covers are deleted. The deletion itself runs on a blocking
+//! thread after `purge` returns (openraft awaits `purge` on its core task, and deleting
+//! thousands of large entries there stalled heartbeats into elections); readers never see
+//! entries at or below the purge point, deleted yet or not.
 use super::{Durable, Flusher, Waiter, TREE_LOG, TREE_RAFT};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -22,23 +26,28 @@ pub struct LogStore {
     flusher: Flusher,
     log: sled::Tree,
     raft: sled::Tree,
+    /// First index not purged (0: nothing purged); shared by every clone.
+    first_kept: Arc<AtomicU64>,
 }
 
 fn index_key(i: u64) -> [u8; 8] {
     i.to_be_bytes()
 }
 
-fn index_of(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&key[..8]);
-    u64::from_be_bytes(b)
-}
-
 impl LogStore {
     pub fn new(durable: Arc<Durable>, flusher: Flusher) -> Result<Self, sled::Error> {
         let log = durable.db.open_tree(TREE_LOG)?;
         let raft = durable.db.open_tree(TREE_RAFT)?;
-        Ok(Self { flusher, log, raft })
+        let purged: Option<LogId> = raft
+            .get(KEY_LAST_PURGED)?
+            .and_then(|v| serde_json::from_slice(&v).ok());
+        let first_kept = Arc::new(AtomicU64::new(purged.map_or(0, |l| l.index + 1)));
+        Ok(Self {
+            flusher,
+            log,
+            raft,
+            first_kept,
+        })
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -87,7 +96,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i + 1,
             Bound::Unbounded => 0,
-        };
+        }
+        .max(self.first_kept.load(Ordering::Acquire));
         let end = match range.end_bound() {
             Bound::Included(i) => Bound::Included(index_key(*i)),
             Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
@@ -115,6 +125,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             None => last_purged,
         };
+        // Entries still being deleted below the purge point do not count.
+        let last = last.max(last_purged);
         Ok(LogState {
             last_purged_log_id: last_purged,
             last_log_id: last,
@@ -184,17 +196,29 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // Record the purge point first: a crash between the two leaves extra entries, never a gap.
+        // The purge point is durable first: a crash later leaves extra entries, never a gap.
         self.put_meta(KEY_LAST_PURGED, &log_id)?;
-        let mut batch = sled::Batch::default();
-        for k in self.log.range(..=index_key(log_id.index)).keys() {
-            let k = k.map_err(|e| StorageIOError::write_logs(&e))?;
-            debug_assert!(index_of(&k) <= log_id.index);
-            batch.remove(k);
-        }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.sync().await
+        self.sync().await?;
+        self.first_kept
+            .fetch_max(log_id.index + 1, Ordering::AcqRel);
+        // Delete in the background (see the module doc), one key at a time: a sled batch
+        // holds a lock that every other sled write waits for, and one batch of thousands of
+        // large entries blocked log appends long enough for an election. Entries that survive
+        // a crash or an error lie below the purge point: never read, removed by the next purge.
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || {
+            let keys: Vec<sled::IVec> = log
+                .range(..=index_key(log_id.index))
+                .keys()
+                .filter_map(Result::ok)
+                .collect();
+            for k in keys {
+                if let Err(e) = log.remove(k) {
+                    tracing::warn!(error = %e, "cannot delete purged log entries");
+                    return;
+                }
+            }
+        });
+        Ok(())
     }
 }

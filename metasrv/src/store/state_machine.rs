@@ -111,7 +111,8 @@ fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<
 
 pub struct SnapshotBuilder {
     flusher: Flusher,
-    state: State,
+    /// The state at `applied`, serialized.
+    data: Result<Vec<u8>, Arc<serde_json::Error>>,
     applied: Option<LogId>,
     membership: StoredMembership,
     path: PathBuf,
@@ -135,13 +136,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        // Serializing a large namespace takes a while: keep it off the async workers, which
-        // must go on sending heartbeats.
-        let state = std::mem::take(&mut self.state);
+        // Writing ~100 MB takes a while: off the async workers.
+        let data = std::mem::replace(&mut self.data, Ok(Vec::new()))
+            .map_err(|e| StorageIOError::write_snapshot(None, &*e))?;
         let path = self.path.clone();
         let m2 = meta.clone();
         let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError> {
-            let data = serde_json::to_vec(&state).map_err(read_err)?;
             write_snapshot_file(&path, &m2, &data)?;
             Ok(data)
         })
@@ -206,17 +206,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // The copy must be of the state at `applied` (nothing is applied meanwhile), but a large
-        // namespace takes a while to copy: hand this worker's other tasks (Raft's heartbeats
-        // among them) to another thread first, so they are not stuck behind the copy.
-        let copy = || self.state.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let state = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(copy),
-            _ => copy(),
+        // The snapshot must be of the state at `applied` (nothing is applied meanwhile), so it
+        // is serialized here, straight from the shared state: no copy of a namespace that may
+        // take a gigabyte (copying and then freeing one stalled the process into elections).
+        // That takes a while: hand this worker's other tasks (Raft's heartbeats among them) to
+        // another thread first, so they are not stuck behind it.
+        let serialize = || {
+            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+            serde_json::to_vec(&*st)
         };
+        let data = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(serialize),
+            _ => serialize(),
+        }
+        .map_err(Arc::new);
         SnapshotBuilder {
             flusher: self.flusher.clone(),
-            state,
+            data,
             applied: self.applied,
             membership: self.membership.clone(),
             path: self.snapshot_path(),
