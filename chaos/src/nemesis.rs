@@ -135,14 +135,19 @@ impl Nemesis {
         self.restart(&nodes).await
     }
 
-    async fn kill_chunk(&mut self, budget: Duration) -> Result<(), NemesisError> {
+    /// A random chunk server that is running.
+    fn live_chunk_server(&mut self) -> Result<Option<String>, NemesisError> {
         let alive: Vec<String> = self
             .cluster
             .names("chunk")?
             .into_iter()
             .filter(|n| self.cluster.is_alive(n))
             .collect();
-        let Some(victim) = alive.choose(&mut self.rng).cloned() else {
+        Ok(alive.choose(&mut self.rng).cloned())
+    }
+
+    async fn kill_chunk(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(victim) = self.live_chunk_server()? else {
             return Ok(());
         };
         self.cluster.kill(&victim).await?;
@@ -154,13 +159,7 @@ impl Nemesis {
     }
 
     async fn lose_chunk(&mut self) -> Result<(), NemesisError> {
-        let alive: Vec<String> = self
-            .cluster
-            .names("chunk")?
-            .into_iter()
-            .filter(|n| self.cluster.is_alive(n))
-            .collect();
-        let Some(victim) = alive.choose(&mut self.rng).cloned() else {
+        let Some(victim) = self.live_chunk_server()? else {
             return Ok(());
         };
         self.cluster.lose(&victim).await?;
