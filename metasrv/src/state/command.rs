@@ -111,7 +111,7 @@ pub enum CommandV1 {
         node: NodeId,
         chunks: Vec<String>,
     },
-    /// Apply `cmd` at most once: a request id applied in the last hour is answered with the
+    /// Apply `cmd` at most once: a request id applied in the last 5 minutes is answered with the
     /// reply it got then, and nothing changes. A client retries a write whose reply it lost
     /// (timeout, leader change) with the same id, so the retry cannot apply it a second time.
     Once {

@@ -118,8 +118,13 @@ pub struct Remembered {
     pub reply: Reply,
 }
 
-/// How long a request id is remembered (far longer than any client retries).
-pub const REQUEST_MEMORY_MS: i64 = 60 * 60 * 1000;
+/// How long a request id is remembered. Far longer than a client retries one call (dfsctl
+/// gives up after `--timeout`, 30 s by default) or than a stray attempt can wait in an old
+/// leader's log (one election); short enough that ids at 5,000 writes/s stay ~200 MB.
+/// (HDFS's retry cache keeps 10 minutes.)
+pub const REQUEST_MEMORY_MS: i64 = 5 * 60 * 1000;
+/// Expired request ids are dropped every this many new ids (a scan of all of them).
+pub(crate) const REQUEST_PRUNE_EVERY: usize = 16 * 1024;
 
 /// One persisted record of the state. An apply reports which records it touched.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -262,8 +267,12 @@ impl State {
         };
         self.recent_requests.insert(request_id.to_string(), r);
         touched.push(RecordKey::RecentRequest(request_id.to_string()));
-        // Prune now and then (every 1024 ids), deterministically from the command's time.
-        if self.recent_requests.len().is_multiple_of(1024) {
+        // Prune now and then, deterministically from the command's time.
+        if self
+            .recent_requests
+            .len()
+            .is_multiple_of(REQUEST_PRUNE_EVERY)
+        {
             let old: Vec<String> = self
                 .recent_requests
                 .iter()

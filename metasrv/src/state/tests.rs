@@ -849,3 +849,18 @@ fn orphan_deletes_never_touch_a_referenced_replica() {
     assert_eq!(q(&mut fresh, 1, &["chunk-5"]), Reply::Queued { count: 0 });
     assert!(fresh.pending_deletes.is_empty());
 }
+
+#[test]
+fn expired_request_ids_are_pruned() {
+    let mut s = state();
+    let mut touched = Vec::new();
+    for i in 1..super::REQUEST_PRUNE_EVERY {
+        s.remember_request(&format!("old-{i}"), 0, Reply::Done, &mut touched);
+    }
+    assert_eq!(s.recent_requests.len(), super::REQUEST_PRUNE_EVERY - 1);
+    // The id that fills the next pruning round drops every id older than the memory.
+    let now = super::REQUEST_MEMORY_MS + 1;
+    s.remember_request("new", now, Reply::Done, &mut touched);
+    assert_eq!(s.recent_requests.len(), 1);
+    assert!(s.recent_requests.contains_key("new"));
+}
