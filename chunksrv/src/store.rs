@@ -160,7 +160,7 @@ fn file_len(size: u64) -> u64 {
 fn size_from_file_len(len: u64) -> Option<u64> {
     let rest = len.checked_sub(FOOTER_LEN as u64)?;
     let blocks = rest.div_ceil(BLOCK_SIZE as u64 + 4);
-    let size = rest - 4 * blocks;
+    let size = rest.checked_sub(4 * blocks)?;
     (file_len(size) == len).then_some(size)
 }
 

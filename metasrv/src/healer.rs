@@ -250,6 +250,8 @@ impl Healing {
             let mut next = self.pacer.lock().await;
             let now = Instant::now();
             let start = (*next).max(now);
+            // A chunk is at most 64 MiB: a bogus size in the metadata cannot stall every repair.
+            let bytes = bytes.min(64 << 20);
             *next = start + Duration::from_secs_f64(bytes as f64 / self.args.repair_rate as f64);
             start
         };
@@ -777,15 +779,8 @@ impl MetaNode {
         }
         let t = term(self);
         let view = view(self, since);
-        let live: Vec<(NodeId, u64)> = view
-            .servers
-            .iter()
-            .filter_map(|(id, h)| match h {
-                ServerHealth::Live { used } => Some((*id, *used)),
-                _ => None,
-            })
-            .collect();
-        let mean = live.iter().map(|(_, u)| *u).sum::<u64>() / (live.len().max(1) as u64);
+        let live = view.live_load();
+        let mean = live.values().sum::<u64>() / (live.len().max(1) as u64);
         let pct = if r.threshold_percent == 0 {
             10
         } else {

@@ -42,6 +42,17 @@ pub struct View {
 }
 
 impl View {
+    /// Bytes used on each live server.
+    pub fn live_load(&self) -> BTreeMap<NodeId, u64> {
+        self.servers
+            .iter()
+            .filter_map(|(id, h)| match h {
+                ServerHealth::Live { used } => Some((*id, *used)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn health(&self, n: NodeId) -> ServerHealth {
         // A replica on an unregistered server can never be read again.
         self.servers.get(&n).copied().unwrap_or(ServerHealth::Dead)
@@ -120,14 +131,7 @@ pub struct Plan {
 
 /// Plan the repairs for the whole namespace.
 pub fn plan(st: &State, view: &View) -> Plan {
-    let mut load: BTreeMap<NodeId, u64> = view
-        .servers
-        .iter()
-        .filter_map(|(id, h)| match h {
-            ServerHealth::Live { used } => Some((*id, *used)),
-            _ => None,
-        })
-        .collect();
+    let mut load = view.live_load();
     let mut out = Plan::default();
     for (path, node) in &st.nodes {
         let Some(f) = &node.file else { continue };
@@ -232,14 +236,7 @@ pub struct Move {
 /// good and exactly as many as wanted move (repairs come first), each at most once, never to a
 /// server that holds it or has a delete order for it, and only when the move narrows the gap.
 pub fn balance(st: &State, view: &View, threshold: u64, max_moves: usize) -> Vec<Move> {
-    let mut load: BTreeMap<NodeId, u64> = view
-        .servers
-        .iter()
-        .filter_map(|(id, h)| match h {
-            ServerHealth::Live { used } => Some((*id, *used)),
-            _ => None,
-        })
-        .collect();
+    let mut load = view.live_load();
     if load.len() < 2 {
         return Vec::new();
     }

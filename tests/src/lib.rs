@@ -263,6 +263,81 @@ impl Cluster {
         p
     }
 
+    /// Put `data` at `remote` as the user of `auth` (`extra` args follow the paths).
+    pub fn put_data(&self, auth: &Path, remote: &str, data: &[u8], extra: &[&str]) -> Run {
+        let local = self
+            .path()
+            .join(format!("upload-{}", rand::random::<u64>()));
+        std::fs::write(&local, data).expect("write upload file");
+        let mut args = vec!["put", local.to_str().expect("utf-8 path"), remote];
+        args.extend_from_slice(extra);
+        let run = self.ctl_as(auth, &args);
+        let _ = std::fs::remove_file(&local);
+        run
+    }
+
+    /// Get `remote` as the user of `auth`; panics unless the get succeeds.
+    pub fn get_data(&self, auth: &Path, remote: &str) -> Vec<u8> {
+        let local = self
+            .path()
+            .join(format!("download-{}", rand::random::<u64>()));
+        self.ctl_as(auth, &["get", remote, local.to_str().expect("utf-8 path")])
+            .ok();
+        let b = std::fs::read(&local).expect("downloaded file");
+        let _ = std::fs::remove_file(&local);
+        b
+    }
+
+    /// Chunk files (primary copies, not temp files) on one chunk server.
+    pub fn chunk_files(&self, server: &str) -> Vec<PathBuf> {
+        let root = self.path().join(server).join("chunks");
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|fan| {
+                std::fs::read_dir(fan.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
+            .map(|f| f.path())
+            .collect()
+    }
+
+    /// Chunk files on every chunk server of the cluster.
+    pub fn all_chunk_files(&self) -> usize {
+        std::fs::read_dir(self.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("chunk-"))
+            .map(|e| self.chunk_files(&e.file_name().to_string_lossy()).len())
+            .sum()
+    }
+
+    /// Start `dfsctl put - remote`, feed it `data`, and SIGKILL it once `under_way` holds (for
+    /// example: some of its chunks are on disk). Nothing is committed then.
+    pub fn kill_put_midway(&self, remote: &str, data: &[u8], mut under_way: impl FnMut() -> bool) {
+        use std::io::Write;
+        let mut child = Command::new(bin("dfsctl"))
+            .args(["put", "-", remote])
+            .env("DFS_META", &self.meta)
+            .env("DFS_AUTH_FILE", &self.auth)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start dfsctl put");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(data).expect("feed the put");
+        stdin.flush().expect("feed the put");
+        wait_until(Duration::from_secs(20), "the put under way", &mut under_way);
+        child.kill().expect("kill dfsctl put");
+        let _ = child.wait();
+    }
+
     pub fn secret_file(&self) -> PathBuf {
         self.path().join("cluster.secret")
     }

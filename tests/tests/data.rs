@@ -3,7 +3,7 @@
 //! Chunks are 64 KiB here so multi-chunk files stay small.
 use dfs_tests::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 const CHUNK: usize = 64 * 1024;
@@ -12,48 +12,8 @@ fn cluster(chunks: u32) -> Cluster {
     Cluster::up(3, chunks, &["--chunk-size=65536"])
 }
 
-fn put_bytes(c: &Cluster, auth: &Path, remote: &str, data: &[u8], extra: &[&str]) -> Run {
-    let local = c.path().join(format!("upload-{}", rand::random::<u64>()));
-    std::fs::write(&local, data).unwrap();
-    let mut args = vec!["put", local.to_str().unwrap(), remote];
-    args.extend_from_slice(extra);
-    c.ctl_as(auth, &args)
-}
-
-fn get_bytes(c: &Cluster, auth: &Path, remote: &str) -> Vec<u8> {
-    let local = c.path().join(format!("download-{}", rand::random::<u64>()));
-    c.ctl_as(auth, &["get", remote, local.to_str().unwrap()])
-        .ok();
-    std::fs::read(&local).unwrap()
-}
-
 fn stat(c: &Cluster, remote: &str) -> Value {
     c.ctl(&["--json", "stat", remote]).json()
-}
-
-/// Chunk files (primary copies) on one chunk server.
-fn chunk_files(c: &Cluster, server: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let root = c.path().join(server).join("chunks");
-    for fan in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        for f in std::fs::read_dir(fan.path())
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let name = f.file_name().to_string_lossy().to_string();
-            if !name.starts_with('.') {
-                out.push(f.path());
-            }
-        }
-    }
-    out
-}
-
-fn all_chunk_files(c: &Cluster) -> usize {
-    (1..=3)
-        .map(|i| chunk_files(c, &format!("chunk-{i}")).len())
-        .sum()
 }
 
 #[test]
@@ -65,8 +25,8 @@ fn round_trips_are_byte_identical() {
     {
         let data = bytes(size, i as u64);
         let remote = format!("/rt/f{size}");
-        put_bytes(&c, &c.auth, &remote, &data, &[]).ok();
-        assert_eq!(get_bytes(&c, &c.auth, &remote), data, "size {size}");
+        c.put_data(&c.auth, &remote, &data, &[]).ok();
+        assert_eq!(c.get_data(&c.auth, &remote), data, "size {size}");
         let s = stat(&c, &remote);
         assert_eq!(s["size"], size);
         assert_eq!(s["sha256"], sha256_hex(&data));
@@ -96,9 +56,10 @@ fn round_trips_are_byte_identical() {
     assert!(out.status.success());
     assert_eq!(out.stdout, data);
     // An existing name needs -f; -f replaces it atomically.
-    put_bytes(&c, &c.auth, "/rt/f1", b"other", &[]).fails_with("already exists");
-    put_bytes(&c, &c.auth, "/rt/f1", b"other", &["-f"]).ok();
-    assert_eq!(get_bytes(&c, &c.auth, "/rt/f1"), b"other");
+    c.put_data(&c.auth, "/rt/f1", b"other", &[])
+        .fails_with("already exists");
+    c.put_data(&c.auth, "/rt/f1", b"other", &["-f"]).ok();
+    assert_eq!(c.get_data(&c.auth, "/rt/f1"), b"other");
 }
 
 #[test]
@@ -108,19 +69,19 @@ fn files_survive_a_chunk_server_and_the_leader_dying() {
         .map(|i| (format!("/s/f{i}"), bytes(2 * CHUNK + i * 1000, i as u64)))
         .collect();
     for (p, d) in &files {
-        put_bytes(&c, &c.auth, p, d, &[]).ok();
+        c.put_data(&c.auth, p, d, &[]).ok();
     }
     c.kill("chunk-1");
     for (p, d) in &files {
-        assert_eq!(&get_bytes(&c, &c.auth, p), d, "{p} after chunk-1 died");
+        assert_eq!(&c.get_data(&c.auth, p), d, "{p} after chunk-1 died");
     }
     let leader = c.leader();
     c.kill(&format!("meta-{leader}"));
     for (p, d) in &files {
-        assert_eq!(&get_bytes(&c, &c.auth, p), d, "{p} after the leader died");
+        assert_eq!(&c.get_data(&c.auth, p), d, "{p} after the leader died");
     }
     // Writes go on with two chunk servers and a new leader.
-    put_bytes(&c, &c.auth, "/s/new", b"still writable", &[]).ok();
+    c.put_data(&c.auth, "/s/new", b"still writable", &[]).ok();
 }
 
 #[test]
@@ -139,8 +100,9 @@ fn with_no_live_chunk_server_a_put_is_refused_and_leaves_nothing() {
                 .all(|s| s["live"] == false)
         },
     );
-    let err =
-        put_bytes(&c, &c.auth, "/nothing", b"data", &[]).fails_with("no chunk server is live");
+    let err = c
+        .put_data(&c.auth, "/nothing", b"data", &[])
+        .fails_with("no chunk server is live");
     assert!(err.contains("start one"), "{err}");
     assert_eq!(c.ctl(&["ls", "/"]).ok(), "");
     c.ctl(&["stat", "/nothing"]).fails_with("no such file");
@@ -150,11 +112,12 @@ fn with_no_live_chunk_server_a_put_is_refused_and_leaves_nothing() {
 fn with_fewer_servers_than_replicas_the_file_is_under_replicated() {
     let c = cluster(2);
     let data = bytes(CHUNK + 5, 3);
-    put_bytes(&c, &c.auth, "/three", &data, &["--replication", "3"]).ok();
+    c.put_data(&c.auth, "/three", &data, &["--replication", "3"])
+        .ok();
     let s = stat(&c, "/three");
     assert_eq!(s["replication"], 3);
     assert_eq!(s["fully_replicated"], false);
-    assert_eq!(get_bytes(&c, &c.auth, "/three"), data);
+    assert_eq!(c.get_data(&c.auth, "/three"), data);
 }
 
 #[test]
@@ -163,7 +126,7 @@ fn users_reach_only_their_own_files() {
     let alice = c.add_user("alice");
     let bob = c.add_user("bob");
     let data = bytes(CHUNK + 1, 5);
-    put_bytes(&c, &alice, "/alice/secret", &data, &[]).ok();
+    c.put_data(&alice, "/alice/secret", &data, &[]).ok();
     assert_eq!(c.ctl_as(&bob, &["ls", "-R", "/"]).ok(), "");
     c.ctl_as(
         &bob,
@@ -177,7 +140,8 @@ fn users_reach_only_their_own_files() {
     assert!(!c.path().join("stolen").exists());
     c.ctl_as(&bob, &["cat", "/alice/secret"])
         .fails_with("permission denied");
-    put_bytes(&c, &bob, "/alice/secret", b"replaced", &["-f"]).fails_with("permission denied");
+    c.put_data(&bob, "/alice/secret", b"replaced", &["-f"])
+        .fails_with("permission denied");
     c.ctl_as(&bob, &["rm", "/alice/secret"])
         .fails_with("permission denied");
     c.ctl_as(&bob, &["mv", "/alice/secret", "/mine"])
@@ -197,8 +161,8 @@ fn users_reach_only_their_own_files() {
     std::fs::write(&empty, "alice/").unwrap();
     c.ctl_as(&empty, &["ls", "/"]).fails_with("auth file");
     // The owner and the admin read it.
-    assert_eq!(get_bytes(&c, &alice, "/alice/secret"), data);
-    assert_eq!(get_bytes(&c, &c.auth, "/alice/secret"), data);
+    assert_eq!(c.get_data(&alice, "/alice/secret"), data);
+    assert_eq!(c.get_data(&c.auth, "/alice/secret"), data);
 }
 
 #[test]
@@ -208,7 +172,7 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
     use dfs_proto::{ReadChunkRequest, WriteChunkRequest};
     let c = cluster(1);
     let data = bytes(1000, 8);
-    put_bytes(&c, &c.auth, "/t", &data, &[]).ok();
+    c.put_data(&c.auth, "/t", &data, &[]).ok();
     let s = stat(&c, "/t");
     let chunk = s["chunks"][0]["id"].as_str().unwrap().to_string();
     let addr = s["chunks"][0]["addrs"][0].as_str().unwrap().to_string();
@@ -279,7 +243,7 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
             data
         );
         // Writing without a token is refused and stores nothing.
-        let before = chunk_files(&c, "chunk-1").len();
+        let before = c.chunk_files("chunk-1").len();
         let id = "11111111-2222-3333-4444-555555555555".to_string();
         let msgs = vec![
             WriteChunkRequest {
@@ -295,7 +259,7 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
         ];
         let r = cl.write(tokio_stream_iter(msgs)).await;
         assert!(r.is_err());
-        assert_eq!(chunk_files(&c, "chunk-1").len(), before);
+        assert_eq!(c.chunk_files("chunk-1").len(), before);
     });
 }
 
@@ -309,7 +273,7 @@ fn tokio_stream_iter<T: Send + 'static>(
 fn a_flipped_byte_on_disk_never_reaches_the_user() {
     let c = cluster(2);
     let data = bytes(3 * CHUNK, 11);
-    put_bytes(&c, &c.auth, "/rot", &data, &[]).ok();
+    c.put_data(&c.auth, "/rot", &data, &[]).ok();
     let flip = |p: &Path, at: u64| {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
@@ -323,12 +287,12 @@ fn a_flipped_byte_on_disk_never_reaches_the_user() {
         f.write_all_at(&b, at).unwrap();
     };
     // chunk-1: primary copies damaged (its backups heal them).
-    for p in chunk_files(&c, "chunk-1") {
+    for p in c.chunk_files("chunk-1") {
         flip(&p, 100);
     }
-    assert_eq!(get_bytes(&c, &c.auth, "/rot"), data);
+    assert_eq!(c.get_data(&c.auth, "/rot"), data);
     // chunk-2: primary and backup both damaged: the reader must use chunk-1's copy.
-    for p in chunk_files(&c, "chunk-2") {
+    for p in c.chunk_files("chunk-2") {
         flip(&p, 200);
         let backup = c
             .path()
@@ -337,53 +301,36 @@ fn a_flipped_byte_on_disk_never_reaches_the_user() {
             .join(p.file_name().unwrap());
         flip(&backup, 200);
     }
-    assert_eq!(get_bytes(&c, &c.auth, "/rot"), data);
-    assert_eq!(get_bytes(&c, &c.auth, "/rot"), data);
+    assert_eq!(c.get_data(&c.auth, "/rot"), data);
+    assert_eq!(c.get_data(&c.auth, "/rot"), data);
 }
 
 #[test]
 fn a_client_killed_mid_put_leaves_no_file_and_the_name_free() {
-    use std::io::Write;
     let c = cluster(2);
-    let mut child = std::process::Command::new(bin("dfsctl"))
-        .args(["put", "-", "/partial"])
-        .env("DFS_META", &c.meta)
-        .env("DFS_AUTH_FILE", &c.auth)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&bytes(5 * CHUNK, 1)).unwrap();
-    stdin.flush().unwrap();
-    // Wait until chunks are on the servers: the put is under way.
-    wait_until(
-        Duration::from_secs(20),
-        "chunks of the partial put on disk",
-        || all_chunk_files(&c) >= 4,
-    );
-    child.kill().unwrap();
-    let _ = child.wait();
-    drop(stdin);
+    // Once chunks are on the servers, the put is under way.
+    c.kill_put_midway("/partial", &bytes(5 * CHUNK, 1), || {
+        c.all_chunk_files() >= 4
+    });
     c.ctl(&["stat", "/partial"]).fails_with("no such file");
     assert_eq!(c.ctl(&["ls", "/"]).ok(), "");
     let data = bytes(CHUNK + 3, 2);
-    put_bytes(&c, &c.auth, "/partial", &data, &[]).ok();
-    assert_eq!(get_bytes(&c, &c.auth, "/partial"), data);
+    c.put_data(&c.auth, "/partial", &data, &[]).ok();
+    assert_eq!(c.get_data(&c.auth, "/partial"), data);
 }
 
 #[test]
 fn bad_names_are_refused_before_anything_is_written() {
     let c = cluster(2);
-    let before = all_chunk_files(&c);
-    put_bytes(&c, &c.auth, "/a/../b", b"x", &[]).fails_with("not allowed");
-    put_bytes(&c, &c.auth, &format!("/{}", "n".repeat(256)), b"x", &[])
+    let before = c.all_chunk_files();
+    c.put_data(&c.auth, "/a/../b", b"x", &[])
+        .fails_with("not allowed");
+    c.put_data(&c.auth, &format!("/{}", "n".repeat(256)), b"x", &[])
         .fails_with("longer than 255");
-    put_bytes(&c, &c.auth, &format!("/{}", "d/".repeat(2100)), b"x", &[])
+    c.put_data(&c.auth, &format!("/{}", "d/".repeat(2100)), b"x", &[])
         .fails_with("longer than 4096");
     assert_eq!(
-        all_chunk_files(&c),
+        c.all_chunk_files(),
         before,
         "no chunk was written for a refused name"
     );
@@ -393,21 +340,21 @@ fn bad_names_are_refused_before_anything_is_written() {
 #[test]
 fn removed_and_replaced_files_are_deleted_from_chunk_servers() {
     let c = cluster(2);
-    put_bytes(&c, &c.auth, "/gone", &bytes(2 * CHUNK, 1), &[]).ok();
-    put_bytes(&c, &c.auth, "/kept", &bytes(CHUNK, 2), &[]).ok();
-    put_bytes(&c, &c.auth, "/kept", &bytes(CHUNK, 3), &["-f"]).ok();
+    c.put_data(&c.auth, "/gone", &bytes(2 * CHUNK, 1), &[]).ok();
+    c.put_data(&c.auth, "/kept", &bytes(CHUNK, 2), &[]).ok();
+    c.put_data(&c.auth, "/kept", &bytes(CHUNK, 3), &["-f"]).ok();
     c.ctl(&["rm", "/gone"]).ok();
     // Left: one chunk of /kept on two servers.
     wait_until(Duration::from_secs(60), "old chunks deleted", || {
-        all_chunk_files(&c) == 2
+        c.all_chunk_files() == 2
     });
-    assert_eq!(get_bytes(&c, &c.auth, "/kept"), bytes(CHUNK, 3));
+    assert_eq!(c.get_data(&c.auth, "/kept"), bytes(CHUNK, 3));
 }
 
 #[test]
 fn get_never_replaces_a_local_file_silently() {
     let c = cluster(1);
-    put_bytes(&c, &c.auth, "/f", b"remote bytes", &[]).ok();
+    c.put_data(&c.auth, "/f", b"remote bytes", &[]).ok();
     let local = c.path().join("local-copy");
     std::fs::write(&local, b"precious").unwrap();
     c.ctl(&["get", "/f", local.to_str().unwrap()])

@@ -11,20 +11,7 @@ const CHUNK: usize = 64 * 1024;
 const DEAD_MS: u64 = 3000;
 
 fn put_bytes(c: &Cluster, remote: &str, data: &[u8], extra: &[&str]) {
-    let local = c.path().join(format!("upload-{}", rand::random::<u64>()));
-    std::fs::write(&local, data).unwrap();
-    let mut args = vec!["put", local.to_str().unwrap(), remote];
-    args.extend_from_slice(extra);
-    c.ctl(&args).ok();
-    let _ = std::fs::remove_file(&local);
-}
-
-fn get_bytes(c: &Cluster, remote: &str) -> Vec<u8> {
-    let local = c.path().join(format!("download-{}", rand::random::<u64>()));
-    c.ctl(&["get", remote, local.to_str().unwrap()]).ok();
-    let b = std::fs::read(&local).unwrap();
-    let _ = std::fs::remove_file(&local);
-    b
+    c.put_data(&c.auth, remote, data, extra).ok();
 }
 
 /// fsck's exit code and JSON report.
@@ -138,7 +125,7 @@ fn a_dead_chunk_server_is_re_replicated_and_fsck_turns_healthy() {
                 "{p}: {reps:?} names the dead server"
             );
         }
-        assert_eq!(&get_bytes(&c, p), d, "{p} reads back right");
+        assert_eq!(&c.get_data(&c.auth, p), d, "{p} reads back right");
     }
 
     // The server comes back: its replicas were replaced, so they are surplus and removed; no
@@ -147,7 +134,7 @@ fn a_dead_chunk_server_is_re_replicated_and_fsck_turns_healthy() {
     wait_until(
         Duration::from_secs(60),
         "surplus copies removed from chunk-4",
-        || chunk_files(&c, "chunk-4") == 0,
+        || c.chunk_files("chunk-4").is_empty(),
     );
     assert_eq!(fsck(&c, "/").0, 0);
     for (p, _) in files.iter().step_by(7) {
@@ -259,7 +246,7 @@ fn with_two_servers_lost_chunks_with_one_replica_left_go_first() {
     }
     for (p, d) in &files {
         assert!(replicas_of(&c, p).iter().all(|r| r.len() == 3), "{p}");
-        assert_eq!(&get_bytes(&c, p), d);
+        assert_eq!(&c.get_data(&c.auth, p), d);
     }
 }
 
@@ -287,7 +274,7 @@ fn replication_command_raises_and_lowers_the_factor() {
         for r in replicas_of(&c, f) {
             assert_eq!(r.len(), 1, "{f}");
         }
-        assert_eq!(get_bytes(&c, f), data);
+        assert_eq!(c.get_data(&c.auth, f), data);
     }
     assert_eq!(fsck(&c, "/").0, 0);
     // Bad values and other users' files are refused with one line.
@@ -300,33 +287,8 @@ fn replication_command_raises_and_lowers_the_factor() {
         .fails_with("permission denied");
 }
 
-/// Chunk files (primary copies) on one chunk server.
-fn chunk_files(c: &Cluster, server: &str) -> usize {
-    let root = c.path().join(server).join("chunks");
-    std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .flat_map(|fan| {
-            std::fs::read_dir(fan.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-        })
-        .filter(|f| !f.file_name().to_string_lossy().starts_with('.'))
-        .count()
-}
-
-fn all_chunk_files(c: &Cluster) -> usize {
-    ["chunk-1", "chunk-2", "chunk-3", "chunk-4", "chunk-5"]
-        .iter()
-        .map(|s| chunk_files(c, s))
-        .sum()
-}
-
 #[test]
 fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else() {
-    use std::io::Write;
     let c = Cluster::up(
         3,
         2,
@@ -344,28 +306,11 @@ fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else()
         put_bytes(&c, p, d, &[]);
     }
     let committed = 2 * (4 + 1);
-    assert_eq!(all_chunk_files(&c), committed);
-    let mut child = std::process::Command::new(bin("dfsctl"))
-        .args(["put", "-", "/gc/partial"])
-        .env("DFS_META", &c.meta)
-        .env("DFS_AUTH_FILE", &c.auth)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(&bytes(6 * CHUNK, 3)).unwrap();
-    stdin.flush().unwrap();
-    wait_until(
-        Duration::from_secs(20),
-        "chunks of the partial put on disk",
-        || all_chunk_files(&c) >= committed + 4,
-    );
-    child.kill().unwrap();
-    let _ = child.wait();
-    drop(stdin);
-    let orphans = all_chunk_files(&c) - committed;
+    assert_eq!(c.all_chunk_files(), committed);
+    c.kill_put_midway("/gc/partial", &bytes(6 * CHUNK, 3), || {
+        c.all_chunk_files() >= committed + 4
+    });
+    let orphans = c.all_chunk_files() - committed;
     // Chunk servers send their full chunk report when they start.
     for s in ["chunk-1", "chunk-2"] {
         c.kill(s);
@@ -385,7 +330,7 @@ fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else()
     // land after the first count.
     let mut orphans = orphans;
     wait_until(patience, "gc lists the orphans", || {
-        orphans = all_chunk_files(&c) - committed;
+        orphans = c.all_chunk_files() - committed;
         gc(false)["orphans"].as_array().map(Vec::len) == Some(orphans)
     });
     // Within the grace period nothing is removed, even with --apply.
@@ -398,7 +343,7 @@ fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else()
         .all(|o| o["due"] == false));
     let text = c.ctl(&["admin", "gc"]).ok();
     assert!(text.contains("remove them with --apply"), "{text}");
-    assert_eq!(all_chunk_files(&c), committed + orphans);
+    assert_eq!(c.all_chunk_files(), committed + orphans);
 
     let mut removed = 0;
     wait_until(patience, "orphans past the grace period removed", || {
@@ -410,10 +355,10 @@ fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else()
     wait_until(
         Duration::from_secs(30),
         "orphan chunk files removed",
-        || all_chunk_files(&c) == committed,
+        || c.all_chunk_files() == committed,
     );
     for (p, d) in &kept {
-        assert_eq!(&get_bytes(&c, p), d);
+        assert_eq!(&c.get_data(&c.auth, p), d);
     }
     assert_eq!(fsck(&c, "/").0, 0);
 }
@@ -535,7 +480,7 @@ fn the_scrubber_heals_damaged_chunk_files_with_no_client_involved() {
         fsck(&c, "/").0 == 0
     });
     for (p, d) in &files {
-        assert_eq!(&get_bytes(&c, p), d, "{p}");
+        assert_eq!(&c.get_data(&c.auth, p), d, "{p}");
     }
 }
 
@@ -553,8 +498,8 @@ fn balance_gives_a_new_chunk_server_its_share() {
     for (p, d) in &files {
         put_bytes(&c, p, d, &[]);
     }
-    assert_eq!(chunk_files(&c, "chunk-3"), 0);
-    let before = all_chunk_files(&c);
+    assert_eq!(c.chunk_files("chunk-3").len(), 0);
+    let before = c.all_chunk_files();
     assert_eq!(before, 8 * 4 * 2);
     c.start("chunk-3");
     let new_id = server_id(&c, "chunk-3");
@@ -571,7 +516,7 @@ fn balance_gives_a_new_chunk_server_its_share() {
             .all(|m| m["to"] == new_id && m["done"] == false),
         "{plan}"
     );
-    assert_eq!(chunk_files(&c, "chunk-3"), 0, "planning moves nothing");
+    assert_eq!(c.chunk_files("chunk-3").len(), 0, "planning moves nothing");
     let text = c.ctl(&["admin", "balance"]).ok();
     assert!(text.contains("run them with --apply"), "{text}");
 
@@ -581,11 +526,11 @@ fn balance_gives_a_new_chunk_server_its_share() {
     assert_eq!(n, done["moves"].as_array().unwrap().len(), "{done}");
     // Copied to chunk-3, then deleted from the old servers.
     wait_until(Duration::from_secs(30), "moved replicas deleted", || {
-        chunk_files(&c, "chunk-3") == n && all_chunk_files(&c) == before
+        c.chunk_files("chunk-3").len() == n && c.all_chunk_files() == before
     });
     assert_eq!(fsck(&c, "/").0, 0);
     for (p, d) in &files {
         assert!(replicas_of(&c, p).iter().all(|r| r.len() == 2), "{p}");
-        assert_eq!(&get_bytes(&c, p), d);
+        assert_eq!(&c.get_data(&c.auth, p), d);
     }
 }

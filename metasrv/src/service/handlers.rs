@@ -288,6 +288,12 @@ impl MetaNode {
         let earliest = (now_ms() as u64).saturating_sub(COMMIT_GRACE_MS);
         let mut chunks = Vec::with_capacity(r.chunks.len());
         for ch in &r.chunks {
+            if ch.size > self.config.chunk_size {
+                return Err(invalid(format!(
+                    "chunk {} claims {} bytes; chunks hold at most {}",
+                    ch.chunk_id, ch.size, self.config.chunk_size
+                )));
+            }
             // The write token proves this caller was given the chunk id by a leader.
             self.secret
                 .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)

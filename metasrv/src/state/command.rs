@@ -385,12 +385,24 @@ impl State {
     ) {
         for c in chunks {
             for n in &c.replicas {
-                self.pending_deletes
-                    .entry(*n)
-                    .or_default()
-                    .insert(c.id.clone());
-                touched.push(super::RecordKey::PendingDeletes(*n));
+                self.queue_delete(*n, &c.id, touched);
             }
         }
+    }
+
+    /// Order chunk server `node` to delete `chunk_id`; returns whether the order is new.
+    pub(super) fn queue_delete(
+        &mut self,
+        node: NodeId,
+        chunk_id: &str,
+        touched: &mut Vec<super::RecordKey>,
+    ) -> bool {
+        let new = self
+            .pending_deletes
+            .entry(node)
+            .or_default()
+            .insert(chunk_id.to_string());
+        touched.push(super::RecordKey::PendingDeletes(node));
+        new
     }
 }

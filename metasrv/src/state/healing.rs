@@ -8,6 +8,13 @@
 use super::command::{ApplyError, ErrorKind, Reply};
 use super::{NodeId, RecordKey, State, MAX_REPLICATION};
 
+/// Remove the replicas `pick` selects; returns them.
+fn take_replicas(replicas: &mut Vec<NodeId>, pick: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
+    let taken: Vec<NodeId> = replicas.iter().copied().filter(|r| pick(*r)).collect();
+    replicas.retain(|r| !pick(*r));
+    taken
+}
+
 fn precondition(m: String) -> ApplyError {
     ApplyError::new(ErrorKind::FailedPrecondition, m)
 }
@@ -100,22 +107,11 @@ impl State {
             ));
         }
         c.replicas.push(node);
-        let mut dropped = Vec::new();
-        c.replicas.retain(|r| {
-            let keep = *r == node || !drop.contains(r);
-            if !keep {
-                dropped.push(*r);
-            }
-            keep
-        });
+        let dropped = take_replicas(&mut c.replicas, |r| r != node && drop.contains(&r));
         c.replicas.sort_unstable();
         touched.push(RecordKey::Node(path.to_string()));
         for d in dropped {
-            self.pending_deletes
-                .entry(d)
-                .or_default()
-                .insert(chunk_id.to_string());
-            touched.push(RecordKey::PendingDeletes(d));
+            self.queue_delete(d, chunk_id, touched);
         }
         Ok(Reply::Done)
     }
@@ -140,25 +136,13 @@ impl State {
                 "dropping those replicas would leave chunk {chunk_id} with none"
             )));
         }
-        let before = c.replicas.len();
-        let mut dropped = Vec::new();
-        c.replicas.retain(|r| {
-            let keep = !nodes.contains(r);
-            if !keep {
-                dropped.push(*r);
-            }
-            keep
-        });
-        if c.replicas.len() == before {
+        let dropped = take_replicas(&mut c.replicas, |r| nodes.contains(&r));
+        if dropped.is_empty() {
             return Ok(Reply::Done);
         }
         touched.push(RecordKey::Node(path.to_string()));
         for d in dropped {
-            self.pending_deletes
-                .entry(d)
-                .or_default()
-                .insert(chunk_id.to_string());
-            touched.push(RecordKey::PendingDeletes(d));
+            self.queue_delete(d, chunk_id, touched);
         }
         Ok(Reply::Done)
     }
@@ -203,23 +187,9 @@ impl State {
             if live.contains(c) || !self.chunk_servers.contains_key(&node) {
                 continue;
             }
-            if self
-                .pending_deletes
-                .entry(node)
-                .or_default()
-                .insert(c.clone())
-            {
+            if self.queue_delete(node, c, touched) {
                 count += 1;
             }
-        }
-        if count > 0 {
-            touched.push(RecordKey::PendingDeletes(node));
-        } else if self
-            .pending_deletes
-            .get(&node)
-            .is_some_and(|s| s.is_empty())
-        {
-            self.pending_deletes.remove(&node);
         }
         Reply::Queued { count }
     }

@@ -307,8 +307,10 @@ impl State {
                 "replication must be between 1 and {MAX_REPLICATION}"
             ));
         }
-        let total: u64 = f.chunks.iter().map(|c| c.size).sum();
-        if total != f.size {
+        // Sizes come from the client: add them without overflowing (apply must never panic).
+        let total = f.chunks.iter().try_fold(0u64, |t, c| t.checked_add(c.size));
+        if total != Some(f.size) {
+            let total = total.map_or("more than 2^64".to_string(), |t| t.to_string());
             return bad(format!(
                 "chunk sizes add up to {total}, not the file size {}",
                 f.size

@@ -864,3 +864,33 @@ fn expired_request_ids_are_pruned() {
     assert_eq!(s.recent_requests.len(), 1);
     assert!(s.recent_requests.contains_key("new"));
 }
+
+#[test]
+fn chunk_sizes_that_overflow_are_refused_not_a_panic() {
+    let mut s = state();
+    let huge = |id: &str| ChunkRef {
+        id: id.into(),
+        size: u64::MAX / 2 + 1,
+        crc32c: 0,
+        replicas: vec![1],
+    };
+    let f = FileData {
+        size: 0,
+        replication: 1,
+        sha256: "x".into(),
+        chunk_size: 8,
+        chunks: vec![huge("a"), huge("b")],
+    };
+    let r = run(
+        &mut s,
+        CommandV1::CommitFile {
+            actor: "alice".into(),
+            path: "/big".into(),
+            overwrite: false,
+            file: f,
+            id: "i".into(),
+            now_ms: 1,
+        },
+    );
+    assert_eq!(kind(r), ErrorKind::InvalidArgument);
+}

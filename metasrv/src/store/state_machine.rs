@@ -94,10 +94,11 @@ fn encode_snapshot_file(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, ser
     Ok(out)
 }
 
-fn decode_snapshot_file(raw: Vec<u8>) -> Option<(SnapshotMeta, Vec<u8>)> {
+fn decode_snapshot_file(mut raw: Vec<u8>) -> Option<(SnapshotMeta, Vec<u8>)> {
     let nl = raw.iter().position(|b| *b == b'\n')?;
     let meta = serde_json::from_slice(&raw[..nl]).ok()?;
-    Some((meta, raw[nl + 1..].to_vec()))
+    let data = raw.split_off(nl + 1);
+    Some((meta, data))
 }
 
 fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
@@ -271,7 +272,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let path = self.snapshot_path();
-        let raw = match std::fs::read(&path) {
+        // ~100 MB at a million entries: read off the async workers.
+        let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        let raw = match read {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
