@@ -198,18 +198,8 @@ impl MetaNode {
     pub async fn usage(&self, c: &Caller, r: StatRequest) -> OpResult<UsageReply> {
         self.read_gate(r.stale).await?;
         let (actor, _) = self.authenticate(c)?;
-        let st = self.read_state();
-        let mut u = UsageReply::default();
-        for (_, n) in st.list(&actor, &r.path, true)? {
-            match &n.file {
-                Some(f) => {
-                    u.files += 1;
-                    u.bytes += f.size;
-                }
-                None => u.dirs += 1,
-            }
-        }
-        Ok(u)
+        let (files, dirs, bytes) = self.read_state().usage(&actor, &r.path)?;
+        Ok(UsageReply { files, dirs, bytes })
     }
 
     pub async fn allocate_chunks(&self, c: &Caller, r: AllocateRequest) -> OpResult<AllocateReply> {

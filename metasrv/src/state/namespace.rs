@@ -50,6 +50,33 @@ impl State {
             .take_while(move |(k, _)| k.starts_with(&prefix))
     }
 
+    /// The direct children of `dir`, without walking their subtrees: after a child, the search
+    /// jumps past every key under it (`child/…` sorts before `child0`).
+    fn children<'a>(&'a self, dir: &str) -> Vec<(&'a String, &'a Inode)> {
+        use std::ops::Bound;
+        let prefix = if dir == "/" {
+            "/".to_string()
+        } else {
+            format!("{dir}/")
+        };
+        let mut out = Vec::new();
+        let mut from = Bound::Included(prefix.clone());
+        while let Some((k, n)) = self.nodes.range((from, Bound::Unbounded)).next() {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            match k[prefix.len()..].find('/') {
+                // A deeper entry whose directory was skipped or absent: jump past that subtree.
+                Some(i) => from = Bound::Included(format!("{}0", &k[..prefix.len() + i])),
+                None => {
+                    out.push((k, n));
+                    from = Bound::Excluded(k.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// The ancestors of `path` that do not exist yet, after checking that the ones that do are
     /// directories the actor may create in.
     fn missing_ancestors(&self, actor: &str, path: &str) -> Result<Vec<String>, ApplyError> {
@@ -487,17 +514,37 @@ impl State {
         if !n.is_dir() {
             return Ok(vec![(p, n)]);
         }
-        let depth = if p == "/" {
-            1
+        let entries: Vec<(&String, &Inode)> = if recursive {
+            self.descendants(&p).collect()
         } else {
-            p.matches('/').count() + 1
+            self.children(&p)
         };
-        Ok(self
-            .descendants(&p)
-            .filter(|(k, _)| recursive || k.matches('/').count() == depth)
+        Ok(entries
+            .into_iter()
             .filter(|(_, n)| self.may_change(actor, n))
             .map(|(k, n)| (k.clone(), n.clone()))
             .collect())
+    }
+
+    /// Files, directories and file bytes under `raw` that the actor may see (no copies).
+    pub fn usage(&self, actor: &str, raw: &str) -> Result<(u64, u64, u64), ApplyError> {
+        let (p, n) = self.stat(actor, raw)?;
+        let mut t: (u64, u64, u64) = (0, 0, 0);
+        let mut count = |n: &Inode| match &n.file {
+            Some(f) => {
+                t.0 += 1;
+                t.2 = t.2.saturating_add(f.size);
+            }
+            None => t.1 += 1,
+        };
+        if n.is_dir() {
+            self.descendants(&p)
+                .filter(|(_, n)| self.may_change(actor, n))
+                .for_each(|(_, n)| count(n));
+        } else {
+            count(&n);
+        }
+        Ok(t)
     }
 }
 

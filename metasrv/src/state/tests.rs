@@ -894,3 +894,31 @@ fn chunk_sizes_that_overflow_are_refused_not_a_panic() {
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn a_listing_names_each_child_once_and_skips_grandchildren() {
+    let mut s = state();
+    for d in ["/a", "/a/b", "/a/b/c", "/a-x", "/a-x/y", "/a0", "/b"] {
+        mkdir(&mut s, "alice", d, false).unwrap();
+    }
+    commit(&mut s, "alice", "/a/f", false, 3).unwrap();
+    commit(&mut s, "alice", "/a.txt", false, 4).unwrap();
+    let names = |p: &str, rec: bool| -> Vec<String> {
+        s.list("alice", p, rec)
+            .unwrap()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect()
+    };
+    assert_eq!(
+        names("/", false),
+        ["/a", "/a-x", "/a.txt", "/a0", "/b"].map(String::from)
+    );
+    assert_eq!(names("/a", false), ["/a/b", "/a/f"].map(String::from));
+    assert_eq!(
+        names("/a", true),
+        ["/a/b", "/a/b/c", "/a/f"].map(String::from)
+    );
+    assert_eq!(s.usage("alice", "/a").unwrap(), (1, 2, 3));
+    assert_eq!(s.usage("alice", "/a/f").unwrap(), (1, 0, 3));
+}
