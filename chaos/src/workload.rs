@@ -246,13 +246,13 @@ async fn write_replica(
     let mut msgs = vec![WriteChunkRequest {
         chunk_id,
         token,
-        data: Vec::new(),
+        data: Default::default(),
     }];
     for piece in data.chunks(dfs_common::STREAM_PIECE) {
         msgs.push(WriteChunkRequest {
             chunk_id: String::new(),
             token: String::new(),
-            data: piece.to_vec(),
+            data: dfs_proto::Bytes::copy_from_slice(piece),
         });
     }
     Ok(client

@@ -6,6 +6,7 @@
 //!   before anything is served.
 //! - "chunksrv ready" is logged once, after registration, with the address and node id.
 //! - SIGTERM or SIGINT stops accepting, lets transfers drain (bounded), and exits 0.
+mod direct;
 mod meta_link;
 mod metrics;
 mod replicate;

@@ -62,7 +62,7 @@ pub async fn replicate(
     let header = WriteChunkRequest {
         chunk_id: req.chunk_id.clone(),
         token: req.write_token.clone(),
-        data: Vec::new(),
+        data: Default::default(),
     };
     // A local read error must not look like a clean end of the stream (the target would
     // store a short copy): the outgoing stream stalls instead, and the call is dropped, which
@@ -76,7 +76,7 @@ pub async fn replicate(
                     WriteChunkRequest {
                         chunk_id: String::new(),
                         token: String::new(),
-                        data,
+                        data: data.into(),
                     },
                     (s, tx),
                 )),

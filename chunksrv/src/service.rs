@@ -290,7 +290,7 @@ impl tokio_stream::Stream for ReadStream {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(data))) => {
                 Metrics::add(&this.metrics.read_bytes_total, data.len() as u64);
-                Poll::Ready(Some(Ok(ReadChunkReply { data })))
+                Poll::Ready(Some(Ok(ReadChunkReply { data: data.into() })))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.finish(false);
@@ -386,12 +386,12 @@ mod tests {
         let mut out = vec![WriteChunkRequest {
             chunk_id: id.into(),
             token: token.into(),
-            data: Vec::new(),
+            data: Default::default(),
         }];
         out.extend(data.chunks(STREAM_PIECE).map(|c| WriteChunkRequest {
             chunk_id: String::new(),
             token: String::new(),
-            data: c.to_vec(),
+            data: c.to_vec().into(),
         }));
         out
     }

@@ -37,11 +37,13 @@
 //! - `used_bytes` counts chunk data once (backups are not counted); writes reserve their bytes
 //!   as they arrive, so concurrent writes never overshoot the capacity.
 //! - All file IO runs on tokio's blocking pool, never on the async runtime.
+use crate::direct::{self, AppendFiles, FileError};
 use crate::metrics::Metrics;
+use dfs_proto::Bytes;
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,8 +61,6 @@ const MAGIC: &[u8; 8] = b"DFSCHK01";
 const FOOTER_LEN: usize = 24;
 /// Pieces queued between the network and the disk, per write.
 const QUEUE_DEPTH: usize = 4;
-/// Size of the buffer in front of a temp file (pieces of this size or more bypass it).
-const WRITE_BUFFER: usize = 4 * BLOCK_SIZE;
 /// Lock stripes serializing install, repair, quarantine and delete of the same chunk.
 const LOCK_STRIPES: usize = 64;
 
@@ -380,22 +380,12 @@ impl BlockCrcs {
 struct TempFile {
     path: PathBuf,
     dir: PathBuf,
-    out: BufWriter<File>,
+    file: File,
     installed: bool,
-    /// Bytes written so far.
-    written: u64,
-    /// Bytes already handed to the kernel's writeback.
-    writeback_started: u64,
-    /// Push pages to disk as they are written (primaries, which are fsynced before the ack).
-    eager: bool,
 }
 
-/// Start writing back a temp file's pages every this many bytes, so the final fsync has
-/// little left to wait for (disk writes overlap the network transfer).
-const WRITEBACK_STEP: u64 = 1024 * 1024;
-
 impl TempFile {
-    fn create(dir: &Path, id: &str, nonce: u64, eager: bool) -> Result<Self, StoreError> {
+    fn create(dir: &Path, id: &str, nonce: u64) -> Result<Self, StoreError> {
         let path = dir.join(format!(".{id}.{nonce}.tmp"));
         let file = OpenOptions::new()
             .write(true)
@@ -403,60 +393,26 @@ impl TempFile {
             .open(&path)
             .map_err(io_err("create", &path))?;
         Ok(Self {
-            out: BufWriter::with_capacity(WRITE_BUFFER, file),
+            file,
             dir: dir.to_path_buf(),
             path,
             installed: false,
-            written: 0,
-            writeback_started: 0,
-            eager,
         })
     }
 
-    fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.out
-            .write_all(data)
-            .map_err(io_err("write", &self.path))?;
-        self.written += data.len() as u64;
-        if self.eager && self.written - self.writeback_started >= WRITEBACK_STEP {
-            self.out.flush().map_err(io_err("write", &self.path))?;
-            start_writeback(
-                self.out.get_ref(),
-                self.writeback_started,
-                self.written - self.writeback_started,
-            );
-            self.writeback_started = self.written;
-        }
-        Ok(())
-    }
-
-    /// Flush and fsync the content.
-    fn sync(&mut self) -> Result<(), StoreError> {
-        self.out.flush().map_err(io_err("write", &self.path))?;
-        self.out
-            .get_ref()
-            .sync_data()
-            .map_err(io_err("fsync", &self.path))
+    /// Fsync the content.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.file.sync_data().map_err(io_err("fsync", &self.path))
     }
 }
 
-/// Ask the kernel to start writing `len` bytes at `offset` to disk, without waiting. Only a
-/// hint: durability still comes from the fsync, which also reports any error.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: the descriptor belongs to `file`, which is open for the whole call;
-    // sync_file_range reads no memory of ours.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+/// Map a failed append to one of `temps` to a store error naming its file.
+fn append_err<'a>(temps: &'a [&'a TempFile]) -> impl Fn(FileError) -> StoreError + 'a {
+    move |(i, e)| {
+        let path = temps.get(i).map_or(Path::new("?"), |t| t.path.as_path());
+        io_err("write", path)(e)
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -615,6 +571,7 @@ impl Store {
                 file,
                 trailer,
                 primary_problem,
+                direct: DirectRead::Untried,
                 offset: 0,
                 piece: dfs_common::STREAM_PIECE,
                 recovered: false,
@@ -734,7 +691,7 @@ impl Drop for Reservation<'_> {
 
 /// A message from the network side of a write to its disk side.
 enum Cmd {
-    Data(Vec<u8>),
+    Data(Bytes),
     Finish,
 }
 
@@ -781,50 +738,49 @@ impl Inner {
         mut rx: mpsc::Receiver<Cmd>,
     ) -> Result<ChunkMeta, StoreError> {
         let nonce = self.next_nonce();
-        let mut primary = TempFile::create(&chunk_dir(&self.primary, id), id, nonce, true)?;
+        let mut primary = TempFile::create(&chunk_dir(&self.primary, id), id, nonce)?;
         let mut backup = match &self.backup {
-            Some(root) => Some(TempFile::create(&chunk_dir(root, id), id, nonce, false)?),
+            Some(root) => Some(TempFile::create(&chunk_dir(root, id), id, nonce)?),
             None => None,
         };
         let mut reservation = Reservation {
             inner: self,
             bytes: 0,
         };
-        let mut crcs = BlockCrcs::default();
-        loop {
-            match rx.blocking_recv() {
-                Some(Cmd::Data(buf)) => {
-                    let n = buf.len() as u64;
-                    if crcs.total + n > MAX_CHUNK_SIZE {
-                        return Err(StoreError::TooLarge {
-                            max: MAX_CHUNK_SIZE,
-                        });
+        let trailer = {
+            let temps: Vec<&TempFile> = std::iter::once(&primary).chain(&backup).collect();
+            let err = append_err(&temps);
+            let mut out = AppendFiles::new(temps.iter().map(|t| &t.file));
+            let mut crcs = BlockCrcs::default();
+            loop {
+                match rx.blocking_recv() {
+                    Some(Cmd::Data(buf)) => {
+                        let n = buf.len() as u64;
+                        if crcs.total + n > MAX_CHUNK_SIZE {
+                            return Err(StoreError::TooLarge {
+                                max: MAX_CHUNK_SIZE,
+                            });
+                        }
+                        reservation.grow(n)?;
+                        out.write(&buf).map_err(&err)?;
+                        crcs.update(&buf);
                     }
-                    reservation.grow(n)?;
-                    primary.write(&buf)?;
-                    if let Some(b) = backup.as_mut() {
-                        b.write(&buf)?;
-                    }
-                    crcs.update(&buf);
+                    Some(Cmd::Finish) => break,
+                    None => return Err(StoreError::Aborted(id.to_string())),
                 }
-                Some(Cmd::Finish) => break,
-                None => return Err(StoreError::Aborted(id.to_string())),
             }
-        }
-        drop(rx);
-        let trailer = crcs.finish();
-        let encoded = trailer.encode();
-        primary.write(&encoded)?;
-        if let Some(b) = backup.as_mut() {
-            b.write(&encoded)?;
-        }
+            drop(rx);
+            let trailer = crcs.finish();
+            out.write(&trailer.encode()).map_err(&err)?;
+            out.flush().map_err(&err)?;
+            trailer
+        };
         // The acknowledgment waits for the primary only (see the module doc on backups).
         primary.sync()?;
         let _guard = self.chunk_lock(id);
         self.install_primary(id, &mut primary, &trailer)?;
         self.remember(id, trailer.size);
         if let Some(b) = backup.as_mut() {
-            b.out.flush().map_err(io_err("write", &b.path))?;
             let target = b.dir.join(id);
             fs::rename(&b.path, &target).map_err(io_err("rename into place", &target))?;
             b.installed = true;
@@ -959,19 +915,26 @@ impl Inner {
 
     /// Copy the backup to a new primary, verifying every block, and install it.
     fn restore(&self, id: &str, bfile: &File, trailer: &Trailer) -> Result<File, Restore> {
-        let mut tmp = TempFile::create(&chunk_dir(&self.primary, id), id, self.next_nonce(), true)
+        let mut tmp = TempFile::create(&chunk_dir(&self.primary, id), id, self.next_nonce())
             .map_err(Restore::Failed)?;
-        let piece = dfs_common::STREAM_PIECE.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
-        let mut offset = 0u64;
-        while offset < trailer.size {
-            let n = (trailer.size - offset).min(piece as u64) as usize;
-            let buf = trailer
-                .read_verified(bfile, offset, n)
-                .map_err(Restore::BackupBad)?;
-            tmp.write(&buf).map_err(Restore::Failed)?;
-            offset += n as u64;
+        {
+            let temps = [&tmp];
+            let err = append_err(&temps);
+            let mut out = AppendFiles::new([&tmp.file]);
+            let piece = dfs_common::STREAM_PIECE.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
+            let mut offset = 0u64;
+            while offset < trailer.size {
+                let n = (trailer.size - offset).min(piece as u64) as usize;
+                let buf = trailer
+                    .read_verified(bfile, offset, n)
+                    .map_err(Restore::BackupBad)?;
+                out.write(&buf).map_err(|e| Restore::Failed(err(e)))?;
+                offset += n as u64;
+            }
+            out.write(&trailer.encode())
+                .and_then(|()| out.flush())
+                .map_err(|e| Restore::Failed(err(e)))?;
         }
-        tmp.write(&trailer.encode()).map_err(Restore::Failed)?;
         tmp.sync().map_err(Restore::Failed)?;
         let target = chunk_path(&self.primary, id);
         let _guard = self.chunk_lock(id);
@@ -1070,7 +1033,8 @@ pub struct ChunkWriter {
 
 impl ChunkWriter {
     /// Queue one piece for the disk (waits while the disk is behind: bounded memory).
-    pub async fn write(&mut self, data: Vec<u8>) -> Result<(), StoreError> {
+    pub async fn write(&mut self, data: impl Into<Bytes>) -> Result<(), StoreError> {
+        let data = data.into();
         if data.is_empty() {
             return Ok(());
         }
@@ -1109,12 +1073,22 @@ impl ChunkWriter {
     }
 }
 
+/// Whether a reader reads straight from the device.
+enum DirectRead {
+    Untried,
+    /// A second, `O_DIRECT` descriptor of the copy being read.
+    Open(File),
+    Off,
+}
+
 /// An open, checked copy of a chunk, ready to stream.
 pub struct ChunkReader {
     inner: Arc<Inner>,
     chunk_id: String,
     file: File,
     trailer: Trailer,
+    /// How big pieces are read (see `read_piece`).
+    direct: DirectRead,
     /// Set while serving the backup copy: what was wrong with the primary.
     primary_problem: Option<Bad>,
     /// Next byte to send.
@@ -1127,7 +1101,7 @@ pub struct ChunkReader {
     done: bool,
 }
 
-type PieceTask = tokio::task::JoinHandle<(ChunkReader, Option<Result<Vec<u8>, StoreError>>)>;
+type PieceTask = tokio::task::JoinHandle<(ChunkReader, Option<Result<Bytes, StoreError>>)>;
 
 /// The verified pieces of one chunk as an async stream. Each piece is read and checked on
 /// the blocking pool, one piece ahead of the consumer; no thread waits on a slow client.
@@ -1149,12 +1123,38 @@ impl ChunkReader {
         }
     }
 
+    /// Read and verify `n` bytes at the current offset: big chunks directly from the device
+    /// (no page-cache copy), everything else through the page cache.
+    fn read_piece(&mut self, n: usize) -> Result<Bytes, Bad> {
+        if matches!(self.direct, DirectRead::Untried) {
+            self.direct = match direct::worth_direct_read(self.trailer.size) {
+                true => direct::reopen_direct(&self.file).map_or(DirectRead::Off, DirectRead::Open),
+                false => DirectRead::Off,
+            };
+        }
+        if let DirectRead::Open(file) = &self.direct {
+            match direct::read_at(file, self.offset, n) {
+                Ok(buf) if buf.len() == n => {
+                    self.trailer.verify(&buf, self.offset)?;
+                    return Ok(buf);
+                }
+                Ok(_) => return Err(Bad::Corrupt("truncated".into())),
+                // Refused by the filesystem after all: read through the page cache.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = DirectRead::Off,
+                Err(e) => return Err(Bad::Io(e)),
+            }
+        }
+        self.trailer
+            .read_verified(&self.file, self.offset, n)
+            .map(Bytes::from)
+    }
+
     /// Read and verify the next piece, switching to a good copy if this one fails.
-    fn next_piece(&mut self) -> Option<Result<Vec<u8>, StoreError>> {
+    fn next_piece(&mut self) -> Option<Result<Bytes, StoreError>> {
         let size = self.trailer.size;
         while !self.done && self.offset < size {
             let n = (size - self.offset).min(self.piece as u64) as usize;
-            let bad = match self.trailer.read_verified(&self.file, self.offset, n) {
+            let bad = match self.read_piece(n) {
                 Ok(buf) => {
                     self.offset += n as u64;
                     return Some(Ok(buf));
@@ -1188,6 +1188,7 @@ impl ChunkReader {
                     Ok((file, trailer, primary_problem)) => {
                         self.recovered = true;
                         self.file = file;
+                        self.direct = DirectRead::Untried;
                         self.trailer = trailer;
                         self.primary_problem = primary_problem;
                         continue;
@@ -1220,7 +1221,7 @@ impl ChunkStream {
 }
 
 impl futures::Stream for ChunkStream {
-    type Item = Result<Vec<u8>, StoreError>;
+    type Item = Result<Bytes, StoreError>;
 
     fn poll_next(
         self: std::pin::Pin<&mut Self>,

@@ -340,16 +340,20 @@ impl tokio::io::AsyncRead for PatternReader {
         } else {
             n
         };
-        let mut out = vec![0u8; n];
-        for c in out.chunks_mut(8) {
-            self.state = self
-                .state
+        // Straight into the caller's buffer, one 8-byte store per step.
+        let state = &mut self.state;
+        let out = buf.initialize_unfilled_to(n);
+        let mut words = out.chunks_exact_mut(8);
+        for c in &mut words {
+            *state = state
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            let b = self.state.to_le_bytes();
-            c.copy_from_slice(&b[..c.len()]);
+            c.copy_from_slice(&state.to_le_bytes());
         }
-        buf.put_slice(&out);
+        let tail = words.into_remainder();
+        let last = state.to_le_bytes();
+        tail.copy_from_slice(&last[..tail.len()]);
+        buf.advance(n);
         self.left -= n as u64;
         std::task::Poll::Ready(Ok(()))
     }

@@ -15,6 +15,7 @@ use crate::output::{print_json, status_line};
 use crate::{rpc, Ctx};
 use anyhow::{bail, Context};
 use clap::Args;
+use dfs_proto::bytes::BufMut;
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::*;
 use futures::StreamExt;
@@ -29,7 +30,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tonic::transport::Channel;
 
 /// Chunks being uploaded or downloaded at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 8;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
 #[derive(Args, Debug)]
@@ -100,9 +101,15 @@ fn progress(ctx: &Ctx, len: Option<u64>) -> indicatif::ProgressBar {
 
 /// Read up to `n` bytes (less only at end of input).
 async fn read_chunk<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> std::io::Result<Vec<u8>> {
+    // Fill the spare capacity only: `read_to_end` would grow (copy) a full buffer to look
+    // for the end of input.
     let mut buf = Vec::with_capacity(n);
-    let mut limited = r.take(n as u64);
-    limited.read_to_end(&mut buf).await?;
+    while buf.len() < n {
+        let left = n - buf.len();
+        if r.read_buf(&mut (&mut buf).limit(left)).await? == 0 {
+            break;
+        }
+    }
     Ok(buf)
 }
 
@@ -111,13 +118,13 @@ async fn write_replica(
     addr: &str,
     chunk_id: &str,
     token: &str,
-    data: Arc<Vec<u8>>,
+    data: Bytes,
 ) -> anyhow::Result<WriteChunkReply> {
     let mut client = pool.client(addr)?;
     let header = WriteChunkRequest {
         chunk_id: chunk_id.to_string(),
         token: token.to_string(),
-        data: Vec::new(),
+        data: Bytes::new(),
     };
     let pieces = (0..data.len())
         .step_by(dfs_common::STREAM_PIECE)
@@ -126,7 +133,7 @@ async fn write_replica(
             WriteChunkRequest {
                 chunk_id: String::new(),
                 token: String::new(),
-                data: data[off..end].to_vec(),
+                data: data.slice(off..end),
             }
         });
     let stream = futures::stream::iter(std::iter::once(header).chain(pieces));
@@ -145,7 +152,7 @@ async fn upload_chunk(
 ) -> anyhow::Result<ChunkInfo> {
     let crc = crc32c::crc32c(&data);
     let size = data.len() as u64;
-    let data = Arc::new(data);
+    let data = Bytes::from(data);
     let writes = alloc.targets.iter().map(|t| {
         let (pool, data) = (pool.clone(), data.clone());
         let (id, token) = (alloc.chunk_id.clone(), alloc.token.clone());

@@ -4,4 +4,5 @@
 pub mod v1 {
     tonic::include_proto!("dfs.v1");
 }
+pub use prost::bytes::{self, Bytes};
 pub use v1::*;
