@@ -47,12 +47,12 @@ async fn main() -> anyhow::Result<()> {
             WriteChunkRequest {
                 chunk_id: a.chunk_id.clone(),
                 token: a.token.clone(),
-                data: vec![],
+                data: Default::default(),
             },
             WriteChunkRequest {
                 chunk_id: String::new(),
                 token: String::new(),
-                data: data.clone(),
+                data: data.clone().into(),
             },
         ];
         c.write(futures::stream::iter(msgs)).await?;

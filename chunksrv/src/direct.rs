@@ -102,23 +102,59 @@ pub fn reopen_direct(_file: &File) -> Option<File> {
 /// [`reopen_direct`]; fewer only at the end of the file. The bytes are not copied again:
 /// the returned `Bytes` owns the aligned buffer they were read into.
 pub fn read_at(file: &File, offset: u64, len: usize) -> io::Result<prost_bytes::Bytes> {
-    if offset % ALIGN as u64 != 0 {
+    if !offset.is_multiple_of(ALIGN as u64) {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     }
     let mut buf = AlignedBuf::with_capacity(len.div_ceil(ALIGN) * ALIGN);
-    let start = buf.start;
-    buf.storage.resize(start + buf.cap, 0);
+    let content = buf.start;
     let mut got = 0;
     while got < len {
-        let n = file.read_at(&mut buf.storage[start + got..], offset + got as u64)?;
+        // Into the spare capacity: zeroing a whole piece first would cost another pass.
+        let spare = &mut buf.storage.spare_capacity_mut()[..buf.cap - got];
+        let n = pread_uninit(file, spare, offset + got as u64)?;
         if n == 0 {
             break;
         }
+        // SAFETY: pread initialized the first `n` bytes of the spare capacity, which start
+        // right after the current length.
+        unsafe { buf.storage.set_len(content + got + n) };
         got += n;
     }
     // The read may run past `len` into the chunk's trailer: keep only what was asked.
-    buf.storage.truncate(start + got.min(len));
+    buf.storage.truncate(content + got.min(len));
     Ok(prost_bytes::Bytes::from_owner(buf))
+}
+
+/// `pread(2)` into memory that need not be initialized; retried on EINTR.
+fn pread_uninit(
+    file: &File,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    offset: u64,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let offset =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    loop {
+        // SAFETY: the descriptor is open for the whole call and `buf` is writable for its
+        // length; the kernel only writes into it.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buf.as_mut_ptr().cast::<libc::c_void>(),
+                buf.len(),
+                offset,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => return Ok(n),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
 }
 
 /// One file being appended to, and whether its pieces go to the device directly.

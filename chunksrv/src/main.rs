@@ -138,25 +138,9 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(value)
 }
 
-/// Keep glibc from returning every freed 1 MiB transfer buffer to the kernel: by default a
-/// buffer of that size is mmapped (or the heap trimmed) and faulted in again for the next
-/// piece, which costs more CPU than the copies themselves. Memory stays bounded by the
-/// pieces in flight.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn tune_allocator() {
-    // SAFETY: mallopt only sets allocator parameters; it runs before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn tune_allocator() {}
-
 fn main() -> ExitCode {
-    tune_allocator();
+    // Pieces are 1 MiB; a few are in flight per transfer.
+    dfs_common::allocator::keep_freed_buffers(4 << 20);
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -76,7 +76,7 @@ pub async fn replicate(
                     WriteChunkRequest {
                         chunk_id: String::new(),
                         token: String::new(),
-                        data: data.into(),
+                        data,
                     },
                     (s, tx),
                 )),

@@ -290,7 +290,7 @@ impl tokio_stream::Stream for ReadStream {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Some(Ok(data))) => {
                 Metrics::add(&this.metrics.read_bytes_total, data.len() as u64);
-                Poll::Ready(Some(Ok(ReadChunkReply { data: data.into() })))
+                Poll::Ready(Some(Ok(ReadChunkReply { data })))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.finish(false);

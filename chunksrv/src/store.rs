@@ -61,6 +61,10 @@ const MAGIC: &[u8; 8] = b"DFSCHK01";
 const FOOTER_LEN: usize = 24;
 /// Pieces queued between the network and the disk, per write.
 const QUEUE_DEPTH: usize = 4;
+/// A chunk up to this size is gathered in memory and written by one blocking task from
+/// start to end: a small write is mostly latency, and each hand-off between the network and
+/// a disk thread costs a context switch. Bigger chunks stream from the first byte over it.
+const GATHER_LIMIT: usize = 1024 * 1024;
 /// Lock stripes serializing install, repair, quarantine and delete of the same chunk.
 const LOCK_STRIPES: usize = 64;
 
@@ -544,17 +548,14 @@ impl Store {
     /// [`ChunkWriter::finish`]; dropping the writer before that abandons the write.
     pub fn begin_write(&self, id: &str) -> Result<ChunkWriter, StoreError> {
         validate_chunk_id(id)?;
-        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let inner = Arc::clone(&self.inner);
-        let chunk_id = id.to_string();
-        let span = Span::current();
-        let handle = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| inner.write_blocking(&chunk_id, rx))
-        });
         Ok(ChunkWriter {
             chunk_id: id.to_string(),
-            tx: Some(tx),
-            handle: Some(handle),
+            inner: Arc::clone(&self.inner),
+            span: Span::current(),
+            gathered: Vec::new(),
+            gathered_bytes: 0,
+            tx: None,
+            handle: None,
         })
     }
 
@@ -1027,6 +1028,11 @@ fn quarantine(root: &Path, id: &str) {
 /// The network side of a write in progress.
 pub struct ChunkWriter {
     chunk_id: String,
+    inner: Arc<Inner>,
+    span: Span,
+    /// Pieces received before the disk side started (see `GATHER_LIMIT`).
+    gathered: Vec<Bytes>,
+    gathered_bytes: usize,
     tx: Option<mpsc::Sender<Cmd>>,
     handle: Option<tokio::task::JoinHandle<Result<ChunkMeta, StoreError>>>,
 }
@@ -1037,6 +1043,14 @@ impl ChunkWriter {
         let data = data.into();
         if data.is_empty() {
             return Ok(());
+        }
+        if self.handle.is_none() {
+            if self.gathered_bytes + data.len() <= GATHER_LIMIT {
+                self.gathered_bytes += data.len();
+                self.gathered.push(data);
+                return Ok(());
+            }
+            self.start(QUEUE_DEPTH.max(self.gathered.len() + 1));
         }
         let sent = match &self.tx {
             Some(tx) => tx.send(Cmd::Data(data)).await.is_ok(),
@@ -1055,11 +1069,34 @@ impl ChunkWriter {
 
     /// Make the chunk durable (primary, then backup) and return its size and checksum.
     pub async fn finish(mut self) -> Result<ChunkMeta, StoreError> {
+        if self.handle.is_none() {
+            // Everything fits in memory: the disk side runs once, start to end.
+            self.start(self.gathered.len() + 1);
+        }
         if let Some(tx) = &self.tx {
             // If the worker already stopped, its error comes out of `outcome`.
             let _ = tx.send(Cmd::Finish).await;
         }
         self.outcome().await
+    }
+
+    /// Start the disk side with room for `depth` queued commands, handing it what was
+    /// gathered so far.
+    fn start(&mut self, depth: usize) {
+        let (tx, rx) = mpsc::channel(depth);
+        for piece in self.gathered.drain(..) {
+            // Cannot fail: the channel has room for every gathered piece and the worker
+            // has not started.
+            let _ = tx.try_send(Cmd::Data(piece));
+        }
+        self.gathered_bytes = 0;
+        let inner = Arc::clone(&self.inner);
+        let chunk_id = self.chunk_id.clone();
+        let span = self.span.clone();
+        self.handle = Some(tokio::task::spawn_blocking(move || {
+            span.in_scope(|| inner.write_blocking(&chunk_id, rx))
+        }));
+        self.tx = Some(tx);
     }
 
     async fn outcome(&mut self) -> Result<ChunkMeta, StoreError> {

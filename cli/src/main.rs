@@ -7,6 +7,8 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Whole chunks (8 MiB by default) are buffered while in flight.
+    dfs_common::allocator::keep_freed_buffers(32 << 20);
     let cli = dfsctl::Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -362,7 +362,8 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn.
+/// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn. The
+/// chunk comes back as the pieces the server sent: no copy into one buffer.
 async fn fetch_chunk(
     conn: &MetaConn,
     pool: &ChunkPool,
@@ -370,7 +371,7 @@ async fn fetch_chunk(
     index: usize,
     ch: &ChunkInfo,
     token: &str,
-) -> anyhow::Result<Vec<u8>> {
+) -> anyhow::Result<Vec<Bytes>> {
     if ch.replicas.is_empty() {
         bail!("chunk {} of {path} has no replica (imported metadata whose bytes were never stored here)", index + 1);
     }
@@ -386,28 +387,30 @@ async fn fetch_chunk(
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", status_line(&s)))?
                 .into_inner();
-            let mut buf = Vec::with_capacity(ch.size as usize);
+            let mut pieces = Vec::new();
+            let (mut len, mut crc) = (0u64, 0u32);
             while let Some(piece) = stream
                 .message()
                 .await
                 .map_err(|s| anyhow::anyhow!("{}", status_line(&s)))?
             {
-                if buf.len() + piece.data.len() > ch.size as usize {
+                len += piece.data.len() as u64;
+                if len > ch.size {
                     bail!("server sent more than the chunk's {} bytes", ch.size);
                 }
-                buf.extend_from_slice(&piece.data);
+                crc = crc32c::crc32c_append(crc, &piece.data);
+                pieces.push(piece.data);
             }
-            if buf.len() as u64 != ch.size {
-                bail!("server sent {} bytes, the chunk has {}", buf.len(), ch.size);
+            if len != ch.size {
+                bail!("server sent {len} bytes, the chunk has {}", ch.size);
             }
-            let crc = crc32c::crc32c(&buf);
             if crc != ch.crc32c {
                 bail!(
                     "checksum mismatch: got {crc:08x}, expected {:08x}",
                     ch.crc32c
                 );
             }
-            Ok(buf)
+            Ok(pieces)
         };
         match attempt.await {
             Ok(b) => return Ok(b),
@@ -459,11 +462,12 @@ pub async fn get_stream<W: Write>(
         .collect();
     let mut fetches = futures::stream::iter(pending).buffered(IN_FLIGHT);
     while let Some(chunk) = fetches.next().await {
-        let chunk = chunk?;
-        hasher.update(&chunk);
-        out.write_all(&chunk)?;
-        total += chunk.len() as u64;
-        pb.inc(chunk.len() as u64);
+        for piece in chunk? {
+            hasher.update(&piece);
+            out.write_all(&piece)?;
+            total += piece.len() as u64;
+            pb.inc(piece.len() as u64);
+        }
     }
     if total != file.size {
         bail!("{path}: read {total} bytes, the file has {}", file.size);

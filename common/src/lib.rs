@@ -1,4 +1,5 @@
 //! Pieces every dfs process shares: path rules, secrets and tokens, crash-safe files.
+pub mod allocator;
 pub mod auth_file;
 pub mod durable;
 pub mod http;

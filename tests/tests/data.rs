@@ -249,12 +249,12 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
             WriteChunkRequest {
                 chunk_id: id.clone(),
                 token: String::new(),
-                data: vec![],
+                data: Default::default(),
             },
             WriteChunkRequest {
                 chunk_id: String::new(),
                 token: String::new(),
-                data: b"evil".to_vec(),
+                data: dfs_proto::Bytes::from_static(b"evil"),
             },
         ];
         let r = cl.write(tokio_stream_iter(msgs)).await;
