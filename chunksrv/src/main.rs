@@ -341,6 +341,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })
             .initial_stream_window_size(Some(4 * 1024 * 1024))
             .initial_connection_window_size(Some(16 * 1024 * 1024))
+            // Chunk pieces are 1 MiB: let clients send them in a few large frames.
+            .max_frame_size(Some(1024 * 1024))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(chunk_service.into_server())

@@ -28,8 +28,12 @@
 //!   against crashes (the other replicas do that), and a backup cut short by a crash fails its
 //!   checksums and is never served. A failed or abandoned write removes its temp files and
 //!   leaves nothing visible.
-//! - Memory stays bounded: a write queues at most a few pieces, a read holds at most two;
-//!   never a whole chunk.
+//! - Memory stays bounded: a write queues at most a few pieces (a chunk of up to 1 MiB is
+//!   gathered whole, then written in one go), a read holds at most two; never a whole chunk.
+//! - Chunk bytes bypass the page cache where the filesystem allows it (`direct`): whole
+//!   1 MiB pieces of both copies are written with `O_DIRECT` from one aligned buffer, and
+//!   chunks of 1 MiB or more are read with `O_DIRECT`. This changes the CPU cost, not the
+//!   durability rules above: the fsyncs are the same.
 //! - Reads never return a byte that was not verified against its block CRC. A bad or missing
 //!   primary is restored from a good backup (atomically); when no good copy exists the read
 //!   fails with [`StoreError::DataLoss`], the bad copies go to `quarantine/` and the chunk leaves

@@ -46,6 +46,8 @@ pub fn lazy_channel(addr: &str) -> anyhow::Result<Channel> {
         .tcp_nodelay(true)
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024)
+        // Chunk pieces are 1 MiB: let servers send them in a few large frames.
+        .max_frame_size(1024 * 1024)
         .connect_lazy())
 }
 

@@ -188,6 +188,30 @@ async fn upload_chunk(
     })
 }
 
+/// A chunk upload running as its own task, so it makes progress while the input is read
+/// (a slow pipe must not stall the chunks already read). Dropping it (the put failed or was
+/// abandoned) stops the upload.
+struct UploadTask(tokio::task::JoinHandle<anyhow::Result<ChunkInfo>>);
+
+impl std::future::Future for UploadTask {
+    type Output = anyhow::Result<ChunkInfo>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|e| Err(anyhow::anyhow!("chunk upload task failed: {e}"))))
+    }
+}
+
+impl Drop for UploadTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub struct PutOutcome {
     pub file: FileInfo,
     pub bytes: u64,
@@ -258,7 +282,11 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
         };
         let last = data.len() < chunk_size as usize;
         let len = data.len() as u64;
-        uploads.push_back(upload_chunk(pool.clone(), alloc, data));
+        uploads.push_back(UploadTask(tokio::spawn(upload_chunk(
+            pool.clone(),
+            alloc,
+            data,
+        ))));
         while uploads.len() >= IN_FLIGHT {
             if let Some(r) = uploads.next().await {
                 done.push(r?);
