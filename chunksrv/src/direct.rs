@@ -34,7 +34,7 @@ impl AlignedBuf {
     /// Room for `cap` bytes (a multiple of `ALIGN`).
     fn with_capacity(cap: usize) -> Self {
         let mut storage: Vec<u8> = Vec::with_capacity(cap + ALIGN);
-        let start = storage.as_ptr().align_offset(ALIGN);
+        let start = (ALIGN - storage.as_ptr() as usize % ALIGN) % ALIGN;
         storage.resize(start, 0);
         Self {
             storage,
