@@ -14,8 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Chunk size of the cluster under test: small, so files of a few chunks stay cheap.
+/// Default chunk size of the cluster under test: small, so files of a few chunks stay cheap.
 const CHUNK_SIZE: u64 = 64 * 1024;
+/// Largest chunk size a run may ask for (files go up to 3.5 chunks, held in memory per op).
+const MAX_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 const METAS: u32 = 3;
 /// Chunk servers are declared dead after this long in chaos runs (the default is 30 s), so a
 /// lost server's chunks are re-replicated within the run.
@@ -64,6 +66,10 @@ struct Args {
     /// Only run the checkers on a kept history file.
     #[arg(long, value_name = "HISTORY")]
     replay: Option<PathBuf>,
+    /// Chunk size of the cluster in bytes (1 MiB or more exercises the chunk servers'
+    /// direct IO path; files go up to 3.5 chunks).
+    #[arg(long, default_value_t = CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(4096..=MAX_CHUNK_SIZE))]
+    chunk_size: u64,
 }
 
 fn main() -> ExitCode {
@@ -162,7 +168,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
             &bin_dir(),
             METAS,
             a.chunks,
-            CHUNK_SIZE,
+            a.chunk_size,
             &meta_args,
         )
         .await?,
@@ -202,7 +208,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         groups,
         metas: METAS,
         chunks: a.chunks,
-        chunk_size: CHUNK_SIZE,
+        chunk_size: a.chunk_size,
         kill_leader_every_s: a.kill_leader_every,
         chunk_kills: !a.no_chunk_kills,
         lose_chunk_server: a.lose_chunk_server,
@@ -214,8 +220,8 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
     let cfg = WorkloadConfig {
         clients: a.clients,
         groups,
-        chunk_size: CHUNK_SIZE,
-        max_size: CHUNK_SIZE * 7 / 2,
+        chunk_size: a.chunk_size,
+        max_size: a.chunk_size * 7 / 2,
         rpc_timeout: Duration::from_secs(10),
         op_timeout: Duration::from_secs(30),
         run_tag: format!("{:x}", unix_now().as_micros()),
