@@ -33,7 +33,8 @@
 //! - Chunk bytes bypass the page cache where the filesystem allows it (`direct`): whole
 //!   1 MiB pieces of both copies are written with `O_DIRECT` from one aligned buffer, and
 //!   chunks of 1 MiB or more are read with `O_DIRECT`. This changes the CPU cost, not the
-//!   durability rules above: the fsyncs are the same.
+//!   durability rules above: the fsyncs are the same. (A direct piece returns once the device
+//!   has it, so a write does wait for the backup's direct pieces; it never fsyncs the backup.)
 //! - Reads never return a byte that was not verified against its block CRC. A bad or missing
 //!   primary is restored from a good backup (atomically); when no good copy exists the read
 //!   fails with [`StoreError::DataLoss`], the bad copies go to `quarantine/` and the chunk leaves
@@ -65,10 +66,11 @@ const MAGIC: &[u8; 8] = b"DFSCHK01";
 const FOOTER_LEN: usize = 24;
 /// Pieces queued between the network and the disk, per write.
 const QUEUE_DEPTH: usize = 4;
-/// A chunk up to this size is gathered in memory and written by one blocking task from
-/// start to end: a small write is mostly latency, and each hand-off between the network and
-/// a disk thread costs a context switch. Bigger chunks stream from the first byte over it.
-const GATHER_LIMIT: usize = 1024 * 1024;
+/// A chunk of up to this many bytes, in at most `QUEUE_DEPTH` pieces, is gathered in memory
+/// and written by one blocking task from start to end: a small write is mostly latency, and
+/// each hand-off between the network and a disk thread costs a context switch. Anything
+/// bigger (or in more pieces) streams from the first piece over the limit.
+const GATHER_LIMIT: usize = direct::PIECE;
 /// Lock stripes serializing install, repair, quarantine and delete of the same chunk.
 const LOCK_STRIPES: usize = 64;
 
@@ -557,7 +559,6 @@ impl Store {
             inner: Arc::clone(&self.inner),
             span: Span::current(),
             gathered: Vec::new(),
-            gathered_bytes: 0,
             tx: None,
             handle: None,
         })
@@ -780,7 +781,8 @@ impl Inner {
             out.flush().map_err(&err)?;
             trailer
         };
-        // The acknowledgment waits for the primary only (see the module doc on backups).
+        // Only the primary is fsynced before the acknowledgment (see the module doc on backups;
+        // the backup's direct pieces have reached the device, its buffered tail has not).
         primary.sync()?;
         let _guard = self.chunk_lock(id);
         self.install_primary(id, &mut primary, &trailer)?;
@@ -925,7 +927,7 @@ impl Inner {
         {
             let temps = [&tmp];
             let err = append_err(&temps);
-            let mut out = AppendFiles::new([&tmp.file]);
+            let mut out = AppendFiles::new(temps.iter().map(|t| &t.file));
             let piece = dfs_common::STREAM_PIECE.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
             let mut offset = 0u64;
             while offset < trailer.size {
@@ -1034,9 +1036,9 @@ pub struct ChunkWriter {
     chunk_id: String,
     inner: Arc<Inner>,
     span: Span,
-    /// Pieces received before the disk side started (see `GATHER_LIMIT`).
+    /// Pieces received before the disk side started (see `GATHER_LIMIT`): at most
+    /// `QUEUE_DEPTH`, so they always fit in the queue when it starts.
     gathered: Vec<Bytes>,
-    gathered_bytes: usize,
     tx: Option<mpsc::Sender<Cmd>>,
     handle: Option<tokio::task::JoinHandle<Result<ChunkMeta, StoreError>>>,
 }
@@ -1049,12 +1051,12 @@ impl ChunkWriter {
             return Ok(());
         }
         if self.handle.is_none() {
-            if self.gathered_bytes + data.len() <= GATHER_LIMIT {
-                self.gathered_bytes += data.len();
+            let gathered: usize = self.gathered.iter().map(Bytes::len).sum();
+            if self.gathered.len() < QUEUE_DEPTH && gathered + data.len() <= GATHER_LIMIT {
                 self.gathered.push(data);
                 return Ok(());
             }
-            self.start(QUEUE_DEPTH.max(self.gathered.len() + 1));
+            self.start();
         }
         let sent = match &self.tx {
             Some(tx) => tx.send(Cmd::Data(data)).await.is_ok(),
@@ -1075,7 +1077,7 @@ impl ChunkWriter {
     pub async fn finish(mut self) -> Result<ChunkMeta, StoreError> {
         if self.handle.is_none() {
             // Everything fits in memory: the disk side runs once, start to end.
-            self.start(self.gathered.len() + 1);
+            self.start();
         }
         if let Some(tx) = &self.tx {
             // If the worker already stopped, its error comes out of `outcome`.
@@ -1084,16 +1086,14 @@ impl ChunkWriter {
         self.outcome().await
     }
 
-    /// Start the disk side with room for `depth` queued commands, handing it what was
-    /// gathered so far.
-    fn start(&mut self, depth: usize) {
-        let (tx, rx) = mpsc::channel(depth);
+    /// Start the disk side, handing it what was gathered so far.
+    fn start(&mut self) {
+        // Room for every gathered piece and the `Finish` that may follow.
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH + 1);
         for piece in self.gathered.drain(..) {
-            // Cannot fail: the channel has room for every gathered piece and the worker
-            // has not started.
+            // Cannot fail: the queue has room and the worker has not started.
             let _ = tx.try_send(Cmd::Data(piece));
         }
-        self.gathered_bytes = 0;
         let inner = Arc::clone(&self.inner);
         let chunk_id = self.chunk_id.clone();
         let span = self.span.clone();
@@ -1182,7 +1182,7 @@ impl ChunkReader {
                 Ok(_) => return Err(Bad::Corrupt("truncated".into())),
                 // Refused by the filesystem after all: read through the page cache.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.direct = DirectRead::Off,
-                Err(e) => return Err(Bad::Io(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         self.trailer
