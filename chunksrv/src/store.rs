@@ -60,7 +60,7 @@ use tracing::Span;
 /// Checksum granularity.
 pub const BLOCK_SIZE: usize = 64 * 1024;
 /// Hard limit on the size of one chunk.
-pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
+pub const MAX_CHUNK_SIZE: u64 = dfs_common::MAX_CHUNK_SIZE;
 
 const MAGIC: &[u8; 8] = b"DFSCHK01";
 const FOOTER_LEN: usize = 24;

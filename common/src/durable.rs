@@ -26,9 +26,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .open(&tmp)?;
         // A large file is synced piece by piece, so its writeback never floods the disk queue
         // ahead of the small fsyncs that Raft waits for (a snapshot is ~100 MB at 1M entries).
-        for piece in bytes.chunks(SYNC_STEP) {
+        let mut pieces = bytes.chunks(SYNC_STEP).peekable();
+        while let Some(piece) = pieces.next() {
             f.write_all(piece)?;
-            if bytes.len() > SYNC_STEP {
+            // The last piece is covered by the sync_all below.
+            if pieces.peek().is_some() {
                 f.sync_data()?;
             }
         }

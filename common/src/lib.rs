@@ -20,5 +20,7 @@ pub mod headers {
 /// Default chunk size (8 MiB) and replication factor.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_REPLICATION: u32 = 2;
+/// Largest chunk any node accepts.
+pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 /// Bytes per gRPC data message on the chunk path.
 pub const STREAM_PIECE: usize = 1024 * 1024;

@@ -125,7 +125,7 @@ impl Config {
                 Some(_) => {}
             }
         }
-        if a.chunk_size == 0 || a.chunk_size > 64 * 1024 * 1024 {
+        if a.chunk_size == 0 || a.chunk_size > dfs_common::MAX_CHUNK_SIZE {
             bail!("--chunk-size must be between 1 byte and 64 MiB");
         }
         if a.heartbeat_ms == 0 || a.election_timeout_ms <= a.heartbeat_ms * 2 {

@@ -25,7 +25,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 /// How often the leader looks for work when there is none.
@@ -140,7 +139,6 @@ pub struct Healing {
     leader_since: Mutex<Option<Instant>>,
     bad: Mutex<HashMap<(String, NodeId), Instant>>,
     avoid: Mutex<HashMap<NodeId, Instant>>,
-    channels: Mutex<HashMap<String, Channel>>,
     pacer: tokio::sync::Mutex<Instant>,
     /// Latest full chunk report per server, and when it arrived.
     inventories: Mutex<HashMap<NodeId, (Instant, HashSet<String>)>>,
@@ -170,7 +168,6 @@ impl Healing {
             leader_since: Mutex::new(None),
             bad: Mutex::new(HashMap::new()),
             avoid: Mutex::new(HashMap::new()),
-            channels: Mutex::new(HashMap::new()),
             pacer: tokio::sync::Mutex::new(Instant::now()),
             inventories: Mutex::new(HashMap::new()),
             orphans: Mutex::new(HashMap::new()),
@@ -227,20 +224,6 @@ impl Healing {
         g.keys().cloned().collect()
     }
 
-    fn channel(&self, addr: &str) -> Result<Channel, HealError> {
-        let mut g = lock(&self.channels);
-        if let Some(c) = g.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|_| HealError::BadAddress(addr.to_string()))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        g.insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
     /// Wait for the rate limit to allow `bytes` more.
     async fn pace(&self, bytes: u64) {
         if self.args.repair_rate == 0 {
@@ -251,7 +234,7 @@ impl Healing {
             let now = Instant::now();
             let start = (*next).max(now);
             // A chunk is at most 64 MiB: a bogus size in the metadata cannot stall every repair.
-            let bytes = bytes.min(64 << 20);
+            let bytes = bytes.min(dfs_common::MAX_CHUNK_SIZE);
             *next = start + Duration::from_secs_f64(bytes as f64 / self.args.repair_rate as f64);
             start
         };
@@ -484,7 +467,10 @@ async fn copy_one(
         if let Ok(v) = node.secret.node_proof().parse() {
             req.metadata_mut().insert(headers::NODE_AUTH, v);
         }
-        let mut client = ChunkClient::new(h.channel(src_addr)?)
+        // The process-wide channel cache metasrv uses for its peers serves chunk servers too.
+        let channel = crate::network::channel(src_addr)
+            .map_err(|_| HealError::BadAddress(src_addr.to_string()))?;
+        let mut client = ChunkClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         // At least 1 MB/s, plus slack for connecting and fsync.

@@ -275,13 +275,21 @@ impl MetaNode {
         if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(invalid("sha256 must be 64 hex characters"));
         }
+        if r.chunk_size == 0 || r.chunk_size > dfs_common::MAX_CHUNK_SIZE {
+            return Err(invalid(format!(
+                "chunk size {} is not between 1 and {} bytes",
+                r.chunk_size,
+                dfs_common::MAX_CHUNK_SIZE
+            )));
+        }
         let earliest = (now_ms() as u64).saturating_sub(COMMIT_GRACE_MS);
         let mut chunks = Vec::with_capacity(r.chunks.len());
         for ch in &r.chunks {
-            if ch.size > self.config.chunk_size {
+            // Against the chunk size the allocating leader gave (it may differ from ours).
+            if ch.size > r.chunk_size {
                 return Err(invalid(format!(
-                    "chunk {} claims {} bytes; chunks hold at most {}",
-                    ch.chunk_id, ch.size, self.config.chunk_size
+                    "chunk {} claims {} bytes; the file's chunks hold at most {}",
+                    ch.chunk_id, ch.size, r.chunk_size
                 )));
             }
             // The write token proves this caller was given the chunk id by a leader.
@@ -325,16 +333,25 @@ impl MetaNode {
             .await?;
         // The reply describes what was committed, not a later lookup: a concurrent rm or mv may
         // already have changed the path, and the commit must still be reported as done.
-        let (owner, created_ms) = match reply {
-            Reply::Committed { owner, created_ms } => (owner, created_ms),
-            _ => (actor, now),
-        };
-        let committed = Inode {
-            id,
-            owner,
-            created_ms,
-            modified_ms: now,
-            file: Some(file),
+        let committed = match reply {
+            Reply::Committed {
+                owner,
+                created_ms,
+                id,
+                modified_ms,
+            } => Inode {
+                id,
+                owner,
+                created_ms,
+                modified_ms,
+                file: Some(file),
+            },
+            other => {
+                return Err(Status::internal(format!(
+                    "commit of {path} was applied with an unexpected reply {other:?}"
+                ))
+                .into())
+            }
         };
         let st = self.read_state();
         Ok(file_info(&path, &committed, Some(&st)))

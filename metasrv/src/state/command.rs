@@ -176,10 +176,15 @@ impl ApplyError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
     Done,
-    /// CommitFile: the file's owner and creation time (kept when a version is replaced).
+    /// CommitFile: the version committed (owner and creation time are kept when a version is
+    /// replaced). A retried commit gets this back, so it reports the first attempt's inode.
     Committed {
         owner: String,
         created_ms: i64,
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        modified_ms: i64,
     },
     /// Init: whether this command was the one that initialized the cluster.
     Initialized {
@@ -402,7 +407,9 @@ impl State {
             .entry(node)
             .or_default()
             .insert(chunk_id.to_string());
-        touched.push(super::RecordKey::PendingDeletes(node));
+        if new {
+            touched.push(super::RecordKey::PendingDeletes(node));
+        }
         new
     }
 }

@@ -418,7 +418,12 @@ impl State {
             self.queue_deletes(&gone, touched);
         }
         touched.push(RecordKey::Node(p));
-        Ok(Reply::Committed { owner, created_ms })
+        Ok(Reply::Committed {
+            owner,
+            created_ms,
+            id: id.to_string(),
+            modified_ms: now_ms,
+        })
     }
 
     pub(super) fn import(

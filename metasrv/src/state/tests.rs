@@ -569,10 +569,8 @@ fn a_retried_commit_is_not_applied_twice() {
     )
     .unwrap();
     // The same put's commit arrives again (its reply was lost): nothing changes.
-    let first = Reply::Committed {
-        owner: "alice".into(),
-        created_ms: 9,
-    };
+    let first = commit(&mut s, "/b", "req-1").unwrap();
+    assert!(matches!(&first, Reply::Committed { owner, created_ms: 9, .. } if owner == "alice"));
     assert_eq!(commit(&mut s, "/b", "req-1").unwrap(), first);
     assert!(!s.nodes.contains_key("/b"));
     assert!(s.nodes.contains_key("/a"));
@@ -854,15 +852,18 @@ fn orphan_deletes_never_touch_a_referenced_replica() {
 fn expired_request_ids_are_pruned() {
     let mut s = state();
     let mut touched = Vec::new();
-    for i in 1..super::REQUEST_PRUNE_EVERY {
+    for i in 2..super::REQUEST_PRUNE_EVERY {
         s.remember_request(&format!("old-{i}"), 0, Reply::Done, &mut touched);
     }
+    // Younger than the memory when the round comes: kept.
+    s.remember_request("recent", 2, Reply::Done, &mut touched);
     assert_eq!(s.recent_requests.len(), super::REQUEST_PRUNE_EVERY - 1);
     // The id that fills the next pruning round drops every id older than the memory.
     let now = super::REQUEST_MEMORY_MS + 1;
     s.remember_request("new", now, Reply::Done, &mut touched);
-    assert_eq!(s.recent_requests.len(), 1);
+    assert_eq!(s.recent_requests.len(), 2);
     assert!(s.recent_requests.contains_key("new"));
+    assert!(s.recent_requests.contains_key("recent"));
 }
 
 #[test]
