@@ -292,19 +292,7 @@ impl State {
 
     /// Number of files and directories, and bytes in files.
     pub fn totals(&self) -> (u64, u64, u64) {
-        let mut files = 0;
-        let mut dirs = 0;
-        let mut bytes = 0;
-        for n in self.nodes.values() {
-            match &n.file {
-                Some(f) => {
-                    files += 1;
-                    bytes += f.size;
-                }
-                None => dirs += 1,
-            }
-        }
-        (files, dirs, bytes)
+        count_inodes(self.nodes.values())
     }
 
     /// Files with a chunk that has fewer replicas than the file's replication factor.
@@ -323,3 +311,18 @@ impl State {
 
 #[cfg(test)]
 mod tests;
+
+/// Files, directories and file bytes (saturating) among `nodes`.
+pub(crate) fn count_inodes<'a>(nodes: impl Iterator<Item = &'a Inode>) -> (u64, u64, u64) {
+    let mut t: (u64, u64, u64) = (0, 0, 0);
+    for n in nodes {
+        match &n.file {
+            Some(f) => {
+                t.0 += 1;
+                t.2 = t.2.saturating_add(f.size);
+            }
+            None => t.1 += 1,
+        }
+    }
+    t
+}

@@ -534,22 +534,15 @@ impl State {
     /// Files, directories and file bytes under `raw` that the actor may see (no copies).
     pub fn usage(&self, actor: &str, raw: &str) -> Result<(u64, u64, u64), ApplyError> {
         let (p, n) = self.stat(actor, raw)?;
-        let mut t: (u64, u64, u64) = (0, 0, 0);
-        let mut count = |n: &Inode| match &n.file {
-            Some(f) => {
-                t.0 += 1;
-                t.2 = t.2.saturating_add(f.size);
-            }
-            None => t.1 += 1,
-        };
-        if n.is_dir() {
-            self.descendants(&p)
-                .filter(|(_, n)| self.may_change(actor, n))
-                .for_each(|(_, n)| count(n));
+        Ok(if n.is_dir() {
+            super::count_inodes(
+                self.descendants(&p)
+                    .filter(|(_, n)| self.may_change(actor, n))
+                    .map(|(_, n)| n),
+            )
         } else {
-            count(&n);
-        }
-        Ok(t)
+            super::count_inodes(std::iter::once(&n))
+        })
     }
 }
 
