@@ -9,6 +9,7 @@
 mod direct;
 mod meta_link;
 mod metrics;
+mod pack;
 mod replicate;
 mod scrub;
 mod service;
@@ -61,6 +62,12 @@ struct Args {
     /// Keep no backup copies (a corrupt chunk is then only healed from other replicas).
     #[arg(long, env = "DFS_CHUNK_NO_BACKUPS")]
     no_backups: bool,
+
+    /// Chunks of at most this many bytes are appended to pack files instead of getting a
+    /// file each (0: never). At most 1 MiB.
+    #[arg(long, env = "DFS_CHUNK_PACK_MAX", value_name = "BYTES", default_value_t = store::DEFAULT_PACK_MAX,
+          value_parser = clap::value_parser!(u64).range(0..=1024 * 1024))]
+    pack_max: u64,
 
     /// Metadata nodes, comma separated (host:port; any member works, all get heartbeats).
     #[arg(
@@ -278,6 +285,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         data_dir: data_dir.clone(),
         backup_dir: backup_dir.clone(),
         capacity,
+        pack_max: args.pack_max,
     };
     let store_metrics = Arc::clone(&metrics);
     let store =

@@ -805,6 +805,7 @@ mod tests {
                 data_dir: d.path().to_path_buf(),
                 backup_dir: None,
                 capacity: 1 << 30,
+                pack_max: crate::store::DEFAULT_PACK_MAX,
             },
             Arc::clone(&metrics),
         )

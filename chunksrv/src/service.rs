@@ -173,7 +173,7 @@ pub fn store_status(e: StoreError) -> Status {
         StoreError::Full { .. } | StoreError::NoSpace { .. } => Status::resource_exhausted(msg),
         StoreError::Conflict(_) => Status::already_exists(msg),
         StoreError::DataLoss { .. } => Status::data_loss(msg),
-        StoreError::Aborted(_) => Status::aborted(msg),
+        StoreError::Aborted(_) | StoreError::Busy(_) => Status::aborted(msg),
         StoreError::Io { .. } | StoreError::Internal(_) => Status::internal(msg),
     }
 }
@@ -339,6 +339,7 @@ mod tests {
                 data_dir: dir.path().to_path_buf(),
                 backup_dir: Some(dir.path().join("backups")),
                 capacity,
+                pack_max: crate::store::DEFAULT_PACK_MAX,
             },
             Arc::clone(&metrics),
         )

@@ -1,11 +1,14 @@
-//! The chunk store: chunk files on local disk, each mirrored into a backup directory.
+//! The chunk store: chunk files on local disk, each mirrored into a backup directory; small
+//! chunks are records in pack files instead (see `pack`).
 //!
 //! # On-disk layout
 //! ```text
 //! <data-dir>/chunks/<id[0..2]>/<id>                 primary copy of chunk <id>
 //! <data-dir>/chunks/<id[0..2]>/.<id>.<n>.tmp        a write or a repair in progress
+//! <data-dir>/chunks/packs/<seq>.pack                small chunks (at most `pack_max` bytes)
 //! <data-dir>/quarantine/<id>.<unix-ms>              a copy found corrupt with nothing to heal it
 //! <backup-dir>/chunks/<id[0..2]>/<id>               backup copy (same format)
+//! <backup-dir>/chunks/packs/<seq>.pack              backup of the packs (same offsets)
 //! <backup-dir>/quarantine/...
 //! ```
 //! `<id>` is a lowercase hyphenated UUID, `<id[0..2]>` its first two hex digits (256 fan-out
@@ -28,8 +31,13 @@
 //!   against crashes (the other replicas do that), and a backup cut short by a crash fails its
 //!   checksums and is never served. A failed or abandoned write removes its temp files and
 //!   leaves nothing visible.
+//! - A chunk of at most `pack_max` bytes (64 KiB by default) is appended to the current pack
+//!   and acknowledged after the pack's fdatasync, which it shares with every small write that
+//!   arrived meanwhile; the pack rules are in `pack`. Reads, repairs from the backup, losses
+//!   and deletes follow the same rules as for chunk files.
 //! - Memory stays bounded: a write queues at most a few pieces (a chunk of up to 1 MiB is
-//!   gathered whole, then written in one go), a read holds at most two; never a whole chunk.
+//!   gathered whole, then written in one go), a read holds at most two; never a whole chunk
+//!   (a packed chunk is at most one 64 KiB block by default, 1 MiB at most).
 //! - Chunk bytes bypass the page cache where the filesystem allows it (`direct`): whole
 //!   1 MiB pieces of both copies are written with `O_DIRECT` from one aligned buffer, and
 //!   chunks of 1 MiB or more are read with `O_DIRECT`. This changes the CPU cost, not the
@@ -44,8 +52,9 @@
 //! - All file IO runs on tokio's blocking pool, never on the async runtime.
 use crate::direct::{self, AppendFiles, FileError};
 use crate::metrics::Metrics;
+use crate::pack::{Loc, Packs, RecordRead};
 use dfs_proto::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -98,6 +107,8 @@ pub enum StoreError {
     },
     #[error("the write of chunk {0} was abandoned before it finished")]
     Aborted(String),
+    #[error("chunk {0} is already being written here; retry when that write has finished")]
+    Busy(String),
     #[error("internal error in the chunk store: {0}")]
     Internal(String),
 }
@@ -270,12 +281,30 @@ impl Trailer {
 
     /// Read and check the trailer of an open chunk file.
     fn read(file: &File) -> Result<Trailer, Bad> {
-        let len = file.metadata()?.len();
+        Trailer::parse(file.metadata()?.len(), |buf, at| {
+            file.read_exact_at(buf, at)
+        })
+    }
+
+    /// Check the trailer of a chunk image held in memory (a packed chunk).
+    fn from_image(image: &[u8]) -> Result<Trailer, Bad> {
+        Trailer::parse(image.len() as u64, |buf, at| {
+            let at = at as usize;
+            let src = image
+                .get(at..at + buf.len())
+                .ok_or(io::ErrorKind::UnexpectedEof)?;
+            buf.copy_from_slice(src);
+            Ok(())
+        })
+    }
+
+    /// Check the trailer of a chunk image of `len` bytes read by `read_at(buf, offset)`.
+    fn parse(len: u64, read_at: impl Fn(&mut [u8], u64) -> io::Result<()>) -> Result<Trailer, Bad> {
         if len < FOOTER_LEN as u64 {
             return Err(Bad::Corrupt(format!("truncated to {len} bytes")));
         }
         let mut footer = [0u8; FOOTER_LEN];
-        file.read_exact_at(&mut footer, len - FOOTER_LEN as u64)?;
+        read_at(&mut footer, len - FOOTER_LEN as u64)?;
         if &footer[..8] != MAGIC {
             return Err(Bad::Corrupt(
                 "no chunk footer (truncated or overwritten)".into(),
@@ -291,7 +320,7 @@ impl Trailer {
         }
         let nblocks = block_count(size) as usize;
         let mut table = vec![0u8; nblocks * 4];
-        file.read_exact_at(&mut table, size)?;
+        read_at(&mut table, size)?;
         let table_crc = crc32c::crc32c_append(crc32c::crc32c(&table), &footer[..20]);
         if table_crc != check {
             return Err(Bad::Corrupt("checksum table is corrupt".into()));
@@ -346,6 +375,12 @@ impl Trailer {
             crc32c: self.crc,
         }
     }
+}
+
+/// Whether the `len` bytes of `file` at `offset` end with a valid chunk trailer (a cheap
+/// check that a chunk image was written to its end; the data is verified when read).
+pub fn image_is_whole(file: &File, offset: u64, len: u64) -> bool {
+    Trailer::parse(len, |buf, at| file.read_exact_at(buf, offset + at)).is_ok()
 }
 
 /// CRC32C of every 64 KiB block, computed as bytes arrive in pieces of any size.
@@ -455,7 +490,12 @@ pub struct StoreConfig {
     pub backup_dir: Option<PathBuf>,
     /// Bytes of chunk data accepted (backups not counted).
     pub capacity: u64,
+    /// Chunks of at most this many bytes are packed (see `pack`); 0 turns packing off.
+    pub pack_max: u64,
 }
+
+/// Default `pack_max`: one checksum block, so a packed chunk is read and verified whole.
+pub const DEFAULT_PACK_MAX: u64 = BLOCK_SIZE as u64;
 
 /// What the store holds: chunk id -> data size, and bytes in use or promised to writes.
 #[derive(Default)]
@@ -473,6 +513,11 @@ struct Inner {
     locks: Vec<Mutex<()>>,
     nonce: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Small chunks (see `pack`), and the largest chunk packed.
+    packs: Packs,
+    pack_max: u64,
+    /// Chunks being packed right now (a second write of one waits for the first).
+    packing: Mutex<HashSet<String>>,
 }
 
 /// The chunk store. Cheap to clone.
@@ -512,6 +557,16 @@ impl Store {
             // Chunks whose primary is gone but whose backup is here are still servable.
             scan_root(b, &mut acc)?;
         }
+        let roots: Vec<PathBuf> = std::iter::once(&primary).chain(&backup).cloned().collect();
+        let (packs, records) =
+            Packs::open(&roots).map_err(io_err("open the packs in", &primary.join("packs")))?;
+        for (id, loc) in records {
+            if let std::collections::hash_map::Entry::Vacant(e) = acc.index.entry(id) {
+                let size = size_from_file_len(u64::from(loc.image_len)).unwrap_or(0);
+                e.insert(size);
+                acc.used += size;
+            }
+        }
         metrics
             .capacity_bytes
             .store(config.capacity, Ordering::Relaxed);
@@ -528,6 +583,9 @@ impl Store {
                 locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 nonce: AtomicU64::new(0),
                 metrics,
+                packs,
+                pack_max: config.pack_max,
+                packing: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -559,6 +617,7 @@ impl Store {
             inner: Arc::clone(&self.inner),
             span: Span::current(),
             gathered: Vec::new(),
+            joining: Default::default(),
             tx: None,
             handle: None,
         })
@@ -570,8 +629,12 @@ impl Store {
         let inner = Arc::clone(&self.inner);
         let chunk_id = id.to_string();
         blocking(move || {
+            if let Some(loc) = inner.packs.locate(&chunk_id) {
+                let data = inner.open_packed(&chunk_id, loc)?;
+                return Ok(ChunkReader(Source::Packed(data)));
+            }
             let (file, trailer, primary_problem) = inner.open_blocking(&chunk_id)?;
-            Ok(ChunkReader {
+            Ok(ChunkReader(Source::File(FileReader {
                 inner,
                 chunk_id,
                 file,
@@ -582,7 +645,7 @@ impl Store {
                 piece: dfs_common::STREAM_PIECE,
                 recovered: false,
                 done: false,
-            })
+            })))
         })
         .await
     }
@@ -804,6 +867,13 @@ impl Inner {
         tmp: &mut TempFile,
         trailer: &Trailer,
     ) -> Result<(), StoreError> {
+        if let Some(loc) = self.packs.locate(id) {
+            // Packed by an earlier write (with a smaller `pack_max`): keep that copy.
+            return match self.read_record(0, loc, id) {
+                Ok((_, packed)) if packed == *trailer => Ok(()),
+                _ => Err(StoreError::Conflict(id.to_string())),
+            };
+        }
         let target = chunk_path(&self.primary, id);
         match fs::hard_link(&tmp.path, &target) {
             Ok(()) => {
@@ -822,6 +892,106 @@ impl Inner {
                     }
                 }
                 install(tmp, &target)
+            }
+        }
+    }
+
+    /// Write a small chunk, gathered whole, as a pack record (see `pack`): one append to the
+    /// current pack, durable when the writer's next fdatasync returns.
+    async fn write_packed(
+        inner: &Arc<Inner>,
+        id: &str,
+        pieces: Vec<Bytes>,
+    ) -> Result<ChunkMeta, StoreError> {
+        let _writing = PackingGuard::enter(inner, id)?;
+        let size: u64 = pieces.iter().map(|p| p.len() as u64).sum();
+        let mut crcs = BlockCrcs::default();
+        let mut image = Vec::with_capacity(file_len(size) as usize);
+        for p in &pieces {
+            crcs.update(p);
+            image.extend_from_slice(p);
+        }
+        let trailer = crcs.finish();
+        image.extend_from_slice(&trailer.encode());
+        if lock(&inner.accounting).index.contains_key(id) {
+            // A retried write: the same checksums are a success, others a conflict; a copy
+            // that cannot be read is written again.
+            let (inner2, chunk_id) = (Arc::clone(inner), id.to_string());
+            match blocking(move || Ok(inner2.existing_trailer(&chunk_id))).await? {
+                Some(t) if t == trailer => return Ok(trailer.meta()),
+                Some(_) => return Err(StoreError::Conflict(id.to_string())),
+                None => {}
+            }
+        }
+        let mut reservation = Reservation {
+            inner: inner.as_ref(),
+            bytes: 0,
+        };
+        reservation.grow(size)?;
+        inner
+            .packs
+            .append(id, image)
+            .await
+            .map_err(io_err("append to a pack in", &inner.primary.join("packs")))?;
+        inner.remember(id, size);
+        Ok(trailer.meta())
+    }
+
+    /// The checksums of the readable copy of `id` already here, if any. Blocking.
+    fn existing_trailer(&self, id: &str) -> Option<Trailer> {
+        match self.packs.locate(id) {
+            Some(loc) => self.read_record(0, loc, id).ok().map(|(_, t)| t),
+            None => Trailer::read_path(&chunk_path(&self.primary, id))
+                .ok()
+                .map(|(_, t)| t),
+        }
+    }
+
+    /// Root `root`'s copy of packed chunk `id`, verified: its image and trailer.
+    fn read_record(&self, root: usize, loc: Loc, id: &str) -> Result<(Vec<u8>, Trailer), Bad> {
+        match self.packs.read(root, loc, id)? {
+            RecordRead::Missing => Err(Bad::Missing),
+            RecordRead::Bad(reason) => Err(Bad::Corrupt(reason)),
+            RecordRead::Image(image) => {
+                let trailer = Trailer::from_image(&image)?;
+                trailer.verify(&image[..trailer.size as usize], 0)?;
+                Ok((image, trailer))
+            }
+        }
+    }
+
+    /// The data of packed chunk `id`, verified: from the primary record, else from the
+    /// backup record, which then restores the primary. Blocking.
+    fn open_packed(&self, id: &str, loc: Loc) -> Result<Bytes, StoreError> {
+        let data = |mut image: Vec<u8>, t: &Trailer| {
+            image.truncate(t.size as usize);
+            Bytes::from(image)
+        };
+        let problem = match self.read_record(0, loc, id) {
+            Ok((image, t)) => return Ok(data(image, &t)),
+            Err(bad) => bad,
+        };
+        self.count_failure(&problem);
+        if self.backup.is_none() {
+            return Err(self.give_up(id, &problem, None));
+        }
+        match self.read_record(1, loc, id) {
+            Ok((image, t)) => {
+                let _guard = self.chunk_lock(id);
+                match self.packs.rewrite(0, loc, id, &image) {
+                    Ok(()) => {
+                        Metrics::inc(&self.metrics.backup_restores_total);
+                        tracing::warn!(chunk_id = %id, problem = %problem, "packed primary copy restored from backup");
+                    }
+                    Err(e) => {
+                        tracing::warn!(chunk_id = %id, problem = %problem, error = %e, "cannot restore packed primary copy; serving the verified backup")
+                    }
+                }
+                Ok(data(image, &t))
+            }
+            Err(bad) => {
+                self.count_failure(&bad);
+                Err(self.give_up(id, &problem, Some(&bad)))
             }
         }
     }
@@ -963,6 +1133,9 @@ impl Inner {
         for root in std::iter::once(&self.primary).chain(self.backup.as_ref()) {
             quarantine(root, id);
         }
+        if let Err(e) = self.packs.delete(id) {
+            tracing::warn!(chunk_id = %id, error = %e, "cannot mark a lost packed chunk deleted");
+        }
         drop(_guard);
         self.forget(id);
         StoreError::DataLoss {
@@ -973,7 +1146,10 @@ impl Inner {
 
     fn delete_blocking(&self, id: &str) -> Result<bool, StoreError> {
         let _guard = self.chunk_lock(id);
-        let mut existed = false;
+        let mut existed = self
+            .packs
+            .delete(id)
+            .map_err(io_err("delete from pack", &self.primary.join("packs")))?;
         for root in std::iter::once(&self.primary).chain(self.backup.as_ref()) {
             let path = chunk_path(root, id);
             match fs::remove_file(&path) {
@@ -991,6 +1167,30 @@ impl Inner {
             Metrics::inc(&self.metrics.deletes_total);
         }
         Ok(existed || indexed)
+    }
+}
+
+/// Marks a chunk as being packed, so two writes of it never append two records at once.
+struct PackingGuard<'a> {
+    inner: &'a Inner,
+    id: String,
+}
+
+impl<'a> PackingGuard<'a> {
+    fn enter(inner: &'a Inner, id: &str) -> Result<Self, StoreError> {
+        if !lock(&inner.packing).insert(id.to_string()) {
+            return Err(StoreError::Busy(id.to_string()));
+        }
+        Ok(Self {
+            inner,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for PackingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.packing).remove(&self.id);
     }
 }
 
@@ -1036,9 +1236,11 @@ pub struct ChunkWriter {
     chunk_id: String,
     inner: Arc<Inner>,
     span: Span,
-    /// Pieces received before the disk side started (see `GATHER_LIMIT`): at most
-    /// `QUEUE_DEPTH`, so they always fit in the queue when it starts.
+    /// Pieces received before the disk side started (see `GATHER_LIMIT`): with `joining`,
+    /// at most `QUEUE_DEPTH`, so they always fit in the queue when it starts.
     gathered: Vec<Bytes>,
+    /// Small pieces joined into one (each byte is copied once), the next gathered piece.
+    joining: dfs_proto::bytes::BytesMut,
     tx: Option<mpsc::Sender<Cmd>>,
     handle: Option<tokio::task::JoinHandle<Result<ChunkMeta, StoreError>>>,
 }
@@ -1051,9 +1253,7 @@ impl ChunkWriter {
             return Ok(());
         }
         if self.handle.is_none() {
-            let gathered: usize = self.gathered.iter().map(Bytes::len).sum();
-            if self.gathered.len() < QUEUE_DEPTH && gathered + data.len() <= GATHER_LIMIT {
-                self.gathered.push(data);
+            if self.gather(data.clone()) {
                 return Ok(());
             }
             self.start();
@@ -1073,9 +1273,41 @@ impl ChunkWriter {
         }
     }
 
+    /// Keep `data` in memory if the chunk may still be gathered whole; false if not (then
+    /// nothing was kept).
+    fn gather(&mut self, data: Bytes) -> bool {
+        let held = self.gathered.iter().map(Bytes::len).sum::<usize>() + self.joining.len();
+        let pieces = self.gathered.len() + usize::from(!self.joining.is_empty());
+        if held + data.len() > GATHER_LIMIT {
+            return false;
+        }
+        if data.len() < BLOCK_SIZE && (!self.joining.is_empty() || pieces < QUEUE_DEPTH) {
+            self.joining.extend_from_slice(&data);
+            return true;
+        }
+        if pieces < QUEUE_DEPTH {
+            self.seal_joining();
+            self.gathered.push(data);
+            return true;
+        }
+        false
+    }
+
+    fn seal_joining(&mut self) {
+        if !self.joining.is_empty() {
+            self.gathered.push(self.joining.split().freeze());
+        }
+    }
+
     /// Make the chunk durable (primary, then backup) and return its size and checksum.
     pub async fn finish(mut self) -> Result<ChunkMeta, StoreError> {
         if self.handle.is_none() {
+            self.seal_joining();
+            let size: usize = self.gathered.iter().map(Bytes::len).sum();
+            if self.inner.pack_max > 0 && size as u64 <= self.inner.pack_max {
+                let pieces = std::mem::take(&mut self.gathered);
+                return Inner::write_packed(&self.inner, &self.chunk_id, pieces).await;
+            }
             // Everything fits in memory: the disk side runs once, start to end.
             self.start();
         }
@@ -1088,6 +1320,7 @@ impl ChunkWriter {
 
     /// Start the disk side, handing it what was gathered so far.
     fn start(&mut self) {
+        self.seal_joining();
         // Room for every gathered piece and the `Finish` that may follow.
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH + 1);
         for piece in self.gathered.drain(..) {
@@ -1123,7 +1356,32 @@ enum DirectRead {
 }
 
 /// An open, checked copy of a chunk, ready to stream.
-pub struct ChunkReader {
+pub struct ChunkReader(Source);
+
+enum Source {
+    File(FileReader),
+    /// A packed chunk, read and verified whole when opened (it is at most one block).
+    Packed(Bytes),
+}
+
+impl ChunkReader {
+    /// Stream the chunk in verified pieces of about `piece` bytes (rounded to whole blocks).
+    /// An error item ends the stream.
+    pub fn stream(self, piece: usize) -> ChunkStream {
+        match self.0 {
+            Source::File(reader) => reader.stream(piece),
+            Source::Packed(data) => ChunkStream {
+                reader: None,
+                pending: None,
+                span: Span::current(),
+                packed: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+}
+
+/// A chunk file being read.
+struct FileReader {
     inner: Arc<Inner>,
     chunk_id: String,
     file: File,
@@ -1142,25 +1400,26 @@ pub struct ChunkReader {
     done: bool,
 }
 
-type PieceTask = tokio::task::JoinHandle<(ChunkReader, Option<Result<Bytes, StoreError>>)>;
+type PieceTask = tokio::task::JoinHandle<(FileReader, Option<Result<Bytes, StoreError>>)>;
 
 /// The verified pieces of one chunk as an async stream. Each piece is read and checked on
 /// the blocking pool, one piece ahead of the consumer; no thread waits on a slow client.
 pub struct ChunkStream {
-    reader: Option<ChunkReader>,
+    reader: Option<FileReader>,
     pending: Option<PieceTask>,
     span: Span,
+    /// A packed chunk's data, not yet handed out.
+    packed: Option<Bytes>,
 }
 
-impl ChunkReader {
-    /// Stream the chunk in verified pieces of about `piece` bytes (rounded to whole blocks).
-    /// An error item ends the stream.
-    pub fn stream(mut self, piece: usize) -> ChunkStream {
+impl FileReader {
+    fn stream(mut self, piece: usize) -> ChunkStream {
         self.piece = piece.max(BLOCK_SIZE) / BLOCK_SIZE * BLOCK_SIZE;
         ChunkStream {
             reader: Some(self),
             pending: None,
             span: Span::current(),
+            packed: None,
         }
     }
 
@@ -1270,6 +1529,9 @@ impl futures::Stream for ChunkStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = self.get_mut();
+        if let Some(data) = this.packed.take() {
+            return Poll::Ready(Some(Ok(data)));
+        }
         if this.pending.is_none() {
             this.spawn_next();
         }
@@ -1311,6 +1573,7 @@ mod tests {
                 data_dir: dir.to_path_buf(),
                 backup_dir: backups.then(|| dir.join("backups")),
                 capacity,
+                pack_max: 0,
             },
             Arc::clone(&metrics),
         )

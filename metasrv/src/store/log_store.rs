@@ -168,15 +168,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut batch = sled::Batch::default();
+        let mut encoded = Vec::new();
         for e in entries {
             let v = serde_json::to_vec(&e)
                 .map_err(|err| StorageIOError::write_log_entry(e.log_id, &err))?;
-            batch.insert(&index_key(e.log_id.index), v);
+            encoded.push((index_key(e.log_id.index), v));
         }
-        self.log
-            .apply_batch(batch)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
+        // One entry is one insert, atomic by itself. A sled batch would cost two more
+        // device writes each time (it seals the IO buffer and writes its manifest alone),
+        // and a single entry is the common case: the leader appends one per client write.
+        if let [(k, v)] = encoded.as_slice() {
+            self.log
+                .insert(k, v.as_slice())
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        } else {
+            let mut batch = sled::Batch::default();
+            for (k, v) in encoded {
+                batch.insert(&k, v);
+            }
+            self.log
+                .apply_batch(batch)
+                .map_err(|e| StorageIOError::write_logs(&e))?;
+        }
         // Durable later, by the flusher's next sync; openraft waits for the callback.
         self.flusher
             .enqueue(Waiter::Log(callback))

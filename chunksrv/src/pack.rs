@@ -1,0 +1,930 @@
+//! Small chunks packed into append-only pack files, the way Haystack and SeaweedFS volumes
+//! keep small objects: a chunk of up to `--pack-max` bytes becomes a record in the current
+//! pack instead of a file of its own.
+//!
+//! Why: a chunk file costs an inode, a temp name, a link, a file fsync and a directory fsync
+//! (on ext4 without a journal the inode search alone gets slow after many deletions). A record
+//! costs one write into space allocated ahead, and one fdatasync serves every record that
+//! arrived meanwhile (group commit).
+//!
+//! # Layout
+//! `<root>/packs/<seq, 16 hex digits>.pack` in each root (primary, then backup), with the same
+//! records at the same offsets. A record is a 64-byte header followed by the chunk image (the
+//! exact bytes of a chunk file: data, block CRCs, footer; see `store`):
+//! ```text
+//! magic "DFSPAK01" | chunk id, 36 ASCII bytes | image length u32 LE | flags u32 LE (bit 0:
+//! deleted) | 8 zero bytes | CRC32C u32 LE of the 60 bytes before it
+//! ```
+//!
+//! # What must stay true
+//! - One writer thread appends. A batch is written to every root at the end of the current
+//!   pack, then the primary is fdatasynced, then its records are indexed and acknowledged.
+//!   A crash can only tear the batch being written, at the end of a pack; no record after
+//!   it was ever acknowledged. (Like chunk files, the backup is not fsynced: it guards
+//!   against bit rot of the primary, not against crashes.)
+//! - Only the process that created a pack appends to it: each start begins a new pack. An
+//!   older pack is scanned from its start when the store opens; the scan stops at the first
+//!   offset where no root holds a valid header followed by an image with a valid trailer,
+//!   and the pack is cut there (what followed was a torn batch or space allocated ahead).
+//! - A bad header in the primary is stepped over with the backup's copy, so bit rot in one
+//!   record does not hide the records after it.
+//! - A delete marks the header deleted in every root and syncs the primary, then frees the
+//!   record's whole pages (punch hole). A sealed pack with no live record is removed.
+//! - This module never interprets the image: the store verifies its checksums on every read.
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+
+pub const HEADER_LEN: usize = 64;
+const MAGIC: &[u8; 8] = b"DFSPAK01";
+const ID_LEN: usize = 36;
+const FLAG_DELETED: u32 = 1;
+/// Largest image a header may claim (a scan treats anything bigger as garbage).
+const MAX_IMAGE: u32 = 16 * 1024 * 1024;
+/// A pack is sealed once a batch would take it past this size.
+const PACK_LIMIT: u64 = 256 * 1024 * 1024;
+/// Space allocated at a time ahead of the end of the current pack: a write into allocated
+/// space leaves the file size alone, so its fdatasync writes little more than the data.
+const ALLOCATE_AHEAD: u64 = 8 * 1024 * 1024;
+/// Most bytes written by one batch.
+const BATCH_LIMIT: usize = 4 * 1024 * 1024;
+const PAGE: u64 = 4096;
+
+/// Where a record is: its pack, the offset of its header and the length of its image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loc {
+    pub pack: u64,
+    pub offset: u64,
+    pub image_len: u32,
+}
+
+impl Loc {
+    fn end(&self) -> u64 {
+        self.offset + HEADER_LEN as u64 + u64::from(self.image_len)
+    }
+}
+
+/// What reading one root's copy of a record found.
+pub enum RecordRead {
+    Image(Vec<u8>),
+    /// The copy is damaged (the reason says how).
+    Bad(String),
+    /// This root has no copy (backups are off).
+    Missing,
+}
+
+struct Header {
+    id: String,
+    image_len: u32,
+    flags: u32,
+}
+
+fn encode_header(id: &str, image_len: u32, flags: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    let id = id.as_bytes();
+    h[8..8 + id.len().min(ID_LEN)].copy_from_slice(&id[..id.len().min(ID_LEN)]);
+    h[44..48].copy_from_slice(&image_len.to_le_bytes());
+    h[48..52].copy_from_slice(&flags.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..60]);
+    h[60..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn decode_header(h: &[u8; HEADER_LEN]) -> Option<Header> {
+    let word = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    if &h[..8] != MAGIC || crc32c::crc32c(&h[..60]) != word(60) {
+        return None;
+    }
+    let id = std::str::from_utf8(&h[8..44]).ok()?.to_string();
+    let image_len = word(44);
+    if image_len > MAX_IMAGE {
+        return None;
+    }
+    Some(Header {
+        id,
+        image_len,
+        flags: word(48),
+    })
+}
+
+fn pack_name(seq: u64) -> String {
+    format!("{seq:016x}.pack")
+}
+
+fn parse_pack_name(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".pack")?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// The open files of one pack (one per root) and how many live records it holds.
+struct Pack {
+    files: Vec<Arc<File>>,
+    live: u64,
+}
+
+#[derive(Default)]
+struct State {
+    index: HashMap<String, Loc>,
+    packs: HashMap<u64, Pack>,
+    /// The pack being appended to (never removed while current).
+    current: u64,
+}
+
+struct Shared {
+    dirs: Vec<PathBuf>,
+    state: Mutex<State>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Job {
+    id: String,
+    image: Vec<u8>,
+    done: tokio::sync::oneshot::Sender<io::Result<Loc>>,
+}
+
+/// The pack files of a store.
+pub struct Packs {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Packs {
+    /// Open the packs under `roots` (primary first), index their live records and start
+    /// the writer on a new pack. Blocking. Returns every live record found.
+    pub fn open(roots: &[PathBuf]) -> io::Result<(Packs, Vec<(String, Loc)>)> {
+        let dirs: Vec<PathBuf> = roots.iter().map(|r| r.join("packs")).collect();
+        let mut seqs = Vec::new();
+        for dir in &dirs {
+            if !dir.exists() {
+                fs::create_dir_all(dir)?;
+                dfs_common::durable::fsync_dir(dir.parent().unwrap_or(dir))?;
+            }
+            for entry in fs::read_dir(dir)? {
+                if let Some(seq) = entry?.file_name().to_str().and_then(parse_pack_name) {
+                    seqs.push(seq);
+                }
+            }
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut state = State::default();
+        for &seq in &seqs {
+            let files = open_pack(&dirs, seq, false)?;
+            let (records, end) = scan(seq, &files)?;
+            for f in &files {
+                if f.metadata()?.len() > end {
+                    f.set_len(end)?;
+                }
+            }
+            state.packs.insert(seq, Pack { files, live: 0 });
+            for (id, loc) in records {
+                state.insert(id, loc);
+            }
+        }
+        let empty: Vec<u64> = state
+            .packs
+            .iter()
+            .filter(|(_, p)| p.live == 0)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in empty {
+            state.packs.remove(&seq);
+            remove_pack(&dirs, seq);
+        }
+        let current = seqs.last().map_or(1, |s| s + 1);
+        let files = open_pack(&dirs, current, true)?;
+        state.current = current;
+        state.packs.insert(
+            current,
+            Pack {
+                files: files.clone(),
+                live: 0,
+            },
+        );
+        let found = state.index.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let shared = Arc::new(Shared {
+            dirs,
+            state: Mutex::new(state),
+        });
+        let (jobs, rx) = mpsc::channel();
+        let writer = Writer {
+            shared: shared.clone(),
+            seq: current,
+            files,
+            end: 0,
+            allocated: 0,
+            broken: false,
+        };
+        std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((Packs { shared, jobs }, found))
+    }
+
+    /// Where `id`'s record is, if it is packed.
+    pub fn locate(&self, id: &str) -> Option<Loc> {
+        lock(&self.shared.state).index.get(id).copied()
+    }
+
+    /// Append a record for `id` (a chunk image) and return where it is once it is durable.
+    pub async fn append(&self, id: &str, image: Vec<u8>) -> io::Result<Loc> {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            id: id.to_string(),
+            image,
+            done,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| io::Error::other("the pack writer has stopped"))?;
+        rx.await
+            .map_err(|_| io::Error::other("the pack writer has stopped"))?
+    }
+
+    /// Read root `root`'s copy of the record at `loc`, which must be `id`'s. Blocking.
+    pub fn read(&self, root: usize, loc: Loc, id: &str) -> io::Result<RecordRead> {
+        let Some(file) = self.file(loc.pack, root) else {
+            return Ok(RecordRead::Missing);
+        };
+        let mut h = [0u8; HEADER_LEN];
+        if let Err(e) = file.read_exact_at(&mut h, loc.offset) {
+            return truncated(e);
+        }
+        let Some(header) = decode_header(&h) else {
+            return Ok(RecordRead::Bad("record header is corrupt".into()));
+        };
+        if header.id != id || header.image_len != loc.image_len {
+            return Ok(RecordRead::Bad(format!(
+                "record header names {} ({} bytes), not this chunk",
+                header.id, header.image_len
+            )));
+        }
+        if header.flags & FLAG_DELETED != 0 {
+            return Ok(RecordRead::Bad("record is marked deleted".into()));
+        }
+        let mut image = vec![0u8; loc.image_len as usize];
+        if let Err(e) = file.read_exact_at(&mut image, loc.offset + HEADER_LEN as u64) {
+            return truncated(e);
+        }
+        Ok(RecordRead::Image(image))
+    }
+
+    /// Write a good copy of `id`'s record over root `root`'s copy (a repair), durably.
+    /// Blocking; the caller holds the chunk's lock, so the record cannot be deleted meanwhile.
+    pub fn rewrite(&self, root: usize, loc: Loc, id: &str, image: &[u8]) -> io::Result<()> {
+        if self.locate(id) != Some(loc) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "record was deleted",
+            ));
+        }
+        let file = self
+            .file(loc.pack, root)
+            .ok_or_else(|| io::Error::other("no such root"))?;
+        let mut buf = encode_header(id, loc.image_len, 0).to_vec();
+        buf.extend_from_slice(image);
+        file.write_all_at(&buf, loc.offset)?;
+        file.sync_data()
+    }
+
+    /// Delete `id`'s record; returns whether there was one. Blocking; the caller holds the
+    /// chunk's lock.
+    pub fn delete(&self, id: &str) -> io::Result<bool> {
+        let Some(loc) = self.locate(id) else {
+            return Ok(false);
+        };
+        let files = self.files(loc.pack);
+        let header = encode_header(id, loc.image_len, FLAG_DELETED);
+        for f in &files {
+            f.write_all_at(&header, loc.offset)?;
+        }
+        if let Some(primary) = files.first() {
+            primary.sync_data()?;
+        }
+        let emptied = {
+            let mut st = lock(&self.shared.state);
+            if st.index.get(id) == Some(&loc) {
+                st.index.remove(id);
+                st.release(loc.pack)
+            } else {
+                false
+            }
+        };
+        // Give the record's whole pages back to the filesystem (best effort).
+        let start = (loc.offset + HEADER_LEN as u64).div_ceil(PAGE) * PAGE;
+        let stop = loc.end() / PAGE * PAGE;
+        if stop > start {
+            for f in &files {
+                punch_hole(f, start, stop - start);
+            }
+        }
+        if emptied {
+            remove_pack(&self.shared.dirs, loc.pack);
+        }
+        Ok(true)
+    }
+
+    fn file(&self, pack: u64, root: usize) -> Option<Arc<File>> {
+        lock(&self.shared.state)
+            .packs
+            .get(&pack)
+            .and_then(|p| p.files.get(root).cloned())
+    }
+
+    fn files(&self, pack: u64) -> Vec<Arc<File>> {
+        lock(&self.shared.state)
+            .packs
+            .get(&pack)
+            .map(|p| p.files.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn truncated(e: io::Error) -> io::Result<RecordRead> {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => Ok(RecordRead::Bad("record is truncated".into())),
+        _ => Err(e),
+    }
+}
+
+impl State {
+    /// Index a live record; a record it replaces no longer counts as live.
+    fn insert(&mut self, id: String, loc: Loc) {
+        if let Some(old) = self.index.insert(id, loc) {
+            self.release(old.pack);
+        }
+        if let Some(p) = self.packs.get_mut(&loc.pack) {
+            p.live += 1;
+        }
+    }
+
+    /// One record of `pack` is gone; returns whether the pack is now empty and sealed (then
+    /// it is forgotten and the caller removes its files).
+    fn release(&mut self, pack: u64) -> bool {
+        let Some(p) = self.packs.get_mut(&pack) else {
+            return false;
+        };
+        p.live = p.live.saturating_sub(1);
+        if p.live == 0 && pack != self.current {
+            self.packs.remove(&pack);
+            return true;
+        }
+        false
+    }
+}
+
+/// Open (or, for a new pack, create) pack `seq` in every root.
+fn open_pack(dirs: &[PathBuf], seq: u64, new: bool) -> io::Result<Vec<Arc<File>>> {
+    let mut files = Vec::with_capacity(dirs.len());
+    for dir in dirs {
+        let path = dir.join(pack_name(seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .create_new(new)
+            .open(&path)?;
+        files.push(Arc::new(file));
+    }
+    if new {
+        // The name must be durable before any record in the pack is acknowledged.
+        for dir in dirs {
+            dfs_common::durable::fsync_dir(dir)?;
+        }
+    }
+    Ok(files)
+}
+
+fn remove_pack(dirs: &[PathBuf], seq: u64) {
+    for dir in dirs {
+        let path = dir.join(pack_name(seq));
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove empty pack")
+            }
+        }
+    }
+}
+
+/// The live records of pack `seq` and where its records end.
+fn scan(seq: u64, files: &[Arc<File>]) -> io::Result<(Vec<(String, Loc)>, u64)> {
+    let mut records = Vec::new();
+    let mut offset = 0u64;
+    'records: loop {
+        for file in files {
+            let mut h = [0u8; HEADER_LEN];
+            match file.read_exact_at(&mut h, offset) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
+                Err(e) => return Err(e),
+            }
+            let Some(header) = decode_header(&h) else {
+                continue;
+            };
+            let loc = Loc {
+                pack: seq,
+                offset,
+                image_len: header.image_len,
+            };
+            if crate::store::validate_chunk_id(&header.id).is_err() {
+                continue;
+            }
+            let deleted = header.flags & FLAG_DELETED != 0;
+            // A torn record (its end never written) is not a record. A deleted one may have
+            // lost its pages to a punched hole; only its header counts.
+            let image_at = offset + HEADER_LEN as u64;
+            if !deleted
+                && !crate::store::image_is_whole(file, image_at, u64::from(header.image_len))
+            {
+                continue;
+            }
+            if !deleted {
+                records.push((header.id, loc));
+            }
+            offset = loc.end();
+            continue 'records;
+        }
+        return Ok((records, offset));
+    }
+}
+
+fn punch_hole(file: &File, offset: u64, len: u64) {
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot punch a hole in a pack");
+    }
+}
+
+/// Allocate `[offset, offset + len)` of `file` (extending it). A filesystem that cannot
+/// allocate ahead is fine: writes then extend the file themselves.
+fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an open descriptor; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            0,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// The appending side: owns the end of the current pack.
+struct Writer {
+    shared: Arc<Shared>,
+    seq: u64,
+    files: Vec<Arc<File>>,
+    end: u64,
+    allocated: u64,
+    /// A write failed: the current pack may hold a torn record, so nothing more goes after it.
+    broken: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut bytes = HEADER_LEN + first.image.len();
+            let mut jobs = vec![first];
+            while bytes < BATCH_LIMIT {
+                match rx.try_recv() {
+                    Ok(j) => {
+                        bytes += HEADER_LEN + j.image.len();
+                        jobs.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.write_batch(&jobs, bytes as u64) {
+                Ok(locs) => {
+                    let mut st = lock(&self.shared.state);
+                    for (job, loc) in jobs.iter().zip(&locs) {
+                        st.insert(job.id.clone(), *loc);
+                    }
+                    drop(st);
+                    for (job, loc) in jobs.into_iter().zip(locs) {
+                        let _ = job.done.send(Ok(loc));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, pack = self.seq, "cannot append to pack");
+                    self.broken = true;
+                    for job in jobs {
+                        let _ = job.done.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_batch(&mut self, jobs: &[Job], bytes: u64) -> io::Result<Vec<Loc>> {
+        if self.broken || (self.end > 0 && self.end + bytes > PACK_LIMIT) {
+            self.next_pack()?;
+        }
+        if self.end + bytes > self.allocated {
+            let len = ALLOCATE_AHEAD.max(bytes);
+            for f in &self.files {
+                allocate(f, self.end, len)?;
+            }
+            self.allocated = self.end + len;
+        }
+        let mut buf = Vec::with_capacity(bytes as usize);
+        let mut locs = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let loc = Loc {
+                pack: self.seq,
+                offset: self.end + buf.len() as u64,
+                image_len: job.image.len() as u32,
+            };
+            buf.extend_from_slice(&encode_header(&job.id, loc.image_len, 0));
+            buf.extend_from_slice(&job.image);
+            locs.push(loc);
+        }
+        for f in &self.files {
+            f.write_all_at(&buf, self.end)?;
+        }
+        self.files[0].sync_data()?;
+        self.end += bytes;
+        Ok(locs)
+    }
+
+    /// Seal the current pack (cut the space allocated ahead) and start the next one.
+    fn next_pack(&mut self) -> io::Result<()> {
+        let next = self.seq + 1;
+        let files = open_pack(&self.shared.dirs, next, true)?;
+        if !self.broken {
+            for f in &self.files {
+                let _ = f.set_len(self.end);
+            }
+        }
+        let emptied = {
+            let mut st = lock(&self.shared.state);
+            st.packs.insert(
+                next,
+                Pack {
+                    files: files.clone(),
+                    live: 0,
+                },
+            );
+            let old = std::mem::replace(&mut st.current, next);
+            let empty = st.packs.get(&old).is_some_and(|p| p.live == 0);
+            if empty {
+                st.packs.remove(&old);
+            }
+            empty.then_some(old)
+        };
+        if let Some(old) = emptied {
+            remove_pack(&self.shared.dirs, old);
+        }
+        self.seq = next;
+        self.files = files;
+        self.end = 0;
+        self.allocated = 0;
+        self.broken = false;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::Metrics;
+    use crate::store::{Store, StoreConfig, StoreError, DEFAULT_PACK_MAX};
+    use std::os::unix::fs::FileExt;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::Arc;
+
+    fn id(n: u32) -> String {
+        format!("{n:08x}-1111-4222-8333-444455556666")
+    }
+
+    fn open(dir: &Path, backups: bool) -> (Store, Arc<Metrics>) {
+        let metrics = Metrics::new();
+        let store = Store::open(
+            StoreConfig {
+                data_dir: dir.to_path_buf(),
+                backup_dir: backups.then(|| dir.join("backups")),
+                capacity: 1 << 30,
+                pack_max: DEFAULT_PACK_MAX,
+            },
+            Arc::clone(&metrics),
+        )
+        .unwrap();
+        (store, metrics)
+    }
+
+    fn data(n: u32, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u32 * 31 + n * 7) as u8).collect()
+    }
+
+    async fn put(store: &Store, id: &str, data: &[u8]) -> Result<(), StoreError> {
+        let mut w = store.begin_write(id)?;
+        for piece in data.chunks(1000) {
+            w.write(piece.to_vec()).await?;
+        }
+        w.finish().await.map(|_| ())
+    }
+
+    async fn get(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
+        let mut s = store.open_read(id).await?.stream(dfs_common::STREAM_PIECE);
+        let mut out = Vec::new();
+        while let Some(p) = futures::StreamExt::next(&mut s).await {
+            out.extend_from_slice(&p?);
+        }
+        Ok(out)
+    }
+
+    fn packs(root: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(root.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The pack holding `id` under `root` and the offset of its record's header.
+    fn record(root: &Path, id: &str) -> (PathBuf, u64) {
+        for p in packs(root) {
+            let bytes = std::fs::read(&p).unwrap();
+            if let Some(at) = bytes.windows(id.len()).position(|w| w == id.as_bytes()) {
+                return (p, at as u64 - 8);
+            }
+        }
+        panic!("no record of {id} under {}", root.display());
+    }
+
+    fn flip(path: &Path, offset: u64) {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, offset).unwrap();
+        b[0] ^= 0x10;
+        f.write_all_at(&b, offset).unwrap();
+    }
+
+    fn chunk_files(root: &Path) -> usize {
+        (0..=255u8)
+            .map(|i| {
+                std::fs::read_dir(root.join(format!("{i:02x}")))
+                    .unwrap()
+                    .filter(|e| {
+                        !e.as_ref()
+                            .unwrap()
+                            .file_name()
+                            .to_string_lossy()
+                            .starts_with('.')
+                    })
+                    .count()
+            })
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn small_chunks_are_packed_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let sizes = [0usize, 1, 4096, 65535, 65536];
+        {
+            let (store, _) = open(dir.path(), true);
+            for (n, len) in sizes.iter().enumerate() {
+                put(&store, &id(n as u32), &data(n as u32, *len))
+                    .await
+                    .unwrap();
+            }
+            // One byte over the limit gets a file of its own.
+            put(&store, &id(99), &data(99, 65537)).await.unwrap();
+            assert_eq!(chunk_files(&dir.path().join("chunks")), 1);
+            assert_eq!(chunk_files(&dir.path().join("backups/chunks")), 1);
+            for (n, len) in sizes.iter().enumerate() {
+                assert_eq!(
+                    get(&store, &id(n as u32)).await.unwrap(),
+                    data(n as u32, *len)
+                );
+            }
+            assert_eq!(store.chunk_count(), 6);
+        }
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.chunk_count(), 6);
+        let expected: u64 = sizes.iter().sum::<usize>() as u64 + 65537;
+        assert_eq!(store.used_bytes(), expected);
+        for (n, len) in sizes.iter().enumerate() {
+            assert_eq!(
+                get(&store, &id(n as u32)).await.unwrap(),
+                data(n as u32, *len)
+            );
+        }
+        // Each start appends to a new pack; the old ones are kept while they hold records.
+        assert_eq!(packs(&dir.path().join("chunks")).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retried_write_is_accepted_and_different_content_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), true);
+        put(&store, &id(1), b"hello").await.unwrap();
+        put(&store, &id(1), b"hello").await.unwrap();
+        assert!(matches!(
+            put(&store, &id(1), b"jello").await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(get(&store, &id(1)).await.unwrap(), b"hello");
+        assert_eq!(store.chunk_count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_bad_primary_record_is_restored_from_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, metrics) = open(dir.path(), true);
+        for n in 0..3 {
+            put(&store, &id(n), &data(n, 3000)).await.unwrap();
+        }
+        let (pack, at) = record(&dir.path().join("chunks"), &id(1));
+        flip(&pack, at + super::HEADER_LEN as u64 + 1234);
+        assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 3000));
+        assert_eq!(metrics.checksum_failures_total.load(Relaxed), 1);
+        assert_eq!(metrics.backup_restores_total.load(Relaxed), 1);
+        // The primary is good again: the next read needs no repair.
+        assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 3000));
+        assert_eq!(metrics.backup_restores_total.load(Relaxed), 1);
+        // A broken header is stepped over when the store opens: the records after it stay.
+        flip(&pack, at + 20);
+        drop(store);
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.chunk_count(), 3);
+        for n in 0..3 {
+            assert_eq!(get(&store, &id(n)).await.unwrap(), data(n, 3000));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_bad_in_every_copy_is_lost_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), true);
+        put(&store, &id(1), &data(1, 5000)).await.unwrap();
+        put(&store, &id(2), &data(2, 5000)).await.unwrap();
+        for root in ["chunks", "backups/chunks"] {
+            let (pack, at) = record(&dir.path().join(root), &id(1));
+            flip(&pack, at + super::HEADER_LEN as u64 + 10);
+        }
+        assert!(matches!(
+            get(&store, &id(1)).await,
+            Err(StoreError::DataLoss { .. })
+        ));
+        assert_eq!(store.inventory(), vec![id(2)]);
+        assert_eq!(get(&store, &id(2)).await.unwrap(), data(2, 5000));
+        drop(store);
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.inventory(), vec![id(2)]);
+    }
+
+    #[tokio::test]
+    async fn without_backups_a_bad_record_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), false);
+        put(&store, &id(1), &data(1, 100)).await.unwrap();
+        let (pack, at) = record(&dir.path().join("chunks"), &id(1));
+        flip(&pack, at + super::HEADER_LEN as u64 + 5);
+        assert!(matches!(
+            get(&store, &id(1)).await,
+            Err(StoreError::DataLoss { .. })
+        ));
+        assert_eq!(store.chunk_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_torn_batch_at_the_end_of_a_pack_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = dir.path().join("chunks");
+        {
+            let (store, _) = open(dir.path(), true);
+            put(&store, &id(1), &data(1, 700)).await.unwrap();
+            put(&store, &id(2), &data(2, 700)).await.unwrap();
+        }
+        // A crash in the middle of the next batch: half a record after the last one.
+        let (pack, at) = record(&primary, &id(2));
+        let whole = std::fs::read(&pack).unwrap();
+        let end = at as usize + super::HEADER_LEN + 700 + 4 + 24;
+        let mut torn = super::encode_header(&id(3), 728, 0).to_vec();
+        torn.extend_from_slice(&[7u8; 100]);
+        for root in [primary.clone(), dir.path().join("backups/chunks")] {
+            let (p, _) = record(&root, &id(2));
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .write_all_at(&torn, end as u64)
+                .unwrap();
+        }
+        assert!(whole.len() >= end);
+        let (store, _) = open(dir.path(), true);
+        let mut inv = store.inventory();
+        inv.sort();
+        assert_eq!(inv, vec![id(1), id(2)]);
+        assert_eq!(std::fs::metadata(&pack).unwrap().len(), end as u64);
+        // New records go to a new pack and read back.
+        put(&store, &id(4), &data(4, 10)).await.unwrap();
+        assert_eq!(get(&store, &id(4)).await.unwrap(), data(4, 10));
+        assert_ne!(record(&primary, &id(4)).0, pack);
+    }
+
+    #[tokio::test]
+    async fn deleted_records_stay_deleted_and_empty_packs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = dir.path().join("chunks");
+        {
+            let (store, _) = open(dir.path(), true);
+            for n in 0..4 {
+                put(&store, &id(n), &data(n, 20_000)).await.unwrap();
+            }
+            assert!(store.delete(&id(1)).await.unwrap());
+            assert!(!store.delete(&id(1)).await.unwrap());
+            assert!(matches!(
+                get(&store, &id(1)).await,
+                Err(StoreError::NotFound(_))
+            ));
+            assert_eq!(store.chunk_count(), 3);
+            assert_eq!(store.used_bytes(), 60_000);
+        }
+        let (store, _) = open(dir.path(), true);
+        let mut inv = store.inventory();
+        inv.sort();
+        assert_eq!(inv, vec![id(0), id(2), id(3)]);
+        assert_eq!(packs(&primary).len(), 2);
+        for n in [0, 2, 3] {
+            assert!(store.delete(&id(n)).await.unwrap());
+        }
+        // The first pack is sealed and now empty: gone from both roots.
+        assert_eq!(packs(&primary).len(), 1);
+        assert_eq!(packs(&dir.path().join("backups/chunks")).len(), 1);
+        drop(store);
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.chunk_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn records_after_a_deleted_one_are_found_when_its_pages_were_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path(), true);
+            // 64-byte header + 8,100 data bytes + 4 + 24 trailer bytes end on a page
+            // boundary: deleting frees the page holding the trailer.
+            put(&store, &id(1), &data(1, 8100)).await.unwrap();
+            put(&store, &id(2), &data(2, 300)).await.unwrap();
+            assert!(store.delete(&id(1)).await.unwrap());
+        }
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.inventory(), vec![id(2)]);
+        assert_eq!(get(&store, &id(2)).await.unwrap(), data(2, 300));
+    }
+
+    #[tokio::test]
+    async fn concurrent_small_writes_share_syncs_and_all_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = open(dir.path(), true);
+        let mut tasks = Vec::new();
+        for n in 0..64u32 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                put(&store, &id(n), &data(n, 4096)).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for n in 0..64u32 {
+            assert_eq!(get(&store, &id(n)).await.unwrap(), data(n, 4096));
+        }
+        assert_eq!(store.chunk_count(), 64);
+    }
+}
