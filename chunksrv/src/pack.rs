@@ -37,7 +37,8 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, oneshot};
 
 pub const HEADER_LEN: usize = 64;
 const MAGIC: &[u8; 8] = b"DFSPAK01";
@@ -52,6 +53,8 @@ const PACK_LIMIT: u64 = 256 * 1024 * 1024;
 const ALLOCATE_AHEAD: u64 = 8 * 1024 * 1024;
 /// Most bytes written by one batch.
 const BATCH_LIMIT: usize = 4 * 1024 * 1024;
+/// Appends waiting for the writer (bounds the memory they hold).
+const QUEUE: usize = 64;
 const PAGE: u64 = 4096;
 
 /// Where a record is: its pack, the offset of its header and the length of its image.
@@ -66,6 +69,11 @@ impl Loc {
     fn end(&self) -> u64 {
         self.offset + HEADER_LEN as u64 + u64::from(self.image_len)
     }
+
+    /// Bytes of chunk data in the record.
+    fn size(&self) -> u64 {
+        crate::store::size_from_file_len(u64::from(self.image_len)).unwrap_or(0)
+    }
 }
 
 /// What reading one root's copy of a record found.
@@ -73,6 +81,8 @@ pub enum RecordRead {
     Image(Vec<u8>),
     /// The copy is damaged (the reason says how).
     Bad(String),
+    /// The record was deleted meanwhile.
+    Deleted,
     /// This root has no copy (backups are off).
     Missing,
 }
@@ -87,7 +97,8 @@ fn encode_header(id: &str, image_len: u32, flags: u32) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[..8].copy_from_slice(MAGIC);
     let id = id.as_bytes();
-    h[8..8 + id.len().min(ID_LEN)].copy_from_slice(&id[..id.len().min(ID_LEN)]);
+    let n = id.len().min(ID_LEN);
+    h[8..8 + n].copy_from_slice(&id[..n]);
     h[44..48].copy_from_slice(&image_len.to_le_bytes());
     h[48..52].copy_from_slice(&flags.to_le_bytes());
     let crc = crc32c::crc32c(&h[..60]);
@@ -95,14 +106,15 @@ fn encode_header(id: &str, image_len: u32, flags: u32) -> [u8; HEADER_LEN] {
     h
 }
 
-fn decode_header(h: &[u8; HEADER_LEN]) -> Option<Header> {
+fn decode_header(h: &[u8]) -> Option<Header> {
+    let h = h.get(..HEADER_LEN)?;
     let word = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
     if &h[..8] != MAGIC || crc32c::crc32c(&h[..60]) != word(60) {
         return None;
     }
     let id = std::str::from_utf8(&h[8..44]).ok()?.to_string();
     let image_len = word(44);
-    if image_len > MAX_IMAGE {
+    if image_len > MAX_IMAGE || crate::store::validate_chunk_id(&id).is_err() {
         return None;
     }
     Some(Header {
@@ -133,6 +145,8 @@ struct Pack {
 struct State {
     index: HashMap<String, Loc>,
     packs: HashMap<u64, Pack>,
+    /// Data bytes of the live records.
+    used: u64,
     /// The pack being appended to (never removed while current).
     current: u64,
 }
@@ -149,7 +163,7 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 struct Job {
     id: String,
     image: Vec<u8>,
-    done: tokio::sync::oneshot::Sender<io::Result<Loc>>,
+    done: oneshot::Sender<io::Result<Loc>>,
 }
 
 /// The pack files of a store.
@@ -160,8 +174,8 @@ pub struct Packs {
 
 impl Packs {
     /// Open the packs under `roots` (primary first), index their live records and start
-    /// the writer on a new pack. Blocking. Returns every live record found.
-    pub fn open(roots: &[PathBuf]) -> io::Result<(Packs, Vec<(String, Loc)>)> {
+    /// the writer on a new pack. Blocking.
+    pub fn open(roots: &[PathBuf]) -> io::Result<Packs> {
         let dirs: Vec<PathBuf> = roots.iter().map(|r| r.join("packs")).collect();
         let mut seqs = Vec::new();
         for dir in &dirs {
@@ -178,28 +192,14 @@ impl Packs {
         seqs.sort_unstable();
         seqs.dedup();
         let mut state = State::default();
+        let mut superseded = Vec::new();
         for &seq in &seqs {
             let files = open_pack(&dirs, seq, false)?;
-            let (records, end) = scan(seq, &files)?;
-            for f in &files {
-                if f.metadata()?.len() > end {
-                    f.set_len(end)?;
-                }
-            }
+            let records = scan(seq, &files)?;
             state.packs.insert(seq, Pack { files, live: 0 });
             for (id, loc) in records {
-                state.insert(id, loc);
+                superseded.extend(state.insert(id, loc));
             }
-        }
-        let empty: Vec<u64> = state
-            .packs
-            .iter()
-            .filter(|(_, p)| p.live == 0)
-            .map(|(seq, _)| *seq)
-            .collect();
-        for seq in empty {
-            state.packs.remove(&seq);
-            remove_pack(&dirs, seq);
         }
         let current = seqs.last().map_or(1, |s| s + 1);
         let files = open_pack(&dirs, current, true)?;
@@ -211,12 +211,29 @@ impl Packs {
                 live: 0,
             },
         );
-        let found = state.index.iter().map(|(k, v)| (k.clone(), *v)).collect();
         let shared = Arc::new(Shared {
             dirs,
             state: Mutex::new(state),
         });
-        let (jobs, rx) = mpsc::channel();
+        let packs = Packs {
+            shared: shared.clone(),
+            jobs: mpsc::channel(1).0,
+        };
+        // Older copies of a chunk written twice: deleted for good, so they never come back.
+        for (id, old) in superseded {
+            packs.retire(&id, old)?;
+        }
+        let empty: Vec<u64> = lock(&shared.state)
+            .packs
+            .iter()
+            .filter(|(seq, p)| p.live == 0 && **seq != current)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in empty {
+            lock(&shared.state).packs.remove(&seq);
+            remove_pack(&shared.dirs, seq);
+        }
+        let (jobs, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             shared: shared.clone(),
             seq: current,
@@ -228,7 +245,7 @@ impl Packs {
         std::thread::Builder::new()
             .name("pack-writer".into())
             .spawn(move || writer.run(rx))?;
-        Ok((Packs { shared, jobs }, found))
+        Ok(Packs { shared, jobs })
     }
 
     /// Where `id`'s record is, if it is packed.
@@ -236,25 +253,38 @@ impl Packs {
         lock(&self.shared.state).index.get(id).copied()
     }
 
-    /// Append a record for `id` (a chunk image) and return where it is once it is durable.
+    /// Packed chunks and their data bytes.
+    pub fn usage(&self) -> (u64, u64) {
+        let st = lock(&self.shared.state);
+        (st.index.len() as u64, st.used)
+    }
+
+    /// Ids of the packed chunks.
+    pub fn ids(&self) -> Vec<String> {
+        lock(&self.shared.state).index.keys().cloned().collect()
+    }
+
+    /// Append a record for `id` (a chunk image); returns once it is durable and indexed.
+    /// The append completes even if the caller stops waiting.
     pub async fn append(&self, id: &str, image: Vec<u8>) -> io::Result<Loc> {
-        let (done, rx) = tokio::sync::oneshot::channel();
+        let stopped = || io::Error::other("the pack writer has stopped");
+        let (done, rx) = oneshot::channel();
         let job = Job {
             id: id.to_string(),
             image,
             done,
         };
-        self.jobs
-            .send(job)
-            .map_err(|_| io::Error::other("the pack writer has stopped"))?;
-        rx.await
-            .map_err(|_| io::Error::other("the pack writer has stopped"))?
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     /// Read root `root`'s copy of the record at `loc`, which must be `id`'s. Blocking.
     pub fn read(&self, root: usize, loc: Loc, id: &str) -> io::Result<RecordRead> {
         let Some(file) = self.file(loc.pack, root) else {
-            return Ok(RecordRead::Missing);
+            return Ok(match self.locate(id) == Some(loc) {
+                true => RecordRead::Missing,
+                false => RecordRead::Deleted,
+            });
         };
         let mut h = [0u8; HEADER_LEN];
         if let Err(e) = file.read_exact_at(&mut h, loc.offset) {
@@ -270,7 +300,7 @@ impl Packs {
             )));
         }
         if header.flags & FLAG_DELETED != 0 {
-            return Ok(RecordRead::Bad("record is marked deleted".into()));
+            return Ok(RecordRead::Deleted);
         }
         let mut image = vec![0u8; loc.image_len as usize];
         if let Err(e) = file.read_exact_at(&mut image, loc.offset + HEADER_LEN as u64) {
@@ -300,9 +330,33 @@ impl Packs {
     /// Delete `id`'s record; returns whether there was one. Blocking; the caller holds the
     /// chunk's lock.
     pub fn delete(&self, id: &str) -> io::Result<bool> {
-        let Some(loc) = self.locate(id) else {
-            return Ok(false);
-        };
+        match self.locate(id) {
+            Some(loc) => self.retire(id, loc),
+            None => Ok(false),
+        }
+    }
+
+    /// Delete the record of `id` at `loc` (durably marked, then its pages freed); returns
+    /// whether it was `id`'s live record. Blocking.
+    pub fn retire(&self, id: &str, loc: Loc) -> io::Result<bool> {
+        self.shared.retire(id, loc)
+    }
+
+    fn file(&self, pack: u64, root: usize) -> Option<Arc<File>> {
+        self.shared.files(pack).get(root).cloned()
+    }
+}
+
+impl Shared {
+    fn files(&self, pack: u64) -> Vec<Arc<File>> {
+        lock(&self.state)
+            .packs
+            .get(&pack)
+            .map(|p| p.files.clone())
+            .unwrap_or_default()
+    }
+
+    fn retire(&self, id: &str, loc: Loc) -> io::Result<bool> {
         let files = self.files(loc.pack);
         let header = encode_header(id, loc.image_len, FLAG_DELETED);
         for f in &files {
@@ -311,13 +365,14 @@ impl Packs {
         if let Some(primary) = files.first() {
             primary.sync_data()?;
         }
-        let emptied = {
-            let mut st = lock(&self.shared.state);
+        let (was_live, emptied) = {
+            let mut st = lock(&self.state);
             if st.index.get(id) == Some(&loc) {
                 st.index.remove(id);
-                st.release(loc.pack)
+                st.used = st.used.saturating_sub(loc.size());
+                (true, st.release(loc.pack))
             } else {
-                false
+                (false, st.remove_if_empty(loc.pack))
             }
         };
         // Give the record's whole pages back to the filesystem (best effort).
@@ -329,24 +384,9 @@ impl Packs {
             }
         }
         if emptied {
-            remove_pack(&self.shared.dirs, loc.pack);
+            remove_pack(&self.dirs, loc.pack);
         }
-        Ok(true)
-    }
-
-    fn file(&self, pack: u64, root: usize) -> Option<Arc<File>> {
-        lock(&self.shared.state)
-            .packs
-            .get(&pack)
-            .and_then(|p| p.files.get(root).cloned())
-    }
-
-    fn files(&self, pack: u64) -> Vec<Arc<File>> {
-        lock(&self.shared.state)
-            .packs
-            .get(&pack)
-            .map(|p| p.files.clone())
-            .unwrap_or_default()
+        Ok(was_live)
     }
 }
 
@@ -358,28 +398,36 @@ fn truncated(e: io::Error) -> io::Result<RecordRead> {
 }
 
 impl State {
-    /// Index a live record; a record it replaces no longer counts as live.
-    fn insert(&mut self, id: String, loc: Loc) {
-        if let Some(old) = self.index.insert(id, loc) {
-            self.release(old.pack);
-        }
+    /// Index a live record. Returns the record of the same chunk it replaces, if any: no
+    /// longer live, it is the caller's to mark deleted (`Shared::retire`).
+    fn insert(&mut self, id: String, loc: Loc) -> Option<(String, Loc)> {
         if let Some(p) = self.packs.get_mut(&loc.pack) {
             p.live += 1;
         }
+        self.used += loc.size();
+        let old = self.index.insert(id.clone(), loc)?;
+        self.used = self.used.saturating_sub(old.size());
+        if let Some(p) = self.packs.get_mut(&old.pack) {
+            p.live = p.live.saturating_sub(1);
+        }
+        Some((id, old))
     }
 
     /// One record of `pack` is gone; returns whether the pack is now empty and sealed (then
     /// it is forgotten and the caller removes its files).
     fn release(&mut self, pack: u64) -> bool {
-        let Some(p) = self.packs.get_mut(&pack) else {
-            return false;
-        };
-        p.live = p.live.saturating_sub(1);
-        if p.live == 0 && pack != self.current {
-            self.packs.remove(&pack);
-            return true;
+        if let Some(p) = self.packs.get_mut(&pack) {
+            p.live = p.live.saturating_sub(1);
         }
-        false
+        self.remove_if_empty(pack)
+    }
+
+    fn remove_if_empty(&mut self, pack: u64) -> bool {
+        let empty = pack != self.current && self.packs.get(&pack).is_some_and(|p| p.live == 0);
+        if empty {
+            self.packs.remove(&pack);
+        }
+        empty
     }
 }
 
@@ -406,11 +454,17 @@ fn open_pack(dirs: &[PathBuf], seq: u64, new: bool) -> io::Result<Vec<Arc<File>>
     Ok(files)
 }
 
+/// Remove pack `seq`: the backup first, durably, so a crash never leaves a backup whose
+/// unsynced headers could bring deleted records back without the primary's.
 fn remove_pack(dirs: &[PathBuf], seq: u64) {
-    for dir in dirs {
+    for (i, dir) in dirs.iter().enumerate().rev() {
         let path = dir.join(pack_name(seq));
         match fs::remove_file(&path) {
-            Ok(()) => {}
+            Ok(()) => {
+                if i > 0 {
+                    let _ = dfs_common::durable::fsync_dir(dir);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove empty pack")
@@ -419,46 +473,97 @@ fn remove_pack(dirs: &[PathBuf], seq: u64) {
     }
 }
 
-/// The live records of pack `seq` and where its records end.
-fn scan(seq: u64, files: &[Arc<File>]) -> io::Result<(Vec<(String, Loc)>, u64)> {
+/// A valid record at `offset` of one of `files`: a good header, and for a live record an
+/// image that ends in a valid chunk trailer (a torn record never does). A deleted record may
+/// have lost its pages to a punched hole; only its header counts.
+fn record_at(files: &[Arc<File>], seq: u64, offset: u64) -> io::Result<Option<(Header, Loc)>> {
+    for file in files {
+        let mut h = [0u8; HEADER_LEN];
+        match file.read_exact_at(&mut h, offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
+            Err(e) => return Err(e),
+        }
+        let Some(header) = decode_header(&h) else {
+            continue;
+        };
+        let loc = Loc {
+            pack: seq,
+            offset,
+            image_len: header.image_len,
+        };
+        let deleted = header.flags & FLAG_DELETED != 0;
+        let image_at = offset + HEADER_LEN as u64;
+        if deleted || crate::store::image_is_whole(file, image_at, u64::from(header.image_len)) {
+            return Ok(Some((header, loc)));
+        }
+    }
+    Ok(None)
+}
+
+/// The first valid record after `from` in pack `seq`, found by looking for the header magic
+/// (after a damaged record, so the records behind it are not lost).
+fn resync(files: &[Arc<File>], seq: u64, from: u64) -> io::Result<Option<(Header, Loc)>> {
+    const WINDOW: u64 = 1024 * 1024;
+    for file in files {
+        let len = file.metadata()?.len();
+        let mut at = from + 1;
+        while at < len {
+            // Windows overlap by the magic's length, so no magic is split unseen.
+            let n = (len - at).min(WINDOW + MAGIC.len() as u64) as usize;
+            let mut buf = vec![0u8; n];
+            file.read_exact_at(&mut buf, at)?;
+            let mut i = 0;
+            while let Some(k) = find(&buf[i..], MAGIC) {
+                if let Some(found) = record_at(files, seq, at + (i + k) as u64)? {
+                    return Ok(Some(found));
+                }
+                i += k + 1;
+            }
+            at += WINDOW;
+        }
+    }
+    Ok(None)
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The live records of pack `seq`, in order. A damaged record is stepped over (with the
+/// backup's copy of its header, else by searching for the next record); the pack is cut after
+/// its last valid record, where only a torn batch or space allocated ahead can follow.
+fn scan(seq: u64, files: &[Arc<File>]) -> io::Result<Vec<(String, Loc)>> {
     let mut records = Vec::new();
     let mut offset = 0u64;
-    'records: loop {
-        for file in files {
-            let mut h = [0u8; HEADER_LEN];
-            match file.read_exact_at(&mut h, offset) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
-                Err(e) => return Err(e),
+    loop {
+        let found = match record_at(files, seq, offset)? {
+            Some(found) => Some(found),
+            None => {
+                let next = resync(files, seq, offset)?;
+                if let Some((_, loc)) = &next {
+                    tracing::error!(
+                        pack = seq,
+                        offset,
+                        skipped = loc.offset - offset,
+                        "damaged pack record skipped"
+                    );
+                }
+                next
             }
-            let Some(header) = decode_header(&h) else {
-                continue;
-            };
-            let loc = Loc {
-                pack: seq,
-                offset,
-                image_len: header.image_len,
-            };
-            if crate::store::validate_chunk_id(&header.id).is_err() {
-                continue;
-            }
-            let deleted = header.flags & FLAG_DELETED != 0;
-            // A torn record (its end never written) is not a record. A deleted one may have
-            // lost its pages to a punched hole; only its header counts.
-            let image_at = offset + HEADER_LEN as u64;
-            if !deleted
-                && !crate::store::image_is_whole(file, image_at, u64::from(header.image_len))
-            {
-                continue;
-            }
-            if !deleted {
-                records.push((header.id, loc));
-            }
-            offset = loc.end();
-            continue 'records;
+        };
+        let Some((header, loc)) = found else { break };
+        if header.flags & FLAG_DELETED == 0 {
+            records.push((header.id, loc));
         }
-        return Ok((records, offset));
+        offset = loc.end();
     }
+    for f in files {
+        if f.metadata()?.len() > offset {
+            f.set_len(offset)?;
+        }
+    }
+    Ok(records)
 }
 
 fn punch_hole(file: &File, offset: u64, len: u64) {
@@ -510,8 +615,8 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        while let Some(first) = rx.blocking_recv() {
             let mut bytes = HEADER_LEN + first.image.len();
             let mut jobs = vec![first];
             while bytes < BATCH_LIMIT {
@@ -523,36 +628,54 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            match self.write_batch(&jobs, bytes as u64) {
-                Ok(locs) => {
-                    let mut st = lock(&self.shared.state);
-                    for (job, loc) in jobs.iter().zip(&locs) {
-                        st.insert(job.id.clone(), *loc);
-                    }
-                    drop(st);
-                    for (job, loc) in jobs.into_iter().zip(locs) {
-                        let _ = job.done.send(Ok(loc));
-                    }
-                }
-                Err(e) => {
+            let locs = match self.write_batch(&jobs, bytes as u64) {
+                Ok(locs) => locs,
+                Err((e, written)) => {
                     tracing::error!(error = %e, pack = self.seq, "cannot append to pack");
                     self.broken = true;
+                    // Records that may have reached the disk were never acknowledged: mark
+                    // them deleted so a restart does not find them (best effort).
+                    for (job, loc) in jobs.iter().zip(&written) {
+                        let header = encode_header(&job.id, loc.image_len, FLAG_DELETED);
+                        for f in &self.files {
+                            let _ = f.write_all_at(&header, loc.offset);
+                        }
+                    }
                     for job in jobs {
                         let _ = job.done.send(Err(io::Error::new(e.kind(), e.to_string())));
                     }
+                    continue;
+                }
+            };
+            let superseded: Vec<(String, Loc)> = {
+                let mut st = lock(&self.shared.state);
+                jobs.iter()
+                    .zip(&locs)
+                    .filter_map(|(job, loc)| st.insert(job.id.clone(), *loc))
+                    .collect()
+            };
+            for (job, loc) in jobs.into_iter().zip(locs) {
+                let _ = job.done.send(Ok(loc));
+            }
+            // An older record of a chunk written again must not come back after a restart.
+            for (id, old) in superseded {
+                if let Err(e) = self.shared.retire(&id, old) {
+                    tracing::warn!(chunk_id = %id, error = %e, "cannot mark a replaced pack record deleted");
                 }
             }
         }
     }
 
-    fn write_batch(&mut self, jobs: &[Job], bytes: u64) -> io::Result<Vec<Loc>> {
+    /// Write `jobs` at the end of the current pack and sync it. On error, also returns where
+    /// the records were being written.
+    fn write_batch(&mut self, jobs: &[Job], bytes: u64) -> Result<Vec<Loc>, (io::Error, Vec<Loc>)> {
         if self.broken || (self.end > 0 && self.end + bytes > PACK_LIMIT) {
-            self.next_pack()?;
+            self.next_pack().map_err(|e| (e, Vec::new()))?;
         }
         if self.end + bytes > self.allocated {
             let len = ALLOCATE_AHEAD.max(bytes);
             for f in &self.files {
-                allocate(f, self.end, len)?;
+                allocate(f, self.end, len).map_err(|e| (e, Vec::new()))?;
             }
             self.allocated = self.end + len;
         }
@@ -568,23 +691,36 @@ impl Writer {
             buf.extend_from_slice(&job.image);
             locs.push(loc);
         }
-        for f in &self.files {
-            f.write_all_at(&buf, self.end)?;
+        let written = self
+            .files
+            .iter()
+            .try_for_each(|f| f.write_all_at(&buf, self.end))
+            .and_then(|()| self.files[0].sync_data());
+        if let Err(e) = written {
+            return Err((e, locs));
         }
-        self.files[0].sync_data()?;
         self.end += bytes;
         Ok(locs)
     }
 
-    /// Seal the current pack (cut the space allocated ahead) and start the next one.
+    /// Seal the current pack (cut the space allocated ahead) and start the next one. A pack
+    /// that cannot be created is skipped, so the next attempt tries a new name.
     fn next_pack(&mut self) -> io::Result<()> {
         let next = self.seq + 1;
-        let files = open_pack(&self.shared.dirs, next, true)?;
         if !self.broken {
             for f in &self.files {
                 let _ = f.set_len(self.end);
             }
         }
+        self.seq = next;
+        self.broken = true;
+        let files = match open_pack(&self.shared.dirs, next, true) {
+            Ok(files) => files,
+            Err(e) => {
+                remove_pack(&self.shared.dirs, next);
+                return Err(e);
+            }
+        };
         let emptied = {
             let mut st = lock(&self.shared.state);
             st.packs.insert(
@@ -595,16 +731,11 @@ impl Writer {
                 },
             );
             let old = std::mem::replace(&mut st.current, next);
-            let empty = st.packs.get(&old).is_some_and(|p| p.live == 0);
-            if empty {
-                st.packs.remove(&old);
-            }
-            empty.then_some(old)
+            st.remove_if_empty(old).then_some(old)
         };
         if let Some(old) = emptied {
             remove_pack(&self.shared.dirs, old);
         }
-        self.seq = next;
         self.files = files;
         self.end = 0;
         self.allocated = 0;
@@ -906,6 +1037,57 @@ mod tests {
         let (store, _) = open(dir.path(), true);
         assert_eq!(store.inventory(), vec![id(2)]);
         assert_eq!(get(&store, &id(2)).await.unwrap(), data(2, 300));
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_mid_pack_hides_none_of_the_records_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path(), false);
+            for n in 0..5 {
+                put(&store, &id(n), &data(n, 1000 + n as usize))
+                    .await
+                    .unwrap();
+            }
+        }
+        // No backup to step over it with: the scan has to find the next record itself.
+        let (pack, at) = record(&dir.path().join("chunks"), &id(1));
+        flip(&pack, at + 3);
+        let (store, _) = open(dir.path(), false);
+        assert_eq!(store.inventory(), vec![id(0), id(2), id(3), id(4)]);
+        for n in [0, 2, 3, 4] {
+            assert_eq!(
+                get(&store, &id(n)).await.unwrap(),
+                data(n, 1000 + n as usize)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunk_written_again_keeps_one_record_and_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path(), true);
+            put(&store, &id(1), &data(1, 2000)).await.unwrap();
+            put(&store, &id(2), &data(2, 2000)).await.unwrap();
+            // Both copies unreadable: a retried write stores the chunk again.
+            for root in ["chunks", "backups/chunks"] {
+                let (pack, at) = record(&dir.path().join(root), &id(1));
+                flip(&pack, at + super::HEADER_LEN as u64 + 7);
+            }
+            put(&store, &id(1), &data(1, 2000)).await.unwrap();
+            assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 2000));
+            assert_eq!(store.chunk_count(), 2);
+            assert_eq!(store.used_bytes(), 4000);
+        }
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.chunk_count(), 2);
+        assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 2000));
+        assert!(store.delete(&id(1)).await.unwrap());
+        drop(store);
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.inventory(), vec![id(2)]);
+        assert_eq!(store.used_bytes(), 2000);
     }
 
     #[tokio::test]

@@ -178,7 +178,7 @@ fn file_len(size: u64) -> u64 {
 }
 
 /// Data size of a chunk file of length `len` (inverse of [`file_len`]); `None` if impossible.
-fn size_from_file_len(len: u64) -> Option<u64> {
+pub(crate) fn size_from_file_len(len: u64) -> Option<u64> {
     let rest = len.checked_sub(FOOTER_LEN as u64)?;
     let blocks = rest.div_ceil(BLOCK_SIZE as u64 + 4);
     let size = rest.checked_sub(4 * blocks)?;
@@ -558,22 +558,18 @@ impl Store {
             scan_root(b, &mut acc)?;
         }
         let roots: Vec<PathBuf> = std::iter::once(&primary).chain(&backup).cloned().collect();
-        let (packs, records) =
+        let packs =
             Packs::open(&roots).map_err(io_err("open the packs in", &primary.join("packs")))?;
-        for (id, loc) in records {
-            if let std::collections::hash_map::Entry::Vacant(e) = acc.index.entry(id) {
-                let size = size_from_file_len(u64::from(loc.image_len)).unwrap_or(0);
-                e.insert(size);
-                acc.used += size;
-            }
-        }
+        let (packed, packed_bytes) = packs.usage();
         metrics
             .capacity_bytes
             .store(config.capacity, Ordering::Relaxed);
-        metrics.bytes_stored.store(acc.used, Ordering::Relaxed);
+        metrics
+            .bytes_stored
+            .store(acc.used + packed_bytes, Ordering::Relaxed);
         metrics
             .chunks_stored
-            .store(acc.index.len() as u64, Ordering::Relaxed);
+            .store(acc.index.len() as u64 + packed, Ordering::Relaxed);
         Ok(Store {
             inner: Arc::new(Inner {
                 primary,
@@ -596,16 +592,20 @@ impl Store {
 
     /// Bytes of chunk data stored (one copy per chunk).
     pub fn used_bytes(&self) -> u64 {
-        lock(&self.inner.accounting).used
+        lock(&self.inner.accounting).used + self.inner.packs.usage().1
     }
 
     pub fn chunk_count(&self) -> u64 {
-        lock(&self.inner.accounting).index.len() as u64
+        lock(&self.inner.accounting).index.len() as u64 + self.inner.packs.usage().0
     }
 
-    /// Every chunk id held.
+    /// Every chunk id held (chunk files and packed chunks).
     pub fn inventory(&self) -> Vec<String> {
-        lock(&self.inner.accounting).index.keys().cloned().collect()
+        let mut ids: Vec<String> = lock(&self.inner.accounting).index.keys().cloned().collect();
+        ids.extend(self.inner.packs.ids());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// Start writing chunk `id`. Feed pieces with [`ChunkWriter::write`], then call
@@ -737,8 +737,9 @@ struct Reservation<'a> {
 
 impl Reservation<'_> {
     fn grow(&mut self, n: u64) -> Result<(), StoreError> {
+        let packed = self.inner.packs.usage().1;
         let mut acc = lock(&self.inner.accounting);
-        let want = acc.used + acc.reserved + n;
+        let want = acc.used + packed + acc.reserved + n;
         if want > self.inner.capacity {
             return Err(StoreError::Full {
                 used: acc.used + acc.reserved,
@@ -774,11 +775,15 @@ impl Inner {
         lock(&self.locks[i])
     }
 
+    /// Update the stored-chunk gauges (`acc` is the locked accounting).
     fn set_gauges(&self, acc: &Accounting) {
-        self.metrics.bytes_stored.store(acc.used, Ordering::Relaxed);
+        let (packed, packed_bytes) = self.packs.usage();
+        self.metrics
+            .bytes_stored
+            .store(acc.used + packed_bytes, Ordering::Relaxed);
         self.metrics
             .chunks_stored
-            .store(acc.index.len() as u64, Ordering::Relaxed);
+            .store(acc.index.len() as u64 + packed, Ordering::Relaxed);
     }
 
     fn remember(&self, id: &str, size: u64) {
@@ -913,7 +918,7 @@ impl Inner {
         }
         let trailer = crcs.finish();
         image.extend_from_slice(&trailer.encode());
-        if lock(&inner.accounting).index.contains_key(id) {
+        if inner.packs.locate(id).is_some() || lock(&inner.accounting).index.contains_key(id) {
             // A retried write: the same checksums are a success, others a conflict; a copy
             // that cannot be read is written again.
             let (inner2, chunk_id) = (Arc::clone(inner), id.to_string());
@@ -928,12 +933,19 @@ impl Inner {
             bytes: 0,
         };
         reservation.grow(size)?;
-        inner
-            .packs
-            .append(id, image)
+        // A task of its own: once started, the append is indexed and counted even if the
+        // client goes away (a half-known record would be written again by a retry).
+        let (inner2, chunk_id) = (Arc::clone(inner), id.to_string());
+        let appended = tokio::spawn(async move {
+            let r = inner2.packs.append(&chunk_id, image).await;
+            inner2.set_gauges(&lock(&inner2.accounting));
+            r
+        });
+        appended
             .await
+            .map_err(|e| StoreError::Internal(format!("pack append task failed: {e}")))?
             .map_err(io_err("append to a pack in", &inner.primary.join("packs")))?;
-        inner.remember(id, size);
+        drop(reservation);
         Ok(trailer.meta())
     }
 
@@ -950,7 +962,7 @@ impl Inner {
     /// Root `root`'s copy of packed chunk `id`, verified: its image and trailer.
     fn read_record(&self, root: usize, loc: Loc, id: &str) -> Result<(Vec<u8>, Trailer), Bad> {
         match self.packs.read(root, loc, id)? {
-            RecordRead::Missing => Err(Bad::Missing),
+            RecordRead::Missing | RecordRead::Deleted => Err(Bad::Missing),
             RecordRead::Bad(reason) => Err(Bad::Corrupt(reason)),
             RecordRead::Image(image) => {
                 let trailer = Trailer::from_image(&image)?;
@@ -973,7 +985,7 @@ impl Inner {
         };
         self.count_failure(&problem);
         if self.backup.is_none() {
-            return Err(self.give_up(id, &problem, None));
+            return Err(self.give_up_packed(id, loc, &problem, None));
         }
         match self.read_record(1, loc, id) {
             Ok((image, t)) => {
@@ -991,9 +1003,26 @@ impl Inner {
             }
             Err(bad) => {
                 self.count_failure(&bad);
-                Err(self.give_up(id, &problem, Some(&bad)))
+                Err(self.give_up_packed(id, loc, &problem, Some(&bad)))
             }
         }
+    }
+
+    /// No copy of packed chunk `id` at `loc` is usable (see `give_up`). A record deleted or
+    /// written again meanwhile is not a loss.
+    fn give_up_packed(
+        &self,
+        id: &str,
+        loc: Loc,
+        primary: &Bad,
+        backup: Option<&Bad>,
+    ) -> StoreError {
+        let _guard = self.chunk_lock(id);
+        if self.packs.locate(id) != Some(loc) {
+            return StoreError::NotFound(id.to_string());
+        }
+        drop(_guard);
+        self.give_up_at(id, Some(loc), primary, backup)
     }
 
     /// Find a readable copy of `id`: the primary, else a primary restored from the backup,
@@ -1019,6 +1048,17 @@ impl Inner {
     /// next to a corrupt one) is data loss, which quarantines the copies; an IO error (out of
     /// file descriptors, a flaky disk) is reported as such and changes nothing.
     fn give_up(&self, id: &str, primary: &Bad, backup: Option<&Bad>) -> StoreError {
+        self.give_up_at(id, None, primary, backup)
+    }
+
+    /// `give_up` for a chunk file (`packed` None) or the packed record at `packed`.
+    fn give_up_at(
+        &self,
+        id: &str,
+        packed: Option<Loc>,
+        primary: &Bad,
+        backup: Option<&Bad>,
+    ) -> StoreError {
         let io = [Some(primary), backup]
             .into_iter()
             .flatten()
@@ -1043,7 +1083,7 @@ impl Inner {
             None => format!("primary copy {primary}; backups are disabled"),
         };
         tracing::error!(chunk_id = %id, reason = %reason, "no good copy of chunk left");
-        self.lost(id, reason)
+        self.lost(id, packed, reason)
     }
 
     /// The primary of `id` is bad (`problem`): restore it from the backup and return the
@@ -1128,13 +1168,19 @@ impl Inner {
     }
 
     /// No good copy of `id` is left: move the bad copies aside, drop it from the inventory.
-    fn lost(&self, id: &str, reason: String) -> StoreError {
+    fn lost(&self, id: &str, packed: Option<Loc>, reason: String) -> StoreError {
         let _guard = self.chunk_lock(id);
-        for root in std::iter::once(&self.primary).chain(self.backup.as_ref()) {
-            quarantine(root, id);
-        }
-        if let Err(e) = self.packs.delete(id) {
-            tracing::warn!(chunk_id = %id, error = %e, "cannot mark a lost packed chunk deleted");
+        match packed {
+            Some(loc) => {
+                if let Err(e) = self.packs.retire(id, loc) {
+                    tracing::warn!(chunk_id = %id, error = %e, "cannot mark a lost packed chunk deleted");
+                }
+            }
+            None => {
+                for root in std::iter::once(&self.primary).chain(self.backup.as_ref()) {
+                    quarantine(root, id);
+                }
+            }
         }
         drop(_guard);
         self.forget(id);
