@@ -373,12 +373,13 @@ impl State {
     ) {
         if let Some(set) = self.pending_deletes.get_mut(&node) {
             for c in chunks {
-                set.remove(c);
+                if set.remove(c) {
+                    touched.push(super::RecordKey::PendingDelete(node, c.clone()));
+                }
             }
             if set.is_empty() {
                 self.pending_deletes.remove(&node);
             }
-            touched.push(super::RecordKey::PendingDeletes(node));
         }
     }
 
@@ -408,7 +409,7 @@ impl State {
             .or_default()
             .insert(chunk_id.to_string());
         if new {
-            touched.push(super::RecordKey::PendingDeletes(node));
+            touched.push(super::RecordKey::PendingDelete(node, chunk_id.to_string()));
         }
         new
     }

@@ -133,7 +133,11 @@ pub enum RecordKey {
     Node(String),
     User(String),
     ChunkServer(NodeId),
-    PendingDeletes(NodeId),
+    /// One chunk that a chunk server must delete (a record each: queueing or acknowledging a
+    /// delete rewrites a few bytes, not the server's whole list).
+    PendingDelete(NodeId, String),
+    /// A server's whole list in one record, as written before; read, never written.
+    PendingDeletesV0(NodeId),
     RecentRequest(String),
 }
 
@@ -144,7 +148,8 @@ impl RecordKey {
             RecordKey::Node(p) => format!("n{p}").into_bytes(),
             RecordKey::User(u) => format!("u{u}").into_bytes(),
             RecordKey::ChunkServer(id) => format!("c{id:020}").into_bytes(),
-            RecordKey::PendingDeletes(id) => format!("d{id:020}").into_bytes(),
+            RecordKey::PendingDelete(id, chunk) => format!("d{id:020}/{chunk}").into_bytes(),
+            RecordKey::PendingDeletesV0(id) => format!("d{id:020}").into_bytes(),
             RecordKey::RecentRequest(r) => format!("r{r}").into_bytes(),
         }
     }
@@ -157,7 +162,10 @@ impl RecordKey {
             b'n' => RecordKey::Node(rest.to_string()),
             b'u' => RecordKey::User(rest.to_string()),
             b'c' => RecordKey::ChunkServer(rest.parse().ok()?),
-            b'd' => RecordKey::PendingDeletes(rest.parse().ok()?),
+            b'd' => match rest.split_once('/') {
+                Some((id, chunk)) => RecordKey::PendingDelete(id.parse().ok()?, chunk.to_string()),
+                None => RecordKey::PendingDeletesV0(rest.parse().ok()?),
+            },
             b'r' => RecordKey::RecentRequest(rest.to_string()),
             _ => return None,
         })
@@ -184,7 +192,10 @@ impl State {
             RecordKey::User(u) => serde_json::to_vec(self.users.get(u)?),
             RecordKey::ChunkServer(id) => serde_json::to_vec(self.chunk_servers.get(id)?),
             RecordKey::RecentRequest(r) => serde_json::to_vec(self.recent_requests.get(r)?),
-            RecordKey::PendingDeletes(id) => serde_json::to_vec(self.pending_deletes.get(id)?),
+            RecordKey::PendingDelete(id, chunk) => {
+                return self.pending_deletes.get(id)?.contains(chunk).then(Vec::new)
+            }
+            RecordKey::PendingDeletesV0(_) => return None,
         };
         Some(v.expect("state records always serialize"))
     }
@@ -200,12 +211,11 @@ impl State {
                 .copied()
                 .map(RecordKey::ChunkServer),
         );
-        keys.extend(
-            self.pending_deletes
-                .keys()
-                .copied()
-                .map(RecordKey::PendingDeletes),
-        );
+        keys.extend(self.pending_deletes.iter().flat_map(|(id, chunks)| {
+            chunks
+                .iter()
+                .map(|c| RecordKey::PendingDelete(*id, c.clone()))
+        }));
         keys.extend(
             self.recent_requests
                 .keys()
@@ -240,9 +250,15 @@ impl State {
                 self.chunk_servers
                     .insert(*id, serde_json::from_slice(value).map_err(dec)?);
             }
-            RecordKey::PendingDeletes(id) => {
+            RecordKey::PendingDelete(id, chunk) => {
                 self.pending_deletes
-                    .insert(*id, serde_json::from_slice(value).map_err(dec)?);
+                    .entry(*id)
+                    .or_default()
+                    .insert(chunk.clone());
+            }
+            RecordKey::PendingDeletesV0(id) => {
+                let chunks: BTreeSet<String> = serde_json::from_slice(value).map_err(dec)?;
+                self.pending_deletes.entry(*id).or_default().extend(chunks);
             }
             RecordKey::RecentRequest(r) => {
                 self.recent_requests

@@ -56,7 +56,15 @@ fn run(s: &mut State, c: CommandV1) -> Result<Reply, ApplyError> {
                 RecordKey::Node(p) => drop(replay.nodes.remove(p)),
                 RecordKey::User(u) => drop(replay.users.remove(u)),
                 RecordKey::ChunkServer(i) => drop(replay.chunk_servers.remove(i)),
-                RecordKey::PendingDeletes(i) => drop(replay.pending_deletes.remove(i)),
+                RecordKey::PendingDelete(i, c) => {
+                    if let Some(set) = replay.pending_deletes.get_mut(i) {
+                        set.remove(c);
+                        if set.is_empty() {
+                            replay.pending_deletes.remove(i);
+                        }
+                    }
+                }
+                RecordKey::PendingDeletesV0(_) => unreachable!("never written"),
                 RecordKey::RecentRequest(r) => drop(replay.recent_requests.remove(r)),
                 RecordKey::Meta => unreachable!("meta always exists"),
             },
@@ -707,7 +715,8 @@ fn record_keys_round_trip() {
         RecordKey::Node("/a/b".into()),
         RecordKey::User("x".into()),
         RecordKey::ChunkServer(7),
-        RecordKey::PendingDeletes(9),
+        RecordKey::PendingDelete(9, "0a1b2c3d-1111-4222-8333-444455556666".into()),
+        RecordKey::PendingDeletesV0(9),
     ] {
         assert_eq!(RecordKey::decode(&k.encode()), Some(k));
     }

@@ -10,7 +10,7 @@
 //! while that runs; only the file is written in the background. Installing a snapshot replaces
 //! every record in one batch, then syncs.
 use super::{Durable, Flusher, TREE_SM};
-use crate::state::{Reply, Response, State};
+use crate::state::{RecordKey, Reply, Response, State};
 use crate::types::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership, TypeConfig,
 };
@@ -55,13 +55,36 @@ impl StateMachine {
         let mut state = State::default();
         let mut applied = None;
         let mut membership = StoredMembership::default();
+        let mut old_format = Vec::new();
         for kv in tree.iter() {
             let (k, v) = kv.map_err(read_err)?;
             match k.as_ref() {
                 KEY_APPLIED => applied = serde_json::from_slice(&v).map_err(read_err)?,
                 KEY_MEMBERSHIP => membership = serde_json::from_slice(&v).map_err(read_err)?,
-                _ => state.load_record(&k, &v).map_err(read_err)?,
+                _ => {
+                    state.load_record(&k, &v).map_err(read_err)?;
+                    if let Some(RecordKey::PendingDeletesV0(_)) = RecordKey::decode(&k) {
+                        old_format.push(k);
+                    }
+                }
             }
+        }
+        if !old_format.is_empty() {
+            // Whole-list pending-delete records become one record per chunk, atomically (the
+            // state they describe is the same, so no sync is needed before going on).
+            let mut batch = sled::Batch::default();
+            for k in old_format {
+                batch.remove(k);
+            }
+            for (id, chunks) in &state.pending_deletes {
+                for c in chunks {
+                    batch.insert(
+                        RecordKey::PendingDelete(*id, c.clone()).encode(),
+                        Vec::new(),
+                    );
+                }
+            }
+            tree.apply_batch(batch).map_err(write_err)?;
         }
         std::fs::create_dir_all(snapshot_dir).map_err(read_err)?;
         Ok(Self {

@@ -60,3 +60,55 @@ async fn state_survives_reopen() {
     assert_eq!(applied.map(|l| l.index), Some(1));
     assert_eq!(sm.shared().read().unwrap().meta.cluster_id, "c");
 }
+
+#[tokio::test]
+async fn whole_list_pending_delete_records_are_split_on_open() {
+    use crate::state::RecordKey;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sled");
+    let snaps = dir.path().join("snapshots");
+    let chunks = [
+        "0a1b2c3d-1111-4222-8333-444455556666",
+        "1a1b2c3d-1111-4222-8333-444455556666",
+    ];
+    {
+        let sled_db = sled::open(&db).unwrap();
+        let tree = sled_db.open_tree(super::TREE_SM).unwrap();
+        let v0 = serde_json::to_vec(&chunks).unwrap();
+        tree.insert(RecordKey::PendingDeletesV0(4).encode(), v0)
+            .unwrap();
+        sled_db.flush().unwrap();
+    }
+    let (_, sm, _) = open(&db, &snaps).unwrap();
+    let expected: std::collections::BTreeSet<String> =
+        chunks.iter().map(|c| c.to_string()).collect();
+    assert_eq!(
+        sm.shared().read().unwrap().pending_deletes.get(&4),
+        Some(&expected)
+    );
+    drop(sm);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let sled_db = loop {
+        match sled::open(&db) {
+            Ok(d) => break d,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("cannot reopen: {e}"),
+        }
+    };
+    let keys: Vec<Option<RecordKey>> = sled_db
+        .open_tree(super::TREE_SM)
+        .unwrap()
+        .iter()
+        .keys()
+        .map(|k| RecordKey::decode(&k.unwrap()))
+        .collect();
+    assert_eq!(
+        keys,
+        chunks
+            .iter()
+            .map(|c| Some(RecordKey::PendingDelete(4, c.to_string())))
+            .collect::<Vec<_>>()
+    );
+}
