@@ -747,6 +747,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use crate::metrics::Metrics;
+    use crate::store::tests::flip_byte as flip;
     use crate::store::{Store, StoreConfig, StoreError, DEFAULT_PACK_MAX};
     use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
@@ -811,18 +812,6 @@ mod tests {
             }
         }
         panic!("no record of {id} under {}", root.display());
-    }
-
-    fn flip(path: &Path, offset: u64) {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, offset).unwrap();
-        b[0] ^= 0x10;
-        f.write_all_at(&b, offset).unwrap();
     }
 
     fn chunk_files(root: &Path) -> usize {

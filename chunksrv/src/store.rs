@@ -1606,7 +1606,7 @@ impl futures::Stream for ChunkStream {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
@@ -1687,7 +1687,8 @@ mod tests {
         out
     }
 
-    fn flip_byte(path: &Path, offset: u64) {
+    /// Flip one bit of the byte at `offset` of `path` (damage on disk).
+    pub(crate) fn flip_byte(path: &Path, offset: u64) {
         let f = OpenOptions::new()
             .read(true)
             .write(true)

@@ -215,6 +215,24 @@ impl Cluster {
         self.local(&["start", node]).ok();
     }
 
+    /// Wait until `node` (restarted) accepts connections on its service address.
+    pub fn wait_listening(&self, node: &str) {
+        let cluster: Value =
+            serde_json::from_slice(&std::fs::read(self.path().join("cluster.json")).unwrap())
+                .unwrap();
+        let addr = cluster["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == node))
+            .and_then(|n| n["addr"].as_str())
+            .unwrap_or_else(|| panic!("no node {node} in cluster.json"))
+            .to_string();
+        wait_until(
+            Duration::from_secs(30),
+            &format!("{node} listening"),
+            || std::net::TcpStream::connect(&addr).is_ok(),
+        );
+    }
+
     pub fn status(&self) -> Value {
         self.ctl(&["--json", "--timeout", "5", "cluster", "status"])
             .json()
@@ -359,6 +377,20 @@ impl Drop for Cluster {
 }
 
 /// A free loopback address.
+/// Flip one bit of the byte at `at` in `path` (damage on disk).
+pub fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, at).unwrap();
+}
+
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").to_string()

@@ -274,32 +274,20 @@ fn a_flipped_byte_on_disk_never_reaches_the_user() {
     let c = cluster(2);
     let data = bytes(3 * CHUNK, 11);
     c.put_data(&c.auth, "/rot", &data, &[]).ok();
-    let flip = |p: &Path, at: u64| {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at).unwrap();
-        b[0] ^= 0x40;
-        f.write_all_at(&b, at).unwrap();
-    };
     // chunk-1: primary copies damaged (its backups heal them).
     for p in c.chunk_files("chunk-1") {
-        flip(&p, 100);
+        flip_byte(&p, 100);
     }
     assert_eq!(c.get_data(&c.auth, "/rot"), data);
     // chunk-2: primary and backup both damaged: the reader must use chunk-1's copy.
     for p in c.chunk_files("chunk-2") {
-        flip(&p, 200);
+        flip_byte(&p, 200);
         let backup = c
             .path()
             .join("chunk-2/backups/chunks")
             .join(p.parent().unwrap().file_name().unwrap())
             .join(p.file_name().unwrap());
-        flip(&backup, 200);
+        flip_byte(&backup, 200);
     }
     assert_eq!(c.get_data(&c.auth, "/rot"), data);
     assert_eq!(c.get_data(&c.auth, "/rot"), data);
@@ -438,26 +426,15 @@ fn packed_small_chunks_round_trip_survive_a_restart_and_never_serve_a_flipped_by
     // A restarted chunk server finds its records again.
     c.kill("chunk-1");
     c.start("chunk-1");
+    c.wait_listening("chunk-1");
     for (remote, data) in &files {
         assert_eq!(&c.get_data(&c.auth, remote), data);
     }
-    let flip = |p: &Path, at: u64| {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, at).unwrap();
-        b[0] ^= 0x40;
-        f.write_all_at(&b, at).unwrap();
-    };
     // chunk-1: every primary record damaged (its backups heal them); chunk-2: both copies
     // damaged (readers must use chunk-1).
     for root in ["chunk-1/chunks", "chunk-2/chunks", "chunk-2/backups/chunks"] {
         for (pack, data_at, _) in pack_records(&c.path().join(root)) {
-            flip(&pack, data_at);
+            flip_byte(&pack, data_at);
         }
     }
     for _ in 0..2 {
