@@ -933,18 +933,11 @@ impl Inner {
             bytes: 0,
         };
         reservation.grow(size)?;
-        // A task of its own: once started, the append is indexed and counted even if the
-        // client goes away (a half-known record would be written again by a retry).
-        let (inner2, chunk_id) = (Arc::clone(inner), id.to_string());
-        let appended = tokio::spawn(async move {
-            let r = inner2.packs.append(&chunk_id, image).await;
-            inner2.set_gauges(&lock(&inner2.accounting));
-            r
-        });
-        appended
-            .await
-            .map_err(|e| StoreError::Internal(format!("pack append task failed: {e}")))?
-            .map_err(io_err("append to a pack in", &inner.primary.join("packs")))?;
+        // Once queued, the record is written and indexed (and so counted) by the pack writer
+        // even if this caller goes away.
+        let appended = inner.packs.append(id, image).await;
+        inner.set_gauges(&lock(&inner.accounting));
+        appended.map_err(io_err("append to a pack in", &inner.primary.join("packs")))?;
         drop(reservation);
         Ok(trailer.meta())
     }
