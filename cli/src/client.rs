@@ -143,7 +143,13 @@ impl MetaConn {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let err = match tokio::time::timeout(self.attempt_timeout.min(left), f(client)).await {
                 Ok(Ok(r)) => {
-                    self.current.store(i, Ordering::Relaxed);
+                    // A follower that forwarded the call names the leader: go there directly.
+                    let leader = r
+                        .metadata()
+                        .get(headers::LEADER_HINT)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|a| self.addrs.iter().position(|x| x == a));
+                    self.current.store(leader.unwrap_or(i), Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
                 Ok(Err(s)) if retryable(&s) => s,

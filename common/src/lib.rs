@@ -13,7 +13,7 @@ pub mod headers {
     pub const USER: &str = "x-dfs-user";
     pub const KEY: &str = "x-dfs-key";
     pub const NODE_AUTH: &str = "x-dfs-node-auth";
-    /// Set on a reply that was refused because this node is not the leader.
+    /// Set on a reply that a follower forwarded to the leader: the leader's address.
     pub const LEADER_HINT: &str = "x-dfs-leader";
 }
 

@@ -215,17 +215,33 @@ impl Cluster {
         self.local(&["start", node]).ok();
     }
 
-    /// Wait until `node` (restarted) accepts connections on its service address.
-    pub fn wait_listening(&self, node: &str) {
+    /// The Prometheus text a node serves on its metrics address.
+    pub fn metrics_text(&self, node: &str) -> String {
+        use std::io::{Read, Write};
+        let addr = self.node_field(node, "metrics_addr");
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    }
+
+    /// A field of `node`'s entry in cluster.json.
+    fn node_field(&self, node: &str, field: &str) -> String {
         let cluster: Value =
             serde_json::from_slice(&std::fs::read(self.path().join("cluster.json")).unwrap())
                 .unwrap();
-        let addr = cluster["nodes"]
+        cluster["nodes"]
             .as_array()
             .and_then(|n| n.iter().find(|n| n["name"] == node))
-            .and_then(|n| n["addr"].as_str())
-            .unwrap_or_else(|| panic!("no node {node} in cluster.json"))
-            .to_string();
+            .and_then(|n| n[field].as_str())
+            .unwrap_or_else(|| panic!("no {field} for node {node} in cluster.json"))
+            .to_string()
+    }
+
+    /// Wait until `node` (restarted) accepts connections on its service address.
+    pub fn wait_listening(&self, node: &str) {
+        let addr = self.node_field(node, "addr");
         wait_until(
             Duration::from_secs(30),
             &format!("{node} listening"),

@@ -61,6 +61,37 @@ fn leader_is_elected_and_a_follower_takes_writes() {
 }
 
 #[test]
+fn a_client_sent_to_a_follower_moves_to_the_leader() {
+    let c = Cluster::up(3, 1, &[]);
+    let leader = c.leader() as usize;
+    let follower = leader % 3 + 1; // a member id that is not the leader
+    let addrs = c.meta_addrs();
+    // The follower first: the allocation is forwarded, and its reply names the leader, so
+    // the commit of the same put goes to the leader directly.
+    let meta = [&addrs[follower - 1], &addrs[leader - 1]]
+        .map(|a| a.as_str())
+        .join(",");
+    c.ctl_env(&meta, &c.auth, &["put", "-", "/routed"], Some(b"routed"))
+        .ok();
+    let count = |node: usize, method: &str| -> u64 {
+        let needle = format!(
+            "dfs_meta_request_duration_seconds_count{{method=\"{method}\",outcome=\"ok\"}} "
+        );
+        c.metrics_text(&format!("meta-{node}"))
+            .lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(count(follower, "allocate_chunks"), 1);
+    assert_eq!(
+        count(follower, "commit_file"),
+        0,
+        "commit went through the follower"
+    );
+    assert_eq!(count(leader, "commit_file"), 1);
+}
+
+#[test]
 fn leader_sigkill_loses_no_acknowledged_write() {
     let c = Cluster::up(3, 0, &[]);
     for i in 0..20 {

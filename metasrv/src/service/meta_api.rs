@@ -22,20 +22,34 @@ macro_rules! meta_rpcs {
                     let caller = Caller::from_metadata(request.metadata());
                     let started = Instant::now();
                     let body = request.into_inner();
+                    let mut forwarded = false;
                     let result = match self.node.$rpc(&caller, body.clone()).await {
                         Ok(r) => Ok(r),
                         Err(OpError::Status(s)) => Err(s),
-                        Err(OpError::NotLeader(hint)) => self
-                            .node
-                            .forward(stringify!($rpc), &caller, body.encode_to_vec(), 0, hint)
-                            .await
-                            .and_then(|b| {
-                                <$resp>::decode(b.as_slice())
-                                    .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))
-                            }),
+                        Err(OpError::NotLeader(hint)) => {
+                            forwarded = true;
+                            self.node
+                                .forward(stringify!($rpc), &caller, body.encode_to_vec(), 0, hint)
+                                .await
+                                .and_then(|b| {
+                                    <$resp>::decode(b.as_slice())
+                                        .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))
+                                })
+                        }
                     };
                     self.node.metrics.observe_request(stringify!($rpc), result.as_ref().err(), started.elapsed());
-                    result.map(tonic::Response::new)
+                    result.map(|r| {
+                        let mut response = tonic::Response::new(r);
+                        // Forwarding costs a hop: tell the client where the leader is.
+                        if let Some(v) = forwarded
+                            .then(|| self.node.other_leader_addr())
+                            .flatten()
+                            .and_then(|a| a.parse().ok())
+                        {
+                            response.metadata_mut().insert(dfs_common::headers::LEADER_HINT, v);
+                        }
+                        response
+                    })
                 }
             )*
         }

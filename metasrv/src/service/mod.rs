@@ -207,6 +207,13 @@ impl MetaNode {
         }
     }
 
+    /// The current leader's address, when this node is not the leader (a hint for clients).
+    pub fn other_leader_addr(&self) -> Option<String> {
+        self.current_leader()
+            .filter(|l| *l != self.id)
+            .and_then(|l| self.member_addr(l))
+    }
+
     fn member_addr(&self, id: NodeId) -> Option<String> {
         let m = self.raft.metrics().borrow().membership_config.clone();
         m.membership().get_node(&id).map(|n| n.addr.clone())
