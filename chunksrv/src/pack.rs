@@ -195,7 +195,7 @@ impl Packs {
         let mut superseded = Vec::new();
         for &seq in &seqs {
             let files = open_pack(&dirs, seq, false)?;
-            let records = scan(seq, &files)?;
+            let records = scan(seq, &files);
             state.packs.insert(seq, Pack { files, live: 0 });
             for (id, loc) in records {
                 superseded.extend(state.insert(id, loc));
@@ -219,9 +219,23 @@ impl Packs {
             shared: shared.clone(),
             jobs: mpsc::channel(1).0,
         };
-        // Older copies of a chunk written twice: deleted for good, so they never come back.
+        // A chunk written twice: the older record is deleted for good, so it never comes back,
+        // but only once the newer one is known good (it may be a torn retry); else the older
+        // one is kept, if it is good.
         for (id, old) in superseded {
-            packs.retire(&id, old)?;
+            let newer = packs.locate(&id);
+            let (keep, drop) = match newer {
+                Some(new) if !packs.verifies(&id, new) && packs.verifies(&id, old) => (old, new),
+                _ => (newer.unwrap_or(old), old),
+            };
+            if keep != newer.unwrap_or(old) {
+                lock(&shared.state).insert(id.clone(), keep);
+            }
+            if keep != drop {
+                if let Err(e) = packs.retire(&id, drop) {
+                    tracing::warn!(chunk_id = %id, error = %e, "cannot mark a replaced pack record deleted");
+                }
+            }
         }
         let empty: Vec<u64> = lock(&shared.state)
             .packs
@@ -312,19 +326,31 @@ impl Packs {
     /// Write a good copy of `id`'s record over root `root`'s copy (a repair), durably.
     /// Blocking; the caller holds the chunk's lock, so the record cannot be deleted meanwhile.
     pub fn rewrite(&self, root: usize, loc: Loc, id: &str, image: &[u8]) -> io::Result<()> {
-        if self.locate(id) != Some(loc) {
+        // Under the index lock: the writer cannot supersede (and so delete) this record
+        // between the check and the write, which would bring the old record back.
+        let st = lock(&self.shared.state);
+        if st.index.get(id) != Some(&loc) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                "record was deleted",
+                "record was deleted or written again",
             ));
         }
-        let file = self
-            .file(loc.pack, root)
+        let file = st
+            .packs
+            .get(&loc.pack)
+            .and_then(|p| p.files.get(root).cloned())
             .ok_or_else(|| io::Error::other("no such root"))?;
         let mut buf = encode_header(id, loc.image_len, 0).to_vec();
         buf.extend_from_slice(image);
         file.write_all_at(&buf, loc.offset)?;
         file.sync_data()
+    }
+
+    /// Whether some root holds a complete, checksum-clean copy of `id`'s record at `loc`.
+    fn verifies(&self, id: &str, loc: Loc) -> bool {
+        (0..self.shared.dirs.len()).any(|root| {
+            matches!(self.read(root, loc, id), Ok(RecordRead::Image(image)) if crate::store::image_verifies(&image))
+        })
     }
 
     /// Delete `id`'s record; returns whether there was one. Blocking; the caller holds the
@@ -473,16 +499,31 @@ fn remove_pack(dirs: &[PathBuf], seq: u64) {
     }
 }
 
+/// What the scan finds at an offset.
+enum Found {
+    Record(Header, Loc),
+    /// No root holds a valid record there.
+    Nothing,
+    /// No root holds a valid record there, and some root could not be read: the scan cannot
+    /// tell garbage from an unreadable record.
+    Unreadable(io::Error),
+}
+
 /// A valid record at `offset` of one of `files`: a good header, and for a live record an
 /// image that ends in a valid chunk trailer (a torn record never does). A deleted record may
-/// have lost its pages to a punched hole; only its header counts.
-fn record_at(files: &[Arc<File>], seq: u64, offset: u64) -> io::Result<Option<(Header, Loc)>> {
+/// have lost its pages to a punched hole; only its header counts. A root that cannot be read
+/// is passed over for the next one.
+fn record_at(files: &[Arc<File>], seq: u64, offset: u64) -> Found {
+    let mut unreadable = None;
     for file in files {
         let mut h = [0u8; HEADER_LEN];
         match file.read_exact_at(&mut h, offset) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                unreadable = Some(e);
+                continue;
+            }
         }
         let Some(header) = decode_header(&h) else {
             continue;
@@ -492,38 +533,60 @@ fn record_at(files: &[Arc<File>], seq: u64, offset: u64) -> io::Result<Option<(H
             offset,
             image_len: header.image_len,
         };
-        let deleted = header.flags & FLAG_DELETED != 0;
+        if header.flags & FLAG_DELETED != 0 {
+            return Found::Record(header, loc);
+        }
         let image_at = offset + HEADER_LEN as u64;
-        if deleted || crate::store::image_is_whole(file, image_at, u64::from(header.image_len)) {
-            return Ok(Some((header, loc)));
+        match crate::store::image_is_whole(file, image_at, u64::from(header.image_len)) {
+            Ok(true) => return Found::Record(header, loc),
+            Ok(false) => {}
+            Err(e) => unreadable = Some(e),
         }
     }
-    Ok(None)
+    match unreadable {
+        Some(e) => Found::Unreadable(e),
+        None => Found::Nothing,
+    }
 }
 
 /// The first valid record after `from` in pack `seq`, found by looking for the header magic
 /// (after a damaged record, so the records behind it are not lost).
-fn resync(files: &[Arc<File>], seq: u64, from: u64) -> io::Result<Option<(Header, Loc)>> {
+fn resync(files: &[Arc<File>], seq: u64, from: u64) -> Found {
     const WINDOW: u64 = 1024 * 1024;
-    for file in files {
-        let len = file.metadata()?.len();
+    let mut unreadable = None;
+    'roots: for file in files {
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                unreadable = Some(e);
+                continue;
+            }
+        };
         let mut at = from + 1;
         while at < len {
             // Windows overlap by the magic's length, so no magic is split unseen.
             let n = (len - at).min(WINDOW + MAGIC.len() as u64) as usize;
             let mut buf = vec![0u8; n];
-            file.read_exact_at(&mut buf, at)?;
+            if let Err(e) = file.read_exact_at(&mut buf, at) {
+                unreadable = Some(e);
+                continue 'roots;
+            }
             let mut i = 0;
             while let Some(k) = find(&buf[i..], MAGIC) {
-                if let Some(found) = record_at(files, seq, at + (i + k) as u64)? {
-                    return Ok(Some(found));
+                match record_at(files, seq, at + (i + k) as u64) {
+                    Found::Record(h, loc) => return Found::Record(h, loc),
+                    Found::Unreadable(e) => unreadable = Some(e),
+                    Found::Nothing => {}
                 }
                 i += k + 1;
             }
             at += WINDOW;
         }
     }
-    Ok(None)
+    match unreadable {
+        Some(e) => Found::Unreadable(e),
+        None => Found::Nothing,
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -532,16 +595,16 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The live records of pack `seq`, in order. A damaged record is stepped over (with the
 /// backup's copy of its header, else by searching for the next record); the pack is cut after
-/// its last valid record, where only a torn batch or space allocated ahead can follow.
-fn scan(seq: u64, files: &[Arc<File>]) -> io::Result<Vec<(String, Loc)>> {
+/// its last valid record, where only a torn batch or space allocated ahead can follow. Where
+/// the disk cannot be read, the scan stops there and cuts nothing (a later start may read it).
+fn scan(seq: u64, files: &[Arc<File>]) -> Vec<(String, Loc)> {
     let mut records = Vec::new();
     let mut offset = 0u64;
-    loop {
-        let found = match record_at(files, seq, offset)? {
-            Some(found) => Some(found),
-            None => {
-                let next = resync(files, seq, offset)?;
-                if let Some((_, loc)) = &next {
+    let found_end = loop {
+        let found = match record_at(files, seq, offset) {
+            Found::Nothing => {
+                let next = resync(files, seq, offset);
+                if let Found::Record(_, loc) = &next {
                     tracing::error!(
                         pack = seq,
                         offset,
@@ -551,19 +614,32 @@ fn scan(seq: u64, files: &[Arc<File>]) -> io::Result<Vec<(String, Loc)>> {
                 }
                 next
             }
+            other => other,
         };
-        let Some((header, loc)) = found else { break };
-        if header.flags & FLAG_DELETED == 0 {
-            records.push((header.id, loc));
+        match found {
+            Found::Record(header, loc) => {
+                if header.flags & FLAG_DELETED == 0 {
+                    records.push((header.id, loc));
+                }
+                offset = loc.end();
+            }
+            Found::Nothing => break true,
+            Found::Unreadable(e) => {
+                tracing::error!(pack = seq, offset, error = %e, "cannot read pack; records after this offset are not served until a restart reads them");
+                break false;
+            }
         }
-        offset = loc.end();
-    }
-    for f in files {
-        if f.metadata()?.len() > offset {
-            f.set_len(offset)?;
+    };
+    if found_end {
+        for f in files {
+            if f.metadata().is_ok_and(|m| m.len() > offset) {
+                if let Err(e) = f.set_len(offset) {
+                    tracing::warn!(pack = seq, error = %e, "cannot cut the end of a pack");
+                }
+            }
         }
     }
-    Ok(records)
+    records
 }
 
 fn punch_hole(file: &File, offset: u64, len: u64) {
@@ -1077,6 +1153,54 @@ mod tests {
         let (store, _) = open(dir.path(), true);
         assert_eq!(store.inventory(), vec![id(2)]);
         assert_eq!(store.used_bytes(), 2000);
+    }
+
+    /// Every record of `id` under `root`, in order: pack and header offset.
+    fn records_of(root: &Path, id: &str) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
+        for p in packs(root) {
+            let bytes = std::fs::read(&p).unwrap();
+            let mut from = 0;
+            while let Some(at) = bytes[from..]
+                .windows(id.len())
+                .position(|w| w == id.as_bytes())
+            {
+                out.push((p.clone(), (from + at) as u64 - 8));
+                from += at + 1;
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_bad_newer_record_does_not_replace_a_good_older_one_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = [dir.path().join("chunks"), dir.path().join("backups/chunks")];
+        {
+            let (store, _) = open(dir.path(), true);
+            put(&store, &id(1), &data(1, 1000)).await.unwrap();
+            for root in &roots {
+                let (pack, at) = record(root, &id(1));
+                flip(&pack, at + super::HEADER_LEN as u64 + 7);
+            }
+            // Unreadable everywhere: the retried write appends a second record.
+            put(&store, &id(1), &data(1, 1000)).await.unwrap();
+        }
+        // As if the server had crashed before marking the first record deleted, and the
+        // second had been torn (its data never reached the disk) while the first is good.
+        for root in &roots {
+            let recs = records_of(root, &id(1));
+            assert_eq!(recs.len(), 2);
+            let (pack, first) = recs[0].clone();
+            let live = super::encode_header(&id(1), 1000 + 4 + 24, 0);
+            let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+            f.write_all_at(&live, first).unwrap();
+            flip(&pack, first + super::HEADER_LEN as u64 + 7);
+            flip(&recs[1].0, recs[1].1 + super::HEADER_LEN as u64 + 7);
+        }
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.chunk_count(), 1);
+        assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 1000));
     }
 
     #[tokio::test]

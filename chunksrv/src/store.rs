@@ -379,8 +379,20 @@ impl Trailer {
 
 /// Whether the `len` bytes of `file` at `offset` end with a valid chunk trailer (a cheap
 /// check that a chunk image was written to its end; the data is verified when read).
-pub fn image_is_whole(file: &File, offset: u64, len: u64) -> bool {
-    Trailer::parse(len, |buf, at| file.read_exact_at(buf, offset + at)).is_ok()
+/// An error reading is an error, not a "no".
+pub fn image_is_whole(file: &File, offset: u64, len: u64) -> io::Result<bool> {
+    match Trailer::parse(len, |buf, at| file.read_exact_at(buf, offset + at)) {
+        Ok(_) => Ok(true),
+        Err(Bad::Io(e)) => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Whether a chunk image held in memory is complete and every block matches its checksum.
+pub fn image_verifies(image: &[u8]) -> bool {
+    Trailer::from_image(image)
+        .and_then(|t| t.verify(&image[..t.size as usize], 0))
+        .is_ok()
 }
 
 /// CRC32C of every 64 KiB block, computed as bytes arrive in pieces of any size.
@@ -967,55 +979,59 @@ impl Inner {
 
     /// The data of packed chunk `id`, verified: from the primary record, else from the
     /// backup record, which then restores the primary. Blocking.
-    fn open_packed(&self, id: &str, loc: Loc) -> Result<Bytes, StoreError> {
+    fn open_packed(&self, id: &str, mut loc: Loc) -> Result<Bytes, StoreError> {
         let data = |mut image: Vec<u8>, t: &Trailer| {
             image.truncate(t.size as usize);
             Bytes::from(image)
         };
-        let problem = match self.read_record(0, loc, id) {
-            Ok((image, t)) => return Ok(data(image, &t)),
-            Err(bad) => bad,
-        };
-        self.count_failure(&problem);
-        if self.backup.is_none() {
-            return Err(self.give_up_packed(id, loc, &problem, None));
-        }
-        match self.read_record(1, loc, id) {
-            Ok((image, t)) => {
-                let _guard = self.chunk_lock(id);
-                match self.packs.rewrite(0, loc, id, &image) {
-                    Ok(()) => {
-                        Metrics::inc(&self.metrics.backup_restores_total);
-                        tracing::warn!(chunk_id = %id, problem = %problem, "packed primary copy restored from backup");
+        // A record written again meanwhile (a retry after a failed read) moves the chunk:
+        // follow it a couple of times before concluding anything.
+        for _ in 0..3 {
+            let problem = match self.read_record(0, loc, id) {
+                Ok((image, t)) => return Ok(data(image, &t)),
+                Err(bad) => bad,
+            };
+            self.count_failure(&problem);
+            let backup_problem = match self.backup.is_some() {
+                false => None,
+                true => match self.read_record(1, loc, id) {
+                    Ok((image, t)) => {
+                        self.restore_packed(id, loc, &image, &problem);
+                        return Ok(data(image, &t));
                     }
-                    Err(e) => {
-                        tracing::warn!(chunk_id = %id, problem = %problem, error = %e, "cannot restore packed primary copy; serving the verified backup")
+                    Err(bad) => {
+                        self.count_failure(&bad);
+                        Some(bad)
                     }
+                },
+            };
+            match self.packs.locate(id) {
+                None => return Err(StoreError::NotFound(id.to_string())),
+                Some(now) if now != loc => loc = now,
+                Some(_) => {
+                    return Err(self.give_up_at(id, Some(loc), &problem, backup_problem.as_ref()))
                 }
-                Ok(data(image, &t))
-            }
-            Err(bad) => {
-                self.count_failure(&bad);
-                Err(self.give_up_packed(id, loc, &problem, Some(&bad)))
             }
         }
+        Err(StoreError::Io {
+            op: "read",
+            path: self.primary.join("packs"),
+            source: io::Error::other("the chunk kept moving between pack records"),
+        })
     }
 
-    /// No copy of packed chunk `id` at `loc` is usable (see `give_up`). A record deleted or
-    /// written again meanwhile is not a loss.
-    fn give_up_packed(
-        &self,
-        id: &str,
-        loc: Loc,
-        primary: &Bad,
-        backup: Option<&Bad>,
-    ) -> StoreError {
+    /// Write the verified backup copy of packed chunk `id` over its bad primary copy.
+    fn restore_packed(&self, id: &str, loc: Loc, image: &[u8], problem: &Bad) {
         let _guard = self.chunk_lock(id);
-        if self.packs.locate(id) != Some(loc) {
-            return StoreError::NotFound(id.to_string());
+        match self.packs.rewrite(0, loc, id, image) {
+            Ok(()) => {
+                Metrics::inc(&self.metrics.backup_restores_total);
+                tracing::warn!(chunk_id = %id, problem = %problem, "packed primary copy restored from backup");
+            }
+            Err(e) => {
+                tracing::warn!(chunk_id = %id, problem = %problem, error = %e, "cannot restore packed primary copy; serving the verified backup")
+            }
         }
-        drop(_guard);
-        self.give_up_at(id, Some(loc), primary, backup)
     }
 
     /// Find a readable copy of `id`: the primary, else a primary restored from the backup,

@@ -16,11 +16,16 @@ pub type Grpc = MetaClient<Channel>;
 
 /// Longest a single attempt may take before the next node is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node that failed an attempt is not chosen because of a leader hint (a leader
+/// this client cannot reach is not tried first on every call).
+const HINT_BACKOFF: Duration = Duration::from_secs(10);
 
 pub struct MetaConn {
     addrs: Vec<String>,
     channels: Vec<Channel>,
     current: AtomicUsize,
+    /// When each node last failed an attempt.
+    failed_at: std::sync::Mutex<Vec<Option<tokio::time::Instant>>>,
     creds: Option<Credentials>,
     timeout: Duration,
     attempt_timeout: Duration,
@@ -98,6 +103,7 @@ impl MetaConn {
             addrs: addrs.to_vec(),
             channels,
             current: AtomicUsize::new(0),
+            failed_at: std::sync::Mutex::new(vec![None; addrs.len()]),
             creds,
             timeout,
             attempt_timeout: ATTEMPT_TIMEOUT.min(timeout),
@@ -148,7 +154,8 @@ impl MetaConn {
                         .metadata()
                         .get(headers::LEADER_HINT)
                         .and_then(|v| v.to_str().ok())
-                        .and_then(|a| self.addrs.iter().position(|x| x == a));
+                        .and_then(|a| self.addrs.iter().position(|x| x == a))
+                        .filter(|j| !self.failed_recently(*j));
                     self.current.store(leader.unwrap_or(i), Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
@@ -159,6 +166,14 @@ impl MetaConn {
                 }
             };
             tried += 1;
+            if let Some(at) = self
+                .failed_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(i)
+            {
+                *at = Some(tokio::time::Instant::now());
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Status::new(
                     err.code(),
@@ -174,6 +189,17 @@ impl MetaConn {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+impl MetaConn {
+    fn failed_recently(&self, i: usize) -> bool {
+        let failed = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
+        failed
+            .get(i)
+            .copied()
+            .flatten()
+            .is_some_and(|at| at.elapsed() < HINT_BACKOFF)
     }
 }
 
