@@ -322,6 +322,34 @@ fn fsync_baseline(dir: &std::path::Path, mib: u64) -> anyhow::Result<f64> {
     Ok(mib as f64 * 1.048576 / secs)
 }
 
+/// `n` writes of 4 KiB over an already written file, each followed by an fdatasync: what one
+/// durable small write costs on this disk. A 4 KiB create waits for three in series (the
+/// chunk servers' append, then the Raft log on the leader, then on a follower).
+fn sync_latency(dir: &std::path::Path, n: usize) -> anyhow::Result<Lat> {
+    use std::os::unix::fs::FileExt;
+    let p = dir.join(format!(".dfs-bench-sync-{}", std::process::id()));
+    let block = [0x5au8; 4096];
+    let mut lat = Vec::with_capacity(n);
+    let r = (|| -> std::io::Result<()> {
+        let f = std::fs::File::create(&p)?;
+        for i in 0..n as u64 {
+            f.write_all_at(&block, i * 4096)?;
+        }
+        f.sync_all()?;
+        for i in 0..n as u64 {
+            let t = Instant::now();
+            f.write_all_at(&block, i * 4096)?;
+            f.sync_data()?;
+            lat.push(t.elapsed());
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_file(&p);
+    r.with_context(|| format!("sync latency probe in {}", dir.display()))?;
+    let secs = lat.iter().sum::<Duration>().as_secs_f64();
+    Ok(summarize(lat, secs))
+}
+
 /// Deterministic, incompressible-enough bytes without holding the file in memory.
 struct PatternReader {
     left: u64,
@@ -530,6 +558,11 @@ async fn data_bench(
         println!("get {big_mib} MiB                          {get_mbs:>9.1} MB/s");
     }
     out["big"] = json!({"mib": big_mib, "replication": replication, "put_mb_per_sec": put_mbs, "get_mb_per_sec": get_mbs, "fsync_baseline_mb_per_sec": baseline, "put_target_mb_per_sec": target});
+    let sync = sync_latency(&scratch, 200)?;
+    if !ctx.json {
+        println!("{}", sync.line("local 4 KiB write+fdatasync"));
+    }
+    out["sync"] = sync.json();
     // The big file goes with the rest at the end: removed now, its chunk deletions (and, on a
     // filesystem mounted with `discard`, gigabytes of TRIMs) would run during the small-file
     // measurements and be counted against them.
