@@ -106,6 +106,12 @@ impl Cluster {
         Self::up_with(metas, chunks, meta_args, &[])
     }
 
+    /// As `up`, but every chunk gets a file of its own (no packs), for tests that look at
+    /// chunk files on disk.
+    pub fn up_files(metas: u32, chunks: u32, meta_args: &[&str]) -> Cluster {
+        Self::up_with(metas, chunks, meta_args, &["--pack-max=0"])
+    }
+
     pub fn up_with(metas: u32, chunks: u32, meta_args: &[&str], chunk_args: &[&str]) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("dfs-test-")
@@ -121,11 +127,6 @@ impl Cluster {
         }
         for a in chunk_args {
             cmd.arg(format!("--chunk-arg={a}"));
-        }
-        // Most tests look at chunk files on disk: small chunks get files of their own unless
-        // a test asks for packing.
-        if !chunk_args.iter().any(|a| a.starts_with("--pack-max")) {
-            cmd.arg("--chunk-arg=--pack-max=0");
         }
         let out = Run::from(
             cmd.env_remove("DFS_META")

@@ -12,6 +12,11 @@ fn cluster(chunks: u32) -> Cluster {
     Cluster::up(3, chunks, &["--chunk-size=65536"])
 }
 
+/// For tests that look at chunk files on disk: no chunk is packed.
+fn cluster_files(chunks: u32) -> Cluster {
+    Cluster::up_files(3, chunks, &["--chunk-size=65536"])
+}
+
 fn stat(c: &Cluster, remote: &str) -> Value {
     c.ctl(&["--json", "stat", remote]).json()
 }
@@ -170,7 +175,7 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
     use dfs_common::token::{ClusterSecret, Op};
     use dfs_proto::chunk_client::ChunkClient;
     use dfs_proto::{ReadChunkRequest, WriteChunkRequest};
-    let c = cluster(1);
+    let c = cluster_files(1);
     let data = bytes(1000, 8);
     c.put_data(&c.auth, "/t", &data, &[]).ok();
     let s = stat(&c, "/t");
@@ -271,7 +276,7 @@ fn tokio_stream_iter<T: Send + 'static>(
 
 #[test]
 fn a_flipped_byte_on_disk_never_reaches_the_user() {
-    let c = cluster(2);
+    let c = cluster_files(2);
     let data = bytes(3 * CHUNK, 11);
     c.put_data(&c.auth, "/rot", &data, &[]).ok();
     // chunk-1: primary copies damaged (its backups heal them).
@@ -320,7 +325,7 @@ fn default_size_chunks_round_trip_and_heal_through_direct_io() {
 
 #[test]
 fn a_client_killed_mid_put_leaves_no_file_and_the_name_free() {
-    let c = cluster(2);
+    let c = cluster_files(2);
     // Once chunks are on the servers, the put is under way.
     c.kill_put_midway("/partial", &bytes(5 * CHUNK, 1), || {
         c.all_chunk_files() >= 4
@@ -334,7 +339,7 @@ fn a_client_killed_mid_put_leaves_no_file_and_the_name_free() {
 
 #[test]
 fn bad_names_are_refused_before_anything_is_written() {
-    let c = cluster(2);
+    let c = cluster_files(2);
     let before = c.all_chunk_files();
     c.put_data(&c.auth, "/a/../b", b"x", &[])
         .fails_with("not allowed");
@@ -352,7 +357,7 @@ fn bad_names_are_refused_before_anything_is_written() {
 
 #[test]
 fn removed_and_replaced_files_are_deleted_from_chunk_servers() {
-    let c = cluster(2);
+    let c = cluster_files(2);
     c.put_data(&c.auth, "/gone", &bytes(2 * CHUNK, 1), &[]).ok();
     c.put_data(&c.auth, "/kept", &bytes(CHUNK, 2), &[]).ok();
     c.put_data(&c.auth, "/kept", &bytes(CHUNK, 3), &["-f"]).ok();
@@ -407,8 +412,8 @@ fn pack_records(root: &Path) -> Vec<(std::path::PathBuf, u64, bool)> {
 
 #[test]
 fn packed_small_chunks_round_trip_survive_a_restart_and_never_serve_a_flipped_byte() {
-    // Packing as outside these tests: chunks of up to 64 KiB are records in pack files.
-    let c = Cluster::up_with(3, 2, &["--chunk-size=65536"], &["--pack-max=65536"]);
+    // Chunks of up to 64 KiB are records in pack files (the default).
+    let c = cluster(2);
     let files: Vec<(String, Vec<u8>)> = [1usize, 4096, CHUNK, 2 * CHUNK + 5]
         .into_iter()
         .enumerate()

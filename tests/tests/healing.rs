@@ -71,7 +71,7 @@ fn write_files(c: &Cluster, n: usize, extra: &[&str]) -> Vec<(String, Vec<u8>)> 
 #[test]
 fn a_dead_chunk_server_is_re_replicated_and_fsck_turns_healthy() {
     let dead = format!("--dead-timeout-ms={DEAD_MS}");
-    let c = Cluster::up(3, 4, &["--chunk-size=65536", &dead]);
+    let c = Cluster::up_files(3, 4, &["--chunk-size=65536", &dead]);
     let files = write_files(&c, 200, &[]);
     let (code, v) = fsck(&c, "/");
     assert_eq!(code, 0, "fresh cluster is healthy: {v}");
@@ -148,7 +148,7 @@ fn with_two_servers_lost_chunks_with_one_replica_left_go_first() {
     const DEAD_MS: u64 = 9000;
     let dead = format!("--dead-timeout-ms={DEAD_MS}");
     // One copy at a time, 4 chunks a second: the order is visible from outside.
-    let c = Cluster::up(
+    let c = Cluster::up_files(
         3,
         5,
         &[
@@ -252,7 +252,7 @@ fn with_two_servers_lost_chunks_with_one_replica_left_go_first() {
 
 #[test]
 fn replication_command_raises_and_lowers_the_factor() {
-    let c = Cluster::up(3, 4, &["--chunk-size=65536", "--dead-timeout-ms=2000"]);
+    let c = Cluster::up_files(3, 4, &["--chunk-size=65536", "--dead-timeout-ms=2000"]);
     let data = bytes(3 * CHUNK + 5, 7);
     put_bytes(&c, "/rep/f", &data, &[]);
     put_bytes(&c, "/rep/g", &data, &[]);
@@ -289,7 +289,7 @@ fn replication_command_raises_and_lowers_the_factor() {
 
 #[test]
 fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else() {
-    let c = Cluster::up(
+    let c = Cluster::up_files(
         3,
         2,
         &[
@@ -399,7 +399,7 @@ fn the_scrubber_heals_damaged_chunk_files_with_no_client_involved() {
             "--dead-timeout-ms=3000",
             "--repair-grace-ms=500",
         ],
-        &["--scrub-every-secs=0.3"],
+        &["--scrub-every-secs=0.3", "--pack-max=0"],
     );
     let files: Vec<(String, Vec<u8>)> = (0..12)
         .map(|i| {
@@ -486,7 +486,7 @@ fn the_scrubber_heals_damaged_chunk_files_with_no_client_involved() {
 
 #[test]
 fn balance_gives_a_new_chunk_server_its_share() {
-    let c = Cluster::up(3, 3, &["--chunk-size=65536", "--repair-grace-ms=500"]);
+    let c = Cluster::up_files(3, 3, &["--chunk-size=65536", "--repair-grace-ms=500"]);
     // chunk-3 is away while the files are written, then joins empty.
     c.kill("chunk-3");
     wait_until(Duration::from_secs(10), "chunk-3 seen down", || {
