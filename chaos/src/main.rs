@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 /// Default chunk size of the cluster under test: small, so files of a few chunks stay cheap.
 const CHUNK_SIZE: u64 = 64 * 1024;
 /// Largest chunk size a run may ask for (files go up to 3.5 chunks, held in memory per op).
-const MAX_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
+const MAX_RUN_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 const METAS: u32 = 3;
 /// Chunk servers are declared dead after this long in chaos runs (the default is 30 s), so a
 /// lost server's chunks are re-replicated within the run.
@@ -68,7 +68,7 @@ struct Args {
     replay: Option<PathBuf>,
     /// Chunk size of the cluster in bytes (1 MiB or more exercises the chunk servers'
     /// direct IO path; files go up to 3.5 chunks).
-    #[arg(long, default_value_t = CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(4096..=MAX_CHUNK_SIZE))]
+    #[arg(long, default_value_t = CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(4096..=MAX_RUN_CHUNK_SIZE))]
     chunk_size: u64,
 }
 

@@ -248,11 +248,12 @@ async fn write_replica(
         token,
         data: Default::default(),
     }];
-    for piece in data.chunks(dfs_common::STREAM_PIECE) {
+    let data = dfs_proto::Bytes::from(data);
+    for at in (0..data.len()).step_by(dfs_common::STREAM_PIECE) {
         msgs.push(WriteChunkRequest {
             chunk_id: String::new(),
             token: String::new(),
-            data: dfs_proto::Bytes::copy_from_slice(piece),
+            data: data.slice(at..(at + dfs_common::STREAM_PIECE).min(data.len())),
         });
     }
     Ok(client

@@ -392,10 +392,4 @@ mod tests {
             "unaligned offsets are refused"
         );
     }
-
-    #[test]
-    fn small_files_stay_buffered() {
-        let dir = tempfile::tempdir().unwrap();
-        assert!(!roundtrip(dir.path(), PIECE - 1));
-    }
 }

@@ -215,26 +215,26 @@ impl Packs {
             dirs,
             state: Mutex::new(state),
         });
+        let (jobs, rx) = mpsc::channel(QUEUE);
         let packs = Packs {
             shared: shared.clone(),
-            jobs: mpsc::channel(1).0,
+            jobs,
         };
         // A chunk written twice: the older record is deleted for good, so it never comes back,
         // but only once the newer one is known good (it may be a torn retry); else the older
         // one is kept, if it is good.
         for (id, old) in superseded {
-            let newer = packs.locate(&id);
-            let (keep, drop) = match newer {
-                Some(new) if !packs.verifies(&id, new) && packs.verifies(&id, old) => (old, new),
-                _ => (newer.unwrap_or(old), old),
+            let Some(newer) = packs.locate(&id) else {
+                continue;
             };
-            if keep != newer.unwrap_or(old) {
-                lock(&shared.state).insert(id.clone(), keep);
-            }
-            if keep != drop {
-                if let Err(e) = packs.retire(&id, drop) {
-                    tracing::warn!(chunk_id = %id, error = %e, "cannot mark a replaced pack record deleted");
-                }
+            let drop = if !packs.verifies(&id, newer) && packs.verifies(&id, old) {
+                lock(&shared.state).insert(id.clone(), old);
+                newer
+            } else {
+                old
+            };
+            if let Err(e) = packs.retire(&id, drop) {
+                tracing::warn!(chunk_id = %id, error = %e, "cannot mark a replaced pack record deleted");
             }
         }
         let empty: Vec<u64> = lock(&shared.state)
@@ -247,7 +247,6 @@ impl Packs {
             lock(&shared.state).packs.remove(&seq);
             remove_pack(&shared.dirs, seq);
         }
-        let (jobs, rx) = mpsc::channel(QUEUE);
         let writer = Writer {
             shared: shared.clone(),
             seq: current,
@@ -259,7 +258,7 @@ impl Packs {
         std::thread::Builder::new()
             .name("pack-writer".into())
             .spawn(move || writer.run(rx))?;
-        Ok(Packs { shared, jobs })
+        Ok(packs)
     }
 
     /// Where `id`'s record is, if it is packed.
@@ -326,8 +325,11 @@ impl Packs {
     /// Write a good copy of `id`'s record over root `root`'s copy (a repair), durably.
     /// Blocking; the caller holds the chunk's lock, so the record cannot be deleted meanwhile.
     pub fn rewrite(&self, root: usize, loc: Loc, id: &str, image: &[u8]) -> io::Result<()> {
-        // Under the index lock: the writer cannot supersede (and so delete) this record
-        // between the check and the write, which would bring the old record back.
+        // The check and the (page-cache) write under the index lock: the writer cannot
+        // supersede, and so mark deleted, this record in between, which would bring the old
+        // record back. The sync comes after the lock is released.
+        let mut buf = encode_header(id, loc.image_len, 0).to_vec();
+        buf.extend_from_slice(image);
         let st = lock(&self.shared.state);
         if st.index.get(id) != Some(&loc) {
             return Err(io::Error::new(
@@ -340,9 +342,8 @@ impl Packs {
             .get(&loc.pack)
             .and_then(|p| p.files.get(root).cloned())
             .ok_or_else(|| io::Error::other("no such root"))?;
-        let mut buf = encode_header(id, loc.image_len, 0).to_vec();
-        buf.extend_from_slice(image);
         file.write_all_at(&buf, loc.offset)?;
+        drop(st);
         file.sync_data()
     }
 
@@ -823,8 +824,8 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use crate::metrics::Metrics;
-    use crate::store::tests::flip_byte as flip;
-    use crate::store::{Store, StoreConfig, StoreError, DEFAULT_PACK_MAX};
+    use crate::store::tests::{flip_byte as flip, get, open_with, put as put_pieces};
+    use crate::store::{ChunkMeta, Store, StoreError, DEFAULT_PACK_MAX};
     use std::os::unix::fs::FileExt;
     use std::path::{Path, PathBuf};
     use std::sync::atomic::Ordering::Relaxed;
@@ -835,39 +836,16 @@ mod tests {
     }
 
     fn open(dir: &Path, backups: bool) -> (Store, Arc<Metrics>) {
-        let metrics = Metrics::new();
-        let store = Store::open(
-            StoreConfig {
-                data_dir: dir.to_path_buf(),
-                backup_dir: backups.then(|| dir.join("backups")),
-                capacity: 1 << 30,
-                pack_max: DEFAULT_PACK_MAX,
-            },
-            Arc::clone(&metrics),
-        )
-        .unwrap();
-        (store, metrics)
+        open_with(dir, 1 << 30, backups, DEFAULT_PACK_MAX)
     }
 
     fn data(n: u32, len: usize) -> Vec<u8> {
         (0..len).map(|i| (i as u32 * 31 + n * 7) as u8).collect()
     }
 
-    async fn put(store: &Store, id: &str, data: &[u8]) -> Result<(), StoreError> {
-        let mut w = store.begin_write(id)?;
-        for piece in data.chunks(1000) {
-            w.write(piece.to_vec()).await?;
-        }
-        w.finish().await.map(|_| ())
-    }
-
-    async fn get(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
-        let mut s = store.open_read(id).await?.stream(dfs_common::STREAM_PIECE);
-        let mut out = Vec::new();
-        while let Some(p) = futures::StreamExt::next(&mut s).await {
-            out.extend_from_slice(&p?);
-        }
-        Ok(out)
+    /// In 1,000-byte pieces: the store joins them, so a small chunk is still packed.
+    async fn put(store: &Store, id: &str, data: &[u8]) -> Result<ChunkMeta, StoreError> {
+        put_pieces(store, id, data, 1000).await
     }
 
     fn packs(root: &Path) -> Vec<PathBuf> {
@@ -881,13 +859,35 @@ mod tests {
 
     /// The pack holding `id` under `root` and the offset of its record's header.
     fn record(root: &Path, id: &str) -> (PathBuf, u64) {
+        records_of(root, id)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no record of {id} under {}", root.display()))
+    }
+
+    /// Every record of `id` under `root`, in order: pack and header offset.
+    fn records_of(root: &Path, id: &str) -> Vec<(PathBuf, u64)> {
+        let mut out = Vec::new();
         for p in packs(root) {
             let bytes = std::fs::read(&p).unwrap();
-            if let Some(at) = bytes.windows(id.len()).position(|w| w == id.as_bytes()) {
-                return (p, at as u64 - 8);
+            let mut from = 0;
+            while let Some(at) = bytes[from..]
+                .windows(id.len())
+                .position(|w| w == id.as_bytes())
+            {
+                out.push((p.clone(), (from + at) as u64 - 8));
+                from += at + 1;
             }
         }
-        panic!("no record of {id} under {}", root.display());
+        out
+    }
+
+    /// Flip data byte `at` of `id`'s record in the primary and the backup pack.
+    fn damage_every_copy(dir: &Path, id: &str, at: u64) {
+        for root in ["chunks", "backups/chunks"] {
+            let (pack, header) = record(&dir.join(root), id);
+            flip(&pack, header + super::HEADER_LEN as u64 + at);
+        }
     }
 
     fn chunk_files(root: &Path) -> usize {
@@ -989,16 +989,18 @@ mod tests {
         let (store, _) = open(dir.path(), true);
         put(&store, &id(1), &data(1, 5000)).await.unwrap();
         put(&store, &id(2), &data(2, 5000)).await.unwrap();
-        for root in ["chunks", "backups/chunks"] {
-            let (pack, at) = record(&dir.path().join(root), &id(1));
-            flip(&pack, at + super::HEADER_LEN as u64 + 10);
-        }
+        damage_every_copy(dir.path(), &id(1), 10);
         assert!(matches!(
             get(&store, &id(1)).await,
             Err(StoreError::DataLoss { .. })
         ));
         assert_eq!(store.inventory(), vec![id(2)]);
         assert_eq!(get(&store, &id(2)).await.unwrap(), data(2, 5000));
+        // The bad bytes are kept for a look, as for chunk files.
+        for q in ["quarantine", "backups/quarantine"] {
+            let kept: Vec<_> = std::fs::read_dir(dir.path().join(q)).unwrap().collect();
+            assert_eq!(kept.len(), 1, "{q}");
+        }
         drop(store);
         let (store, _) = open(dir.path(), true);
         assert_eq!(store.inventory(), vec![id(2)]);
@@ -1136,10 +1138,7 @@ mod tests {
             put(&store, &id(1), &data(1, 2000)).await.unwrap();
             put(&store, &id(2), &data(2, 2000)).await.unwrap();
             // Both copies unreadable: a retried write stores the chunk again.
-            for root in ["chunks", "backups/chunks"] {
-                let (pack, at) = record(&dir.path().join(root), &id(1));
-                flip(&pack, at + super::HEADER_LEN as u64 + 7);
-            }
+            damage_every_copy(dir.path(), &id(1), 7);
             put(&store, &id(1), &data(1, 2000)).await.unwrap();
             assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 2000));
             assert_eq!(store.chunk_count(), 2);
@@ -1153,23 +1152,6 @@ mod tests {
         let (store, _) = open(dir.path(), true);
         assert_eq!(store.inventory(), vec![id(2)]);
         assert_eq!(store.used_bytes(), 2000);
-    }
-
-    /// Every record of `id` under `root`, in order: pack and header offset.
-    fn records_of(root: &Path, id: &str) -> Vec<(PathBuf, u64)> {
-        let mut out = Vec::new();
-        for p in packs(root) {
-            let bytes = std::fs::read(&p).unwrap();
-            let mut from = 0;
-            while let Some(at) = bytes[from..]
-                .windows(id.len())
-                .position(|w| w == id.as_bytes())
-            {
-                out.push((p.clone(), (from + at) as u64 - 8));
-                from += at + 1;
-            }
-        }
-        out
     }
 
     #[tokio::test]
@@ -1204,7 +1186,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_small_writes_share_syncs_and_all_read_back() {
+    async fn concurrent_small_writes_all_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = open(dir.path(), true);
         let mut tasks = Vec::new();

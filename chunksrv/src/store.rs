@@ -286,6 +286,13 @@ impl Trailer {
         })
     }
 
+    /// Check a whole chunk image held in memory (a packed chunk): trailer and every block.
+    fn verify_image(image: &[u8]) -> Result<Trailer, Bad> {
+        let trailer = Trailer::from_image(image)?;
+        trailer.verify(&image[..trailer.size as usize], 0)?;
+        Ok(trailer)
+    }
+
     /// Check the trailer of a chunk image held in memory (a packed chunk).
     fn from_image(image: &[u8]) -> Result<Trailer, Bad> {
         Trailer::parse(image.len() as u64, |buf, at| {
@@ -390,9 +397,7 @@ pub fn image_is_whole(file: &File, offset: u64, len: u64) -> io::Result<bool> {
 
 /// Whether a chunk image held in memory is complete and every block matches its checksum.
 pub fn image_verifies(image: &[u8]) -> bool {
-    Trailer::from_image(image)
-        .and_then(|t| t.verify(&image[..t.size as usize], 0))
-        .is_ok()
+    Trailer::verify_image(image).is_ok()
 }
 
 /// CRC32C of every 64 KiB block, computed as bytes arrive in pieces of any size.
@@ -572,30 +577,23 @@ impl Store {
         let roots: Vec<PathBuf> = std::iter::once(&primary).chain(&backup).cloned().collect();
         let packs =
             Packs::open(&roots).map_err(io_err("open the packs in", &primary.join("packs")))?;
-        let (packed, packed_bytes) = packs.usage();
         metrics
             .capacity_bytes
             .store(config.capacity, Ordering::Relaxed);
-        metrics
-            .bytes_stored
-            .store(acc.used + packed_bytes, Ordering::Relaxed);
-        metrics
-            .chunks_stored
-            .store(acc.index.len() as u64 + packed, Ordering::Relaxed);
-        Ok(Store {
-            inner: Arc::new(Inner {
-                primary,
-                backup,
-                capacity: config.capacity,
-                accounting: Mutex::new(acc),
-                locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
-                nonce: AtomicU64::new(0),
-                metrics,
-                packs,
-                pack_max: config.pack_max,
-                packing: Mutex::new(HashSet::new()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            primary,
+            backup,
+            capacity: config.capacity,
+            accounting: Mutex::new(acc),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            nonce: AtomicU64::new(0),
+            metrics,
+            packs,
+            pack_max: config.pack_max,
+            packing: Mutex::new(HashSet::new()),
+        });
+        inner.set_gauges(&lock(&inner.accounting));
+        Ok(Store { inner })
     }
 
     pub fn capacity(&self) -> u64 {
@@ -754,7 +752,7 @@ impl Reservation<'_> {
         let want = acc.used + packed + acc.reserved + n;
         if want > self.inner.capacity {
             return Err(StoreError::Full {
-                used: acc.used + acc.reserved,
+                used: acc.used + packed + acc.reserved,
                 capacity: self.inner.capacity,
             });
         }
@@ -865,6 +863,14 @@ impl Inner {
         // the backup's direct pieces have reached the device, its buffered tail has not).
         primary.sync()?;
         let _guard = self.chunk_lock(id);
+        if let Some(loc) = self.packs.locate(id) {
+            // Packed by an earlier write (when `pack_max` was larger): that copy stays, and
+            // the temp files go.
+            return match self.read_record(0, loc, id) {
+                Ok((_, packed)) if packed == trailer => Ok(trailer.meta()),
+                _ => Err(StoreError::Conflict(id.to_string())),
+            };
+        }
         self.install_primary(id, &mut primary, &trailer)?;
         self.remember(id, trailer.size);
         if let Some(b) = backup.as_mut() {
@@ -884,13 +890,6 @@ impl Inner {
         tmp: &mut TempFile,
         trailer: &Trailer,
     ) -> Result<(), StoreError> {
-        if let Some(loc) = self.packs.locate(id) {
-            // Packed by an earlier write (with a smaller `pack_max`): keep that copy.
-            return match self.read_record(0, loc, id) {
-                Ok((_, packed)) if packed == *trailer => Ok(()),
-                _ => Err(StoreError::Conflict(id.to_string())),
-            };
-        }
         let target = chunk_path(&self.primary, id);
         match fs::hard_link(&tmp.path, &target) {
             Ok(()) => {
@@ -930,11 +929,12 @@ impl Inner {
         }
         let trailer = crcs.finish();
         image.extend_from_slice(&trailer.encode());
-        if inner.packs.locate(id).is_some() || lock(&inner.accounting).index.contains_key(id) {
+        if let Some(loc) = inner.packs.locate(id) {
             // A retried write: the same checksums are a success, others a conflict; a copy
-            // that cannot be read is written again.
+            // that cannot be read is written again (the new record supersedes it).
             let (inner2, chunk_id) = (Arc::clone(inner), id.to_string());
-            match blocking(move || Ok(inner2.existing_trailer(&chunk_id))).await? {
+            let existing = move || Ok(inner2.read_record(0, loc, &chunk_id).ok().map(|(_, t)| t));
+            match blocking(existing).await? {
                 Some(t) if t == trailer => return Ok(trailer.meta()),
                 Some(_) => return Err(StoreError::Conflict(id.to_string())),
                 None => {}
@@ -954,25 +954,13 @@ impl Inner {
         Ok(trailer.meta())
     }
 
-    /// The checksums of the readable copy of `id` already here, if any. Blocking.
-    fn existing_trailer(&self, id: &str) -> Option<Trailer> {
-        match self.packs.locate(id) {
-            Some(loc) => self.read_record(0, loc, id).ok().map(|(_, t)| t),
-            None => Trailer::read_path(&chunk_path(&self.primary, id))
-                .ok()
-                .map(|(_, t)| t),
-        }
-    }
-
     /// Root `root`'s copy of packed chunk `id`, verified: its image and trailer.
     fn read_record(&self, root: usize, loc: Loc, id: &str) -> Result<(Vec<u8>, Trailer), Bad> {
         match self.packs.read(root, loc, id)? {
             RecordRead::Missing | RecordRead::Deleted => Err(Bad::Missing),
             RecordRead::Bad(reason) => Err(Bad::Corrupt(reason)),
             RecordRead::Image(image) => {
-                let trailer = Trailer::from_image(&image)?;
-                trailer.verify(&image[..trailer.size as usize], 0)?;
-                Ok((image, trailer))
+                Ok((Trailer::verify_image(&image)?, image)).map(|(t, image)| (image, t))
             }
         }
     }
@@ -1181,6 +1169,15 @@ impl Inner {
         let _guard = self.chunk_lock(id);
         match packed {
             Some(loc) => {
+                // Keep the bad bytes, as for chunk files, before the record's pages are freed.
+                for (i, root) in std::iter::once(&self.primary)
+                    .chain(&self.backup)
+                    .enumerate()
+                {
+                    if let Ok(RecordRead::Image(image)) = self.packs.read(i, loc, id) {
+                        quarantine_bytes(root, id, &image);
+                    }
+                }
                 if let Err(e) = self.packs.retire(id, loc) {
                     tracing::warn!(chunk_id = %id, error = %e, "cannot mark a lost packed chunk deleted");
                 }
@@ -1286,6 +1283,20 @@ fn quarantine(root: &Path, id: &str) {
     }
 }
 
+/// Write the bad copy `image` of packed chunk `id` under `<root>/../quarantine/` (best effort).
+fn quarantine_bytes(root: &Path, id: &str, image: &[u8]) {
+    let qdir = root.parent().unwrap_or(root).join("quarantine");
+    let dest = qdir.join(format!("{id}.{}", now_ms()));
+    match fs::create_dir_all(&qdir).and_then(|()| fs::write(&dest, image)) {
+        Ok(()) => {
+            tracing::warn!(chunk_id = %id, to = %dest.display(), "bad packed chunk copy saved to quarantine")
+        }
+        Err(e) => {
+            tracing::error!(chunk_id = %id, error = %e, "cannot quarantine bad packed chunk copy")
+        }
+    }
+}
+
 /// The network side of a write in progress.
 pub struct ChunkWriter {
     chunk_id: String,
@@ -1359,7 +1370,12 @@ impl ChunkWriter {
         if self.handle.is_none() {
             self.seal_joining();
             let size: usize = self.gathered.iter().map(Bytes::len).sum();
-            if self.inner.pack_max > 0 && size as u64 <= self.inner.pack_max {
+            // A chunk already here as a file (a retry) goes the file way, which compares it
+            // and replaces a copy that cannot be read.
+            let as_file = lock(&self.inner.accounting)
+                .index
+                .contains_key(&self.chunk_id);
+            if self.inner.pack_max > 0 && size as u64 <= self.inner.pack_max && !as_file {
                 let pieces = std::mem::take(&mut self.gathered);
                 return Inner::write_packed(&self.inner, &self.chunk_id, pieces).await;
             }
@@ -1621,14 +1637,24 @@ pub(crate) mod tests {
 
     const ID: &str = "0a1b2c3d-1111-4222-8333-444455556666";
 
+    /// A store in `dir` where every chunk gets a file (these tests look at chunk files).
     fn open(dir: &Path, capacity: u64, backups: bool) -> (Store, Arc<Metrics>) {
+        open_with(dir, capacity, backups, 0)
+    }
+
+    pub(crate) fn open_with(
+        dir: &Path,
+        capacity: u64,
+        backups: bool,
+        pack_max: u64,
+    ) -> (Store, Arc<Metrics>) {
         let metrics = Metrics::new();
         let store = Store::open(
             StoreConfig {
                 data_dir: dir.to_path_buf(),
                 backup_dir: backups.then(|| dir.join("backups")),
                 capacity,
-                pack_max: 0,
+                pack_max,
             },
             Arc::clone(&metrics),
         )
@@ -1649,7 +1675,7 @@ pub(crate) mod tests {
             .collect()
     }
 
-    async fn put(
+    pub(crate) async fn put(
         store: &Store,
         id: &str,
         data: &[u8],
@@ -1662,7 +1688,7 @@ pub(crate) mod tests {
         w.finish().await
     }
 
-    async fn get(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
+    pub(crate) async fn get(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {
         let reader = store.open_read(id).await?;
         let mut pieces = reader.stream(dfs_common::STREAM_PIECE);
         let mut out = Vec::new();

@@ -522,7 +522,22 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                 bail!("{node} is already running (pid {})", n.pid.unwrap_or(0));
             }
             spawn(n)?;
+            let n = n.clone();
             c.save(&dir.dir)?;
+            // Return once it listens, so the next command finds it serving.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while tokio::net::TcpStream::connect(&n.addr).await.is_err() {
+                if !alive(n.pid, &n.kind) {
+                    bail!(
+                        "{node} exited while starting; see {}",
+                        n.data_dir.join("log").display()
+                    );
+                }
+                if Instant::now() >= deadline {
+                    bail!("{node} did not listen on {} within 30 s", n.addr);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Ok(0)
         }
         LocalCmd::Pause { dir, node, resume } => {

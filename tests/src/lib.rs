@@ -218,13 +218,8 @@ impl Cluster {
 
     /// The Prometheus text a node serves on its metrics address.
     pub fn metrics_text(&self, node: &str) -> String {
-        use std::io::{Read, Write};
         let addr = self.node_field(node, "metrics_addr");
-        let mut s = std::net::TcpStream::connect(&addr).expect("connect to metrics");
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
+        http_get(&addr, "/metrics").expect("GET /metrics").1
     }
 
     /// A field of `node`'s entry in cluster.json.
@@ -238,16 +233,6 @@ impl Cluster {
             .and_then(|n| n[field].as_str())
             .unwrap_or_else(|| panic!("no {field} for node {node} in cluster.json"))
             .to_string()
-    }
-
-    /// Wait until `node` (restarted) accepts connections on its service address.
-    pub fn wait_listening(&self, node: &str) {
-        let addr = self.node_field(node, "addr");
-        wait_until(
-            Duration::from_secs(30),
-            &format!("{node} listening"),
-            || std::net::TcpStream::connect(&addr).is_ok(),
-        );
     }
 
     pub fn status(&self) -> Value {
@@ -393,7 +378,25 @@ impl Drop for Cluster {
     }
 }
 
-/// A free loopback address.
+/// GET `path` from `addr` over HTTP/1.0: status code and body (a stuck server fails the
+/// read after 15 s instead of hanging the test).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
+}
+
 /// Flip one bit of the byte at `at` in `path` (damage on disk).
 pub fn flip_byte(path: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
@@ -408,6 +411,7 @@ pub fn flip_byte(path: &Path, at: u64) {
     f.write_all_at(&b, at).unwrap();
 }
 
+/// A free loopback address.
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").to_string()

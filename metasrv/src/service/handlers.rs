@@ -316,7 +316,7 @@ impl MetaNode {
             chunk_size: r.chunk_size,
             chunks,
         };
-        let id = uuid::Uuid::new_v4().to_string();
+        let inode_id = uuid::Uuid::new_v4().to_string();
         let now = now_ms();
         let reply = self
             .propose(client_write(
@@ -326,7 +326,7 @@ impl MetaNode {
                     path: path.clone(),
                     overwrite: r.overwrite,
                     file: file.clone(),
-                    id: id.clone(),
+                    id: inode_id.clone(),
                     now_ms: now,
                 },
             )?)
@@ -340,10 +340,12 @@ impl MetaNode {
                 id,
                 modified_ms,
             } => Inode {
-                id,
+                // Replies remembered before they carried these fields decode empty: this
+                // attempt's values are the best answer then.
+                id: if id.is_empty() { inode_id } else { id },
                 owner,
                 created_ms,
-                modified_ms,
+                modified_ms: if modified_ms == 0 { now } else { modified_ms },
                 file: Some(file),
             },
             other => {

@@ -565,7 +565,11 @@ fn a_retried_commit_is_not_applied_twice() {
             ),
         )
     };
-    commit(&mut s, "/b", "req-1").unwrap();
+    let original = commit(&mut s, "/b", "req-1").unwrap();
+    assert!(matches!(
+        &original,
+        Reply::Committed { owner, id, created_ms: 9, modified_ms: 9 } if owner == "alice" && id == "f"
+    ));
     run(
         &mut s,
         CommandV1::Rename {
@@ -577,9 +581,9 @@ fn a_retried_commit_is_not_applied_twice() {
     )
     .unwrap();
     // The same put's commit arrives again (its reply was lost): nothing changes.
-    let first = commit(&mut s, "/b", "req-1").unwrap();
-    assert!(matches!(&first, Reply::Committed { owner, created_ms: 9, .. } if owner == "alice"));
-    assert_eq!(commit(&mut s, "/b", "req-1").unwrap(), first);
+    // It reports what the first attempt committed.
+    assert_eq!(commit(&mut s, "/b", "req-1").unwrap(), original);
+    assert_eq!(commit(&mut s, "/b", "req-1").unwrap(), original);
     assert!(!s.nodes.contains_key("/b"));
     assert!(s.nodes.contains_key("/a"));
     // A new put is applied.
