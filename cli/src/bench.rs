@@ -1,8 +1,9 @@
 //! `dfsctl bench`: throughput and latency figures measured against a running cluster.
 //!
 //! - `meta`: mkdir/stat/rename mixes with 1 and N concurrent clients (ops/s, p50/p99);
-//! - `data`: a big file put and get (MB/s) next to a local write+fsync baseline, and small files
-//!   created, stat'ed, read and deleted with 1 and N clients; peak RSS of client and servers;
+//! - `data`: a big file put and get (MB/s) next to a local write+fsync baseline and what the
+//!   disk wrote during the put, and small files created, stat'ed, read and deleted with 1 and N
+//!   clients; peak RSS of client and servers;
 //! - `failover`: write unavailability after SIGKILL of the leader of a `dfsctl local` cluster.
 use crate::client::MetaConn;
 use crate::local::{alive, LocalCluster};
@@ -517,6 +518,8 @@ async fn data_bench(
     let baseline = fsync_baseline(&scratch, big_mib.min(1024))?;
     let big = format!("{root}/big");
     let bytes = big_mib << 20;
+    // The chunk servers of a local cluster keep their data (and backups) under `dir`.
+    let disk_before = crate::diskstats::sample(&dir);
     let t = Instant::now();
     put_stream(
         &conn,
@@ -533,6 +536,9 @@ async fn data_bench(
     )
     .await?;
     let put_mbs = bytes as f64 / 1e6 / t.elapsed().as_secs_f64();
+    let put_disk = disk_before
+        .zip(crate::diskstats::sample(&dir))
+        .map(|(a, b)| b.since(&a));
     let reply = rpc!(
         conn,
         open_read,
@@ -554,10 +560,21 @@ async fn data_bench(
     let target = 0.85 * baseline / replication as f64;
     if !ctx.json {
         println!("local write+fsync baseline           {baseline:>9.1} MB/s  (put target 85% of baseline / replication {replication} = {target:.1} MB/s)");
-        println!("put {big_mib} MiB, replication {replication}           {put_mbs:>9.1} MB/s");
+        let disk = put_disk.map_or(String::new(), |d| {
+            format!(
+                "  (disk wrote {:.2} GB = {:.1}x the file, busy {:.0}% of the time)",
+                d.written as f64 / 1e9,
+                d.written as f64 / bytes.max(1) as f64,
+                d.busy * 100.0
+            )
+        });
+        println!(
+            "put {big_mib} MiB, replication {replication}           {put_mbs:>9.1} MB/s{disk}"
+        );
         println!("get {big_mib} MiB                          {get_mbs:>9.1} MB/s");
     }
-    out["big"] = json!({"mib": big_mib, "replication": replication, "put_mb_per_sec": put_mbs, "get_mb_per_sec": get_mbs, "fsync_baseline_mb_per_sec": baseline, "put_target_mb_per_sec": target});
+    out["big"] = json!({"mib": big_mib, "replication": replication, "put_mb_per_sec": put_mbs, "get_mb_per_sec": get_mbs, "fsync_baseline_mb_per_sec": baseline, "put_target_mb_per_sec": target,
+        "put_disk_written_bytes": put_disk.map(|d| d.written), "put_disk_busy_fraction": put_disk.map(|d| d.busy)});
     let sync = sync_latency(&scratch, 200)?;
     if !ctx.json {
         println!("{}", sync.line("local 4 KiB write+fdatasync"));

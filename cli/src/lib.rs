@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_repair;
 pub mod client;
 pub mod cluster;
+pub mod diskstats;
 pub mod files;
 pub mod fsck;
 pub mod health;

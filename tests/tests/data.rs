@@ -449,3 +449,59 @@ fn packed_small_chunks_round_trip_survive_a_restart_and_never_serve_a_flipped_by
         })
     });
 }
+
+/// `dfsctl bench data --json` reports every figure the data-path issue asks for, and the disk
+/// under the cluster saw at least the put's replicas: both are fsynced before "ok".
+#[test]
+fn bench_data_reports_every_figure_and_the_disk_writes_of_the_put() {
+    let c = Cluster::up(3, 3, &[]);
+    let dir = c.path().to_str().expect("utf-8 path");
+    let v = c
+        .ctl(&[
+            "--json",
+            "bench",
+            "data",
+            "--dir",
+            dir,
+            "--scratch",
+            dir,
+            "--big-mib",
+            "16",
+            "--small",
+            "20",
+            "--clients",
+            "1,4",
+        ])
+        .json();
+    let big = &v["big"];
+    for figure in [
+        "put_mb_per_sec",
+        "get_mb_per_sec",
+        "fsync_baseline_mb_per_sec",
+        "put_target_mb_per_sec",
+    ] {
+        assert!(big[figure].as_f64().unwrap() > 0.0, "{figure}: {big}");
+    }
+    // Null only where the cluster's filesystem has no block device of its own (tmpfs).
+    if let Some(written) = big["put_disk_written_bytes"].as_u64() {
+        assert!(
+            written >= 2 * (16 << 20),
+            "a 16 MiB put with replication 2 wrote only {written} bytes to the disk"
+        );
+        let busy = big["put_disk_busy_fraction"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&busy), "busy fraction {busy}");
+    }
+    let levels = v["small"].as_array().unwrap();
+    assert_eq!(levels.len(), 2);
+    for (level, clients) in levels.iter().zip([1, 4]) {
+        assert_eq!(level["clients"], clients);
+        for op in ["create", "stat", "read", "delete"] {
+            assert_eq!(level[op]["ops"], 20, "{op} with {clients} clients: {level}");
+            assert!(level[op]["p99_ms"].as_f64().unwrap() >= level[op]["p50_ms"].as_f64().unwrap());
+        }
+    }
+    let servers = v["peak_rss_mib"]["servers"].as_object().unwrap();
+    assert_eq!(servers.len(), 6, "every server's peak RSS: {servers:?}");
+    // Everything the benchmark stored is gone again.
+    assert_eq!(c.ctl(&["ls", "/"]).ok().trim(), "");
+}
