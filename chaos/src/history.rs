@@ -166,6 +166,9 @@ pub struct Op {
     /// get: the metadata answered but the bytes could not be read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_error: Option<String>,
+    /// get: the data error was the file being removed or replaced during the read.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overtaken: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// RPC attempts of the deciding call (MetaConn moves to another node on "unavailable").
@@ -197,6 +200,7 @@ impl Op {
             seen: None,
             bytes_sha256: None,
             data_error: None,
+            overtaken: false,
             error: None,
             attempts: 0,
             final_read: false,

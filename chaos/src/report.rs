@@ -85,7 +85,7 @@ fn verdict(pass: bool) -> &'static str {
 pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let pass = v.pass();
     let mut by_kind: BTreeMap<Kind, [usize; 3]> = BTreeMap::new();
-    let (mut ok, mut failed, mut unknown, mut data_errors) = (0, 0, 0, 0);
+    let (mut ok, mut failed, mut unknown, mut data_errors, mut overtaken) = (0, 0, 0, 0, 0);
     for o in h.ops.iter().filter(|o| !o.final_read) {
         let e = by_kind.entry(o.kind).or_default();
         match o.outcome {
@@ -102,7 +102,9 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
                 unknown += 1;
             }
         }
-        if o.data_error.is_some() {
+        if o.overtaken {
+            overtaken += 1;
+        } else if o.data_error.is_some() {
             data_errors += 1;
         }
     }
@@ -134,6 +136,12 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         let _ = writeln!(
             t,
             "gets whose bytes could not be read at the time: {data_errors}"
+        );
+    }
+    if overtaken > 0 {
+        let _ = writeln!(
+            t,
+            "gets whose file was removed or replaced while they read it: {overtaken}"
         );
     }
     let _ = writeln!(
@@ -282,6 +290,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "pauses": pauses,
         "ops": ops,
         "get_data_errors": data_errors,
+        "get_overtaken": overtaken,
         "checkers": {
             "no_lost_write": {"pass": v.lost.pass(), "checked": v.lost.checked, "lost": v.lost.lost.len(), "unreadable": v.lost.unreadable},
             "linearizable": {"pass": v.linear.pass(), "groups": v.linear.groups, "ops": v.linear.ops, "unknown": v.linear.unknown, "violations": v.linear.violations, "inconclusive": v.linear.inconclusive},

@@ -21,7 +21,7 @@ use crate::history::{
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::*;
 use dfsctl::client::{lazy_channel, MetaConn};
-use dfsctl::transfer::{get_stream, ChunkPool};
+use dfsctl::transfer::{get_stream, ChangedWhileReading, ChunkPool};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -451,7 +451,10 @@ impl Client {
                 .await
                 {
                     Ok(_) => o.bytes_sha256 = Some(sha256_hex(&buf)),
-                    Err(e) => o.data_error = Some(format!("{e:#}")),
+                    Err(e) => {
+                        o.overtaken = e.is::<ChangedWhileReading>();
+                        o.data_error = Some(format!("{e:#}"));
+                    }
                 }
             }
         }

@@ -392,6 +392,43 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
 
 /// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn. The
 /// chunk comes back as the pieces the server sent: no copy into one buffer.
+/// A get found its file removed or replaced under it: the chunks it was reading belong to no
+/// file any more and are being deleted. Not a damaged replica, so none is reported.
+#[derive(Debug, thiserror::Error)]
+#[error("{path} was removed or replaced while it was being read; read it again")]
+pub struct ChangedWhileReading {
+    pub path: String,
+}
+
+/// A replica answered that it does not store the chunk (the status line).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotStored(String);
+
+fn read_error(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::NotFound => NotStored(status_line(&s)).into(),
+        _ => anyhow::anyhow!("{}", status_line(&s)),
+    }
+}
+
+/// Whether `path` is still the file that holds `chunk_id` (on any doubt, yes: the caller then
+/// treats the replica as bad, as before).
+async fn still_holds(conn: &MetaConn, path: &str, chunk_id: &str) -> bool {
+    let stat = rpc!(
+        conn,
+        stat,
+        StatRequest {
+            path: path.to_string(),
+            stale: false
+        }
+    );
+    match stat {
+        Ok(f) => f.chunks.iter().any(|c| c.chunk_id == chunk_id),
+        Err(s) => s.code() != tonic::Code::NotFound,
+    }
+}
+
 async fn fetch_chunk(
     conn: &MetaConn,
     pool: &ChunkPool,
@@ -413,15 +450,11 @@ async fn fetch_chunk(
                     token: token.to_string(),
                 })
                 .await
-                .map_err(|s| anyhow::anyhow!("{}", status_line(&s)))?
+                .map_err(read_error)?
                 .into_inner();
             let mut pieces = Vec::new();
             let (mut len, mut crc) = (0u64, 0u32);
-            while let Some(piece) = stream
-                .message()
-                .await
-                .map_err(|s| anyhow::anyhow!("{}", status_line(&s)))?
-            {
+            while let Some(piece) = stream.message().await.map_err(read_error)? {
                 len += piece.data.len() as u64;
                 if len > ch.size {
                     bail!("server sent more than the chunk's {} bytes", ch.size);
@@ -443,6 +476,14 @@ async fn fetch_chunk(
         match attempt.await {
             Ok(b) => return Ok(b),
             Err(e) => {
+                // A replica without the chunk: the file may have been removed or replaced
+                // since it was opened (its chunks are deleted once that is committed).
+                if e.is::<NotStored>() && !still_holds(conn, path, &ch.chunk_id).await {
+                    return Err(ChangedWhileReading {
+                        path: path.to_string(),
+                    }
+                    .into());
+                }
                 let reason = format!("{e:#}");
                 let report = BadReplicaReport {
                     chunk_id: ch.chunk_id.clone(),

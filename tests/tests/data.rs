@@ -505,3 +505,48 @@ fn bench_data_reports_every_figure_and_the_disk_writes_of_the_put() {
     // Everything the benchmark stored is gone again.
     assert_eq!(c.ctl(&["ls", "/"]).ok().trim(), "");
 }
+
+#[test]
+fn a_get_overtaken_by_a_remove_says_so_and_reports_no_bad_replica() {
+    use std::io::Read;
+    let c = cluster_files(2);
+    let data = bytes(100 * CHUNK, 5);
+    c.put_data(&c.auth, "/moving", &data, &[]).ok();
+    // `cat` blocks on the full pipe after its first few chunks, with the rest still to fetch.
+    let mut cat = std::process::Command::new(bin("dfsctl"))
+        .args(["cat", "/moving"])
+        .env("DFS_META", &c.meta)
+        .env("DFS_AUTH_FILE", &c.auth)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = cat.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    stdout.read_exact(&mut first).unwrap();
+    c.ctl(&["rm", "/moving"]).ok();
+    wait_until(Duration::from_secs(60), "the file's chunks deleted", || {
+        c.all_chunk_files() == 0
+    });
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let out = cat.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("/moving was removed or replaced while it was being read"),
+        "stderr: {stderr}"
+    );
+    assert!(rest.len() + 1 < data.len(), "only the chunks read before");
+    let reports: f64 = ["meta-1", "meta-2", "meta-3"]
+        .into_iter()
+        .flat_map(|n| {
+            c.metrics_text(n)
+                .lines()
+                .filter(|l| l.starts_with("dfs_bad_replica_reports_total"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert_eq!(reports, 0.0, "a removed file's chunks are not bad replicas");
+}
