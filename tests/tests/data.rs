@@ -550,3 +550,78 @@ fn a_get_overtaken_by_a_remove_says_so_and_reports_no_bad_replica() {
         .sum();
     assert_eq!(reports, 0.0, "a removed file's chunks are not bad replicas");
 }
+
+/// A shell cannot pass a NUL in an argument, so these go to the metadata service over gRPC.
+#[test]
+fn names_with_nul_or_control_characters_are_refused_before_anything_is_written() {
+    use dfs_proto::meta_client::MetaClient;
+    use dfs_proto::{AllocateRequest, ChunkInfo, CommitRequest, MkdirRequest};
+    let c = cluster_files(2);
+    let creds = dfs_common::auth_file::read(&c.auth).unwrap();
+    let addr = c.meta.split(',').next().unwrap().to_string();
+    let before = c.all_chunk_files();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = MetaClient::connect(format!("http://{addr}")).await.unwrap();
+        fn with_key<T>(msg: T, creds: &dfs_common::auth_file::Credentials) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(msg);
+            r.metadata_mut()
+                .insert(dfs_common::headers::USER, creds.user.parse().unwrap());
+            r.metadata_mut()
+                .insert(dfs_common::headers::KEY, creds.key.parse().unwrap());
+            r
+        }
+        for bad in ["/a\0b", "/nul\0", "/tab\tname", "/bell\u{7}"] {
+            let refused = |s: tonic::Status| {
+                assert_eq!(s.code(), tonic::Code::InvalidArgument, "{bad:?}: {s:?}");
+                assert!(s.message().contains("NUL or control character"), "{s:?}");
+            };
+            refused(
+                cl.allocate_chunks(with_key(
+                    AllocateRequest {
+                        path: bad.into(),
+                        replication: 2,
+                        count: 1,
+                        overwrite: false,
+                    },
+                    &creds,
+                ))
+                .await
+                .unwrap_err(),
+            );
+            refused(
+                cl.commit_file(with_key(
+                    CommitRequest {
+                        path: bad.into(),
+                        size: 1,
+                        chunk_size: 1,
+                        chunks: vec![ChunkInfo {
+                            chunk_id: "11111111-2222-3333-4444-555555555555".into(),
+                            size: 1,
+                            ..Default::default()
+                        }],
+                        request_id: format!("nul-test-{}", bad.len()),
+                        ..Default::default()
+                    },
+                    &creds,
+                ))
+                .await
+                .unwrap_err(),
+            );
+            refused(
+                cl.mkdir(with_key(
+                    MkdirRequest {
+                        path: bad.into(),
+                        parents: true,
+                        request_id: format!("nul-mkdir-{}", bad.len()),
+                    },
+                    &creds,
+                ))
+                .await
+                .unwrap_err(),
+            );
+        }
+    });
+    assert_eq!(c.ctl(&["ls", "/"]).ok(), "", "nothing in the namespace");
+    assert_eq!(c.all_chunk_files(), before, "no chunk was written");
+}
