@@ -36,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
             path: path.clone(),
             replication: 0,
             count: 1,
-            overwrite: true
+            overwrite: true,
+            bytes_left: data.len() as u64,
         }
     )?;
     let a = &alloc.chunks[0];

@@ -350,7 +350,8 @@ impl Client {
                     path: path.to_string(),
                     replication: 0,
                     count,
-                    overwrite: force
+                    overwrite: force,
+                    bytes_left: (data.len() as u64).max(1),
                 }
             );
             match r {

@@ -236,7 +236,9 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
             path: path.to_string(),
             replication,
             count: 1,
-            overwrite: force
+            overwrite: force,
+            // 0 means "unknown": an empty file asks for room for 1 byte.
+            bytes_left: size_hint.map_or(0, |s| s.max(1)),
         }
     )?;
     let chunk_size = first.chunk_size.max(1);
@@ -257,13 +259,12 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
         let alloc = match allocated.pop_front() {
             Some(a) => a,
             None => {
-                let left = size_hint
-                    .map(|s| {
-                        s.saturating_sub(total - data.len() as u64)
-                            .div_ceil(chunk_size)
-                    })
-                    .unwrap_or(4);
-                let count = left.clamp(1, 16) as u32;
+                // Including this chunk's bytes; at least 1 (0 would mean "unknown").
+                let bytes_left =
+                    size_hint.map(|s| s.saturating_sub(total - data.len() as u64).max(1));
+                let count = bytes_left
+                    .map_or(4, |b| b.div_ceil(chunk_size))
+                    .clamp(1, 16) as u32;
                 let more = rpc!(
                     conn,
                     allocate_chunks,
@@ -271,7 +272,8 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
                         path: path.to_string(),
                         replication,
                         count,
-                        overwrite: force
+                        overwrite: force,
+                        bytes_left: bytes_left.unwrap_or(0),
                     }
                 )?;
                 allocated.extend(more.chunks);
@@ -381,7 +383,7 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
                 String::new()
             } else {
                 format!(
-                    "; UNDER-REPLICATED: fewer live chunk servers than replication {}",
+                    "; UNDER-REPLICATED: fewer live chunk servers with room than replication {}",
                     out.file.replication
                 )
             }
@@ -390,8 +392,6 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn. The
-/// chunk comes back as the pieces the server sent: no copy into one buffer.
 /// A get found its file removed or replaced under it: the chunks it was reading belong to no
 /// file any more and are being deleted. Not a damaged replica, so none is reported.
 #[derive(Debug, thiserror::Error)]
@@ -429,6 +429,8 @@ async fn still_holds(conn: &MetaConn, path: &str, chunk_id: &str) -> bool {
     }
 }
 
+/// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn. The
+/// chunk comes back as the pieces the server sent: no copy into one buffer.
 async fn fetch_chunk(
     conn: &MetaConn,
     pool: &ChunkPool,

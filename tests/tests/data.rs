@@ -583,6 +583,7 @@ fn names_with_nul_or_control_characters_are_refused_before_anything_is_written()
                         replication: 2,
                         count: 1,
                         overwrite: false,
+                        bytes_left: 1,
                     },
                     &creds,
                 ))
@@ -624,4 +625,40 @@ fn names_with_nul_or_control_characters_are_refused_before_anything_is_written()
     });
     assert_eq!(c.ctl(&["ls", "/"]).ok(), "", "nothing in the namespace");
     assert_eq!(c.all_chunk_files(), before, "no chunk was written");
+}
+
+#[test]
+fn puts_go_only_where_there_is_room_and_a_full_cluster_refuses_them_up_front() {
+    // Room for three 300 kB chunks per server.
+    let c = Cluster::up_with(3, 3, &[], &["--capacity=1000000"]);
+    c.put_data(&c.auth, "/huge", &bytes(3_000_000, 1), &[])
+        .fails_with("no live chunk server has room for a chunk of 3000000 bytes");
+    assert_eq!(c.ctl(&["ls", "/"]).ok(), "");
+    assert_eq!(c.all_chunk_files(), 0, "refused before any byte was sent");
+    // Four files in quick succession (within one heartbeat): spread, every one whole.
+    for i in 0..4 {
+        c.put_data(&c.auth, &format!("/f{i}"), &bytes(300_000, i), &[])
+            .ok();
+    }
+    let mut per_server = std::collections::BTreeMap::new();
+    for i in 0..4 {
+        let s = stat(&c, &format!("/f{i}"));
+        assert_eq!(s["fully_replicated"], true, "/f{i}: {s}");
+        for r in s["chunks"][0]["replicas"].as_array().unwrap() {
+            *per_server.entry(r.as_u64().unwrap()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(per_server.values().sum::<i32>(), 8);
+    assert!(per_server.values().all(|&n| n <= 3), "{per_server:?}");
+    // Room left for one copy only: written once and shown under-replicated; then none.
+    c.put_data(&c.auth, "/f4", &bytes(300_000, 4), &[]).ok();
+    assert_eq!(stat(&c, "/f4")["fully_replicated"], false);
+    c.put_data(&c.auth, "/f5", &bytes(300_000, 5), &[])
+        .fails_with("free space or add a chunk server");
+    for i in 0..5 {
+        assert_eq!(
+            c.get_data(&c.auth, &format!("/f{i}")),
+            bytes(300_000, i as u64)
+        );
+    }
 }

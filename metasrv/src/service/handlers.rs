@@ -2,7 +2,7 @@
 //! where it must run (`write_gate` / `read_gate`), then authenticates, then acts; nothing is
 //! checked against a follower's possibly stale state when the leader must answer.
 use super::{now_ms, Caller, MetaNode, OpError, OpResult};
-use crate::liveness::{place, ServerView};
+use crate::liveness::{place, Room, ServerView};
 use crate::state::command::CommandV1;
 use crate::state::{ChunkRef, Command, FileData, Inode, Reply, Role, State};
 use crate::types::NodeId;
@@ -223,12 +223,16 @@ impl MetaNode {
         }
         let st = self.read_state();
         st.check_file_target(&actor, &r.path, r.overwrite)?;
-        let live: Vec<(NodeId, u64)> = self
+        let live: Vec<Room> = self
             .liveness
             .live()
             .into_iter()
             .filter(|(id, _)| st.chunk_servers.contains_key(id))
-            .map(|(id, v)| (id, v.used))
+            .map(|(id, v)| Room {
+                id,
+                used: v.used.saturating_add(v.placed),
+                capacity: v.capacity,
+            })
             .collect();
         if live.is_empty() {
             return Err(Status::failed_precondition(
@@ -237,12 +241,28 @@ impl MetaNode {
             .into());
         }
         let expires = now_ms() as u64 + self.config.token_ttl.as_millis() as u64;
-        let placement = place(
-            &live,
-            replication as usize,
-            r.count as usize,
-            self.config.chunk_size,
-        );
+        let chunk_bytes = match r.bytes_left {
+            0 => self.config.chunk_size,
+            left => left.min(self.config.chunk_size),
+        };
+        let placement = place(&live, replication as usize, r.count as usize, chunk_bytes);
+        if placement.iter().any(Vec::is_empty) {
+            let free: Vec<String> = live
+                .iter()
+                .map(|s| {
+                    let free = s.capacity.saturating_sub(s.used);
+                    format!("server {} has {free}", s.id)
+                })
+                .collect();
+            return Err(Status::resource_exhausted(format!(
+                "no live chunk server has room for a chunk of {chunk_bytes} bytes ({} bytes free): free space or add a chunk server",
+                free.join(", ")
+            ))
+            .into());
+        }
+        for id in placement.iter().flatten() {
+            self.liveness.add_placed(*id, chunk_bytes);
+        }
         let chunks = placement
             .into_iter()
             .map(|targets| {
@@ -774,6 +794,8 @@ impl MetaNode {
                 capacity: r.capacity_bytes,
                 used: r.used_bytes,
                 chunks: r.chunk_count,
+                placed: 0,
+                placed_at: Instant::now(),
             },
         );
         // Every node keeps the latest report, so a new leader can collect orphans at once.
