@@ -251,12 +251,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub fn view(node: &MetaNode, since: Option<Instant>) -> View {
     let dead_after = node.healing.args.dead_timeout();
     let st = node.read_state();
+    let mut free = BTreeMap::new();
     let servers = st
         .chunk_servers
         .keys()
         .map(|&id| {
             let h = match node.liveness.get(id) {
                 Some(v) if v.last_seen.elapsed() < LIVE_WINDOW => {
+                    if v.capacity > 0 {
+                        free.insert(
+                            id,
+                            v.capacity.saturating_sub(v.used.saturating_add(v.placed)),
+                        );
+                    }
                     ServerHealth::Live { used: v.used }
                 }
                 Some(v) if v.last_seen.elapsed() >= dead_after => ServerHealth::Dead,
@@ -271,6 +278,7 @@ pub fn view(node: &MetaNode, since: Option<Instant>) -> View {
         servers,
         bad: node.healing.bad_set(),
         avoid: node.healing.avoid_set(),
+        free,
     }
 }
 

@@ -8,8 +8,8 @@
 //!   server may come back (a restart is not a death), so no copy is made while good plus silent
 //!   replicas reach the replication factor.
 //! - A chunk with fewer good (+ silent) replicas than its file's replication factor gets one copy
-//!   per missing replica, from a good replica to a live server that holds no replica of it and
-//!   has no delete order for it, least used first. The copy's record also drops the chunk's
+//!   per missing replica, from a good replica to a live server that holds no replica of it,
+//!   has no delete order for it and has room for it, least used first. The copy's record also drops the chunk's
 //!   dead and bad replicas (queued for deletion).
 //! - Most endangered first: fewer good replicas first, then the larger deficit.
 //! - With enough good replicas, dead and bad replicas are dropped; surplus good replicas (after
@@ -39,6 +39,8 @@ pub struct View {
     pub bad: HashSet<(String, NodeId)>,
     /// Live servers not to copy to for now (a recent copy to them failed).
     pub avoid: HashSet<NodeId>,
+    /// Bytes free on live servers that reported a capacity (absent: no limit known).
+    pub free: BTreeMap<NodeId, u64>,
 }
 
 impl View {
@@ -51,6 +53,12 @@ impl View {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether `n` has room for `bytes` more, given what `free` (a working copy of
+    /// `self.free`) says is left.
+    fn fits(free: &BTreeMap<NodeId, u64>, n: NodeId, bytes: u64) -> bool {
+        free.get(&n).is_none_or(|f| *f >= bytes)
     }
 
     fn health(&self, n: NodeId) -> ServerHealth {
@@ -132,6 +140,7 @@ pub struct Plan {
 /// Plan the repairs for the whole namespace.
 pub fn plan(st: &State, view: &View) -> Plan {
     let mut load = view.live_load();
+    let mut free = view.free.clone();
     let mut out = Plan::default();
     for (path, node) in &st.nodes {
         let Some(f) = &node.file else { continue };
@@ -164,6 +173,7 @@ pub fn plan(st: &State, view: &View) -> Plan {
                                 .iter()
                                 .any(|p| p.chunk_id == c.id && p.target == **n)
                         })
+                        .filter(|(n, _)| View::fits(&free, **n, c.size))
                         .min_by_key(|(n, used)| (**used, **n))
                         .map(|(n, _)| *n);
                     let Some(target) = target else {
@@ -172,6 +182,9 @@ pub fn plan(st: &State, view: &View) -> Plan {
                     };
                     if let Some(l) = load.get_mut(&target) {
                         *l += c.size;
+                    }
+                    if let Some(f) = free.get_mut(&target) {
+                        *f = f.saturating_sub(c.size);
                     }
                     out.copies.push(Copy {
                         path: path.clone(),
@@ -234,9 +247,11 @@ pub struct Move {
 /// Plan moves from the most used live server to the least used one until their difference is
 /// at most `threshold` bytes (or `max_moves` is reached). Only chunks whose replicas are all
 /// good and exactly as many as wanted move (repairs come first), each at most once, never to a
-/// server that holds it or has a delete order for it, and only when the move narrows the gap.
+/// server that holds it, has a delete order for it or lacks room for it, and only when the
+/// move narrows the gap.
 pub fn balance(st: &State, view: &View, threshold: u64, max_moves: usize) -> Vec<Move> {
     let mut load = view.live_load();
+    let mut free = view.free.clone();
     if load.len() < 2 {
         return Vec::new();
     }
@@ -278,6 +293,7 @@ pub fn balance(st: &State, view: &View, threshold: u64, max_moves: usize) -> Vec
                 && !pending(lo, &c.id)
                 && c.size > 0
                 && c.size < gap
+                && View::fits(&free, lo, c.size)
         });
         let Some((path, file_id, c)) = pick else {
             break;
@@ -288,6 +304,12 @@ pub fn balance(st: &State, view: &View, threshold: u64, max_moves: usize) -> Vec
         }
         if let Some(l) = load.get_mut(&lo) {
             *l += c.size;
+        }
+        if let Some(f) = free.get_mut(&lo) {
+            *f = f.saturating_sub(c.size);
+        }
+        if let Some(f) = free.get_mut(&hi) {
+            *f = f.saturating_add(c.size);
         }
         out.push(Move {
             path: (*path).clone(),
@@ -357,6 +379,7 @@ mod tests {
             servers: h.iter().copied().collect(),
             bad: HashSet::new(),
             avoid: HashSet::new(),
+            free: BTreeMap::new(),
         }
     }
 
@@ -449,6 +472,29 @@ mod tests {
         ]);
         v.avoid.insert(3);
         assert_eq!(plan(&s, &v).copies[0].target, 4);
+    }
+
+    #[test]
+    fn copies_go_only_where_there_is_room() {
+        // Chunks are 10 bytes: 3 is least used but has 5 bytes free, 4 room for one copy.
+        let s = st(&[("/a", 2, &[("c1", &[1, 2]), ("c2", &[1, 2])])], 4);
+        let mut v = view(&[
+            (1, Dead),
+            (2, Live { used: 0 }),
+            (3, Live { used: 0 }),
+            (4, Live { used: 50 }),
+        ]);
+        v.free = [(3, 5), (4, 15)].into_iter().collect();
+        let p = plan(&s, &v);
+        assert_eq!(p.copies.len(), 1);
+        assert_eq!((p.copies[0].target, p.stuck), (4, 1));
+        // And no move goes to a server without room.
+        let s = st(&[("/b", 1, &[("c3", &[1])])], 3);
+        let mut v = view(&[(1, Live { used: 90 }), (3, Live { used: 0 })]);
+        v.free.insert(3, 5);
+        assert!(balance(&s, &v, 0, 10).is_empty());
+        v.free.insert(3, 10);
+        assert_eq!(balance(&s, &v, 0, 10).len(), 1);
     }
 
     #[test]
