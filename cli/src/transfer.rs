@@ -99,18 +99,60 @@ fn progress(ctx: &Ctx, len: Option<u64>) -> indicatif::ProgressBar {
     pb
 }
 
-/// Read up to `n` bytes (less only at end of input).
-async fn read_chunk<R: AsyncRead + Unpin>(r: &mut R, n: usize) -> std::io::Result<Vec<u8>> {
-    // Fill the spare capacity only: `read_to_end` would grow (copy) a full buffer to look
-    // for the end of input.
-    let mut buf = Vec::with_capacity(n);
-    while buf.len() < n {
-        let left = n - buf.len();
-        if r.read_buf(&mut (&mut buf).limit(left)).await? == 0 {
-            break;
+/// Where a put's bytes come from, a chunk at a time.
+pub trait ChunkSource {
+    /// Up to `n` bytes (less only at the end of the input).
+    fn next_chunk(
+        &mut self,
+        n: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<Vec<u8>>> + Send;
+}
+
+/// Any async reader (stdin, a generated stream).
+pub struct ReaderSource<R>(pub R);
+
+impl<R: AsyncRead + Unpin + Send> ChunkSource for ReaderSource<R> {
+    async fn next_chunk(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        // Fill the spare capacity only: `read_to_end` would grow (copy) a full buffer to look
+        // for the end of input.
+        let mut buf = Vec::with_capacity(n);
+        while buf.len() < n {
+            let left = n - buf.len();
+            if self.0.read_buf(&mut (&mut buf).limit(left)).await? == 0 {
+                break;
+            }
         }
+        Ok(buf)
     }
-    Ok(buf)
+}
+
+/// A local file, read by a blocking thread straight into each chunk's buffer: one copy from
+/// the page cache, where an async file adds a copy through its own buffer.
+pub struct FileSource(Option<std::fs::File>);
+
+impl FileSource {
+    pub fn new(file: std::fs::File) -> Self {
+        Self(Some(file))
+    }
+}
+
+impl ChunkSource for FileSource {
+    async fn next_chunk(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let Some(file) = self.0.take() else {
+            return Err(std::io::Error::other("an earlier read of this file failed"));
+        };
+        let (file, read) = tokio::task::spawn_blocking(move || {
+            // `read_to_end` fills the spare capacity without zeroing it first.
+            let mut buf = Vec::with_capacity(n);
+            let read = (&file).take(n as u64).read_to_end(&mut buf).map(|_| buf);
+            (file, read)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.0 = Some(file);
+        read
+    }
 }
 
 async fn write_replica(
@@ -219,10 +261,26 @@ pub struct PutOutcome {
 
 /// Store everything `reader` yields at `path`. Used by `put` and by the benchmark.
 #[allow(clippy::too_many_arguments)] // each argument is a different, plain input
-pub async fn put_stream<R: AsyncRead + Unpin>(
+pub async fn put_stream<R: AsyncRead + Unpin + Send>(
     conn: &MetaConn,
     pool: &ChunkPool,
-    mut reader: R,
+    reader: R,
+    size_hint: Option<u64>,
+    path: &str,
+    force: bool,
+    replication: u32,
+    pb: &indicatif::ProgressBar,
+) -> anyhow::Result<PutOutcome> {
+    let source = ReaderSource(reader);
+    put_source(conn, pool, source, size_hint, path, force, replication, pb).await
+}
+
+/// Store everything `source` yields at `path`.
+#[allow(clippy::too_many_arguments)] // each argument is a different, plain input
+pub async fn put_source(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    mut source: impl ChunkSource,
     size_hint: Option<u64>,
     path: &str,
     force: bool,
@@ -248,7 +306,8 @@ pub async fn put_stream<R: AsyncRead + Unpin>(
     let mut uploads = futures::stream::FuturesOrdered::new();
     let mut done: Vec<ChunkInfo> = Vec::new();
     loop {
-        let data = read_chunk(&mut reader, chunk_size as usize)
+        let data = source
+            .next_chunk(chunk_size as usize)
             .await
             .context("cannot read the input")?;
         if data.is_empty() {
@@ -347,15 +406,14 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
         pb.finish_and_clear();
         r?
     } else {
-        let f = tokio::fs::File::open(&a.local)
-            .await
-            .with_context(|| format!("cannot open {}", a.local))?;
-        let len = f.metadata().await?.len();
+        let f =
+            std::fs::File::open(&a.local).with_context(|| format!("cannot open {}", a.local))?;
+        let len = f.metadata()?.len();
         let pb = progress(ctx, Some(len));
-        let r = put_stream(
+        let r = put_source(
             &conn,
             &pool,
-            tokio::io::BufReader::with_capacity(1 << 20, f),
+            FileSource::new(f),
             Some(len),
             &path,
             a.force,
