@@ -211,13 +211,16 @@ fn retryable(s: &Status) -> bool {
 }
 
 /// `rpc!(conn, method, message)`: call a Meta method with credentials and failover.
-/// The message expression is evaluated again for every attempt.
+/// The message expression is evaluated once; each attempt sends a clone of it.
 #[macro_export]
 macro_rules! rpc {
     ($conn:expr, $method:ident, $msg:expr) => {{
         let conn = &$conn;
+        // Built once: every retry sends the same request (the same request id, so a write
+        // applied by an attempt whose reply was lost is not applied again).
+        let msg = $msg;
         conn.call(|mut g| {
-            let r = conn.req($msg);
+            let r = conn.req(msg.clone());
             async move { g.$method(r).await }
         })
         .await

@@ -372,7 +372,7 @@ pub async fn put_source(
         // The same id on every retry of this commit (see CommitRequest.request_id).
         request_id: crate::client::new_request_id(),
     };
-    let file = rpc!(conn, commit_file, commit.clone())?;
+    let file = rpc!(conn, commit_file, commit)?;
     Ok(PutOutcome { file, bytes: total })
 }
 
@@ -550,7 +550,7 @@ async fn fetch_chunk(
                     node_id: *node,
                     reason: reason.clone(),
                 };
-                let _ = rpc!(conn, report_bad_replica, report.clone());
+                let _ = rpc!(conn, report_bad_replica, report);
                 errors.push(format!("server {node} ({addr}): {reason}"));
             }
         }

@@ -66,7 +66,8 @@ pub async fn run(ctx: &Ctx, cmd: UserCmd) -> anyhow::Result<i32> {
                 user_add,
                 UserAddRequest {
                     name: name.clone(),
-                    admin
+                    admin,
+                    request_id: crate::client::new_request_id(),
                 }
             )?;
             match out {
@@ -139,7 +140,8 @@ pub async fn register(ctx: &Ctx, a: RegisterArgs) -> anyhow::Result<i32> {
         register,
         UserAddRequest {
             name: a.name.clone(),
-            admin: false
+            admin: false,
+            request_id: crate::client::new_request_id(),
         }
     )?;
     save(&out, &r.name, &r.key)?;

@@ -421,3 +421,61 @@ fn a_node_with_the_wrong_secret_is_refused() {
     // The cluster is unaffected.
     c.ctl(&["mkdir", "/still-fine"]).ok();
 }
+
+/// A user add retried after its first attempt created the user (a reply lost in a leader
+/// change) answers with the same key; another call for the same name is refused.
+#[test]
+fn a_retried_user_add_returns_the_same_key() {
+    use dfs_proto::meta_client::MetaClient;
+    use dfs_proto::{Empty, UserAddRequest};
+    let c = Cluster::up(3, 0, &[]);
+    let admin = dfs_common::auth_file::read(&c.auth).unwrap();
+    let addr = c.meta.split(',').next().unwrap().to_string();
+    fn as_user<T>(msg: T, user: &str, key: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert(dfs_common::headers::USER, user.parse().unwrap());
+        r.metadata_mut()
+            .insert(dfs_common::headers::KEY, key.parse().unwrap());
+        r
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cl = MetaClient::connect(format!("http://{addr}")).await.unwrap();
+        let add = |request_id: &str| UserAddRequest {
+            name: "bob".into(),
+            admin: false,
+            request_id: request_id.into(),
+        };
+        let first = cl
+            .user_add(as_user(add("call-1"), &admin.user, &admin.key))
+            .await
+            .unwrap()
+            .into_inner();
+        let retry = cl
+            .user_add(as_user(add("call-1"), &admin.user, &admin.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.key, retry.key);
+        let other = cl
+            .user_add(as_user(add("call-2"), &admin.user, &admin.key))
+            .await
+            .unwrap_err();
+        assert_eq!(other.code(), tonic::Code::AlreadyExists, "{other:?}");
+        let me = cl
+            .who_am_i(as_user(Empty {}, "bob", &first.key))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(me.name, "bob");
+    });
+    assert_eq!(
+        c.ctl(&["user", "list"])
+            .ok()
+            .lines()
+            .filter(|l| l.contains("bob"))
+            .count(),
+        1
+    );
+}

@@ -7,7 +7,7 @@ use crate::state::command::CommandV1;
 use crate::state::{ChunkRef, Command, FileData, Inode, Reply, Role, State};
 use crate::types::NodeId;
 use dfs_common::keys;
-use dfs_common::token::Op;
+use dfs_common::token::{ClusterSecret, Op};
 use dfs_proto::*;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
@@ -96,8 +96,13 @@ fn file_info(path: &str, n: &Inode, st: Option<&State>) -> FileInfo {
     info
 }
 
-fn new_key_reply(name: &str) -> (String, UserAddReply) {
-    let key = keys::generate_key();
+/// The key for `r` (see `UserAddRequest.request_id`) with its hash, and the reply carrying it.
+fn new_key_reply(secret: &ClusterSecret, r: &UserAddRequest) -> (String, UserAddReply) {
+    let name = r.name.as_str();
+    let key = match r.request_id.as_str() {
+        "" => keys::generate_key(),
+        id => secret.user_key(name, id),
+    };
     (
         keys::hash_key(&key),
         UserAddReply {
@@ -444,7 +449,7 @@ impl MetaNode {
     pub async fn user_add(&self, c: &Caller, r: UserAddRequest) -> OpResult<UserAddReply> {
         self.write_gate()?;
         let actor = self.authenticate_admin(c)?;
-        let (hash, reply) = new_key_reply(&r.name);
+        let (hash, reply) = new_key_reply(&self.secret, &r);
         let role = if r.admin { Role::Admin } else { Role::User };
         self.propose(v1(CommandV1::AddUser {
             actor: Some(actor),
@@ -500,7 +505,7 @@ impl MetaNode {
                 Status::permission_denied("self-registration cannot create an admin").into(),
             );
         }
-        let (hash, reply) = new_key_reply(&r.name);
+        let (hash, reply) = new_key_reply(&self.secret, &r);
         self.propose(v1(CommandV1::AddUser {
             actor: None,
             name: r.name,
