@@ -8,7 +8,7 @@
 use crate::client::MetaConn;
 use crate::local::{alive, LocalCluster};
 use crate::output::print_json;
-use crate::transfer::{get_stream, put_stream, ChunkPool};
+use crate::transfer::{get_stream, put_stream, ChunkPool, ReaderSource};
 use crate::{rpc, Ctx};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -423,7 +423,7 @@ async fn small_files(
                             0 => put_stream(
                                 &conn,
                                 &pool,
-                                &data[..],
+                                ReaderSource(&data[..]),
                                 Some(4096),
                                 &p,
                                 false,
@@ -524,10 +524,10 @@ async fn data_bench(
     put_stream(
         &conn,
         &pool,
-        PatternReader {
+        ReaderSource(PatternReader {
             left: bytes,
             state: 7,
-        },
+        }),
         Some(bytes),
         &big,
         false,

@@ -8,7 +8,7 @@
 //! metasrv's `--repair-rate` (run it once with the default and once with `--repair-rate=0`).
 use crate::client::MetaConn;
 use crate::local::{DirArg, LocalCluster, LocalCmd};
-use crate::transfer::{get_stream, put_stream, ChunkPool};
+use crate::transfer::{get_stream, put_stream, ChunkPool, ReaderSource};
 use crate::{rpc, Ctx};
 use anyhow::{bail, Context};
 use dfs_proto::*;
@@ -47,7 +47,7 @@ async fn foreground(
         put_stream(
             &conn,
             &pool,
-            &data[..],
+            ReaderSource(&data[..]),
             Some(data.len() as u64),
             &p,
             true,
@@ -143,7 +143,7 @@ pub async fn run(
         put_stream(
             &conn,
             &pool,
-            &data[..],
+            ReaderSource(&data[..]),
             Some(size as u64),
             &format!("{root}/f{i}"),
             false,

@@ -259,25 +259,9 @@ pub struct PutOutcome {
     pub bytes: u64,
 }
 
-/// Store everything `reader` yields at `path`. Used by `put` and by the benchmark.
+/// Store everything `source` yields at `path`. Used by `put` and by the benchmarks.
 #[allow(clippy::too_many_arguments)] // each argument is a different, plain input
-pub async fn put_stream<R: AsyncRead + Unpin + Send>(
-    conn: &MetaConn,
-    pool: &ChunkPool,
-    reader: R,
-    size_hint: Option<u64>,
-    path: &str,
-    force: bool,
-    replication: u32,
-    pb: &indicatif::ProgressBar,
-) -> anyhow::Result<PutOutcome> {
-    let source = ReaderSource(reader);
-    put_source(conn, pool, source, size_hint, path, force, replication, pb).await
-}
-
-/// Store everything `source` yields at `path`.
-#[allow(clippy::too_many_arguments)] // each argument is a different, plain input
-pub async fn put_source(
+pub async fn put_stream(
     conn: &MetaConn,
     pool: &ChunkPool,
     mut source: impl ChunkSource,
@@ -395,7 +379,7 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
         let r = put_stream(
             &conn,
             &pool,
-            tokio::io::stdin(),
+            ReaderSource(tokio::io::stdin()),
             None,
             &path,
             a.force,
@@ -410,7 +394,7 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
             std::fs::File::open(&a.local).with_context(|| format!("cannot open {}", a.local))?;
         let len = f.metadata()?.len();
         let pb = progress(ctx, Some(len));
-        let r = put_source(
+        let r = put_stream(
             &conn,
             &pool,
             FileSource::new(f),
