@@ -214,19 +214,8 @@ fn check_writable(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Size of the filesystem holding `path`.
-fn filesystem_size(path: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // SAFETY: `c` is a valid NUL-terminated string and `st` a properly sized, writable
-    // statvfs struct that lives across the call; statvfs only writes into it.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
-    Ok((st.f_blocks as u64).saturating_mul(st.f_frsize as u64))
+fn filesystem_size(path: &Path) -> Option<u64> {
+    dfs_common::promtext::fs_stats(path).map(|f| f.size_bytes)
 }
 
 fn default_capacity(data_dir: &Path, backup_dir: Option<&Path>) -> anyhow::Result<u64> {

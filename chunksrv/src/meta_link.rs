@@ -455,6 +455,7 @@ impl MetaLink {
             deleted: self.deletes().acks(),
             inventory,
             inventory_included: with_inventory,
+            disk_free_bytes: self.store.disk_free(),
         }
     }
 

@@ -600,6 +600,23 @@ impl Store {
         self.inner.capacity
     }
 
+    /// Bytes of chunk data the disks can still take, whatever `capacity` says: what the data
+    /// directory's filesystem has free, or with backups the least of the two filesystems (half
+    /// when both copies share one). `None` if a filesystem cannot be measured.
+    pub fn disk_free(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let free = |root: &Path| dfs_common::promtext::fs_stats(root).map(|f| f.avail_bytes);
+        let primary = free(&self.inner.primary)?;
+        let Some(backup_root) = &self.inner.backup else {
+            return Some(primary);
+        };
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+        match dev(&self.inner.primary) {
+            Some(d) if dev(backup_root) == Some(d) => Some(primary / 2),
+            _ => Some(primary.min(free(backup_root)?)),
+        }
+    }
+
     /// Bytes of chunk data stored (one copy per chunk).
     pub fn used_bytes(&self) -> u64 {
         lock(&self.inner.accounting).used + self.inner.packs.usage().1
@@ -1941,6 +1958,21 @@ pub(crate) mod tests {
         assert!(primary(d.path(), ID).is_dir());
         assert!(!d.path().join("quarantine").exists());
         assert_eq!(metrics.checksum_failures_total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn disk_free_halves_when_the_backups_share_the_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (alone, _) = open_with(&dir.path().join("a"), 1 << 30, false, 0);
+        let (mirrored, _) = open_with(&dir.path().join("b"), 1 << 30, true, 0);
+        let avail = dfs_common::promtext::fs_stats(dir.path())
+            .unwrap()
+            .avail_bytes;
+        let (alone, mirrored) = (alone.disk_free().unwrap(), mirrored.disk_free().unwrap());
+        // Other tests write meanwhile: compare within 10% of the filesystem's free space.
+        let near = |a: u64, b: u64| a.abs_diff(b) <= avail / 10 + (1 << 20);
+        assert!(near(alone, avail), "{alone} vs {avail}");
+        assert!(near(mirrored * 2, alone), "{mirrored} x 2 vs {alone}");
     }
 
     #[tokio::test]

@@ -258,11 +258,8 @@ pub fn view(node: &MetaNode, since: Option<Instant>) -> View {
         .map(|&id| {
             let h = match node.liveness.get(id) {
                 Some(v) if v.last_seen.elapsed() < LIVE_WINDOW => {
-                    if v.capacity > 0 {
-                        free.insert(
-                            id,
-                            v.capacity.saturating_sub(v.used.saturating_add(v.placed)),
-                        );
+                    if let Some(f) = v.free() {
+                        free.insert(id, f);
                     }
                     ServerHealth::Live { used: v.used }
                 }

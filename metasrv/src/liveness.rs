@@ -14,12 +14,28 @@ pub struct ServerView {
     pub last_seen: Instant,
     pub capacity: u64,
     pub used: u64,
+    /// What its disks can still take, whatever the capacity says (`None`: not reported).
+    pub disk_free: Option<u64>,
     pub chunks: u64,
     /// Bytes of chunks placed on it that its heartbeats have not reported as used yet: counted
     /// as used meanwhile, so the puts of one second do not all pick the same servers.
     pub placed: u64,
     /// When a chunk was last placed on it.
     pub placed_at: Instant,
+}
+
+impl ServerView {
+    /// Bytes of chunk data it can still take: room under its capacity and on its disks, less
+    /// what was placed on it since (`None`: no limit known).
+    pub fn free(&self) -> Option<u64> {
+        let under_capacity = (self.capacity > 0).then(|| self.capacity.saturating_sub(self.used));
+        let on_disk = self.disk_free;
+        let free = match (under_capacity, on_disk) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(free.saturating_sub(self.placed))
+    }
 }
 
 /// Placed bytes still unreported after this long are forgotten (their puts failed or were
@@ -86,15 +102,26 @@ impl Liveness {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Room {
     pub id: NodeId,
-    /// Bytes of chunk data on it.
+    /// Bytes of chunk data on it, counting what was just placed there.
     pub used: u64,
-    /// Bytes it may hold (0: not reported, no limit known).
+    /// Bytes it may hold (0: not reported).
     pub capacity: u64,
+    /// Bytes it can still take (`None`: no limit known); see [`ServerView::free`].
+    pub free: Option<u64>,
 }
 
 impl Room {
+    pub fn of(id: NodeId, v: &ServerView) -> Room {
+        Room {
+            id,
+            used: v.used.saturating_add(v.placed),
+            capacity: v.capacity,
+            free: v.free(),
+        }
+    }
+
     fn fits(&self, bytes: u64) -> bool {
-        self.capacity == 0 || self.used.saturating_add(bytes) <= self.capacity
+        self.free.is_none_or(|f| f >= bytes)
     }
 
     /// Share of its capacity in use (what "least used" compares, so that servers of different
@@ -128,6 +155,7 @@ pub fn place(
             .take(replication)
         {
             r.used = r.used.saturating_add(chunk_bytes);
+            r.free = r.free.map(|f| f - chunk_bytes);
             picked.push(r.id);
         }
         out.push(picked);
@@ -147,11 +175,37 @@ mod tests {
                 last_seen: Instant::now(),
                 capacity: 1000,
                 used,
+                disk_free: None,
                 chunks: 0,
                 placed: 0,
                 placed_at: Instant::now(),
             },
         );
+    }
+
+    #[test]
+    fn free_is_the_least_of_capacity_and_disk_less_what_was_placed() {
+        let v = |capacity, used, disk_free, placed| ServerView {
+            last_seen: Instant::now(),
+            capacity,
+            used,
+            disk_free,
+            chunks: 0,
+            placed,
+            placed_at: Instant::now(),
+        };
+        assert_eq!(v(1000, 100, None, 0).free(), Some(900));
+        assert_eq!(
+            v(1000, 100, Some(50), 0).free(),
+            Some(50),
+            "a disk filled by others"
+        );
+        assert_eq!(v(1000, 100, Some(5000), 300).free(), Some(600));
+        assert_eq!(v(0, 100, Some(70), 30).free(), Some(40));
+        assert_eq!(v(0, 100, None, 30).free(), None);
+        // A server whose disk is full gets nothing, whatever its capacity.
+        let full = Room::of(1, &v(1000, 0, Some(0), 0));
+        assert_eq!(place(&[full], 1, 1, 1), vec![Vec::<u64>::new()]);
     }
 
     #[test]
@@ -170,9 +224,15 @@ mod tests {
         assert_eq!(l.get(1).unwrap().placed, 0);
     }
 
+    /// (id, used, capacity): free is what the capacity leaves.
     fn rooms(v: &[(u64, u64, u64)]) -> Vec<Room> {
         v.iter()
-            .map(|&(id, used, capacity)| Room { id, used, capacity })
+            .map(|&(id, used, capacity)| Room {
+                id,
+                used,
+                capacity,
+                free: (capacity > 0).then(|| capacity.saturating_sub(used)),
+            })
             .collect()
     }
 

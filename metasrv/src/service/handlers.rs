@@ -233,11 +233,7 @@ impl MetaNode {
             .live()
             .into_iter()
             .filter(|(id, _)| st.chunk_servers.contains_key(id))
-            .map(|(id, v)| Room {
-                id,
-                used: v.used.saturating_add(v.placed),
-                capacity: v.capacity,
-            })
+            .map(|(id, v)| Room::of(id, &v))
             .collect();
         if live.is_empty() {
             return Err(Status::failed_precondition(
@@ -254,9 +250,9 @@ impl MetaNode {
         if placement.iter().any(Vec::is_empty) {
             let free: Vec<String> = live
                 .iter()
-                .map(|s| {
-                    let free = s.capacity.saturating_sub(s.used);
-                    format!("server {} has {free}", s.id)
+                .map(|s| match s.free {
+                    Some(free) => format!("server {} has {free}", s.id),
+                    None => format!("server {} has an unknown number of", s.id),
                 })
                 .collect();
             return Err(Status::resource_exhausted(format!(
@@ -798,6 +794,7 @@ impl MetaNode {
                 last_seen: Instant::now(),
                 capacity: r.capacity_bytes,
                 used: r.used_bytes,
+                disk_free: r.disk_free_bytes,
                 chunks: r.chunk_count,
                 placed: 0,
                 placed_at: Instant::now(),
