@@ -276,26 +276,35 @@ pub fn balance(st: &State, view: &View, threshold: u64, max_moves: usize) -> Vec
             .iter()
             .max_by_key(|(id, l)| (**l, std::cmp::Reverse(**id)))
             .unwrap_or((&0, &0));
-        let (&lo, &lo_load) = load
-            .iter()
-            .min_by_key(|(id, l)| (**l, **id))
-            .unwrap_or((&0, &0));
-        let gap = hi_load.saturating_sub(lo_load);
-        if hi == lo || gap <= threshold {
-            break;
-        }
         let pending =
             |n: NodeId, id: &str| st.pending_deletes.get(&n).is_some_and(|s| s.contains(id));
         let candidates = on.get(&hi).map(Vec::as_slice).unwrap_or(&[]);
-        let pick = candidates.iter().find(|(_, _, c)| {
-            !moved.contains(c.id.as_str())
-                && !c.replicas.contains(&lo)
-                && !pending(lo, &c.id)
-                && c.size > 0
-                && c.size < gap
-                && View::fits(&free, lo, c.size)
-        });
-        let Some((path, file_id, c)) = pick else {
+        // The least used server that can take a chunk which narrows the gap; a full one is
+        // passed over for the next.
+        let mut targets: Vec<(NodeId, u64)> = load
+            .iter()
+            .filter(|(id, _)| **id != hi)
+            .map(|(id, l)| (*id, *l))
+            .collect();
+        targets.sort_by_key(|(id, l)| (*l, *id));
+        let pick = targets
+            .iter()
+            .take_while(|(_, lo_load)| hi_load.saturating_sub(*lo_load) > threshold)
+            .find_map(|&(lo, lo_load)| {
+                let gap = hi_load - lo_load;
+                candidates
+                    .iter()
+                    .find(|(_, _, c)| {
+                        !moved.contains(c.id.as_str())
+                            && !c.replicas.contains(&lo)
+                            && !pending(lo, &c.id)
+                            && c.size > 0
+                            && c.size < gap
+                            && View::fits(&free, lo, c.size)
+                    })
+                    .map(|m| (lo, m))
+            });
+        let Some((lo, (path, file_id, c))) = pick else {
             break;
         };
         moved.insert(c.id.as_str());
@@ -495,6 +504,11 @@ mod tests {
         assert!(balance(&s, &v, 0, 10).is_empty());
         v.free.insert(3, 10);
         assert_eq!(balance(&s, &v, 0, 10).len(), 1);
+        // The least used server is full: the move goes to the next one with room.
+        v.free.insert(3, 5);
+        v.servers.insert(2, Live { used: 20 });
+        let m = balance(&s, &v, 0, 10);
+        assert_eq!((m.len(), m[0].from, m[0].to), (1, 1, 2));
     }
 
     #[test]
