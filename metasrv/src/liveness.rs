@@ -2,7 +2,7 @@
 //! replicated, rebuilt from heartbeats (chunk servers heartbeat every metasrv node, so a newly
 //! elected leader already knows who is alive).
 use crate::types::NodeId;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,9 @@ pub struct ServerView {
     /// What its disks can still take, whatever the capacity says (`None`: not reported).
     pub disk_free: Option<u64>,
     pub chunks: u64,
-    /// Bytes of chunks placed on it that its heartbeats have not reported as used yet: counted
-    /// as used meanwhile, so the puts of one second do not all pick the same servers.
-    pub placed: u64,
-    /// When a chunk was last placed on it.
-    pub placed_at: Instant,
+    /// Chunks placed on it that its heartbeats have not reported as used yet: counted as used
+    /// meanwhile, so the puts of one second do not all pick the same servers.
+    pub placed: Placed,
 }
 
 impl ServerView {
@@ -29,18 +27,52 @@ impl ServerView {
     /// what was placed on it since (`None`: no limit known).
     pub fn free(&self) -> Option<u64> {
         let under_capacity = (self.capacity > 0).then(|| self.capacity.saturating_sub(self.used));
-        let on_disk = self.disk_free;
-        let free = match (under_capacity, on_disk) {
+        let free = match (under_capacity, self.disk_free) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
-        Some(free.saturating_sub(self.placed))
+        Some(free.saturating_sub(self.placed.bytes()))
     }
 }
 
-/// Placed bytes still unreported after this long are forgotten (their puts failed or were
-/// abandoned, or deletes hid their growth).
-const PLACED_TTL: Duration = Duration::from_secs(30);
+/// A placement not seen landed by then is forgotten (its put failed or was abandoned, it was
+/// smaller than charged, or deletes hid its growth): each charge expires on its own.
+const PLACED_TTL: Duration = Duration::from_secs(10);
+
+/// Bytes placed on a server, per second of placement (oldest first), until they land or expire.
+#[derive(Debug, Clone, Default)]
+pub struct Placed(VecDeque<(Instant, u64)>);
+
+impl Placed {
+    fn add(&mut self, bytes: u64) {
+        let now = Instant::now();
+        match self.0.back_mut() {
+            Some((at, b)) if now.duration_since(*at) < Duration::from_secs(1) => *b += bytes,
+            _ => self.0.push_back((now, bytes)),
+        }
+    }
+
+    /// `bytes` of growth in used were reported: they are the oldest placements landing.
+    fn landed(&mut self, mut bytes: u64) {
+        self.0.retain(|(at, _)| at.elapsed() < PLACED_TTL);
+        while let Some((_, b)) = self.0.front_mut() {
+            if *b > bytes {
+                *b -= bytes;
+                return;
+            }
+            bytes -= *b;
+            self.0.pop_front();
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(at, _)| at.elapsed() < PLACED_TTL)
+            .map(|(_, b)| b)
+            .sum()
+    }
+}
 
 #[derive(Default)]
 pub struct Liveness {
@@ -52,12 +84,9 @@ impl Liveness {
     /// the bytes placed on it (they have landed).
     pub fn record(&self, id: NodeId, mut view: ServerView) {
         let mut g = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(old) = g.get(&id) {
-            if old.placed_at.elapsed() < PLACED_TTL {
-                let landed = view.used.saturating_sub(old.used);
-                view.placed = old.placed.saturating_sub(landed);
-                view.placed_at = old.placed_at;
-            }
+        if let Some(old) = g.remove(&id) {
+            view.placed = old.placed;
+            view.placed.landed(view.used.saturating_sub(old.used));
         }
         g.insert(id, view);
     }
@@ -70,8 +99,7 @@ impl Liveness {
             .unwrap_or_else(|p| p.into_inner())
             .get_mut(&id)
         {
-            v.placed = v.placed.saturating_add(bytes);
-            v.placed_at = Instant::now();
+            v.placed.add(bytes);
         }
     }
 
@@ -104,8 +132,6 @@ pub struct Room {
     pub id: NodeId,
     /// Bytes of chunk data on it, counting what was just placed there.
     pub used: u64,
-    /// Bytes it may hold (0: not reported).
-    pub capacity: u64,
     /// Bytes it can still take (`None`: no limit known); see [`ServerView::free`].
     pub free: Option<u64>,
 }
@@ -114,23 +140,13 @@ impl Room {
     pub fn of(id: NodeId, v: &ServerView) -> Room {
         Room {
             id,
-            used: v.used.saturating_add(v.placed),
-            capacity: v.capacity,
+            used: v.used.saturating_add(v.placed.bytes()),
             free: v.free(),
         }
     }
 
     fn fits(&self, bytes: u64) -> bool {
         self.free.is_none_or(|f| f >= bytes)
-    }
-
-    /// Share of its capacity in use (what "least used" compares, so that servers of different
-    /// sizes fill up together).
-    fn share(&self) -> f64 {
-        match self.capacity {
-            0 => 0.0,
-            c => self.used as f64 / c as f64,
-        }
     }
 }
 
@@ -147,7 +163,8 @@ pub fn place(
     let mut rooms = live.to_vec();
     let mut out = Vec::with_capacity(chunks);
     for _ in 0..chunks {
-        rooms.sort_by(|a, b| a.share().total_cmp(&b.share()).then(a.id.cmp(&b.id)));
+        // Least used in bytes, as repair and balance count it.
+        rooms.sort_by_key(|r| (r.used, r.id));
         let mut picked = Vec::with_capacity(replication);
         for r in rooms
             .iter_mut()
@@ -155,7 +172,7 @@ pub fn place(
             .take(replication)
         {
             r.used = r.used.saturating_add(chunk_bytes);
-            r.free = r.free.map(|f| f - chunk_bytes);
+            r.free = r.free.map(|f| f.saturating_sub(chunk_bytes));
             picked.push(r.id);
         }
         out.push(picked);
@@ -165,81 +182,79 @@ pub fn place(
 
 #[cfg(test)]
 mod tests {
-    use super::{place, Liveness, Room, ServerView};
+    use super::{place, Liveness, Placed, Room, ServerView, PLACED_TTL};
     use std::time::Instant;
 
-    fn heartbeat(l: &Liveness, used: u64) {
-        l.record(
-            1,
-            ServerView {
-                last_seen: Instant::now(),
-                capacity: 1000,
-                used,
-                disk_free: None,
-                chunks: 0,
-                placed: 0,
-                placed_at: Instant::now(),
-            },
-        );
-    }
-
-    #[test]
-    fn free_is_the_least_of_capacity_and_disk_less_what_was_placed() {
-        let v = |capacity, used, disk_free, placed| ServerView {
+    fn view(capacity: u64, used: u64, disk_free: Option<u64>) -> ServerView {
+        ServerView {
             last_seen: Instant::now(),
             capacity,
             used,
             disk_free,
             chunks: 0,
-            placed,
-            placed_at: Instant::now(),
-        };
-        assert_eq!(v(1000, 100, None, 0).free(), Some(900));
+            placed: Placed::default(),
+        }
+    }
+
+    fn placed(l: &Liveness) -> u64 {
+        l.get(1).unwrap().placed.bytes()
+    }
+
+    #[test]
+    fn free_is_the_least_of_capacity_and_disk_less_what_was_placed() {
+        assert_eq!(view(1000, 100, None).free(), Some(900));
         assert_eq!(
-            v(1000, 100, Some(50), 0).free(),
+            view(1000, 100, Some(50)).free(),
             Some(50),
             "a disk filled by others"
         );
-        assert_eq!(v(1000, 100, Some(5000), 300).free(), Some(600));
-        assert_eq!(v(0, 100, Some(70), 30).free(), Some(40));
-        assert_eq!(v(0, 100, None, 30).free(), None);
+        let mut v = view(1000, 100, Some(5000));
+        v.placed.add(300);
+        assert_eq!(v.free(), Some(600));
+        let mut v = view(0, 100, Some(70));
+        v.placed.add(30);
+        assert_eq!(v.free(), Some(40));
+        assert_eq!(view(0, 100, None).free(), None);
         // A server whose disk is full gets nothing, whatever its capacity.
-        let full = Room::of(1, &v(1000, 0, Some(0), 0));
+        let full = Room::of(1, &view(1000, 0, Some(0)));
         assert_eq!(place(&[full], 1, 1, 1), vec![Vec::<u64>::new()]);
     }
 
     #[test]
-    fn placed_bytes_count_until_heartbeats_report_them() {
+    fn placed_bytes_count_until_heartbeats_report_them_or_they_expire() {
         let l = Liveness::default();
-        heartbeat(&l, 100);
+        l.record(1, view(1000, 100, None));
         l.add_placed(1, 300);
-        assert_eq!(l.get(1).unwrap().placed, 300);
+        assert_eq!(placed(&l), 300);
+        assert_eq!(Room::of(1, &l.get(1).unwrap()).used, 400);
         // A heartbeat that does not see the chunk yet keeps it counted.
-        heartbeat(&l, 100);
-        assert_eq!(l.get(1).unwrap().placed, 300);
+        l.record(1, view(1000, 100, None));
+        assert_eq!(placed(&l), 300);
         // One that sees part of it, then all of it.
-        heartbeat(&l, 250);
-        assert_eq!(l.get(1).unwrap().placed, 150);
-        heartbeat(&l, 400);
-        assert_eq!(l.get(1).unwrap().placed, 0);
+        l.record(1, view(1000, 250, None));
+        assert_eq!(placed(&l), 150);
+        l.record(1, view(1000, 400, None));
+        assert_eq!(placed(&l), 0);
+        // A charge that never lands is forgotten after the TTL, on its own.
+        let mut p = Placed::default();
+        p.0.push_back((Instant::now() - PLACED_TTL, 500));
+        p.add(20);
+        assert_eq!(p.bytes(), 20);
+        p.landed(5);
+        assert_eq!((p.0.len(), p.bytes()), (1, 15));
     }
 
-    /// (id, used, capacity): free is what the capacity leaves.
-    fn rooms(v: &[(u64, u64, u64)]) -> Vec<Room> {
+    /// (id, used, free).
+    fn rooms(v: &[(u64, u64, Option<u64>)]) -> Vec<Room> {
         v.iter()
-            .map(|&(id, used, capacity)| Room {
-                id,
-                used,
-                capacity,
-                free: (capacity > 0).then(|| capacity.saturating_sub(used)),
-            })
+            .map(|&(id, used, free)| Room { id, used, free })
             .collect()
     }
 
     #[test]
     fn spreads_evenly_and_never_doubles_up() {
         let p = place(
-            &rooms(&[(1, 0, 1000), (2, 0, 1000), (3, 0, 1000)]),
+            &rooms(&[(1, 0, None), (2, 0, None), (3, 0, None)]),
             2,
             6,
             10,
@@ -254,11 +269,11 @@ mod tests {
         }
         assert_eq!(&count[1..], &[4, 4, 4]);
         // Fewer servers than the replication factor: use all of them.
-        assert_eq!(place(&rooms(&[(1, 0, 1000)]), 3, 1, 10), vec![vec![1]]);
+        assert_eq!(place(&rooms(&[(1, 0, None)]), 3, 1, 10), vec![vec![1]]);
         // Least used first.
         assert_eq!(
             place(
-                &rooms(&[(1, 100, 1000), (2, 0, 1000), (3, 50, 1000)]),
+                &rooms(&[(1, 100, None), (2, 0, None), (3, 50, None)]),
                 1,
                 1,
                 10
@@ -268,27 +283,20 @@ mod tests {
     }
 
     #[test]
-    fn servers_without_room_are_skipped_and_sizes_fill_up_together() {
+    fn servers_without_room_are_skipped() {
         // Server 1 has room for one more chunk only; 2 and 3 have plenty.
-        let live = rooms(&[(1, 0, 15), (2, 0, 1000), (3, 0, 1000)]);
+        let live = rooms(&[(1, 0, Some(15)), (2, 0, Some(1000)), (3, 0, None)]);
         let p = place(&live, 2, 4, 10);
         assert_eq!(p.iter().filter(|c| c.contains(&1)).count(), 1, "{p:?}");
         assert!(p.iter().all(|c| c.len() == 2), "{p:?}");
         // Room for nobody: no server at all; room for one: an under-replicated chunk.
         assert_eq!(
-            place(&rooms(&[(1, 95, 100), (2, 0, 5)]), 2, 1, 10),
+            place(&rooms(&[(1, 95, Some(5)), (2, 0, Some(5))]), 2, 1, 10),
             vec![Vec::<u64>::new()]
         );
         assert_eq!(
-            place(&rooms(&[(1, 95, 100), (2, 0, 50)]), 2, 1, 10),
+            place(&rooms(&[(1, 95, Some(5)), (2, 0, Some(50))]), 2, 1, 10),
             vec![vec![2]]
         );
-        // The same bytes fill a small server's share faster: the big one is less used.
-        assert_eq!(
-            place(&rooms(&[(1, 500, 1000), (2, 600, 10_000)]), 1, 1, 10),
-            vec![vec![2]]
-        );
-        // A server that reported no capacity has no known limit.
-        assert_eq!(place(&rooms(&[(7, 1 << 40, 0)]), 1, 1, 10), vec![vec![7]]);
     }
 }

@@ -287,9 +287,12 @@ pub fn balance(st: &State, view: &View, threshold: u64, max_moves: usize) -> Vec
             .map(|(id, l)| (*id, *l))
             .collect();
         targets.sort_by_key(|(id, l)| (*l, *id));
+        // A target without room for even the smallest chunk is not scanned at all.
+        let smallest = candidates.iter().map(|(_, _, c)| c.size).min().unwrap_or(0);
         let pick = targets
             .iter()
             .take_while(|(_, lo_load)| hi_load.saturating_sub(*lo_load) > threshold)
+            .filter(|(lo, _)| View::fits(&free, *lo, smallest))
             .find_map(|&(lo, lo_load)| {
                 let gap = hi_load - lo_load;
                 candidates

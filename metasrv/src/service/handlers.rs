@@ -447,13 +447,18 @@ impl MetaNode {
         let actor = self.authenticate_admin(c)?;
         let (hash, reply) = new_key_reply(&self.secret, &r);
         let role = if r.admin { Role::Admin } else { Role::User };
-        self.propose(v1(CommandV1::AddUser {
-            actor: Some(actor),
-            name: r.name,
-            role,
-            key_hash: hash,
-            now_ms: now_ms(),
-        }))
+        // A retry within the remembered-request window gets the first reply, and the key
+        // derived from the same request id.
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::AddUser {
+                actor: Some(actor),
+                name: r.name,
+                role,
+                key_hash: hash,
+                now_ms: now_ms(),
+            },
+        )?)
         .await?;
         Ok(reply)
     }
@@ -502,13 +507,18 @@ impl MetaNode {
             );
         }
         let (hash, reply) = new_key_reply(&self.secret, &r);
-        self.propose(v1(CommandV1::AddUser {
-            actor: None,
-            name: r.name,
-            role: Role::User,
-            key_hash: hash,
-            now_ms: now_ms(),
-        }))
+        // A retry within the remembered-request window gets the first reply, and the key
+        // derived from the same request id.
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::AddUser {
+                actor: None,
+                name: r.name,
+                role: Role::User,
+                key_hash: hash,
+                now_ms: now_ms(),
+            },
+        )?)
         .await?;
         Ok(reply)
     }
@@ -796,8 +806,7 @@ impl MetaNode {
                 used: r.used_bytes,
                 disk_free: r.disk_free_bytes,
                 chunks: r.chunk_count,
-                placed: 0,
-                placed_at: Instant::now(),
+                placed: Default::default(),
             },
         );
         // Every node keeps the latest report, so a new leader can collect orphans at once.

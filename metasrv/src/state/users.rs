@@ -1,7 +1,6 @@
 //! Users: the admin created at initialization, users added by an admin or self-registered.
 use super::command::{ApplyError, ErrorKind, Reply};
 use super::{ClusterMeta, RecordKey, Role, State, User};
-use dfs_common::keys;
 
 /// User names: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with `.` (they end up in auth files).
 pub fn validate_user_name(name: &str) -> Result<(), ApplyError> {
@@ -72,13 +71,7 @@ impl State {
             _ => {}
         }
         validate_user_name(name)?;
-        if let Some(u) = self.users.get(name) {
-            // The same key means the same call (keys derive from its request id): a retry
-            // whose first attempt created the user. Nothing changes.
-            if u.role == role && keys::constant_time_eq(u.key_hash.as_bytes(), key_hash.as_bytes())
-            {
-                return Ok(Reply::Done);
-            }
+        if self.users.contains_key(name) {
             return Err(ApplyError::new(
                 ErrorKind::AlreadyExists,
                 format!("user {name} already exists"),
