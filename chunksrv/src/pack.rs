@@ -139,6 +139,10 @@ fn parse_pack_name(name: &str) -> Option<u64> {
 struct Pack {
     files: Vec<Arc<File>>,
     live: u64,
+    /// Every record of it is known: the start-up scan read it to the end (or it was written
+    /// by this process). A pack the scan could not read through may hold records nobody has
+    /// seen, so it is never removed as empty.
+    complete: bool,
 }
 
 #[derive(Default)]
@@ -195,8 +199,15 @@ impl Packs {
         let mut superseded = Vec::new();
         for &seq in &seqs {
             let files = open_pack(&dirs, seq, false)?;
-            let records = scan(seq, &files);
-            state.packs.insert(seq, Pack { files, live: 0 });
+            let (records, complete) = scan(seq, &files);
+            state.packs.insert(
+                seq,
+                Pack {
+                    files,
+                    live: 0,
+                    complete,
+                },
+            );
             for (id, loc) in records {
                 superseded.extend(state.insert(id, loc));
             }
@@ -207,8 +218,9 @@ impl Packs {
         state.packs.insert(
             current,
             Pack {
-                files: files.clone(),
+                files: open_pack(&dirs, current, false)?,
                 live: 0,
+                complete: true,
             },
         );
         let shared = Arc::new(Shared {
@@ -237,14 +249,14 @@ impl Packs {
                 tracing::warn!(chunk_id = %id, error = %e, "cannot mark a replaced pack record deleted");
             }
         }
-        let empty: Vec<u64> = lock(&shared.state)
-            .packs
-            .iter()
-            .filter(|(seq, p)| p.live == 0 && **seq != current)
-            .map(|(seq, _)| *seq)
-            .collect();
+        let empty: Vec<u64> = {
+            let mut st = lock(&shared.state);
+            let seqs: Vec<u64> = st.packs.keys().copied().collect();
+            seqs.into_iter()
+                .filter(|&seq| st.remove_if_empty(seq))
+                .collect()
+        };
         for seq in empty {
-            lock(&shared.state).packs.remove(&seq);
             remove_pack(&shared.dirs, seq);
         }
         let writer = Writer {
@@ -450,7 +462,11 @@ impl State {
     }
 
     fn remove_if_empty(&mut self, pack: u64) -> bool {
-        let empty = pack != self.current && self.packs.get(&pack).is_some_and(|p| p.live == 0);
+        let empty = pack != self.current
+            && self
+                .packs
+                .get(&pack)
+                .is_some_and(|p| p.live == 0 && p.complete);
         if empty {
             self.packs.remove(&pack);
         }
@@ -597,8 +613,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// The live records of pack `seq`, in order. A damaged record is stepped over (with the
 /// backup's copy of its header, else by searching for the next record); the pack is cut after
 /// its last valid record, where only a torn batch or space allocated ahead can follow. Where
-/// the disk cannot be read, the scan stops there and cuts nothing (a later start may read it).
-fn scan(seq: u64, files: &[Arc<File>]) -> Vec<(String, Loc)> {
+/// the disk cannot be read, the scan stops there and cuts nothing (a later start may read it):
+/// the second value says whether it read to the end.
+fn scan(seq: u64, files: &[Arc<File>]) -> (Vec<(String, Loc)>, bool) {
     let mut records = Vec::new();
     let mut offset = 0u64;
     let found_end = loop {
@@ -640,7 +657,7 @@ fn scan(seq: u64, files: &[Arc<File>]) -> Vec<(String, Loc)> {
             }
         }
     }
-    records
+    (records, found_end)
 }
 
 fn punch_hole(file: &File, offset: u64, len: u64) {
@@ -680,7 +697,10 @@ fn allocate(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
-/// The appending side: owns the end of the current pack.
+/// The appending side: owns the end of the current pack. It writes and syncs through
+/// descriptors of its own: Linux reports a writeback error once per open file, so a delete or
+/// repair syncing the same pack through the shared descriptors can neither take the writer's
+/// error (and let a lost batch be acknowledged) nor lose its own to the writer.
 struct Writer {
     shared: Arc<Shared>,
     seq: u64,
@@ -791,8 +811,10 @@ impl Writer {
         }
         self.seq = next;
         self.broken = true;
-        let files = match open_pack(&self.shared.dirs, next, true) {
-            Ok(files) => files,
+        let opened = open_pack(&self.shared.dirs, next, true)
+            .and_then(|files| Ok((files, open_pack(&self.shared.dirs, next, false)?)));
+        let (files, shared_files) = match opened {
+            Ok(f) => f,
             Err(e) => {
                 remove_pack(&self.shared.dirs, next);
                 return Err(e);
@@ -803,8 +825,9 @@ impl Writer {
             st.packs.insert(
                 next,
                 Pack {
-                    files: files.clone(),
+                    files: shared_files,
                     live: 0,
+                    complete: true,
                 },
             );
             let old = std::mem::replace(&mut st.current, next);
@@ -833,6 +856,26 @@ mod tests {
 
     fn id(n: u32) -> String {
         format!("{n:08x}-1111-4222-8333-444455556666")
+    }
+
+    #[test]
+    fn a_pack_not_read_to_its_end_is_never_removed_as_empty() {
+        let pack = |complete| super::Pack {
+            files: Vec::new(),
+            live: 0,
+            complete,
+        };
+        let mut st = super::State {
+            current: 9,
+            ..Default::default()
+        };
+        st.packs.insert(1, pack(false));
+        st.packs.insert(2, pack(true));
+        st.packs.insert(9, pack(true));
+        assert!(!st.remove_if_empty(1), "unread records may follow");
+        assert!(st.remove_if_empty(2));
+        assert!(!st.remove_if_empty(9), "the current pack stays");
+        assert_eq!(st.packs.len(), 2);
     }
 
     fn open(dir: &Path, backups: bool) -> (Store, Arc<Metrics>) {
@@ -1149,6 +1192,24 @@ mod tests {
         assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 2000));
         assert!(store.delete(&id(1)).await.unwrap());
         drop(store);
+        let (store, _) = open(dir.path(), true);
+        assert_eq!(store.inventory(), vec![id(2)]);
+        assert_eq!(store.used_bytes(), 2000);
+    }
+
+    /// Without a restart between the retry and the delete: the writer itself must have
+    /// deleted the older record, or it comes back at the next start.
+    #[tokio::test]
+    async fn a_chunk_written_again_and_deleted_stays_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path(), true);
+            put(&store, &id(1), &data(1, 2000)).await.unwrap();
+            put(&store, &id(2), &data(2, 2000)).await.unwrap();
+            damage_every_copy(dir.path(), &id(1), 7);
+            put(&store, &id(1), &data(1, 2000)).await.unwrap();
+            assert!(store.delete(&id(1)).await.unwrap());
+        }
         let (store, _) = open(dir.path(), true);
         assert_eq!(store.inventory(), vec![id(2)]);
         assert_eq!(store.used_bytes(), 2000);
