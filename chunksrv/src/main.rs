@@ -213,28 +213,14 @@ fn check_writable(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("data dir {} is not writable", dir.display()))
 }
 
-/// Size of the filesystem holding `path`.
-fn filesystem_size(path: &Path) -> Option<u64> {
-    dfs_common::promtext::fs_stats(path).map(|f| f.size_bytes)
-}
-
+/// Capacity when none is given: what the filesystems hold for one copy of every chunk.
 fn default_capacity(data_dir: &Path, backup_dir: Option<&Path>) -> anyhow::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let size = filesystem_size(data_dir).with_context(|| {
+    store::per_copy(data_dir, backup_dir, |f| f.size_bytes).with_context(|| {
         format!(
-            "cannot measure the filesystem of {}; give --capacity",
+            "cannot measure the filesystem of {} or of its backup directory; give --capacity",
             data_dir.display()
         )
-    })?;
-    let Some(backup) = backup_dir else {
-        return Ok(size);
-    };
-    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    if dev(data_dir).is_some() && dev(data_dir) == dev(backup) {
-        Ok(size / 2)
-    } else {
-        Ok(size.min(filesystem_size(backup).unwrap_or(size)))
-    }
+    })
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {

@@ -1001,6 +1001,33 @@ mod tests {
         assert_eq!(store.chunk_count(), 1);
     }
 
+    /// `--pack-max` lowered after a chunk was packed: a retry of its write arrives as a file.
+    #[tokio::test]
+    async fn a_packed_chunk_written_again_as_a_file_is_compared_through_either_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(dir.path(), true);
+            put(&store, &id(1), &data(1, 3000)).await.unwrap();
+        }
+        let (store, _) = open_with(dir.path(), 1 << 30, true, 0);
+        put(&store, &id(1), &data(1, 3000)).await.unwrap();
+        assert!(matches!(
+            put(&store, &id(1), &data(2, 3000)).await,
+            Err(StoreError::Conflict(_))
+        ));
+        // A damaged primary record is a read problem, not a conflict: the backup decides.
+        let (pack, at) = record(&dir.path().join("chunks"), &id(1));
+        flip(&pack, at + super::HEADER_LEN as u64 + 11);
+        put(&store, &id(1), &data(1, 3000)).await.unwrap();
+        assert_eq!(store.chunk_count(), 1);
+        assert_eq!(
+            chunk_files(&dir.path().join("chunks")),
+            0,
+            "the packed copy stays"
+        );
+        assert_eq!(get(&store, &id(1)).await.unwrap(), data(1, 3000));
+    }
+
     #[tokio::test]
     async fn a_bad_primary_record_is_restored_from_the_backup() {
         let dir = tempfile::tempdir().unwrap();

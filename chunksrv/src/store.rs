@@ -600,21 +600,12 @@ impl Store {
         self.inner.capacity
     }
 
-    /// Bytes of chunk data the disks can still take, whatever `capacity` says: what the data
-    /// directory's filesystem has free, or with backups the least of the two filesystems (half
-    /// when both copies share one). `None` if a filesystem cannot be measured.
+    /// Bytes of chunk data the disks can still take, whatever `capacity` says (see
+    /// [`per_copy`]). `None` if a filesystem cannot be measured.
     pub fn disk_free(&self) -> Option<u64> {
-        use std::os::unix::fs::MetadataExt;
-        let free = |root: &Path| dfs_common::promtext::fs_stats(root).map(|f| f.avail_bytes);
-        let primary = free(&self.inner.primary)?;
-        let Some(backup_root) = &self.inner.backup else {
-            return Some(primary);
-        };
-        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
-        match dev(&self.inner.primary) {
-            Some(d) if dev(backup_root) == Some(d) => Some(primary / 2),
-            _ => Some(primary.min(free(backup_root)?)),
-        }
+        per_copy(&self.inner.primary, self.inner.backup.as_deref(), |f| {
+            f.avail_bytes
+        })
     }
 
     /// Bytes of chunk data stored (one copy per chunk).
@@ -683,6 +674,27 @@ impl Store {
         let inner = Arc::clone(&self.inner);
         let chunk_id = id.to_string();
         blocking(move || inner.delete_blocking(&chunk_id)).await
+    }
+}
+
+/// How many bytes of chunk data the filesystems hold by `measure` (their size, or their free
+/// space): the data directory's, or with backups the least of the two, halved when both
+/// copies share one filesystem. `None` if a filesystem cannot be measured.
+pub fn per_copy(
+    data: &Path,
+    backup: Option<&Path>,
+    measure: impl Fn(&dfs_common::promtext::FsStats) -> u64,
+) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let of = |p: &Path| dfs_common::promtext::fs_stats(p).map(|f| measure(&f));
+    let primary = of(data)?;
+    let Some(backup) = backup else {
+        return Some(primary);
+    };
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    match dev(data) {
+        Some(d) if dev(backup) == Some(d) => Some(primary / 2),
+        _ => Some(primary.min(of(backup)?)),
     }
 }
 
@@ -883,9 +895,20 @@ impl Inner {
         if let Some(loc) = self.packs.locate(id) {
             // Packed by an earlier write (when `pack_max` was larger): that copy stays, and
             // the temp files go.
-            return match self.read_record(0, loc, id) {
-                Ok((_, packed)) if packed == trailer => Ok(trailer.meta()),
-                _ => Err(StoreError::Conflict(id.to_string())),
+            // Compared through either copy: a bad primary is a read problem, not a conflict.
+            let same = |root: usize| self.read_record(root, loc, id).map(|(_, t)| t == trailer);
+            let compared = match (same(0), self.backup.is_some()) {
+                (Err(_), true) => same(1),
+                (r, _) => r,
+            };
+            return match compared {
+                Ok(true) => Ok(trailer.meta()),
+                Ok(false) => Err(StoreError::Conflict(id.to_string())),
+                Err(bad) => Err(StoreError::Io {
+                    op: "read",
+                    path: self.primary.join("packs"),
+                    source: io::Error::other(format!("packed copy of {id}: {bad}")),
+                }),
             };
         }
         self.install_primary(id, &mut primary, &trailer)?;
