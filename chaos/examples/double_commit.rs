@@ -7,9 +7,9 @@
 //!
 //! Usage: cargo run -p chaos --example double_commit -- DIR [--no-request-id]
 //! (DIR holds a `dfsctl local` cluster.)
+use dfs_client::{lazy_channel, MetaConn};
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::*;
-use dfsctl::client::{lazy_channel, MetaConn};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let path = "/double-commit".to_string();
     let data = b"hello, twice committed world".to_vec();
-    let alloc = dfsctl::rpc!(
+    let alloc = dfs_client::rpc!(
         conn,
         allocate_chunks,
         AllocateRequest {
@@ -76,14 +76,14 @@ async fn main() -> anyhow::Result<()> {
         }],
         request_id,
     };
-    dfsctl::rpc!(conn, commit_file, commit.clone())?;
+    dfs_client::rpc!(conn, commit_file, commit.clone())?;
     println!("first commit ok");
     // The retry MetaConn would send after losing the first answer.
-    dfsctl::rpc!(conn, commit_file, commit.clone())?;
+    dfs_client::rpc!(conn, commit_file, commit.clone())?;
     println!("second (retried) commit ok");
     // Chunk servers learn about deletions from heartbeat replies.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let reply = dfsctl::rpc!(
+    let reply = dfs_client::rpc!(
         conn,
         open_read,
         StatRequest {
@@ -92,12 +92,12 @@ async fn main() -> anyhow::Result<()> {
         }
     )?;
     let mut out = Vec::new();
-    match dfsctl::transfer::get_stream(
+    match dfs_client::get_stream(
         &conn,
-        &dfsctl::transfer::ChunkPool::default(),
+        &dfs_client::ChunkPool::default(),
         &reply,
         &mut out,
-        &indicatif::ProgressBar::hidden(),
+        &dfs_client::no_progress,
     )
     .await
     {

@@ -4,8 +4,8 @@
 //! Also what the convergence checker needs: each member's applied index, its
 //! `saved-files.json` and its own view of the namespace.
 use crate::history::Convergence;
+use dfs_client::MetaConn;
 use dfs_proto::{FsckRequest, ListRequest, StatusRequest};
-use dfsctl::client::MetaConn;
 use dfsctl::local::{alive, LocalCluster, LocalNode};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -240,7 +240,7 @@ impl Cluster {
         let deadline = Instant::now() + wait;
         let conn = self.conn(Duration::from_secs(2))?;
         loop {
-            if let Ok(s) = dfsctl::rpc!(conn, cluster_status, StatusRequest { stale: false }) {
+            if let Ok(s) = dfs_client::rpc!(conn, cluster_status, StatusRequest { stale: false }) {
                 if s.leader != 0 {
                     return Ok(Some(format!("meta-{}", s.leader)));
                 }
@@ -270,7 +270,7 @@ impl Cluster {
             if !dead.is_empty() {
                 last = format!("not running: {}", dead.join(", "));
             } else {
-                match dfsctl::rpc!(conn, cluster_status, StatusRequest { stale: false }) {
+                match dfs_client::rpc!(conn, cluster_status, StatusRequest { stale: false }) {
                     Ok(s) => {
                         let live = s.chunk_servers.iter().filter(|c| c.live).count();
                         let chunks = nodes.nodes.iter().filter(|n| n.kind == "chunk").count();
@@ -331,9 +331,9 @@ impl Cluster {
     async fn snapshot(&self, nodes: &LocalCluster) -> Result<Convergence, ClusterError> {
         let mut c = Convergence::default();
         let conn = self.conn(Duration::from_secs(3))?;
-        let status = dfsctl::rpc!(conn, cluster_status, StatusRequest { stale: false }).ok();
+        let status = dfs_client::rpc!(conn, cluster_status, StatusRequest { stale: false }).ok();
         // Fsck counts only replicas on live servers: a lost server's copies do not count.
-        c.under_replicated_files = dfsctl::rpc!(conn, fsck, FsckRequest { path: "/".into() })
+        c.under_replicated_files = dfs_client::rpc!(conn, fsck, FsckRequest { path: "/".into() })
             .ok()
             .map(|f| {
                 f.problems
@@ -363,7 +363,7 @@ impl Cluster {
                 Duration::from_secs(3),
             )
             .map_err(|e| ClusterError::Client(format!("{e:#}")))?;
-            let listing = dfsctl::rpc!(
+            let listing = dfs_client::rpc!(
                 own,
                 list,
                 ListRequest {

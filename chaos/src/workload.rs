@@ -11,17 +11,17 @@
 //!
 //! Paths come in groups (`/chaos/g<N>/{a,b,c}` files and `/chaos/g<N>/d` a directory); mv stays
 //! inside a group and ls lists a group, so the checker can check each group on its own.
-//! Metadata calls go through `dfsctl::client::MetaConn` (failover included); get uses
-//! `dfsctl::transfer::get_stream`. put is done here step by step (allocate, upload, commit)
+//! Metadata calls go through `dfs_client::MetaConn` (failover included); get uses
+//! `dfs_client::get_stream`. put is done here step by step (allocate, upload, commit)
 //! because its outcome depends on which step failed and on how many attempts the commit took,
 //! which `put_stream` does not tell.
 use crate::history::{
     code, Clock, Entry, HistoryError, HistoryWriter, Kind, Op, Outcome, Phase, Record, Seen,
 };
+use dfs_client::{get_stream, ChunkPool};
+use dfs_client::{lazy_channel, MetaConn};
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::*;
-use dfsctl::client::{lazy_channel, MetaConn};
-use dfsctl::transfer::{get_stream, ChangedWhileReading, ChunkPool};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
@@ -192,7 +192,7 @@ pub async fn setup(shared: &Shared) -> Result<(), WorkloadError> {
     let conn = shared.conn()?;
     for g in 0..shared.cfg.groups {
         let path = group_dir(g);
-        dfsctl::rpc!(
+        dfs_client::rpc!(
             conn,
             mkdir,
             MkdirRequest {
@@ -447,13 +447,13 @@ impl Client {
                     &self.pool,
                     &reply,
                     &mut buf,
-                    &indicatif::ProgressBar::hidden(),
+                    &dfs_client::no_progress,
                 )
                 .await
                 {
                     Ok(_) => o.bytes_sha256 = Some(sha256_hex(&buf)),
                     Err(e) => {
-                        o.overtaken = e.is::<ChangedWhileReading>();
+                        o.overtaken = matches!(e, dfs_client::Error::ChangedWhileReading { .. });
                         o.data_error = Some(format!("{e:#}"));
                     }
                 }

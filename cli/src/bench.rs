@@ -8,10 +8,10 @@
 use crate::client::MetaConn;
 use crate::local::{alive, LocalCluster};
 use crate::output::print_json;
-use crate::transfer::{get_stream, put_stream, ChunkPool, ReaderSource};
 use crate::{rpc, Ctx};
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use dfs_client::{get_stream, put_stream, ChunkPool, PutOptions, ReaderSource};
 use dfs_proto::*;
 use serde_json::json;
 use std::io::Write;
@@ -424,11 +424,13 @@ async fn small_files(
                                 &conn,
                                 &pool,
                                 ReaderSource(&data[..]),
-                                Some(4096),
                                 &p,
-                                false,
-                                replication,
-                                &indicatif::ProgressBar::hidden(),
+                                &PutOptions {
+                                    overwrite: false,
+                                    replication,
+                                    size_hint: Some(4096),
+                                },
+                                &dfs_client::no_progress,
                             )
                             .await
                             .map(|_| ()),
@@ -455,7 +457,7 @@ async fn small_files(
                                     &pool,
                                     &r,
                                     &mut std::io::sink(),
-                                    &indicatif::ProgressBar::hidden(),
+                                    &dfs_client::no_progress,
                                 )
                                 .await
                                 .map(|_| ()),
@@ -528,11 +530,13 @@ async fn data_bench(
             left: bytes,
             state: 7,
         }),
-        Some(bytes),
         &big,
-        false,
-        replication,
-        &indicatif::ProgressBar::hidden(),
+        &PutOptions {
+            overwrite: false,
+            replication,
+            size_hint: Some(bytes),
+        },
+        &dfs_client::no_progress,
     )
     .await?;
     let put_mbs = bytes as f64 / 1e6 / t.elapsed().as_secs_f64();
@@ -553,7 +557,7 @@ async fn data_bench(
         &pool,
         &reply,
         &mut std::io::sink(),
-        &indicatif::ProgressBar::hidden(),
+        &dfs_client::no_progress,
     )
     .await?;
     let get_mbs = bytes as f64 / 1e6 / t.elapsed().as_secs_f64();

@@ -8,9 +8,9 @@
 //! metasrv's `--repair-rate` (run it once with the default and once with `--repair-rate=0`).
 use crate::client::MetaConn;
 use crate::local::{DirArg, LocalCluster, LocalCmd};
-use crate::transfer::{get_stream, put_stream, ChunkPool, ReaderSource};
 use crate::{rpc, Ctx};
 use anyhow::{bail, Context};
+use dfs_client::{get_stream, put_stream, ChunkPool, PutOptions, ReaderSource};
 use dfs_proto::*;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -48,11 +48,13 @@ async fn foreground(
             &conn,
             &pool,
             ReaderSource(&data[..]),
-            Some(data.len() as u64),
             &p,
-            true,
-            2,
-            &indicatif::ProgressBar::hidden(),
+            &PutOptions {
+                overwrite: true,
+                replication: 2,
+                size_hint: Some(data.len() as u64),
+            },
+            &dfs_client::no_progress,
         )
         .await?;
         moved.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -65,14 +67,7 @@ async fn foreground(
             }
         )?;
         let mut sink = std::io::sink();
-        let n = get_stream(
-            &conn,
-            &pool,
-            &r,
-            &mut sink,
-            &indicatif::ProgressBar::hidden(),
-        )
-        .await?;
+        let n = get_stream(&conn, &pool, &r, &mut sink, &dfs_client::no_progress).await?;
         moved.fetch_add(n, Ordering::Relaxed);
         rpc!(
             conn,
@@ -144,11 +139,13 @@ pub async fn run(
             &conn,
             &pool,
             ReaderSource(&data[..]),
-            Some(size as u64),
             &format!("{root}/f{i}"),
-            false,
-            2,
-            &indicatif::ProgressBar::hidden(),
+            &PutOptions {
+                overwrite: false,
+                replication: 2,
+                size_hint: Some(size as u64),
+            },
+            &dfs_client::no_progress,
         )
         .await?;
     }

@@ -4,7 +4,6 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_repair;
-pub mod client;
 pub mod cluster;
 pub mod diskstats;
 pub mod files;
@@ -14,6 +13,10 @@ pub mod local;
 pub mod output;
 pub mod transfer;
 pub mod users;
+
+/// The client library, under the names this crate always used.
+pub use dfs_client::meta as client;
+pub use dfs_client::rpc;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -115,7 +118,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn client(&self) -> anyhow::Result<client::MetaConn> {
-        client::MetaConn::connect(&self.meta, self.auth_file.as_deref(), self.timeout)
+        Ok(client::MetaConn::connect(
+            &self.meta,
+            self.auth_file.as_deref(),
+            self.timeout,
+        )?)
     }
 }
 

@@ -1,7 +1,7 @@
-//! A connection to the metadata group that survives leader changes: requests go to the node
+//! meta: a connection to the metadata group that survives leader changes: requests go to the node
 //! that answered last; on "unavailable" (node down, no leader yet) the next node is tried, until
 //! the deadline. Any member works, because followers forward to the leader.
-use anyhow::{bail, Context};
+use crate::error::{Error, Result};
 use dfs_common::auth_file::Credentials;
 use dfs_common::headers;
 use dfs_proto::meta_client::MetaClient;
@@ -44,9 +44,9 @@ pub fn default_auth_file() -> PathBuf {
         .join("auth.txt")
 }
 
-pub fn lazy_channel(addr: &str) -> anyhow::Result<Channel> {
+pub fn lazy_channel(addr: &str) -> Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("bad address {addr:?}"))?
+        .map_err(|e| Error::InvalidName(format!("bad address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .initial_stream_window_size(4 * 1024 * 1024)
@@ -62,14 +62,14 @@ impl MetaConn {
         addrs: &[String],
         auth_file: Option<&Path>,
         timeout: Duration,
-    ) -> anyhow::Result<MetaConn> {
+    ) -> Result<MetaConn> {
         let addrs: Vec<String> = addrs
             .iter()
             .map(|a| a.trim().to_string())
             .filter(|a| !a.is_empty())
             .collect();
         if addrs.is_empty() {
-            bail!("no metadata node given: pass --meta host:port,... or set DFS_META (`dfsctl local up` prints it)");
+            return Err(Error::InvalidName("no metadata node given: pass --meta host:port,... or set DFS_META (`dfsctl local up` prints it)".into()));
         }
         let path = auth_file
             .map(Path::to_path_buf)
@@ -81,7 +81,7 @@ impl MetaConn {
             {
                 None
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::Permission(e.to_string())),
         };
         Self::with_credentials(&addrs, creds, timeout)
     }
@@ -91,14 +91,16 @@ impl MetaConn {
         addrs: &[String],
         creds: Option<Credentials>,
         timeout: Duration,
-    ) -> anyhow::Result<MetaConn> {
+    ) -> Result<MetaConn> {
         if addrs.is_empty() {
-            bail!("no metadata node given: pass --meta host:port,... or set DFS_META");
+            return Err(Error::InvalidName(
+                "no metadata node given: pass --meta host:port,... or set DFS_META".into(),
+            ));
         }
         let channels = addrs
             .iter()
             .map(|a| lazy_channel(a))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         Ok(MetaConn {
             addrs: addrs.to_vec(),
             channels,
