@@ -7,10 +7,12 @@
 //! `Fn(u64)` callback; every failure is an [`Error`] whose variant says what kind it is, with
 //! the server's sentence kept.
 pub mod error;
+pub mod fs;
 pub mod meta;
 pub mod transfer;
 
 pub use error::{Error, Result};
+pub use fs::{Client, ReadHandle};
 pub use meta::{default_auth_file, lazy_channel, new_request_id, Grpc, MetaConn};
 pub use transfer::{
     get_stream, put_stream, ChunkPool, ChunkSource, FileSource, PutOptions, PutOutcome,

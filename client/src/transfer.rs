@@ -361,7 +361,7 @@ async fn still_holds(conn: &MetaConn, path: &str, chunk_id: &str) -> bool {
 
 /// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn. The
 /// chunk comes back as the pieces the server sent: no copy into one buffer.
-async fn fetch_chunk(
+pub(crate) async fn fetch_chunk(
     conn: &MetaConn,
     pool: &ChunkPool,
     path: &str,

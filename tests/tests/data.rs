@@ -673,3 +673,42 @@ fn puts_go_only_where_there_is_room_and_a_full_cluster_refuses_them_up_front() {
         );
     }
 }
+
+#[test]
+fn read_at_returns_exactly_the_requested_range_across_chunks() {
+    let c = cluster(3);
+    let size = 3 * CHUNK + 100;
+    let data = bytes(size, 4242);
+    c.put_data(&c.auth, "/ranged/f", &data, &[]).ok();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut opts =
+            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
+        opts.auth_file = Some(c.auth.clone());
+        let client = dfs_client::Client::connect(&opts).unwrap();
+        let h = client.open_read("/ranged/f").await.unwrap();
+        assert_eq!(h.size(), size as u64);
+        let c64 = CHUNK as u64;
+        for (off, len) in [
+            (0u64, 1u64),
+            (0, size as u64),
+            (5, 100),
+            (c64 - 3, 10),
+            (c64, c64),
+            (c64 / 2, 2 * c64),
+            (3 * c64 + 90, 50),
+            (size as u64, 10),
+            (size as u64 + 5, 10),
+            (10, 0),
+        ] {
+            let got = client.read_at(&h, off, len).await.unwrap();
+            let from = (off as usize).min(size);
+            let to = (off.saturating_add(len) as usize).min(size);
+            assert_eq!(got, &data[from..to], "offset {off} len {len}");
+        }
+        match client.open_read("/ranged/missing").await {
+            Err(dfs_client::Error::NotFound(_)) => {}
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    });
+}

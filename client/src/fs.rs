@@ -1,0 +1,168 @@
+//! fs: a file-system-shaped facade over the metadata connection and the chunk pool, for the
+//! mount (and any other program that wants paths, not RPCs). Every method maps its failure to
+//! a typed [`Error`], so a caller can turn it into an errno.
+//!
+//! What must stay true: a write method sends one request id for all its retries (applied at
+//! most once); `read_at` returns only bytes checked against their chunk's CRC32C, and never
+//! more than the file holds.
+use crate::error::{Error, Result};
+use crate::meta::{new_request_id, MetaConn};
+use crate::transfer::{fetch_chunk, put_stream, ChunkPool, ChunkSource, PutOptions, PutOutcome};
+use crate::{rpc, ClientOptions, Progress};
+use dfs_proto::*;
+
+/// A connection to one cluster: metadata with failover, and chunk-server channels.
+pub struct Client {
+    pub conn: MetaConn,
+    pub pool: ChunkPool,
+}
+
+/// An open file for reading: the file as it was when opened, with its read tokens. Reads
+/// through it keep returning that version (or `ChangedWhileReading` once its chunks are gone).
+#[derive(Debug, Clone)]
+pub struct ReadHandle {
+    pub reply: OpenReadReply,
+}
+
+impl ReadHandle {
+    pub fn file(&self) -> Option<&FileInfo> {
+        self.reply.file.as_ref()
+    }
+
+    pub fn size(&self) -> u64 {
+        self.file().map_or(0, |f| f.size)
+    }
+}
+
+impl Client {
+    pub fn connect(opts: &ClientOptions) -> Result<Client> {
+        Ok(Client {
+            conn: opts.connect()?,
+            pool: ChunkPool::default(),
+        })
+    }
+
+    pub fn new(conn: MetaConn) -> Client {
+        Client {
+            conn,
+            pool: ChunkPool::default(),
+        }
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileInfo> {
+        let req = StatRequest {
+            path: path.to_string(),
+            stale: false,
+        };
+        Ok(rpc!(self.conn, stat, req)?)
+    }
+
+    /// A directory's entries (not recursive).
+    pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>> {
+        let req = ListRequest {
+            path: path.to_string(),
+            recursive: false,
+            stale: false,
+        };
+        Ok(rpc!(self.conn, list, req)?.entries)
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<()> {
+        let req = MkdirRequest {
+            path: path.to_string(),
+            parents,
+            request_id: new_request_id(),
+        };
+        rpc!(self.conn, mkdir, req)?;
+        Ok(())
+    }
+
+    /// Rename a file or directory (today: fails with `Exists` when `to` exists).
+    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        let req = RenameRequest {
+            from: from.to_string(),
+            to: to.to_string(),
+            request_id: new_request_id(),
+        };
+        rpc!(self.conn, rename, req)?;
+        Ok(())
+    }
+
+    /// Remove a file, or a directory (its contents too when `recursive`). Returns how many
+    /// entries were removed.
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<u64> {
+        let req = RemoveRequest {
+            path: path.to_string(),
+            recursive,
+            request_id: new_request_id(),
+        };
+        Ok(rpc!(self.conn, remove, req)?.removed)
+    }
+
+    /// Store everything `source` yields at `path` (see [`put_stream`]).
+    pub async fn put(
+        &self,
+        path: &str,
+        source: impl ChunkSource,
+        opts: &PutOptions,
+        progress: Progress<'_>,
+    ) -> Result<PutOutcome> {
+        put_stream(&self.conn, &self.pool, source, path, opts, progress).await
+    }
+
+    /// Open a file for reading: its chunks and read tokens as of now.
+    pub async fn open_read(&self, path: &str) -> Result<ReadHandle> {
+        let req = StatRequest {
+            path: path.to_string(),
+            stale: false,
+        };
+        let reply = rpc!(self.conn, open_read, req)?;
+        if reply.file.is_none() {
+            return Err(Error::other("the leader returned no file"));
+        }
+        Ok(ReadHandle { reply })
+    }
+
+    /// Up to `len` bytes from `offset` (fewer only at the end of the file; none past it).
+    /// Each chunk touched is fetched and checked against its CRC32C, then sliced; another
+    /// replica is tried on error. (Whole chunks for now: the server-side ranged read will make
+    /// this fetch only the touched checksum blocks, with the same signature.)
+    pub async fn read_at(&self, h: &ReadHandle, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let file = h
+            .file()
+            .ok_or_else(|| Error::other("the leader returned no file"))?;
+        if h.reply.tokens.len() != file.chunks.len() {
+            return Err(Error::other(format!(
+                "the leader returned {} read tokens for {} chunks",
+                h.reply.tokens.len(),
+                file.chunks.len()
+            )));
+        }
+        let end = offset.saturating_add(len).min(file.size);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut start = 0u64;
+        for (i, (ch, tok)) in file.chunks.iter().zip(&h.reply.tokens).enumerate() {
+            let stop = start + ch.size;
+            if stop > offset && start < end {
+                let pieces = fetch_chunk(&self.conn, &self.pool, &file.path, i, ch, tok).await?;
+                // The part of this chunk inside [offset, end), in chunk coordinates.
+                let (from, to) = (offset.max(start) - start, end.min(stop) - start);
+                let mut at = 0u64;
+                for p in pieces {
+                    let (ps, pe) = (at, at + p.len() as u64);
+                    if pe > from && ps < to {
+                        let a = (from.max(ps) - ps) as usize;
+                        let b = (to.min(pe) - ps) as usize;
+                        out.extend_from_slice(&p[a..b]);
+                    }
+                    at = pe;
+                }
+            }
+            if stop >= end {
+                break;
+            }
+            start = stop;
+        }
+        Ok(out)
+    }
+}
