@@ -11,6 +11,15 @@ use crate::transfer::{fetch_chunk, put_stream, ChunkPool, ChunkSource, PutOption
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
 
+/// Space and file counts for statfs, summed over the live chunk servers. `capacity` and
+/// `used` are raw bytes (all replicas), as the servers report them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FsStats {
+    pub capacity: u64,
+    pub used: u64,
+    pub files: u64,
+}
+
 /// A connection to one cluster: metadata with failover, and chunk-server channels.
 pub struct Client {
     pub conn: MetaConn,
@@ -164,5 +173,22 @@ impl Client {
             start = stop;
         }
         Ok(out)
+    }
+
+    /// Capacity and use for statfs (one cluster-status call; any authenticated user).
+    pub async fn fs_stats(&self) -> Result<FsStats> {
+        let st = rpc!(self.conn, cluster_status, StatusRequest { stale: false })?;
+        let live = st.chunk_servers.iter().filter(|s| s.live);
+        let (capacity, used) = live.fold((0u64, 0u64), |(c, u), s| {
+            (
+                c.saturating_add(s.capacity_bytes),
+                u.saturating_add(s.used_bytes),
+            )
+        });
+        Ok(FsStats {
+            capacity,
+            used,
+            files: st.files,
+        })
     }
 }

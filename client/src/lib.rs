@@ -12,7 +12,7 @@ pub mod meta;
 pub mod transfer;
 
 pub use error::{Error, Result};
-pub use fs::{Client, ReadHandle};
+pub use fs::{Client, FsStats, ReadHandle};
 pub use meta::{default_auth_file, lazy_channel, new_request_id, Grpc, MetaConn};
 pub use transfer::{
     get_stream, put_stream, ChunkPool, ChunkSource, FileSource, PutOptions, PutOutcome,

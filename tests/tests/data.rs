@@ -706,6 +706,8 @@ fn read_at_returns_exactly_the_requested_range_across_chunks() {
             let to = (off.saturating_add(len) as usize).min(size);
             assert_eq!(got, &data[from..to], "offset {off} len {len}");
         }
+        let st = client.fs_stats().await.unwrap();
+        assert!(st.files >= 1, "{st:?}");
         match client.open_read("/ranged/missing").await {
             Err(dfs_client::Error::NotFound(_)) => {}
             other => panic!("expected NotFound, got {other:?}"),
