@@ -55,6 +55,7 @@ impl From<Status> for Error {
     fn from(s: Status) -> Self {
         let line = status_line(&s);
         let lower = line.to_ascii_lowercase();
+        let text_kind = matches!(s.code(), Code::FailedPrecondition | Code::InvalidArgument);
         match s.code() {
             Code::NotFound => Error::NotFound(line),
             Code::AlreadyExists => Error::Exists(line),
@@ -63,13 +64,9 @@ impl From<Status> for Error {
                 Error::Unavailable(line)
             }
             Code::DataLoss => Error::DataError(line),
-            Code::FailedPrecondition if lower.contains("not empty") => Error::NotEmpty(line),
-            Code::FailedPrecondition if lower.contains("not a directory") => {
-                Error::NotADirectory(line)
-            }
-            Code::FailedPrecondition if lower.contains("is a directory") => {
-                Error::IsADirectory(line)
-            }
+            _ if text_kind && lower.contains("not empty") => Error::NotEmpty(line),
+            _ if text_kind && lower.contains("not a directory") => Error::NotADirectory(line),
+            _ if text_kind && lower.contains("is a directory") => Error::IsADirectory(line),
             Code::InvalidArgument => Error::InvalidName(line),
             _ => Error::Other(line),
         }
@@ -79,5 +76,46 @@ impl From<Status> for Error {
 impl Error {
     pub fn other(msg: impl Into<String>) -> Self {
         Error::Other(msg.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_their_kind_and_keep_the_sentence() {
+        let e = Error::from(Status::failed_precondition(
+            "/a: directory not empty (use -r to remove it and its contents)",
+        ));
+        assert!(matches!(&e, Error::NotEmpty(m) if m.starts_with("/a: directory not empty")));
+        let e = Error::from(Status::failed_precondition("/f is a file, not a directory"));
+        assert!(matches!(e, Error::NotADirectory(_)));
+        let e = Error::from(Status::invalid_argument("/d is a directory"));
+        assert!(matches!(e, Error::IsADirectory(_)));
+        assert!(matches!(
+            Error::from(Status::invalid_argument("bad name")),
+            Error::InvalidName(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::not_found("/x not found")),
+            Error::NotFound(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::already_exists("/x exists")),
+            Error::Exists(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::permission_denied("no")),
+            Error::Permission(_)
+        ));
+        assert!(matches!(
+            Error::from(Status::unavailable("")),
+            Error::Unavailable(m) if m == "Unavailable"
+        ));
+        assert!(matches!(
+            Error::from(Status::internal("boom")),
+            Error::Other(_)
+        ));
     }
 }
