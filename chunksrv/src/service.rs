@@ -237,7 +237,11 @@ impl Chunk for ChunkService {
         .await;
         match opened {
             Ok(reader) => Ok(Response::new(ReadStream {
-                pieces: reader.stream(STREAM_PIECE),
+                pieces: match (req.offset, req.length) {
+                    (0, 0) => reader.stream(STREAM_PIECE),
+                    (off, 0) => reader.stream_range(STREAM_PIECE, off, u64::MAX),
+                    (off, len) => reader.stream_range(STREAM_PIECE, off, len),
+                },
                 metrics: Arc::clone(&self.metrics),
                 node_id: self.node_id.load(Ordering::Relaxed),
                 chunk_id: req.chunk_id,
@@ -403,6 +407,8 @@ mod tests {
             .read(ReadChunkRequest {
                 chunk_id: id.into(),
                 token: token.into(),
+                offset: 0,
+                length: 0,
             })
             .await?
             .into_inner();

@@ -660,6 +660,7 @@ impl Store {
                 primary_problem,
                 direct: DirectRead::Untried,
                 offset: 0,
+                end: u64::MAX,
                 piece: dfs_common::STREAM_PIECE,
                 recovered: false,
                 done: false,
@@ -1486,7 +1487,43 @@ impl ChunkReader {
                 pending: None,
                 span: Span::current(),
                 packed: (!data.is_empty()).then_some(data),
+                skip: 0,
+                left: None,
             },
+        }
+    }
+
+    /// Stream `len` bytes from `start` (fewer at the end of the chunk; none past it). Only
+    /// the checksum blocks the range touches are read and verified; the pieces carry exactly
+    /// the range.
+    pub fn stream_range(self, piece: usize, start: u64, len: u64) -> ChunkStream {
+        match self.0 {
+            Source::File(mut reader) => {
+                let size = reader.trailer.size;
+                let start = start.min(size);
+                let stop = start.saturating_add(len).min(size);
+                let block = BLOCK_SIZE as u64;
+                reader.offset = start / block * block;
+                reader.end = stop.div_ceil(block).saturating_mul(block).min(size);
+                let skip = (start - reader.offset) as usize;
+                let mut s = reader.stream(piece);
+                s.skip = skip;
+                s.left = Some(stop - start);
+                s
+            }
+            Source::Packed(data) => {
+                let start = (start as usize).min(data.len());
+                let stop = (start as u64).saturating_add(len).min(data.len() as u64) as usize;
+                let data = data.slice(start..stop);
+                ChunkStream {
+                    reader: None,
+                    pending: None,
+                    span: Span::current(),
+                    packed: (!data.is_empty()).then_some(data),
+                    skip: 0,
+                    left: None,
+                }
+            }
         }
     }
 }
@@ -1503,6 +1540,8 @@ struct FileReader {
     primary_problem: Option<Bad>,
     /// Next byte to send.
     offset: u64,
+    /// Where reading stops (clamped to the chunk's size; block-aligned or the size).
+    end: u64,
     /// Bytes per piece (whole blocks).
     piece: usize,
     /// A copy was already restored during this read.
@@ -1521,6 +1560,10 @@ pub struct ChunkStream {
     span: Span,
     /// A packed chunk's data, not yet handed out.
     packed: Option<Bytes>,
+    /// Bytes to drop from the front of the next piece (a range starting inside a block).
+    skip: usize,
+    /// Bytes still to hand out (a range ending inside a block); `None`: all.
+    left: Option<u64>,
 }
 
 impl FileReader {
@@ -1531,6 +1574,8 @@ impl FileReader {
             pending: None,
             span: Span::current(),
             packed: None,
+            skip: 0,
+            left: None,
         }
     }
 
@@ -1562,7 +1607,7 @@ impl FileReader {
 
     /// Read and verify the next piece, switching to a good copy if this one fails.
     fn next_piece(&mut self) -> Option<Result<Bytes, StoreError>> {
-        let size = self.trailer.size;
+        let size = self.trailer.size.min(self.end);
         while !self.done && self.offset < size {
             let n = (size - self.offset).min(self.piece as u64) as usize;
             let bad = match self.read_piece(n) {
@@ -1640,6 +1685,9 @@ impl futures::Stream for ChunkStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = self.get_mut();
+        if this.left == Some(0) {
+            return Poll::Ready(None);
+        }
         if let Some(data) = this.packed.take() {
             return Poll::Ready(Some(Ok(data)));
         }
@@ -1657,7 +1705,21 @@ impl futures::Stream for ChunkStream {
         match joined {
             Ok((reader, item)) => {
                 this.reader = Some(reader);
-                if matches!(item, Some(Ok(_))) {
+                let item = match item {
+                    Some(Ok(mut data)) => {
+                        // Trim a range to its exact bytes.
+                        let skip = std::mem::take(&mut this.skip).min(data.len());
+                        data = data.slice(skip..);
+                        if let Some(left) = this.left.as_mut() {
+                            let keep = (*left).min(data.len() as u64);
+                            data.truncate(keep as usize);
+                            *left -= keep;
+                        }
+                        Some(Ok(data))
+                    }
+                    other => other,
+                };
+                if matches!(item, Some(Ok(_))) && this.left != Some(0) {
                     // Read ahead while the consumer sends this piece.
                     this.spawn_next();
                 }
@@ -1726,6 +1788,53 @@ pub(crate) mod tests {
             w.write(p.to_vec()).await?;
         }
         w.finish().await
+    }
+
+    async fn get_range(store: &Store, id: &str, start: u64, len: u64) -> Vec<u8> {
+        let reader = store.open_read(id).await.unwrap();
+        let mut pieces = reader.stream_range(BLOCK_SIZE, start, len);
+        let mut out = Vec::new();
+        while let Some(piece) = futures::StreamExt::next(&mut pieces).await {
+            out.extend_from_slice(&piece.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn ranged_reads_return_exactly_the_range_from_files_and_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        // A chunk file (several blocks) and a packed chunk (pack_max one block).
+        let (store, _) = open_with(dir.path(), 1 << 30, false, BLOCK_SIZE as u64);
+        let big = pattern(3 * BLOCK_SIZE + 77);
+        let small = pattern(1000);
+        let small_id = "0a1b2c3d-1111-4222-8333-444455556667";
+        put(&store, ID, &big, 4096).await.unwrap();
+        put(&store, small_id, &small, 4096).await.unwrap();
+        let b = BLOCK_SIZE as u64;
+        for (data, id) in [(&big, ID), (&small, small_id)] {
+            let n = data.len() as u64;
+            for (start, len) in [
+                (0, n),
+                (0, 1),
+                (1, 10),
+                (b - 1, 2),
+                (b, b),
+                (b / 2, 2 * b + 5),
+                (n - 1, 100),
+                (n, 5),
+                (n + 10, 5),
+                (7, 0),
+                (3, u64::MAX),
+            ] {
+                let from = start.min(n) as usize;
+                let to = start.saturating_add(len).min(n) as usize;
+                assert_eq!(
+                    get_range(&store, id, start, len).await,
+                    &data[from..to],
+                    "{id} start {start} len {len}"
+                );
+            }
+        }
     }
 
     pub(crate) async fn get(store: &Store, id: &str) -> Result<Vec<u8>, StoreError> {

@@ -3,11 +3,11 @@
 //! a typed [`Error`], so a caller can turn it into an errno.
 //!
 //! What must stay true: a write method sends one request id for all its retries (applied at
-//! most once); `read_at` returns only bytes checked against their chunk's CRC32C, and never
-//! more than the file holds.
+//! most once); `read_at` returns only bytes checked against their checksums (by the chunk
+//! server per block, and here per whole chunk), and never more than the file holds.
 use crate::error::{Error, Result};
 use crate::meta::{new_request_id, MetaConn};
-use crate::transfer::{fetch_chunk, put_stream, ChunkPool, ChunkSource, PutOptions, PutOutcome};
+use crate::transfer::{fetch_range, put_stream, ChunkPool, ChunkSource, PutOptions, PutOutcome};
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
 
@@ -133,9 +133,9 @@ impl Client {
     }
 
     /// Up to `len` bytes from `offset` (fewer only at the end of the file; none past it).
-    /// Each chunk touched is fetched and checked against its CRC32C, then sliced; another
-    /// replica is tried on error. (Whole chunks for now: the server-side ranged read will make
-    /// this fetch only the touched checksum blocks, with the same signature.)
+    /// Each chunk touched is asked for just its part; the chunk server reads and checks only
+    /// the checksum blocks that part touches (a whole chunk is also checked against its CRC32C
+    /// here). Another replica is tried on error.
     pub async fn read_at(&self, h: &ReadHandle, offset: u64, len: u64) -> Result<Vec<u8>> {
         let file = h
             .file()
@@ -153,19 +153,20 @@ impl Client {
         for (i, (ch, tok)) in file.chunks.iter().zip(&h.reply.tokens).enumerate() {
             let stop = start + ch.size;
             if stop > offset && start < end {
-                let pieces = fetch_chunk(&self.conn, &self.pool, &file.path, i, ch, tok).await?;
                 // The part of this chunk inside [offset, end), in chunk coordinates.
                 let (from, to) = (offset.max(start) - start, end.min(stop) - start);
-                let mut at = 0u64;
-                for p in pieces {
-                    let (ps, pe) = (at, at + p.len() as u64);
-                    if pe > from && ps < to {
-                        let a = (from.max(ps) - ps) as usize;
-                        let b = (to.min(pe) - ps) as usize;
-                        out.extend_from_slice(&p[a..b]);
-                    }
-                    at = pe;
-                }
+                let part = fetch_range(
+                    &self.conn,
+                    &self.pool,
+                    &file.path,
+                    i,
+                    ch,
+                    tok,
+                    from,
+                    to - from,
+                )
+                .await?;
+                out.extend_from_slice(&part);
             }
             if stop >= end {
                 break;

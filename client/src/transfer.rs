@@ -382,6 +382,8 @@ pub(crate) async fn fetch_chunk(
                 .read(ReadChunkRequest {
                     chunk_id: ch.chunk_id.clone(),
                     token: token.to_string(),
+                    offset: 0,
+                    length: 0,
                 })
                 .await
                 .map_err(read_error)?
@@ -418,6 +420,94 @@ pub(crate) async fn fetch_chunk(
             Err(e) => {
                 // A replica without the chunk: the file may have been removed or replaced
                 // since it was opened (its chunks are deleted once that is committed).
+                if matches!(e, ReplicaError::NotStored(_))
+                    && !still_holds(conn, path, &ch.chunk_id).await
+                {
+                    return Err(Error::ChangedWhileReading {
+                        path: path.to_string(),
+                    });
+                }
+                let reason = e.to_string();
+                let report = BadReplicaReport {
+                    chunk_id: ch.chunk_id.clone(),
+                    node_id: *node,
+                    reason: reason.clone(),
+                };
+                let _ = rpc!(conn, report_bad_replica, report);
+                errors.push(format!("server {node} ({addr}): {reason}"));
+            }
+        }
+    }
+    Err(Error::DataError(format!(
+        "chunk {} of {path} could not be read from any replica: {}",
+        index + 1,
+        errors.join("; ")
+    )))
+}
+
+/// Fetch `len` bytes from `offset` of one chunk (the caller keeps the range inside the chunk),
+/// trying each replica in turn. The server reads and checks only the checksum blocks the range
+/// touches; the length is checked here (the whole-chunk CRC cannot be, for a part).
+#[allow(clippy::too_many_arguments)] // each argument is a different, plain input
+pub(crate) async fn fetch_range(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    path: &str,
+    index: usize,
+    ch: &ChunkInfo,
+    token: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<u8>> {
+    if offset == 0 && len >= ch.size {
+        let pieces = fetch_chunk(conn, pool, path, index, ch, token).await?;
+        return Ok(pieces.concat());
+    }
+    if ch.replicas.is_empty() || len == 0 {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        return Err(Error::DataError(format!(
+            "chunk {} of {path} has no replica",
+            index + 1
+        )));
+    }
+    let mut errors = Vec::new();
+    for (node, addr) in ch.replicas.iter().zip(&ch.replica_addrs) {
+        let attempt = async {
+            let mut client = pool
+                .client(addr)
+                .map_err(|e| ReplicaError::Other(e.to_string()))?;
+            let mut stream = client
+                .read(ReadChunkRequest {
+                    chunk_id: ch.chunk_id.clone(),
+                    token: token.to_string(),
+                    offset,
+                    length: len,
+                })
+                .await
+                .map_err(read_error)?
+                .into_inner();
+            let mut out = Vec::with_capacity(len as usize);
+            while let Some(piece) = stream.message().await.map_err(read_error)? {
+                if out.len() as u64 + piece.data.len() as u64 > len {
+                    return Err(ReplicaError::Other(format!(
+                        "server sent more than the {len} bytes asked for"
+                    )));
+                }
+                out.extend_from_slice(&piece.data);
+            }
+            if out.len() as u64 != len {
+                return Err(ReplicaError::Other(format!(
+                    "server sent {} bytes of a {len}-byte range",
+                    out.len()
+                )));
+            }
+            Ok(out)
+        };
+        match attempt.await {
+            Ok(b) => return Ok(b),
+            Err(e) => {
                 if matches!(e, ReplicaError::NotStored(_))
                     && !still_holds(conn, path, &ch.chunk_id).await
                 {

@@ -199,6 +199,8 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
                     .read(ReadChunkRequest {
                         chunk_id: chunk,
                         token,
+                        offset: 0,
+                        length: 0,
                     })
                     .await?
                     .into_inner();
