@@ -114,3 +114,44 @@ fn half_reachable_leader_is_replaced() {
     c.ctl(&["mkdir", "/after"]).ok();
     c.ctl(&["stat", "/before"]).ok();
 }
+
+/// Resumes a SIGSTOPped process when dropped, so a failed test leaves nothing frozen.
+struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A put whose chunks are placed on a frozen chunk server (SIGSTOP: its sockets stay open, it
+/// answers nothing) gives that replica up after the stall timeout and completes with the
+/// replicas it has, well inside `--timeout`; the data reads back.
+#[test]
+fn put_completes_with_a_frozen_chunk_server() {
+    let c = Cluster::up(1, 2, &[]);
+    let auth = c.path().join("admin.auth");
+    c.put_data(&auth, "/warm", b"warm", &[]).ok();
+    let cluster: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
+    let pid = cluster["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "chunk-1"))
+        .and_then(|n| n["pid"].as_i64())
+        .expect("pid of chunk-1") as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let frozen = Frozen(pid);
+    // Both servers are targets of every chunk (replication 2 on 2 servers).
+    let data = dfs_tests::bytes(20 << 20, 24);
+    let t = Instant::now();
+    let run = c.put_data(&auth, "/big", &data, &["--timeout", "60"]);
+    let took = t.elapsed();
+    assert_eq!(run.code, 0, "put failed: {}", run.stderr);
+    eprintln!(
+        "20 MB put with a frozen chunk server took {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    assert!(c.get_data(&auth, "/big") == data, "data read back differs");
+    drop(frozen);
+}
