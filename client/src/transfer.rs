@@ -129,10 +129,22 @@ async fn write_replica(
                 data: data.slice(off..end),
             }
         });
-    let stream = futures::stream::iter(std::iter::once(header).chain(pieces));
-    Ok(client
-        .write(stream)
+    // A frozen server stops taking pieces (flow control) or never replies: the stall guard
+    // gives the replica up after no progress for the stall timeout instead of waiting forever.
+    let progress = dfs_common::stall::Progress::default();
+    let mark = progress.clone();
+    let stream =
+        futures::stream::iter(std::iter::once(header).chain(pieces)).inspect(move |_| mark.mark());
+    let stall = dfs_common::stall::DEFAULT_STALL_TIMEOUT;
+    let reply = dfs_common::stall::guard(&progress, stall, client.write(stream))
         .await
+        .map_err(|idle| {
+            Error::Unavailable(format!(
+                "{addr}: chunk server made no progress for {:.1} s, replica given up",
+                idle.as_secs_f64()
+            ))
+        })?;
+    Ok(reply
         .map_err(|s| Error::Unavailable(format!("{addr}: {}", status_line(&s))))?
         .into_inner())
 }

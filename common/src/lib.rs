@@ -6,6 +6,7 @@ pub mod http;
 pub mod keys;
 pub mod path;
 pub mod promtext;
+pub mod stall;
 pub mod token;
 
 /// gRPC metadata keys carrying a caller's identity.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 use tonic::Status;
 
-async fn hello(node: &MetaNode, id: NodeId, addr: &str) -> Result<HelloReply, Status> {
+pub(crate) async fn hello(node: &MetaNode, id: NodeId, addr: &str) -> Result<HelloReply, Status> {
     let mut c =
         crate::network::raft_client(addr).map_err(|e| Status::unavailable(e.to_string()))?;
     let req = crate::network::with_node_auth(

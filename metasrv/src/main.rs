@@ -3,6 +3,7 @@ mod bootstrap;
 mod config;
 mod export;
 mod healer;
+mod leader_watch;
 mod liveness;
 mod metrics;
 mod network;
@@ -98,6 +99,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         reads: service::ReadBarrier::new(raft.clone()),
         writes: service::WriteBatcher::new(raft.clone()),
         healing: healer::Healing::new(cfg.healing.clone()),
+        leader_watch: Default::default(),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -142,6 +144,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     ));
     tokio::spawn(bootstrap::watch_leader(node.clone()));
     tokio::spawn(healer::run(node.clone()));
+    tokio::spawn(leader_watch::run(node.clone()));
 
     bootstrap::check_peers(&node, &cfg).await?;
     bootstrap::initialize_if_fresh(&node, &cfg).await?;

@@ -81,6 +81,7 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub bad_replica_reports: Counter,
     pub leader_changes: Counter,
+    pub leaders_given_up: Counter,
     requests: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     scan: Mutex<Option<CachedScan>>,
     log_bytes: Mutex<Option<(Instant, u64)>>,
@@ -359,6 +360,12 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
         "dfs_raft_leader_changes_total",
         "Times this node saw the known leader change (to another node or to none).",
         node.metrics.leader_changes.get(),
+    );
+    counter(
+        o,
+        "dfs_raft_leaders_given_up_total",
+        "Times this node gave up a leader that a majority of members could not reach.",
+        node.metrics.leaders_given_up.get(),
     );
 
     // Storage.

@@ -549,6 +549,7 @@ impl MetaNode {
                 .voter_ids()
                 .next()
                 .is_some(),
+            unreachable_leader: self.leader_watch.unreachable_leader(),
         }
     }
 

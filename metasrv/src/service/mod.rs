@@ -59,6 +59,8 @@ pub struct MetaNode {
     pub writes: WriteBatcher,
     /// Self-healing soft state (dead servers, bad replicas, repair counters).
     pub healing: crate::healer::Healing,
+    /// Reachability of the leader as seen from this node (see leader_watch).
+    pub leader_watch: crate::leader_watch::LeaderWatch,
 }
 
 /// Who is calling: a user (name and key) and/or a node (cluster-secret proof).

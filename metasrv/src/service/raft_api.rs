@@ -61,6 +61,9 @@ impl RaftTransport for RaftApi {
         let m = req.into_inner();
         self.check_target(m.target)?;
         let rpc: AppendEntriesRequest<TypeConfig> = Self::decode(&m.payload)?;
+        self.node
+            .leader_watch
+            .check_sender(rpc.vote.leader_id().voted_for())?;
         let res = self.node.raft.append_entries(rpc).await;
         self.reply(&res)
     }
@@ -70,6 +73,9 @@ impl RaftTransport for RaftApi {
         let m = req.into_inner();
         self.check_target(m.target)?;
         let rpc: VoteRequest<NodeId> = Self::decode(&m.payload)?;
+        self.node
+            .leader_watch
+            .check_sender(rpc.vote.leader_id().voted_for())?;
         let res = self.node.raft.vote(rpc).await;
         self.reply(&res)
     }
@@ -82,6 +88,9 @@ impl RaftTransport for RaftApi {
         let m = req.into_inner();
         self.check_target(m.target)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = Self::decode(&m.payload)?;
+        self.node
+            .leader_watch
+            .check_sender(rpc.vote.leader_id().voted_for())?;
         let res = self.node.raft.install_snapshot(rpc).await;
         self.reply(&res)
     }

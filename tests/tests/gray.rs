@@ -1,0 +1,157 @@
+//! Gray failures: faults where a node is neither up nor down. Each test here runs its cluster
+//! in a private network namespace (the test binary re-runs itself under `unshare -n`), so the
+//! nftables rules it adds touch nothing outside. Needs root (or user namespaces), `unshare`,
+//! `ip` and `nft`.
+use dfs_tests::{wait_until, Cluster};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const IN_NETNS: &str = "DFS_TEST_IN_NETNS";
+
+/// Re-run the named test inside a fresh network namespace; true when the caller is that run.
+fn in_private_netns(test: &str) -> bool {
+    if std::env::var_os(IN_NETNS).is_some() {
+        sh("ip link set lo up");
+        return true;
+    }
+    for tool in ["unshare", "ip", "nft"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        assert!(
+            found,
+            "this test needs `{tool}` on PATH (apt install util-linux iproute2 nftables)"
+        );
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = Command::new("unshare")
+        .arg("-n")
+        .arg("--")
+        .arg(exe)
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(IN_NETNS, "1")
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "the run in a private network namespace failed:\n{stdout}\n{stderr}"
+    );
+    eprintln!("{stderr}");
+    false
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh").args(["-c", cmd]).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "`{cmd}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A leader whose inbound traffic is dropped (its own connections keep working, so its
+/// heartbeats still arrive) is replaced: a write is acknowledged through another leader within
+/// seconds, and once the rule is gone the cluster has one leader and converges.
+#[test]
+fn half_reachable_leader_is_replaced() {
+    if !in_private_netns("half_reachable_leader_is_replaced") {
+        return;
+    }
+    let c = Cluster::up(3, 0, &[]);
+    let old = c.leader();
+    c.ctl(&["mkdir", "/before"]).ok();
+    let addrs = c.meta_addrs();
+    let port = addrs[old as usize - 1]
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
+    let others: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != old)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let others = others.join(",");
+    sh("nft add table inet gray");
+    sh("nft 'add chain inet gray input { type filter hook input priority 0; }'");
+    sh(&format!(
+        "nft add rule inet gray input tcp dport {port} drop"
+    ));
+    let cut = Instant::now();
+    let mut n = 0;
+    wait_until(Duration::from_secs(30), "a write acknowledged", || {
+        n += 1;
+        let dir = format!("/during-{n}");
+        c.ctl_env(
+            &others,
+            &c.path().join("admin.auth"),
+            &["--timeout", "2", "mkdir", &dir],
+            None,
+        )
+        .code
+            == 0
+    });
+    let took = cut.elapsed();
+    eprintln!(
+        "first write acknowledged {:.1} s after the leader's inbound traffic was cut",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    sh("nft delete table inet gray");
+    c.wait_converged(3, 1);
+    let leader = c.leader();
+    let s = c.status();
+    let members = s["members"].as_array().expect("members");
+    for m in members {
+        let l = m["leader"].as_u64().unwrap_or(leader);
+        assert_eq!(l, leader, "members disagree on the leader: {s}");
+    }
+    c.ctl(&["mkdir", "/after"]).ok();
+    c.ctl(&["stat", "/before"]).ok();
+}
+
+/// Resumes a SIGSTOPped process when dropped, so a failed test leaves nothing frozen.
+struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A put whose chunks are placed on a frozen chunk server (SIGSTOP: its sockets stay open, it
+/// answers nothing) gives that replica up after the stall timeout and completes with the
+/// replicas it has, well inside `--timeout`; the data reads back.
+#[test]
+fn put_completes_with_a_frozen_chunk_server() {
+    let c = Cluster::up(1, 2, &[]);
+    let auth = c.path().join("admin.auth");
+    c.put_data(&auth, "/warm", b"warm", &[]).ok();
+    let cluster: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
+    let pid = cluster["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "chunk-1"))
+        .and_then(|n| n["pid"].as_i64())
+        .expect("pid of chunk-1") as i32;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let frozen = Frozen(pid);
+    // Both servers are targets of every chunk (replication 2 on 2 servers).
+    let data = dfs_tests::bytes(20 << 20, 24);
+    let t = Instant::now();
+    let run = c.put_data(&auth, "/big", &data, &["--timeout", "60"]);
+    let took = t.elapsed();
+    assert_eq!(run.code, 0, "put failed: {}", run.stderr);
+    eprintln!(
+        "20 MB put with a frozen chunk server took {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(45), "took {took:?}");
+    assert!(c.get_data(&auth, "/big") == data, "data read back differs");
+    drop(frozen);
+}
