@@ -25,6 +25,12 @@ pub struct LsArgs {
     /// Recurse into directories.
     #[arg(short = 'R')]
     pub recursive: bool,
+    /// With -l, sizes in K, M, G (as `ls -lh`; so `-h` is not help here: use --help).
+    #[arg(short = 'h')]
+    pub human: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// Answer from the contacted node's state without a leader check (may be slightly stale).
     #[arg(long)]
     pub stale: bool,
@@ -68,10 +74,15 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
             } else {
                 f.replication.to_string()
             };
+            let size = if a.human {
+                human_bytes(f.size)
+            } else {
+                f.size.to_string()
+            };
             println!(
                 "{kind} {:<10} {:>12} {:>2} {} {}",
                 f.owner,
-                f.size,
+                size,
                 rep,
                 time_ms(f.modified_ms),
                 f.path

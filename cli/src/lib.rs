@@ -58,7 +58,10 @@ pub enum Cmd {
     #[command(after_help = "Example: dfsctl cat /docs/notes.txt")]
     Cat { path: String },
     /// List a directory (or show one file).
-    #[command(after_help = "Example: dfsctl ls -l -R /docs")]
+    #[command(
+        after_help = "Example: dfsctl ls -lh -R /docs",
+        disable_help_flag = true
+    )]
     Ls(files::LsArgs),
     /// Show one file or directory, with its chunks and their replicas.
     #[command(after_help = "Example: dfsctl stat /docs/report.pdf")]
@@ -145,5 +148,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Admin(c) => admin::run(&ctx, c).await,
         Cmd::Local(c) => local::run(&ctx, c).await,
         Cmd::Bench(a) => bench::run(&ctx, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26: `ls -lh` printed the help of `ls` and exited 0; it means long format with
+    /// human sizes, as in Unix. `--help` still helps, and an unknown flag is a usage error.
+    #[test]
+    fn ls_lh_is_long_human_not_help() {
+        let cli = Cli::try_parse_from(["dfsctl", "ls", "-lh", "/docs"]).unwrap();
+        match cli.cmd {
+            Cmd::Ls(a) => assert!(a.long && a.human && a.path == "/docs"),
+            other => panic!("parsed as {other:?}"),
+        }
+        let e = Cli::try_parse_from(["dfsctl", "ls", "--help"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        let e = Cli::try_parse_from(["dfsctl", "ls", "-z"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    /// Issue 26: `put --replication 0` was accepted (and stored the default, 2) while
+    /// `replication PATH 0` is refused: 0 is a usage error for put too.
+    #[test]
+    fn put_replication_zero_is_a_usage_error() {
+        let e =
+            Cli::try_parse_from(["dfsctl", "put", "a", "/a", "--replication", "0"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let cli = Cli::try_parse_from(["dfsctl", "put", "a", "/a", "--replication", "3"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Put(p) if p.replication == Some(3)));
     }
 }
