@@ -28,7 +28,7 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// Metadata nodes, comma separated host:port (any member works; the leader is found).
-    #[arg(long, env = "DFS_META", global = true, value_delimiter = ',')]
+    #[arg(long, env = "DFS_META", global = true, value_delimiter = ',', value_parser = meta_addr)]
     pub meta: Vec<String>,
     /// Auth file with one line user/key [default: auth.txt in the user's config dir].
     #[arg(long, env = "DFS_AUTH_FILE", global = true)]
@@ -44,6 +44,32 @@ pub struct Cli {
     pub quiet: bool,
     #[command(subcommand)]
     pub cmd: Cmd,
+}
+
+/// A metadata node address is `host:port` with a port in 1..=65535. Anything else (a URL, a
+/// bare host, a port out of range) is a usage error at once, not 30 s of retries.
+/// An empty item passes through (an empty `DFS_META` is reported as "no metadata node given").
+fn meta_addr(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "give host:port without a scheme (e.g. {})",
+            s.split_once("://").map(|(_, r)| r).unwrap_or(s)
+        ));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("give host:port (e.g. 127.0.0.1:7000)".to_string());
+    };
+    if host.is_empty() {
+        return Err("the host is missing: give host:port".to_string());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("port {port:?} is not a number from 1 to 65535")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -179,5 +205,28 @@ mod tests {
         assert_eq!(e.exit_code(), 2);
         let cli = Cli::try_parse_from(["dfsctl", "put", "a", "/a", "--replication", "3"]).unwrap();
         assert!(matches!(cli.cmd, Cmd::Put(p) if p.replication == Some(3)));
+    }
+
+    /// Issue 26: `--meta http://…`, `--meta 127.0.0.1` and a port over 65535 were retried for
+    /// 30 s; they are usage errors (exit 2) at once.
+    #[test]
+    fn bad_meta_addresses_are_usage_errors() {
+        for bad in [
+            "http://127.0.0.1:7000",
+            "127.0.0.1",
+            "127.0.0.1:70000",
+            ":7000",
+        ] {
+            let e = Cli::try_parse_from(["dfsctl", "--meta", bad, "ls"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad} accepted");
+        }
+        let cli = Cli::try_parse_from([
+            "dfsctl",
+            "--meta",
+            "127.0.0.1:7000,[::1]:7001,localhost:1",
+            "ls",
+        ])
+        .unwrap();
+        assert_eq!(cli.meta, ["127.0.0.1:7000", "[::1]:7001", "localhost:1"]);
     }
 }
