@@ -31,7 +31,8 @@ pub struct Cli {
     #[arg(long, env = "DFS_META", global = true, value_delimiter = ',', value_parser = meta_addr)]
     pub meta: Vec<String>,
     /// Auth file with one line user/key [default: auth.txt in the user's config dir].
-    #[arg(long, env = "DFS_AUTH_FILE", global = true)]
+    /// An empty value (`DFS_AUTH_FILE=`) means unset, as for other Unix variables.
+    #[arg(long, env = "DFS_AUTH_FILE", global = true, value_parser = auth_path)]
     pub auth_file: Option<PathBuf>,
     /// Print JSON (one object per result) instead of text.
     #[arg(long, global = true)]
@@ -70,6 +71,11 @@ fn meta_addr(s: &str) -> Result<String, String> {
         Ok(p) if p > 0 => Ok(s.to_string()),
         _ => Err(format!("port {port:?} is not a number from 1 to 65535")),
     }
+}
+
+/// Any path; "" is kept as an empty path and dropped (meaning unset) when the Ctx is built.
+fn auth_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
 }
 
 #[derive(Subcommand, Debug)]
@@ -151,7 +157,7 @@ impl Ctx {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = Ctx {
         meta: cli.meta,
-        auth_file: cli.auth_file,
+        auth_file: cli.auth_file.filter(|p| !p.as_os_str().is_empty()),
         json: cli.json,
         quiet: cli.quiet,
         timeout: Duration::from_secs_f64(cli.timeout.max(0.1)),
@@ -228,5 +234,13 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.meta, ["127.0.0.1:7000", "[::1]:7001", "localhost:1"]);
+    }
+
+    /// Issue 26: an empty `DFS_AUTH_FILE=` was reported as a flag error ("a value is required
+    /// for '--auth-file'"); empty means unset (same parser path as an empty flag value).
+    #[test]
+    fn empty_auth_file_means_unset() {
+        let cli = Cli::try_parse_from(["dfsctl", "--auth-file", "", "ls"]).unwrap();
+        assert!(cli.auth_file.unwrap().as_os_str().is_empty());
     }
 }
