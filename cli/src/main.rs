@@ -18,13 +18,7 @@ fn main() {
     let code = match rt.block_on(dfsctl::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            let line = dfsctl::output::error_line(&e);
-            if json {
-                // Under --json a script parses stderr too: one object, like the results.
-                eprintln!("{}", serde_json::json!({"error": line, "code": 1}));
-            } else {
-                eprintln!("dfsctl: {line}");
-            }
+            dfsctl::output::print_error(json, &e);
             1
         }
     };

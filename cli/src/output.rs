@@ -20,6 +20,17 @@ pub fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// Print a failed command's error on stderr: `dfsctl: LINE`, or under --json one object
+/// `{"error": LINE, "code": 1}` (a script parses stderr too).
+pub fn print_error(json: bool, e: &anyhow::Error) {
+    let line = error_line(e);
+    if json {
+        eprintln!("{}", serde_json::json!({"error": line, "code": 1}));
+    } else {
+        eprintln!("dfsctl: {line}");
+    }
+}
+
 pub fn status_line(s: &tonic::Status) -> String {
     let msg = s.message();
     match s.code() {

@@ -25,3 +25,21 @@ fn json_errors_are_json() {
         "{v}"
     );
 }
+
+/// Several paths at once (`mkdir -p a b`, `rm a b`) and `rm -rf` of a missing path, as in Unix;
+/// one failing path is reported, the others still done, exit 1.
+#[test]
+fn several_paths_and_rm_rf() {
+    let c = dfs_tests::Cluster::up(1, 0, &[]);
+    c.ctl(&["mkdir", "-p", "/a/x", "/b"]).ok();
+    let ls = c.ctl(&["ls", "-R", "/"]).ok();
+    assert!(ls.contains("/a/x/") && ls.contains("/b/"), "{ls}");
+    c.ctl(&["rm", "-rf", "/a", "/b", "/never"]).ok();
+    let ls = c.ctl(&["ls", "-R", "/"]).ok();
+    assert!(!ls.contains("/a") && !ls.contains("/b"), "{ls}");
+    c.ctl(&["mkdir", "/c"]).ok();
+    let r = c.ctl(&["rm", "/missing", "/c"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+    assert!(!c.ctl(&["ls", "/"]).ok().contains("/c"), "/c not removed");
+}
