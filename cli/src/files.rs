@@ -25,6 +25,12 @@ pub struct LsArgs {
     /// Recurse into directories.
     #[arg(short = 'R')]
     pub recursive: bool,
+    /// With -l, sizes in K, M, G (as `ls -lh`; so `-h` is not help here: use --help).
+    #[arg(short = 'h')]
+    pub human: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     /// Answer from the contacted node's state without a leader check (may be slightly stale).
     #[arg(long)]
     pub stale: bool,
@@ -32,7 +38,9 @@ pub struct LsArgs {
 
 #[derive(Args, Debug)]
 pub struct MkdirArgs {
-    pub path: String,
+    /// One or more directories (each is tried; exit 1 if any failed).
+    #[arg(required = true, num_args = 1..)]
+    pub paths: Vec<String>,
     /// Create missing parents; no error if it exists.
     #[arg(short = 'p')]
     pub parents: bool,
@@ -40,10 +48,15 @@ pub struct MkdirArgs {
 
 #[derive(Args, Debug)]
 pub struct RmArgs {
-    pub path: String,
+    /// One or more paths (each is tried; exit 1 if any failed).
+    #[arg(required = true, num_args = 1..)]
+    pub paths: Vec<String>,
     /// Remove a directory and everything in it.
     #[arg(short = 'r', short_alias = 'R')]
     pub recursive: bool,
+    /// No error for a path that does not exist (as `rm -f`; so `rm -rf` works).
+    #[arg(short = 'f', long)]
+    pub force: bool,
 }
 
 pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
@@ -68,10 +81,15 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
             } else {
                 f.replication.to_string()
             };
+            let size = if a.human {
+                human_bytes(f.size)
+            } else {
+                f.size.to_string()
+            };
             println!(
                 "{kind} {:<10} {:>12} {:>2} {} {}",
                 f.owner,
-                f.size,
+                size,
                 rep,
                 time_ms(f.modified_ms),
                 f.path
@@ -139,23 +157,49 @@ pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Run `one` on each path; a failure is printed and the rest still run (as Unix `rm a b`).
+async fn each<F, Fut>(ctx: &Ctx, paths: &[String], mut one: F) -> anyhow::Result<i32>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    if let [p] = paths {
+        // One path: the error goes up as before (printed once by main).
+        one(remote(p)).await?;
+        return Ok(0);
+    }
+    let mut code = 0;
+    for p in paths {
+        if let Err(e) = one(remote(p)).await {
+            crate::output::print_error(ctx.json, &e);
+            code = 1;
+        }
+    }
+    Ok(code)
+}
+
 pub async fn mkdir(ctx: &Ctx, a: MkdirArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
-    let path = remote(&a.path);
-    let request_id = new_request_id();
-    crate::rpc!(
-        c,
-        mkdir,
-        MkdirRequest {
-            path: path.clone(),
-            parents: a.parents,
-            request_id: request_id.clone(),
+    each(ctx, &a.paths, |path| {
+        let c = &c;
+        async move {
+            let request_id = new_request_id();
+            crate::rpc!(
+                c,
+                mkdir,
+                MkdirRequest {
+                    path: path.clone(),
+                    parents: a.parents,
+                    request_id: request_id.clone(),
+                }
+            )?;
+            if ctx.json {
+                print_json(&json!({"ok": true, "path": path}));
+            }
+            Ok(())
         }
-    )?;
-    if ctx.json {
-        print_json(&json!({"ok": true, "path": path}));
-    }
-    Ok(0)
+    })
+    .await
 }
 
 pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
@@ -179,21 +223,31 @@ pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
 
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
-    let path = remote(&a.path);
-    let request_id = new_request_id();
-    let r = crate::rpc!(
-        c,
-        remove,
-        RemoveRequest {
-            path: path.clone(),
-            recursive: a.recursive,
-            request_id: request_id.clone(),
+    each(ctx, &a.paths, |path| {
+        let c = &c;
+        async move {
+            let request_id = new_request_id();
+            let r = crate::rpc!(
+                c,
+                remove,
+                RemoveRequest {
+                    path: path.clone(),
+                    recursive: a.recursive,
+                    request_id: request_id.clone(),
+                }
+            );
+            let removed = match r {
+                Ok(r) => r.removed,
+                Err(s) if a.force && s.code() == tonic::Code::NotFound => 0,
+                Err(s) => return Err(s.into()),
+            };
+            if ctx.json {
+                print_json(&json!({"ok": true, "path": path, "removed": removed}));
+            }
+            Ok(())
         }
-    )?;
-    if ctx.json {
-        print_json(&json!({"ok": true, "path": path, "removed": r.removed}));
-    }
-    Ok(0)
+    })
+    .await
 }
 
 pub async fn du(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {

@@ -31,10 +31,11 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// Metadata nodes, comma separated host:port (any member works; the leader is found).
-    #[arg(long, env = "DFS_META", global = true, value_delimiter = ',')]
+    #[arg(long, env = "DFS_META", global = true, value_delimiter = ',', value_parser = meta_addr)]
     pub meta: Vec<String>,
     /// Auth file with one line user/key [default: auth.txt in the user's config dir].
-    #[arg(long, env = "DFS_AUTH_FILE", global = true)]
+    /// An empty value (`DFS_AUTH_FILE=`) means unset, as for other Unix variables.
+    #[arg(long, env = "DFS_AUTH_FILE", global = true, value_parser = auth_path)]
     pub auth_file: Option<PathBuf>,
     /// Print JSON (one object per result) instead of text.
     #[arg(long, global = true)]
@@ -49,6 +50,37 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
+/// A metadata node address is `host:port` with a port in 1..=65535. Anything else (a URL, a
+/// bare host, a port out of range) is a usage error at once, not 30 s of retries.
+/// An empty item passes through (an empty `DFS_META` is reported as "no metadata node given").
+fn meta_addr(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    if s.contains("://") {
+        return Err(format!(
+            "give host:port without a scheme (e.g. {})",
+            s.split_once("://").map(|(_, r)| r).unwrap_or(s)
+        ));
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("give host:port (e.g. 127.0.0.1:7000)".to_string());
+    };
+    if host.is_empty() {
+        return Err("the host is missing: give host:port".to_string());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("port {port:?} is not a number from 1 to 65535")),
+    }
+}
+
+/// Any path; "" is kept as an empty path and dropped (meaning unset) when the Ctx is built.
+fn auth_path(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
     /// Store a local file (or `-` for stdin) at a remote path.
@@ -61,7 +93,10 @@ pub enum Cmd {
     #[command(after_help = "Example: dfsctl cat /docs/notes.txt")]
     Cat { path: String },
     /// List a directory (or show one file).
-    #[command(after_help = "Example: dfsctl ls -l -R /docs")]
+    #[command(
+        after_help = "Example: dfsctl ls -lh -R /docs",
+        disable_help_flag = true
+    )]
     Ls(files::LsArgs),
     /// Show one file or directory, with its chunks and their replicas.
     #[command(after_help = "Example: dfsctl stat /docs/report.pdf")]
@@ -129,7 +164,7 @@ impl Ctx {
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let ctx = Ctx {
         meta: cli.meta,
-        auth_file: cli.auth_file,
+        auth_file: cli.auth_file.filter(|p| !p.as_os_str().is_empty()),
         json: cli.json,
         quiet: cli.quiet,
         timeout: Duration::from_secs_f64(cli.timeout.max(0.1)),
@@ -152,5 +187,67 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Admin(c) => admin::run(&ctx, c).await,
         Cmd::Local(c) => local::run(&ctx, c).await,
         Cmd::Bench(a) => bench::run(&ctx, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26: `ls -lh` printed the help of `ls` and exited 0; it means long format with
+    /// human sizes, as in Unix. `--help` still helps, and an unknown flag is a usage error.
+    #[test]
+    fn ls_lh_is_long_human_not_help() {
+        let cli = Cli::try_parse_from(["dfsctl", "ls", "-lh", "/docs"]).unwrap();
+        match cli.cmd {
+            Cmd::Ls(a) => assert!(a.long && a.human && a.path == "/docs"),
+            other => panic!("parsed as {other:?}"),
+        }
+        let e = Cli::try_parse_from(["dfsctl", "ls", "--help"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
+        let e = Cli::try_parse_from(["dfsctl", "ls", "-z"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    /// Issue 26: `put --replication 0` was accepted (and stored the default, 2) while
+    /// `replication PATH 0` is refused: 0 is a usage error for put too.
+    #[test]
+    fn put_replication_zero_is_a_usage_error() {
+        let e =
+            Cli::try_parse_from(["dfsctl", "put", "a", "/a", "--replication", "0"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        let cli = Cli::try_parse_from(["dfsctl", "put", "a", "/a", "--replication", "3"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Put(p) if p.replication == Some(3)));
+    }
+
+    /// Issue 26: `--meta http://…`, `--meta 127.0.0.1` and a port over 65535 were retried for
+    /// 30 s; they are usage errors (exit 2) at once.
+    #[test]
+    fn bad_meta_addresses_are_usage_errors() {
+        for bad in [
+            "http://127.0.0.1:7000",
+            "127.0.0.1",
+            "127.0.0.1:70000",
+            ":7000",
+        ] {
+            let e = Cli::try_parse_from(["dfsctl", "--meta", bad, "ls"]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad} accepted");
+        }
+        let cli = Cli::try_parse_from([
+            "dfsctl",
+            "--meta",
+            "127.0.0.1:7000,[::1]:7001,localhost:1",
+            "ls",
+        ])
+        .unwrap();
+        assert_eq!(cli.meta, ["127.0.0.1:7000", "[::1]:7001", "localhost:1"]);
+    }
+
+    /// Issue 26: an empty `DFS_AUTH_FILE=` was reported as a flag error ("a value is required
+    /// for '--auth-file'"); empty means unset (same parser path as an empty flag value).
+    #[test]
+    fn empty_auth_file_means_unset() {
+        let cli = Cli::try_parse_from(["dfsctl", "--auth-file", "", "ls"]).unwrap();
+        assert!(cli.auth_file.unwrap().as_os_str().is_empty());
     }
 }

@@ -10,6 +10,7 @@ fn main() {
     // Whole chunks (8 MiB by default) are buffered while in flight.
     dfs_common::allocator::keep_freed_buffers(32 << 20);
     let cli = dfsctl::Cli::parse();
+    let json = cli.json;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -17,7 +18,7 @@ fn main() {
     let code = match rt.block_on(dfsctl::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("dfsctl: {}", dfsctl::output::error_line(&e));
+            dfsctl::output::print_error(json, &e);
             1
         }
     };

@@ -7,7 +7,28 @@ pub fn error_line(e: &anyhow::Error) -> String {
     if let Some(s) = e.downcast_ref::<tonic::Status>() {
         return status_line(s);
     }
-    format!("{e:#}")
+    // `{:#}` prints every cause after its context; a cause whose text the message already
+    // carries (a thiserror variant showing its `source`) would be said twice.
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line
+}
+
+/// Print a failed command's error on stderr: `dfsctl: LINE`, or under --json one object
+/// `{"error": LINE, "code": 1}` (a script parses stderr too).
+pub fn print_error(json: bool, e: &anyhow::Error) {
+    let line = error_line(e);
+    if json {
+        eprintln!("{}", serde_json::json!({"error": line, "code": 1}));
+    } else {
+        eprintln!("dfsctl: {line}");
+    }
 }
 
 pub fn status_line(s: &tonic::Status) -> String {
@@ -80,4 +101,25 @@ pub fn file_json(f: &FileInfo, with_chunks: bool) -> serde_json::Value {
 
 pub fn print_json(v: &serde_json::Value) {
     println!("{v}");
+}
+
+#[cfg(test)]
+mod error_line_tests {
+    use super::*;
+
+    /// Issue 26: "cannot read auth file X: No such file or directory (os error 2): No such file
+    /// or directory (os error 2)": each cause is said once, and causes not yet said still are.
+    #[test]
+    fn a_cause_is_said_once() {
+        let e: anyhow::Error = dfs_common::auth_file::AuthFileError::Read {
+            path: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }
+        .into();
+        let line = error_line(&e);
+        assert_eq!(line.matches("not found").count(), 1, "{line}");
+        let e = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound))
+            .context("cannot open y");
+        assert_eq!(error_line(&e), "cannot open y: entity not found");
+    }
 }

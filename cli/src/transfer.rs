@@ -31,8 +31,8 @@ pub struct PutArgs {
     /// Replace the remote file if it exists (atomically).
     #[arg(short = 'f', long)]
     pub force: bool,
-    /// Copies of each chunk [default: the cluster's, 2].
-    #[arg(long)]
+    /// Copies of each chunk [default: the cluster's, 2]. 0 is refused (it is not "default").
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub replication: Option<u32>,
 }
 

@@ -1,0 +1,45 @@
+//! dfsctl's answers that need no cluster (issue 26): errors under --json and the like.
+//! Each test runs the real binary with no metadata node, so the error comes at once.
+use dfs_tests::bin;
+use std::process::Command;
+
+/// Under --json an error is one JSON object on stderr with `error` and `code` (it was plain text).
+#[test]
+fn json_errors_are_json() {
+    let out = Command::new(bin("dfsctl"))
+        .args(["--json", "ls", "/"])
+        .env_remove("DFS_META")
+        .env_remove("DFS_AUTH_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_str(err.trim())
+        .unwrap_or_else(|e| panic!("stderr is not one JSON object ({e}): {err}"));
+    assert_eq!(v["code"], 1);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no metadata node given"),
+        "{v}"
+    );
+}
+
+/// Several paths at once (`mkdir -p a b`, `rm a b`) and `rm -rf` of a missing path, as in Unix;
+/// one failing path is reported, the others still done, exit 1.
+#[test]
+fn several_paths_and_rm_rf() {
+    let c = dfs_tests::Cluster::up(1, 0, &[]);
+    c.ctl(&["mkdir", "-p", "/a/x", "/b"]).ok();
+    let ls = c.ctl(&["ls", "-R", "/"]).ok();
+    assert!(ls.contains("/a/x/") && ls.contains("/b/"), "{ls}");
+    c.ctl(&["rm", "-rf", "/a", "/b", "/never"]).ok();
+    let ls = c.ctl(&["ls", "-R", "/"]).ok();
+    assert!(!ls.contains("/a") && !ls.contains("/b"), "{ls}");
+    c.ctl(&["mkdir", "/c"]).ok();
+    let r = c.ctl(&["rm", "/missing", "/c"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
+    assert!(!c.ctl(&["ls", "/"]).ok().contains("/c"), "/c not removed");
+}
