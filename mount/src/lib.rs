@@ -480,20 +480,34 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         name: &OsStr,
         _mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let r = (|| {
             let path = join(&self.path_of(parent)?, name)?;
             let file = self.staging()?;
-            // Committed empty at once, so the name exists for lookups and other mounts.
-            let e = self.backend.store(&path, &file)?;
+            // The kernel sends CREATE for O_CREAT opens of names it has not looked up, so the
+            // file may exist: then this is an open (and O_TRUNC is staged, not committed).
+            let (e, dirty) = match self.backend.stat(&path) {
+                Ok(_) if flags & libc::O_EXCL != 0 => {
+                    return Err(FsError::new(libc::EEXIST, "exists"));
+                }
+                Ok(e) if e.is_dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
+                Ok(e) if flags & libc::O_TRUNC != 0 => (Entry { size: 0, ..e }, true),
+                Ok(e) => {
+                    self.backend.fetch(&path, &file)?;
+                    (e, false)
+                }
+                // Committed empty at once, so the name exists for lookups and other mounts.
+                Err(err) if err.errno == libc::ENOENT => (self.backend.store(&path, &file)?, false),
+                Err(err) => return Err(err),
+            };
             let ino = self.ino_of(&path);
             let fh = self.add_handle(OpenFile {
                 path,
                 ino,
                 file,
-                dirty: false,
+                dirty,
             });
             Ok::<_, FsError>((self.attr(ino, &e), fh))
         })();
