@@ -10,6 +10,7 @@ pub mod files;
 pub mod fsck;
 pub mod health;
 pub mod local;
+pub mod mount;
 pub mod output;
 pub mod transfer;
 pub mod users;
@@ -138,6 +139,11 @@ pub enum Cmd {
     /// A real cluster of local processes on loopback, for trying dfs and for tests.
     #[command(subcommand)]
     Local(local::LocalCmd),
+    /// Show a remote directory as a local folder (FUSE; as root, or with fusermount).
+    #[command(
+        after_help = "Example: dfsctl mount /docs /mnt/docs   # until Ctrl-C, SIGTERM or umount"
+    )]
+    Mount(mount::MountArgs),
     /// Measure metadata and data throughput and latency.
     Bench(bench::BenchArgs),
 }
@@ -186,6 +192,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Cluster(c) => cluster::run(&ctx, c).await,
         Cmd::Admin(c) => admin::run(&ctx, c).await,
         Cmd::Local(c) => local::run(&ctx, c).await,
+        Cmd::Mount(a) => mount::run(&ctx, a).await,
         Cmd::Bench(a) => bench::run(&ctx, a).await,
     }
 }

@@ -26,6 +26,9 @@ pub enum Error {
     /// Bytes read back were wrong (checksum, size) or could not be read from any replica.
     #[error("{0}")]
     DataError(String),
+    /// No chunk server has room (or a quota is used up); nothing was stored.
+    #[error("{0}")]
+    NoSpace(String),
     /// A bad path, name or argument; nothing was changed.
     #[error("{0}")]
     InvalidName(String),
@@ -64,6 +67,7 @@ impl From<Status> for Error {
                 Error::Unavailable(line)
             }
             Code::DataLoss => Error::DataError(line),
+            Code::ResourceExhausted => Error::NoSpace(line),
             _ if text_kind && lower.contains("not empty") => Error::NotEmpty(line),
             _ if text_kind && lower.contains("not a directory") => Error::NotADirectory(line),
             _ if text_kind && lower.contains("is a directory") => Error::IsADirectory(line),

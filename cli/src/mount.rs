@@ -1,0 +1,89 @@
+//! `dfsctl mount [REMOTE] MOUNTPOINT`: the cluster as a local folder (FUSE; the file system is
+//! the dfs-mount crate, on the dfs-client library). What must stay true: the process unmounts
+//! cleanly on SIGINT/SIGTERM and exits when the folder is unmounted from outside (`umount`,
+//! `fusermount -u`); a cluster that cannot be reached at start is a clear error, not a mount.
+use crate::Ctx;
+use anyhow::Context;
+use clap::Args;
+use dfs_client::Client;
+use dfs_mount::{Backend, ClusterBackend, DfsFs, Options};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// `[REMOTE] MOUNTPOINT`: the remote directory to show (default `/`) and the local folder.
+    #[arg(num_args = 1..=2, required = true, value_names = ["REMOTE", "MOUNTPOINT"])]
+    pub paths: Vec<String>,
+    /// Seconds the kernel may cache attributes and names.
+    #[arg(long, default_value_t = 1.0)]
+    pub attr_ttl: f64,
+    /// Directory for staging files (open files' bytes) [default: the system temp dir].
+    #[arg(long)]
+    pub staging_dir: Option<PathBuf>,
+}
+
+pub async fn run(ctx: &Ctx, a: MountArgs) -> anyhow::Result<i32> {
+    let (root, mountpoint) = match a.paths.as_slice() {
+        [m] => ("/".to_string(), PathBuf::from(m)),
+        [r, m] => (crate::files::remote(r), PathBuf::from(m)),
+        _ => anyhow::bail!("usage: dfsctl mount [REMOTE] MOUNTPOINT"),
+    };
+    let root = if root.len() > 1 {
+        root.trim_end_matches('/').to_string()
+    } else {
+        root
+    };
+    if !mountpoint.is_dir() {
+        anyhow::bail!("{} is not a directory", mountpoint.display());
+    }
+    let client = Client::new(ctx.client()?);
+    let backend = Arc::new(ClusterBackend::new(
+        tokio::runtime::Handle::current(),
+        client,
+        &root,
+    ));
+    // Fail now, with a clear message, if the cluster or the remote directory is not there.
+    {
+        let b = backend.clone();
+        let e = tokio::task::spawn_blocking(move || b.stat("/")).await?;
+        match e {
+            Ok(e) if e.is_dir => {}
+            Ok(_) => anyhow::bail!("{root} is not a directory"),
+            Err(e) => anyhow::bail!("cannot reach {root}: {}", e.msg),
+        }
+    }
+    let opts = Options {
+        attr_ttl: Duration::from_secs_f64(a.attr_ttl.max(0.0)),
+        staging_dir: a.staging_dir.unwrap_or_else(std::env::temp_dir),
+        // SAFETY: getuid/getgid only read the process's ids.
+        uid: unsafe { libc::getuid() },
+        // SAFETY: as above.
+        gid: unsafe { libc::getgid() },
+    };
+    let fs = DfsFs::new(backend, opts);
+    let session = dfs_mount::spawn(fs, &mountpoint, &format!("dfs:{root}"))
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    if !ctx.quiet {
+        eprintln!("dfs:{root} mounted on {}", mountpoint.display());
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tick.tick() => {
+                if session.guard.is_finished() {
+                    // Unmounted from outside.
+                    break;
+                }
+            }
+        }
+    }
+    let r = tokio::task::spawn_blocking(move || session.umount_and_join()).await?;
+    // An error here means it was already unmounted from outside: not a failure.
+    drop(r);
+    Ok(0)
+}

@@ -1,0 +1,202 @@
+//! The mount's [`Backend`] on a real cluster: each call is a `dfs-client` call run on the
+//! mount process's tokio runtime from a FUSE worker thread.
+//!
+//! What must stay true: every failure (a dead chunk server, no leader, a timeout) comes back as
+//! an errno for that one call ([`errno_of`]); nothing here panics or exits, so the mount
+//! outlives any peer. A commit is retried only when it failed for a transient reason, and
+//! always from the local staging file, so a retry resends exactly the bytes the program wrote.
+use crate::{Backend, Entry, FsError, FsResult};
+use dfs_client::{get_stream, Client, Error, FileSource, PutOptions};
+use dfs_proto::FileInfo;
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::time::Duration;
+
+/// How many times a commit is tried when it fails transiently (a chunk server died mid-put,
+/// the leader changed): the staged bytes are local, so a retry is safe.
+const STORE_ATTEMPTS: usize = 6;
+
+/// The errno a program sees for a failed cluster call.
+pub fn errno_of(e: &Error) -> i32 {
+    match e {
+        Error::NotFound(_) => libc::ENOENT,
+        Error::Exists(_) => libc::EEXIST,
+        Error::NotADirectory(_) => libc::ENOTDIR,
+        Error::IsADirectory(_) => libc::EISDIR,
+        Error::NotEmpty(_) => libc::ENOTEMPTY,
+        Error::Permission(_) => libc::EACCES,
+        Error::InvalidName(_) => libc::EINVAL,
+        Error::ChangedWhileReading { .. } => libc::ESTALE,
+        Error::Io(io) => io.raw_os_error().unwrap_or(libc::EIO),
+        Error::NoSpace(_) => libc::ENOSPC,
+        Error::Unavailable(_) | Error::DataError(_) | Error::Other(_) => libc::EIO,
+    }
+}
+
+fn fs_error(e: Error) -> FsError {
+    FsError::new(errno_of(&e), e.to_string())
+}
+
+/// Only these failures are worth another commit attempt.
+fn transient(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Unavailable(_) | Error::DataError(_) | Error::Io(_)
+    )
+}
+
+fn entry(f: &FileInfo) -> Entry {
+    Entry {
+        is_dir: f.is_dir,
+        size: f.size,
+        mtime_ms: f.modified_ms,
+    }
+}
+
+/// A cluster directory (`root`) seen through one client.
+pub struct ClusterBackend {
+    rt: tokio::runtime::Handle,
+    client: Client,
+    root: String,
+}
+
+impl ClusterBackend {
+    /// `root` is the cluster directory shown at the mount point (`/` for all of it).
+    pub fn new(rt: tokio::runtime::Handle, client: Client, root: &str) -> Self {
+        let root = match root.trim_end_matches('/') {
+            "" => "/".to_string(),
+            r => r.to_string(),
+        };
+        Self { rt, client, root }
+    }
+
+    /// The cluster path of a mount path.
+    fn remote(&self, p: &str) -> String {
+        match (self.root.as_str(), p) {
+            ("/", _) => p.to_string(),
+            (r, "/") => r.to_string(),
+            (r, _) => format!("{r}{p}"),
+        }
+    }
+
+    fn block<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> FsResult<T> {
+        self.rt.block_on(f).map_err(fs_error)
+    }
+}
+
+impl Backend for ClusterBackend {
+    fn stat(&self, path: &str) -> FsResult<Entry> {
+        let path = self.remote(path);
+        self.block(async { Ok(entry(&self.client.stat(&path).await?)) })
+    }
+
+    fn list(&self, path: &str) -> FsResult<Vec<(String, Entry)>> {
+        let path = self.remote(path);
+        self.block(async {
+            let entries = self.client.list(&path).await?;
+            Ok(entries
+                .iter()
+                .map(|f| (dfs_common::path::file_name(&f.path).to_string(), entry(f)))
+                .collect())
+        })
+    }
+
+    fn mkdir(&self, path: &str) -> FsResult<()> {
+        let path = self.remote(path);
+        self.block(self.client.mkdir(&path, false))
+    }
+
+    fn remove(&self, path: &str) -> FsResult<()> {
+        let path = self.remote(path);
+        self.block(async { self.client.remove(&path, false).await.map(drop) })
+    }
+
+    fn rename(&self, from: &str, to: &str) -> FsResult<()> {
+        let (from, to) = (self.remote(from), self.remote(to));
+        self.block(self.client.rename(&from, &to))
+    }
+
+    fn fetch(&self, path: &str, dest: &File) -> FsResult<()> {
+        let path = self.remote(path);
+        let mut out = dest;
+        self.block(async {
+            let h = self.client.open_read(&path).await?;
+            if h.file().is_some_and(|f| f.is_dir) {
+                return Err(Error::IsADirectory(format!("{path} is a directory")));
+            }
+            let c = &self.client;
+            get_stream(
+                &c.conn,
+                &c.pool,
+                &h.reply,
+                &mut out,
+                &dfs_client::no_progress,
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn store(&self, path: &str, src: &File) -> FsResult<Entry> {
+        let path = self.remote(path);
+        let mut attempt = 0;
+        loop {
+            let r = self.rt.block_on(async {
+                let mut f = src.try_clone()?;
+                f.seek(SeekFrom::Start(0))?;
+                let opts = PutOptions {
+                    overwrite: true,
+                    replication: 0,
+                    size_hint: Some(f.metadata()?.len()),
+                };
+                let source = FileSource::new(f);
+                let out = self
+                    .client
+                    .put(&path, source, &opts, &dfs_client::no_progress)
+                    .await?;
+                Ok::<_, Error>(entry(&out.file))
+            });
+            match r {
+                Ok(e) => return Ok(e),
+                Err(e) if transient(&e) && attempt + 1 < STORE_ATTEMPTS => {
+                    tracing::warn!("commit of {path} failed, retrying: {e}");
+                    let backoff = Duration::from_millis(500 << attempt.min(4));
+                    self.rt.block_on(tokio::time::sleep(backoff));
+                    attempt += 1;
+                }
+                Err(e) => return Err(fs_error(e)),
+            }
+        }
+    }
+
+    fn usage(&self) -> FsResult<(u64, u64)> {
+        self.block(async {
+            let s = self.client.fs_stats().await?;
+            Ok((s.capacity, s.used))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_map_to_the_errno_a_program_expects() {
+        let cases = [
+            (Error::NotFound("x".into()), libc::ENOENT),
+            (Error::Exists("x".into()), libc::EEXIST),
+            (Error::NotEmpty("x".into()), libc::ENOTEMPTY),
+            (Error::NotADirectory("x".into()), libc::ENOTDIR),
+            (Error::IsADirectory("x".into()), libc::EISDIR),
+            (Error::Permission("x".into()), libc::EACCES),
+            (Error::InvalidName("x".into()), libc::EINVAL),
+            (Error::Unavailable("no leader".into()), libc::EIO),
+            (Error::NoSpace("no room".into()), libc::ENOSPC),
+            (Error::DataError("all replicas bad".into()), libc::EIO),
+        ];
+        for (e, want) in cases {
+            assert_eq!(errno_of(&e), want, "{e:?}");
+        }
+    }
+}

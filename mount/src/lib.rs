@@ -1,0 +1,715 @@
+//! dfs as a FUSE file system: the kernel-facing half of `dfsctl mount`.
+//!
+//! The kernel half talks to the cluster only through a [`Backend`]; [`cluster::ClusterBackend`]
+//! is the real one, on the dfs-client library. What must stay true:
+//! - no request ever panics or ends the process: every backend error becomes an errno
+//!   ([`FsError`]), and a poisoned lock is recovered, so a dead chunk server or an unreachable
+//!   cluster fails single calls (EIO), never the mount;
+//! - writes go to a local staging file and are committed to the cluster as a new version of the
+//!   whole file on `flush` (every `close`) and `fsync`; the cluster switches versions atomically,
+//!   so a crash or kill mid-write leaves the previous version;
+//! - close-to-open: `open` fetches the file as committed at that moment; attributes are cached by
+//!   the kernel for at most the configured TTL.
+//!
+//! Inode numbers are synthesised here (a path table, never reused while the mount lives) until
+//! the metadata service keeps numbers of its own.
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub mod cluster;
+
+pub use cluster::ClusterBackend;
+pub use fuser;
+
+/// A failed call, as the program on the mount will see it.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg} (errno {errno})")]
+pub struct FsError {
+    pub errno: i32,
+    pub msg: String,
+}
+
+impl FsError {
+    pub fn new(errno: i32, msg: impl Into<String>) -> Self {
+        Self {
+            errno,
+            msg: msg.into(),
+        }
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> Self {
+        Self::new(e.raw_os_error().unwrap_or(libc::EIO), e.to_string())
+    }
+}
+
+pub type FsResult<T> = Result<T, FsError>;
+
+/// What the mount knows of a name.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub is_dir: bool,
+    pub size: u64,
+    pub mtime_ms: i64,
+}
+
+/// The cluster, as the mount uses it. Paths are absolute (`/a/b`). Calls block; they are made
+/// from FUSE worker threads.
+pub trait Backend: Send + Sync + 'static {
+    fn stat(&self, path: &str) -> FsResult<Entry>;
+    /// The directory's entries: (name, entry).
+    fn list(&self, path: &str) -> FsResult<Vec<(String, Entry)>>;
+    fn mkdir(&self, path: &str) -> FsResult<()>;
+    /// Remove a file or an empty directory.
+    fn remove(&self, path: &str) -> FsResult<()>;
+    /// Rename; fails with EEXIST if `to` exists.
+    fn rename(&self, from: &str, to: &str) -> FsResult<()>;
+    /// Write the committed file's bytes into `dest` (from offset 0).
+    fn fetch(&self, path: &str, dest: &File) -> FsResult<()>;
+    /// Commit `src`'s bytes as the new version of `path` (created if missing).
+    fn store(&self, path: &str, src: &File) -> FsResult<Entry>;
+    /// (capacity, used) bytes of the cluster.
+    fn usage(&self) -> FsResult<(u64, u64)>;
+}
+
+/// Mount settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long the kernel may cache attributes and entries.
+    pub attr_ttl: Duration,
+    /// Where staging files are made (removed on close; unlinked at once, so a crash leaves none).
+    pub staging_dir: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+struct OpenFile {
+    path: String,
+    ino: u64,
+    file: File,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Inodes {
+    by_path: HashMap<String, u64>,
+    by_ino: HashMap<u64, String>,
+}
+
+pub struct DfsFs<B: Backend> {
+    backend: Arc<B>,
+    opts: Options,
+    inodes: Mutex<Inodes>,
+    next_ino: AtomicU64,
+    handles: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    next_fh: AtomicU64,
+}
+
+/// A poisoned lock only means another request panicked; the data is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+fn join(parent: &str, name: &OsStr) -> FsResult<String> {
+    let name = name
+        .to_str()
+        .ok_or_else(|| FsError::new(libc::EINVAL, "names must be UTF-8"))?;
+    if name.len() > 255 {
+        return Err(FsError::new(libc::ENAMETOOLONG, "name over 255 bytes"));
+    }
+    Ok(if parent == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent}/{name}")
+    })
+}
+
+impl<B: Backend> DfsFs<B> {
+    pub fn new(backend: Arc<B>, opts: Options) -> Self {
+        let mut inodes = Inodes::default();
+        inodes.by_path.insert("/".into(), 1);
+        inodes.by_ino.insert(1, "/".into());
+        Self {
+            backend,
+            opts,
+            inodes: Mutex::new(inodes),
+            next_ino: AtomicU64::new(2),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+
+    fn ino_of(&self, path: &str) -> u64 {
+        let mut t = lock(&self.inodes);
+        if let Some(i) = t.by_path.get(path) {
+            return *i;
+        }
+        let i = self.next_ino.fetch_add(1, Ordering::Relaxed);
+        t.by_path.insert(path.to_string(), i);
+        t.by_ino.insert(i, path.to_string());
+        i
+    }
+
+    fn path_of(&self, ino: INodeNo) -> FsResult<String> {
+        lock(&self.inodes)
+            .by_ino
+            .get(&ino.0)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::ESTALE, "unknown inode"))
+    }
+
+    /// Keep the inode with the entry across a rename (and everything below a directory).
+    fn renamed(&self, from: &str, to: &str) {
+        let mut t = lock(&self.inodes);
+        let prefix = format!("{from}/");
+        let moved: Vec<(String, u64)> = t
+            .by_path
+            .iter()
+            .filter(|(p, _)| p.as_str() == from || p.starts_with(&prefix))
+            .map(|(p, i)| (p.clone(), *i))
+            .collect();
+        if let Some(old) = t.by_path.remove(to) {
+            t.by_ino.remove(&old);
+        }
+        for (p, i) in moved {
+            t.by_path.remove(&p);
+            let np = format!("{to}{}", &p[from.len()..]);
+            t.by_ino.insert(i, np.clone());
+            t.by_path.insert(np, i);
+        }
+    }
+
+    fn attr(&self, ino: u64, e: &Entry) -> FileAttr {
+        let t = UNIX_EPOCH + Duration::from_millis(e.mtime_ms.max(0) as u64);
+        FileAttr {
+            ino: INodeNo(ino),
+            size: e.size,
+            blocks: e.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: if e.is_dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
+            perm: if e.is_dir { 0o755 } else { 0o644 },
+            nlink: if e.is_dir { 2 } else { 1 },
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// The entry as this mount sees it: an open handle with unflushed writes wins (its size).
+    fn entry(&self, path: &str, ino: u64) -> FsResult<Entry> {
+        let open: Vec<_> = lock(&self.handles).values().cloned().collect();
+        for h in open {
+            let h = lock(&h);
+            if h.ino == ino && h.dirty {
+                let size = h.file.metadata()?.len();
+                return Ok(Entry {
+                    is_dir: false,
+                    size,
+                    mtime_ms: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0),
+                });
+            }
+        }
+        self.backend.stat(path)
+    }
+
+    fn staging(&self) -> FsResult<File> {
+        Ok(tempfile::tempfile_in(&self.opts.staging_dir)?)
+    }
+
+    fn handle(&self, fh: FileHandle) -> FsResult<Arc<Mutex<OpenFile>>> {
+        lock(&self.handles)
+            .get(&fh.0)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
+    }
+
+    fn add_handle(&self, h: OpenFile) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Arc::new(Mutex::new(h)));
+        fh
+    }
+
+    fn commit(&self, h: &mut OpenFile) -> FsResult<()> {
+        if h.dirty {
+            self.backend.store(&h.path, &h.file)?;
+            h.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let file = self.staging()?;
+        let trunc = flags.0 & libc::O_TRUNC != 0;
+        if !trunc {
+            self.backend.fetch(&path, &file)?;
+        }
+        Ok(self.add_handle(OpenFile {
+            path,
+            ino: ino.0,
+            file,
+            dirty: trunc,
+        }))
+    }
+
+    fn do_setattr(&self, ino: INodeNo, size: Option<u64>, fh: Option<FileHandle>) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        if let Some(size) = size {
+            let h = match fh.and_then(|fh| self.handle(fh).ok()) {
+                Some(h) => h,
+                None => {
+                    let file = self.staging()?;
+                    if size > 0 {
+                        self.backend.fetch(&path, &file)?;
+                    }
+                    Arc::new(Mutex::new(OpenFile {
+                        path: path.clone(),
+                        ino: ino.0,
+                        file,
+                        dirty: false,
+                    }))
+                }
+            };
+            let mut h = lock(&h);
+            h.file.set_len(size)?;
+            h.dirty = true;
+            if fh.is_none() {
+                self.commit(&mut h)?;
+            }
+        }
+        Ok(ino.0)
+    }
+}
+
+impl<B: Backend> Filesystem for DfsFs<B> {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with open (not as a separate truncate that would commit an empty
+        // version at once): the truncation is staged like any write and committed on close.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let r = (|| {
+            let path = join(&self.path_of(parent)?, name)?;
+            let ino = self.ino_of(&path);
+            let e = self.entry(&path, ino)?;
+            Ok::<_, FsError>(self.attr(ino, &e))
+        })();
+        match r {
+            Ok(a) => reply.entry(&self.opts.attr_ttl, &a, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let r = self
+            .path_of(ino)
+            .and_then(|p| self.entry(&p, ino.0))
+            .map(|e| self.attr(ino.0, &e));
+        match r {
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &a),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let r = self.do_setattr(ino, size, fh).and_then(|i| {
+            let p = self.path_of(INodeNo(i))?;
+            Ok(self.attr(i, &self.entry(&p, i)?))
+        });
+        match r {
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &a),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let path = join(&self.path_of(parent)?, name)?;
+            self.backend.mkdir(&path)?;
+            let ino = self.ino_of(&path);
+            Ok::<_, FsError>(self.attr(ino, &self.backend.stat(&path)?))
+        })();
+        match r {
+            Ok(a) => reply.entry(&self.opts.attr_ttl, &a, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            let path = join(&self.path_of(parent)?, name)?;
+            if self.backend.stat(&path)?.is_dir {
+                return Err(FsError::new(libc::EISDIR, "is a directory"));
+            }
+            self.backend.remove(&path)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let r = (|| {
+            let path = join(&self.path_of(parent)?, name)?;
+            if !self.backend.stat(&path)?.is_dir {
+                return Err(FsError::new(libc::ENOTDIR, "not a directory"));
+            }
+            if !self.backend.list(&path)?.is_empty() {
+                return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
+            }
+            self.backend.remove(&path)
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = (|| {
+            let from = join(&self.path_of(parent)?, name)?;
+            let to = join(&self.path_of(newparent)?, newname)?;
+            if flags.bits() & libc::RENAME_EXCHANGE != 0 {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    "RENAME_EXCHANGE is not supported",
+                ));
+            }
+            match self.backend.rename(&from, &to) {
+                Err(e) if e.errno == libc::EEXIST && flags.bits() & libc::RENAME_NOREPLACE == 0 => {
+                    // POSIX rename replaces the target: remove it first (files, empty dirs).
+                    // Not atomic until the metadata service has a replacing rename.
+                    let src = self.backend.stat(&from)?;
+                    let dst = self.backend.stat(&to)?;
+                    if dst.is_dir && !src.is_dir {
+                        return Err(FsError::new(libc::EISDIR, "target is a directory"));
+                    }
+                    if !dst.is_dir && src.is_dir {
+                        return Err(FsError::new(libc::ENOTDIR, "target is not a directory"));
+                    }
+                    if dst.is_dir && !self.backend.list(&to)?.is_empty() {
+                        return Err(FsError::new(libc::ENOTEMPTY, "target not empty"));
+                    }
+                    self.backend.remove(&to)?;
+                    self.backend.rename(&from, &to)
+                }
+                r => r,
+            }?;
+            self.renamed(&from, &to);
+            Ok::<_, FsError>(())
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino, flags) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = (|| {
+            let path = join(&self.path_of(parent)?, name)?;
+            let file = self.staging()?;
+            // The kernel sends CREATE for O_CREAT opens of names it has not looked up, so the
+            // file may exist: then this is an open (and O_TRUNC is staged, not committed).
+            let (e, dirty) = match self.backend.stat(&path) {
+                Ok(_) if flags & libc::O_EXCL != 0 => {
+                    return Err(FsError::new(libc::EEXIST, "exists"));
+                }
+                Ok(e) if e.is_dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
+                Ok(e) if flags & libc::O_TRUNC != 0 => (Entry { size: 0, ..e }, true),
+                Ok(e) => {
+                    self.backend.fetch(&path, &file)?;
+                    (e, false)
+                }
+                // Committed empty at once, so the name exists for lookups and other mounts.
+                Err(err) if err.errno == libc::ENOENT => (self.backend.store(&path, &file)?, false),
+                Err(err) => return Err(err),
+            };
+            let ino = self.ino_of(&path);
+            let fh = self.add_handle(OpenFile {
+                path,
+                ino,
+                file,
+                dirty,
+            });
+            Ok::<_, FsError>((self.attr(ino, &e), fh))
+        })();
+        match r {
+            Ok((a, fh)) => reply.created(
+                &self.opts.attr_ttl,
+                &a,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let r = (|| {
+            let h = self.handle(fh)?;
+            let h = lock(&h);
+            let mut buf = vec![0u8; size as usize];
+            let mut n = 0;
+            while n < buf.len() {
+                let got = h.file.read_at(&mut buf[n..], offset + n as u64)?;
+                if got == 0 {
+                    break;
+                }
+                n += got;
+            }
+            buf.truncate(n);
+            Ok::<_, FsError>(buf)
+        })();
+        match r {
+            Ok(b) => reply.data(&b),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let r = (|| {
+            let h = self.handle(fh)?;
+            let mut h = lock(&h);
+            h.file.write_all_at(data, offset)?;
+            h.dirty = true;
+            Ok::<_, FsError>(data.len() as u32)
+        })();
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.handle(fh).and_then(|h| self.commit(&mut lock(&h)));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.handle(fh).and_then(|h| self.commit(&mut lock(&h)));
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = lock(&self.handles).remove(&fh.0);
+        // Writes not committed by a flush (a write after the last close's flush, e.g. through
+        // mmap) are committed here; the error can no longer reach the program, so it is logged.
+        let r = match h {
+            Some(h) => self.commit(&mut lock(&h)),
+            None => Ok(()),
+        };
+        if let Err(e) = r {
+            tracing::warn!("commit on release failed: {e}");
+        }
+        reply.ok();
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let r = (|| {
+            let path = self.path_of(ino)?;
+            let list = self.backend.list(&path)?;
+            let mut all = vec![
+                (ino.0, FileType::Directory, ".".to_string()),
+                (ino.0, FileType::Directory, "..".to_string()),
+            ];
+            for (name, e) in list {
+                let child = join(&path, OsStr::new(&name))?;
+                let kind = if e.is_dir {
+                    FileType::Directory
+                } else {
+                    FileType::RegularFile
+                };
+                all.push((self.ino_of(&child), kind, name));
+            }
+            Ok::<_, FsError>(all)
+        })();
+        match r {
+            Ok(all) => {
+                for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
+                        break;
+                    }
+                }
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.backend.usage() {
+            Ok((cap, used)) => {
+                let bs = 4096u64;
+                let blocks = cap / bs;
+                let free = cap.saturating_sub(used) / bs;
+                reply.statfs(
+                    blocks,
+                    free,
+                    free,
+                    0,
+                    u32::MAX as u64,
+                    bs as u32,
+                    255,
+                    bs as u32,
+                )
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}
+
+/// Mount `fs` at `mountpoint` in the background (the caller unmounts by dropping or calling
+/// `umount_and_join` on the session).
+pub fn spawn<B: Backend>(
+    fs: DfsFs<B>,
+    mountpoint: &Path,
+    fsname: &str,
+) -> std::io::Result<fuser::BackgroundSession> {
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName(fsname.to_string()),
+        fuser::MountOption::Subtype("dfs".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    cfg.n_threads = Some(4);
+    fuser::spawn_mount(fs, mountpoint, &cfg)
+}

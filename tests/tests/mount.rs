@@ -1,0 +1,233 @@
+//! `dfsctl mount` against a real local cluster. Each test runs its shell script inside its own
+//! mount namespace (`unshare -m --propagation private`), so a mount that dies cannot hang other
+//! tests or the host: when the script ends, the namespace and its mounts go with it.
+//! The script gets `mnt DIR [REMOTE]` (start a mount, wait until it is live; the pid is in
+//! `$MPID`) and `$D` (dfsctl); every mount left running is stopped with SIGTERM on exit.
+use dfs_tests::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PRELUDE: &str = r#"
+set -euo pipefail
+MPIDS=""
+cleanup() { for p in $MPIDS; do kill "$p" 2>/dev/null || true; done; for p in $MPIDS; do wait "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+mnt() {
+  local dir=$1 remote=${2:-/}
+  mkdir -p "$dir"
+  "$D" mount "$remote" "$dir" 2>>"$W/mount.log" &
+  MPID=$!
+  MPIDS="$MPIDS $MPID"
+  for _ in $(seq 600); do
+    if grep -q " $dir " /proc/self/mountinfo; then return 0; fi
+    if ! kill -0 "$MPID" 2>/dev/null; then echo "mount of $dir exited" >&2; cat "$W/mount.log" >&2; return 1; fi
+    sleep 0.1
+  done
+  echo "mount of $dir not live after 60 s" >&2; return 1
+}
+"#;
+
+fn script_cmd(c: &Cluster, work: &Path, script: &str) -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "bash", "-c"])
+        .arg(format!("{PRELUDE}\n{script}"))
+        .env("D", bin("dfsctl"))
+        .env("W", work)
+        .env("DFS_META", &c.meta)
+        .env("DFS_AUTH_FILE", &c.auth)
+        .env("DFS_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Run `script` in a fresh mount namespace; panic with its output (and the mount log) unless
+/// it exits 0. Returns stdout.
+fn run_script(c: &Cluster, work: &Path, script: &str) -> String {
+    let child = script_cmd(c, work, script).spawn().expect("spawn unshare");
+    finish(child, work)
+}
+
+fn finish(child: Child, work: &Path) -> String {
+    let out = child.wait_with_output().expect("script output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let log = std::fs::read_to_string(work.join("mount.log")).unwrap_or_default();
+        panic!(
+            "script failed ({}):\nstdout:\n{stdout}\nstderr:\n{}\nmount log:\n{log}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    stdout
+}
+
+fn work_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("dfs-mount-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn cp_rsync_tar_and_dfsctl_see_the_same_files() {
+    let c = Cluster::up(3, 3, &["--chunk-size=1048576"]);
+    let w = work_dir();
+    let src = w.path().join("src");
+    for (name, size) in [
+        ("empty", 0usize),
+        ("one", 1),
+        ("a/page", 4096),
+        ("a/b/ten", 10 << 20),
+        ("a/b/c/hundred", 100 << 20),
+    ] {
+        write(&src.join(name), &bytes(size, size as u64));
+    }
+    std::fs::create_dir_all(src.join("a/emptydir")).unwrap();
+    // A file put through dfsctl, to be read through the mount.
+    c.put_data(&c.auth, "/from-ctl", &bytes(300_000, 7), &[])
+        .ok();
+    write(&w.path().join("from-ctl"), &bytes(300_000, 7));
+    run_script(
+        &c,
+        w.path(),
+        r#"
+        M=$W/m
+        mnt "$M"
+        cp -r "$W/src" "$M/src"
+        diff -r "$W/src" "$M/src"
+        rsync -a "$W/src/" "$M/rs/"
+        rsync -a "$M/rs/" "$W/back/"
+        diff -r "$W/src" "$W/back"
+        tar -C "$W/src" -cf "$W/t.tar" .
+        mkdir "$M/tar"
+        tar -C "$M/tar" -xf "$W/t.tar"
+        diff -r "$W/src" "$M/tar"
+        cmp "$W/from-ctl" "$M/from-ctl"
+        df "$M" | tail -1
+        "#,
+    );
+    // Written through the mount, read back through dfsctl.
+    assert_eq!(
+        c.get_data(&c.auth, "/src/a/b/ten"),
+        bytes(10 << 20, 10 << 20)
+    );
+    assert_eq!(c.get_data(&c.auth, "/tar/one"), bytes(1, 1));
+}
+
+#[test]
+fn two_mounts_see_each_others_closed_files() {
+    let c = Cluster::up(3, 3, &[]);
+    let w = work_dir();
+    let out = run_script(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m1"
+        mnt "$W/m2"
+        echo one > "$W/m1/f"
+        test "$(cat "$W/m2/f")" = one
+        mkdir "$W/m2/d"
+        echo two > "$W/m2/d/g"
+        test "$(cat "$W/m1/d/g")" = two
+        echo again > "$W/m2/f"
+        test "$(cat "$W/m1/f")" = again
+        mv "$W/m1/d/g" "$W/m1/d/h"
+        test "$(cat "$W/m2/d/h")" = two
+        rm "$W/m2/d/h"; rmdir "$W/m2/d"
+        ! ls "$W/m1/d" 2>/dev/null
+        echo ok
+        "#,
+    );
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn a_chunk_server_killed_during_a_big_copy_leaves_the_copy_correct() {
+    let c = Cluster::up_files(3, 3, &["--chunk-size=1048576"]);
+    let w = work_dir();
+    let big = bytes(100 << 20, 42);
+    write(&w.path().join("big"), &big);
+    let killed = w.path().join("killed");
+    let copied = w.path().join("copied");
+    // The copy runs while this test kills chunk-1; the script checks the result only after the
+    // kill (it waits for the `killed` marker).
+    let child = script_cmd(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m"
+        cp "$W/big" "$W/m/big"
+        touch "$W/copied"
+        for _ in $(seq 1200); do test -e "$W/killed" && break; sleep 0.1; done
+        test -e "$W/killed"
+        cmp "$W/big" "$W/m/big"
+        echo ok
+        "#,
+    )
+    .spawn()
+    .expect("spawn unshare");
+    let start = Instant::now();
+    let mut under_way = false;
+    while start.elapsed() < Duration::from_secs(300) {
+        if c.chunk_files("chunk-1").len() >= 3 {
+            under_way = !copied.exists();
+            break;
+        }
+        if copied.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c.kill("chunk-1");
+    std::fs::write(&killed, b"").unwrap();
+    let out = finish(child, w.path());
+    assert!(out.contains("ok"), "{out}");
+    assert!(
+        under_way,
+        "chunk-1 was killed only after the copy had finished"
+    );
+    // The file is whole through dfsctl too.
+    assert_eq!(c.get_data(&c.auth, "/big"), big);
+}
+
+#[test]
+fn a_mount_killed_mid_write_leaves_the_previous_version() {
+    let c = Cluster::up(3, 3, &[]);
+    let w = work_dir();
+    let v1 = bytes(3 << 20, 1);
+    c.put_data(&c.auth, "/f", &v1, &[]).ok();
+    write(&w.path().join("v1"), &v1);
+    run_script(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m"
+        # A writer with the file open and 1 MiB written, blocked on a fifo. (Each close of a
+        # descriptor commits, dup'ed ones too, so the writer must not dup: dd does.)
+        mkfifo "$W/hold"
+        perl -e 'open(my $f, ">", $ARGV[0]) or die "open: $!";
+          syswrite($f, "x" x 1048576) == 1048576 or die "write: $!";
+          open(my $m, ">", $ARGV[1]) or die; close $m;
+          open(my $h, "<", $ARGV[2]) or die; <$h>;' "$W/m/f" "$W/written" "$W/hold" 2>/dev/null &
+        P=$!
+        for _ in $(seq 600); do test -e "$W/written" && break; sleep 0.1; done
+        test -e "$W/written"
+        kill -9 "$MPID"
+        wait "$MPID" || true
+        kill "$P" 2>/dev/null || true
+        wait "$P" || true
+        umount -l "$W/m"
+        mnt "$W/m"
+        cmp "$W/v1" "$W/m/f"
+        "#,
+    );
+    assert_eq!(c.get_data(&c.auth, "/f"), v1);
+}
