@@ -10,6 +10,7 @@ use crate::meta::{new_request_id, MetaConn};
 use crate::transfer::{fetch_range, put_stream, ChunkPool, ChunkSource, PutOptions, PutOutcome};
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
+use std::time::{Duration, Instant};
 
 /// Space and file counts for statfs, summed over the live chunk servers. `capacity` and
 /// `used` are raw bytes (all replicas), as the servers report them.
@@ -31,6 +32,8 @@ pub struct Client {
 #[derive(Debug, Clone)]
 pub struct ReadHandle {
     pub reply: OpenReadReply,
+    /// When the tokens were handed out (to renew them before they expire).
+    received: Instant,
 }
 
 impl ReadHandle {
@@ -40,6 +43,16 @@ impl ReadHandle {
 
     pub fn size(&self) -> u64 {
         self.file().map_or(0, |f| f.size)
+    }
+
+    /// Whether the tokens are past three quarters of their life (or of 15 min when the leader
+    /// did not say), so the next read asks for fresh ones first.
+    fn tokens_ageing(&self) -> bool {
+        let valid = match self.reply.tokens_valid_ms {
+            0 => Duration::from_secs(15 * 60),
+            ms => Duration::from_millis(ms),
+        };
+        self.received.elapsed() >= valid * 3 / 4
     }
 }
 
@@ -129,14 +142,47 @@ impl Client {
         if reply.file.is_none() {
             return Err(Error::other("the leader returned no file"));
         }
-        Ok(ReadHandle { reply })
+        Ok(ReadHandle {
+            reply,
+            received: Instant::now(),
+        })
+    }
+
+    /// Fresh read tokens for an open handle. The handle keeps its version: if the file at its
+    /// path now has other chunks (replaced or removed), reading on is refused with
+    /// `ChangedWhileReading` instead of mixing two versions.
+    pub async fn renew_tokens(&self, h: &mut ReadHandle) -> Result<()> {
+        let path = h.file().map(|f| f.path.clone()).unwrap_or_default();
+        let changed = || Error::ChangedWhileReading { path: path.clone() };
+        let fresh = match self.open_read(&path).await {
+            Ok(f) => f,
+            Err(Error::NotFound(_)) => return Err(changed()),
+            Err(e) => return Err(e),
+        };
+        let ids = |h: &ReadHandle| -> Vec<String> {
+            h.file()
+                .map(|f| f.chunks.iter().map(|c| c.chunk_id.clone()).collect())
+                .unwrap_or_default()
+        };
+        if ids(&fresh) != ids(h) {
+            return Err(changed());
+        }
+        h.reply.tokens = fresh.reply.tokens;
+        h.reply.tokens_valid_ms = fresh.reply.tokens_valid_ms;
+        h.received = fresh.received;
+        Ok(())
     }
 
     /// Up to `len` bytes from `offset` (fewer only at the end of the file; none past it).
     /// Each chunk touched is asked for just its part; the chunk server reads and checks only
     /// the checksum blocks that part touches (a whole chunk is also checked against its CRC32C
     /// here). Another replica is tried on error.
-    pub async fn read_at(&self, h: &ReadHandle, offset: u64, len: u64) -> Result<Vec<u8>> {
+    /// Tokens close to expiry are renewed first (see [`Client::renew_tokens`]).
+    pub async fn read_at(&self, h: &mut ReadHandle, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if h.tokens_ageing() {
+            self.renew_tokens(h).await?;
+        }
+        let h = &*h;
         let file = h
             .file()
             .ok_or_else(|| Error::other("the leader returned no file"))?;

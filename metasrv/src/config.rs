@@ -55,6 +55,9 @@ pub struct Args {
     /// Log entries kept after a snapshot, for followers that lag a little.
     #[arg(long, env = "DFS_META_KEEP_LOGS", default_value_t = 5_000)]
     pub keep_logs: u64,
+    /// Seconds a chunk read or write token stays valid (readers that outlive it ask again).
+    #[arg(long, env = "DFS_META_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub token_ttl_secs: u64,
     /// Purge the log only when at least this many entries can go (fewer, larger purges).
     #[arg(long, env = "DFS_META_PURGE_BATCH", default_value_t = 256)]
     pub purge_batch: u64,
@@ -96,6 +99,7 @@ pub struct Config {
     pub election_timeout_ms: u64,
     pub chunk_size: u64,
     pub replication: u32,
+    pub token_ttl_secs: u64,
     pub healing: crate::healer::HealArgs,
 }
 
@@ -149,6 +153,7 @@ impl Config {
             election_timeout_ms: a.election_timeout_ms,
             chunk_size: a.chunk_size,
             replication: a.replication.max(1),
+            token_ttl_secs: a.token_ttl_secs,
             healing: a.healing,
         })
     }
@@ -183,7 +188,7 @@ impl Config {
             allow_self_register: self.allow_self_register,
             chunk_size: self.chunk_size,
             default_replication: self.replication,
-            token_ttl: Duration::from_secs(15 * 60),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
         }
     }
 }

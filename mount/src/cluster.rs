@@ -6,7 +6,7 @@
 //! outlives any peer. A commit is retried only when it failed for a transient reason, and
 //! always from the local staging file, so a retry resends exactly the bytes the program wrote.
 use crate::{Backend, Entry, FsError, FsResult};
-use dfs_client::{get_stream, Client, Error, FileSource, PutOptions};
+use dfs_client::{Client, Error, FileSource, PutOptions, ReadHandle};
 use dfs_proto::FileInfo;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
@@ -116,25 +116,25 @@ impl Backend for ClusterBackend {
         self.block(self.client.rename(&from, &to))
     }
 
-    fn fetch(&self, path: &str, dest: &File) -> FsResult<()> {
+    type Reader = ReadHandle;
+
+    fn open_reader(&self, path: &str) -> FsResult<ReadHandle> {
         let path = self.remote(path);
-        let mut out = dest;
         self.block(async {
             let h = self.client.open_read(&path).await?;
             if h.file().is_some_and(|f| f.is_dir) {
                 return Err(Error::IsADirectory(format!("{path} is a directory")));
             }
-            let c = &self.client;
-            get_stream(
-                &c.conn,
-                &c.pool,
-                &h.reply,
-                &mut out,
-                &dfs_client::no_progress,
-            )
-            .await?;
-            Ok(())
+            Ok(h)
         })
+    }
+
+    fn reader_size(&self, r: &ReadHandle) -> u64 {
+        r.size()
+    }
+
+    fn read_at(&self, r: &mut ReadHandle, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        self.block(self.client.read_at(r, offset, len))
     }
 
     fn store(&self, path: &str, src: &File) -> FsResult<Entry> {

@@ -8,8 +8,12 @@
 //! - writes go to a local staging file and are committed to the cluster as a new version of the
 //!   whole file on `flush` (every `close`) and `fsync`; the cluster switches versions atomically,
 //!   so a crash or kill mid-write leaves the previous version;
-//! - close-to-open: `open` fetches the file as committed at that moment; attributes are cached by
-//!   the kernel for at most the configured TTL.
+//! - close-to-open: `open` pins the file as committed at that moment (its chunks and read
+//!   tokens) and reads of that handle see that version; attributes are cached by the kernel for
+//!   at most the configured TTL;
+//! - reads are ranged (only the bytes asked for, plus a bounded read-ahead window for sequential
+//!   readers); a handle is copied into a staging file only when it is first written to or
+//!   truncated, and that copy is of the version the handle pinned.
 //!
 //! Inode numbers are synthesised here (a path table, never reused while the mount lives) until
 //! the metadata service keeps numbers of its own.
@@ -76,8 +80,14 @@ pub trait Backend: Send + Sync + 'static {
     fn remove(&self, path: &str) -> FsResult<()>;
     /// Rename; fails with EEXIST if `to` exists.
     fn rename(&self, from: &str, to: &str) -> FsResult<()>;
-    /// Write the committed file's bytes into `dest` (from offset 0).
-    fn fetch(&self, path: &str, dest: &File) -> FsResult<()>;
+    /// A pinned version of a file, for ranged reads.
+    type Reader: Send + 'static;
+    /// Pin the file as committed now.
+    fn open_reader(&self, path: &str) -> FsResult<Self::Reader>;
+    /// The pinned version's size.
+    fn reader_size(&self, r: &Self::Reader) -> u64;
+    /// Up to `len` bytes at `offset` of the pinned version (fewer only at its end).
+    fn read_at(&self, r: &mut Self::Reader, offset: u64, len: u64) -> FsResult<Vec<u8>>;
     /// Commit `src`'s bytes as the new version of `path` (created if missing).
     fn store(&self, path: &str, src: &File) -> FsResult<Entry>;
     /// (capacity, used) bytes of the cluster.
@@ -95,10 +105,29 @@ pub struct Options {
     pub gid: u32,
 }
 
-struct OpenFile {
+/// How many bytes a sequential reader fetches at once (and so the most a handle buffers).
+const READ_AHEAD: u64 = 4 << 20;
+
+/// An open file's bytes: the pinned remote version until the first write or truncate, then a
+/// local staging copy.
+enum Content<R> {
+    Remote {
+        reader: R,
+        /// The last window fetched: (offset, bytes).
+        window: (u64, Vec<u8>),
+        /// Where a sequential reader reads next.
+        next: u64,
+    },
+    Staged(File),
+}
+
+/// An open file, shared by the FUSE threads serving its handle.
+type Handle<B> = Arc<Mutex<OpenFile<<B as Backend>::Reader>>>;
+
+struct OpenFile<R> {
     path: String,
     ino: u64,
-    file: File,
+    content: Content<R>,
     dirty: bool,
 }
 
@@ -113,7 +142,7 @@ pub struct DfsFs<B: Backend> {
     opts: Options,
     inodes: Mutex<Inodes>,
     next_ino: AtomicU64,
-    handles: Mutex<HashMap<u64, Arc<Mutex<OpenFile>>>>,
+    handles: Mutex<HashMap<u64, Handle<B>>>,
     next_fh: AtomicU64,
 }
 
@@ -225,8 +254,8 @@ impl<B: Backend> DfsFs<B> {
         let open: Vec<_> = lock(&self.handles).values().cloned().collect();
         for h in open {
             let h = lock(&h);
-            if h.ino == ino && h.dirty {
-                let size = h.file.metadata()?.len();
+            if let (true, Content::Staged(file)) = (h.ino == ino && h.dirty, &h.content) {
+                let size = file.metadata()?.len();
                 return Ok(Entry {
                     is_dir: false,
                     size,
@@ -244,38 +273,122 @@ impl<B: Backend> DfsFs<B> {
         Ok(tempfile::tempfile_in(&self.opts.staging_dir)?)
     }
 
-    fn handle(&self, fh: FileHandle) -> FsResult<Arc<Mutex<OpenFile>>> {
+    fn handle(&self, fh: FileHandle) -> FsResult<Handle<B>> {
         lock(&self.handles)
             .get(&fh.0)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
     }
 
-    fn add_handle(&self, h: OpenFile) -> u64 {
+    fn add_handle(&self, h: OpenFile<B::Reader>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(fh, Arc::new(Mutex::new(h)));
         fh
     }
 
-    fn commit(&self, h: &mut OpenFile) -> FsResult<()> {
-        if h.dirty {
-            self.backend.store(&h.path, &h.file)?;
+    fn commit(&self, h: &mut OpenFile<B::Reader>) -> FsResult<()> {
+        if let (true, Content::Staged(file)) = (h.dirty, &h.content) {
+            self.backend.store(&h.path, file)?;
             h.dirty = false;
         }
         Ok(())
     }
 
+    fn remote(&self, reader: B::Reader) -> Content<B::Reader> {
+        Content::Remote {
+            reader,
+            window: (0, Vec::new()),
+            next: 0,
+        }
+    }
+
+    /// The handle's staging file, copied from its pinned version on first use (in bounded
+    /// pieces, so a big file is never held in memory).
+    fn staged<'a>(&self, h: &'a mut OpenFile<B::Reader>) -> FsResult<&'a File> {
+        if let Content::Remote { reader, .. } = &mut h.content {
+            let file = self.staging()?;
+            let size = self.backend.reader_size(reader);
+            let mut off = 0;
+            while off < size {
+                let part = self.backend.read_at(reader, off, READ_AHEAD)?;
+                if part.is_empty() {
+                    return Err(FsError::new(
+                        libc::EIO,
+                        "the file ended early while staging",
+                    ));
+                }
+                file.write_all_at(&part, off)?;
+                off += part.len() as u64;
+            }
+            h.content = Content::Staged(file);
+        }
+        match &h.content {
+            Content::Staged(file) => Ok(file),
+            Content::Remote { .. } => unreachable!("staged above"),
+        }
+    }
+
+    /// Read for a handle: a staged copy locally, a remote version through the read-ahead
+    /// window (sequential readers fetch `READ_AHEAD` at a time; others just what they ask).
+    fn read_handle(
+        &self,
+        h: &mut OpenFile<B::Reader>,
+        offset: u64,
+        size: u32,
+    ) -> FsResult<Vec<u8>> {
+        let size = size as u64;
+        match &mut h.content {
+            Content::Staged(file) => {
+                let mut buf = vec![0u8; size as usize];
+                let mut n = 0;
+                while n < buf.len() {
+                    let got = file.read_at(&mut buf[n..], offset + n as u64)?;
+                    if got == 0 {
+                        break;
+                    }
+                    n += got;
+                }
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Content::Remote {
+                reader,
+                window,
+                next,
+            } => {
+                let (start, bytes) = &*window;
+                let end = start + bytes.len() as u64;
+                let inside = offset >= *start
+                    && (offset + size <= end || end >= self.backend.reader_size(reader));
+                if !inside || bytes.is_empty() {
+                    let want = if offset == *next {
+                        size.max(READ_AHEAD)
+                    } else {
+                        size
+                    };
+                    *window = (offset, self.backend.read_at(reader, offset, want)?);
+                }
+                let (start, bytes) = &*window;
+                let from = ((offset - start) as usize).min(bytes.len());
+                let to = (from + size as usize).min(bytes.len());
+                *next = offset + (to - from) as u64;
+                Ok(bytes[from..to].to_vec())
+            }
+        }
+    }
+
     fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<u64> {
         let path = self.path_of(ino)?;
-        let file = self.staging()?;
         let trunc = flags.0 & libc::O_TRUNC != 0;
-        if !trunc {
-            self.backend.fetch(&path, &file)?;
-        }
+        let content = if trunc {
+            Content::Staged(self.staging()?)
+        } else {
+            self.remote(self.backend.open_reader(&path)?)
+        };
         Ok(self.add_handle(OpenFile {
             path,
             ino: ino.0,
-            file,
+            content,
             dirty: trunc,
         }))
     }
@@ -286,20 +399,21 @@ impl<B: Backend> DfsFs<B> {
             let h = match fh.and_then(|fh| self.handle(fh).ok()) {
                 Some(h) => h,
                 None => {
-                    let file = self.staging()?;
-                    if size > 0 {
-                        self.backend.fetch(&path, &file)?;
-                    }
+                    let content = if size > 0 {
+                        self.remote(self.backend.open_reader(&path)?)
+                    } else {
+                        Content::Staged(self.staging()?)
+                    };
                     Arc::new(Mutex::new(OpenFile {
                         path: path.clone(),
                         ino: ino.0,
-                        file,
+                        content,
                         dirty: false,
                     }))
                 }
             };
             let mut h = lock(&h);
-            h.file.set_len(size)?;
+            self.staged(&mut h)?.set_len(size)?;
             h.dirty = true;
             if fh.is_none() {
                 self.commit(&mut h)?;
@@ -488,28 +602,35 @@ impl<B: Backend> Filesystem for DfsFs<B> {
     ) {
         let r = (|| {
             let path = join(&self.path_of(parent)?, name)?;
-            let file = self.staging()?;
             // The kernel sends CREATE for O_CREAT opens of names it has not looked up, so the
             // file may exist: then this is an open (and O_TRUNC is staged, not committed).
-            let (e, dirty) = match self.backend.stat(&path) {
+            let (e, content, dirty) = match self.backend.stat(&path) {
                 Ok(_) if flags & libc::O_EXCL != 0 => {
                     return Err(FsError::new(libc::EEXIST, "exists"));
                 }
                 Ok(e) if e.is_dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
-                Ok(e) if flags & libc::O_TRUNC != 0 => (Entry { size: 0, ..e }, true),
-                Ok(e) => {
-                    self.backend.fetch(&path, &file)?;
-                    (e, false)
-                }
+                Ok(e) if flags & libc::O_TRUNC != 0 => (
+                    Entry { size: 0, ..e },
+                    Content::Staged(self.staging()?),
+                    true,
+                ),
+                Ok(e) => (e, self.remote(self.backend.open_reader(&path)?), false),
                 // Committed empty at once, so the name exists for lookups and other mounts.
-                Err(err) if err.errno == libc::ENOENT => (self.backend.store(&path, &file)?, false),
+                Err(err) if err.errno == libc::ENOENT => {
+                    let file = self.staging()?;
+                    (
+                        self.backend.store(&path, &file)?,
+                        Content::Staged(file),
+                        false,
+                    )
+                }
                 Err(err) => return Err(err),
             };
             let ino = self.ino_of(&path);
             let fh = self.add_handle(OpenFile {
                 path,
                 ino,
-                file,
+                content,
                 dirty,
             });
             Ok::<_, FsError>((self.attr(ino, &e), fh))
@@ -539,18 +660,8 @@ impl<B: Backend> Filesystem for DfsFs<B> {
     ) {
         let r = (|| {
             let h = self.handle(fh)?;
-            let h = lock(&h);
-            let mut buf = vec![0u8; size as usize];
-            let mut n = 0;
-            while n < buf.len() {
-                let got = h.file.read_at(&mut buf[n..], offset + n as u64)?;
-                if got == 0 {
-                    break;
-                }
-                n += got;
-            }
-            buf.truncate(n);
-            Ok::<_, FsError>(buf)
+            let mut h = lock(&h);
+            self.read_handle(&mut h, offset, size)
         })();
         match r {
             Ok(b) => reply.data(&b),
@@ -573,7 +684,7 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         let r = (|| {
             let h = self.handle(fh)?;
             let mut h = lock(&h);
-            h.file.write_all_at(data, offset)?;
+            self.staged(&mut h)?.write_all_at(data, offset)?;
             h.dirty = true;
             Ok::<_, FsError>(data.len() as u32)
         })();

@@ -688,7 +688,7 @@ fn read_at_returns_exactly_the_requested_range_across_chunks() {
             dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
         opts.auth_file = Some(c.auth.clone());
         let client = dfs_client::Client::connect(&opts).unwrap();
-        let h = client.open_read("/ranged/f").await.unwrap();
+        let mut h = client.open_read("/ranged/f").await.unwrap();
         assert_eq!(h.size(), size as u64);
         let c64 = CHUNK as u64;
         for (off, len) in [
@@ -703,7 +703,7 @@ fn read_at_returns_exactly_the_requested_range_across_chunks() {
             (size as u64 + 5, 10),
             (10, 0),
         ] {
-            let got = client.read_at(&h, off, len).await.unwrap();
+            let got = client.read_at(&mut h, off, len).await.unwrap();
             let from = (off as usize).min(size);
             let to = (off.saturating_add(len) as usize).min(size);
             assert_eq!(got, &data[from..to], "offset {off} len {len}");
@@ -713,6 +713,36 @@ fn read_at_returns_exactly_the_requested_range_across_chunks() {
         match client.open_read("/ranged/missing").await {
             Err(dfs_client::Error::NotFound(_)) => {}
             other => panic!("expected NotFound, got {other:?}"),
+        }
+    });
+}
+
+/// A reader that outlives its read tokens (2 s here) keeps reading the version it opened; once
+/// that version is replaced, renewing is refused as "changed while reading", not a mix of both.
+#[test]
+fn a_long_read_renews_its_tokens_and_stops_when_the_file_is_replaced() {
+    let c = Cluster::up(1, 2, &["--token-ttl-secs=2"]);
+    let data = bytes(3 * 1000, 7);
+    c.put_data(&c.auth, "/long", &data, &[]).ok();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut opts =
+            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
+        opts.auth_file = Some(c.auth.clone());
+        let client = dfs_client::Client::connect(&opts).unwrap();
+        let mut h = client.open_read("/long").await.unwrap();
+        assert_eq!(client.read_at(&mut h, 0, 10).await.unwrap(), &data[..10]);
+        // Wait out the tokens' life: the next read must renew them to succeed.
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        assert_eq!(
+            client.read_at(&mut h, 100, 10).await.unwrap(),
+            &data[100..110]
+        );
+        c.put_data(&c.auth, "/long", b"other", &["-f"]).ok();
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        match client.read_at(&mut h, 0, 10).await {
+            Err(dfs_client::Error::ChangedWhileReading { .. }) => {}
+            other => panic!("expected ChangedWhileReading, got {other:?}"),
         }
     });
 }

@@ -122,6 +122,42 @@ fn cp_rsync_tar_and_dfsctl_see_the_same_files() {
     assert_eq!(c.get_data(&c.auth, "/tar/one"), bytes(1, 1));
 }
 
+/// Reads are ranged (only what is asked, plus read-ahead): slices at odd offsets across chunk
+/// boundaries match the local file; a write into the middle of an existing file stages the
+/// version it opened and commits it whole.
+#[test]
+fn ranged_reads_and_in_place_writes_match_a_local_file() {
+    let c = Cluster::up(1, 2, &["--chunk-size=1048576"]);
+    let w = work_dir();
+    write(&w.path().join("big"), &bytes((5 << 20) + 123, 99));
+    let out = run_script(
+        &c,
+        w.path(),
+        r#"
+        M=$W/m
+        mnt "$M"
+        cp "$W/big" "$M/big"
+        for skip in 0 1 1023 1024 2500 5119 5120 6000; do
+          dd if="$W/big" bs=1k skip=$skip count=3 2>/dev/null > "$W/want"
+          dd if="$M/big" bs=1k skip=$skip count=3 2>/dev/null > "$W/got"
+          cmp "$W/want" "$W/got"
+        done
+        tail -c 5000 "$M/big" > "$W/got"; tail -c 5000 "$W/big" | cmp - "$W/got"
+        printf XYZ | dd of="$W/big" bs=1 seek=3000000 conv=notrunc 2>/dev/null
+        printf XYZ | dd of="$M/big" bs=1 seek=3000000 conv=notrunc 2>/dev/null
+        cmp "$W/big" "$M/big"
+        truncate -s 1500000 "$W/big"; truncate -s 1500000 "$M/big"
+        cmp "$W/big" "$M/big"
+        echo ok
+        "#,
+    );
+    assert!(out.contains("ok"), "{out}");
+    let mut want = bytes((5 << 20) + 123, 99);
+    want[3_000_000..3_000_003].copy_from_slice(b"XYZ");
+    want.truncate(1_500_000);
+    assert_eq!(c.get_data(&c.auth, "/big"), want);
+}
+
 #[test]
 fn two_mounts_see_each_others_closed_files() {
     let c = Cluster::up(3, 3, &[]);

@@ -409,6 +409,7 @@ impl MetaNode {
         Ok(OpenReadReply {
             file: Some(info),
             tokens,
+            tokens_valid_ms: self.config.token_ttl.as_millis() as u64,
         })
     }
 
