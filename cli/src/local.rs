@@ -369,13 +369,30 @@ async fn wait_ready(
     )
 }
 
+/// Quote `s` for a POSIX shell (single quotes; an embedded `'` becomes `'\''`).
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The env file: `DFS_META`, `DFS_AUTH_FILE`, and the directory of this `dfsctl` (where the
+/// server binaries are too) first on `PATH`, so `source .dfs/env` is all a new user needs.
 fn write_env(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<PathBuf> {
     let dir = std::fs::canonicalize(dir)?;
-    let text = format!(
+    let mut text = format!(
         "export DFS_META={}\nexport DFS_AUTH_FILE={}\n",
         cluster.meta_addrs().join(","),
-        dir.join("admin.auth").display()
+        sh_quote(&dir.join("admin.auth").display().to_string())
     );
+    if let Some(bin_dir) = std::env::current_exe()
+        .and_then(std::fs::canonicalize)
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        text.push_str(&format!(
+            "export PATH={}:\"$PATH\"\n",
+            sh_quote(&bin_dir.display().to_string())
+        ));
+    }
     let p = dir.join("env");
     dfs_common::durable::write_atomic(&p, text.as_bytes())?;
     Ok(p)
