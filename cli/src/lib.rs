@@ -13,6 +13,7 @@ pub mod local;
 pub mod mount;
 pub mod output;
 pub mod transfer;
+pub mod tree;
 pub mod users;
 
 /// The client library, under the names this crate always used.

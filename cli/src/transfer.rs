@@ -34,6 +34,18 @@ pub struct PutArgs {
     /// Copies of each chunk [default: the cluster's, 2]. 0 is refused (it is not "default").
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub replication: Option<u32>,
+    /// Copy a local directory tree into the remote directory (its contents go into REMOTE).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// With -r: files transferred at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub parallel: u64,
+    /// With -r: skip files whose remote copy has the same size and sha256; replace the others.
+    #[arg(long)]
+    pub update: bool,
+    /// With -r: follow symbolic links (they are reported and skipped otherwise).
+    #[arg(short = 'L', long)]
+    pub dereference: bool,
 }
 
 #[derive(Args, Debug)]
@@ -45,6 +57,15 @@ pub struct GetArgs {
     /// Replace an existing local file without asking.
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Copy a remote directory tree into the local directory (its contents go into LOCAL).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// With -r: files transferred at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub parallel: u64,
+    /// With -r: skip local files with the same size and sha256 as the remote ones.
+    #[arg(long)]
+    pub update: bool,
 }
 
 fn progress(ctx: &Ctx, len: Option<u64>) -> indicatif::ProgressBar {
@@ -66,6 +87,19 @@ fn progress(ctx: &Ctx, len: Option<u64>) -> indicatif::ProgressBar {
 }
 
 pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
+    if a.recursive {
+        let opts = crate::tree::TreeOpts {
+            parallel: a.parallel as usize,
+            force: a.force,
+            update: a.update,
+            follow: a.dereference,
+            replication: a.replication.unwrap_or(0),
+        };
+        return crate::tree::put_tree(ctx, &a.local, &remote(&a.remote), opts).await;
+    }
+    if a.update || a.dereference {
+        bail!("--update and -L go with -r");
+    }
     let conn = ctx.client()?;
     let pool = ChunkPool::default();
     let path = if a.remote.ends_with('/') {
@@ -150,7 +184,7 @@ fn ask(question: &str) -> bool {
     std::io::stdin().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
 }
 
-fn temp_beside(target: &Path) -> PathBuf {
+pub(crate) fn temp_beside(target: &Path) -> PathBuf {
     let name = target
         .file_name()
         .and_then(|n| n.to_str())
@@ -159,6 +193,24 @@ fn temp_beside(target: &Path) -> PathBuf {
 }
 
 pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
+    if a.recursive {
+        let path = remote(&a.remote);
+        let local = a
+            .local
+            .clone()
+            .unwrap_or_else(|| dfs_common::path::file_name(&path).to_string());
+        let opts = crate::tree::TreeOpts {
+            parallel: a.parallel as usize,
+            force: a.force,
+            update: a.update,
+            follow: false,
+            replication: 0,
+        };
+        return crate::tree::get_tree(ctx, &path, &local, opts).await;
+    }
+    if a.update {
+        bail!("--update goes with -r");
+    }
     let conn = ctx.client()?;
     let pool = ChunkPool::default();
     let path = remote(&a.remote);
@@ -237,6 +289,9 @@ pub async fn cat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
             remote: path.to_string(),
             local: Some("-".into()),
             force: true,
+            recursive: false,
+            parallel: 1,
+            update: false,
         },
     )
     .await

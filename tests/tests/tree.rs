@@ -1,0 +1,144 @@
+//! `dfsctl put -r` / `get -r` (issue 16) against a real cluster: a tree with nested and empty
+//! folders, files of 0 B to 50 MiB, names with spaces and unicode goes up and comes back equal
+//! (`diff -r`); symlinks and fifos are reported and skipped; a file that cannot be sent is
+//! reported, the rest copied, exit 1; `--update` sends only what is missing or changed; get -r
+//! replaces no local file without -f.
+use dfs_tests::{Cluster, Run};
+use serde_json::Value;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+fn lines(r: &Run) -> Vec<Value> {
+    r.stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn count(v: &[Value], status: &str) -> usize {
+    v.iter().filter(|l| l["status"] == status).count()
+}
+
+fn write(p: &Path, len: usize) {
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+    std::fs::write(p, data).unwrap();
+}
+
+/// The regular files and folders of the test tree.
+fn make_tree(src: &Path) {
+    write(&src.join("empty.bin"), 0);
+    write(&src.join("one byte"), 1);
+    write(&src.join("a/b/c/deep.txt"), 4096);
+    write(&src.join("a/b/ünïcødé 文件.dat"), 100_000);
+    write(&src.join("big/fifty.bin"), 50 << 20);
+    for i in 0..20 {
+        write(&src.join(format!("many/f{i:02}")), 1000 + i);
+    }
+    std::fs::create_dir_all(src.join("empty dir/inner empty")).unwrap();
+}
+
+fn diff(a: &Path, b: &Path) {
+    let out = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("run diff");
+    assert!(
+        out.status.success(),
+        "trees differ:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn put_r_get_r_round_trip_and_update() {
+    let c = Cluster::up(1, 2, &[]);
+    let src = c.path().join("src");
+    make_tree(&src);
+    let s = |p: &Path| p.display().to_string();
+
+    // Special files: reported and skipped, not failures.
+    std::os::unix::fs::symlink("one byte", src.join("link")).unwrap();
+    let fifo = std::ffi::CString::new(src.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: mkfifo with a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+
+    let r = c.ctl(&["--json", "put", "-r", &s(&src), "/tree"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let l = lines(&r);
+    assert_eq!(count(&l, "copied"), 25, "{}", r.stdout);
+    assert_eq!(count(&l, "skipped"), 2, "{}", r.stdout);
+    let big = l
+        .iter()
+        .find(|v| v["path"] == "/tree/big/fifty.bin")
+        .unwrap();
+    assert_eq!(big["size"], 50 << 20);
+
+    // Without -f an existing remote file is a failure for that file only.
+    let r = c.ctl(&["put", "-r", &s(&src), "/tree"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("25 failed"), "{}", r.stderr);
+
+    // Back, and equal (the skipped special files aside).
+    std::fs::remove_file(src.join("link")).unwrap();
+    std::fs::remove_file(src.join("fifo")).unwrap();
+    let back = c.path().join("back");
+    c.ctl(&["get", "-r", "/tree", &s(&back)]).ok();
+    diff(&src, &back);
+
+    // get -r replaces nothing without -f; --update skips what is equal; -f replaces.
+    write(&back.join("one byte"), 5);
+    let r = c.ctl(&["--json", "get", "-r", "/tree", &s(&back)]);
+    assert_eq!(r.code, 1);
+    assert_eq!(count(&lines(&r), "failed"), 25, "{}", r.stdout);
+    assert_eq!(std::fs::read(back.join("one byte")).unwrap().len(), 5);
+    let r = c.ctl(&["--json", "get", "-r", "-f", "--update", "/tree", &s(&back)]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let l = lines(&r);
+    assert_eq!((count(&l, "copied"), count(&l, "unchanged")), (1, 24));
+    diff(&src, &back);
+
+    // After a partial copy, --update sends only what is missing or changed.
+    write(&src.join("many/f00"), 77);
+    write(&src.join("new/one.txt"), 10);
+    let r = c.ctl(&[
+        "--json",
+        "put",
+        "-r",
+        "--update",
+        "--parallel",
+        "2",
+        &s(&src),
+        "/tree",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let l = lines(&r);
+    let copied: Vec<&str> = l
+        .iter()
+        .filter(|v| v["status"] == "copied")
+        .map(|v| v["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(copied.len(), 2, "{copied:?}");
+    assert!(copied.contains(&"/tree/many/f00") && copied.contains(&"/tree/new/one.txt"));
+    assert_eq!(count(&l, "unchanged"), 24);
+}
+
+#[test]
+fn one_bad_file_does_not_stop_the_others() {
+    let c = Cluster::up(1, 2, &[]);
+    let src = c.path().join("src");
+    write(&src.join("good/a"), 10);
+    write(&src.join("good/b"), 20);
+    // A name that is not UTF-8 cannot be a remote path (tests run as root, so an unreadable
+    // mode would not stop the read).
+    let bad = src.join(std::ffi::OsStr::from_bytes(b"bad-\xff"));
+    std::fs::write(bad, b"x").unwrap();
+    let r = c.ctl(&["put", "-r", &src.display().to_string(), "/t"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("2 file(s) copied"), "{}", r.stderr);
+    assert!(r.stderr.contains("1 failed"), "{}", r.stderr);
+    assert!(r.stderr.contains("not UTF-8"), "{}", r.stderr);
+    assert_eq!(c.ctl(&["--json", "stat", "/t/good/b"]).json()["size"], 20);
+}
