@@ -91,6 +91,9 @@ pub enum Cmd {
     /// Fetch a remote file to a local path (or `-` for stdout).
     #[command(after_help = "Example: dfsctl get /docs/report.pdf ./report.pdf")]
     Get(transfer::GetArgs),
+    /// Copy a remote file (or with -r a directory tree) to another remote path.
+    #[command(after_help = "Example: dfsctl cp -r /photos /photos-backup")]
+    Cp(transfer::CpArgs),
     /// Print a remote file to stdout.
     #[command(after_help = "Example: dfsctl cat /docs/notes.txt")]
     Cat { path: String },
@@ -179,6 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
         Cmd::Put(a) => transfer::put(&ctx, a).await,
         Cmd::Get(a) => transfer::get(&ctx, a).await,
+        Cmd::Cp(a) => transfer::cp(&ctx, a).await,
         Cmd::Cat { path } => transfer::cat(&ctx, &path).await,
         Cmd::Ls(a) => files::ls(&ctx, a).await,
         Cmd::Stat { path } => files::stat(&ctx, &path).await,

@@ -68,6 +68,37 @@ pub struct GetArgs {
     pub update: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct CpArgs {
+    /// Remote file or directory.
+    pub from: String,
+    /// Remote destination (a file copied into an existing directory keeps its name).
+    pub to: String,
+    /// Copy a directory tree (its contents go into TO).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Replace existing files.
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    /// With -r: files copied at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub parallel: u64,
+    /// Copies of each chunk [default: the cluster's].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replication: Option<u32>,
+}
+
+pub async fn cp(ctx: &Ctx, a: CpArgs) -> anyhow::Result<i32> {
+    let opts = crate::tree::TreeOpts {
+        parallel: a.parallel as usize,
+        force: a.force,
+        update: false,
+        follow: false,
+        replication: a.replication.unwrap_or(0),
+    };
+    crate::tree::cp(ctx, &remote(&a.from), &remote(&a.to), a.recursive, opts).await
+}
+
 fn progress(ctx: &Ctx, len: Option<u64>) -> indicatif::ProgressBar {
     // SAFETY: isatty only inspects a file descriptor.
     let tty = unsafe { libc::isatty(2) } == 1;

@@ -442,3 +442,137 @@ async fn fetch_one(
     }
     r
 }
+
+/// A remote file read in chunk-sized ranges (each checked against its checksums), as the
+/// source of a put: `cp` streams with bounded memory and never touches the local disk.
+struct RemoteSource<'a> {
+    client: &'a dfs_client::Client,
+    handle: dfs_client::ReadHandle,
+    offset: u64,
+}
+
+impl dfs_client::ChunkSource for RemoteSource<'_> {
+    async fn next_chunk(&mut self, n: usize) -> std::io::Result<Vec<u8>> {
+        let buf = self
+            .client
+            .read_at(&mut self.handle, self.offset, n as u64)
+            .await
+            .map_err(std::io::Error::other)?;
+        self.offset += buf.len() as u64;
+        Ok(buf)
+    }
+}
+
+/// Copy one remote file to another path; fails (nothing changed) if `to` exists without
+/// `force`. The copy is checked: its sha256 must be the source's.
+async fn copy_one(
+    client: &dfs_client::Client,
+    from: &str,
+    to: &str,
+    force: bool,
+    replication: u32,
+    pb: &indicatif::ProgressBar,
+) -> anyhow::Result<u64> {
+    let handle = client.open_read(from).await?;
+    let (size, sha) = handle
+        .file()
+        .map(|f| (f.size, f.sha256.clone()))
+        .unwrap_or_default();
+    let src = RemoteSource {
+        client,
+        handle,
+        offset: 0,
+    };
+    let opts = PutOptions {
+        overwrite: force,
+        replication,
+        size_hint: Some(size),
+    };
+    let out = client.put(to, src, &opts, &|n| pb.inc(n)).await?;
+    if !sha.is_empty() && out.file.sha256 != sha {
+        bail!(
+            "{to}: the copy's sha256 {} is not the source's {sha} (the source changed while copying?)",
+            out.file.sha256
+        );
+    }
+    Ok(out.bytes)
+}
+
+/// `dfsctl cp [-r] FROM TO` inside the cluster (bytes pass through this client: there is no
+/// server-side copy). With -r the contents of FROM go into TO, as for put -r.
+pub async fn cp(
+    ctx: &Ctx,
+    from: &str,
+    to: &str,
+    recursive: bool,
+    o: TreeOpts,
+) -> anyhow::Result<i32> {
+    let started = Instant::now();
+    let client = dfs_client::Client::new(ctx.client()?);
+    let info = client.stat(from).await?;
+    if !info.is_dir {
+        let to = match client.stat(to).await {
+            Ok(t) if t.is_dir => join_remote(to, dfs_common::path::file_name(from)),
+            _ => to.to_string(),
+        };
+        let pb = tree_progress(ctx, info.size);
+        let r = copy_one(&client, from, &to, o.force, o.replication, &pb).await;
+        pb.finish_and_clear();
+        let n = r?;
+        if ctx.json {
+            print_json(&json!({"ok": true, "from": from, "path": to, "size": n}));
+        } else if !ctx.quiet {
+            eprintln!("copied {from} to {to} ({n} bytes)");
+        }
+        return Ok(0);
+    }
+    if !recursive {
+        bail!("{from} is a directory (use cp -r)");
+    }
+    let entries = remote_files(&client.conn, from).await?;
+    let prefix = join_remote(from, "").trim_end_matches('/').to_string() + "/";
+    let rel_of = |p: &str| p.strip_prefix(&prefix).unwrap_or(p).to_string();
+    if to == from || to.starts_with(&prefix) {
+        bail!("cannot copy {from} into itself ({to})");
+    }
+    for d in std::iter::once(String::new())
+        .chain(entries.iter().filter(|e| e.is_dir).map(|e| rel_of(&e.path)))
+    {
+        match client.mkdir(&join_remote(to, &d), true).await {
+            Ok(()) | Err(dfs_client::Error::Exists(_)) => {}
+            Err(e) => bail!(
+                "cannot create the remote directory {}: {e}",
+                join_remote(to, &d)
+            ),
+        }
+    }
+    let files: Vec<FileInfo> = entries.into_iter().filter(|e| !e.is_dir).collect();
+    let pb = tree_progress(ctx, files.iter().map(|f| f.size).sum());
+    let mut sum = Summary::default();
+    let (client_ref, pb_ref) = (&client, &pb);
+    let jobs = files.into_iter().map(|f| {
+        let dest = join_remote(to, &rel_of(&f.path));
+        async move {
+            let mut out = Outcome {
+                local: PathBuf::from(&f.path),
+                remote: dest.clone(),
+                size: f.size,
+                status: "copied",
+                error: None,
+            };
+            if let Err(e) =
+                copy_one(client_ref, &f.path, &dest, o.force, o.replication, pb_ref).await
+            {
+                out.status = "failed";
+                out.error = Some(format!("{e:#}"));
+            }
+            out
+        }
+    });
+    let mut results = futures::stream::iter(jobs).buffer_unordered(o.parallel.max(1));
+    while let Some(r) = results.next().await {
+        sum.add(ctx, &pb, &r);
+    }
+    pb.finish_and_clear();
+    Ok(sum.finish(ctx, "cp -r", started))
+}

@@ -1,4 +1,4 @@
-//! `dfsctl put -r` / `get -r` (issue 16) against a real cluster: a tree with nested and empty
+//! `dfsctl put -r` / `get -r` (issue 16) and `cp -r` against a real cluster: a tree with nested and empty
 //! folders, files of 0 B to 50 MiB, names with spaces and unicode goes up and comes back equal
 //! (`diff -r`); symlinks and fifos are reported and skipped; a file that cannot be sent is
 //! reported, the rest copied, exit 1; `--update` sends only what is missing or changed; get -r
@@ -87,6 +87,26 @@ fn put_r_get_r_round_trip_and_update() {
     let back = c.path().join("back");
     c.ctl(&["get", "-r", "/tree", &s(&back)]).ok();
     diff(&src, &back);
+
+    // cp -r inside the cluster gives an equal tree; cp of one file into a directory keeps its
+    // name and replaces nothing without -f.
+    let r = c.ctl(&["--json", "cp", "-r", "/tree", "/copy"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(count(&lines(&r), "copied"), 25, "{}", r.stdout);
+    let copy = c.path().join("copy");
+    c.ctl(&["get", "-r", "/copy", &s(&copy)]).ok();
+    diff(&src, &copy);
+    c.ctl(&["cp", "/tree/a/b/c/deep.txt", "/copy/empty dir"])
+        .ok();
+    let st = c
+        .ctl(&["--json", "stat", "/copy/empty dir/deep.txt"])
+        .json();
+    assert_eq!(st["size"], 4096);
+    c.ctl(&["cp", "/tree/one byte", "/copy/empty.bin"])
+        .fails_with("exists");
+    c.ctl(&["cp", "/tree", "/x"]).fails_with("cp -r");
+    c.ctl(&["cp", "-r", "/tree", "/tree/sub"])
+        .fails_with("into itself");
 
     // get -r replaces nothing without -f; --update skips what is equal; -f replaces.
     write(&back.join("one byte"), 5);
