@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_repair;
 pub mod cluster;
 pub mod diskstats;
+pub mod docs;
 pub mod files;
 pub mod fsck;
 pub mod health;
@@ -150,6 +151,14 @@ pub enum Cmd {
     Mount(mount::MountArgs),
     /// Measure metadata and data throughput and latency.
     Bench(bench::BenchArgs),
+    /// Print shell completions.
+    #[command(
+        after_help = "Example: dfsctl completions bash > ~/.local/share/bash-completion/completions/dfsctl"
+    )]
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (or write one per command with --dir).
+    #[command(after_help = "Example: dfsctl man --dir ~/.local/share/man/man1")]
+    Man(docs::ManArgs),
 }
 
 /// Settings every command shares.
@@ -199,6 +208,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Local(c) => local::run(&ctx, c).await,
         Cmd::Mount(a) => mount::run(&ctx, a).await,
         Cmd::Bench(a) => bench::run(&ctx, a).await,
+        Cmd::Completions(a) => docs::completions(a),
+        Cmd::Man(a) => docs::man(a),
     }
 }
 

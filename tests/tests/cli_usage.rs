@@ -43,3 +43,40 @@ fn several_paths_and_rm_rf() {
     assert_eq!(r.stderr.trim_end().lines().count(), 1, "{}", r.stderr);
     assert!(!c.ctl(&["ls", "/"]).ok().contains("/c"), "/c not removed");
 }
+
+/// Completions load in bash and cover every shell asked for; man pages render (issue 16).
+#[test]
+fn completions_and_man_pages() {
+    let run = |args: &[&str]| {
+        let out = Command::new(bin("dfsctl"))
+            .args(args)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bash = dir.path().join("dfsctl.bash");
+    std::fs::write(&bash, run(&["completions", "bash"])).unwrap();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("source '{}' && complete -p dfsctl", bash.display()))
+        .output()
+        .expect("bash");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("_dfsctl dfsctl"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(run(&["completions", "zsh"]).starts_with("#compdef dfsctl"));
+    assert!(run(&["completions", "fish"]).contains("complete -c dfsctl"));
+    assert!(run(&["man"]).contains(".TH dfsctl 1"));
+    let pages = dir.path().join("man");
+    run(&["man", "--dir", pages.to_str().unwrap()]);
+    let put = std::fs::read_to_string(pages.join("dfsctl-put.1")).expect("dfsctl-put.1");
+    assert!(put.contains("recursive"), "{put}");
+}
