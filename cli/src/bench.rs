@@ -82,6 +82,30 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 8)]
         file_mib: u64,
     },
+    /// put -r of many small files and of a few big ones: files/s and MB/s per --parallel level.
+    #[command(
+        after_help = "Example (the full sizes): dfsctl bench tree --small 10000 --small-kib 4 --big 10 --big-mib 100"
+    )]
+    Tree {
+        /// Number of small files.
+        #[arg(long, default_value_t = 500)]
+        small: usize,
+        /// Size of each small file in KiB.
+        #[arg(long, default_value_t = 4)]
+        small_kib: u64,
+        /// Number of big files.
+        #[arg(long, default_value_t = 3)]
+        big: usize,
+        /// Size of each big file in MiB.
+        #[arg(long, default_value_t = 16)]
+        big_mib: u64,
+        /// --parallel levels to compare, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        parallel: Vec<usize>,
+        /// Directory for the local trees (removed afterwards).
+        #[arg(long, default_value = ".")]
+        scratch: PathBuf,
+    },
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -767,6 +791,24 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> anyhow::Result<i32> {
             files,
             file_mib,
         } => crate::bench_repair::run(ctx, dir, files, file_mib).await?,
+        BenchKind::Tree {
+            small,
+            small_kib,
+            big,
+            big_mib,
+            parallel,
+            scratch,
+        } => {
+            let b = crate::bench_tree::TreeBench {
+                small,
+                small_kib,
+                big,
+                big_mib,
+                parallel,
+                scratch,
+            };
+            crate::bench_tree::run(ctx, b).await?
+        }
     };
     if ctx.json {
         print_json(&v);
