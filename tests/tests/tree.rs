@@ -162,3 +162,53 @@ fn one_bad_file_does_not_stop_the_others() {
     assert!(r.stderr.contains("not UTF-8"), "{}", r.stderr);
     assert_eq!(c.ctl(&["--json", "stat", "/t/good/b"]).json()["size"], 20);
 }
+
+/// A put -r killed midway, then re-run with --update: the files the first run stored are not
+/// sent again, and the rest are.
+#[test]
+fn update_after_a_killed_put_sends_only_the_rest() {
+    use std::io::BufRead;
+    let c = Cluster::up(1, 2, &[]);
+    let src = c.path().join("src");
+    let total = 200;
+    for i in 0..total {
+        write(&src.join(format!("d{}/f{i:03}", i % 7)), 20_000 + i);
+    }
+    let s = src.display().to_string();
+    let mut child = std::process::Command::new(dfs_tests::bin("dfsctl"))
+        .args(["--json", "put", "-r", "--parallel", "1", &s, "/t"])
+        .env("DFS_META", &c.meta)
+        .env("DFS_AUTH_FILE", &c.auth)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start put -r");
+    // Kill it once it has reported 5 files stored (each reported only after its commit).
+    let mut first = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap();
+        assert_eq!(v["status"], "copied", "{v}");
+        first.push(v["path"].as_str().unwrap().to_string());
+        if first.len() == 5 {
+            child.kill().expect("kill put -r");
+            break;
+        }
+    }
+    let _ = child.wait();
+    assert_eq!(first.len(), 5);
+
+    let r = c.ctl(&["--json", "put", "-r", "--update", &s, "/t"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let l = lines(&r);
+    let (copied, unchanged) = (count(&l, "copied"), count(&l, "unchanged"));
+    assert_eq!(copied + unchanged, total);
+    // At least the 5 reported; a commit in flight at the kill may have landed too.
+    assert!((5..total).contains(&unchanged), "{unchanged} unchanged");
+    for v in l.iter().filter(|v| v["status"] == "copied") {
+        assert!(!first.contains(&v["path"].as_str().unwrap().to_string()));
+    }
+    let back = c.path().join("back");
+    c.ctl(&["get", "-r", "/t", &back.display().to_string()])
+        .ok();
+    diff(&src, &back);
+}
