@@ -51,7 +51,7 @@ impl Summary {
             _ => self.failed += 1,
         }
         if ctx.json {
-            let mut v = json!({"ok": o.status != "failed", "status": o.status, "local": o.local,
+            let mut v = json!({"ok": o.status != "failed", "status": o.status, "local": o.local.to_string_lossy(),
                 "path": o.remote, "size": o.size});
             if let Some(e) = &o.error {
                 v["error"] = json!(e);
@@ -122,8 +122,9 @@ fn walk(
     remote_root: &str,
     t: &mut LocalTree,
 ) -> anyhow::Result<()> {
-    if let Ok(c) = std::fs::canonicalize(dir) {
-        if !seen.insert(c) {
+    let canon = std::fs::canonicalize(dir).ok();
+    if let Some(c) = &canon {
+        if !seen.insert(c.clone()) {
             t.skipped.push(Outcome {
                 local: dir.to_path_buf(),
                 remote: join_remote(remote_root, rel),
@@ -134,9 +135,22 @@ fn walk(
             return Ok(());
         }
     }
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .collect::<Result<_, _>>()?;
+    let listed = std::fs::read_dir(dir).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    let mut entries = match listed {
+        Ok(e) => e,
+        // The top directory must be readable; a subdirectory that is not is one failure.
+        Err(e) if !rel.is_empty() => {
+            t.skipped.push(Outcome {
+                local: dir.to_path_buf(),
+                remote: join_remote(remote_root, rel),
+                size: 0,
+                status: "failed",
+                error: Some(format!("cannot read the directory: {e}")),
+            });
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
@@ -155,7 +169,19 @@ fn walk(
         } else {
             format!("{rel}/{name}")
         };
-        let lmeta = std::fs::symlink_metadata(&path)?;
+        let lmeta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                t.skipped.push(Outcome {
+                    local: path,
+                    remote: join_remote(remote_root, &child),
+                    size: 0,
+                    status: "failed",
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
         let meta = if lmeta.file_type().is_symlink() {
             if !follow {
                 t.skipped.push(Outcome {
@@ -197,6 +223,11 @@ fn walk(
                 error: Some("not a regular file (device, fifo or socket)".into()),
             });
         }
+    }
+    // `seen` holds the ancestors only: a second link to a directory is copied again, a link
+    // to an ancestor is a loop.
+    if let Some(c) = canon {
+        seen.remove(&c);
     }
     Ok(())
 }

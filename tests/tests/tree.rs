@@ -161,6 +161,24 @@ fn one_bad_file_does_not_stop_the_others() {
     assert!(r.stderr.contains("1 failed"), "{}", r.stderr);
     assert!(r.stderr.contains("not UTF-8"), "{}", r.stderr);
     assert_eq!(c.ctl(&["--json", "stat", "/t/good/b"]).json()["size"], 20);
+
+    // -L follows links: a linked folder is copied, a link to an ancestor is a reported loop.
+    std::os::unix::fs::symlink("good", src.join("alias")).unwrap();
+    std::os::unix::fs::symlink("..", src.join("good/up")).unwrap();
+    let r = c.ctl(&[
+        "--json",
+        "put",
+        "-r",
+        "-L",
+        &src.display().to_string(),
+        "/t2",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let l = lines(&r);
+    assert_eq!(count(&l, "copied"), 4, "{}", r.stdout);
+    assert_eq!(count(&l, "skipped"), 2, "{}", r.stdout);
+    assert!(r.stdout.contains("loop"), "{}", r.stdout);
+    assert_eq!(c.ctl(&["--json", "stat", "/t2/alias/b"]).json()["size"], 20);
 }
 
 /// A put -r killed midway, then re-run with --update: the files the first run stored are not
