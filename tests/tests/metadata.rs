@@ -479,3 +479,27 @@ fn a_retried_user_add_returns_the_same_key() {
         1
     );
 }
+
+/// Issue 26, bug 4: when the admin user the local cluster uses was removed (by another admin),
+/// `local up` fails at once, naming the cause and the way back, instead of waiting its full
+/// minute for a key that cannot become right; the way back it prints works.
+#[test]
+fn local_up_after_its_admin_was_removed_fails_at_once_with_the_way_back() {
+    let c = Cluster::up(1, 0, &[]);
+    let other = c.path().join("root2.auth");
+    let other_s = other.to_str().unwrap();
+    c.ctl(&["user", "add", "root2", "--admin", "--out", other_s])
+        .ok();
+    c.ctl_as(&other, &["user", "remove", "admin"]).ok();
+    let t = std::time::Instant::now();
+    let err = c.local(&["up"]).fails_with("was removed");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(err.contains("user add admin --admin --out"), "{err}");
+    // The way back, as printed.
+    let auth = c.auth.to_str().unwrap();
+    std::fs::rename(&c.auth, format!("{auth}.old")).unwrap();
+    c.ctl_as(&other, &["user", "add", "admin", "--admin", "--out", auth])
+        .ok();
+    c.local(&["up"]).ok();
+    c.ctl(&["ls", "/"]).ok();
+}
