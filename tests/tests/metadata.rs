@@ -480,6 +480,42 @@ fn a_retried_user_add_returns_the_same_key() {
     );
 }
 
+/// Issue 26, bug 1: a node that cannot catch up (nothing listens at its address) is not made
+/// a voter: add-member fails within --timeout with a clear error and the membership stays as
+/// it was (three voters, no learner left behind).
+#[test]
+fn add_member_that_cannot_catch_up_fails_and_changes_nothing() {
+    let c = Cluster::up(3, 0, &[]);
+    c.leader();
+    let t = std::time::Instant::now();
+    c.ctl(&[
+        "--timeout",
+        "5",
+        "cluster",
+        "add-member",
+        "4",
+        "127.0.0.1:1",
+    ])
+    .fails_with("did not catch up");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    wait_until(
+        Duration::from_secs(20),
+        "membership back to 1, 2, 3",
+        || {
+            let s = c.status();
+            let mut ids: Vec<u64> = s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_u64().unwrap())
+                .collect();
+            ids.sort();
+            ids == [1, 2, 3]
+        },
+    );
+    c.ctl(&["mkdir", "/still-writable"]).ok();
+}
+
 /// Issue 26, bug 4: when the admin user the local cluster uses was removed (by another admin),
 /// `local up` fails at once, naming the cause and the way back, instead of waiting its full
 /// minute for a key that cannot become right; the way back it prints works.
