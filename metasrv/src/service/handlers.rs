@@ -747,6 +747,28 @@ impl MetaNode {
         }
     }
 
+    /// This node's view of the leader, from memory: answers even without credentials, so a
+    /// client can tell a responsive node from a frozen one before it sends a request.
+    pub async fn ping(&self, _c: &Caller, _r: Empty) -> OpResult<PingReply> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.unwrap_or(0);
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            })
+            .unwrap_or_default();
+        Ok(PingReply {
+            id: self.id,
+            leader,
+            leader_addr,
+            term: m.current_term,
+        })
+    }
+
     pub async fn remove_member(&self, c: &Caller, r: RemoveMemberRequest) -> OpResult<Empty> {
         self.write_gate()?;
         self.authenticate_admin(c)?;
