@@ -280,6 +280,18 @@ async fn wait_ready(
                     last_problem =
                         format!("leader {}, {live}/{chunks} chunk servers live", s.leader);
                 }
+                Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                    // A node that lags may not know the user yet: ask the leader before
+                    // giving up. A key the leader refuses never becomes right by waiting.
+                    let confirmed = crate::rpc!(conn, who_am_i, dfs_proto::Empty {});
+                    match confirmed {
+                        Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                            bail!("{}", refused_admin_hint(dir, cluster, &auth, e.message()))
+                        }
+                        Err(e) => last_problem = e.message().to_string(),
+                        Ok(_) => last_problem = "a lagging node did not know the admin yet".into(),
+                    }
+                }
                 Err(e) => last_problem = e.message().to_string(),
             }
         } else {
@@ -291,6 +303,24 @@ async fn wait_ready(
         "the local cluster did not become ready in {} s ({last_problem}); see the logs under {}",
         wait.as_secs(),
         dir.display()
+    )
+}
+
+/// What to say when the cluster refuses the local admin's auth file: which file, why it
+/// happens (the user was removed or given a new key) and how to get back in.
+fn refused_admin_hint(dir: &Path, cluster: &LocalCluster, auth: &Path, why: &str) -> String {
+    let user = dfs_common::auth_file::read(auth)
+        .map(|c| c.user)
+        .unwrap_or_else(|_| "admin".into());
+    format!(
+        "the cluster refuses the local admin's auth file {auth} ({why}): user {user:?} was removed \
+         (`dfsctl user remove {user}`) or given another key, and waiting does not fix that. The \
+         nodes are running. To get back in, with the auth file of another admin: \
+         mv {auth} {auth}.old && dfsctl --meta {meta} --auth-file OTHER-ADMIN.auth user add {user} \
+         --admin --out {auth}; then run `dfsctl local up --dir {dir}` again",
+        auth = auth.display(),
+        meta = cluster.meta_addrs().join(","),
+        dir = dir.display(),
     )
 }
 
