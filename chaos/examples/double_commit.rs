@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         uuid::Uuid::new_v4().to_string()
     };
-    let cluster = dfsctl::local::LocalCluster::load(&dir)?;
+    let cluster = dfs_common::local_cluster::LocalCluster::load(&dir)?;
     let conn = MetaConn::connect(
         &cluster.meta_addrs(),
         Some(&dir.join("admin.auth")),

@@ -5,8 +5,8 @@
 //! `saved-files.json` and its own view of the namespace.
 use crate::history::Convergence;
 use dfs_client::MetaConn;
+use dfs_common::local_cluster::{alive, LocalCluster, LocalNode};
 use dfs_proto::{FsckRequest, ListRequest, StatusRequest};
-use dfsctl::local::{alive, LocalCluster, LocalNode};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -678,6 +678,9 @@ mod tests {
         async fn gc(&self, _: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
             unimpl()
         }
+        async fn ping(&self, _: Request<Empty>) -> Result<Response<PingReply>, Status> {
+            unimpl()
+        }
         async fn balance(
             &self,
             _: Request<BalanceRequest>,

@@ -13,8 +13,9 @@ pub enum ClusterCmd {
     Status,
     /// Print the leader's id and address.
     Leader,
-    /// Add a metasrv node: as a learner first (it catches up), then as a voter (admin).
-    #[command(after_help = "Example: dfsctl cluster add-member 4 127.0.0.1:7004")]
+    /// Add a metasrv node: as a learner first, made a voter once it has caught up (admin).
+    /// When it does not catch up within --timeout, it is removed again and the command fails.
+    #[command(after_help = "Example: dfsctl --timeout 60 cluster add-member 4 127.0.0.1:7004")]
     AddMember { id: u64, addr: String },
     /// Remove a metasrv node from the group (admin).
     #[command(after_help = "Example: dfsctl cluster remove-member 4")]
@@ -104,16 +105,23 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
         }
         ClusterCmd::AddMember { id, addr } => {
             let c = c.patient();
+            // The leader gets most of --timeout for the catch-up, the rest is left for its
+            // answer (and for removing the learner again when it did not catch up).
+            let catch_up = ctx
+                .timeout
+                .saturating_sub(std::time::Duration::from_secs(1))
+                .max(ctx.timeout / 2);
             rpc!(
                 c,
                 add_member,
                 AddMemberRequest {
                     id,
-                    addr: addr.clone()
+                    addr: addr.clone(),
+                    catch_up_ms: catch_up.as_millis().max(1) as u64,
                 }
             )?;
             if !ctx.quiet {
-                eprintln!("node {id} at {addr} is now a voting member");
+                eprintln!("node {id} at {addr} caught up and is now a voting member");
             }
         }
         ClusterCmd::RemoveMember { id } => {

@@ -9,7 +9,7 @@ use crate::output::print_json;
 use crate::Ctx;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+pub use dfs_common::local_cluster::{alive, LocalCluster, LocalNode};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -77,61 +77,6 @@ pub struct UpArgs {
     pub wait: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct LocalNode {
-    pub name: String,
-    pub kind: String,
-    pub id: u64,
-    pub addr: String,
-    pub metrics_addr: String,
-    pub data_dir: PathBuf,
-    pub args: Vec<String>,
-    pub pid: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, Default)]
-pub struct LocalCluster {
-    pub nodes: Vec<LocalNode>,
-}
-
-impl LocalCluster {
-    pub fn load(dir: &Path) -> anyhow::Result<LocalCluster> {
-        let p = dir.join("cluster.json");
-        let raw = std::fs::read(&p).with_context(|| {
-            format!(
-                "no local cluster in {} (start one with `dfsctl local up --dir {}`)",
-                dir.display(),
-                dir.display()
-            )
-        })?;
-        Ok(serde_json::from_slice(&raw)?)
-    }
-
-    pub fn save(&self, dir: &Path) -> anyhow::Result<()> {
-        dfs_common::durable::write_atomic(
-            &dir.join("cluster.json"),
-            &serde_json::to_vec_pretty(self)?,
-        )?;
-        Ok(())
-    }
-
-    pub fn meta_addrs(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .filter(|n| n.kind == "meta")
-            .map(|n| n.addr.clone())
-            .collect()
-    }
-
-    pub fn node_mut(&mut self, name: &str) -> anyhow::Result<&mut LocalNode> {
-        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        self.nodes
-            .iter_mut()
-            .find(|n| n.name == name)
-            .with_context(|| format!("no node named {name}; nodes: {}", names.join(", ")))
-    }
-}
-
 /// A free loopback port (the OS picks one; it is released for the node to bind).
 /// Ports come from below the kernel's ephemeral range (32768 and up), so an outgoing
 /// connection of another process cannot take one between this check and the node's bind.
@@ -181,26 +126,6 @@ fn binary(name: &str) -> PathBuf {
         Ok(exe) => exe.with_file_name(name),
         Err(_) => PathBuf::from(name),
     }
-}
-
-/// Is `pid` a live (not zombie) process running `bin`?
-pub fn alive(pid: Option<u32>, kind: &str) -> bool {
-    let Some(pid) = pid else { return false };
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or("");
-    if state.is_empty() || state == "Z" || state == "X" {
-        return false;
-    }
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&cmd).contains(if kind == "meta" {
-        "metasrv"
-    } else {
-        "chunksrv"
-    })
 }
 
 fn spawn(node: &mut LocalNode) -> anyhow::Result<()> {
@@ -355,6 +280,18 @@ async fn wait_ready(
                     last_problem =
                         format!("leader {}, {live}/{chunks} chunk servers live", s.leader);
                 }
+                Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                    // A node that lags may not know the user yet: ask the leader before
+                    // giving up. A key the leader refuses never becomes right by waiting.
+                    let confirmed = crate::rpc!(conn, who_am_i, dfs_proto::Empty {});
+                    match confirmed {
+                        Err(e) if e.code() == tonic::Code::Unauthenticated => {
+                            bail!("{}", refused_admin_hint(dir, cluster, &auth, e.message()))
+                        }
+                        Err(e) => last_problem = e.message().to_string(),
+                        Ok(_) => last_problem = "a lagging node did not know the admin yet".into(),
+                    }
+                }
                 Err(e) => last_problem = e.message().to_string(),
             }
         } else {
@@ -366,6 +303,24 @@ async fn wait_ready(
         "the local cluster did not become ready in {} s ({last_problem}); see the logs under {}",
         wait.as_secs(),
         dir.display()
+    )
+}
+
+/// What to say when the cluster refuses the local admin's auth file: which file, why it
+/// happens (the user was removed or given a new key) and how to get back in.
+fn refused_admin_hint(dir: &Path, cluster: &LocalCluster, auth: &Path, why: &str) -> String {
+    let user = dfs_common::auth_file::read(auth)
+        .map(|c| c.user)
+        .unwrap_or_else(|_| "admin".into());
+    format!(
+        "the cluster refuses the local admin's auth file {auth} ({why}): user {user:?} was removed \
+         (`dfsctl user remove {user}`) or given another key, and waiting does not fix that. The \
+         nodes are running. To get back in, with the auth file of another admin: \
+         mv {auth} {auth}.old && dfsctl --meta {meta} --auth-file OTHER-ADMIN.auth user add {user} \
+         --admin --out {auth}; then run `dfsctl local up --dir {dir}` again",
+        auth = auth.display(),
+        meta = cluster.meta_addrs().join(","),
+        dir = dir.display(),
     )
 }
 

@@ -70,20 +70,26 @@ pub async fn run(ctx: &Ctx, a: MountArgs) -> anyhow::Result<i32> {
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
+    // Why the mount ends, said on stderr: an end nobody asked for must be visible.
+    let why = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break "SIGINT",
+            _ = term.recv() => break "SIGTERM",
             _ = tick.tick() => {
                 if session.guard.is_finished() {
-                    // Unmounted from outside.
-                    break;
+                    break "the kernel ended the FUSE session (unmounted from outside?)";
                 }
             }
         }
-    }
+    };
     let r = tokio::task::spawn_blocking(move || session.umount_and_join()).await?;
-    // An error here means it was already unmounted from outside: not a failure.
-    drop(r);
+    // An error here usually means it was already unmounted from outside: reported, not fatal.
+    match r {
+        Ok(()) => eprintln!("dfs:{root} unmounted from {}: {why}", mountpoint.display()),
+        Err(e) => eprintln!(
+            "dfs:{root} unmounted from {}: {why}; session ended with: {e}",
+            mountpoint.display()
+        ),
+    }
     Ok(0)
 }

@@ -1,13 +1,21 @@
 //! meta: a connection to the metadata group that survives leader changes: requests go to the node
 //! that answered last; on "unavailable" (node down, no leader yet) the next node is tried, until
 //! the deadline. Any member works, because followers forward to the leader.
+//!
+//! Which node to use is found by asking every member at once (`Ping`, answered from the node's
+//! memory) with a short deadline each: the leader if it answers, else any node that answers.
+//! So a frozen node (SIGSTOP, a hung host) costs one ping deadline, not a request timeout, and
+//! its place in the address list does not matter. The node that served a call is remembered
+//! and used directly until a call to it fails.
 use crate::error::{Error, Result};
 use dfs_common::auth_file::Credentials;
 use dfs_common::headers;
 use dfs_proto::meta_client::MetaClient;
+use dfs_proto::Empty;
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -16,6 +24,8 @@ pub type Grpc = MetaClient<Channel>;
 
 /// Longest a single attempt may take before the next node is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a node may take to answer a ping before the others are preferred.
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a node that failed an attempt is not chosen because of a leader hint (a leader
 /// this client cannot reach is not tried first on every call).
 const HINT_BACKOFF: Duration = Duration::from_secs(10);
@@ -24,6 +34,8 @@ pub struct MetaConn {
     addrs: Vec<String>,
     channels: Vec<Channel>,
     current: AtomicUsize,
+    /// Whether `current` served a call (then it is used without asking the others first).
+    confirmed: AtomicBool,
     /// When each node last failed an attempt.
     failed_at: std::sync::Mutex<Vec<Option<tokio::time::Instant>>>,
     creds: Option<Credentials>,
@@ -105,6 +117,7 @@ impl MetaConn {
             addrs: addrs.to_vec(),
             channels,
             current: AtomicUsize::new(0),
+            confirmed: AtomicBool::new(false),
             failed_at: std::sync::Mutex::new(vec![None; addrs.len()]),
             creds,
             timeout,
@@ -143,6 +156,9 @@ impl MetaConn {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let n = self.addrs.len();
         let mut i = self.current.load(Ordering::Relaxed) % n;
+        if !self.confirmed.load(Ordering::Relaxed) {
+            i = self.discover(None, deadline).await.unwrap_or(i);
+        }
         let mut tried = 0;
         loop {
             let client = MetaClient::new(self.channels[i].clone())
@@ -159,6 +175,7 @@ impl MetaConn {
                         .and_then(|a| self.addrs.iter().position(|x| x == a))
                         .filter(|j| !self.failed_recently(*j));
                     self.current.store(leader.unwrap_or(i), Ordering::Relaxed);
+                    self.confirmed.store(true, Ordering::Relaxed);
                     return Ok(r.into_inner());
                 }
                 Ok(Err(s)) if retryable(&s) => s,
@@ -168,6 +185,7 @@ impl MetaConn {
                 }
             };
             tried += 1;
+            self.confirmed.store(false, Ordering::Relaxed);
             if let Some(at) = self
                 .failed_at
                 .lock()
@@ -186,11 +204,66 @@ impl MetaConn {
                     ),
                 ));
             }
-            i = (i + 1) % n;
             if tried % n == 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let next = (i + 1) % n;
+            i = match self.discover(Some(i), deadline).await {
+                Some(j) => j,
+                None => next,
+            };
         }
+    }
+
+    /// Ping every member at once, each with a short deadline: the first node that answers as
+    /// the leader, else (once every ping answered or timed out) a node that answered, not
+    /// `avoid` if another did. `None` when no node answered in time.
+    async fn discover(
+        &self,
+        avoid: Option<usize>,
+        deadline: tokio::time::Instant,
+    ) -> Option<usize> {
+        if self.channels.len() == 1 {
+            return Some(0);
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let wait = PING_TIMEOUT.min(left);
+        let mut pings: FuturesUnordered<_> = self
+            .channels
+            .iter()
+            .enumerate()
+            .map(|(j, ch)| {
+                let mut g = MetaClient::new(ch.clone());
+                async move {
+                    (
+                        j,
+                        tokio::time::timeout(wait, g.ping(tonic::Request::new(Empty {}))).await,
+                    )
+                }
+            })
+            .collect();
+        let mut answered = Vec::new();
+        while let Some((j, r)) = pings.next().await {
+            match r {
+                Ok(Ok(p)) => {
+                    let p = p.into_inner();
+                    if p.leader != 0 && p.leader == p.id {
+                        return Some(j);
+                    }
+                    answered.push(j);
+                }
+                // A node that answers with a status (an older one without Ping) is alive.
+                Ok(Err(s)) if !retryable(&s) && s.code() != Code::DeadlineExceeded => {
+                    answered.push(j)
+                }
+                _ => {}
+            }
+        }
+        answered
+            .iter()
+            .copied()
+            .find(|j| Some(*j) != avoid)
+            .or(answered.first().copied())
     }
 }
 

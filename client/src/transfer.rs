@@ -338,19 +338,33 @@ pub async fn put_stream(
 #[error("{0}")]
 struct NotStored(String);
 
-/// Why one replica could not give a chunk.
+/// Why one replica could not give a chunk. Only `Corrupt` and `NotStored` say something about
+/// the replica itself and are reported to the metadata service as bad; a server that cannot
+/// be reached or answers with another error is tried no further and left to the liveness
+/// rules (a restart must not look like lost data and start re-replication).
 #[derive(Debug, thiserror::Error)]
 enum ReplicaError {
     #[error(transparent)]
     NotStored(NotStored),
+    /// The bytes are wrong: checksum mismatch (here or on the server), wrong length.
     #[error("{0}")]
-    Other(String),
+    Corrupt(String),
+    /// Not reached, or no answer about the bytes (down, restarting, overloaded, refused).
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+impl ReplicaError {
+    fn is_bad_replica(&self) -> bool {
+        matches!(self, ReplicaError::NotStored(_) | ReplicaError::Corrupt(_))
+    }
 }
 
 fn read_error(s: tonic::Status) -> ReplicaError {
     match s.code() {
         tonic::Code::NotFound => ReplicaError::NotStored(NotStored(status_line(&s))),
-        _ => ReplicaError::Other(status_line(&s)),
+        tonic::Code::DataLoss => ReplicaError::Corrupt(status_line(&s)),
+        _ => ReplicaError::Unreachable(status_line(&s)),
     }
 }
 
@@ -389,7 +403,7 @@ pub(crate) async fn fetch_chunk(
         let attempt = async {
             let mut client = pool
                 .client(addr)
-                .map_err(|e| ReplicaError::Other(e.to_string()))?;
+                .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
             let mut stream = client
                 .read(ReadChunkRequest {
                     chunk_id: ch.chunk_id.clone(),
@@ -405,7 +419,7 @@ pub(crate) async fn fetch_chunk(
             while let Some(piece) = stream.message().await.map_err(read_error)? {
                 len += piece.data.len() as u64;
                 if len > ch.size {
-                    return Err(ReplicaError::Other(format!(
+                    return Err(ReplicaError::Corrupt(format!(
                         "server sent more than the chunk's {} bytes",
                         ch.size
                     )));
@@ -414,13 +428,13 @@ pub(crate) async fn fetch_chunk(
                 pieces.push(piece.data);
             }
             if len != ch.size {
-                return Err(ReplicaError::Other(format!(
+                return Err(ReplicaError::Corrupt(format!(
                     "server sent {len} bytes, the chunk has {}",
                     ch.size
                 )));
             }
             if crc != ch.crc32c {
-                return Err(ReplicaError::Other(format!(
+                return Err(ReplicaError::Corrupt(format!(
                     "checksum mismatch: got {crc:08x}, expected {:08x}",
                     ch.crc32c
                 )));
@@ -440,12 +454,14 @@ pub(crate) async fn fetch_chunk(
                     });
                 }
                 let reason = e.to_string();
-                let report = BadReplicaReport {
-                    chunk_id: ch.chunk_id.clone(),
-                    node_id: *node,
-                    reason: reason.clone(),
-                };
-                let _ = rpc!(conn, report_bad_replica, report);
+                if e.is_bad_replica() {
+                    let report = BadReplicaReport {
+                        chunk_id: ch.chunk_id.clone(),
+                        node_id: *node,
+                        reason: reason.clone(),
+                    };
+                    let _ = rpc!(conn, report_bad_replica, report);
+                }
                 errors.push(format!("server {node} ({addr}): {reason}"));
             }
         }
@@ -489,7 +505,7 @@ pub(crate) async fn fetch_range(
         let attempt = async {
             let mut client = pool
                 .client(addr)
-                .map_err(|e| ReplicaError::Other(e.to_string()))?;
+                .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
             let mut stream = client
                 .read(ReadChunkRequest {
                     chunk_id: ch.chunk_id.clone(),
@@ -503,14 +519,14 @@ pub(crate) async fn fetch_range(
             let mut out = Vec::with_capacity(len as usize);
             while let Some(piece) = stream.message().await.map_err(read_error)? {
                 if out.len() as u64 + piece.data.len() as u64 > len {
-                    return Err(ReplicaError::Other(format!(
+                    return Err(ReplicaError::Corrupt(format!(
                         "server sent more than the {len} bytes asked for"
                     )));
                 }
                 out.extend_from_slice(&piece.data);
             }
             if out.len() as u64 != len {
-                return Err(ReplicaError::Other(format!(
+                return Err(ReplicaError::Corrupt(format!(
                     "server sent {} bytes of a {len}-byte range",
                     out.len()
                 )));
@@ -528,12 +544,14 @@ pub(crate) async fn fetch_range(
                     });
                 }
                 let reason = e.to_string();
-                let report = BadReplicaReport {
-                    chunk_id: ch.chunk_id.clone(),
-                    node_id: *node,
-                    reason: reason.clone(),
-                };
-                let _ = rpc!(conn, report_bad_replica, report);
+                if e.is_bad_replica() {
+                    let report = BadReplicaReport {
+                        chunk_id: ch.chunk_id.clone(),
+                        node_id: *node,
+                        reason: reason.clone(),
+                    };
+                    let _ = rpc!(conn, report_bad_replica, report);
+                }
                 errors.push(format!("server {node} ({addr}): {reason}"));
             }
         }

@@ -4,6 +4,7 @@ pub mod auth_file;
 pub mod durable;
 pub mod http;
 pub mod keys;
+pub mod local_cluster;
 pub mod path;
 pub mod promtext;
 pub mod stall;

@@ -534,3 +534,34 @@ fn balance_gives_a_new_chunk_server_its_share() {
         assert_eq!(&c.get_data(&c.auth, p), d);
     }
 }
+
+/// Issue 26, bug 2: a reader that cannot reach a chunk server reads the chunk from another
+/// replica and reports nothing: unreachable is not corrupt (that is for the liveness rules),
+/// so a restart of a chunk server does not start re-replication.
+#[test]
+fn a_killed_chunk_server_is_not_reported_corrupt_by_a_reader() {
+    let c = Cluster::up_files(1, 3, &["--chunk-size=65536"]);
+    let data = bytes(6 * CHUNK + 5, 26);
+    put_bytes(&c, "/r3", &data, &["--replication", "3"]);
+    // Readers try replicas in this order while every server is live: kill the first of the
+    // first chunk, so the read meets the dead server.
+    let first = replicas_of(&c, "/r3")[0][0];
+    let name = (1..=3)
+        .map(|i| format!("chunk-{i}"))
+        .find(|n| server_id(&c, n) == first)
+        .expect("the first replica's server");
+    c.kill(&name);
+    assert_eq!(c.get_data(&c.auth, "/r3"), data);
+    let reports = c
+        .metrics_text("meta-1")
+        .lines()
+        .find(|l| l.starts_with("dfs_bad_replica_reports_total "))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+    assert_eq!(
+        reports,
+        Some(0.0),
+        "a replica on a server that is down is not a bad replica"
+    );
+    let (_, v) = fsck(&c, "/");
+    assert_eq!(v["corrupt_replicas"], 0, "{v}");
+}

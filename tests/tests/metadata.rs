@@ -66,8 +66,9 @@ fn a_client_sent_to_a_follower_moves_to_the_leader() {
     let leader = c.leader() as usize;
     let follower = leader % 3 + 1; // a member id that is not the leader
     let addrs = c.meta_addrs();
-    // The follower first: the allocation is forwarded, and its reply names the leader, so
-    // the commit of the same put goes to the leader directly.
+    // The follower first: the client asks every member at once and the leader answers as
+    // such (or, on a slow machine, the allocation is forwarded and its reply names the
+    // leader), so the commit of the put goes to the leader directly.
     let meta = [&addrs[follower - 1], &addrs[leader - 1]]
         .map(|a| a.as_str())
         .join(",");
@@ -82,7 +83,7 @@ fn a_client_sent_to_a_follower_moves_to_the_leader() {
             .find_map(|l| l.strip_prefix(needle.as_str()))
             .map_or(0, |v| v.trim().parse().unwrap())
     };
-    assert_eq!(count(follower, "allocate_chunks"), 1);
+    assert!(count(follower, "allocate_chunks") <= 1);
     assert_eq!(
         count(follower, "commit_file"),
         0,
@@ -478,4 +479,173 @@ fn a_retried_user_add_returns_the_same_key() {
             .count(),
         1
     );
+}
+
+/// Issue 26, bug 1: a node that cannot catch up (nothing listens at its address) is not made
+/// a voter: add-member fails within --timeout with a clear error and the membership stays as
+/// it was (three voters, no learner left behind).
+#[test]
+fn add_member_that_cannot_catch_up_fails_and_changes_nothing() {
+    let c = Cluster::up(3, 0, &[]);
+    c.leader();
+    let t = std::time::Instant::now();
+    c.ctl(&[
+        "--timeout",
+        "5",
+        "cluster",
+        "add-member",
+        "4",
+        "127.0.0.1:1",
+    ])
+    .fails_with("did not catch up");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    wait_until(
+        Duration::from_secs(20),
+        "membership back to 1, 2, 3",
+        || {
+            let s = c.status();
+            let mut ids: Vec<u64> = s["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_u64().unwrap())
+                .collect();
+            ids.sort();
+            ids == [1, 2, 3]
+        },
+    );
+    c.ctl(&["mkdir", "/still-writable"]).ok();
+}
+
+/// Resumes a SIGSTOPped process when dropped, so a failed test leaves nothing frozen.
+struct Frozen(i32);
+
+impl Frozen {
+    fn node(c: &Cluster, name: &str) -> Frozen {
+        let cluster: Value =
+            serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
+        let pid = cluster["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == name))
+            .and_then(|n| n["pid"].as_i64())
+            .expect("pid of the node") as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// `DFS_META` with the node `first` first, then the others.
+fn meta_with_first(c: &Cluster, first: u64) -> String {
+    let addrs = c.meta_addrs();
+    let mut order = vec![addrs[first as usize - 1].clone()];
+    order.extend(
+        addrs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i as u64 + 1 != first)
+            .map(|(_, a)| a.clone()),
+    );
+    order.join(",")
+}
+
+/// Issue 26, bug 5: a frozen (SIGSTOP: its sockets accept, it answers nothing) follower named
+/// first in DFS_META costs the client no wait: every member is asked at once and the leader
+/// answers. Commands take well under a second (the old client waited 5 s for the first node).
+#[test]
+fn a_frozen_follower_named_first_does_not_delay_commands() {
+    let c = Cluster::up(3, 0, &[]);
+    let leader = c.leader();
+    let follower = leader % 3 + 1;
+    let meta = meta_with_first(&c, follower);
+    let _frozen = Frozen::node(&c, &format!("meta-{follower}"));
+    let mut took = Vec::new();
+    for i in 0..3 {
+        let t = std::time::Instant::now();
+        c.ctl_env(&meta, &c.auth, &["mkdir", &format!("/quick{i}")], None)
+            .ok();
+        c.ctl_env(&meta, &c.auth, &["ls", "/"], None).ok();
+        took.push(t.elapsed() / 2);
+    }
+    eprintln!("commands with a frozen first node took {took:?}");
+    // The fastest shows the normal case; the bound on all of them leaves room for a loaded
+    // machine and is still well under the 5 s the first node used to cost.
+    assert!(
+        took.iter().min().unwrap() < &Duration::from_secs(1),
+        "{took:?}"
+    );
+    assert!(took.iter().all(|t| *t < Duration::from_secs(3)), "{took:?}");
+}
+
+/// Issue 26, bug 5: with the leader frozen and named first in DFS_META, the next command
+/// succeeds through the new leader within the election time plus a second: the client passes
+/// over the silent node after a short ping deadline, and a follower holding the request for
+/// the old leader sends it to the new one as soon as it is elected.
+#[test]
+fn a_frozen_leader_named_first_is_passed_over_within_election_time() {
+    let c = Cluster::up(3, 0, &[]);
+    let leader = c.leader();
+    c.ctl(&["mkdir", "/before"]).ok();
+    let meta = meta_with_first(&c, leader);
+    let frozen = Frozen::node(&c, &format!("meta-{leader}"));
+    let t = std::time::Instant::now();
+    c.ctl_env(
+        &meta,
+        &c.auth,
+        &["--timeout", "20", "mkdir", "/after"],
+        None,
+    )
+    .ok();
+    let took = t.elapsed();
+    // Election time with the default timings: the old leader's lease (the maximum election
+    // timeout, 200 ms) plus a random timeout of at most 200 ms. The extra second of the bound
+    // below is the issue's; one more is for process start-up on a loaded machine.
+    let election = Duration::from_millis(400);
+    eprintln!("first command with the leader frozen took {took:?}");
+    assert!(
+        took < election + Duration::from_secs(2),
+        "took {took:?} (the old client waited 5 s for the frozen node)"
+    );
+    let t = std::time::Instant::now();
+    c.ctl_env(&meta, &c.auth, &["ls", "/"], None).ok();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let s = c.ctl_env(
+        &meta,
+        &c.auth,
+        &["--json", "--timeout", "5", "cluster", "status"],
+        None,
+    );
+    let s: Value = serde_json::from_str(s.ok().trim()).unwrap();
+    assert_ne!(s["leader"].as_u64(), Some(leader), "{s}");
+    drop(frozen);
+    c.wait_converged(3, 1);
+}
+
+/// Issue 26, bug 4: when the admin user the local cluster uses was removed (by another admin),
+/// `local up` fails at once, naming the cause and the way back, instead of waiting its full
+/// minute for a key that cannot become right; the way back it prints works.
+#[test]
+fn local_up_after_its_admin_was_removed_fails_at_once_with_the_way_back() {
+    let c = Cluster::up(1, 0, &[]);
+    let other = c.path().join("root2.auth");
+    let other_s = other.to_str().unwrap();
+    c.ctl(&["user", "add", "root2", "--admin", "--out", other_s])
+        .ok();
+    c.ctl_as(&other, &["user", "remove", "admin"]).ok();
+    let t = std::time::Instant::now();
+    let err = c.local(&["up"]).fails_with("was removed");
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+    assert!(err.contains("user add admin --admin --out"), "{err}");
+    // The way back, as printed.
+    let auth = c.auth.to_str().unwrap();
+    std::fs::rename(&c.auth, format!("{auth}.old")).unwrap();
+    c.ctl_as(&other, &["user", "add", "admin", "--admin", "--out", auth])
+        .ok();
+    c.local(&["up"]).ok();
+    c.ctl(&["ls", "/"]).ok();
 }

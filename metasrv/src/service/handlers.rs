@@ -660,44 +660,114 @@ impl MetaNode {
         })
     }
 
+    /// Add a metadata node: as a learner first, made a voter only once it holds the log up
+    /// to the entry that added it (openraft's own blocking add counts a learner that never
+    /// answered as "up to date" while the log is short). A node that does not catch up within
+    /// the caller's budget is removed again and the call fails: a voter that cannot vote
+    /// would take away the cluster's only spare failure.
     pub async fn add_member(&self, c: &Caller, r: AddMemberRequest) -> OpResult<Empty> {
         self.write_gate()?;
         self.authenticate_admin(c)?;
         if r.id == 0 || r.addr.is_empty() {
             return Err(invalid("give a non-zero node id and its host:port"));
         }
-        let voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
         if voters.contains(&r.id) {
             return Err(
                 Status::already_exists(format!("node {} is already a member", r.id)).into(),
             );
         }
+        let budget = match r.catch_up_ms {
+            0 => Duration::from_secs(30),
+            ms => Duration::from_millis(ms),
+        };
         tracing::info!(node = self.id, new = r.id, addr = %r.addr, "adding member: learner first");
-        self.raft
+        let added = self
+            .raft
             .add_learner(
                 r.id,
                 BasicNode {
                     addr: r.addr.clone(),
                 },
-                true,
+                false,
             )
             .await
             .map_err(membership_error)?;
-        let mut new_voters = voters;
-        new_voters.insert(r.id);
-        self.raft
-            .change_membership(new_voters, false)
-            .await
-            .map_err(membership_error)?;
-        tracing::info!(node = self.id, new = r.id, "member added");
-        Ok(Empty {})
+        // The rest runs on its own task: a caller that goes away (a forwarding timeout, a
+        // killed client) does not leave a learner half-added; it is promoted or removed.
+        let (raft, me, id, needed) = (self.raft.clone(), self.id, r.id, added.log_id.index);
+        let outcome = tokio::spawn(async move {
+            let caught_up = raft
+                .wait(Some(budget))
+                .metrics(
+                    move |m| {
+                        m.replication
+                            .as_ref()
+                            .and_then(|r| r.get(&id))
+                            .and_then(|matched| matched.as_ref())
+                            .is_some_and(|l| l.index >= needed)
+                    },
+                    "the new learner to catch up",
+                )
+                .await;
+            if caught_up.is_err() {
+                // Leave the membership as it was: the learner goes again.
+                let removal = raft
+                    .change_membership(
+                        openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                        false,
+                    )
+                    .await;
+                if let Err(e) = removal {
+                    tracing::warn!(node = me, new = id, error = %e, "could not remove the learner that did not catch up");
+                }
+                return Ok(false);
+            }
+            let mut new_voters = voters;
+            new_voters.insert(id);
+            raft.change_membership(new_voters, false).await.map(|_| true)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("add-member task failed: {e}")))?;
+        match outcome.map_err(membership_error)? {
+            true => {
+                tracing::info!(node = self.id, new = r.id, "member added");
+                Ok(Empty {})
+            }
+            false => {
+                tracing::warn!(node = self.id, new = r.id, addr = %r.addr, "new member did not catch up; not added");
+                Err(Status::failed_precondition(format!(
+                    "node {} at {} did not catch up within {:.1} s (is it running with --join and the cluster secret, and reachable from the leader?); it was not added and the membership is unchanged",
+                    r.id,
+                    r.addr,
+                    budget.as_secs_f64()
+                ))
+                .into())
+            }
+        }
+    }
+
+    /// This node's view of the leader, from memory: answers even without credentials, so a
+    /// client can tell a responsive node from a frozen one before it sends a request.
+    pub async fn ping(&self, _c: &Caller, _r: Empty) -> OpResult<PingReply> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader.unwrap_or(0);
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.addr.clone())
+            })
+            .unwrap_or_default();
+        Ok(PingReply {
+            id: self.id,
+            leader,
+            leader_addr,
+            term: m.current_term,
+        })
     }
 
     pub async fn remove_member(&self, c: &Caller, r: RemoveMemberRequest) -> OpResult<Empty> {

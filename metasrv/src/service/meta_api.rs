@@ -108,4 +108,5 @@ meta_rpcs! {
     set_replication: SetReplicationRequest => Empty;
     gc: GcRequest => GcReply;
     balance: BalanceRequest => BalanceReply;
+    ping: Empty => PingReply;
 }

@@ -238,6 +238,23 @@ impl MetaNode {
         }
     }
 
+    /// Resolves once a leader other than `old` is known (never, while `old` leads).
+    async fn leader_moved_from(&self, old: NodeId) {
+        let mut rx = self.raft.metrics();
+        loop {
+            if rx
+                .borrow_and_update()
+                .current_leader
+                .is_some_and(|l| l != old)
+            {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
     /// Hand a request to the leader and return its reply, encoded.
     /// Boxed (and `Send`) because forwarding and dispatching call each other.
     pub fn forward<'a>(
@@ -275,7 +292,7 @@ impl MetaNode {
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let req = ForwardRequest {
                 method: method.to_string(),
-                body,
+                body: body.clone(),
                 hops: hops + 1,
                 user: caller.user.clone(),
                 key: caller.key.clone(),
@@ -283,8 +300,17 @@ impl MetaNode {
             };
             // Bounded: a paused leader must not hold a request forever (the client moves on).
             let call = client.forward(crate::network::with_node_auth(req, &self.secret));
-            let reply = tokio::time::timeout(FORWARD_TIMEOUT, call)
-                .await
+            // A leader that loses its place while holding the request (frozen, cut off) does
+            // not keep it: once another leader is known the request goes there. (A deposed
+            // leader cannot commit it any more; writes carry request ids against doubles.)
+            let reply = tokio::select! {
+                r = tokio::time::timeout(FORWARD_TIMEOUT, call) => r,
+                () = self.leader_moved_from(leader) => {
+                    tracing::info!(node = self.id, old = leader, method, "leader changed while a forwarded request waited; sending it to the new one");
+                    return self.forward(method, caller, body, hops + 1, None).await;
+                }
+            };
+            let reply = reply
                 .map_err(|_| {
                     Status::unavailable(format!("leader {leader} at {addr} did not answer in time"))
                 })?
