@@ -303,7 +303,9 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
     };
     let secs = started.elapsed().as_secs_f64();
     if ctx.json {
-        print_json(&json!({"ok": true, "path": path, "local": target, "size": n, "seconds": secs}));
+        print_json(
+            &json!({"ok": true, "path": path, "local": target.to_string_lossy(), "size": n, "seconds": secs}),
+        );
     } else if !ctx.quiet {
         eprintln!(
             "fetched {path} to {} ({n} bytes) in {secs:.2} s",
