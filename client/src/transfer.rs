@@ -396,7 +396,7 @@ pub(crate) async fn fetch_chunk(
     token: &str,
 ) -> Result<Vec<Bytes>> {
     if ch.replicas.is_empty() {
-        return Err(Error::DataError(format!("chunk {} of {path} has no replica (imported metadata whose bytes were never stored here)", index + 1)));
+        return Err(Error::DataError(format!("chunk {index} of {path} has no replica (imported metadata whose bytes were never stored here; chunks are numbered from 0)")));
     }
     let mut errors = Vec::new();
     for (node, addr) in ch.replicas.iter().zip(&ch.replica_addrs) {
@@ -467,8 +467,7 @@ pub(crate) async fn fetch_chunk(
         }
     }
     Err(Error::DataError(format!(
-        "chunk {} of {path} could not be read from any replica: {}",
-        index + 1,
+        "chunk {index} of {path} (numbered from 0) could not be read from any replica: {}",
         errors.join("; ")
     )))
 }
@@ -496,8 +495,7 @@ pub(crate) async fn fetch_range(
             return Ok(Vec::new());
         }
         return Err(Error::DataError(format!(
-            "chunk {} of {path} has no replica",
-            index + 1
+            "chunk {index} of {path} (numbered from 0) has no replica"
         )));
     }
     let mut errors = Vec::new();
@@ -557,8 +555,7 @@ pub(crate) async fn fetch_range(
         }
     }
     Err(Error::DataError(format!(
-        "chunk {} of {path} could not be read from any replica: {}",
-        index + 1,
+        "chunk {index} of {path} (numbered from 0) could not be read from any replica: {}",
         errors.join("; ")
     )))
 }
