@@ -436,6 +436,13 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
 /// (status then shows the names only).
 async fn cluster_ids(dir: &Path, c: &LocalCluster) -> std::collections::HashMap<String, u64> {
     let mut out = std::collections::HashMap::new();
+    if !c
+        .nodes
+        .iter()
+        .any(|n| n.kind == "meta" && alive(n.pid, &n.kind))
+    {
+        return out; // nothing to ask: no waiting after `local down`
+    }
     let wait = Duration::from_secs(2);
     let Ok(conn) =
         crate::client::MetaConn::connect(&c.meta_addrs(), Some(&dir.join("admin.auth")), wait)

@@ -236,14 +236,23 @@ async fn is_remote_dir(conn: &dfs_client::MetaConn, path: &str) -> bool {
 }
 
 fn ask(question: &str) -> bool {
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
+    ask_with(
+        question,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stderr(),
+    )
+}
+
+/// The prompt on `out`, the answer from `input`: yes only for y, Y or yes.
+fn ask_with(question: &str, input: &mut impl std::io::BufRead, out: &mut impl Write) -> bool {
+    let _ = write!(out, "{question} [y/N] ");
+    let _ = out.flush();
     let mut line = String::new();
-    let read = std::io::stdin().read_line(&mut line);
+    let read = input.read_line(&mut line);
     if !line.ends_with('\n') {
         // End of input (Ctrl-D) without a newline: end the prompt's line, so what follows
         // (the "not replacing" error) is on a line of its own.
-        eprintln!();
+        let _ = writeln!(out);
     }
     read.is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
 }
@@ -382,4 +391,48 @@ pub async fn cat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26: after Ctrl-D at the overwrite prompt, the error was printed on the prompt's
+    /// line; the prompt's line is ended first.
+    #[test]
+    fn prompt_line_is_ended_on_end_of_input() {
+        let mut out = Vec::new();
+        assert!(!ask_with("x exists. Replace it?", &mut &b""[..], &mut out));
+        assert_eq!(out, b"x exists. Replace it? [y/N] \n");
+        let mut out = Vec::new();
+        assert!(ask_with("q?", &mut &b"y\n"[..], &mut out));
+        assert_eq!(out, b"q? [y/N] ", "the typed newline ends the line already");
+    }
+
+    /// Issue 26: `get REMOTE DIR` and `get REMOTE DIR/` write DIR/NAME; a missing directory
+    /// is named (not the temp file that would have been made in it).
+    #[test]
+    fn local_target_of_get() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = d.path().display().to_string();
+        assert_eq!(
+            local_target(&ds, "/a/f.txt").unwrap(),
+            d.path().join("f.txt")
+        );
+        assert_eq!(
+            local_target(&format!("{ds}/"), "/a/f.txt").unwrap(),
+            d.path().join("f.txt")
+        );
+        let e = local_target(&format!("{ds}/no/x"), "/f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("directory {ds}/no does not exist")),
+            "{e}"
+        );
+        assert_eq!(
+            local_target("plain.txt", "/f").unwrap(),
+            PathBuf::from("plain.txt")
+        );
+    }
 }
