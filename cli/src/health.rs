@@ -458,7 +458,8 @@ pub async fn run(ctx: &Ctx, a: HealthArgs) -> anyhow::Result<i32> {
     }
     let report = match best_status(ctx).await {
         Ok(s) => {
-            let fsck = if s.leader != 0 && s.files > 0 && a.check_files > 0 {
+            let leader_up = s.members.iter().any(|m| m.id == s.leader && m.reachable);
+            let fsck = if s.leader != 0 && leader_up && s.files > 0 && a.check_files > 0 {
                 fsck_chunks(ctx).await
             } else {
                 None
