@@ -169,6 +169,20 @@ fn habits_of_cp_mv_ls_du_rmdir_and_replication() {
     c.ctl(&["rmdir", "/e/f", "/e"]).ok();
     let ls = c.ctl(&["ls", "/"]).ok();
     assert!(ls.contains("/d/") && !ls.contains("/e"), "{ls}");
+
+    // h. admin export stays one document under --json (the choice the README states); with
+    // --out, --json says what was written.
+    let doc = c.ctl(&["--json", "admin", "export"]).ok();
+    serde_json::from_str::<serde_json::Value>(&doc).expect("one JSON document");
+    let out = dir.path().join("saved.json");
+    let v = c
+        .ctl(&["--json", "admin", "export", "--out", out.to_str().unwrap()])
+        .json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        v["bytes"].as_u64(),
+        Some(std::fs::metadata(&out).unwrap().len())
+    );
 }
 
 /// Issue 26: the local cluster's tools. `.dfs/env` sets DFS_LOCAL_DIR (so `local status` works
