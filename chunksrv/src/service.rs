@@ -228,7 +228,15 @@ impl Chunk for ChunkService {
         let req = request.into_inner();
         let opened = async {
             validate_chunk_id(&req.chunk_id).map_err(store_status)?;
-            self.check_token(&req.token, Op::Read, &req.chunk_id)?;
+            // The writer of a chunk may read it back with its write token (a mount re-reads a
+            // chunk it streamed out before the file is committed, when a program writes into
+            // it again); anyone else needs a read token from the metadata service.
+            let op = if req.token.starts_with("w.") {
+                Op::Write
+            } else {
+                Op::Read
+            };
+            self.check_token(&req.token, op, &req.chunk_id)?;
             self.store
                 .open_read(&req.chunk_id)
                 .await
@@ -438,10 +446,17 @@ mod tests {
         let rt = f.secret.sign_chunk(Op::Read, ID, later());
         assert_eq!(read_all(&mut f, ID, &rt).await.unwrap(), data);
         assert_eq!(f.metrics.reads_total.load(Ordering::Relaxed), 1);
-        assert_eq!(f.metrics.writes_total.load(Ordering::Relaxed), 1);
+        // Its writer reads it back with the write token; not with another chunk's.
+        assert_eq!(read_all(&mut f, ID, &wt).await.unwrap(), data);
+        let other = f.secret.sign_chunk(Op::Write, "another-chunk", later());
+        let e = read_all(&mut f, ID, &other).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let (reads, writes) = (2, 1); // a refused read is not counted
+        assert_eq!(f.metrics.reads_total.load(Ordering::Relaxed), reads);
+        assert_eq!(f.metrics.writes_total.load(Ordering::Relaxed), writes);
         assert_eq!(
             f.metrics.read_bytes_total.load(Ordering::Relaxed),
-            data.len() as u64
+            2 * data.len() as u64
         );
         assert_eq!(f.metrics.active_transfers.load(Ordering::Relaxed), 0);
     }

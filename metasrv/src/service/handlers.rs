@@ -293,8 +293,20 @@ impl MetaNode {
         self.write_gate()?;
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
-        if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(invalid("sha256 must be 64 hex characters"));
+        // A chunk sent without a write token is kept from the version being replaced.
+        let kept: Vec<String> = r
+            .chunks
+            .iter()
+            .filter(|c| c.token.is_empty())
+            .map(|c| c.chunk_id.clone())
+            .collect();
+        // A commit that keeps chunks it did not read may leave the whole-file sha256 out
+        // (each chunk keeps its CRC32C).
+        let no_sum = r.sha256.is_empty() && !kept.is_empty();
+        if !no_sum && (r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(invalid(
+                "sha256 must be 64 hex characters (or empty when chunks are kept)",
+            ));
         }
         if r.chunk_size == 0 || r.chunk_size > dfs_common::MAX_CHUNK_SIZE {
             return Err(invalid(format!(
@@ -313,10 +325,15 @@ impl MetaNode {
                     ch.chunk_id, ch.size, r.chunk_size
                 )));
             }
-            // The write token proves this caller was given the chunk id by a leader.
-            self.secret
-                .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
-                .map_err(|e| Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id)))?;
+            // The write token proves this caller was given the chunk id by a leader; a kept
+            // chunk is checked against the current version when the commit is applied.
+            if !ch.token.is_empty() {
+                self.secret
+                    .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
+                    .map_err(|e| {
+                        Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id))
+                    })?;
+            }
             let replicas: BTreeSet<NodeId> = ch.replicas.iter().copied().collect();
             chunks.push(ChunkRef {
                 id: ch.chunk_id.clone(),
@@ -349,6 +366,7 @@ impl MetaNode {
                     file: file.clone(),
                     id: inode_id.clone(),
                     now_ms: now,
+                    kept,
                 },
             )?)
             .await?;

@@ -56,6 +56,9 @@ pub enum CommandV1 {
         recursive: bool,
     },
     /// Create or (with `overwrite`) atomically replace a file whose chunks are already durable.
+    /// `kept`: ids of chunks taken unchanged from the version being replaced (a write into the
+    /// middle of a big file sends only the chunks it changed); each must still be part of that
+    /// version, whose sizes, checksums and replicas are used for it.
     CommitFile {
         actor: String,
         path: String,
@@ -63,6 +66,8 @@ pub enum CommandV1 {
         file: FileData,
         id: String,
         now_ms: i64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        kept: Vec<String>,
     },
     /// Files from an original `saved-files.json` (their chunks are not recoverable).
     Import {
@@ -263,7 +268,8 @@ impl State {
                 file,
                 id,
                 now_ms,
-            } => self.commit_file(actor, path, *overwrite, file, id, *now_ms, touched),
+                kept,
+            } => self.commit_file(actor, path, *overwrite, file, id, *now_ms, kept, touched),
             CommandV1::Import {
                 actor,
                 files,

@@ -386,9 +386,17 @@ impl State {
         file: &FileData,
         id: &str,
         now_ms: i64,
+        kept: &[String],
         touched: &mut Vec<RecordKey>,
     ) -> Result<Reply, ApplyError> {
         let p = self.check_file_target(actor, raw, overwrite)?;
+        let with_kept;
+        let file = if kept.is_empty() {
+            file
+        } else {
+            with_kept = self.fill_kept_chunks(&p, file, kept)?;
+            &with_kept
+        };
         self.check_file_data(file)?;
         let missing = self.missing_ancestors(actor, &p)?;
         self.create_dirs(&missing, actor, id, now_ms, touched);
@@ -424,6 +432,52 @@ impl State {
             id: id.to_string(),
             modified_ms: now_ms,
         })
+    }
+
+    /// `file` with each chunk named in `kept` replaced by that chunk of the version now at `p`
+    /// (its size, checksum and replicas): refused when that version no longer has it (the file
+    /// was replaced, removed or renamed since the writer opened it) or cuts chunks differently.
+    fn fill_kept_chunks(
+        &self,
+        p: &str,
+        file: &FileData,
+        kept: &[String],
+    ) -> Result<FileData, ApplyError> {
+        let changed = |m: String| ApplyError::new(ErrorKind::FailedPrecondition, m);
+        let Some(Inode {
+            file: Some(old), ..
+        }) = self.nodes.get(p)
+        else {
+            return Err(changed(format!(
+                "{p} has no version to keep chunks from (it was removed or renamed since it was opened); write it again"
+            )));
+        };
+        if old.chunk_size != file.chunk_size {
+            return Err(changed(format!(
+                "{p} has chunks of {} bytes, the commit has {}",
+                old.chunk_size, file.chunk_size
+            )));
+        }
+        let mut out = file.clone();
+        for id in kept {
+            let slot = out.chunks.iter_mut().find(|c| &c.id == id);
+            let was = old.chunks.iter().find(|c| &c.id == id);
+            match (slot, was) {
+                (Some(slot), Some(was)) => *slot = was.clone(),
+                (None, _) => {
+                    return Err(ApplyError::new(
+                        ErrorKind::InvalidArgument,
+                        format!("kept chunk {id} is not listed in the commit"),
+                    ))
+                }
+                (_, None) => {
+                    return Err(changed(format!(
+                        "{p} was replaced since it was opened (chunk {id} is no longer part of it); write it again"
+                    )))
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub(super) fn import(

@@ -123,6 +123,7 @@ fn commit(
             file: file(size),
             id: "f".into(),
             now_ms: 9,
+            kept: vec![],
         },
     )
 }
@@ -344,6 +345,7 @@ fn commit_rules() {
             file: bad,
             id: "i".into(),
             now_ms: 1,
+            kept: vec![],
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -358,6 +360,7 @@ fn commit_rules() {
             file: unknown,
             id: "i".into(),
             now_ms: 1,
+            kept: vec![],
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -561,6 +564,7 @@ fn a_retried_commit_is_not_applied_twice() {
                     file: file(3),
                     id: "f".into(),
                     now_ms: 9,
+                    kept: vec![],
                 },
             ),
         )
@@ -904,6 +908,7 @@ fn chunk_sizes_that_overflow_are_refused_not_a_panic() {
             file: f,
             id: "i".into(),
             now_ms: 1,
+            kept: vec![],
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
