@@ -68,15 +68,20 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
         ListRequest {
             path: path.clone(),
             recursive: a.recursive,
-            stale: a.stale
+            stale: a.stale,
+            ..Default::default()
         }
     )?;
     for f in &reply.entries {
         if ctx.json {
             print_json(&file_json(f, false));
         } else if a.long {
-            let kind = if f.is_dir { "d" } else { "-" };
-            let rep = if f.is_dir {
+            let kind = match (f.is_dir, f.is_symlink) {
+                (true, _) => "d",
+                (_, true) => "l",
+                _ => "-",
+            };
+            let rep = if f.is_dir || f.is_symlink {
                 "-".to_string()
             } else {
                 f.replication.to_string()
@@ -86,8 +91,13 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
             } else {
                 f.size.to_string()
             };
+            let link = if f.is_symlink {
+                format!(" -> {}", f.symlink_target)
+            } else {
+                String::new()
+            };
             println!(
-                "{kind} {:<10} {:>12} {:>2} {} {}",
+                "{kind} {:<10} {:>12} {:>2} {} {}{link}",
                 f.owner,
                 size,
                 rep,
@@ -213,6 +223,7 @@ pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
             from: from.clone(),
             to: to.clone(),
             request_id: request_id.clone(),
+            ..Default::default()
         }
     )?;
     if ctx.json {
