@@ -444,6 +444,12 @@ impl MetaNode {
         if n.is_dir() {
             return Err(Status::failed_precondition(format!("{p} is a directory")).into());
         }
+        if let Some(t) = &n.symlink {
+            return Err(Status::invalid_argument(format!(
+                "{p} is a symbolic link (to {t}), not a file"
+            ))
+            .into());
+        }
         let mut info = file_info(&p, &n, Some(&st));
         // Live replicas first, so a reader tries a dead server last.
         for ch in &mut info.chunks {
