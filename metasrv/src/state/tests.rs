@@ -1361,3 +1361,35 @@ fn listing_in_pages_walks_2500_entries_once_each() {
     let (p, _) = s.list_page("alice", "/big", false, "f00001", 1).unwrap();
     assert_eq!(p[0].0, "/big/f00002", "the cursor's subtree is skipped");
 }
+
+#[test]
+fn a_snapshot_from_the_previous_version_still_loads() {
+    // A State as the previous version serialized it into a snapshot: no inode numbers, modes,
+    // ctimes, links or root times.
+    let old = r#"{
+        "meta": {"cluster_id": "c", "next_chunk_server_id": 2},
+        "nodes": {
+            "/d": {"id": "d", "owner": "alice", "created_ms": 5, "modified_ms": 6, "file": null},
+            "/d/f": {"id": "f", "owner": "alice", "created_ms": 7, "modified_ms": 8,
+                     "file": {"size": 0, "replication": 1, "sha256": "", "chunk_size": 0, "chunks": []}}
+        },
+        "users": {"admin": {"name": "admin", "role": "Admin", "key_hash": "h", "created_ms": 3},
+                  "alice": {"name": "alice", "role": "User", "key_hash": "k", "created_ms": 4}},
+        "chunk_servers": {},
+        "pending_deletes": {}
+    }"#;
+    let mut s: State = serde_json::from_str(old).unwrap();
+    assert!(!s.meta.inode_numbers);
+    assert_eq!(s.nodes["/d/f"].ino, 0);
+    assert_eq!(
+        (s.nodes["/d"].mode(), s.nodes["/d/f"].mode()),
+        (0o755, 0o644)
+    );
+    let root = s.stat("admin", "/").unwrap().1;
+    assert_eq!((root.ino, root.created_ms, root.modified_ms), (1, 3, 3));
+    run(&mut s, CommandV1::NumberInodes).unwrap();
+    assert_eq!((s.nodes["/d"].ino, s.nodes["/d/f"].ino), (2, 3));
+    assert_eq!(s.meta.created_ms, 3);
+    let again: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert_eq!(again, s, "the new snapshot round-trips");
+}
