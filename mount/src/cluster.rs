@@ -136,12 +136,9 @@ impl Backend for ClusterBackend {
         self.block(self.client.readlink(&path))
     }
 
-    fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<Entry> {
+    fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<()> {
         let path = self.remote(path);
-        self.block(async {
-            self.client.set_attr(&path, mode, mtime_ms).await?;
-            Ok(entry(&self.client.stat(&path).await?))
-        })
+        self.block(self.client.set_attr(&path, mode, mtime_ms))
     }
 
     fn mkdir(&self, path: &str) -> FsResult<()> {

@@ -105,8 +105,8 @@ pub trait Backend: Send + Sync + 'static {
     /// Create a symbolic link; returns its entry.
     fn symlink(&self, path: &str, target: &str) -> FsResult<Entry>;
     fn readlink(&self, path: &str) -> FsResult<String>;
-    /// Change permission bits and/or mtime; returns the new entry.
-    fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<Entry>;
+    /// Change permission bits and/or mtime.
+    fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<()>;
     /// A pinned version of a file, for ranged reads.
     type Reader: Send + 'static;
     /// Pin the file as committed now.
@@ -377,7 +377,8 @@ impl<B: Backend> DfsFs<B> {
         if mode == current {
             return Ok(e);
         }
-        self.backend.set_attr(path, Some(mode), None)
+        self.backend.set_attr(path, Some(mode), None)?;
+        self.backend.stat(path)
     }
 
     fn staging(&self) -> FsResult<File> {
