@@ -127,14 +127,18 @@ pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!("path:        {}", f.path);
-    println!(
-        "type:        {}",
-        if f.is_dir { "directory" } else { "file" }
-    );
+    if f.is_symlink {
+        println!("type:        symbolic link -> {}", f.symlink_target);
+    } else {
+        println!(
+            "type:        {}",
+            if f.is_dir { "directory" } else { "file" }
+        );
+    }
     println!("owner:       {}", f.owner);
     println!("created:     {}", time_ms(f.created_ms));
     println!("modified:    {}", time_ms(f.modified_ms));
-    if !f.is_dir {
+    if !f.is_dir && !f.is_symlink {
         println!("size:        {} ({})", f.size, human_bytes(f.size));
         println!("sha256:      {}", f.sha256);
         println!(

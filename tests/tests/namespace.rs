@@ -110,6 +110,11 @@ fn inode_numbers_modes_links_and_renames_through_the_cluster() {
     });
     let ls = c.ctl(&["ls", "-l", "/e"]).ok();
     assert!(ls.starts_with("l ") && ls.contains("/e/g -> g"), "{ls}");
+    let st = c.ctl(&["stat", "/e/g"]).ok();
+    assert!(
+        st.contains("symbolic link -> g") && !st.contains("sha256"),
+        "{st}"
+    );
     c.ctl(&["rm", "/e/g"]).ok();
     assert!(c.ctl(&["ls", "/e"]).ok().trim().is_empty());
 
