@@ -18,7 +18,8 @@ pub enum AdminCmd {
     /// Missing, corrupt and under-replicated chunks per file; ends with HEALTHY, DEGRADED or
     /// CORRUPT (exit 0, 2 or 1).
     #[command(
-        after_help = "A replica on a chunk server that is not live counts as missing.
+        after_help = "A replica on a chunk server that is not live counts as missing. Chunks are numbered
+from 0, as in `dfsctl stat`.
 
 Example: dfsctl admin fsck /photos"
     )]
@@ -32,6 +33,8 @@ Example: dfsctl admin fsck /photos"
     #[command(after_help = "Example: dfsctl admin balance && dfsctl admin balance --apply")]
     Balance(crate::fsck::BalanceArgs),
     /// Print the metadata as the original system's saved-files.json (or write it to --out).
+    /// The output is that one JSON document (also under --json: it is what `admin import`
+    /// reads back); with --out and --json, one object says what was written.
     #[command(after_help = "Example: dfsctl admin export --out saved-files.json")]
     Export {
         #[arg(long)]
@@ -60,7 +63,14 @@ pub async fn run(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<i32> {
         AdminCmd::Export { out } => {
             let r = rpc!(c, export, Empty {})?;
             match out {
-                Some(p) => dfs_common::durable::write_atomic(&p, &r.saved_files_json)?,
+                Some(p) => {
+                    dfs_common::durable::write_atomic(&p, &r.saved_files_json)?;
+                    if ctx.json {
+                        print_json(
+                            &json!({"ok": true, "out": p.to_string_lossy(), "bytes": r.saved_files_json.len()}),
+                        );
+                    }
+                }
                 None => {
                     let mut o = std::io::stdout().lock();
                     o.write_all(&r.saved_files_json)?;

@@ -45,39 +45,66 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
     match cmd {
         ClusterCmd::Status => {
             let s = rpc!(c, cluster_status, StatusRequest { stale: false })?;
+            // Nodes of the local cluster are shown with their local names too (`chunk-2` is
+            // not always id 2: chunk server ids are given at registration).
+            let names = crate::local::local_names(&ctx.meta);
+            let name = |addr: &str| names.get(addr).cloned().unwrap_or_default();
+            let shown = |addr: &str| {
+                names
+                    .get(addr)
+                    .map(|n| format!("  {n}"))
+                    .unwrap_or_default()
+            };
             if ctx.json {
-                print_json(&status_json(&s));
+                let mut v = status_json(&s);
+                if !names.is_empty() {
+                    for key in ["members", "chunk_servers"] {
+                        for m in v[key].as_array_mut().into_iter().flatten() {
+                            let n = name(m["addr"].as_str().unwrap_or(""));
+                            m["local_name"] = json!(n);
+                        }
+                    }
+                }
+                print_json(&v);
                 return Ok(0);
             }
             println!(
                 "cluster {}  leader {}  term {}",
                 s.cluster_id, s.leader, s.term
             );
+            let local = if names.is_empty() { "" } else { "  LOCAL NAME" };
             println!(
-                "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}",
+                "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}{local}",
                 "ID", "ADDRESS", "ROLE", "TERM", "LAST LOG", "APPLIED"
             );
             for m in &s.members {
                 println!(
-                    "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}",
-                    m.id, m.addr, m.role, m.term, m.last_log_index, m.applied
+                    "{:<4} {:<22} {:<12} {:>6} {:>10} {:>10}{}",
+                    m.id,
+                    m.addr,
+                    m.role,
+                    m.term,
+                    m.last_log_index,
+                    m.applied,
+                    shown(&m.addr)
                 );
             }
             if !s.chunk_servers.is_empty() {
                 println!();
                 println!(
-                    "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}",
+                    "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}{local}",
                     "ID", "CHUNK SERVER", "LIVE", "USED", "CAPACITY", "CHUNKS"
                 );
                 for cs in &s.chunk_servers {
                     println!(
-                        "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}",
+                        "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}{}",
                         cs.id,
                         cs.addr,
                         if cs.live { "yes" } else { "NO" },
                         human_bytes(cs.used_bytes),
                         human_bytes(cs.capacity_bytes),
-                        cs.chunks
+                        cs.chunks,
+                        shown(&cs.addr)
                     );
                 }
             }

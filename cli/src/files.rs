@@ -1,4 +1,4 @@
-//! Namespace commands: ls, stat, mkdir, mv, rm, du.
+//! Namespace commands: ls, stat, mkdir, mv, rm, rmdir, du.
 use crate::client::new_request_id;
 use crate::output::{file_json, fully_replicated, human_bytes, print_json, time_ms};
 use crate::Ctx;
@@ -17,8 +17,12 @@ pub fn remote(p: &str) -> String {
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    #[arg(default_value = "/")]
-    pub path: String,
+    /// Directories or files (several are listed one after the other).
+    #[arg(default_value = "/", num_args = 1..)]
+    pub paths: Vec<String>,
+    /// All entries (dfs hides none: accepted so `ls -la` works as in Unix).
+    #[arg(short = 'a')]
+    pub all: bool,
     /// Long format: type, owner, size, replication, modification time.
     #[arg(short = 'l')]
     pub long: bool,
@@ -61,18 +65,30 @@ pub struct RmArgs {
 
 pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
-    let path = remote(&a.path);
-    let reply = crate::rpc!(
-        c,
-        list,
-        ListRequest {
-            path: path.clone(),
-            recursive: a.recursive,
-            stale: a.stale,
-            ..Default::default()
+    let a = &a;
+    each(ctx, &a.paths, |path| {
+        let c = &c;
+        async move {
+            let reply = crate::rpc!(
+                c,
+                list,
+                ListRequest {
+                    path: path.clone(),
+                    recursive: a.recursive,
+                    stale: a.stale,
+                    ..Default::default()
+                }
+            )?;
+            print_listing(ctx, a, &reply.entries);
+            Ok(())
         }
-    )?;
-    for f in &reply.entries {
+    })
+    .await
+}
+
+/// One listing's lines (each entry shows its full path, so several listings need no headers).
+fn print_listing(ctx: &Ctx, a: &LsArgs, entries: &[FileInfo]) {
+    for f in entries {
         if ctx.json {
             print_json(&file_json(f, false));
         } else if a.long {
@@ -108,7 +124,6 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
             println!("{}{}", f.path, if f.is_dir { "/" } else { "" });
         }
     }
-    Ok(0)
 }
 
 pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
@@ -150,7 +165,9 @@ pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
                 "UNDER-REPLICATED"
             }
         );
-        println!("chunks:      {}", f.chunks.len());
+        // Numbered from 0, as `admin fsck` and the JSON `index` do (chunk i starts at byte
+        // i * chunk size).
+        println!("chunks:      {} (numbered from 0)", f.chunks.len());
         for (i, ch) in f.chunks.iter().enumerate() {
             let reps: Vec<String> = ch
                 .replicas
@@ -160,7 +177,7 @@ pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
                 .collect();
             println!(
                 "  {:>4} {} {:>10} crc32c={:08x} replicas=[{}]",
-                i + 1,
+                i,
                 ch.chunk_id,
                 ch.size,
                 ch.crc32c,
@@ -216,24 +233,148 @@ pub async fn mkdir(ctx: &Ctx, a: MkdirArgs) -> anyhow::Result<i32> {
     .await
 }
 
-pub async fn mv(ctx: &Ctx, from: &str, to: &str) -> anyhow::Result<i32> {
-    let c = ctx.client()?;
-    let (from, to) = (remote(from), remote(to));
+#[derive(Args, Debug)]
+pub struct MvArgs {
+    pub from: String,
+    /// New path, or an existing directory to move FROM into (keeping its name).
+    pub to: String,
+    /// Replace an existing file at TO (it is removed first, then FROM renamed: see README).
+    #[arg(short = 'f', long)]
+    pub force: bool,
+}
+
+async fn rename(c: &crate::client::MetaConn, from: &str, to: &str) -> Result<(), tonic::Status> {
     let request_id = new_request_id();
     crate::rpc!(
         c,
         rename,
         RenameRequest {
-            from: from.clone(),
-            to: to.clone(),
+            from: from.to_string(),
+            to: to.to_string(),
             request_id: request_id.clone(),
             ..Default::default()
         }
     )?;
+    Ok(())
+}
+
+/// `mv FROM TO`. Onto an existing file it is refused unless -f, as `put` and `get` are.
+/// With -f the file at TO is removed and then FROM renamed (the metadata service has no
+/// replacing rename): a crash between the two steps leaves TO absent and FROM whole at its old
+/// path, so nothing of FROM is lost and running the same `mv -f` again finishes it.
+pub async fn mv(ctx: &Ctx, a: MvArgs) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    let (from, to) = (remote(&a.from), remote(&a.to));
+    let mut replaced = false;
+    match rename(&c, &from, &to).await {
+        Ok(()) => {}
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            // The target the server chose: TO itself, or TO/NAME when TO is a directory.
+            let target = match stat_of(&c, &to).await? {
+                Some(t) if t.is_dir => {
+                    format!(
+                        "{}/{}",
+                        to.trim_end_matches('/'),
+                        dfs_common::path::file_name(&from)
+                    )
+                }
+                _ => to.clone(),
+            };
+            if !a.force {
+                anyhow::bail!("{target} exists; not replacing it (use mv -f to replace)");
+            }
+            let (Some(t), Some(src)) = (stat_of(&c, &target).await?, stat_of(&c, &from).await?)
+            else {
+                return Err(s.into());
+            };
+            if t.is_dir {
+                anyhow::bail!("{target} is a directory; mv -f replaces only a file");
+            }
+            if src.is_dir {
+                anyhow::bail!("cannot replace the file {target} with the directory {from}");
+            }
+            let request_id = new_request_id();
+            crate::rpc!(
+                c,
+                remove,
+                RemoveRequest {
+                    path: target.clone(),
+                    recursive: false,
+                    request_id: request_id.clone(),
+                }
+            )?;
+            rename(&c, &from, &target).await?;
+            replaced = true;
+        }
+        Err(s) => return Err(s.into()),
+    }
     if ctx.json {
-        print_json(&json!({"ok": true, "from": from, "to": to}));
+        print_json(&json!({"ok": true, "from": from, "to": to, "replaced": replaced}));
     }
     Ok(0)
+}
+
+/// The entry at `path`, or None when there is none.
+async fn stat_of(c: &crate::client::MetaConn, path: &str) -> anyhow::Result<Option<FileInfo>> {
+    match crate::rpc!(
+        c,
+        stat,
+        StatRequest {
+            path: path.to_string(),
+            stale: false
+        }
+    ) {
+        Ok(f) => Ok(Some(f)),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(s.into()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RmdirArgs {
+    /// One or more empty directories (each is tried; exit 1 if any failed).
+    #[arg(required = true, num_args = 1..)]
+    pub paths: Vec<String>,
+}
+
+/// `rmdir DIR...`: removes only empty directories; a file or a non-empty directory is a clear
+/// error and nothing is changed (the server's remove without -r refuses a non-empty one).
+pub async fn rmdir(ctx: &Ctx, a: RmdirArgs) -> anyhow::Result<i32> {
+    let c = ctx.client()?;
+    each(ctx, &a.paths, |path| {
+        let c = &c;
+        async move {
+            match stat_of(c, &path).await? {
+                None => anyhow::bail!("{path}: no such directory"),
+                Some(f) if !f.is_dir => {
+                    anyhow::bail!("{path} is not a directory (remove a file with rm)")
+                }
+                Some(_) => {}
+            }
+            let request_id = new_request_id();
+            let r = crate::rpc!(
+                c,
+                remove,
+                RemoveRequest {
+                    path: path.clone(),
+                    recursive: false,
+                    request_id: request_id.clone(),
+                }
+            );
+            match r {
+                Ok(_) => {}
+                Err(s) if s.message().contains("not empty") => anyhow::bail!(
+                    "{path}: directory not empty (rmdir removes only empty directories; rm -r removes it and its contents)"
+                ),
+                Err(s) => return Err(s.into()),
+            }
+            if ctx.json {
+                print_json(&json!({"ok": true, "path": path}));
+            }
+            Ok(())
+        }
+    })
+    .await
 }
 
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
@@ -265,27 +406,61 @@ pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
     .await
 }
 
-pub async fn du(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
+#[derive(Args, Debug)]
+pub struct DuArgs {
+    /// Files or directories (one line each).
+    #[arg(default_value = "/", num_args = 1..)]
+    pub paths: Vec<String>,
+    /// Only the total of each path, as `du -s`: `SIZE<TAB>PATH` (SIZE in bytes, or with -h in
+    /// K/M/G).
+    #[arg(short = 's')]
+    pub summary: bool,
+    /// Sizes in KiB, MiB, GiB (the default line always shows them; with -s, SIZE too).
+    #[arg(short = 'h')]
+    pub human: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
+}
+
+/// `du PATH...`: one line per path with its total bytes, files and directories (dfs keeps
+/// the totals per path, so there is no per-subdirectory walk; -s gives the short Unix form).
+pub async fn du(ctx: &Ctx, a: DuArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
-    let path = remote(path);
-    let u = crate::rpc!(
-        c,
-        usage,
-        StatRequest {
-            path: path.clone(),
-            stale: false
+    let a = &a;
+    each(ctx, &a.paths, |path| {
+        let c = &c;
+        async move {
+            let u = crate::rpc!(
+                c,
+                usage,
+                StatRequest {
+                    path: path.clone(),
+                    stale: false
+                }
+            )?;
+            if ctx.json {
+                print_json(
+                    &json!({"path": path, "files": u.files, "dirs": u.dirs, "bytes": u.bytes}),
+                );
+            } else if a.summary {
+                let size = if a.human {
+                    human_bytes(u.bytes)
+                } else {
+                    u.bytes.to_string()
+                };
+                println!("{size}\t{path}");
+            } else {
+                println!(
+                    "{} in {} files, {} directories: {}",
+                    human_bytes(u.bytes),
+                    u.files,
+                    u.dirs,
+                    path
+                );
+            }
+            Ok(())
         }
-    )?;
-    if ctx.json {
-        print_json(&json!({"path": path, "files": u.files, "dirs": u.dirs, "bytes": u.bytes}));
-    } else {
-        println!(
-            "{} in {} files, {} directories: {}",
-            human_bytes(u.bytes),
-            u.files,
-            u.dirs,
-            path
-        );
-    }
-    Ok(0)
+    })
+    .await
 }

@@ -180,6 +180,16 @@ pub async fn replication(ctx: &Ctx, a: ReplicationArgs) -> anyhow::Result<i32> {
             }
         )?;
     }
+    // As `put --replication N` says UNDER-REPLICATED: a factor above the live chunk servers
+    // cannot be reached until more join (each replica of a chunk needs its own server).
+    let warning = live_chunk_servers(&c)
+        .await
+        .filter(|&live| (a.replication as usize) > live)
+        .map(|live| {
+            format!(
+                "only {live} live chunk server(s): chunks stay UNDER-REPLICATED (at most {live} copies) until more join"
+            )
+        });
     if !ctx.quiet && !ctx.json {
         println!(
             "replication of {} file(s) under {} set to {}",
@@ -187,6 +197,17 @@ pub async fn replication(ctx: &Ctx, a: ReplicationArgs) -> anyhow::Result<i32> {
             a.path,
             a.replication
         );
+    }
+    if let Some(w) = &warning {
+        if !ctx.json && !a.wait {
+            eprintln!("warning: {w}");
+        }
+        if a.wait {
+            anyhow::bail!(
+                "replication {} cannot be reached: {w} (the factor is set; drop -w to not wait)",
+                a.replication
+            );
+        }
     }
     if a.wait {
         loop {
@@ -221,10 +242,17 @@ pub async fn replication(ctx: &Ctx, a: ReplicationArgs) -> anyhow::Result<i32> {
     }
     if ctx.json {
         print_json(
-            &json!({"ok": true, "path": a.path, "files": files.len(), "replication": a.replication, "waited": a.wait}),
+            &json!({"ok": true, "path": a.path, "files": files.len(), "replication": a.replication, "waited": a.wait, "warning": warning}),
         );
     }
     Ok(0)
+}
+
+/// Live chunk servers as the cluster status shows them; None when the status is not available
+/// (the warning is then left out rather than the command failing).
+async fn live_chunk_servers(c: &crate::client::MetaConn) -> Option<usize> {
+    let s = rpc!(c, cluster_status, StatusRequest { stale: true }).ok()?;
+    Some(s.chunk_servers.iter().filter(|s| s.live).count())
 }
 
 #[derive(Args, Debug)]

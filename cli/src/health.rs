@@ -5,9 +5,11 @@
 //! - every `--meta` address is asked for `ClusterStatus` directly (stale, short timeouts, in
 //!   parallel); each node answers from its own view, pinging the other members. The answer from
 //!   the node that knows a leader in the highest term is used. No answer at all is ERR.
-//! - when a chunk server is down, the files the caller can see are checked for chunks with too
-//!   few (WARN) or no (ERR) replicas on live chunk servers (one stale `stat` per file, at most
-//!   `--check-files` files).
+//! - when a leader is known, its `fsck` counts chunks with too few (WARN) or no good (ERR)
+//!   replicas, so `health` and `admin fsck` judge a chunk the same way (a replica reported
+//!   corrupt, or on a server that is not live, is not good: fsck's CORRUPT is health's ERR).
+//!   Without a leader, and only when a chunk server is down, the files the caller can see are
+//!   checked instead (one stale `stat` per file, at most `--check-files` files).
 //!
 //! What is judged: no leader or no quorum (ERR); members down, candidates, or lagging the leader
 //! (WARN); chunk servers down (WARN; all of them ERR); under-replicated chunks (WARN) and chunks
@@ -40,7 +42,8 @@ pub struct HealthArgs {
     /// Warn when a member's applied index is this many entries behind the leader's log.
     #[arg(long, default_value_t = 1000, value_name = "ENTRIES")]
     pub max_lag: u64,
-    /// Most files whose chunks are checked when a chunk server is down (0: never check).
+    /// Most files checked one by one (when no leader runs the check and a chunk server is
+    /// down); 0: no chunk check at all.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub check_files: usize,
 }
@@ -264,7 +267,7 @@ pub fn assess(s: &ClusterStatusReply, a: &HealthArgs, chunks: Option<&ChunkCheck
                 &mut p,
                 Severity::Err,
                 format!(
-                    "{} chunk(s) of {} file(s) have no replica on a live chunk server: those files cannot be read (e.g. {})",
+                    "{} chunk(s) of {} file(s) have no good replica on a live chunk server: those files cannot be read (e.g. {}; `dfsctl admin fsck` says CORRUPT)",
                     c.missing,
                     c.files_with_missing,
                     c.first_missing.as_deref().unwrap_or("?")
@@ -338,6 +341,32 @@ async fn best_status(ctx: &Ctx) -> Result<ClusterStatusReply, Vec<String>> {
         }
     }
     best.ok_or(errors)
+}
+
+/// The chunk check by the leader's `fsck` (the same verdict as `admin fsck`); None when no
+/// leader answers within a short deadline (the caller then falls back to `check_chunks`).
+async fn fsck_chunks(ctx: &Ctx) -> Option<ChunkCheck> {
+    let per_node = (PER_NODE_TIMEOUT * 2).min(ctx.timeout);
+    let conn = MetaConn::connect(&ctx.meta, ctx.auth_file.as_deref(), per_node).ok()?;
+    let r = tokio::time::timeout(per_node + Duration::from_millis(500), async {
+        rpc!(conn, fsck, FsckRequest { path: "/".into() })
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let mut out = ChunkCheck {
+        files: r.files as usize,
+        missing: r.missing_chunks,
+        under_replicated: r.under_replicated_chunks + r.missing_chunks,
+        ..Default::default()
+    };
+    for f in r.problems.iter().filter(|f| f.status == "missing") {
+        out.files_with_missing += 1;
+        if out.first_missing.as_ref().is_none_or(|p| f.path < *p) {
+            out.first_missing = Some(f.path.clone());
+        }
+    }
+    Some(out)
 }
 
 /// Count chunks of the visible files with too few or no replicas on live chunk servers.
@@ -430,7 +459,15 @@ pub async fn run(ctx: &Ctx, a: HealthArgs) -> anyhow::Result<i32> {
     }
     let report = match best_status(ctx).await {
         Ok(s) => {
-            let chunks = if dead_servers(&s) > 0 && s.files > 0 && a.check_files > 0 {
+            let leader_up = s.members.iter().any(|m| m.id == s.leader && m.reachable);
+            let fsck = if s.leader != 0 && leader_up && s.files > 0 && a.check_files > 0 {
+                fsck_chunks(ctx).await
+            } else {
+                None
+            };
+            let chunks = if fsck.is_some() {
+                fsck
+            } else if dead_servers(&s) > 0 && s.files > 0 && a.check_files > 0 {
                 let live: BTreeSet<u64> = s
                     .chunk_servers
                     .iter()

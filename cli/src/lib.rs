@@ -105,24 +105,30 @@ pub enum Cmd {
         disable_help_flag = true
     )]
     Ls(files::LsArgs),
-    /// Show one file or directory, with its chunks and their replicas.
+    /// Show one file or directory, with its chunks (numbered from 0, as in `admin fsck`) and
+    /// their replicas.
     #[command(after_help = "Example: dfsctl stat /docs/report.pdf")]
     Stat { path: String },
     /// Create a directory.
     #[command(after_help = "Example: dfsctl mkdir -p /a/b/c")]
     Mkdir(files::MkdirArgs),
-    /// Move or rename a file or directory.
-    #[command(after_help = "Example: dfsctl mv /docs/old.txt /docs/new.txt")]
-    Mv { from: String, to: String },
+    /// Move or rename a file or directory (into TO when TO is a directory).
+    #[command(
+        after_help = "Example: dfsctl mv /docs/old.txt /docs/new.txt   # -f replaces an existing file"
+    )]
+    Mv(files::MvArgs),
     /// Remove a file, or a directory with -r.
     #[command(after_help = "Example: dfsctl rm -r /tmp/scratch")]
     Rm(files::RmArgs),
-    /// Files, directories and bytes under a path.
-    #[command(after_help = "Example: dfsctl du /docs")]
-    Du {
-        #[arg(default_value = "/")]
-        path: String,
-    },
+    /// Remove empty directories.
+    #[command(after_help = "Example: dfsctl rmdir /tmp/empty")]
+    Rmdir(files::RmdirArgs),
+    /// Files, directories and bytes under each path.
+    #[command(
+        after_help = "Example: dfsctl du -sh /docs /photos",
+        disable_help_flag = true
+    )]
+    Du(files::DuArgs),
     /// Change the replication factor of a file (or of every file under a directory).
     #[command(
         after_help = "Example: dfsctl replication /docs/report.pdf 3 -w   # wait until 3 live replicas"
@@ -197,9 +203,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Ls(a) => files::ls(&ctx, a).await,
         Cmd::Stat { path } => files::stat(&ctx, &path).await,
         Cmd::Mkdir(a) => files::mkdir(&ctx, a).await,
-        Cmd::Mv { from, to } => files::mv(&ctx, &from, &to).await,
+        Cmd::Mv(a) => files::mv(&ctx, a).await,
         Cmd::Rm(a) => files::rm(&ctx, a).await,
-        Cmd::Du { path } => files::du(&ctx, &path).await,
+        Cmd::Rmdir(a) => files::rmdir(&ctx, a).await,
+        Cmd::Du(a) => files::du(&ctx, a).await,
         Cmd::Replication(a) => fsck::replication(&ctx, a).await,
         Cmd::User(c) => users::run(&ctx, c).await,
         Cmd::Register(a) => users::register(&ctx, a).await,
@@ -224,13 +231,30 @@ mod tests {
     fn ls_lh_is_long_human_not_help() {
         let cli = Cli::try_parse_from(["dfsctl", "ls", "-lh", "/docs"]).unwrap();
         match cli.cmd {
-            Cmd::Ls(a) => assert!(a.long && a.human && a.path == "/docs"),
+            Cmd::Ls(a) => assert!(a.long && a.human && a.paths == ["/docs"]),
             other => panic!("parsed as {other:?}"),
         }
         let e = Cli::try_parse_from(["dfsctl", "ls", "--help"]).unwrap_err();
         assert_eq!(e.kind(), clap::error::ErrorKind::DisplayHelp);
         let e = Cli::try_parse_from(["dfsctl", "ls", "-z"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
+    }
+
+    /// Issue 26: combined flags and several paths as in Unix: `ls -la a b`, `du -sh a b`.
+    #[test]
+    fn ls_la_and_du_sh_parse() {
+        let cli = Cli::try_parse_from(["dfsctl", "ls", "-la", "/a", "/b"]).unwrap();
+        match cli.cmd {
+            Cmd::Ls(a) => assert!(a.long && a.all && a.paths == ["/a", "/b"]),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["dfsctl", "du", "-sh", "/a", "/b"]).unwrap();
+        match cli.cmd {
+            Cmd::Du(a) => assert!(a.summary && a.human && a.paths == ["/a", "/b"]),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["dfsctl", "mv", "-f", "/a", "/b"]).unwrap();
+        assert!(matches!(cli.cmd, Cmd::Mv(m) if m.force));
     }
 
     /// Issue 26: `put --replication 0` was accepted (and stored the default, 2) while

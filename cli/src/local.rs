@@ -333,10 +333,13 @@ fn sh_quote(s: &str) -> String {
 /// server binaries are too) first on `PATH`, so `source .dfs/env` is all a new user needs.
 fn write_env(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<PathBuf> {
     let dir = std::fs::canonicalize(dir)?;
+    // DFS_LOCAL_DIR: `dfsctl local status|kill|start|down` then find this cluster from any
+    // directory, and `cluster status` can name its nodes.
     let mut text = format!(
-        "export DFS_META={}\nexport DFS_AUTH_FILE={}\n",
+        "export DFS_META={}\nexport DFS_AUTH_FILE={}\nexport DFS_LOCAL_DIR={}\n",
         cluster.meta_addrs().join(","),
-        sh_quote(&dir.join("admin.auth").display().to_string())
+        sh_quote(&dir.join("admin.auth").display().to_string()),
+        sh_quote(&dir.display().to_string())
     );
     if let Some(bin_dir) = std::env::current_exe()
         .and_then(std::fs::canonicalize)
@@ -427,22 +430,77 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The cluster ids of the local nodes, by address (metadata members and chunk servers), as the
+/// cluster itself reports them: a chunk server's id is given by the metadata group when it
+/// first registers, so `chunk-2` may be id 3. Empty when the cluster does not answer soon
+/// (status then shows the names only).
+async fn cluster_ids(dir: &Path, c: &LocalCluster) -> std::collections::HashMap<String, u64> {
+    let mut out = std::collections::HashMap::new();
+    if !c
+        .nodes
+        .iter()
+        .any(|n| n.kind == "meta" && alive(n.pid, &n.kind))
+    {
+        return out; // nothing to ask: no waiting after `local down`
+    }
+    let wait = Duration::from_secs(2);
+    let Ok(conn) =
+        crate::client::MetaConn::connect(&c.meta_addrs(), Some(&dir.join("admin.auth")), wait)
+    else {
+        return out;
+    };
+    let ask = async {
+        crate::rpc!(
+            conn,
+            cluster_status,
+            dfs_proto::StatusRequest { stale: true }
+        )
+    };
+    if let Ok(Ok(s)) = tokio::time::timeout(wait + Duration::from_millis(500), ask).await {
+        out.extend(s.members.iter().map(|m| (m.addr.clone(), m.id)));
+        out.extend(s.chunk_servers.iter().map(|c| (c.addr.clone(), c.id)));
+    }
+    out
+}
+
+/// The local node names by address, when the local cluster (`DFS_LOCAL_DIR`, else `.dfs`) is
+/// the one `meta` points at; empty otherwise. For `cluster status`.
+pub fn local_names(meta: &[String]) -> std::collections::HashMap<String, String> {
+    let dir = std::env::var_os("DFS_LOCAL_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".dfs"));
+    let Ok(c) = LocalCluster::load(&dir) else {
+        return Default::default();
+    };
+    if !c.meta_addrs().iter().any(|a| meta.contains(a)) {
+        return Default::default();
+    }
+    c.nodes.into_iter().map(|n| (n.addr, n.name)).collect()
+}
+
 pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
     match cmd {
         LocalCmd::Up(a) => up(ctx, a).await,
         LocalCmd::Status(d) => {
             let c = LocalCluster::load(&d.dir)?;
+            let ids = cluster_ids(&d.dir, &c).await;
             for n in &c.nodes {
                 let live = alive(n.pid, &n.kind);
+                let id = ids.get(&n.addr).copied();
                 if ctx.json {
                     print_json(
-                        &json!({"name": n.name, "pid": n.pid, "addr": n.addr, "metrics_addr": n.metrics_addr, "alive": live}),
+                        &json!({"name": n.name, "id": id, "pid": n.pid, "addr": n.addr, "metrics_addr": n.metrics_addr, "alive": live}),
                     );
                 } else {
                     let pid = n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+                    let name = match id {
+                        Some(id) => format!("{} (id {id})", n.name),
+                        None => n.name.clone(),
+                    };
                     println!(
-                        "{:<10} {:>8} {:<22} {:<22} {}",
-                        n.name,
+                        "{:<16} {:>8} {:<22} {:<22} {}",
+                        name,
                         pid,
                         n.addr,
                         n.metrics_addr,
@@ -466,7 +524,11 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             for n in running.iter().filter(|n| alive(n.pid, &n.kind)) {
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
             }
-            if !ctx.quiet {
+            if ctx.json {
+                print_json(
+                    &json!({"ok": true, "stopped": running.len(), "dir": d.dir.to_string_lossy()}),
+                );
+            } else if !ctx.quiet {
                 eprintln!(
                     "stopped {} node(s); data kept in {}",
                     running.len(),
@@ -478,12 +540,18 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
         LocalCmd::Kill { dir, node } => {
             let mut c = LocalCluster::load(&dir.dir)?;
             let n = c.node_mut(&node)?;
-            if alive(n.pid, &n.kind) {
+            let was_running = alive(n.pid, &n.kind);
+            if was_running {
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
                 let deadline = Instant::now() + Duration::from_secs(5);
                 while alive(n.pid, &n.kind) && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
+            }
+            if ctx.json {
+                print_json(
+                    &json!({"ok": true, "node": node, "pid": n.pid, "was_running": was_running, "alive": alive(n.pid, &n.kind)}),
+                );
             }
             Ok(0)
         }
@@ -510,6 +578,11 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            if ctx.json {
+                print_json(
+                    &json!({"ok": true, "node": node, "pid": n.pid, "addr": n.addr, "alive": true}),
+                );
+            }
             Ok(0)
         }
         LocalCmd::Pause { dir, node, resume } => {
@@ -522,6 +595,9 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                 n.pid.unwrap_or(0),
                 if resume { libc::SIGCONT } else { libc::SIGSTOP },
             );
+            if ctx.json {
+                print_json(&json!({"ok": true, "node": node, "pid": n.pid, "paused": !resume}));
+            }
             Ok(0)
         }
     }

@@ -34,6 +34,13 @@ pub fn print_error(json: bool, e: &anyhow::Error) {
 pub fn status_line(s: &tonic::Status) -> String {
     let msg = s.message();
     match s.code() {
+        // The server cannot know where the client looked: name the default path, since a
+        // request goes out without credentials only when no auth file was given and the
+        // default one does not exist.
+        tonic::Code::Unauthenticated if msg.starts_with("no credentials") => format!(
+            "{msg}; none was given and the default {} does not exist",
+            dfs_client::default_auth_file().display()
+        ),
         tonic::Code::Unauthenticated => {
             format!("{msg} (check the auth file: --auth-file or DFS_AUTH_FILE)")
         }
@@ -57,8 +64,13 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A time stamp in local time; "-" when the server has none (0: e.g. the root directory,
+/// which no command created), never 1970.
 pub fn time_ms(ms: i64) -> String {
     use chrono::TimeZone;
+    if ms <= 0 {
+        return "-".into();
+    }
     match chrono::Local.timestamp_millis_opt(ms).single() {
         Some(t) => t.format("%Y-%m-%d %H:%M").to_string(),
         None => "-".into(),
@@ -131,5 +143,21 @@ mod error_line_tests {
         let e = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::NotFound))
             .context("cannot open y");
         assert_eq!(error_line(&e), "cannot open y: entity not found");
+    }
+
+    /// Issue 26: `stat /` showed a creation time of 1970 (the root has none recorded).
+    #[test]
+    fn no_time_is_a_dash_not_1970() {
+        assert_eq!(time_ms(0), "-");
+        assert!(time_ms(1_700_000_000_000).starts_with("2023-"));
+    }
+
+    /// Issue 26: "no credentials" named no path; it names the default auth file it looked at.
+    #[test]
+    fn no_credentials_names_the_default_path() {
+        let s = tonic::Status::unauthenticated("no credentials: pass an auth file");
+        let line = status_line(&s);
+        let default = dfs_client::default_auth_file().display().to_string();
+        assert!(line.contains(&default), "{line}");
     }
 }

@@ -26,7 +26,7 @@ use std::time::Instant;
 pub struct PutArgs {
     /// Local file, or `-` for stdin.
     pub local: String,
-    /// Remote path.
+    /// Remote path, or an existing remote directory (or `DIR/`) to put the file in under its name.
     pub remote: String,
     /// Replace the remote file if it exists (atomically).
     #[arg(short = 'f', long)]
@@ -52,7 +52,8 @@ pub struct PutArgs {
 pub struct GetArgs {
     /// Remote path.
     pub remote: String,
-    /// Local file (default: the remote file's name in the current directory), or `-` for stdout.
+    /// Local file (default: the remote file's name in the current directory), an existing
+    /// directory (or `DIR/`) to put it in under its name, or `-` for stdout.
     pub local: Option<String>,
     /// Replace an existing local file without asking.
     #[arg(short = 'f', long)]
@@ -133,12 +134,22 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
     }
     let conn = ctx.client()?;
     let pool = ChunkPool::default();
-    let path = if a.remote.ends_with('/') {
+    // Like cp and mv: `put FILE /dir/` and `put FILE /dir` (an existing directory) store
+    // /dir/FILE's name. (A directory made between this check and the commit makes the commit
+    // fail with "exists", nothing is stored.)
+    let into_dir = a.remote.ends_with('/') || is_remote_dir(&conn, &remote(&a.remote)).await;
+    let path = if into_dir {
         let name = Path::new(&a.local)
             .file_name()
             .and_then(|n| n.to_str())
-            .context("give a remote file name for stdin")?;
-        remote(&format!("{}{name}", a.remote))
+            .filter(|_| a.local != "-")
+            .with_context(|| {
+                format!(
+                    "{} is a directory; give a remote file name for stdin",
+                    a.remote
+                )
+            })?;
+        remote(&format!("{}/{name}", a.remote.trim_end_matches('/')))
     } else {
         remote(&a.remote)
     };
@@ -208,11 +219,42 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Whether `path` is an existing remote directory (any error: no, and the write that follows
+/// reports it).
+async fn is_remote_dir(conn: &dfs_client::MetaConn, path: &str) -> bool {
+    matches!(
+        dfs_client::rpc!(
+            conn,
+            stat,
+            StatRequest {
+                path: path.to_string(),
+                stale: false
+            }
+        ),
+        Ok(f) if f.is_dir
+    )
+}
+
 fn ask(question: &str) -> bool {
-    eprint!("{question} [y/N] ");
-    let _ = std::io::stderr().flush();
+    ask_with(
+        question,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stderr(),
+    )
+}
+
+/// The prompt on `out`, the answer from `input`: yes only for y, Y or yes.
+fn ask_with(question: &str, input: &mut impl std::io::BufRead, out: &mut impl Write) -> bool {
+    let _ = write!(out, "{question} [y/N] ");
+    let _ = out.flush();
     let mut line = String::new();
-    std::io::stdin().read_line(&mut line).is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
+    let read = input.read_line(&mut line);
+    if !line.ends_with('\n') {
+        // End of input (Ctrl-D) without a newline: end the prompt's line, so what follows
+        // (the "not replacing" error) is on a line of its own.
+        let _ = writeln!(out);
+    }
+    read.is_ok() && matches!(line.trim(), "y" | "Y" | "yes")
 }
 
 pub(crate) fn temp_beside(target: &Path) -> PathBuf {
@@ -265,10 +307,7 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
         out.flush()?;
         return Ok(0);
     }
-    let target = PathBuf::from(&local);
-    if target.is_dir() {
-        bail!("{} is a directory; give a file name", target.display());
-    }
+    let target = local_target(&local, &path)?;
     if target.exists() && !a.force {
         // SAFETY: isatty only inspects file descriptors.
         let tty = unsafe { libc::isatty(0) == 1 && libc::isatty(2) == 1 };
@@ -315,6 +354,30 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Where `get REMOTE LOCAL` writes: LOCAL, or LOCAL/NAME when LOCAL is an existing directory
+/// or ends with `/` (as `cp` does). A missing directory is named in the error, not the temp file
+/// that would have been made in it.
+fn local_target(local: &str, remote_path: &str) -> anyhow::Result<PathBuf> {
+    let given = PathBuf::from(local);
+    let name = dfs_common::path::file_name(remote_path);
+    if given.is_dir() {
+        return Ok(given.join(name));
+    }
+    if local.ends_with('/') {
+        bail!("directory {} does not exist", given.display());
+    }
+    if let Some(parent) = given.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.is_dir() {
+            bail!(
+                "cannot write {}: directory {} does not exist",
+                given.display(),
+                parent.display()
+            );
+        }
+    }
+    Ok(given)
+}
+
 pub async fn cat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
     get(
         ctx,
@@ -328,4 +391,48 @@ pub async fn cat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 26: after Ctrl-D at the overwrite prompt, the error was printed on the prompt's
+    /// line; the prompt's line is ended first.
+    #[test]
+    fn prompt_line_is_ended_on_end_of_input() {
+        let mut out = Vec::new();
+        assert!(!ask_with("x exists. Replace it?", &mut &b""[..], &mut out));
+        assert_eq!(out, b"x exists. Replace it? [y/N] \n");
+        let mut out = Vec::new();
+        assert!(ask_with("q?", &mut &b"y\n"[..], &mut out));
+        assert_eq!(out, b"q? [y/N] ", "the typed newline ends the line already");
+    }
+
+    /// Issue 26: `get REMOTE DIR` and `get REMOTE DIR/` write DIR/NAME; a missing directory
+    /// is named (not the temp file that would have been made in it).
+    #[test]
+    fn local_target_of_get() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = d.path().display().to_string();
+        assert_eq!(
+            local_target(&ds, "/a/f.txt").unwrap(),
+            d.path().join("f.txt")
+        );
+        assert_eq!(
+            local_target(&format!("{ds}/"), "/a/f.txt").unwrap(),
+            d.path().join("f.txt")
+        );
+        let e = local_target(&format!("{ds}/no/x"), "/f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("directory {ds}/no does not exist")),
+            "{e}"
+        );
+        assert_eq!(
+            local_target("plain.txt", "/f").unwrap(),
+            PathBuf::from("plain.txt")
+        );
+    }
 }

@@ -7,10 +7,13 @@
 //! server per block, and here per whole chunk), and never more than the file holds.
 use crate::error::{Error, Result};
 use crate::meta::{new_request_id, MetaConn};
-use crate::transfer::{fetch_range, put_stream, ChunkPool, ChunkSource, PutOptions, PutOutcome};
+use crate::transfer::{
+    fetch_range, fresh_tokens, put_stream, tokens_ageing, ChunkPool, ChunkSource, PutOptions,
+    PutOutcome,
+};
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Space and file counts for statfs, summed over the live chunk servers. `capacity` and
 /// `used` are raw bytes (all replicas), as the servers report them.
@@ -46,16 +49,6 @@ impl ReadHandle {
 
     pub fn size(&self) -> u64 {
         self.file().map_or(0, |f| f.size)
-    }
-
-    /// Whether the tokens are past three quarters of their life (or of 15 min when the leader
-    /// did not say), so the next read asks for fresh ones first.
-    fn tokens_ageing(&self) -> bool {
-        let valid = match self.reply.tokens_valid_ms {
-            0 => Duration::from_secs(15 * 60),
-            ms => Duration::from_millis(ms),
-        };
-        self.received.elapsed() >= valid * 3 / 4
     }
 }
 
@@ -225,24 +218,13 @@ impl Client {
     /// path now has other chunks (replaced or removed), reading on is refused with
     /// `ChangedWhileReading` instead of mixing two versions.
     pub async fn renew_tokens(&self, h: &mut ReadHandle) -> Result<()> {
-        let path = h.file().map(|f| f.path.clone()).unwrap_or_default();
-        let changed = || Error::ChangedWhileReading { path: path.clone() };
-        let fresh = match self.open_read(&path).await {
-            Ok(f) => f,
-            Err(Error::NotFound(_)) => return Err(changed()),
-            Err(e) => return Err(e),
-        };
-        let ids = |h: &ReadHandle| -> Vec<String> {
-            h.file()
-                .map(|f| f.chunks.iter().map(|c| c.chunk_id.clone()).collect())
-                .unwrap_or_default()
-        };
-        if ids(&fresh) != ids(h) {
-            return Err(changed());
-        }
-        h.reply.tokens = fresh.reply.tokens;
-        h.reply.tokens_valid_ms = fresh.reply.tokens_valid_ms;
-        h.received = fresh.received;
+        let file = h
+            .file()
+            .ok_or_else(|| Error::other("the leader returned no file"))?;
+        let fresh = fresh_tokens(&self.conn, file).await?;
+        h.reply.tokens = fresh.tokens;
+        h.reply.tokens_valid_ms = fresh.tokens_valid_ms;
+        h.received = Instant::now();
         Ok(())
     }
 
@@ -252,7 +234,7 @@ impl Client {
     /// here). Another replica is tried on error.
     /// Tokens close to expiry are renewed first (see [`Client::renew_tokens`]).
     pub async fn read_at(&self, h: &mut ReadHandle, offset: u64, len: u64) -> Result<Vec<u8>> {
-        if h.tokens_ageing() {
+        if tokens_ageing(h.received, h.reply.tokens_valid_ms) {
             self.renew_tokens(h).await?;
         }
         let h = &*h;
@@ -274,17 +256,19 @@ impl Client {
             if stop > offset && start < end {
                 // The part of this chunk inside [offset, end), in chunk coordinates.
                 let (from, to) = (offset.max(start) - start, end.min(stop) - start);
-                let part = fetch_range(
-                    &self.conn,
-                    &self.pool,
-                    &file.path,
-                    i,
-                    ch,
-                    tok,
-                    from,
-                    to - from,
-                )
-                .await?;
+                let fetch = |tok: &str| {
+                    let tok = tok.to_string();
+                    let (conn, pool, path) = (&self.conn, &self.pool, &file.path);
+                    async move { fetch_range(conn, pool, path, i, ch, &tok, from, to - from).await }
+                };
+                let part = match fetch(tok).await {
+                    // Refused tokens (a read that waited past their expiry): renewed once.
+                    Err(Error::Permission(_)) => {
+                        let fresh = fresh_tokens(&self.conn, file).await?;
+                        fetch(&fresh.tokens[i]).await?
+                    }
+                    r => r?,
+                };
                 out.extend_from_slice(&part);
             }
             if stop >= end {

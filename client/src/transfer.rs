@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tonic::transport::Channel;
 
@@ -352,6 +353,9 @@ enum ReplicaError {
     /// Not reached, or no answer about the bytes (down, restarting, overloaded, refused).
     #[error("{0}")]
     Unreachable(String),
+    /// The read token was refused (expired, or not for this chunk): nothing about the replica.
+    #[error("{0}")]
+    TokenRefused(String),
 }
 
 impl ReplicaError {
@@ -364,6 +368,9 @@ fn read_error(s: tonic::Status) -> ReplicaError {
     match s.code() {
         tonic::Code::NotFound => ReplicaError::NotStored(NotStored(status_line(&s))),
         tonic::Code::DataLoss => ReplicaError::Corrupt(status_line(&s)),
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+            ReplicaError::TokenRefused(status_line(&s))
+        }
         _ => ReplicaError::Unreachable(status_line(&s)),
     }
 }
@@ -385,65 +392,90 @@ async fn still_holds(conn: &MetaConn, path: &str, chunk_id: &str) -> bool {
     }
 }
 
-/// Fetch one chunk whole, verified against its CRC32C, trying each replica in turn. The
-/// chunk comes back as the pieces the server sent: no copy into one buffer.
-pub(crate) async fn fetch_chunk(
+/// What to read of a chunk: all of it (checked here against the chunk's CRC32C), or a range
+/// (the server checks the blocks it touches; its length is checked here).
+#[derive(Debug, Clone, Copy)]
+enum Span {
+    Whole,
+    Range { offset: u64, len: u64 },
+}
+
+/// Read `span` of a chunk from the replica at `addr`, verified as [`Span`] says. The bytes
+/// come back as the pieces the server sent: no copy into one buffer.
+async fn read_replica(
+    pool: &ChunkPool,
+    addr: &str,
+    ch: &ChunkInfo,
+    token: &str,
+    span: Span,
+) -> std::result::Result<Vec<Bytes>, ReplicaError> {
+    let (offset, length, want) = match span {
+        Span::Whole => (0, 0, ch.size),
+        Span::Range { offset, len } => (offset, len, len),
+    };
+    let mut client = pool
+        .client(addr)
+        .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
+    let mut stream = client
+        .read(ReadChunkRequest {
+            chunk_id: ch.chunk_id.clone(),
+            token: token.to_string(),
+            offset,
+            length,
+        })
+        .await
+        .map_err(read_error)?
+        .into_inner();
+    let mut pieces = Vec::new();
+    let (mut len, mut crc) = (0u64, 0u32);
+    while let Some(piece) = stream.message().await.map_err(read_error)? {
+        len += piece.data.len() as u64;
+        if len > want {
+            return Err(ReplicaError::Corrupt(format!(
+                "server sent more than the {want} bytes asked for"
+            )));
+        }
+        if let Span::Whole = span {
+            crc = crc32c::crc32c_append(crc, &piece.data);
+        }
+        pieces.push(piece.data);
+    }
+    if len != want {
+        return Err(ReplicaError::Corrupt(format!(
+            "server sent {len} bytes of {want} asked for"
+        )));
+    }
+    if matches!(span, Span::Whole) && crc != ch.crc32c {
+        return Err(ReplicaError::Corrupt(format!(
+            "checksum mismatch: got {crc:08x}, expected {:08x}",
+            ch.crc32c
+        )));
+    }
+    Ok(pieces)
+}
+
+/// Read `span` of chunk `index` of `path`, trying each replica in turn. A replica whose bytes
+/// are wrong or missing is reported as bad; one that cannot be reached is only skipped.
+#[allow(clippy::too_many_arguments)] // each argument is a different, plain input
+async fn read_replicas(
     conn: &MetaConn,
     pool: &ChunkPool,
     path: &str,
     index: usize,
     ch: &ChunkInfo,
     token: &str,
+    span: Span,
 ) -> Result<Vec<Bytes>> {
     if ch.replicas.is_empty() {
-        return Err(Error::DataError(format!("chunk {} of {path} has no replica (imported metadata whose bytes were never stored here)", index + 1)));
+        return Err(Error::DataError(format!("chunk {index} of {path} has no replica (imported metadata whose bytes were never stored here; chunks are numbered from 0)")));
     }
     let mut errors = Vec::new();
+    let mut refused = 0;
     for (node, addr) in ch.replicas.iter().zip(&ch.replica_addrs) {
-        let attempt = async {
-            let mut client = pool
-                .client(addr)
-                .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
-            let mut stream = client
-                .read(ReadChunkRequest {
-                    chunk_id: ch.chunk_id.clone(),
-                    token: token.to_string(),
-                    offset: 0,
-                    length: 0,
-                })
-                .await
-                .map_err(read_error)?
-                .into_inner();
-            let mut pieces = Vec::new();
-            let (mut len, mut crc) = (0u64, 0u32);
-            while let Some(piece) = stream.message().await.map_err(read_error)? {
-                len += piece.data.len() as u64;
-                if len > ch.size {
-                    return Err(ReplicaError::Corrupt(format!(
-                        "server sent more than the chunk's {} bytes",
-                        ch.size
-                    )));
-                }
-                crc = crc32c::crc32c_append(crc, &piece.data);
-                pieces.push(piece.data);
-            }
-            if len != ch.size {
-                return Err(ReplicaError::Corrupt(format!(
-                    "server sent {len} bytes, the chunk has {}",
-                    ch.size
-                )));
-            }
-            if crc != ch.crc32c {
-                return Err(ReplicaError::Corrupt(format!(
-                    "checksum mismatch: got {crc:08x}, expected {:08x}",
-                    ch.crc32c
-                )));
-            }
-            Ok(pieces)
-        };
-        match attempt.await {
+        match read_replica(pool, addr, ch, token, span).await {
             Ok(b) => return Ok(b),
             Err(e) => {
+                refused += usize::from(matches!(e, ReplicaError::TokenRefused(_)));
                 // A replica without the chunk: the file may have been removed or replaced
                 // since it was opened (its chunks are deleted once that is committed).
                 if matches!(e, ReplicaError::NotStored(_))
@@ -466,16 +498,33 @@ pub(crate) async fn fetch_chunk(
             }
         }
     }
-    Err(Error::DataError(format!(
-        "chunk {} of {path} could not be read from any replica: {}",
-        index + 1,
+    let msg = format!(
+        "chunk {index} of {path} (numbered from 0) could not be read from any replica: {}",
         errors.join("; ")
-    )))
+    );
+    // Every replica refused the token: the caller may renew the tokens and try again.
+    Err(if refused == errors.len() {
+        Error::Permission(msg)
+    } else {
+        Error::DataError(msg)
+    })
 }
 
-/// Fetch `len` bytes from `offset` of one chunk (the caller keeps the range inside the chunk),
-/// trying each replica in turn. The server reads and checks only the checksum blocks the range
-/// touches; the length is checked here (the whole-chunk CRC cannot be, for a part).
+/// Fetch one chunk whole, verified against its CRC32C (see [`read_replicas`]).
+pub(crate) async fn fetch_chunk(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    path: &str,
+    index: usize,
+    ch: &ChunkInfo,
+    token: &str,
+) -> Result<Vec<Bytes>> {
+    read_replicas(conn, pool, path, index, ch, token, Span::Whole).await
+}
+
+/// Fetch `len` bytes from `offset` of one chunk (the caller keeps the range inside the chunk).
+/// The server reads and checks only the checksum blocks the range touches; a range that is
+/// the whole chunk is fetched whole and checked against the chunk's CRC32C too.
 #[allow(clippy::too_many_arguments)] // each argument is a different, plain input
 pub(crate) async fn fetch_range(
     conn: &MetaConn,
@@ -487,80 +536,52 @@ pub(crate) async fn fetch_range(
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>> {
-    if offset == 0 && len >= ch.size {
-        let pieces = fetch_chunk(conn, pool, path, index, ch, token).await?;
-        return Ok(pieces.concat());
+    let span = if offset == 0 && len >= ch.size {
+        Span::Whole
+    } else if len == 0 {
+        return Ok(Vec::new());
+    } else {
+        Span::Range { offset, len }
+    };
+    Ok(read_replicas(conn, pool, path, index, ch, token, span)
+        .await?
+        .concat())
+}
+
+/// Whether read tokens handed out at `received`, valid for `valid_ms` (0: the leader did not
+/// say; then 15 min is assumed), are past three quarters of their life.
+pub(crate) fn tokens_ageing(received: Instant, valid_ms: u64) -> bool {
+    let valid = match valid_ms {
+        0 => Duration::from_secs(15 * 60),
+        ms => Duration::from_millis(ms),
+    };
+    received.elapsed() >= valid * 3 / 4
+}
+
+/// Fresh read tokens for `file` as it was opened. The reader keeps its version: if the path
+/// now holds other chunks (replaced or removed), this is `ChangedWhileReading` instead of
+/// a mix of two versions.
+pub(crate) async fn fresh_tokens(conn: &MetaConn, file: &FileInfo) -> Result<OpenReadReply> {
+    let changed = || Error::ChangedWhileReading {
+        path: file.path.clone(),
+    };
+    let req = StatRequest {
+        path: file.path.clone(),
+        stale: false,
+    };
+    let fresh = match rpc!(conn, open_read, req) {
+        Ok(f) => f,
+        Err(s) if s.code() == tonic::Code::NotFound => return Err(changed()),
+        Err(s) => return Err(s.into()),
+    };
+    let ids = |f: Option<&FileInfo>| -> Vec<String> {
+        f.map(|f| f.chunks.iter().map(|c| c.chunk_id.clone()).collect())
+            .unwrap_or_default()
+    };
+    if ids(fresh.file.as_ref()) != ids(Some(file)) || fresh.tokens.len() != file.chunks.len() {
+        return Err(changed());
     }
-    if ch.replicas.is_empty() || len == 0 {
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        return Err(Error::DataError(format!(
-            "chunk {} of {path} has no replica",
-            index + 1
-        )));
-    }
-    let mut errors = Vec::new();
-    for (node, addr) in ch.replicas.iter().zip(&ch.replica_addrs) {
-        let attempt = async {
-            let mut client = pool
-                .client(addr)
-                .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
-            let mut stream = client
-                .read(ReadChunkRequest {
-                    chunk_id: ch.chunk_id.clone(),
-                    token: token.to_string(),
-                    offset,
-                    length: len,
-                })
-                .await
-                .map_err(read_error)?
-                .into_inner();
-            let mut out = Vec::with_capacity(len as usize);
-            while let Some(piece) = stream.message().await.map_err(read_error)? {
-                if out.len() as u64 + piece.data.len() as u64 > len {
-                    return Err(ReplicaError::Corrupt(format!(
-                        "server sent more than the {len} bytes asked for"
-                    )));
-                }
-                out.extend_from_slice(&piece.data);
-            }
-            if out.len() as u64 != len {
-                return Err(ReplicaError::Corrupt(format!(
-                    "server sent {} bytes of a {len}-byte range",
-                    out.len()
-                )));
-            }
-            Ok(out)
-        };
-        match attempt.await {
-            Ok(b) => return Ok(b),
-            Err(e) => {
-                if matches!(e, ReplicaError::NotStored(_))
-                    && !still_holds(conn, path, &ch.chunk_id).await
-                {
-                    return Err(Error::ChangedWhileReading {
-                        path: path.to_string(),
-                    });
-                }
-                let reason = e.to_string();
-                if e.is_bad_replica() {
-                    let report = BadReplicaReport {
-                        chunk_id: ch.chunk_id.clone(),
-                        node_id: *node,
-                        reason: reason.clone(),
-                    };
-                    let _ = rpc!(conn, report_bad_replica, report);
-                }
-                errors.push(format!("server {node} ({addr}): {reason}"));
-            }
-        }
-    }
-    Err(Error::DataError(format!(
-        "chunk {} of {path} could not be read from any replica: {}",
-        index + 1,
-        errors.join("; ")
-    )))
+    Ok(fresh)
 }
 
 /// Write the file's bytes, in order, to `out`; returns the sha256 of what was written.
@@ -585,16 +606,37 @@ pub async fn get_stream<W: Write>(
     let path = file.path.clone();
     let mut hasher = Sha256::new();
     let mut total = 0u64;
-    // Collected first: a stream holding the closure trips Send inference in spawned tasks.
-    let pending: Vec<_> = file
-        .chunks
-        .iter()
-        .zip(&reply.tokens)
-        .enumerate()
-        .map(|(i, (ch, tok))| fetch_chunk(conn, pool, &path, i, ch, tok))
-        .collect();
-    let mut fetches = futures::stream::iter(pending).buffered(IN_FLIGHT);
-    while let Some(chunk) = fetches.next().await {
+    // Tokens are renewed before a fetch is started with ones near expiry, so a transfer may
+    // outlive them (a reply received just now: its tokens are at least this young).
+    let (mut tokens, mut valid_ms, mut received) =
+        (reply.tokens.clone(), reply.tokens_valid_ms, Instant::now());
+    let mut fetches = futures::stream::FuturesOrdered::new();
+    let mut next = 0;
+    loop {
+        while fetches.len() < IN_FLIGHT && next < file.chunks.len() {
+            if tokens_ageing(received, valid_ms) {
+                let fresh = fresh_tokens(conn, file).await?;
+                (tokens, valid_ms, received) =
+                    (fresh.tokens, fresh.tokens_valid_ms, Instant::now());
+            }
+            let (i, ch, tok) = (next, &file.chunks[next], tokens[next].clone());
+            let path = &path;
+            fetches.push_back(async move {
+                match fetch_chunk(conn, pool, path, i, ch, &tok).await {
+                    // Refused tokens: the fetch may have waited its turn at a busy server past
+                    // their expiry. Once more with fresh ones (same chunks, or ChangedWhileReading).
+                    Err(Error::Permission(_)) => {
+                        let fresh = fresh_tokens(conn, file).await?;
+                        fetch_chunk(conn, pool, path, i, ch, &fresh.tokens[i]).await
+                    }
+                    r => r,
+                }
+            });
+            next += 1;
+        }
+        let Some(chunk) = fetches.next().await else {
+            break;
+        };
         for piece in chunk? {
             hasher.update(&piece);
             out.write_all(&piece)?;

@@ -190,6 +190,9 @@ pub struct DfsFs<B: Backend> {
     dirs: Mutex<HashMap<u64, Arc<Mutex<DirCursor>>>>,
     next_dir_fh: AtomicU64,
     handles: Mutex<HashMap<u64, Handle<B>>>,
+    /// Handles with uncommitted writes: fh -> (ino, staged size). Kept outside the handle
+    /// locks so a stat never waits behind a handle that is committing over the network.
+    unflushed: Mutex<HashMap<u64, (u64, u64)>>,
     next_fh: AtomicU64,
 }
 
@@ -261,6 +264,7 @@ impl<B: Backend> DfsFs<B> {
             dirs: Mutex::new(HashMap::new()),
             next_dir_fh: AtomicU64::new(1),
             handles: Mutex::new(HashMap::new()),
+            unflushed: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
@@ -348,22 +352,25 @@ impl<B: Backend> DfsFs<B> {
 
     /// The entry as this mount sees it: an open handle with unflushed writes wins (its size).
     fn entry(&self, path: &str, ino: u64) -> FsResult<Entry> {
-        let open: Vec<_> = lock(&self.handles).values().cloned().collect();
-        for h in open {
-            let h = lock(&h);
-            if let (true, Content::Staged(file)) = (h.ino == ino && h.dirty, &h.content) {
-                let size = file.metadata()?.len();
-                return Ok(Entry {
-                    is_dir: false,
-                    size,
-                    mtime_ms: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_millis() as i64)
-                        .unwrap_or(0),
-                    ino,
-                    ..Entry::default()
-                });
-            }
+        let staged = lock(&self.unflushed)
+            .values()
+            .filter(|(i, _)| *i == ino)
+            .map(|(_, size)| *size)
+            .max();
+        if let Some(size) = staged {
+            // Mode and times of the committed version (a file removed while open: defaults).
+            let committed = self.backend.stat(path).unwrap_or_default();
+            return Ok(Entry {
+                is_dir: false,
+                size,
+                mtime_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_millis() as i64)
+                    .unwrap_or(0),
+                ino,
+                symlink: None,
+                ..committed
+            });
         }
         self.backend.stat(path)
     }
@@ -381,6 +388,16 @@ impl<B: Backend> DfsFs<B> {
         self.backend.stat(path)
     }
 
+    /// Record that handle `fh` has uncommitted writes and what its staged size is now.
+    fn mark_dirty(&self, fh: u64, h: &mut OpenFile<B::Reader>) -> FsResult<()> {
+        h.dirty = true;
+        if let Content::Staged(file) = &h.content {
+            let size = file.metadata()?.len();
+            lock(&self.unflushed).insert(fh, (h.ino, size));
+        }
+        Ok(())
+    }
+
     fn staging(&self) -> FsResult<File> {
         Ok(tempfile::tempfile_in(&self.opts.staging_dir)?)
     }
@@ -394,14 +411,23 @@ impl<B: Backend> DfsFs<B> {
 
     fn add_handle(&self, h: OpenFile<B::Reader>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if h.dirty {
+            // Opened with O_TRUNC: empty until written, whatever the committed version holds.
+            lock(&self.unflushed).insert(fh, (h.ino, 0));
+        }
         lock(&self.handles).insert(fh, Arc::new(Mutex::new(h)));
         fh
     }
 
-    fn commit(&self, h: &mut OpenFile<B::Reader>) -> FsResult<()> {
+    /// Store a handle's staged writes as the file's new version (`fh` None: a handle made for
+    /// one call, not in the table).
+    fn commit(&self, fh: Option<u64>, h: &mut OpenFile<B::Reader>) -> FsResult<()> {
         if let (true, Content::Staged(file)) = (h.dirty, &h.content) {
             self.backend.store(&h.path, file)?;
             h.dirty = false;
+        }
+        if let Some(fh) = fh {
+            lock(&self.unflushed).remove(&fh);
         }
         Ok(())
     }
@@ -526,9 +552,12 @@ impl<B: Backend> DfsFs<B> {
             };
             let mut h = lock(&h);
             self.staged(&mut h)?.set_len(size)?;
-            h.dirty = true;
-            if fh.is_none() {
-                self.commit(&mut h)?;
+            match fh {
+                Some(fh) => self.mark_dirty(fh.0, &mut h)?,
+                None => {
+                    h.dirty = true;
+                    self.commit(None, &mut h)?;
+                }
             }
         }
         Ok(ino.0)
@@ -795,7 +824,7 @@ impl<B: Backend> Filesystem for DfsFs<B> {
             let h = self.handle(fh)?;
             let mut h = lock(&h);
             self.staged(&mut h)?.write_all_at(data, offset)?;
-            h.dirty = true;
+            self.mark_dirty(fh.0, &mut h)?;
             Ok::<_, FsError>(data.len() as u32)
         })();
         match r {
@@ -812,7 +841,9 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        let r = self.handle(fh).and_then(|h| self.commit(&mut lock(&h)));
+        let r = self
+            .handle(fh)
+            .and_then(|h| self.commit(Some(fh.0), &mut lock(&h)));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -827,7 +858,9 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        let r = self.handle(fh).and_then(|h| self.commit(&mut lock(&h)));
+        let r = self
+            .handle(fh)
+            .and_then(|h| self.commit(Some(fh.0), &mut lock(&h)));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
@@ -848,9 +881,10 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         // Writes not committed by a flush (a write after the last close's flush, e.g. through
         // mmap) are committed here; the error can no longer reach the program, so it is logged.
         let r = match h {
-            Some(h) => self.commit(&mut lock(&h)),
+            Some(h) => self.commit(Some(fh.0), &mut lock(&h)),
             None => Ok(()),
         };
+        lock(&self.unflushed).remove(&fh.0);
         if let Err(e) = r {
             tracing::warn!("commit on release failed: {e}");
         }

@@ -746,3 +746,50 @@ fn a_long_read_renews_its_tokens_and_stops_when_the_file_is_replaced() {
         }
     });
 }
+
+/// A whole-file get that outlives its read tokens (2 s here; the reader below takes about 6 s)
+/// renews them before it starts fetching a chunk with old ones: it neither fails nor restarts.
+/// (16 chunks: more than the 8 fetched at once, so later fetches start after 2 s.)
+#[test]
+fn a_slow_get_stream_renews_its_tokens() {
+    let c = Cluster::up(1, 2, &["--token-ttl-secs=2", "--chunk-size=1048576"]);
+    let data = bytes(16 << 20, 11);
+    c.put_data(&c.auth, "/slow", &data, &[]).ok();
+    /// Takes 0.4 s per MiB written: a slow disk or pipe at the reading end.
+    struct SlowSink(Vec<u8>);
+    impl std::io::Write for SlowSink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let before = self.0.len() >> 20;
+            self.0.extend_from_slice(buf);
+            if self.0.len() >> 20 > before {
+                std::thread::sleep(std::time::Duration::from_millis(400));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut opts =
+            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
+        opts.auth_file = Some(c.auth.clone());
+        let client = dfs_client::Client::connect(&opts).unwrap();
+        let h = client.open_read("/slow").await.unwrap();
+        let started = std::time::Instant::now();
+        let mut sink = SlowSink(Vec::new());
+        let n = dfs_client::get_stream(
+            &client.conn,
+            &client.pool,
+            &h.reply,
+            &mut sink,
+            &dfs_client::no_progress,
+        )
+        .await
+        .expect("a get longer than the tokens' life succeeds");
+        assert!(started.elapsed() > std::time::Duration::from_secs(3));
+        assert_eq!(n, data.len() as u64);
+        assert!(sink.0 == data, "the bytes differ");
+    });
+}

@@ -337,3 +337,45 @@ fn a_mount_killed_mid_write_leaves_the_previous_version() {
     );
     assert_eq!(c.get_data(&c.auth, "/f"), v1);
 }
+
+/// A file being committed (a 60 MiB close uploading) does not hold up stats and lookups of
+/// other files on the same mount: they are answered while that close is still running.
+#[test]
+fn a_long_close_does_not_block_other_lookups() {
+    let c = Cluster::up(1, 2, &[]);
+    let w = work_dir();
+    write(&w.path().join("big"), &bytes(60 << 20, 5));
+    let out = run_script(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m"
+        echo x > "$W/m/other"
+        ( cp "$W/big" "$W/m/big"; touch "$W/closed" ) &
+        CP=$!
+        # The writes are staged locally; the close then commits (uploads) the 60 MiB.
+        for _ in $(seq 3000); do
+          test "$(stat -c %s "$W/m/big" 2>/dev/null)" = 62914560 && break; sleep 0.01
+        done
+        answered=0
+        for i in $(seq 200); do
+          test -e "$W/closed" && break
+          stat "$W/m/other" >/dev/null
+          ! stat "$W/m/none-$i" 2>/dev/null
+          test -e "$W/closed" || answered=$((answered + 1))
+        done
+        wait "$CP"
+        cmp "$W/big" "$W/m/big"
+        echo "answered=$answered"
+        "#,
+    );
+    let answered: u32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("answered="))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        answered >= 1,
+        "no lookup was answered while the close ran: {out}"
+    );
+}

@@ -85,4 +85,18 @@ fn readme_first_commands_work_as_written() {
         std::fs::read(dir.path().join("notes.txt")).expect("notes.txt")
     );
     assert!(dir.path().join("saved-files.json").exists());
+    // Issue 26: `get REMOTE DIR/` keeps the name; `local status` from another directory
+    // (through DFS_LOCAL_DIR from .dfs/env) shows the cluster ids beside the local names.
+    assert_eq!(
+        std::fs::read(dir.path().join("saved/notes.txt")).expect("saved/notes.txt"),
+        std::fs::read(dir.path().join("notes.txt")).expect("notes.txt")
+    );
+    assert!(stdout.contains("meta-1 (id 1)"), "local status: {stdout}");
+    // Issue 26, bug 3: `--out alice.auth` (a bare name, as written above) works and is 0600.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("alice.auth"))
+        .expect("alice.auth")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "alice.auth mode {mode:o}");
 }
