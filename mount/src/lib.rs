@@ -358,15 +358,15 @@ impl<B: Backend> DfsFs<B> {
             .map(|(_, size)| *size)
             .max();
         if let Some(size) = staged {
-            // Mode and times of the committed version (a file removed while open: defaults).
+            // Mode and creation time of the committed version (a file removed while open:
+            // defaults); the content changed now.
             let committed = self.backend.stat(path).unwrap_or_default();
+            let now = ms_of(SystemTime::now());
             return Ok(Entry {
                 is_dir: false,
                 size,
-                mtime_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0),
+                mtime_ms: now,
+                ctime_ms: now,
                 ino,
                 symlink: None,
                 ..committed
