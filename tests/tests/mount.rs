@@ -314,3 +314,45 @@ fn a_long_close_does_not_block_other_lookups() {
         "no lookup was answered while the close ran: {out}"
     );
 }
+
+/// `dfsctl local up --mount DIR` mounts the new cluster; `local status` lists the mount;
+/// `local down` unmounts it before it stops the nodes.
+#[test]
+fn local_up_mount_mounts_and_local_down_unmounts() {
+    let w = work_dir();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-m", "--propagation", "private", "bash", "-c"])
+        .arg(
+            r#"
+            set -euo pipefail
+            trap '"$D" local down --quiet --dir "$W/c" >/dev/null 2>&1 || true' EXIT
+            "$D" local up --quiet --dir "$W/c" --metas 1 --chunks 2 --mount "$W/m" >/dev/null
+            grep -q " $W/m " /proc/self/mountinfo
+            echo hello > "$W/m/f"
+            . "$W/c/env"
+            test "$("$D" get /f -)" = hello
+            st=$("$D" local status --dir "$W/c"); grep -q "^mount .* $W/m$" <<<"$st"
+            # A second up keeps the mount it has.
+            "$D" local up --quiet --dir "$W/c" --mount "$W/m" >/dev/null
+            down=$("$D" local down --dir "$W/c" 2>&1); grep -q "unmounted $W/m" <<<"$down"
+            ! grep -q " $W/m " /proc/self/mountinfo
+            st=$("$D" local status --dir "$W/c"); ! grep -q "^mount" <<<"$st"
+            echo ok
+            "#,
+        )
+        .env("D", bin("dfsctl"))
+        .env("W", w.path())
+        .env_remove("DFS_META")
+        .env_remove("DFS_AUTH_FILE")
+        .env_remove("DFS_LOCAL_DIR")
+        .stdin(Stdio::null());
+    let out = cmd.output().expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "{}\nstdout:\n{stdout}\nstderr:\n{}\nmount log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(w.path().join("c/mount.log")).unwrap_or_default()
+    );
+}
