@@ -243,7 +243,12 @@ pub struct MvArgs {
     pub force: bool,
 }
 
-async fn rename(c: &crate::client::MetaConn, from: &str, to: &str) -> Result<(), tonic::Status> {
+async fn rename(
+    c: &crate::client::MetaConn,
+    from: &str,
+    to: &str,
+    mode: RenameMode,
+) -> Result<(), tonic::Status> {
     let request_id = new_request_id();
     crate::rpc!(
         c,
@@ -252,21 +257,20 @@ async fn rename(c: &crate::client::MetaConn, from: &str, to: &str) -> Result<(),
             from: from.to_string(),
             to: to.to_string(),
             request_id: request_id.clone(),
-            ..Default::default()
+            mode: mode as i32,
         }
     )?;
     Ok(())
 }
 
 /// `mv FROM TO`. Onto an existing file it is refused unless -f, as `put` and `get` are.
-/// With -f the file at TO is removed and then FROM renamed (the metadata service has no
-/// replacing rename): a crash between the two steps leaves TO absent and FROM whole at its old
-/// path, so nothing of FROM is lost and running the same `mv -f` again finishes it.
+/// With -f the file at TO is replaced in one atomic rename (a crash leaves either the old TO
+/// or FROM at TO, never neither).
 pub async fn mv(ctx: &Ctx, a: MvArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let (from, to) = (remote(&a.from), remote(&a.to));
     let mut replaced = false;
-    match rename(&c, &from, &to).await {
+    match rename(&c, &from, &to, RenameMode::RenameMove).await {
         Ok(()) => {}
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
             // The target the server chose: TO itself, or TO/NAME when TO is a directory.
@@ -293,17 +297,7 @@ pub async fn mv(ctx: &Ctx, a: MvArgs) -> anyhow::Result<i32> {
             if src.is_dir {
                 anyhow::bail!("cannot replace the file {target} with the directory {from}");
             }
-            let request_id = new_request_id();
-            crate::rpc!(
-                c,
-                remove,
-                RemoveRequest {
-                    path: target.clone(),
-                    recursive: false,
-                    request_id: request_id.clone(),
-                }
-            )?;
-            rename(&c, &from, &target).await?;
+            rename(&c, &from, &target, RenameMode::RenameReplace).await?;
             replaced = true;
         }
         Err(s) => return Err(s.into()),
