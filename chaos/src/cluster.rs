@@ -369,7 +369,8 @@ impl Cluster {
                 ListRequest {
                     path: "/".into(),
                     recursive: true,
-                    stale: true
+                    stale: true,
+                    ..Default::default()
                 }
             )
             .ok()

@@ -497,7 +497,8 @@ impl Client {
             ListRequest {
                 path: o.path.clone(),
                 recursive: false,
-                stale: false
+                stale: false,
+                ..Default::default()
             }
         );
         match r {
@@ -538,6 +539,7 @@ impl Client {
                         from: o.path.clone(),
                         to: o.to.clone().unwrap_or_default(),
                         request_id: request_id.clone(),
+                        ..Default::default()
                     }
                 );
                 (r.map(|_| ()), a)

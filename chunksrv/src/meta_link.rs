@@ -639,6 +639,12 @@ mod tests {
         async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<Empty>, Status> {
             unimpl()
         }
+        async fn symlink(&self, _: Request<SymlinkRequest>) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
+        async fn set_attr(&self, _: Request<SetAttrRequest>) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
         async fn remove(&self, _: Request<RemoveRequest>) -> Result<Response<RemoveReply>, Status> {
             unimpl()
         }

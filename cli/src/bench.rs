@@ -246,7 +246,8 @@ async fn meta_bench(
                             RenameRequest {
                                 request_id: crate::client::new_request_id(),
                                 from: a.clone(),
-                                to: b.clone()
+                                to: b.clone(),
+                                ..Default::default()
                             }
                         ) {
                             Ok(_) => {

@@ -167,7 +167,8 @@ pub async fn run(
         ListRequest {
             path: root.clone(),
             recursive: true,
-            stale: false
+            stale: false,
+            ..Default::default()
         }
     )?;
     let mut held: BTreeMap<u64, usize> = BTreeMap::new();

@@ -75,7 +75,8 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
                 ListRequest {
                     path: path.clone(),
                     recursive: a.recursive,
-                    stale: a.stale
+                    stale: a.stale,
+                    ..Default::default()
                 }
             )?;
             print_listing(ctx, a, &reply.entries);
@@ -91,8 +92,12 @@ fn print_listing(ctx: &Ctx, a: &LsArgs, entries: &[FileInfo]) {
         if ctx.json {
             print_json(&file_json(f, false));
         } else if a.long {
-            let kind = if f.is_dir { "d" } else { "-" };
-            let rep = if f.is_dir {
+            let kind = match (f.is_dir, f.is_symlink) {
+                (true, _) => "d",
+                (_, true) => "l",
+                _ => "-",
+            };
+            let rep = if f.is_dir || f.is_symlink {
                 "-".to_string()
             } else {
                 f.replication.to_string()
@@ -102,8 +107,13 @@ fn print_listing(ctx: &Ctx, a: &LsArgs, entries: &[FileInfo]) {
             } else {
                 f.size.to_string()
             };
+            let link = if f.is_symlink {
+                format!(" -> {}", f.symlink_target)
+            } else {
+                String::new()
+            };
             println!(
-                "{kind} {:<10} {:>12} {:>2} {} {}",
+                "{kind} {:<10} {:>12} {:>2} {} {}{link}",
                 f.owner,
                 size,
                 rep,
@@ -132,14 +142,18 @@ pub async fn stat(ctx: &Ctx, path: &str) -> anyhow::Result<i32> {
         return Ok(0);
     }
     println!("path:        {}", f.path);
-    println!(
-        "type:        {}",
-        if f.is_dir { "directory" } else { "file" }
-    );
+    if f.is_symlink {
+        println!("type:        symbolic link -> {}", f.symlink_target);
+    } else {
+        println!(
+            "type:        {}",
+            if f.is_dir { "directory" } else { "file" }
+        );
+    }
     println!("owner:       {}", f.owner);
     println!("created:     {}", time_ms(f.created_ms));
     println!("modified:    {}", time_ms(f.modified_ms));
-    if !f.is_dir {
+    if !f.is_dir && !f.is_symlink {
         println!("size:        {} ({})", f.size, human_bytes(f.size));
         println!("sha256:      {}", f.sha256);
         println!(
@@ -229,7 +243,12 @@ pub struct MvArgs {
     pub force: bool,
 }
 
-async fn rename(c: &crate::client::MetaConn, from: &str, to: &str) -> Result<(), tonic::Status> {
+async fn rename(
+    c: &crate::client::MetaConn,
+    from: &str,
+    to: &str,
+    mode: RenameMode,
+) -> Result<(), tonic::Status> {
     let request_id = new_request_id();
     crate::rpc!(
         c,
@@ -238,20 +257,20 @@ async fn rename(c: &crate::client::MetaConn, from: &str, to: &str) -> Result<(),
             from: from.to_string(),
             to: to.to_string(),
             request_id: request_id.clone(),
+            mode: mode as i32,
         }
     )?;
     Ok(())
 }
 
 /// `mv FROM TO`. Onto an existing file it is refused unless -f, as `put` and `get` are.
-/// With -f the file at TO is removed and then FROM renamed (the metadata service has no
-/// replacing rename): a crash between the two steps leaves TO absent and FROM whole at its old
-/// path, so nothing of FROM is lost and running the same `mv -f` again finishes it.
+/// With -f the file at TO is replaced in one atomic rename (a crash leaves either the old TO
+/// or FROM at TO, never neither).
 pub async fn mv(ctx: &Ctx, a: MvArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let (from, to) = (remote(&a.from), remote(&a.to));
     let mut replaced = false;
-    match rename(&c, &from, &to).await {
+    match rename(&c, &from, &to, RenameMode::RenameMove).await {
         Ok(()) => {}
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
             // The target the server chose: TO itself, or TO/NAME when TO is a directory.
@@ -278,17 +297,7 @@ pub async fn mv(ctx: &Ctx, a: MvArgs) -> anyhow::Result<i32> {
             if src.is_dir {
                 anyhow::bail!("cannot replace the file {target} with the directory {from}");
             }
-            let request_id = new_request_id();
-            crate::rpc!(
-                c,
-                remove,
-                RemoveRequest {
-                    path: target.clone(),
-                    recursive: false,
-                    request_id: request_id.clone(),
-                }
-            )?;
-            rename(&c, &from, &target).await?;
+            rename(&c, &from, &target, RenameMode::RenameReplace).await?;
             replaced = true;
         }
         Err(s) => return Err(s.into()),

@@ -158,7 +158,8 @@ pub async fn replication(ctx: &Ctx, a: ReplicationArgs) -> anyhow::Result<i32> {
         ListRequest {
             path: a.path.clone(),
             recursive: true,
-            stale: false
+            stale: false,
+            ..Default::default()
         }
     )?;
     let files: Vec<String> = listing

@@ -385,7 +385,8 @@ async fn check_chunks(ctx: &Ctx, live: &BTreeSet<u64>, max_files: usize) -> Chun
         ListRequest {
             path: "/".into(),
             recursive: true,
-            stale: true
+            stale: true,
+            ..Default::default()
         }
     ) {
         Ok(l) => l,

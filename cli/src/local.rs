@@ -5,6 +5,7 @@
 //! (`meta-1/`, `chunk-1/`, ... each with a `log` file), and `prometheus/targets/*.json`
 //! (file-based service discovery for `deploy/prometheus`). Nodes run in their own process
 //! group, so they outlive the dfsctl that started them.
+use crate::local_mount;
 use crate::output::print_json;
 use crate::Ctx;
 use anyhow::{bail, Context};
@@ -75,6 +76,9 @@ pub struct UpArgs {
     /// Seconds to wait for a leader and the chunk servers.
     #[arg(long, default_value_t = 60)]
     pub wait: u64,
+    /// Also mount the cluster on this folder (as its admin user; `local down` unmounts it).
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
 }
 
 /// A free loopback port (the OS picks one; it is released for the node to bind).
@@ -410,12 +414,30 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
     let env = write_env(dir, &cluster)?;
     write_prometheus_targets(dir, &cluster)?;
     let metas = cluster.nodes.len() - chunks;
+    let mounted = match &a.mount {
+        Some(m) => {
+            let (dir, meta, m) = (dir.clone(), cluster.meta_addrs(), m.clone());
+            let wait = Duration::from_secs(a.wait);
+            let mount =
+                tokio::task::spawn_blocking(move || local_mount::start(&dir, &meta, &m, wait))
+                    .await??;
+            Some(mount.mountpoint)
+        }
+        None => None,
+    };
     if ctx.json {
         print_json(
-            &json!({"dir": std::fs::canonicalize(dir)?, "env": env, "started": started, "meta": cluster.meta_addrs()}),
+            &json!({"dir": std::fs::canonicalize(dir)?, "env": env, "started": started, "meta": cluster.meta_addrs(), "mount": mounted}),
         );
     } else {
         println!("{}", std::fs::read_to_string(&env)?.trim_end());
+        if let (Some(m), false) = (&mounted, ctx.quiet) {
+            eprintln!(
+                "mounted on {} (log: {})",
+                m.display(),
+                dir.join("mount.log").display()
+            );
+        }
         if !ctx.quiet {
             eprintln!(
                 "local cluster is up: {metas} metadata node(s), {chunks} chunk server(s) in {} ({started} started now).\n\
@@ -508,10 +530,27 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                     );
                 }
             }
+            if let Some(m) = local_mount::running(&d.dir) {
+                if ctx.json {
+                    print_json(
+                        &json!({"name": "mount", "pid": m.pid, "mountpoint": m.mountpoint, "alive": true}),
+                    );
+                } else {
+                    println!("{:<16} {:>8} {}", "mount", m.pid, m.mountpoint.display());
+                }
+            }
             Ok(0)
         }
         LocalCmd::Down(d) => {
             let c = LocalCluster::load(&d.dir)?;
+            // Unmounted first: a mount of a stopped cluster would make the folder hang.
+            let unmounted = {
+                let dir = d.dir.clone();
+                tokio::task::spawn_blocking(move || local_mount::stop(&dir)).await??
+            };
+            if let (Some(m), false, false) = (&unmounted, ctx.json, ctx.quiet) {
+                eprintln!("unmounted {}", m.display());
+            }
             let running: Vec<&LocalNode> =
                 c.nodes.iter().filter(|n| alive(n.pid, &n.kind)).collect();
             for n in &running {
@@ -526,7 +565,7 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             }
             if ctx.json {
                 print_json(
-                    &json!({"ok": true, "stopped": running.len(), "dir": d.dir.to_string_lossy()}),
+                    &json!({"ok": true, "stopped": running.len(), "dir": d.dir.to_string_lossy(), "unmounted": unmounted}),
                 );
             } else if !ctx.quiet {
                 eprintln!(

@@ -88,14 +88,24 @@ pub fn fully_replicated(f: &FileInfo) -> bool {
 pub fn file_json(f: &FileInfo, with_chunks: bool) -> serde_json::Value {
     let mut v = json!({
         "path": f.path,
-        "type": if f.is_dir { "dir" } else { "file" },
+        "type": match (f.is_dir, f.is_symlink) {
+            (true, _) => "dir",
+            (_, true) => "symlink",
+            _ => "file",
+        },
         "owner": f.owner,
         "size": f.size,
         "replication": f.replication,
         "created_ms": f.created_ms,
         "modified_ms": f.modified_ms,
         "id": f.id,
+        "ino": f.ino,
+        "mode": format!("{:o}", f.mode),
+        "ctime_ms": f.ctime_ms,
     });
+    if f.is_symlink {
+        v["target"] = json!(f.symlink_target);
+    }
     if !f.is_dir {
         v["sha256"] = json!(f.sha256);
         v["chunk_size"] = json!(f.chunk_size);

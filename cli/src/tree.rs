@@ -248,6 +248,7 @@ async fn remote_files(conn: &MetaConn, root: &str) -> anyhow::Result<Vec<FileInf
             path: root.to_string(),
             recursive: true,
             stale: false,
+            ..Default::default()
         }
     );
     match r {

@@ -24,6 +24,9 @@ pub struct FsStats {
     pub files: u64,
 }
 
+/// Entries asked for per `List` page.
+const LIST_PAGE: u32 = 1000;
+
 /// A connection to one cluster: metadata with failover, and chunk-server channels.
 pub struct Client {
     pub conn: MetaConn,
@@ -72,14 +75,37 @@ impl Client {
         Ok(rpc!(self.conn, stat, req)?)
     }
 
-    /// A directory's entries (not recursive).
+    /// A directory's entries (not recursive), fetched page by page (see [`Client::list_page`]).
     pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>> {
+        let (mut all, mut after) = (Vec::new(), String::new());
+        loop {
+            let (entries, next) = self.list_page(path, &after, LIST_PAGE).await?;
+            all.extend(entries);
+            if next.is_empty() {
+                return Ok(all);
+            }
+            after = next;
+        }
+    }
+
+    /// One page of a directory's entries: names after `after` ("" for the first page), at
+    /// most `limit` (the server caps it at 1000), and the `after` of the next page ("" when
+    /// this was the last).
+    pub async fn list_page(
+        &self,
+        path: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<(Vec<FileInfo>, String)> {
         let req = ListRequest {
             path: path.to_string(),
             recursive: false,
             stale: false,
+            after: after.to_string(),
+            limit: limit.max(1),
         };
-        Ok(rpc!(self.conn, list, req)?.entries)
+        let r = rpc!(self.conn, list, req)?;
+        Ok((r.entries, r.next))
     }
 
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<()> {
@@ -92,14 +118,61 @@ impl Client {
         Ok(())
     }
 
-    /// Rename a file or directory (today: fails with `Exists` when `to` exists).
+    /// Rename a file or directory like `dfsctl mv` (onto an existing directory moves into
+    /// it; `Exists` when anything else is at `to`).
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_with(from, to, RenameMode::RenameMove).await
+    }
+
+    /// Rename to exactly `to`: with `RenameNoreplace` fails with `Exists` if `to` exists; with
+    /// `RenameReplace` atomically replaces a file or link at `to` (or an empty directory when
+    /// `from` is one), as rename(2) does.
+    pub async fn rename_with(&self, from: &str, to: &str, mode: RenameMode) -> Result<()> {
         let req = RenameRequest {
             from: from.to_string(),
             to: to.to_string(),
             request_id: new_request_id(),
+            mode: mode as i32,
         };
         rpc!(self.conn, rename, req)?;
+        Ok(())
+    }
+
+    /// Create a symbolic link at `path` pointing at `target` (at most 4096 bytes).
+    pub async fn symlink(&self, path: &str, target: &str) -> Result<()> {
+        let req = SymlinkRequest {
+            path: path.to_string(),
+            target: target.to_string(),
+            request_id: new_request_id(),
+        };
+        rpc!(self.conn, symlink, req)?;
+        Ok(())
+    }
+
+    /// The target of the symbolic link at `path` (`InvalidName` if it is not a link).
+    pub async fn readlink(&self, path: &str) -> Result<String> {
+        let f = self.stat(path).await?;
+        if !f.is_symlink {
+            return Err(Error::InvalidName(format!("{path} is not a symbolic link")));
+        }
+        Ok(f.symlink_target)
+    }
+
+    /// Change the permission bits and/or the mtime (ms since the epoch) of `path`; its ctime
+    /// becomes now. Only its owner (or an admin) may.
+    pub async fn set_attr(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        mtime_ms: Option<i64>,
+    ) -> Result<()> {
+        let req = SetAttrRequest {
+            path: path.to_string(),
+            mode,
+            mtime_ms,
+            request_id: new_request_id(),
+        };
+        rpc!(self.conn, set_attr, req)?;
         Ok(())
     }
 

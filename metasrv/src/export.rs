@@ -273,6 +273,7 @@ mod tests {
                         replicas: vec![3, 4],
                     }],
                 }),
+                ..Default::default()
             },
         );
         s.nodes.insert(
@@ -283,6 +284,7 @@ mod tests {
                 created_ms: 0,
                 modified_ms: 0,
                 file: None,
+                ..Default::default()
             },
         );
         let text = String::from_utf8(render(&s)).unwrap();

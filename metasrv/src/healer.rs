@@ -303,6 +303,24 @@ fn still_leader(node: &MetaNode, t: u64) -> bool {
     node.is_leader() && term(node) == t
 }
 
+/// On a cluster made by a version without inode numbers, the leader proposes the one entry
+/// that numbers every inode (see `CommandV1::NumberInodes`); applying it is idempotent, so a
+/// second proposal by a later leader changes nothing.
+async fn number_inodes_once(node: &MetaNode) {
+    let due = {
+        let st = node.read_state();
+        !st.meta.cluster_id.is_empty() && !st.meta.inode_numbers
+    };
+    if due {
+        match node.propose(Command::V1(CommandV1::NumberInodes)).await {
+            Ok(_) => tracing::info!(node = node.id, "numbered the inodes of an older namespace"),
+            Err(e) => {
+                tracing::warn!(node = node.id, error = ?e, "numbering inodes failed; will retry")
+            }
+        }
+    }
+}
+
 /// One planning pass and its execution. Returns whether it did any work.
 async fn round(node: &MetaNode) -> Result<bool, HealError> {
     let h = &node.healing;
@@ -313,6 +331,7 @@ async fn round(node: &MetaNode) -> Result<bool, HealError> {
         h.queue.store(0, Ordering::Relaxed);
         return Ok(false);
     }
+    number_inodes_once(node).await;
     let since = *lock(&h.leader_since).get_or_insert_with(Instant::now);
     if since.elapsed() < h.args.grace() {
         return Ok(false);

@@ -658,6 +658,7 @@ mod tests {
                     })
                     .collect(),
             }),
+            ..Default::default()
         }
     }
 

@@ -380,6 +380,7 @@ mod tests {
                             })
                             .collect(),
                     }),
+                    ..Default::default()
                 },
             );
         }

@@ -7,7 +7,7 @@
 //! always from the local staging file, so a retry resends exactly the bytes the program wrote.
 use crate::{Backend, Entry, FsError, FsResult};
 use dfs_client::{Client, Error, FileSource, PutOptions, ReadHandle};
-use dfs_proto::FileInfo;
+use dfs_proto::{FileInfo, RenameMode};
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::time::Duration;
@@ -50,6 +50,11 @@ fn entry(f: &FileInfo) -> Entry {
         is_dir: f.is_dir,
         size: f.size,
         mtime_ms: f.modified_ms,
+        ino: f.ino,
+        mode: f.mode,
+        ctime_ms: f.ctime_ms,
+        created_ms: f.created_ms,
+        symlink: f.is_symlink.then(|| f.symlink_target.clone()),
     }
 }
 
@@ -101,6 +106,41 @@ impl Backend for ClusterBackend {
         })
     }
 
+    fn list_page(
+        &self,
+        path: &str,
+        after: &str,
+        limit: u32,
+    ) -> FsResult<(Vec<(String, Entry)>, String)> {
+        let path = self.remote(path);
+        self.block(async {
+            let (entries, next) = self.client.list_page(&path, after, limit).await?;
+            let entries = entries
+                .iter()
+                .map(|f| (dfs_common::path::file_name(&f.path).to_string(), entry(f)))
+                .collect();
+            Ok((entries, next))
+        })
+    }
+
+    fn symlink(&self, path: &str, target: &str) -> FsResult<Entry> {
+        let path = self.remote(path);
+        self.block(async {
+            self.client.symlink(&path, target).await?;
+            Ok(entry(&self.client.stat(&path).await?))
+        })
+    }
+
+    fn readlink(&self, path: &str) -> FsResult<String> {
+        let path = self.remote(path);
+        self.block(self.client.readlink(&path))
+    }
+
+    fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<()> {
+        let path = self.remote(path);
+        self.block(self.client.set_attr(&path, mode, mtime_ms))
+    }
+
     fn mkdir(&self, path: &str) -> FsResult<()> {
         let path = self.remote(path);
         self.block(self.client.mkdir(&path, false))
@@ -111,9 +151,14 @@ impl Backend for ClusterBackend {
         self.block(async { self.client.remove(&path, false).await.map(drop) })
     }
 
-    fn rename(&self, from: &str, to: &str) -> FsResult<()> {
+    fn rename(&self, from: &str, to: &str, replace: bool) -> FsResult<()> {
         let (from, to) = (self.remote(from), self.remote(to));
-        self.block(self.client.rename(&from, &to))
+        let mode = if replace {
+            RenameMode::RenameReplace
+        } else {
+            RenameMode::RenameNoreplace
+        };
+        self.block(self.client.rename_with(&from, &to, mode))
     }
 
     type Reader = ReadHandle;

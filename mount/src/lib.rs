@@ -15,8 +15,11 @@
 //!   readers); a handle is copied into a staging file only when it is first written to or
 //!   truncated, and that copy is of the version the handle pinned.
 //!
-//! Inode numbers are synthesised here (a path table, never reused while the mount lives) until
-//! the metadata service keeps numbers of its own.
+//! Inode numbers are the metadata service's (stable across rename and overwrite, never reused;
+//! the mount root is 1 as FUSE wants); the mount keeps only a cache from number to path. Modes,
+//! mtime and ctime are the service's too (chmod and utimens go to it through SetAttr); atime is
+//! not stored (it reads as the mtime). Directories are read in pages, one page held per open
+//! directory handle.
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -62,11 +65,21 @@ impl From<std::io::Error> for FsError {
 pub type FsResult<T> = Result<T, FsError>;
 
 /// What the mount knows of a name.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Entry {
     pub is_dir: bool,
     pub size: u64,
     pub mtime_ms: i64,
+    /// The metadata service's inode number (0 from a cluster that has not numbered its inodes
+    /// yet: the mount then makes one up).
+    pub ino: u64,
+    /// Permission bits (0: the kind's default).
+    pub mode: u32,
+    /// 0: the mtime.
+    pub ctime_ms: i64,
+    pub created_ms: i64,
+    /// A symbolic link's target.
+    pub symlink: Option<String>,
 }
 
 /// The cluster, as the mount uses it. Paths are absolute (`/a/b`). Calls block; they are made
@@ -78,8 +91,22 @@ pub trait Backend: Send + Sync + 'static {
     fn mkdir(&self, path: &str) -> FsResult<()>;
     /// Remove a file or an empty directory.
     fn remove(&self, path: &str) -> FsResult<()>;
-    /// Rename; fails with EEXIST if `to` exists.
-    fn rename(&self, from: &str, to: &str) -> FsResult<()>;
+    /// One page of a directory's entries after the name `after` ("" first), at most `limit`,
+    /// and the `after` of the next page ("" when this was the last).
+    fn list_page(
+        &self,
+        path: &str,
+        after: &str,
+        limit: u32,
+    ) -> FsResult<(Vec<(String, Entry)>, String)>;
+    /// Rename to exactly `to`: with `replace`, atomically replacing a file there (or an empty
+    /// directory when `from` is one), as rename(2); without, EEXIST if `to` exists.
+    fn rename(&self, from: &str, to: &str, replace: bool) -> FsResult<()>;
+    /// Create a symbolic link; returns its entry.
+    fn symlink(&self, path: &str, target: &str) -> FsResult<Entry>;
+    fn readlink(&self, path: &str) -> FsResult<String>;
+    /// Change permission bits and/or mtime.
+    fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<()>;
     /// A pinned version of a file, for ranged reads.
     type Reader: Send + 'static;
     /// Pin the file as committed now.
@@ -107,6 +134,23 @@ pub struct Options {
 
 /// How many bytes a sequential reader fetches at once (and so the most a handle buffers).
 const READ_AHEAD: u64 = 4 << 20;
+/// Directory entries fetched per `List` page by readdir.
+const DIR_PAGE: u32 = 1000;
+/// Longest symbolic link target (the metadata service's limit, Linux's PATH_MAX).
+const MAX_SYMLINK_TARGET: usize = 4096;
+/// Numbers made up for entries of a cluster that has not numbered its inodes yet start here,
+/// far above any the service hands out.
+const LOCAL_INO_BASE: u64 = 1 << 62;
+
+/// An open directory: the page of entries readdir is serving. `base` is the index of
+/// `entries[0]` in the whole listing (index 0 is ".", 1 is "..", and offset = index + 1).
+struct DirCursor {
+    path: String,
+    base: u64,
+    entries: Vec<(u64, FileType, String)>,
+    /// The `after` of the next page; `None` once the last page is loaded.
+    next: Option<String>,
+}
 
 /// An open file's bytes: the pinned remote version until the first write or truncate, then a
 /// local staging copy.
@@ -141,7 +185,10 @@ pub struct DfsFs<B: Backend> {
     backend: Arc<B>,
     opts: Options,
     inodes: Mutex<Inodes>,
+    /// Only for entries without a number of the service's (see `LOCAL_INO_BASE`).
     next_ino: AtomicU64,
+    dirs: Mutex<HashMap<u64, Arc<Mutex<DirCursor>>>>,
+    next_dir_fh: AtomicU64,
     handles: Mutex<HashMap<u64, Handle<B>>>,
     /// Handles with uncommitted writes: fh -> (ino, staged size). Kept outside the handle
     /// locks so a stat never waits behind a handle that is committing over the network.
@@ -152,6 +199,38 @@ pub struct DfsFs<B: Backend> {
 /// A poisoned lock only means another request panicked; the data is still usable.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A time in ms since the epoch (negative: before it).
+fn time_of(ms: i64) -> SystemTime {
+    let d = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(d).unwrap_or(UNIX_EPOCH)
+    } else {
+        UNIX_EPOCH.checked_sub(d).unwrap_or(UNIX_EPOCH)
+    }
+}
+
+/// ms since the epoch of `t` (negative before it; saturating).
+fn ms_of(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_millis()).map_or(i64::MIN, |m| -m),
+    }
+}
+
+impl DirCursor {
+    fn new(path: String, ino: u64) -> DirCursor {
+        DirCursor {
+            path,
+            base: 0,
+            entries: vec![
+                (ino, FileType::Directory, ".".to_string()),
+                (ino, FileType::Directory, "..".to_string()),
+            ],
+            next: Some(String::new()),
+        }
+    }
 }
 
 fn errno(e: &FsError) -> Errno {
@@ -181,22 +260,35 @@ impl<B: Backend> DfsFs<B> {
             backend,
             opts,
             inodes: Mutex::new(inodes),
-            next_ino: AtomicU64::new(2),
+            next_ino: AtomicU64::new(LOCAL_INO_BASE),
+            dirs: Mutex::new(HashMap::new()),
+            next_dir_fh: AtomicU64::new(1),
             handles: Mutex::new(HashMap::new()),
             unflushed: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         }
     }
 
-    fn ino_of(&self, path: &str) -> u64 {
+    /// The kernel's number for `path`, whose entry has the service's number `server_ino`:
+    /// that number (the mount root is 1), or one made up when the service has none yet.
+    /// The path is remembered under it (and no longer under a number it had before).
+    fn remember(&self, path: &str, server_ino: u64) -> u64 {
         let mut t = lock(&self.inodes);
-        if let Some(i) = t.by_path.get(path) {
-            return *i;
+        let ino = match server_ino {
+            _ if path == "/" => 1,
+            0 | 1 => match t.by_path.get(path) {
+                Some(i) => return *i,
+                None => self.next_ino.fetch_add(1, Ordering::Relaxed),
+            },
+            n => n,
+        };
+        if let Some(old) = t.by_path.insert(path.to_string(), ino) {
+            if old != ino && t.by_ino.get(&old).is_some_and(|p| p == path) {
+                t.by_ino.remove(&old);
+            }
         }
-        let i = self.next_ino.fetch_add(1, Ordering::Relaxed);
-        t.by_path.insert(path.to_string(), i);
-        t.by_ino.insert(i, path.to_string());
-        i
+        t.by_ino.insert(ino, path.to_string());
+        ino
     }
 
     fn path_of(&self, ino: INodeNo) -> FsResult<String> {
@@ -229,21 +321,26 @@ impl<B: Backend> DfsFs<B> {
     }
 
     fn attr(&self, ino: u64, e: &Entry) -> FileAttr {
-        let t = UNIX_EPOCH + Duration::from_millis(e.mtime_ms.max(0) as u64);
+        let t = time_of(e.mtime_ms);
+        let or_mtime = |ms: i64| if ms == 0 { t } else { time_of(ms) };
+        let (kind, default_perm, size) = match &e.symlink {
+            Some(target) => (FileType::Symlink, 0o777, target.len() as u64),
+            None if e.is_dir => (FileType::Directory, 0o755, e.size),
+            None => (FileType::RegularFile, 0o644, e.size),
+        };
         FileAttr {
             ino: INodeNo(ino),
-            size: e.size,
-            blocks: e.size.div_ceil(512),
+            size,
+            blocks: size.div_ceil(512),
             atime: t,
             mtime: t,
-            ctime: t,
-            crtime: t,
-            kind: if e.is_dir {
-                FileType::Directory
-            } else {
-                FileType::RegularFile
+            ctime: or_mtime(e.ctime_ms),
+            crtime: or_mtime(e.created_ms),
+            kind,
+            perm: match e.mode & 0o7777 {
+                0 => default_perm,
+                m => m as u16,
             },
-            perm: if e.is_dir { 0o755 } else { 0o644 },
             nlink: if e.is_dir { 2 } else { 1 },
             uid: self.opts.uid,
             gid: self.opts.gid,
@@ -261,15 +358,33 @@ impl<B: Backend> DfsFs<B> {
             .map(|(_, size)| *size)
             .max();
         if let Some(size) = staged {
+            // Mode and creation time of the committed version (a file removed while open:
+            // defaults); the content changed now.
+            let committed = self.backend.stat(path).unwrap_or_default();
+            let now = ms_of(SystemTime::now());
             return Ok(Entry {
                 is_dir: false,
                 size,
-                mtime_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_millis() as i64)
-                    .unwrap_or(0),
+                mtime_ms: now,
+                ctime_ms: now,
+                ino,
+                symlink: None,
+                ..committed
             });
         }
+        self.backend.stat(path)
+    }
+
+    /// A new entry with the permission bits the program asked for (mode & !umask), when
+    /// they are not the default the service gave it.
+    fn with_mode(&self, path: &str, e: Entry, mode: u32) -> FsResult<Entry> {
+        let mode = mode & 0o7777;
+        let default = if e.is_dir { 0o755 } else { 0o644 };
+        let current = if e.mode == 0 { default } else { e.mode };
+        if mode == current {
+            return Ok(e);
+        }
+        self.backend.set_attr(path, Some(mode), None)?;
         self.backend.stat(path)
     }
 
@@ -460,8 +575,13 @@ impl<B: Backend> Filesystem for DfsFs<B> {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let r = (|| {
             let path = join(&self.path_of(parent)?, name)?;
-            let ino = self.ino_of(&path);
-            let e = self.entry(&path, ino)?;
+            // A known name may have an open handle with unflushed writes (`entry` sees it).
+            let cached = lock(&self.inodes).by_path.get(&path).copied();
+            let e = match cached {
+                Some(i) => self.entry(&path, i)?,
+                None => self.backend.stat(&path)?,
+            };
+            let ino = self.remember(&path, e.ino);
             Ok::<_, FsError>(self.attr(ino, &e))
         })();
         match r {
@@ -485,12 +605,12 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _mode: Option<u32>,
+        mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -501,6 +621,15 @@ impl<B: Backend> Filesystem for DfsFs<B> {
     ) {
         let r = self.do_setattr(ino, size, fh).and_then(|i| {
             let p = self.path_of(INodeNo(i))?;
+            // chmod and utimens: stored by the service (atime is not kept).
+            let mtime_ms = mtime.map(|t| match t {
+                TimeOrNow::Now => ms_of(SystemTime::now()),
+                TimeOrNow::SpecificTime(t) => ms_of(t),
+            });
+            if mode.is_some() || mtime_ms.is_some() {
+                self.backend
+                    .set_attr(&p, mode.map(|m| m & 0o7777), mtime_ms)?;
+            }
             Ok(self.attr(i, &self.entry(&p, i)?))
         });
         match r {
@@ -514,15 +643,16 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
         let r = (|| {
             let path = join(&self.path_of(parent)?, name)?;
             self.backend.mkdir(&path)?;
-            let ino = self.ino_of(&path);
-            Ok::<_, FsError>(self.attr(ino, &self.backend.stat(&path)?))
+            let e = self.with_mode(&path, self.backend.stat(&path)?, mode & !umask)?;
+            let ino = self.remember(&path, e.ino);
+            Ok::<_, FsError>(self.attr(ino, &e))
         })();
         match r {
             Ok(a) => reply.entry(&self.opts.attr_ttl, &a, Generation(0)),
@@ -550,9 +680,7 @@ impl<B: Backend> Filesystem for DfsFs<B> {
             if !self.backend.stat(&path)?.is_dir {
                 return Err(FsError::new(libc::ENOTDIR, "not a directory"));
             }
-            if !self.backend.list(&path)?.is_empty() {
-                return Err(FsError::new(libc::ENOTEMPTY, "directory not empty"));
-            }
+            // The service refuses a directory that is not empty (ENOTEMPTY).
             self.backend.remove(&path)
         })();
         match r {
@@ -580,26 +708,10 @@ impl<B: Backend> Filesystem for DfsFs<B> {
                     "RENAME_EXCHANGE is not supported",
                 ));
             }
-            match self.backend.rename(&from, &to) {
-                Err(e) if e.errno == libc::EEXIST && flags.bits() & libc::RENAME_NOREPLACE == 0 => {
-                    // POSIX rename replaces the target: remove it first (files, empty dirs).
-                    // Not atomic until the metadata service has a replacing rename.
-                    let src = self.backend.stat(&from)?;
-                    let dst = self.backend.stat(&to)?;
-                    if dst.is_dir && !src.is_dir {
-                        return Err(FsError::new(libc::EISDIR, "target is a directory"));
-                    }
-                    if !dst.is_dir && src.is_dir {
-                        return Err(FsError::new(libc::ENOTDIR, "target is not a directory"));
-                    }
-                    if dst.is_dir && !self.backend.list(&to)?.is_empty() {
-                        return Err(FsError::new(libc::ENOTEMPTY, "target not empty"));
-                    }
-                    self.backend.remove(&to)?;
-                    self.backend.rename(&from, &to)
-                }
-                r => r,
-            }?;
+            // One atomic step in the service: RENAME_NOREPLACE refuses an existing target,
+            // otherwise a file (or an empty directory, for a directory) there is replaced.
+            let replace = flags.bits() & libc::RENAME_NOREPLACE == 0;
+            self.backend.rename(&from, &to, replace)?;
             self.renamed(&from, &to);
             Ok::<_, FsError>(())
         })();
@@ -621,8 +733,8 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         _req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -644,15 +756,16 @@ impl<B: Backend> Filesystem for DfsFs<B> {
                 // Committed empty at once, so the name exists for lookups and other mounts.
                 Err(err) if err.errno == libc::ENOENT => {
                     let file = self.staging()?;
+                    let e = self.backend.store(&path, &file)?;
                     (
-                        self.backend.store(&path, &file)?,
+                        self.with_mode(&path, e, mode & !umask)?,
                         Content::Staged(file),
                         false,
                     )
                 }
                 Err(err) => return Err(err),
             };
-            let ino = self.ino_of(&path);
+            let ino = self.remember(&path, e.ino);
             let fh = self.add_handle(OpenFile {
                 path,
                 ino,
@@ -778,41 +891,114 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         reply.ok();
     }
 
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.path_of(ino) {
+            Ok(path) => {
+                let fh = self.next_dir_fh.fetch_add(1, Ordering::Relaxed);
+                lock(&self.dirs).insert(fh, Arc::new(Mutex::new(DirCursor::new(path, ino.0))));
+                reply.opened(FileHandle(fh), FopenFlags::empty())
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.dirs).remove(&fh.0);
+        reply.ok();
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         let r = (|| {
-            let path = self.path_of(ino)?;
-            let list = self.backend.list(&path)?;
-            let mut all = vec![
-                (ino.0, FileType::Directory, ".".to_string()),
-                (ino.0, FileType::Directory, "..".to_string()),
-            ];
-            for (name, e) in list {
-                let child = join(&path, OsStr::new(&name))?;
-                let kind = if e.is_dir {
-                    FileType::Directory
-                } else {
-                    FileType::RegularFile
-                };
-                all.push((self.ino_of(&child), kind, name));
+            let cursor = match lock(&self.dirs).get(&fh.0).cloned() {
+                Some(c) => c,
+                None => Arc::new(Mutex::new(DirCursor::new(self.path_of(ino)?, ino.0))),
+            };
+            let mut c = lock(&cursor);
+            if offset < c.base {
+                // Rewound (rewinddir, or a seek back): start over.
+                *c = DirCursor::new(c.path.clone(), ino.0);
             }
-            Ok::<_, FsError>(all)
+            let mut at = offset;
+            loop {
+                // Load pages until one holds index `at`, or there are no more.
+                while at >= c.base + c.entries.len() as u64 {
+                    let Some(after) = c.next.clone() else {
+                        return Ok::<_, FsError>(());
+                    };
+                    let (page, next) = self.backend.list_page(&c.path, &after, DIR_PAGE)?;
+                    let mut entries = Vec::with_capacity(page.len());
+                    for (name, e) in page {
+                        let child = join(&c.path, OsStr::new(&name))?;
+                        let kind = match (&e.symlink, e.is_dir) {
+                            (Some(_), _) => FileType::Symlink,
+                            (None, true) => FileType::Directory,
+                            (None, false) => FileType::RegularFile,
+                        };
+                        entries.push((self.remember(&child, e.ino), kind, name));
+                    }
+                    c.base += c.entries.len() as u64;
+                    c.entries = entries;
+                    c.next = (!next.is_empty()).then_some(next);
+                }
+                let (child, kind, name) = &c.entries[(at - c.base) as usize];
+                if reply.add(INodeNo(*child), at + 1, *kind, name) {
+                    return Ok(());
+                }
+                at += 1;
+            }
         })();
         match r {
-            Ok(all) => {
-                for (i, (ino, kind, name)) in all.into_iter().enumerate().skip(offset as usize) {
-                    if reply.add(INodeNo(ino), (i + 1) as u64, kind, name) {
-                        break;
-                    }
-                }
-                reply.ok()
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let r = (|| {
+            let path = join(&self.path_of(parent)?, link_name)?;
+            let target = target
+                .to_str()
+                .ok_or_else(|| FsError::new(libc::EINVAL, "link targets must be UTF-8"))?;
+            if target.len() > MAX_SYMLINK_TARGET {
+                return Err(FsError::new(
+                    libc::ENAMETOOLONG,
+                    "link target over 4096 bytes",
+                ));
             }
+            let e = self.backend.symlink(&path, target)?;
+            let ino = self.remember(&path, e.ino);
+            Ok::<_, FsError>(self.attr(ino, &e))
+        })();
+        match r {
+            Ok(a) => reply.entry(&self.opts.attr_ttl, &a, Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.path_of(ino).and_then(|p| self.backend.readlink(&p)) {
+            Ok(t) => reply.data(t.as_bytes()),
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -62,6 +62,11 @@ fn file_info(path: &str, n: &Inode, st: Option<&State>) -> FileInfo {
         created_ms: n.created_ms,
         modified_ms: n.modified_ms,
         id: n.id.clone(),
+        ino: n.ino,
+        mode: n.mode(),
+        ctime_ms: n.ctime(),
+        is_symlink: n.is_symlink(),
+        symlink_target: n.symlink.clone().unwrap_or_default(),
         ..Default::default()
     };
     if let Some(f) = &n.file {
@@ -148,9 +153,11 @@ impl MetaNode {
         self.read_gate(r.stale).await?;
         let (actor, _) = self.authenticate(c)?;
         let st = self.read_state();
-        let entries = st.list(&actor, &r.path, r.recursive)?;
+        let (entries, next) =
+            st.list_page(&actor, &r.path, r.recursive, &r.after, r.limit as usize)?;
         Ok(ListReply {
             entries: entries.iter().map(|(p, n)| file_info(p, n, None)).collect(),
+            next,
         })
     }
 
@@ -167,12 +174,54 @@ impl MetaNode {
         let (actor, _) = self.authenticate(c)?;
         let from = dfs_common::path::normalize(&r.from).map_err(invalid)?;
         let to = dfs_common::path::normalize(&r.to).map_err(invalid)?;
+        let mode = match r.mode() {
+            dfs_proto::RenameMode::RenameMove => crate::state::command::RenameMode::Move,
+            dfs_proto::RenameMode::RenameNoreplace => crate::state::command::RenameMode::NoReplace,
+            dfs_proto::RenameMode::RenameReplace => crate::state::command::RenameMode::Replace,
+        };
         self.propose(client_write(
             &r.request_id,
             CommandV1::Rename {
                 actor,
                 from,
                 to,
+                now_ms: now_ms(),
+                mode,
+            },
+        )?)
+        .await?;
+        Ok(Empty {})
+    }
+
+    pub async fn symlink(&self, c: &Caller, r: SymlinkRequest) -> OpResult<Empty> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::Symlink {
+                actor,
+                path,
+                target: r.target,
+                id: uuid::Uuid::new_v4().to_string(),
+                now_ms: now_ms(),
+            },
+        )?)
+        .await?;
+        Ok(Empty {})
+    }
+
+    pub async fn set_attr(&self, c: &Caller, r: SetAttrRequest) -> OpResult<Empty> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
+        self.propose(client_write(
+            &r.request_id,
+            CommandV1::SetAttr {
+                actor,
+                path,
+                mode: r.mode,
+                mtime_ms: r.mtime_ms,
                 now_ms: now_ms(),
             },
         )?)
@@ -191,6 +240,7 @@ impl MetaNode {
                     actor,
                     path,
                     recursive: r.recursive,
+                    now_ms: now_ms(),
                 },
             )?)
             .await?
@@ -378,14 +428,20 @@ impl MetaNode {
                 created_ms,
                 id,
                 modified_ms,
+                ino,
+                mode,
             } => Inode {
                 // Replies remembered before they carried these fields decode empty: this
                 // attempt's values are the best answer then.
                 id: if id.is_empty() { inode_id } else { id },
+                ino,
                 owner,
                 created_ms,
                 modified_ms: if modified_ms == 0 { now } else { modified_ms },
+                ctime_ms: 0,
+                mode,
                 file: Some(file),
+                symlink: None,
             },
             other => {
                 return Err(Status::internal(format!(
@@ -405,6 +461,12 @@ impl MetaNode {
         let (p, n) = st.stat(&actor, &r.path)?;
         if n.is_dir() {
             return Err(Status::failed_precondition(format!("{p} is a directory")).into());
+        }
+        if let Some(t) = &n.symlink {
+            return Err(Status::invalid_argument(format!(
+                "{p} is a symbolic link (to {t}), not a file"
+            ))
+            .into());
         }
         let mut info = file_info(&p, &n, Some(&st));
         // Live replicas first, so a reader tries a dead server last.

@@ -88,6 +88,8 @@ meta_rpcs! {
     rename: RenameRequest => Empty;
     remove: RemoveRequest => RemoveReply;
     usage: StatRequest => UsageReply;
+    symlink: SymlinkRequest => Empty;
+    set_attr: SetAttrRequest => Empty;
     allocate_chunks: AllocateRequest => AllocateReply;
     commit_file: CommitRequest => FileInfo;
     open_read: StatRequest => OpenReadReply;

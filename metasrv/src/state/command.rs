@@ -49,12 +49,39 @@ pub enum CommandV1 {
         from: String,
         to: String,
         now_ms: i64,
+        /// Entries from before the flag decode as `Move` (what rename did then).
+        #[serde(default)]
+        mode: RenameMode,
     },
     Remove {
         actor: String,
         path: String,
         recursive: bool,
+        /// The parent directory's new mtime (0 in entries from before it was kept: unchanged).
+        #[serde(default)]
+        now_ms: i64,
     },
+    /// Create a symbolic link at `path` pointing at `target` (stored as given, never resolved).
+    Symlink {
+        actor: String,
+        path: String,
+        target: String,
+        id: String,
+        now_ms: i64,
+    },
+    /// Change the permission bits and/or the mtime of an entry (its owner or an admin);
+    /// ctime becomes `now_ms`.
+    SetAttr {
+        actor: String,
+        path: String,
+        mode: Option<u32>,
+        mtime_ms: Option<i64>,
+        now_ms: i64,
+    },
+    /// Give every inode without a number one (in path order, from `ClusterMeta.next_ino`)
+    /// and turn on this version's namespace semantics. The leader proposes it once on a
+    /// cluster made by an older version; applying it again changes nothing.
+    NumberInodes,
     /// Create or (with `overwrite`) atomically replace a file whose chunks are already durable.
     /// `kept`: ids of chunks taken unchanged from the version being replaced (a write into the
     /// middle of a big file sends only the chunks it changed); each must still be part of that
@@ -131,6 +158,19 @@ pub enum CommandV1 {
     },
 }
 
+/// What a rename does when the target exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RenameMode {
+    /// Like `mv`: onto an existing directory moves into it; onto anything else is refused.
+    #[default]
+    Move,
+    /// The exact target; refused with `AlreadyExists` if it exists (`RENAME_NOREPLACE`).
+    NoReplace,
+    /// The exact target, atomically replacing a file or link there, or an empty directory
+    /// when the source is a directory (rename(2)).
+    Replace,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImportedFile {
     pub path: String,
@@ -190,6 +230,10 @@ pub enum Reply {
         id: String,
         #[serde(default)]
         modified_ms: i64,
+        #[serde(default)]
+        ino: u64,
+        #[serde(default)]
+        mode: u32,
     },
     /// Init: whether this command was the one that initialized the cluster.
     Initialized {
@@ -255,12 +299,29 @@ impl State {
                 from,
                 to,
                 now_ms,
-            } => self.rename(actor, from, to, *now_ms, touched),
+                mode,
+            } => self.rename(actor, from, to, *mode, *now_ms, touched),
             CommandV1::Remove {
                 actor,
                 path,
                 recursive,
-            } => self.remove(actor, path, *recursive, touched),
+                now_ms,
+            } => self.remove(actor, path, *recursive, *now_ms, touched),
+            CommandV1::Symlink {
+                actor,
+                path,
+                target,
+                id,
+                now_ms,
+            } => self.symlink(actor, path, target, id, *now_ms, touched),
+            CommandV1::SetAttr {
+                actor,
+                path,
+                mode,
+                mtime_ms,
+                now_ms,
+            } => self.set_attr(actor, path, *mode, *mtime_ms, *now_ms, touched),
+            CommandV1::NumberInodes => Ok(self.number_inodes(touched)),
             CommandV1::CommitFile {
                 actor,
                 path,

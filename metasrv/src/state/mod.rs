@@ -64,19 +64,67 @@ pub struct FileData {
     pub chunks: Vec<ChunkRef>,
 }
 
-/// A directory (`file == None`) or a file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A directory (no `file`, no `symlink`), a file or a symbolic link.
+///
+/// `ino` is the inode number: unique among every inode the cluster ever had (root is 1, the
+/// counter lives in `ClusterMeta.next_ino`), kept across rename and across a commit that
+/// replaces the file's content. Records written before numbers existed decode with 0 until the
+/// leader's `NumberInodes` entry numbers them (in path order, the same on every member).
+/// `mode` 0 means the default for the kind (see `Inode::mode`); `ctime_ms` 0 means
+/// `modified_ms` (records from before ctime was kept).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
     pub id: String,
+    #[serde(default)]
+    pub ino: u64,
     pub owner: String,
     pub created_ms: i64,
     pub modified_ms: i64,
+    #[serde(default)]
+    pub ctime_ms: i64,
+    #[serde(default)]
+    pub mode: u32,
     pub file: Option<FileData>,
+    /// The target of a symbolic link (then `file` is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink: Option<String>,
 }
+
+/// Default permission bits of a new file, directory and symbolic link.
+pub const DEFAULT_FILE_MODE: u32 = 0o644;
+pub const DEFAULT_DIR_MODE: u32 = 0o755;
+pub const SYMLINK_MODE: u32 = 0o777;
+/// The permission bits `SetAttr` may set (rwx for user, group, other, and setuid/setgid/sticky).
+pub const MODE_MASK: u32 = 0o7777;
+/// The inode number of `/`.
+pub const ROOT_INO: u64 = 1;
 
 impl Inode {
     pub fn is_dir(&self) -> bool {
-        self.file.is_none()
+        self.file.is_none() && self.symlink.is_none()
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.symlink.is_some()
+    }
+
+    /// The permission bits, with the kind's default when none were ever set.
+    pub fn mode(&self) -> u32 {
+        match self.mode {
+            _ if self.is_symlink() => SYMLINK_MODE,
+            0 if self.is_dir() => DEFAULT_DIR_MODE,
+            0 => DEFAULT_FILE_MODE,
+            m => m & MODE_MASK,
+        }
+    }
+
+    /// When the inode last changed (content, name, or attributes).
+    pub fn ctime(&self) -> i64 {
+        if self.ctime_ms == 0 {
+            self.modified_ms
+        } else {
+            self.ctime_ms
+        }
     }
 }
 
@@ -94,6 +142,26 @@ pub struct ChunkServerEntry {
 pub struct ClusterMeta {
     pub cluster_id: String,
     pub next_chunk_server_id: NodeId,
+    /// The next inode number to hand out (numbers are never reused; 0 reads as 2).
+    #[serde(default)]
+    pub next_ino: u64,
+    /// Namespace semantics of this version are on: new inodes get numbers, a directory's
+    /// mtime follows its entries, a rename changes ctime. Set by `Init` on a new cluster and
+    /// by `NumberInodes` on one made by an older version; entries applied before that point
+    /// apply exactly as the older version applied them, so every member agrees.
+    #[serde(default)]
+    pub inode_numbers: bool,
+    /// When the cluster was initialized (0 on clusters from before it was kept: then the
+    /// admin user's creation time, which is the same moment).
+    #[serde(default)]
+    pub created_ms: i64,
+    /// The root directory's attributes (0: its defaults).
+    #[serde(default)]
+    pub root_mode: u32,
+    #[serde(default)]
+    pub root_mtime_ms: i64,
+    #[serde(default)]
+    pub root_ctime_ms: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +405,8 @@ pub(crate) fn count_inodes<'a>(nodes: impl Iterator<Item = &'a Inode>) -> (u64, 
                 t.0 += 1;
                 t.2 = t.2.saturating_add(f.size);
             }
+            // Symbolic links count as (empty) files.
+            None if n.is_symlink() => t.0 += 1,
             None => t.1 += 1,
         }
     }

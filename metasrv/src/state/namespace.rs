@@ -4,12 +4,27 @@
 //! Anyone may create entries at the root; elsewhere only in directories they may change.
 //! A refused command returns an error and leaves the state exactly as it was: every check
 //! runs before the first mutation.
-use super::command::{ApplyError, ErrorKind, ImportedFile, Reply};
-use super::{FileData, Inode, RecordKey, State};
+//!
+//! Inode numbers, modes and times (see `Inode`): a new inode takes the next number from the
+//! replicated counter; a commit over an existing file keeps its number, owner, mode and
+//! creation time; a rename keeps the number. Adding, removing or renaming an entry sets its
+//! directory's mtime and ctime to the command's time.
+use super::command::{ApplyError, ErrorKind, ImportedFile, RenameMode, Reply};
+use super::{FileData, Inode, RecordKey, State, MODE_MASK, ROOT_INO};
 use dfs_common::path;
 
 /// Most replicas a file may ask for.
 pub const MAX_REPLICATION: u32 = 16;
+/// Longest symbolic link target, in bytes (Linux's PATH_MAX).
+pub const MAX_SYMLINK_TARGET: usize = 4096;
+/// Most entries in one page of a listing (a caller asking for more gets this many).
+pub const MAX_LIST_PAGE: usize = 1000;
+/// Most entries one page looks at (entries the caller may not see are skipped but counted), so
+/// a page costs bounded work even in a directory full of other users' files.
+const MAX_LIST_SCAN: usize = 20 * MAX_LIST_PAGE;
+
+/// One page of a listing and the cursor of the next (empty: this was the last page).
+pub type ListPage = (Vec<(String, Inode)>, String);
 
 fn checked(p: &str) -> Result<String, ApplyError> {
     path::normalize(p).map_err(|e| ApplyError::new(ErrorKind::InvalidArgument, e.to_string()))
@@ -18,6 +33,62 @@ fn checked(p: &str) -> Result<String, ApplyError> {
 impl State {
     fn may_change(&self, actor: &str, inode: &Inode) -> bool {
         inode.owner == actor || self.is_admin(actor)
+    }
+
+    /// The next inode number (0 until this version's semantics are on, as an older version
+    /// would have stored it).
+    fn alloc_ino(&mut self, touched: &mut Vec<RecordKey>) -> u64 {
+        if !self.meta.inode_numbers {
+            return 0;
+        }
+        let n = self.meta.next_ino.max(ROOT_INO + 1);
+        self.meta.next_ino = n + 1;
+        touched.push(RecordKey::Meta);
+        n
+    }
+
+    /// An entry of `dir` was added, removed or renamed at `now_ms`.
+    fn dir_changed(&mut self, dir: &str, now_ms: i64, touched: &mut Vec<RecordKey>) {
+        if !self.meta.inode_numbers || now_ms == 0 {
+            return;
+        }
+        if dir == "/" {
+            self.meta.root_mtime_ms = now_ms;
+            self.meta.root_ctime_ms = now_ms;
+            touched.push(RecordKey::Meta);
+        } else if let Some(n) = self.nodes.get_mut(dir) {
+            n.modified_ms = now_ms;
+            n.ctime_ms = now_ms;
+            touched.push(RecordKey::Node(dir.to_string()));
+        }
+    }
+
+    /// When the cluster was initialized (the admin's creation time on older clusters).
+    pub fn cluster_created_ms(&self) -> i64 {
+        match self.meta.created_ms {
+            0 => self.users.get("admin").map_or(0, |u| u.created_ms),
+            t => t,
+        }
+    }
+
+    /// The root directory: owned by `admin`, number 1, created with the cluster.
+    pub fn root_inode(&self) -> Inode {
+        let created = self.cluster_created_ms();
+        let mtime = match self.meta.root_mtime_ms {
+            0 => created,
+            t => t,
+        };
+        Inode {
+            id: "root".into(),
+            ino: ROOT_INO,
+            owner: "admin".into(),
+            created_ms: created,
+            modified_ms: mtime,
+            ctime_ms: self.meta.root_ctime_ms,
+            mode: self.meta.root_mode,
+            file: None,
+            symlink: None,
+        }
     }
 
     /// Can `actor` create an entry directly inside `dir`?
@@ -48,33 +119,6 @@ impl State {
         self.nodes
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
-    }
-
-    /// The direct children of `dir`, without walking their subtrees: after a child, the search
-    /// jumps past every key under it (`child/…` sorts before `child0`).
-    fn children<'a>(&'a self, dir: &str) -> Vec<(&'a String, &'a Inode)> {
-        use std::ops::Bound;
-        let prefix = if dir == "/" {
-            "/".to_string()
-        } else {
-            format!("{dir}/")
-        };
-        let mut out = Vec::new();
-        let mut from = Bound::Included(prefix.clone());
-        while let Some((k, n)) = self.nodes.range((from, Bound::Unbounded)).next() {
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            match k[prefix.len()..].find('/') {
-                // A deeper entry whose directory was skipped or absent: jump past that subtree.
-                Some(i) => from = Bound::Included(format!("{}0", &k[..prefix.len() + i])),
-                None => {
-                    out.push((k, n));
-                    from = Bound::Excluded(k.clone());
-                }
-            }
-        }
-        out
     }
 
     /// The ancestors of `path` that do not exist yet, after checking that the ones that do are
@@ -113,13 +157,18 @@ impl State {
         now_ms: i64,
         touched: &mut Vec<RecordKey>,
     ) {
+        if let Some(first) = dirs.first() {
+            self.dir_changed(path::parent(first).unwrap_or("/"), now_ms, touched);
+        }
         for (i, d) in dirs.iter().enumerate() {
             let inode = Inode {
                 id: format!("{id}.{i}"),
+                ino: self.alloc_ino(touched),
                 owner: owner.to_string(),
                 created_ms: now_ms,
                 modified_ms: now_ms,
-                file: None,
+                ctime_ms: now_ms,
+                ..Default::default()
             };
             self.nodes.insert(d.clone(), inode);
             touched.push(RecordKey::Node(d.clone()));
@@ -177,6 +226,7 @@ impl State {
         actor: &str,
         from_raw: &str,
         to_raw: &str,
+        mode: RenameMode,
         now_ms: i64,
         touched: &mut Vec<RecordKey>,
     ) -> Result<Reply, ApplyError> {
@@ -196,9 +246,10 @@ impl State {
                 "permission denied: {from} belongs to another user"
             )));
         }
+        let src_is_dir = src.is_dir();
         // Like mv: moving onto an existing directory moves into it.
         let to_is_dir = to == "/" || self.nodes.get(&to).is_some_and(Inode::is_dir);
-        if to_is_dir {
+        if mode == RenameMode::Move && to_is_dir {
             to = if to == "/" {
                 format!("/{}", path::file_name(&from))
             } else {
@@ -206,7 +257,13 @@ impl State {
             };
         }
         if to == from {
-            return Ok(Reply::Done);
+            return match mode {
+                RenameMode::NoReplace => Err(exists(&to)),
+                _ => Ok(Reply::Done),
+            };
+        }
+        if to == "/" {
+            return Err(exists("/"));
         }
         if path::is_within(&to, &from) {
             return Err(ApplyError::new(
@@ -214,8 +271,38 @@ impl State {
                 format!("cannot move {from} into itself"),
             ));
         }
-        if self.nodes.contains_key(&to) {
-            return Err(exists(&to));
+        // The entry `to` replaces, if any (only with `Replace`).
+        let mut replaced = None;
+        if let Some(t) = self.nodes.get(&to) {
+            if mode != RenameMode::Replace {
+                return Err(exists(&to));
+            }
+            if !self.may_change(actor, t) {
+                return Err(ApplyError::denied(format!(
+                    "permission denied: {to} belongs to another user"
+                )));
+            }
+            match (src_is_dir, t.is_dir()) {
+                (true, false) => {
+                    return Err(ApplyError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!("{to} is a file, not a directory"),
+                    ))
+                }
+                (false, true) => {
+                    return Err(ApplyError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!("{to} is a directory"),
+                    ))
+                }
+                (true, true) if self.descendants(&to).next().is_some() => {
+                    return Err(ApplyError::new(
+                        ErrorKind::FailedPrecondition,
+                        format!("{to}: directory not empty"),
+                    ))
+                }
+                _ => replaced = Some(to.clone()),
+            }
         }
         let to_parent = path::parent(&to).unwrap_or("/").to_string();
         self.check_create_in(actor, &to_parent)?;
@@ -228,17 +315,33 @@ impl State {
             }
             moving.push(k.clone());
         }
+        // Every check passed: from here on nothing fails.
+        if let Some(t) = replaced {
+            if let Some(Inode { file: Some(f), .. }) = self.nodes.remove(&t) {
+                self.queue_deletes(&f.chunks, touched);
+            }
+            touched.push(RecordKey::Node(t));
+        }
+        let v2 = self.meta.inode_numbers;
         for old in moving {
             let new = format!("{to}{}", &old[from.len()..]);
             if let Some(mut n) = self.nodes.remove(&old) {
                 if old == from {
-                    n.modified_ms = now_ms;
+                    // A rename changes the inode (ctime), not its content (mtime); before
+                    // this version it set the mtime.
+                    if v2 {
+                        n.ctime_ms = now_ms;
+                    } else {
+                        n.modified_ms = now_ms;
+                    }
                 }
                 self.nodes.insert(new.clone(), n);
             }
             touched.push(RecordKey::Node(old));
             touched.push(RecordKey::Node(new));
         }
+        self.dir_changed(path::parent(&from).unwrap_or("/"), now_ms, touched);
+        self.dir_changed(&to_parent, now_ms, touched);
         Ok(Reply::Done)
     }
 
@@ -247,6 +350,7 @@ impl State {
         actor: &str,
         raw: &str,
         recursive: bool,
+        now_ms: i64,
         touched: &mut Vec<RecordKey>,
     ) -> Result<Reply, ApplyError> {
         let p = checked(raw)?;
@@ -288,6 +392,7 @@ impl State {
             }
             touched.push(RecordKey::Node(k));
         }
+        self.dir_changed(path::parent(&p).unwrap_or("/"), now_ms, touched);
         Ok(Reply::Removed { count })
     }
 
@@ -400,16 +505,28 @@ impl State {
         self.check_file_data(file)?;
         let missing = self.missing_ancestors(actor, &p)?;
         self.create_dirs(&missing, actor, id, now_ms, touched);
-        let (created_ms, owner) = match self.nodes.get(&p) {
-            Some(old) => (old.created_ms, old.owner.clone()),
-            None => (now_ms, actor.to_string()),
+        // A new version of a file is the same inode (number, owner, mode, creation time); a
+        // file over a symbolic link is a new one.
+        let (created_ms, owner, ino, mode) = match self.nodes.get(&p) {
+            Some(old) if old.file.is_some() => {
+                (old.created_ms, old.owner.clone(), old.ino, old.mode)
+            }
+            Some(old) => (now_ms, old.owner.clone(), self.alloc_ino(touched), 0),
+            None => {
+                self.dir_changed(path::parent(&p).unwrap_or("/"), now_ms, touched);
+                (now_ms, actor.to_string(), self.alloc_ino(touched), 0)
+            }
         };
         let new = Inode {
             id: id.to_string(),
+            ino,
             owner: owner.clone(),
             created_ms,
             modified_ms: now_ms,
+            ctime_ms: now_ms,
+            mode,
             file: Some(file.clone()),
+            symlink: None,
         };
         if let Some(Inode {
             file: Some(old), ..
@@ -431,6 +548,8 @@ impl State {
             created_ms,
             id: id.to_string(),
             modified_ms: now_ms,
+            ino,
+            mode,
         })
     }
 
@@ -523,12 +642,15 @@ impl State {
                 chunk_size: 0,
                 chunks: f.chunks.clone(),
             };
+            self.dir_changed(path::parent(&p).unwrap_or("/"), now_ms, touched);
             let inode = Inode {
                 id: f.id.clone(),
+                ino: self.alloc_ino(touched),
                 owner: f.owner.clone(),
                 created_ms: f.created_ms,
                 modified_ms: f.modified_ms,
                 file: Some(data),
+                ..Default::default()
             };
             self.nodes.insert(p.clone(), inode);
             touched.push(RecordKey::Node(p.clone()));
@@ -547,7 +669,7 @@ impl State {
     pub fn stat(&self, actor: &str, raw: &str) -> Result<(String, Inode), ApplyError> {
         let p = checked(raw)?;
         if p == "/" {
-            return Ok((p, root_inode()));
+            return Ok((p, self.root_inode()));
         }
         let n = self
             .nodes
@@ -569,20 +691,199 @@ impl State {
         raw: &str,
         recursive: bool,
     ) -> Result<Vec<(String, Inode)>, ApplyError> {
+        Ok(self.list_page(actor, raw, recursive, "", 0)?.0)
+    }
+
+    /// One page of `list`: at most `limit` entries (0: all of them; otherwise at most
+    /// `MAX_LIST_PAGE`) whose name (path below `raw`, when recursive) sorts after `after`,
+    /// and the cursor for the next page. Any cursor is just a name to start after: a stale
+    /// or made-up one skips or repeats nothing it should not.
+    pub fn list_page(
+        &self,
+        actor: &str,
+        raw: &str,
+        recursive: bool,
+        after: &str,
+        limit: usize,
+    ) -> Result<ListPage, ApplyError> {
+        use std::ops::Bound;
         let (p, n) = self.stat(actor, raw)?;
         if !n.is_dir() {
-            return Ok(vec![(p, n)]);
+            return Ok((
+                if after.is_empty() {
+                    vec![(p, n)]
+                } else {
+                    vec![]
+                },
+                String::new(),
+            ));
         }
-        let entries: Vec<(&String, &Inode)> = if recursive {
-            self.descendants(&p).collect()
-        } else {
-            self.children(&p)
+        let (limit, scan) = match limit {
+            0 => (usize::MAX, usize::MAX),
+            l => (l.min(MAX_LIST_PAGE), MAX_LIST_SCAN),
         };
-        Ok(entries
-            .into_iter()
-            .filter(|(_, n)| self.may_change(actor, n))
-            .map(|(k, n)| (k.clone(), n.clone()))
-            .collect())
+        let prefix = if p == "/" {
+            "/".to_string()
+        } else {
+            format!("{p}/")
+        };
+        let mut from = if after.is_empty() {
+            Bound::Included(prefix.clone())
+        } else {
+            Bound::Excluded(format!("{prefix}{after}"))
+        };
+        let (mut out, mut scanned) = (Vec::new(), 0usize);
+        while let Some((k, n)) = self.nodes.range((from, Bound::Unbounded)).next() {
+            if !k.starts_with(&prefix) {
+                return Ok((out, String::new()));
+            }
+            let name = &k[prefix.len()..];
+            match name.find('/') {
+                // Not a direct child: jump past that subtree (`child/…` sorts before `child0`).
+                Some(i) if !recursive => {
+                    from = Bound::Included(format!("{}0", &k[..prefix.len() + i]));
+                    continue;
+                }
+                _ => {
+                    if self.may_change(actor, n) {
+                        out.push((k.clone(), n.clone()));
+                    }
+                    scanned += 1;
+                    from = Bound::Excluded(k.clone());
+                }
+            }
+            if out.len() >= limit || scanned >= scan {
+                return Ok((out, name.to_string()));
+            }
+        }
+        Ok((out, String::new()))
+    }
+
+    pub(super) fn symlink(
+        &mut self,
+        actor: &str,
+        raw: &str,
+        target: &str,
+        id: &str,
+        now_ms: i64,
+        touched: &mut Vec<RecordKey>,
+    ) -> Result<Reply, ApplyError> {
+        let p = checked(raw)?;
+        let bad = |m: String| Err(ApplyError::new(ErrorKind::InvalidArgument, m));
+        if target.is_empty() {
+            return bad("a symbolic link needs a target".into());
+        }
+        if target.len() > MAX_SYMLINK_TARGET {
+            return bad(format!(
+                "symbolic link target is {} bytes, longer than {MAX_SYMLINK_TARGET}",
+                target.len()
+            ));
+        }
+        if target.contains('\0') {
+            return bad("symbolic link target contains a NUL byte".into());
+        }
+        if !self.users.contains_key(actor) {
+            return Err(ApplyError::denied(format!("unknown user {actor}")));
+        }
+        if p == "/" || self.nodes.contains_key(&p) {
+            return Err(exists(&p));
+        }
+        let missing = self.missing_ancestors(actor, &p)?;
+        if let Some(m) = missing.first() {
+            return Err(ApplyError::not_found(m));
+        }
+        self.dir_changed(path::parent(&p).unwrap_or("/"), now_ms, touched);
+        let inode = Inode {
+            id: id.to_string(),
+            ino: self.alloc_ino(touched),
+            owner: actor.to_string(),
+            created_ms: now_ms,
+            modified_ms: now_ms,
+            ctime_ms: now_ms,
+            mode: 0,
+            file: None,
+            symlink: Some(target.to_string()),
+        };
+        self.nodes.insert(p.clone(), inode);
+        touched.push(RecordKey::Node(p));
+        Ok(Reply::Done)
+    }
+
+    pub(super) fn set_attr(
+        &mut self,
+        actor: &str,
+        raw: &str,
+        mode: Option<u32>,
+        mtime_ms: Option<i64>,
+        now_ms: i64,
+        touched: &mut Vec<RecordKey>,
+    ) -> Result<Reply, ApplyError> {
+        let (p, n) = self.stat(actor, raw)?;
+        if !self.may_change(actor, &n) {
+            return Err(ApplyError::denied(format!(
+                "permission denied: {p} belongs to another user"
+            )));
+        }
+        if let Some(m) = mode {
+            if m & !MODE_MASK != 0 {
+                return Err(ApplyError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("mode {m:o} has bits beyond permissions ({MODE_MASK:o})"),
+                ));
+            }
+            if n.is_symlink() {
+                return Err(ApplyError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("{p}: the mode of a symbolic link cannot be changed"),
+                ));
+            }
+        }
+        if p == "/" {
+            if let Some(m) = mode {
+                self.meta.root_mode = m;
+            }
+            if let Some(t) = mtime_ms {
+                self.meta.root_mtime_ms = t;
+            }
+            self.meta.root_ctime_ms = now_ms;
+            touched.push(RecordKey::Meta);
+            return Ok(Reply::Done);
+        }
+        if let Some(n) = self.nodes.get_mut(&p) {
+            if let Some(m) = mode {
+                n.mode = m;
+            }
+            if let Some(t) = mtime_ms {
+                n.modified_ms = t;
+            }
+            n.ctime_ms = now_ms;
+            touched.push(RecordKey::Node(p));
+        }
+        Ok(Reply::Done)
+    }
+
+    /// Number every inode that has no number yet, in path order, and turn on this version's
+    /// semantics (see `ClusterMeta.inode_numbers`). Deterministic: the same state gives the
+    /// same numbers on every member.
+    pub(super) fn number_inodes(&mut self, touched: &mut Vec<RecordKey>) -> Reply {
+        if self.meta.inode_numbers {
+            return Reply::Done;
+        }
+        let mut next = self.meta.next_ino.max(ROOT_INO + 1);
+        for (p, n) in self.nodes.iter_mut() {
+            if n.ino == 0 {
+                n.ino = next;
+                next += 1;
+                touched.push(RecordKey::Node(p.clone()));
+            }
+        }
+        self.meta.next_ino = next;
+        self.meta.inode_numbers = true;
+        if self.meta.created_ms == 0 {
+            self.meta.created_ms = self.cluster_created_ms();
+        }
+        touched.push(RecordKey::Meta);
+        Reply::Done
     }
 
     /// Files, directories and file bytes under `raw` that the actor may see (no copies).
@@ -602,14 +903,4 @@ impl State {
 
 fn exists(p: &str) -> ApplyError {
     ApplyError::new(ErrorKind::AlreadyExists, format!("{p} already exists"))
-}
-
-fn root_inode() -> Inode {
-    Inode {
-        id: "root".into(),
-        owner: "admin".into(),
-        created_ms: 0,
-        modified_ms: 0,
-        file: None,
-    }
 }

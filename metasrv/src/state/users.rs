@@ -1,6 +1,6 @@
 //! Users: the admin created at initialization, users added by an admin or self-registered.
 use super::command::{ApplyError, ErrorKind, Reply};
-use super::{ClusterMeta, RecordKey, Role, State, User};
+use super::{ClusterMeta, RecordKey, Role, State, User, ROOT_INO};
 
 /// User names: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with `.` (they end up in auth files).
 pub fn validate_user_name(name: &str) -> Result<(), ApplyError> {
@@ -35,6 +35,10 @@ impl State {
         self.meta = ClusterMeta {
             cluster_id: cluster_id.to_string(),
             next_chunk_server_id: self.meta.next_chunk_server_id.max(1),
+            next_ino: ROOT_INO + 1,
+            inode_numbers: true,
+            created_ms: now_ms,
+            ..Default::default()
         };
         self.users.insert(
             "admin".into(),
