@@ -22,6 +22,37 @@ pub struct MountArgs {
     /// Directory for staging files (open files' bytes) [default: the system temp dir].
     #[arg(long)]
     pub staging_dir: Option<PathBuf>,
+    /// Bytes that files being written may stage in --staging-dir (e.g. 2G, 512M); past it,
+    /// writers wait for their chunks to be uploaded instead of filling the disk.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub staging_bytes: u64,
+}
+
+/// A byte count: a number, optionally followed by K, M, G or T (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => {
+                    return Err(format!(
+                        "{s}: use a number of bytes, or K, M, G or T after it"
+                    ))
+                }
+            };
+            (&t[..i], m)
+        }
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s} is not a byte count (e.g. 1G, 512M, 1048576)"))
 }
 
 pub async fn run(ctx: &Ctx, a: MountArgs) -> anyhow::Result<i32> {
@@ -61,6 +92,7 @@ pub async fn run(ctx: &Ctx, a: MountArgs) -> anyhow::Result<i32> {
         uid: unsafe { libc::getuid() },
         // SAFETY: as above.
         gid: unsafe { libc::getgid() },
+        staging_bytes: a.staging_bytes,
     };
     let fs = DfsFs::new(backend, opts);
     let session = dfs_mount::spawn(fs, &mountpoint, &format!("dfs:{root}"))
@@ -92,4 +124,19 @@ pub async fn run(ctx: &Ctx, a: MountArgs) -> anyhow::Result<i32> {
         ),
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_a_unit() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
 }

@@ -8,8 +8,8 @@
 use crate::error::{Error, Result};
 use crate::meta::{new_request_id, MetaConn};
 use crate::transfer::{
-    fetch_range, fresh_tokens, put_stream, tokens_ageing, ChunkPool, ChunkSource, PutOptions,
-    PutOutcome,
+    fetch_chunk, fetch_range, fresh_tokens, put_stream, tokens_ageing, upload_chunk, ChunkPool,
+    ChunkSource, PutOptions, PutOutcome,
 };
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
@@ -277,6 +277,70 @@ impl Client {
             start = stop;
         }
         Ok(out)
+    }
+
+    /// Room for one new chunk of `path`: its id, targets and write token, and the chunk size
+    /// the cluster cuts new versions of `path` into. `bytes_left`: what the writer still has
+    /// to store, if it knows (0: unknown), so the chunk is placed where it fits.
+    pub async fn allocate_chunk(
+        &self,
+        path: &str,
+        bytes_left: u64,
+    ) -> Result<(AllocatedChunk, u64)> {
+        let req = AllocateRequest {
+            path: path.to_string(),
+            replication: 0,
+            count: 1,
+            overwrite: true,
+            bytes_left,
+        };
+        let reply = rpc!(self.conn, allocate_chunks, req)?;
+        let chunk = reply
+            .chunks
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::other("the leader allocated no chunk"))?;
+        Ok((chunk, reply.chunk_size.max(1)))
+    }
+
+    /// Store `data` as the allocated chunk: sent to all its targets at once, and stored when at
+    /// least one has it fsynced. Not part of any file until [`Client::commit_chunks`].
+    pub async fn store_chunk(&self, alloc: AllocatedChunk, data: Vec<u8>) -> Result<ChunkInfo> {
+        upload_chunk(self.pool.clone(), alloc, data).await
+    }
+
+    /// Read back a chunk this client stored and has not committed (with its write token),
+    /// checked against its CRC32C.
+    pub async fn read_stored_chunk(&self, path: &str, ch: &ChunkInfo) -> Result<Vec<u8>> {
+        Ok(fetch_chunk(&self.conn, &self.pool, path, 0, ch, &ch.token)
+            .await?
+            .concat())
+    }
+
+    /// Commit `chunks`, in file order, as the new version of `path` (created, or replacing
+    /// what is there atomically). A chunk with a write token is one this client stored; one
+    /// without a token (only its id and size) is kept from the version being replaced, and
+    /// the commit fails with `Other`/`FailedPrecondition` when that version no longer has it.
+    /// `sha256`: the whole file's, when the writer saw every byte in order.
+    pub async fn commit_chunks(
+        &self,
+        path: &str,
+        chunks: Vec<ChunkInfo>,
+        chunk_size: u64,
+        sha256: Option<String>,
+    ) -> Result<FileInfo> {
+        let size = chunks.iter().map(|c| c.size).sum();
+        let req = CommitRequest {
+            path: path.to_string(),
+            overwrite: true,
+            replication: 0,
+            size,
+            sha256: sha256.unwrap_or_default(),
+            chunk_size,
+            chunks,
+            request_id: new_request_id(),
+        };
+        Ok(rpc!(self.conn, commit_file, req)?)
     }
 
     /// Capacity and use for statfs (one cluster-status call; any authenticated user).

@@ -151,7 +151,12 @@ async fn write_replica(
 }
 
 /// Store one chunk on all its targets; it counts as stored when at least one replica has it.
-async fn upload_chunk(pool: ChunkPool, alloc: AllocatedChunk, data: Vec<u8>) -> Result<ChunkInfo> {
+/// The result names the replicas that have it, with their addresses (to read it back).
+pub(crate) async fn upload_chunk(
+    pool: ChunkPool,
+    alloc: AllocatedChunk,
+    data: Vec<u8>,
+) -> Result<ChunkInfo> {
     let crc = crc32c::crc32c(&data);
     let size = data.len() as u64;
     let data = Bytes::from(data);
@@ -180,12 +185,17 @@ async fn upload_chunk(pool: ChunkPool, alloc: AllocatedChunk, data: Vec<u8>) -> 
             errors.join("; ")
         )));
     }
+    let replica_addrs = replicas
+        .iter()
+        .filter_map(|n| alloc.targets.iter().find(|t| t.node_id == *n))
+        .map(|t| t.addr.clone())
+        .collect();
     Ok(ChunkInfo {
         chunk_id: alloc.chunk_id,
         size,
         crc32c: crc,
         replicas,
-        replica_addrs: vec![],
+        replica_addrs,
         token: alloc.token,
     })
 }

@@ -5,11 +5,10 @@
 //! an errno for that one call ([`errno_of`]); nothing here panics or exits, so the mount
 //! outlives any peer. A commit is retried only when it failed for a transient reason, and
 //! always from the local staging file, so a retry resends exactly the bytes the program wrote.
-use crate::{Backend, Entry, FsError, FsResult};
-use dfs_client::{Client, Error, FileSource, PutOptions, ReadHandle};
-use dfs_proto::{FileInfo, RenameMode};
-use std::fs::File;
-use std::io::{Seek, SeekFrom};
+use crate::{Allocation, Backend, Entry, FsError, FsResult, Piece, StoredChunk, Upload};
+use dfs_client::{Client, Error, ReadHandle};
+use dfs_proto::{ChunkInfo, FileInfo, RenameMode};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How many times a commit is tried when it fails transiently (a chunk server died mid-put,
@@ -58,10 +57,45 @@ fn entry(f: &FileInfo) -> Entry {
     }
 }
 
+fn backoff(attempt: usize) -> Duration {
+    Duration::from_millis(500 << attempt.min(4))
+}
+
+/// Store one chunk of `path`, in `alloc` if given; a transient failure (a target died, the
+/// leader changed) is retried in a fresh allocation, up to `STORE_ATTEMPTS` times. The bytes
+/// stay in memory until then.
+async fn store_chunk(
+    client: &Client,
+    path: &str,
+    mut alloc: Option<Allocation>,
+    data: Vec<u8>,
+) -> Result<StoredChunk, Error> {
+    let mut attempt = 0;
+    loop {
+        let a = match alloc.take() {
+            Some(a) => a,
+            None => client.allocate_chunk(path, data.len() as u64).await?.0,
+        };
+        match client.store_chunk(a, data.clone()).await {
+            Ok(c) => return Ok(c),
+            // A refused token: the allocation was made long ago; a fresh one is fine.
+            Err(e)
+                if (transient(&e) || matches!(e, Error::Permission(_)))
+                    && attempt + 1 < STORE_ATTEMPTS =>
+            {
+                tracing::warn!("storing a chunk of {path} failed, retrying: {e}");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A cluster directory (`root`) seen through one client.
 pub struct ClusterBackend {
     rt: tokio::runtime::Handle,
-    client: Client,
+    client: Arc<Client>,
     root: String,
 }
 
@@ -72,7 +106,11 @@ impl ClusterBackend {
             "" => "/".to_string(),
             r => r.to_string(),
         };
-        Self { rt, client, root }
+        Self {
+            rt,
+            client: Arc::new(client),
+            root,
+        }
     }
 
     /// The cluster path of a mount path.
@@ -86,6 +124,11 @@ impl ClusterBackend {
 
     fn block<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> FsResult<T> {
         self.rt.block_on(f).map_err(fs_error)
+    }
+
+    /// The chunk size the cluster cuts new files into (one allocation, not used).
+    fn allocate_chunk_size(&self, remote_path: &str) -> FsResult<u64> {
+        Ok(self.block(self.client.allocate_chunk(remote_path, 0))?.1)
     }
 }
 
@@ -182,31 +225,78 @@ impl Backend for ClusterBackend {
         self.block(self.client.read_at(r, offset, len))
     }
 
-    fn store(&self, path: &str, src: &File) -> FsResult<Entry> {
+    fn layout(&self, r: &ReadHandle) -> (u64, Vec<u64>) {
+        match r.file() {
+            Some(f) => (f.chunk_size, f.chunks.iter().map(|c| c.size).collect()),
+            None => (0, Vec::new()),
+        }
+    }
+
+    fn allocate(&self, path: &str) -> FsResult<(Allocation, u64)> {
         let path = self.remote(path);
+        self.block(self.client.allocate_chunk(&path, 0))
+    }
+
+    fn start_upload(&self, path: &str, alloc: Option<Allocation>, data: Vec<u8>) -> Upload {
+        let (tx, upload) = Upload::channel();
+        let (client, path) = (self.client.clone(), self.remote(path));
+        self.rt.spawn(async move {
+            let r = store_chunk(&client, &path, alloc, data).await;
+            let _ = tx.send(r.map_err(fs_error));
+        });
+        upload
+    }
+
+    fn read_stored(&self, path: &str, c: &StoredChunk) -> FsResult<Vec<u8>> {
+        let path = self.remote(path);
+        self.block(self.client.read_stored_chunk(&path, c))
+    }
+
+    fn commit(
+        &self,
+        path: &str,
+        base: Option<&ReadHandle>,
+        pieces: Vec<Piece>,
+        chunk_size: u64,
+        sha256: Option<String>,
+    ) -> FsResult<Entry> {
+        let path = self.remote(path);
+        let base_chunks = base.and_then(|b| b.file()).map(|f| f.chunks.as_slice());
+        let mut chunks = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            chunks.push(match p {
+                Piece::Stored(c) => c,
+                Piece::Kept(i) => {
+                    let c = base_chunks.and_then(|cs| cs.get(i)).ok_or_else(|| {
+                        FsError::new(libc::EIO, "a kept chunk is not in the opened version")
+                    })?;
+                    // No token: kept from the version being replaced (checked by the leader).
+                    ChunkInfo {
+                        chunk_id: c.chunk_id.clone(),
+                        size: c.size,
+                        ..Default::default()
+                    }
+                }
+            });
+        }
+        // An empty file still names a chunk size; the cluster's is learnt by allocating.
+        let chunk_size = match chunk_size {
+            0 => self.allocate_chunk_size(&path)?,
+            cs => cs,
+        };
         let mut attempt = 0;
         loop {
-            let r = self.rt.block_on(async {
-                let mut f = src.try_clone()?;
-                f.seek(SeekFrom::Start(0))?;
-                let opts = PutOptions {
-                    overwrite: true,
-                    replication: 0,
-                    size_hint: Some(f.metadata()?.len()),
-                };
-                let source = FileSource::new(f);
-                let out = self
-                    .client
-                    .put(&path, source, &opts, &dfs_client::no_progress)
-                    .await?;
-                Ok::<_, Error>(entry(&out.file))
-            });
+            let r = self.rt.block_on(self.client.commit_chunks(
+                &path,
+                chunks.clone(),
+                chunk_size,
+                sha256.clone(),
+            ));
             match r {
-                Ok(e) => return Ok(e),
+                Ok(f) => return Ok(entry(&f)),
                 Err(e) if transient(&e) && attempt + 1 < STORE_ATTEMPTS => {
                     tracing::warn!("commit of {path} failed, retrying: {e}");
-                    let backoff = Duration::from_millis(500 << attempt.min(4));
-                    self.rt.block_on(tokio::time::sleep(backoff));
+                    self.rt.block_on(tokio::time::sleep(backoff(attempt)));
                     attempt += 1;
                 }
                 Err(e) => return Err(fs_error(e)),

@@ -5,15 +5,15 @@
 //! - no request ever panics or ends the process: every backend error becomes an errno
 //!   ([`FsError`]), and a poisoned lock is recovered, so a dead chunk server or an unreachable
 //!   cluster fails single calls (EIO), never the mount;
-//! - writes go to a local staging file and are committed to the cluster as a new version of the
-//!   whole file on `flush` (every `close`) and `fsync`; the cluster switches versions atomically,
-//!   so a crash or kill mid-write leaves the previous version;
+//! - writes make a draft of the next version chunk by chunk (see `draft`: unwritten chunks are
+//!   kept by id, written ones staged locally, a sequential writer's streamed out as it passes
+//!   them) committed as the file's new version on `flush` (every `close`) and `fsync`; the
+//!   cluster switches versions atomically, so a crash or kill mid-write leaves the previous one;
 //! - close-to-open: `open` pins the file as committed at that moment (its chunks and read
 //!   tokens) and reads of that handle see that version; attributes are cached by the kernel for
 //!   at most the configured TTL;
 //! - reads are ranged (only the bytes asked for, plus a bounded read-ahead window for sequential
-//!   readers); a handle is copied into a staging file only when it is first written to or
-//!   truncated, and that copy is of the version the handle pinned.
+//!   readers); a handle's draft starts from the version the handle pinned.
 //!
 //! Inode numbers are the metadata service's (stable across rename and overwrite, never reused;
 //! the mount root is 1 as FUSE wants); the mount keeps only a cache from number to path. Modes,
@@ -28,13 +28,13 @@ use fuser::{
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub mod cluster;
+mod draft;
 
 pub use cluster::ClusterBackend;
 pub use fuser;
@@ -115,10 +115,66 @@ pub trait Backend: Send + Sync + 'static {
     fn reader_size(&self, r: &Self::Reader) -> u64;
     /// Up to `len` bytes at `offset` of the pinned version (fewer only at its end).
     fn read_at(&self, r: &mut Self::Reader, offset: u64, len: u64) -> FsResult<Vec<u8>>;
-    /// Commit `src`'s bytes as the new version of `path` (created if missing).
-    fn store(&self, path: &str, src: &File) -> FsResult<Entry>;
+    /// How the pinned version is cut: its chunk size and each chunk's size, in order.
+    fn layout(&self, r: &Self::Reader) -> (u64, Vec<u64>);
+    /// Room for one new chunk of `path`, and the chunk size new versions of it are cut into.
+    fn allocate(&self, path: &str) -> FsResult<(Allocation, u64)>;
+    /// Start storing `data` as one new chunk of `path` (in `alloc` when given) in the
+    /// background; returns at once.
+    fn start_upload(&self, path: &str, alloc: Option<Allocation>, data: Vec<u8>) -> Upload;
+    /// Read back a chunk stored by `start_upload` and not committed yet.
+    fn read_stored(&self, path: &str, c: &StoredChunk) -> FsResult<Vec<u8>>;
+    /// Make `pieces` the new version of `path` (created if missing) in one commit; kept
+    /// pieces are chunks of `base`, which must still be the current version.
+    fn commit(
+        &self,
+        path: &str,
+        base: Option<&Self::Reader>,
+        pieces: Vec<Piece>,
+        chunk_size: u64,
+        sha256: Option<String>,
+    ) -> FsResult<Entry>;
     /// (capacity, used) bytes of the cluster.
     fn usage(&self) -> FsResult<(u64, u64)>;
+}
+
+/// Room for a new chunk, as the cluster allocated it.
+pub type Allocation = dfs_proto::AllocatedChunk;
+/// A chunk stored on chunk servers and not committed yet (with its write token).
+pub type StoredChunk = dfs_proto::ChunkInfo;
+
+/// One chunk of a version being committed.
+pub enum Piece {
+    /// Chunk `i` of the version the writer opened, unchanged.
+    Kept(usize),
+    Stored(StoredChunk),
+}
+
+/// A chunk being stored in the background: `wait` gives the stored chunk or why not.
+pub struct Upload(std::sync::mpsc::Receiver<FsResult<StoredChunk>>);
+
+impl Upload {
+    /// A new upload and the sender its worker reports on.
+    pub fn channel() -> (std::sync::mpsc::SyncSender<FsResult<StoredChunk>>, Upload) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        (tx, Upload(rx))
+    }
+
+    /// An upload that already failed.
+    pub fn failed(e: FsError) -> Upload {
+        let (tx, u) = Upload::channel();
+        let _ = tx.send(Err(e));
+        u
+    }
+
+    pub fn wait(self) -> FsResult<StoredChunk> {
+        self.0.recv().unwrap_or_else(|_| {
+            Err(FsError::new(
+                libc::EIO,
+                "a chunk upload ended without a result",
+            ))
+        })
+    }
 }
 
 /// Mount settings.
@@ -130,6 +186,8 @@ pub struct Options {
     pub staging_dir: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// Bytes all open files may stage locally before writers wait for uploads instead.
+    pub staging_bytes: u64,
 }
 
 /// How many bytes a sequential reader fetches at once (and so the most a handle buffers).
@@ -153,25 +211,27 @@ struct DirCursor {
 }
 
 /// An open file's bytes: the pinned remote version until the first write or truncate, then a
-/// local staging copy.
-enum Content<R> {
+/// draft of the new version (see `draft`).
+enum Content<B: Backend> {
     Remote {
-        reader: R,
+        reader: B::Reader,
         /// The last window fetched: (offset, bytes).
         window: (u64, Vec<u8>),
         /// Where a sequential reader reads next.
         next: u64,
     },
-    Staged(File),
+    Draft(Box<draft::Draft<B>>),
+    /// Between taking a remote version and making its draft (never seen by a caller).
+    Moving,
 }
 
 /// An open file, shared by the FUSE threads serving its handle.
-type Handle<B> = Arc<Mutex<OpenFile<<B as Backend>::Reader>>>;
+type Handle<B> = Arc<Mutex<OpenFile<B>>>;
 
-struct OpenFile<R> {
+struct OpenFile<B: Backend> {
     path: String,
     ino: u64,
-    content: Content<R>,
+    content: Content<B>,
     dirty: bool,
 }
 
@@ -194,6 +254,7 @@ pub struct DfsFs<B: Backend> {
     /// locks so a stat never waits behind a handle that is committing over the network.
     unflushed: Mutex<HashMap<u64, (u64, u64)>>,
     next_fh: AtomicU64,
+    budget: Arc<draft::StagingBudget>,
 }
 
 /// A poisoned lock only means another request panicked; the data is still usable.
@@ -256,6 +317,7 @@ impl<B: Backend> DfsFs<B> {
         let mut inodes = Inodes::default();
         inodes.by_path.insert("/".into(), 1);
         inodes.by_ino.insert(1, "/".into());
+        let staging_bytes = opts.staging_bytes;
         Self {
             backend,
             opts,
@@ -266,6 +328,7 @@ impl<B: Backend> DfsFs<B> {
             handles: Mutex::new(HashMap::new()),
             unflushed: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            budget: draft::budget(staging_bytes),
         }
     }
 
@@ -389,11 +452,10 @@ impl<B: Backend> DfsFs<B> {
     }
 
     /// Record that handle `fh` has uncommitted writes and what its staged size is now.
-    fn mark_dirty(&self, fh: u64, h: &mut OpenFile<B::Reader>) -> FsResult<()> {
+    fn mark_dirty(&self, fh: u64, h: &mut OpenFile<B>) -> FsResult<()> {
         h.dirty = true;
-        if let Content::Staged(file) = &h.content {
-            let size = file.metadata()?.len();
-            lock(&self.unflushed).insert(fh, (h.ino, size));
+        if let Content::Draft(d) = &h.content {
+            lock(&self.unflushed).insert(fh, (h.ino, d.size()));
         }
         Ok(())
     }
@@ -409,7 +471,7 @@ impl<B: Backend> DfsFs<B> {
             .ok_or_else(|| FsError::new(libc::EBADF, "unknown file handle"))
     }
 
-    fn add_handle(&self, h: OpenFile<B::Reader>) -> u64 {
+    fn add_handle(&self, h: OpenFile<B>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         if h.dirty {
             // Opened with O_TRUNC: empty until written, whatever the committed version holds.
@@ -419,11 +481,11 @@ impl<B: Backend> DfsFs<B> {
         fh
     }
 
-    /// Store a handle's staged writes as the file's new version (`fh` None: a handle made for
-    /// one call, not in the table).
-    fn commit(&self, fh: Option<u64>, h: &mut OpenFile<B::Reader>) -> FsResult<()> {
-        if let (true, Content::Staged(file)) = (h.dirty, &h.content) {
-            self.backend.store(&h.path, file)?;
+    /// Store a handle's writes as the file's new version (`fh` None: a handle made for one
+    /// call, not in the table).
+    fn commit(&self, fh: Option<u64>, h: &mut OpenFile<B>) -> FsResult<()> {
+        if let (true, Content::Draft(d)) = (h.dirty, &mut h.content) {
+            d.commit(&self.backend)?;
             h.dirty = false;
         }
         if let Some(fh) = fh {
@@ -432,7 +494,7 @@ impl<B: Backend> DfsFs<B> {
         Ok(())
     }
 
-    fn remote(&self, reader: B::Reader) -> Content<B::Reader> {
+    fn remote(&self, reader: B::Reader) -> Content<B> {
         Content::Remote {
             reader,
             window: (0, Vec::new()),
@@ -440,55 +502,55 @@ impl<B: Backend> DfsFs<B> {
         }
     }
 
-    /// The handle's staging file, copied from its pinned version on first use (in bounded
-    /// pieces, so a big file is never held in memory).
-    fn staged<'a>(&self, h: &'a mut OpenFile<B::Reader>) -> FsResult<&'a File> {
-        if let Content::Remote { reader, .. } = &mut h.content {
-            let file = self.staging()?;
-            let size = self.backend.reader_size(reader);
-            let mut off = 0;
-            while off < size {
-                let part = self.backend.read_at(reader, off, READ_AHEAD)?;
-                if part.is_empty() {
-                    return Err(FsError::new(
-                        libc::EIO,
-                        "the file ended early while staging",
-                    ));
+    /// A draft of a new version starting empty (O_TRUNC, a new file).
+    fn empty_draft(&self, path: &str) -> FsResult<Content<B>> {
+        let d = draft::Draft::new(
+            &*self.backend,
+            path,
+            None,
+            self.staging()?,
+            self.budget.clone(),
+        )?;
+        Ok(Content::Draft(Box::new(d)))
+    }
+
+    /// The handle's draft, made from its pinned version on first use (nothing is copied:
+    /// its chunks are kept until written).
+    fn draft<'a>(&self, h: &'a mut OpenFile<B>) -> FsResult<&'a mut draft::Draft<B>> {
+        if let Content::Remote { .. } = h.content {
+            let Content::Remote { reader, .. } = std::mem::replace(&mut h.content, Content::Moving)
+            else {
+                unreachable!("matched above")
+            };
+            let staging = match self.staging() {
+                Ok(f) => f,
+                Err(e) => {
+                    h.content = self.remote(reader);
+                    return Err(e);
                 }
-                file.write_all_at(&part, off)?;
-                off += part.len() as u64;
-            }
-            h.content = Content::Staged(file);
+            };
+            let d = draft::Draft::new(
+                &*self.backend,
+                &h.path,
+                Some(reader),
+                staging,
+                self.budget.clone(),
+            );
+            h.content = Content::Draft(Box::new(d?));
         }
-        match &h.content {
-            Content::Staged(file) => Ok(file),
-            Content::Remote { .. } => unreachable!("staged above"),
+        match &mut h.content {
+            Content::Draft(d) => Ok(d),
+            _ => Err(FsError::new(libc::EIO, "this handle lost its file")),
         }
     }
 
     /// Read for a handle: a staged copy locally, a remote version through the read-ahead
     /// window (sequential readers fetch `READ_AHEAD` at a time; others just what they ask).
-    fn read_handle(
-        &self,
-        h: &mut OpenFile<B::Reader>,
-        offset: u64,
-        size: u32,
-    ) -> FsResult<Vec<u8>> {
+    fn read_handle(&self, h: &mut OpenFile<B>, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let size = size as u64;
         match &mut h.content {
-            Content::Staged(file) => {
-                let mut buf = vec![0u8; size as usize];
-                let mut n = 0;
-                while n < buf.len() {
-                    let got = file.read_at(&mut buf[n..], offset + n as u64)?;
-                    if got == 0 {
-                        break;
-                    }
-                    n += got;
-                }
-                buf.truncate(n);
-                Ok(buf)
-            }
+            Content::Draft(d) => d.read_at(&self.backend, offset, size),
+            Content::Moving => Err(FsError::new(libc::EIO, "this handle lost its file")),
             Content::Remote {
                 reader,
                 window,
@@ -519,7 +581,7 @@ impl<B: Backend> DfsFs<B> {
         let path = self.path_of(ino)?;
         let trunc = flags.0 & libc::O_TRUNC != 0;
         let content = if trunc {
-            Content::Staged(self.staging()?)
+            self.empty_draft(&path)?
         } else {
             self.remote(self.backend.open_reader(&path)?)
         };
@@ -540,7 +602,7 @@ impl<B: Backend> DfsFs<B> {
                     let content = if size > 0 {
                         self.remote(self.backend.open_reader(&path)?)
                     } else {
-                        Content::Staged(self.staging()?)
+                        self.empty_draft(&path)?
                     };
                     Arc::new(Mutex::new(OpenFile {
                         path: path.clone(),
@@ -551,7 +613,7 @@ impl<B: Backend> DfsFs<B> {
                 }
             };
             let mut h = lock(&h);
-            self.staged(&mut h)?.set_len(size)?;
+            self.draft(&mut h)?.set_len(&self.backend, size)?;
             match fh {
                 Some(fh) => self.mark_dirty(fh.0, &mut h)?,
                 None => {
@@ -747,19 +809,23 @@ impl<B: Backend> Filesystem for DfsFs<B> {
                     return Err(FsError::new(libc::EEXIST, "exists"));
                 }
                 Ok(e) if e.is_dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
-                Ok(e) if flags & libc::O_TRUNC != 0 => (
-                    Entry { size: 0, ..e },
-                    Content::Staged(self.staging()?),
-                    true,
-                ),
+                Ok(e) if flags & libc::O_TRUNC != 0 => {
+                    (Entry { size: 0, ..e }, self.empty_draft(&path)?, true)
+                }
                 Ok(e) => (e, self.remote(self.backend.open_reader(&path)?), false),
                 // Committed empty at once, so the name exists for lookups and other mounts.
                 Err(err) if err.errno == libc::ENOENT => {
-                    let file = self.staging()?;
-                    let e = self.backend.store(&path, &file)?;
+                    let mut d = draft::Draft::new(
+                        &*self.backend,
+                        &path,
+                        None,
+                        self.staging()?,
+                        self.budget.clone(),
+                    )?;
+                    let e = d.commit(&self.backend)?;
                     (
                         self.with_mode(&path, e, mode & !umask)?,
-                        Content::Staged(file),
+                        Content::Draft(Box::new(d)),
                         false,
                     )
                 }
@@ -823,8 +889,9 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         let r = (|| {
             let h = self.handle(fh)?;
             let mut h = lock(&h);
-            self.staged(&mut h)?.write_all_at(data, offset)?;
-            self.mark_dirty(fh.0, &mut h)?;
+            let h = &mut *h;
+            self.draft(h)?.write_at(&self.backend, data, offset)?;
+            self.mark_dirty(fh.0, h)?;
             Ok::<_, FsError>(data.len() as u32)
         })();
         match r {

@@ -338,7 +338,7 @@ fn a_mount_killed_mid_write_leaves_the_previous_version() {
     assert_eq!(c.get_data(&c.auth, "/f"), v1);
 }
 
-/// A file being committed (a 60 MiB close uploading) does not hold up stats and lookups of
+/// A file being committed (a 60 MiB close finishing its uploads) does not hold up stats and lookups of
 /// other files on the same mount: they are answered while that close is still running.
 #[test]
 fn a_long_close_does_not_block_other_lookups() {
@@ -353,7 +353,7 @@ fn a_long_close_does_not_block_other_lookups() {
         echo x > "$W/m/other"
         ( cp "$W/big" "$W/m/big"; touch "$W/closed" ) &
         CP=$!
-        # The writes are staged locally; the close then commits (uploads) the 60 MiB.
+        # The close waits for the chunks still uploading and commits.
         for _ in $(seq 3000); do
           test "$(stat -c %s "$W/m/big" 2>/dev/null)" = 62914560 && break; sleep 0.01
         done
@@ -485,4 +485,93 @@ fn mv_of_a_directory_with_10000_files() {
         "#,
     );
     assert!(out.contains("ok"), "{out}");
+}
+
+/// A sequential writer streams its chunks out as it passes them: copying 48 MiB with 1 MiB
+/// chunks and a 4 MiB staging budget never has more than a few chunks staged (measured from the
+/// mount's open staging files); a program that then writes back into a chunk already uploaded
+/// (a header patched after the body) reads it back and gets the right bytes.
+#[test]
+fn sequential_writes_stream_with_bounded_staging() {
+    let c = Cluster::up(1, 2, &["--chunk-size=1048576"]);
+    let w = work_dir();
+    write(&w.path().join("big"), &bytes(48 << 20, 3));
+    let out = run_script(
+        &c,
+        w.path(),
+        r#"
+        mkdir -p "$W/m"
+        "$D" mount --staging-bytes 4M "$W/m" 2>>"$W/mount.log" &
+        MPID=$!; MPIDS="$MPID"
+        for _ in $(seq 600); do grep -q " $W/m " /proc/self/mountinfo && break; sleep 0.1; done
+        # Blocks allocated by the mount's staging files (open, unlinked), in KiB.
+        staged() { local t=0 b; for f in /proc/$MPID/fd/*; do
+            if [ "$(readlink "$f")" != "${f#x}" ] && readlink "$f" | grep -q '(deleted)'; then
+              b=$(stat -L -c %b "$f" 2>/dev/null || echo 0); t=$((t + b / 2)); fi; done; echo $t; }
+        cp "$W/big" "$W/m/big" & CP=$!
+        max=0
+        while kill -0 $CP 2>/dev/null; do s=$(staged); [ "$s" -gt "$max" ] && max=$s; sleep 0.02; done
+        wait $CP
+        cmp "$W/big" "$W/m/big"
+        echo "max_staged_kib=$max"
+        # Write 5 MiB, go back into chunk 0 (already uploaded) and patch it, then append.
+        perl -e 'open(my $f, "+>", $ARGV[0]) or die "open: $!";
+          syswrite($f, "a" x (5 << 20)) == 5 << 20 or die "write: $!";
+          sysseek($f, 100, 0) or die; syswrite($f, "XYZ") == 3 or die "patch: $!";
+          sysseek($f, 0, 2) or die; syswrite($f, "tail") == 4 or die "append: $!";
+          close($f) or die "close: $!";' "$W/m/patched"
+        perl -e 'my $d = "a" x (5 << 20); substr($d, 100, 3) = "XYZ"; print $d . "tail"' > "$W/want"
+        cmp "$W/want" "$W/m/patched"
+        echo ok
+        "#,
+    );
+    assert!(out.contains("ok"), "{out}");
+    let max: u64 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("max_staged_kib="))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("max_staged_kib printed");
+    eprintln!("48 MiB sequential copy: at most {max} KiB staged at once");
+    assert!(
+        max <= 8 << 10,
+        "a 48 MiB sequential copy staged {max} KiB at once (budget 4 MiB, 1 MiB chunks)"
+    );
+    assert_eq!(c.get_data(&c.auth, "/big"), bytes(48 << 20, 3));
+}
+
+/// A write into the middle of a big file stages and stores only the chunk it touches: the new
+/// version keeps every other chunk of the old one (same chunk ids), and reads back right.
+#[test]
+fn a_small_write_into_a_big_file_replaces_one_chunk() {
+    let c = Cluster::up(1, 2, &["--chunk-size=1048576"]);
+    let w = work_dir();
+    let data = bytes(20 << 20, 8);
+    c.put_data(&c.auth, "/big", &data, &[]).ok();
+    let chunks = |c: &Cluster| -> Vec<String> {
+        let v: serde_json::Value =
+            serde_json::from_str(&c.ctl(&["--json", "stat", "/big"]).ok()).unwrap();
+        v["chunks"]
+            .as_array()
+            .expect("chunks in stat --json")
+            .iter()
+            .map(|ch| ch["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let before = chunks(&c);
+    run_script(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m"
+        printf XYZ | dd of="$W/m/big" bs=1 seek=10485800 conv=notrunc 2>/dev/null
+        "#,
+    );
+    let after = chunks(&c);
+    assert_eq!(before.len(), 20);
+    assert_eq!(after.len(), 20);
+    let changed: Vec<usize> = (0..20).filter(|&i| before[i] != after[i]).collect();
+    assert_eq!(changed, vec![10], "only the chunk written to is new");
+    let mut want = data;
+    want[10485800..10485803].copy_from_slice(b"XYZ");
+    assert_eq!(c.get_data(&c.auth, "/big"), want);
 }

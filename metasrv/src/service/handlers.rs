@@ -350,12 +350,13 @@ impl MetaNode {
             .filter(|c| c.token.is_empty())
             .map(|c| c.chunk_id.clone())
             .collect();
-        // A commit that keeps chunks it did not read may leave the whole-file sha256 out
-        // (each chunk keeps its CRC32C).
-        let no_sum = r.sha256.is_empty() && !kept.is_empty();
-        if !no_sum && (r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit())) {
+        // The whole-file sha256 may be left out by a writer that did not see the bytes in
+        // order (a mount writing into the middle of a file); each chunk keeps its CRC32C.
+        if !r.sha256.is_empty()
+            && (r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             return Err(invalid(
-                "sha256 must be 64 hex characters (or empty when chunks are kept)",
+                "sha256 must be 64 hex characters (or empty when the writer did not compute it)",
             ));
         }
         if r.chunk_size == 0 || r.chunk_size > dfs_common::MAX_CHUNK_SIZE {

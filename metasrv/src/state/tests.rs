@@ -1041,6 +1041,7 @@ fn inode_numbers_are_stable_across_rename_and_overwrite_and_never_reused() {
             file: file(5),
             id: "f2".into(),
             now_ms: 12,
+            kept: vec![],
         },
     )
     .unwrap();
@@ -1397,4 +1398,102 @@ fn a_snapshot_from_the_previous_version_still_loads() {
     assert_eq!(s.meta.created_ms, 3);
     let again: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
     assert_eq!(again, s, "the new snapshot round-trips");
+}
+
+/// A commit may keep chunks of the version it replaces (a write into the middle of a big file
+/// sends only the chunks it changed): they take the stored size, checksum and replicas, are not
+/// queued for deletion, and a commit keeping a chunk the current version no longer has (the
+/// file was replaced or moved meanwhile) is refused and changes nothing.
+#[test]
+fn a_commit_keeps_chunks_of_the_version_it_replaces() {
+    let mut s = state();
+    let chunk = |id: &str, size: u64, crc: u32| ChunkRef {
+        id: id.into(),
+        size,
+        crc32c: crc,
+        replicas: vec![1],
+    };
+    let v1 = FileData {
+        size: 20,
+        replication: 1,
+        sha256: "x".into(),
+        chunk_size: 8,
+        chunks: vec![chunk("a", 8, 1), chunk("b", 8, 2), chunk("c", 4, 3)],
+    };
+    let put = |s: &mut State, file: FileData, kept: Vec<String>| {
+        run(
+            s,
+            CommandV1::CommitFile {
+                actor: "alice".into(),
+                path: "/f".into(),
+                overwrite: true,
+                file,
+                id: "f".into(),
+                now_ms: 9,
+                kept,
+            },
+        )
+    };
+    put(&mut s, v1, vec![]).unwrap();
+    // v2: chunk b rewritten; a and c kept (sent with made-up sizes/crcs/replicas: ignored).
+    let v2 = FileData {
+        size: 20,
+        replication: 1,
+        sha256: String::new(),
+        chunk_size: 8,
+        chunks: vec![
+            ChunkRef {
+                replicas: vec![],
+                ..chunk("a", 8, 0)
+            },
+            chunk("b2", 8, 9),
+            ChunkRef {
+                replicas: vec![],
+                ..chunk("c", 4, 0)
+            },
+        ],
+    };
+    put(&mut s, v2.clone(), vec!["a".into(), "c".into()]).unwrap();
+    let now = s.nodes["/f"].file.clone().unwrap();
+    assert_eq!(
+        now.chunks,
+        vec![chunk("a", 8, 1), chunk("b2", 8, 9), chunk("c", 4, 3)]
+    );
+    let queued: Vec<&String> = s.pending_deletes.values().flatten().collect();
+    assert_eq!(queued, vec!["b"], "only the replaced chunk is deleted");
+    // Keeping b (gone since v2) is refused, as is keeping from a path with no file.
+    let stale = FileData {
+        chunks: vec![chunk("a", 8, 1), chunk("b", 8, 2), chunk("c", 4, 3)],
+        ..v2.clone()
+    };
+    assert_eq!(
+        kind(put(&mut s, stale, vec!["b".into()])),
+        ErrorKind::FailedPrecondition
+    );
+    let other = run(
+        &mut s,
+        CommandV1::CommitFile {
+            actor: "alice".into(),
+            path: "/g".into(),
+            overwrite: true,
+            file: v2.clone(),
+            id: "g".into(),
+            now_ms: 9,
+            kept: vec!["a".into()],
+        },
+    );
+    assert_eq!(kind(other), ErrorKind::FailedPrecondition);
+    // A kept id must be listed in the commit; a different chunk size is refused.
+    assert_eq!(
+        kind(put(&mut s, v2.clone(), vec!["zz".into()])),
+        ErrorKind::InvalidArgument
+    );
+    let resized = FileData {
+        chunk_size: 16,
+        ..v2
+    };
+    assert_eq!(
+        kind(put(&mut s, resized, vec!["a".into()])),
+        ErrorKind::FailedPrecondition
+    );
 }
