@@ -125,11 +125,6 @@ impl ClusterBackend {
     fn block<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> FsResult<T> {
         self.rt.block_on(f).map_err(fs_error)
     }
-
-    /// The chunk size the cluster cuts new files into (one allocation, not used).
-    fn allocate_chunk_size(&self, remote_path: &str) -> FsResult<u64> {
-        Ok(self.block(self.client.allocate_chunk(remote_path, 0))?.1)
-    }
 }
 
 impl Backend for ClusterBackend {
@@ -279,9 +274,10 @@ impl Backend for ClusterBackend {
                 }
             });
         }
-        // An empty file still names a chunk size; the cluster's is learnt by allocating.
+        // An empty file has no chunks; it still names a chunk size (unused: a later write
+        // learns the cluster's from its first allocation). No allocation is spent on it.
         let chunk_size = match chunk_size {
-            0 => self.allocate_chunk_size(&path)?,
+            0 => dfs_common::DEFAULT_CHUNK_SIZE,
             cs => cs,
         };
         let mut attempt = 0;

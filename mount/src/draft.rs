@@ -320,6 +320,10 @@ impl<B: Backend> Draft<B> {
         }
         let want = new.div_ceil(cs) as usize;
         let old_size = self.size;
+        // The staging file covers the new size (a sparse tail reads as zeros).
+        if self.staging.metadata()?.len() < new {
+            self.staging.set_len(new)?;
+        }
         while self.slots.len() < want {
             self.slots.push(Slot::Local);
         }

@@ -231,7 +231,23 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
             ))
             .await,
         );
-        refused(read(secret.sign_chunk(Op::Write, &chunk, now + 60_000)).await);
+        // A write token reads back only the chunk it was given for (its writer, before the
+        // commit: the mount does); one for another chunk is refused.
+        refused(
+            read(secret.sign_chunk(
+                Op::Write,
+                "00000000-0000-0000-0000-000000000000",
+                now + 60_000,
+            ))
+            .await,
+        );
+        refused(read(secret.sign_chunk(Op::Write, &chunk, now - 1000)).await);
+        assert_eq!(
+            read(secret.sign_chunk(Op::Write, &chunk, now + 60_000))
+                .await
+                .unwrap(),
+            data
+        );
         refused(
             read(
                 ClusterSecret::new(b"not-the-cluster-secret".to_vec()).sign_chunk(
@@ -791,5 +807,31 @@ fn a_slow_get_stream_renews_its_tokens() {
         assert!(started.elapsed() > std::time::Duration::from_secs(3));
         assert_eq!(n, data.len() as u64);
         assert!(sink.0 == data, "the bytes differ");
+    });
+}
+
+/// Through the library (which a kernel never lets a NUL reach, but a program can): a path
+/// with a NUL or a name over 255 bytes is refused as an invalid name and changes nothing.
+#[test]
+fn the_library_refuses_nul_and_overlong_names() {
+    let c = Cluster::up(1, 1, &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut opts =
+            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
+        opts.auth_file = Some(c.auth.clone());
+        let client = dfs_client::Client::connect(&opts).unwrap();
+        let long = format!("/{}", "x".repeat(256));
+        for bad in ["/a\0b", long.as_str()] {
+            match client.mkdir(bad, false).await {
+                Err(dfs_client::Error::InvalidName(_)) => {}
+                other => panic!("mkdir {bad:?}: expected InvalidName, got {other:?}"),
+            }
+            match client.symlink(bad, "t").await {
+                Err(dfs_client::Error::InvalidName(_)) => {}
+                other => panic!("symlink {bad:?}: expected InvalidName, got {other:?}"),
+            }
+        }
+        assert!(client.list("/").await.unwrap().is_empty());
     });
 }

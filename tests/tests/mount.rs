@@ -575,3 +575,73 @@ fn a_small_write_into_a_big_file_replaces_one_chunk() {
     want[10485800..10485803].copy_from_slice(b"XYZ");
     assert_eq!(c.get_data(&c.auth, "/big"), want);
 }
+
+/// The seeded differential test (`tests/scripts/differential.py`): the same random sequence of
+/// create, write at offsets, truncate, rename, mkdir, rmdir, unlink, symlink and chmod on a local
+/// directory and on the mount, every outcome compared, then both trees. 64 KiB chunks, so files
+/// span chunks. `DFS_DIFF_SEED` replays a seed; `DFS_DIFF_OPS` runs longer (default 300).
+#[test]
+fn seeded_differential_ops_match_a_local_directory() {
+    let seed: u64 = std::env::var("DFS_DIFF_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                % 1_000_000_007
+        });
+    let ops: u32 = std::env::var("DFS_DIFF_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    eprintln!("differential seed {seed} ({ops} ops; replay with DFS_DIFF_SEED={seed})");
+    let c = Cluster::up(1, 2, &["--chunk-size=65536"]);
+    let w = work_dir();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/differential.py");
+    let out = run_script(
+        &c,
+        w.path(),
+        &format!(
+            r#"
+            mnt "$W/m"
+            mkdir "$W/local" "$W/m/d"
+            python3 {} {seed} "$W/local" "$W/m/d" {ops}
+            "#,
+            script.display()
+        ),
+    );
+    assert!(out.contains("trees equal"), "seed {seed}: {out}");
+}
+
+/// A full cluster: a copy through the mount fails with ENOSPC (from `write` or `close`) and
+/// nothing half-written becomes visible: an existing file keeps its previous version, a new one
+/// stays as it was created (empty).
+#[test]
+fn a_full_cluster_gives_enospc_and_keeps_the_previous_version() {
+    // Room for about two 1 MiB chunks per server.
+    let c = Cluster::up_with(1, 2, &["--chunk-size=1048576"], &["--capacity=2500000"]);
+    let w = work_dir();
+    let small = bytes(100_000, 4);
+    c.put_data(&c.auth, "/keep", &small, &[]).ok();
+    write(&w.path().join("keep"), &small);
+    write(&w.path().join("big"), &bytes(8 << 20, 5));
+    let out = run_script(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m"
+        if cp "$W/big" "$W/m/keep" 2>"$W/err1"; then echo "cp over keep succeeded"; exit 1; fi
+        grep -q "No space left on device" "$W/err1" || { cat "$W/err1"; exit 1; }
+        cmp "$W/keep" "$W/m/keep"
+        if cp "$W/big" "$W/m/new" 2>"$W/err2"; then echo "cp to new succeeded"; exit 1; fi
+        grep -q "No space left on device" "$W/err2" || { cat "$W/err2"; exit 1; }
+        test "$(stat -c %s "$W/m/new")" = 0
+        echo ok
+        "#,
+    );
+    assert!(out.contains("ok"), "{out}");
+    assert_eq!(c.get_data(&c.auth, "/keep"), small);
+    assert_eq!(c.get_data(&c.auth, "/new"), Vec::<u8>::new());
+}
