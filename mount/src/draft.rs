@@ -145,6 +145,11 @@ impl<B: Backend> Draft<B> {
         self.size
     }
 
+    /// The file was renamed while open: later uploads and the commit go to its new path.
+    pub(crate) fn set_path(&mut self, path: &str) {
+        self.path = path.to_string();
+    }
+
     fn cs(&mut self, backend: &B) -> FsResult<u64> {
         if self.chunk_size == 0 {
             let (alloc, cs) = backend.allocate(&self.path)?;

@@ -485,6 +485,13 @@ impl<B: Backend> DfsFs<B> {
     /// call, not in the table).
     fn commit(&self, fh: Option<u64>, h: &mut OpenFile<B>) -> FsResult<()> {
         if let (true, Content::Draft(d)) = (h.dirty, &mut h.content) {
+            // The file may have been renamed while open: it is committed where it is now.
+            if let Ok(now) = self.path_of(INodeNo(h.ino)) {
+                if now != h.path {
+                    d.set_path(&now);
+                    h.path = now;
+                }
+            }
             d.commit(&self.backend)?;
             h.dirty = false;
         }

@@ -645,3 +645,32 @@ fn a_full_cluster_gives_enospc_and_keeps_the_previous_version() {
     assert_eq!(c.get_data(&c.auth, "/keep"), small);
     assert_eq!(c.get_data(&c.auth, "/new"), Vec::<u8>::new());
 }
+
+/// A file renamed while a program has it open for writing is committed at its new name (its
+/// inode), not recreated at the old one.
+#[test]
+fn a_file_renamed_while_open_is_committed_at_its_new_name() {
+    let c = Cluster::up(1, 1, &[]);
+    let w = work_dir();
+    let out = run_script(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m"
+        echo old > "$W/m/a"
+        python3 -c '
+import os, sys
+m = sys.argv[1]
+fd = os.open(m + "/a", os.O_WRONLY | os.O_TRUNC)
+os.write(fd, b"one ")
+os.rename(m + "/a", m + "/b")
+os.write(fd, b"two")
+os.close(fd)' "$W/m"
+        test ! -e "$W/m/a"
+        test "$(cat "$W/m/b")" = "one two"
+        echo ok
+        "#,
+    );
+    assert!(out.contains("ok"), "{out}");
+    assert_eq!(c.get_data(&c.auth, "/b"), b"one two");
+}
