@@ -13,6 +13,10 @@ fn main() {
     let json = cli.json;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Sockets are written from the runtime's threads: a chunk server that dies mid-write
+        // must be an EPIPE error there (retried, reported), never a SIGPIPE that kills dfsctl
+        // silently. (The main thread keeps the quiet end of `dfsctl ls | head`.)
+        .on_thread_start(block_sigpipe)
         .build()
         .expect("tokio runtime");
     let code = match rt.block_on(dfsctl::run(cli)) {
@@ -23,4 +27,15 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Keep SIGPIPE from this thread: a write to a closed socket returns EPIPE instead.
+fn block_sigpipe() {
+    // SAFETY: sigset operations on a local set, and pthread_sigmask on the calling thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }

@@ -56,6 +56,14 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 pub async fn run(ctx: &Ctx, a: MountArgs) -> anyhow::Result<i32> {
+    // A mount lives for hours and talks to servers that come and go: a write to a socket (or
+    // a pipe) whose reader died must fail that one call with EPIPE, never end the process.
+    // (dfsctl's default lets SIGPIPE end a short command quietly, as Unix tools do; here it
+    // killed the mount, and the kernel then aborted every call on the folder.)
+    // SAFETY: changing a signal disposition; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let (root, mountpoint) = match a.paths.as_slice() {
         [m] => ("/".to_string(), PathBuf::from(m)),
         [r, m] => (crate::files::remote(r), PathBuf::from(m)),
