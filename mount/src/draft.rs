@@ -26,6 +26,9 @@ use std::sync::Arc;
 
 /// Chunks one draft uploads at once in the background (memory: this many chunks).
 const UPLOADS_IN_FLIGHT: usize = 4;
+/// The most chunks a file written through the mount may have (8 TiB with 8 MiB chunks): the
+/// draft holds one slot per chunk, holes included, so this bounds its memory (16 MiB).
+const MAX_CHUNKS: u64 = 1 << 20;
 
 enum Slot {
     /// Chunk `i` of the opened version, unchanged.
@@ -33,7 +36,7 @@ enum Slot {
     /// In the staging file at `index * chunk_size`.
     Local,
     Uploading(Upload),
-    Stored(StoredChunk),
+    Stored(Box<StoredChunk>),
 }
 
 /// Bytes staged locally by every draft of one mount, against its budget.
@@ -202,7 +205,7 @@ impl<B: Backend> Draft<B> {
                 Ok(c) => match backend.read_stored(&self.path, &c) {
                     Ok(b) => b,
                     Err(e) => {
-                        self.slots[i] = Slot::Stored(c);
+                        self.slots[i] = Slot::Stored(Box::new(c));
                         return Err(e);
                     }
                 },
@@ -260,7 +263,7 @@ impl<B: Backend> Draft<B> {
         };
         if let Slot::Uploading(u) = std::mem::replace(&mut self.slots[j], Slot::Local) {
             match u.wait() {
-                Ok(c) => self.slots[j] = Slot::Stored(c),
+                Ok(c) => self.slots[j] = Slot::Stored(Box::new(c)),
                 Err(e) => return Err(self.lost_upload(j, e)),
             }
         }
@@ -318,6 +321,12 @@ impl<B: Backend> Draft<B> {
     /// Extend to `new` bytes (zeros): the last chunk, if short, becomes local so it can grow.
     fn grow(&mut self, backend: &B, new: u64) -> FsResult<()> {
         let cs = self.cs(backend)?;
+        if new.div_ceil(cs) > MAX_CHUNKS {
+            return Err(FsError::new(
+                libc::EFBIG,
+                format!("files written through the mount hold at most {MAX_CHUNKS} chunks of {cs} bytes"),
+            ));
+        }
         if let Some(last) = self.slots.len().checked_sub(1) {
             if chunk_len(self.size, cs, last) < cs {
                 self.make_local(backend, last)?;
@@ -439,14 +448,14 @@ impl<B: Backend> Draft<B> {
             if let Slot::Uploading(_) = self.slots[i] {
                 if let Slot::Uploading(u) = std::mem::replace(&mut self.slots[i], Slot::Local) {
                     match u.wait() {
-                        Ok(c) => self.slots[i] = Slot::Stored(c),
+                        Ok(c) => self.slots[i] = Slot::Stored(Box::new(c)),
                         Err(e) => return Err(self.lost_upload(i, e)),
                     }
                 }
             }
             pieces.push(match &self.slots[i] {
                 Slot::Kept(b) => Piece::Kept(*b),
-                Slot::Stored(c) => Piece::Stored(c.clone()),
+                Slot::Stored(c) => Piece::Stored((**c).clone()),
                 Slot::Local | Slot::Uploading(_) => unreachable!("settled above"),
             });
         }

@@ -149,6 +149,11 @@ fn ranged_reads_and_in_place_writes_match_a_local_file() {
         cmp "$W/big" "$M/big"
         truncate -s 1500000 "$W/big"; truncate -s 1500000 "$M/big"
         cmp "$W/big" "$M/big"
+        # Past the largest file the mount writes (2^20 chunks): EFBIG, and nothing changes.
+        ! truncate -s 100T "$M/big" 2>"$W/e"; grep -q "File too large" "$W/e"
+        ! dd if=/dev/zero of="$M/big" bs=1 count=1 seek=200T conv=notrunc 2>"$W/e"
+        grep -q "File too large" "$W/e"
+        cmp "$W/big" "$M/big"
         echo ok
         "#,
     );
