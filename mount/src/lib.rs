@@ -22,8 +22,8 @@
 //! directory handle.
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -205,7 +205,8 @@ const LOCAL_INO_BASE: u64 = 1 << 62;
 struct DirCursor {
     path: String,
     base: u64,
-    entries: Vec<(u64, FileType, String)>,
+    /// (inode, kind, name, the entry as listed; None for "." and "..").
+    entries: Vec<(u64, FileType, String, Option<Entry>)>,
     /// The `after` of the next page; `None` once the last page is loaded.
     next: Option<String>,
 }
@@ -286,8 +287,8 @@ impl DirCursor {
             path,
             base: 0,
             entries: vec![
-                (ino, FileType::Directory, ".".to_string()),
-                (ino, FileType::Directory, "..".to_string()),
+                (ino, FileType::Directory, ".".to_string(), None),
+                (ino, FileType::Directory, "..".to_string(), None),
             ],
             next: Some(String::new()),
         }
@@ -415,12 +416,7 @@ impl<B: Backend> DfsFs<B> {
 
     /// The entry as this mount sees it: an open handle with unflushed writes wins (its size).
     fn entry(&self, path: &str, ino: u64) -> FsResult<Entry> {
-        let staged = lock(&self.unflushed)
-            .values()
-            .filter(|(i, _)| *i == ino)
-            .map(|(_, size)| *size)
-            .max();
-        if let Some(size) = staged {
+        if let Some(size) = self.staged_size(ino) {
             // Mode and creation time of the committed version (a file removed while open:
             // defaults); the content changed now.
             let committed = self.backend.stat(path).unwrap_or_default();
@@ -436,6 +432,23 @@ impl<B: Backend> DfsFs<B> {
             });
         }
         self.backend.stat(path)
+    }
+
+    /// The size of the biggest open handle's uncommitted writes to `ino`, if any.
+    fn staged_size(&self, ino: u64) -> Option<u64> {
+        lock(&self.unflushed)
+            .values()
+            .filter(|(i, _)| *i == ino)
+            .map(|(_, size)| *size)
+            .max()
+    }
+
+    /// For a listed entry: `ino` as this mount sees it when an open handle has uncommitted
+    /// writes to it (see `entry`), without asking the cluster; None otherwise.
+    fn staged_entry(&self, ino: u64) -> Option<Entry> {
+        self.staged_size(ino)?;
+        let path = self.path_of(INodeNo(ino)).ok()?;
+        self.entry(&path, ino).ok()
     }
 
     /// A new entry with the permission bits the program asked for (mode & !umask), when
@@ -584,6 +597,54 @@ impl<B: Backend> DfsFs<B> {
         }
     }
 
+    /// Walk an open directory from `offset`, loading pages as needed, handing each entry to
+    /// `add(inode, next offset, kind, name, entry)` until it says the reply is full.
+    fn list_dir(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &str, Option<&Entry>) -> bool,
+    ) -> FsResult<()> {
+        let cursor = match lock(&self.dirs).get(&fh.0).cloned() {
+            Some(c) => c,
+            None => Arc::new(Mutex::new(DirCursor::new(self.path_of(ino)?, ino.0))),
+        };
+        let mut c = lock(&cursor);
+        if offset < c.base {
+            // Rewound (rewinddir, or a seek back): start over.
+            *c = DirCursor::new(c.path.clone(), ino.0);
+        }
+        let mut at = offset;
+        loop {
+            // Load pages until one holds index `at`, or there are no more.
+            while at >= c.base + c.entries.len() as u64 {
+                let Some(after) = c.next.clone() else {
+                    return Ok(());
+                };
+                let (page, next) = self.backend.list_page(&c.path, &after, DIR_PAGE)?;
+                let mut entries = Vec::with_capacity(page.len());
+                for (name, e) in page {
+                    let child = join(&c.path, OsStr::new(&name))?;
+                    let kind = match (&e.symlink, e.is_dir) {
+                        (Some(_), _) => FileType::Symlink,
+                        (None, true) => FileType::Directory,
+                        (None, false) => FileType::RegularFile,
+                    };
+                    entries.push((self.remember(&child, e.ino), kind, name, Some(e)));
+                }
+                c.base += c.entries.len() as u64;
+                c.entries = entries;
+                c.next = (!next.is_empty()).then_some(next);
+            }
+            let (child, kind, name, e) = &c.entries[(at - c.base) as usize];
+            if add(*child, at + 1, *kind, name, e.as_ref()) {
+                return Ok(());
+            }
+            at += 1;
+        }
+    }
+
     fn do_open(&self, ino: INodeNo, flags: OpenFlags) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let trunc = flags.0 & libc::O_TRUNC != 0;
@@ -638,6 +699,10 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         // O_TRUNC arrives with open (not as a separate truncate that would commit an empty
         // version at once): the truncation is staged like any write and committed on close.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Listings carry attributes (READDIRPLUS) when the kernel sees them looked up.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -996,45 +1061,36 @@ impl<B: Backend> Filesystem for DfsFs<B> {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let r = (|| {
-            let cursor = match lock(&self.dirs).get(&fh.0).cloned() {
-                Some(c) => c,
-                None => Arc::new(Mutex::new(DirCursor::new(self.path_of(ino)?, ino.0))),
-            };
-            let mut c = lock(&cursor);
-            if offset < c.base {
-                // Rewound (rewinddir, or a seek back): start over.
-                *c = DirCursor::new(c.path.clone(), ino.0);
-            }
-            let mut at = offset;
-            loop {
-                // Load pages until one holds index `at`, or there are no more.
-                while at >= c.base + c.entries.len() as u64 {
-                    let Some(after) = c.next.clone() else {
-                        return Ok::<_, FsError>(());
-                    };
-                    let (page, next) = self.backend.list_page(&c.path, &after, DIR_PAGE)?;
-                    let mut entries = Vec::with_capacity(page.len());
-                    for (name, e) in page {
-                        let child = join(&c.path, OsStr::new(&name))?;
-                        let kind = match (&e.symlink, e.is_dir) {
-                            (Some(_), _) => FileType::Symlink,
-                            (None, true) => FileType::Directory,
-                            (None, false) => FileType::RegularFile,
-                        };
-                        entries.push((self.remember(&child, e.ino), kind, name));
-                    }
-                    c.base += c.entries.len() as u64;
-                    c.entries = entries;
-                    c.next = (!next.is_empty()).then_some(next);
-                }
-                let (child, kind, name) = &c.entries[(at - c.base) as usize];
-                if reply.add(INodeNo(*child), at + 1, *kind, name) {
-                    return Ok(());
-                }
-                at += 1;
-            }
-        })();
+        let r = self.list_dir(ino, fh, offset, |child, off, kind, name, _| {
+            reply.add(INodeNo(child), off, kind, name)
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    /// READDIR with each entry's attributes (the kernel asks for it once a program looks the
+    /// entries up, as `ls -l` and file managers do): no lookup per entry afterwards.
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let ttl = self.opts.attr_ttl;
+        let r = self.list_dir(ino, fh, offset, |child, off, _, name, e| {
+            // "." and ".." are not linked by the kernel; any directory attributes do.
+            let e = e.cloned().unwrap_or(Entry {
+                is_dir: true,
+                ..Default::default()
+            });
+            let e = self.staged_entry(child).unwrap_or(e);
+            let a = self.attr(child, &e);
+            reply.add(INodeNo(child), off, name, &ttl, &a, Generation(0))
+        });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
