@@ -13,7 +13,13 @@ use crate::transfer::{
 };
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
+use futures::StreamExt;
 use std::time::Instant;
+
+/// A read of more than this is fetched as several ranged requests at once.
+const READ_PIECE: u64 = 2 << 20;
+/// Ranged requests one `read_at` keeps in flight.
+const READS_IN_FLIGHT: usize = 8;
 
 /// Space and file counts for statfs, summed over the live chunk servers. `capacity` and
 /// `used` are raw bytes (all replicas), as the servers report them.
@@ -249,32 +255,47 @@ impl Client {
             )));
         }
         let end = offset.saturating_add(len).min(file.size);
-        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        // The parts of [offset, end), in chunk coordinates, cut into pieces of at most
+        // READ_PIECE bytes that are fetched READS_IN_FLIGHT at a time (a big read is not one
+        // request after another), and joined in order.
+        let mut pieces = Vec::new();
         let mut start = 0u64;
-        for (i, (ch, tok)) in file.chunks.iter().zip(&h.reply.tokens).enumerate() {
+        for (i, ch) in file.chunks.iter().enumerate() {
             let stop = start + ch.size;
             if stop > offset && start < end {
-                // The part of this chunk inside [offset, end), in chunk coordinates.
-                let (from, to) = (offset.max(start) - start, end.min(stop) - start);
-                let fetch = |tok: &str| {
-                    let tok = tok.to_string();
-                    let (conn, pool, path) = (&self.conn, &self.pool, &file.path);
-                    async move { fetch_range(conn, pool, path, i, ch, &tok, from, to - from).await }
-                };
-                let part = match fetch(tok).await {
-                    // Refused tokens (a read that waited past their expiry): renewed once.
-                    Err(Error::Permission(_)) => {
-                        let fresh = fresh_tokens(&self.conn, file).await?;
-                        fetch(&fresh.tokens[i]).await?
-                    }
-                    r => r?,
-                };
-                out.extend_from_slice(&part);
+                let (mut from, to) = (offset.max(start) - start, end.min(stop) - start);
+                while from < to {
+                    let n = (to - from).min(READ_PIECE);
+                    pieces.push((i, ch, from, n));
+                    from += n;
+                }
             }
             if stop >= end {
                 break;
             }
             start = stop;
+        }
+        let fetches: Vec<_> = pieces
+            .into_iter()
+            .map(|(i, ch, from, n)| {
+                let (conn, pool, path) = (&self.conn, &self.pool, &file.path);
+                let tok = &h.reply.tokens[i];
+                async move {
+                    match fetch_range(conn, pool, path, i, ch, tok, from, n).await {
+                        // Refused tokens (a read that waited past their expiry): renewed once.
+                        Err(Error::Permission(_)) => {
+                            let fresh = fresh_tokens(conn, file).await?;
+                            fetch_range(conn, pool, path, i, ch, &fresh.tokens[i], from, n).await
+                        }
+                        r => r,
+                    }
+                }
+            })
+            .collect();
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut parts = futures::stream::iter(fetches).buffered(READS_IN_FLIGHT);
+        while let Some(part) = parts.next().await {
+            out.extend_from_slice(&part?);
         }
         Ok(out)
     }

@@ -190,8 +190,9 @@ pub struct Options {
     pub staging_bytes: u64,
 }
 
-/// How many bytes a sequential reader fetches at once (and so the most a handle buffers).
-const READ_AHEAD: u64 = 4 << 20;
+/// How many bytes a sequential reader fetches at once (and so the most a handle buffers); the
+/// client fetches them as several ranged requests in parallel.
+const READ_AHEAD: u64 = 16 << 20;
 /// Directory entries fetched per `List` page by readdir.
 const DIR_PAGE: u32 = 1000;
 /// Longest symbolic link target (the metadata service's limit, Linux's PATH_MAX).
