@@ -8,7 +8,7 @@
 use crate::error::{Error, Result};
 use crate::meta::{new_request_id, MetaConn};
 use crate::transfer::{
-    fetch_chunk, fetch_range, fresh_tokens, put_stream, tokens_ageing, upload_chunk, ChunkPool,
+    fetch_range, fetch_stored, fresh_tokens, put_stream, tokens_ageing, upload_chunk, ChunkPool,
     ChunkSource, PutOptions, PutOutcome,
 };
 use crate::{rpc, ClientOptions, Progress};
@@ -266,7 +266,7 @@ impl Client {
                 let (mut from, to) = (offset.max(start) - start, end.min(stop) - start);
                 while from < to {
                     let n = (to - from).min(READ_PIECE);
-                    pieces.push((i, ch, from, n));
+                    pieces.push((i, from, n));
                     from += n;
                 }
             }
@@ -277,19 +277,9 @@ impl Client {
         }
         let fetches: Vec<_> = pieces
             .into_iter()
-            .map(|(i, ch, from, n)| {
-                let (conn, pool, path) = (&self.conn, &self.pool, &file.path);
-                let tok = &h.reply.tokens[i];
-                async move {
-                    match fetch_range(conn, pool, path, i, ch, tok, from, n).await {
-                        // Refused tokens (a read that waited past their expiry): renewed once.
-                        Err(Error::Permission(_)) => {
-                            let fresh = fresh_tokens(conn, file).await?;
-                            fetch_range(conn, pool, path, i, ch, &fresh.tokens[i], from, n).await
-                        }
-                        r => r,
-                    }
-                }
+            .map(|(i, from, n)| {
+                let (conn, pool, tok) = (&self.conn, &self.pool, &h.reply.tokens[i]);
+                async move { fetch_range(conn, pool, file, i, tok, from, n).await }
             })
             .collect();
         let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
@@ -333,9 +323,7 @@ impl Client {
     /// Read back a chunk this client stored and has not committed (with its write token),
     /// checked against its CRC32C.
     pub async fn read_stored_chunk(&self, path: &str, ch: &ChunkInfo) -> Result<Vec<u8>> {
-        Ok(fetch_chunk(&self.conn, &self.pool, path, 0, ch, &ch.token)
-            .await?
-            .concat())
+        fetch_stored(&self.conn, &self.pool, path, ch).await
     }
 
     /// Commit `chunks`, in file order, as the new version of `path` (created, or replacing

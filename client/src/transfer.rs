@@ -520,42 +520,83 @@ async fn read_replicas(
     })
 }
 
-/// Fetch one chunk whole, verified against its CRC32C (see [`read_replicas`]).
+/// Read `span` of chunk `index` of `file` with its read `token`. When every replica refused
+/// the token (it expired while the read waited its turn at a busy server), once more with a
+/// fresh one: same chunks, or `ChangedWhileReading`. Every reader of a file comes here.
+async fn read_file_chunk(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    file: &FileInfo,
+    index: usize,
+    token: &str,
+    span: Span,
+) -> Result<Vec<Bytes>> {
+    let ch = &file.chunks[index];
+    match read_replicas(conn, pool, &file.path, index, ch, token, span).await {
+        Err(Error::Permission(_)) => {
+            let fresh = fresh_tokens(conn, file).await?;
+            read_replicas(
+                conn,
+                pool,
+                &file.path,
+                index,
+                ch,
+                &fresh.tokens[index],
+                span,
+            )
+            .await
+        }
+        r => r,
+    }
+}
+
+/// Fetch chunk `index` of `file` whole, verified against its CRC32C.
 pub(crate) async fn fetch_chunk(
     conn: &MetaConn,
     pool: &ChunkPool,
-    path: &str,
+    file: &FileInfo,
     index: usize,
-    ch: &ChunkInfo,
     token: &str,
 ) -> Result<Vec<Bytes>> {
-    read_replicas(conn, pool, path, index, ch, token, Span::Whole).await
+    read_file_chunk(conn, pool, file, index, token, Span::Whole).await
 }
 
-/// Fetch `len` bytes from `offset` of one chunk (the caller keeps the range inside the chunk).
-/// The server reads and checks only the checksum blocks the range touches; a range that is
-/// the whole chunk is fetched whole and checked against the chunk's CRC32C too.
-#[allow(clippy::too_many_arguments)] // each argument is a different, plain input
+/// Fetch `len` bytes from `offset` of chunk `index` of `file` (the caller keeps the range
+/// inside the chunk). The server reads and checks only the checksum blocks the range touches;
+/// a range that is the whole chunk is fetched whole and checked against its CRC32C too.
 pub(crate) async fn fetch_range(
     conn: &MetaConn,
     pool: &ChunkPool,
-    path: &str,
+    file: &FileInfo,
     index: usize,
-    ch: &ChunkInfo,
     token: &str,
     offset: u64,
     len: u64,
 ) -> Result<Vec<u8>> {
-    let span = if offset == 0 && len >= ch.size {
+    let span = if offset == 0 && len >= file.chunks[index].size {
         Span::Whole
     } else if len == 0 {
         return Ok(Vec::new());
     } else {
         Span::Range { offset, len }
     };
-    Ok(read_replicas(conn, pool, path, index, ch, token, span)
+    Ok(read_file_chunk(conn, pool, file, index, token, span)
         .await?
         .concat())
+}
+
+/// Read back a chunk stored (not committed) by this client, with its write token.
+pub(crate) async fn fetch_stored(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    path: &str,
+    ch: &ChunkInfo,
+) -> Result<Vec<u8>> {
+    Ok(
+        read_replicas(conn, pool, path, 0, ch, &ch.token, Span::Whole)
+            .await?
+            .concat(),
+    )
 }
 
 /// Whether read tokens handed out at `received`, valid for `valid_ms` (0: the leader did not
@@ -629,19 +670,8 @@ pub async fn get_stream<W: Write>(
                 (tokens, valid_ms, received) =
                     (fresh.tokens, fresh.tokens_valid_ms, Instant::now());
             }
-            let (i, ch, tok) = (next, &file.chunks[next], tokens[next].clone());
-            let path = &path;
-            fetches.push_back(async move {
-                match fetch_chunk(conn, pool, path, i, ch, &tok).await {
-                    // Refused tokens: the fetch may have waited its turn at a busy server past
-                    // their expiry. Once more with fresh ones (same chunks, or ChangedWhileReading).
-                    Err(Error::Permission(_)) => {
-                        let fresh = fresh_tokens(conn, file).await?;
-                        fetch_chunk(conn, pool, path, i, ch, &fresh.tokens[i]).await
-                    }
-                    r => r,
-                }
-            });
+            let (i, tok) = (next, tokens[next].clone());
+            fetches.push_back(async move { fetch_chunk(conn, pool, file, i, &tok).await });
             next += 1;
         }
         let Some(chunk) = fetches.next().await else {

@@ -700,10 +700,7 @@ fn read_at_returns_exactly_the_requested_range_across_chunks() {
     c.put_data(&c.auth, "/ranged/f", &data, &[]).ok();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut opts =
-            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
-        opts.auth_file = Some(c.auth.clone());
-        let client = dfs_client::Client::connect(&opts).unwrap();
+        let client = client_of(&c);
         let mut h = client.open_read("/ranged/f").await.unwrap();
         assert_eq!(h.size(), size as u64);
         let c64 = CHUNK as u64;
@@ -742,10 +739,7 @@ fn a_long_read_renews_its_tokens_and_stops_when_the_file_is_replaced() {
     c.put_data(&c.auth, "/long", &data, &[]).ok();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut opts =
-            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
-        opts.auth_file = Some(c.auth.clone());
-        let client = dfs_client::Client::connect(&opts).unwrap();
+        let client = client_of(&c);
         let mut h = client.open_read("/long").await.unwrap();
         assert_eq!(client.read_at(&mut h, 0, 10).await.unwrap(), &data[..10]);
         // Wait out the tokens' life: the next read must renew them to succeed.
@@ -788,10 +782,7 @@ fn a_slow_get_stream_renews_its_tokens() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut opts =
-            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
-        opts.auth_file = Some(c.auth.clone());
-        let client = dfs_client::Client::connect(&opts).unwrap();
+        let client = client_of(&c);
         let h = client.open_read("/slow").await.unwrap();
         let started = std::time::Instant::now();
         let mut sink = SlowSink(Vec::new());
@@ -817,10 +808,7 @@ fn the_library_refuses_nul_and_overlong_names() {
     let c = Cluster::up(1, 1, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut opts =
-            dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
-        opts.auth_file = Some(c.auth.clone());
-        let client = dfs_client::Client::connect(&opts).unwrap();
+        let client = client_of(&c);
         let long = format!("/{}", "x".repeat(256));
         for bad in ["/a\0b", long.as_str()] {
             match client.mkdir(bad, false).await {
@@ -834,4 +822,11 @@ fn the_library_refuses_nul_and_overlong_names() {
         }
         assert!(client.list("/").await.unwrap().is_empty());
     });
+}
+
+/// A dfs-client connection to `c` as its admin (call inside a runtime).
+fn client_of(c: &Cluster) -> dfs_client::Client {
+    let mut opts = dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
+    opts.auth_file = Some(c.auth.clone());
+    dfs_client::Client::connect(&opts).unwrap()
 }
