@@ -67,6 +67,8 @@ pub(crate) struct Draft<B: Backend> {
     /// Where the last write ended, and the first chunk a sequential writer has not passed.
     last_end: u64,
     next_stream: usize,
+    /// Slots whose upload was started, oldest first (at most `UPLOADS_IN_FLIGHT` running).
+    in_flight: std::collections::VecDeque<usize>,
 }
 
 /// Length of chunk `i` of a file of `size` bytes cut in `cs`-byte chunks.
@@ -115,7 +117,9 @@ impl<B: Backend> Draft<B> {
             Some(r) => backend.layout(r),
             None => (0, Vec::new()),
         };
-        let size = base_chunks.iter().sum();
+        let size: u64 = base_chunks.iter().sum();
+        // An empty version has nothing to keep (its chunks, if any, hold no bytes).
+        let base_chunks = if size == 0 { Vec::new() } else { base_chunks };
         let mut d = Draft {
             path: path.to_string(),
             base,
@@ -130,6 +134,7 @@ impl<B: Backend> Draft<B> {
             hash: (size == 0).then(|| (Sha256::new(), 0)),
             last_end: 0,
             next_stream: 0,
+            in_flight: Default::default(),
         };
         // Chunks cut another way than ours (all but the last `chunk_size` bytes) cannot be
         // kept one by one: all of them are staged.
@@ -137,9 +142,7 @@ impl<B: Backend> Draft<B> {
             n == chunk_size || (i + 1 == base_chunks.len() && n > 0 && n <= chunk_size)
         });
         if !uniform {
-            for i in 0..d.slots.len() {
-                d.make_local(backend, i)?;
-            }
+            d.restage_whole(backend)?;
         }
         Ok(d)
     }
@@ -179,7 +182,7 @@ impl<B: Backend> Draft<B> {
         let bytes = match std::mem::replace(&mut self.slots[i], Slot::Local) {
             Slot::Local => return Ok(()),
             Slot::Kept(b) => {
-                let start: u64 = self.base_chunks[..b].iter().sum();
+                let start = b as u64 * cs;
                 let len = self.base_chunks[b];
                 let base = self
                     .base
@@ -240,27 +243,51 @@ impl<B: Backend> Draft<B> {
         let off = i as u64 * self.chunk_size;
         let mut data = vec![0u8; len as usize];
         self.staging.read_exact_at(&mut data, off)?;
-        let in_flight = self
-            .slots
-            .iter()
-            .filter(|s| matches!(s, Slot::Uploading(_)))
-            .count();
-        if in_flight >= UPLOADS_IN_FLIGHT {
-            self.settle_one(i)?;
+        while self.in_flight.len() >= UPLOADS_IN_FLIGHT {
+            self.settle_oldest()?;
         }
         self.slots[i] = Slot::Uploading(backend.start_upload(&self.path, self.spare.take(), data));
+        self.in_flight.push_back(i);
         punch(&self.staging, off, self.chunk_size)?;
         self.drop_local(len);
         Ok(())
     }
 
-    /// Wait for the first running upload other than chunk `except`.
-    fn settle_one(&mut self, except: usize) -> FsResult<()> {
-        let Some(j) = (0..self.slots.len())
-            .find(|&j| j != except && matches!(self.slots[j], Slot::Uploading(_)))
-        else {
+    /// Stage the whole opened version, cut again into this draft's chunks (for a version whose
+    /// chunks are not all `chunk_size` bytes but the last, which cannot be kept one by one).
+    fn restage_whole(&mut self, backend: &B) -> FsResult<()> {
+        let cs = self.cs(backend)?;
+        let base = self
+            .base
+            .as_mut()
+            .ok_or_else(|| FsError::new(libc::EIO, "no version to stage"))?;
+        let mut off = 0;
+        while off < self.size {
+            let part = backend.read_at(base, off, cs.min(self.size - off))?;
+            if part.is_empty() {
+                return Err(FsError::new(
+                    libc::EIO,
+                    "the file ended early while staging",
+                ));
+            }
+            self.staging.write_all_at(&part, off)?;
+            off += part.len() as u64;
+        }
+        self.slots = (0..self.size.div_ceil(cs)).map(|_| Slot::Local).collect();
+        let size = self.size;
+        self.add_local(size);
+        Ok(())
+    }
+
+    /// Wait for the oldest upload started (an entry whose chunk was since fetched back or cut
+    /// off is just dropped).
+    fn settle_oldest(&mut self) -> FsResult<()> {
+        let Some(j) = self.in_flight.pop_front() else {
             return Ok(());
         };
+        if !matches!(self.slots.get(j), Some(Slot::Uploading(_))) {
+            return Ok(());
+        }
         if let Slot::Uploading(u) = std::mem::replace(&mut self.slots[j], Slot::Local) {
             match u.wait() {
                 Ok(c) => self.slots[j] = Slot::Stored(Box::new(c)),
@@ -411,7 +438,7 @@ impl<B: Backend> Draft<B> {
                     out.extend_from_slice(&buf);
                 }
                 Slot::Kept(b) => {
-                    let start: u64 = self.base_chunks[..*b].iter().sum();
+                    let start = *b as u64 * cs;
                     let base = self
                         .base
                         .as_mut()
