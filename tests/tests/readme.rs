@@ -99,4 +99,41 @@ fn readme_first_commands_work_as_written() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600, "alice.auth mode {mode:o}");
+
+    // The "Trees" and "Completions and man pages" blocks, verbatim too, on the same cluster
+    // started again (the block above ends with `local down`), after a `./photos` to send and
+    // the completion folder the block writes into.
+    let trees = readme_block("### Trees");
+    let completions = readme_block("### Completions and man pages");
+    let script = format!(
+        "source .dfs/env\ndfsctl local up > /dev/null\nmkdir -p photos/sub && echo a > photos/a.jpg && echo b > photos/sub/b.jpg\n\
+         {trees}\nmkdir -p ~/.local/share/bash-completion/completions\n{completions}"
+    );
+    let out = clean(&mut Command::new("bash"), dir.path())
+        .env("HOME", dir.path())
+        .args(["-euo", "pipefail", "-c", &script])
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "the README's tree or completion block failed ({}):\n{script}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["a.jpg", "sub/b.jpg"] {
+        assert_eq!(
+            std::fs::read(dir.path().join("photos-copy").join(f)).expect("copied back"),
+            std::fs::read(dir.path().join("photos").join(f)).unwrap()
+        );
+    }
+    let home = dir.path().join(".local/share");
+    let completion = home.join("bash-completion/completions/dfsctl");
+    assert!(
+        std::fs::metadata(&completion)
+            .expect("completion file")
+            .len()
+            > 0
+    );
+    assert!(home.join("man/man1/dfsctl.1").exists(), "man pages written");
 }
