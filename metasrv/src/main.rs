@@ -96,7 +96,11 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         config: cfg.service_config(),
         liveness: Default::default(),
         metrics: Default::default(),
-        reads: service::ReadBarrier::new(raft.clone()),
+        // A read lease of the minimum election timeout: half of openraft's leader lease.
+        reads: service::ReadBarrier::new(
+            raft.clone(),
+            std::time::Duration::from_millis(cfg.election_timeout_ms),
+        ),
         writes: service::WriteBatcher::new(raft.clone()),
         healing: healer::Healing::new(cfg.healing.clone()),
         leader_watch: Default::default(),

@@ -1,9 +1,20 @@
 //! Linearizable reads in batches: one leadership check (`ensure_linearizable`, a heartbeat round
 //! to a quorum) serves every read that arrived before it started. A read that arrives while a
 //! check is in flight waits for the next one, so it never rides on a check that began before it.
+//!
+//! A check also gives the leader a lease: it began at `t` and a quorum answered heartbeats sent
+//! after `t`, and openraft's followers refuse to vote for anyone else until their leader lease
+//! (the maximum election timeout) has passed since they heard from this leader. So no other
+//! leader can commit anything before `t` + that lease, and reads that arrive before
+//! `t + lease` (a shorter window: the minimum election timeout, leaving the rest for clock
+//! rate differences) are served from this node's state without another round. What must stay
+//! true: the lease counts from before the check began, on a monotonic clock (a node frozen by
+//! SIGSTOP finds its lease expired when it runs again), and only in the term it was earned.
 use crate::types::{NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::ServerState;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone)]
@@ -20,22 +31,53 @@ struct Queue {
     waiting: Vec<Waiter>,
 }
 
+/// Until when reads need no check, and the term the lease was earned in.
+#[derive(Clone, Copy)]
+struct Lease {
+    until: Instant,
+    term: u64,
+}
+
 pub struct ReadBarrier {
     raft: Raft,
     queue: Arc<Mutex<Queue>>,
+    lease: Arc<Mutex<Option<Lease>>>,
+    lease_len: Duration,
+}
+
+/// This node's term if it is the leader now, as its Raft core last reported.
+fn leader_term(raft: &Raft) -> Option<u64> {
+    let m = raft.metrics();
+    let m = m.borrow();
+    (m.state == ServerState::Leader).then_some(m.current_term)
 }
 
 impl ReadBarrier {
-    pub fn new(raft: Raft) -> Self {
+    /// `lease_len`: how long after a check began reads are served without another; must be
+    /// below openraft's leader lease (the maximum election timeout). Zero: every read checks.
+    pub fn new(raft: Raft, lease_len: Duration) -> Self {
         Self {
             raft,
             queue: Default::default(),
+            lease: Default::default(),
+            lease_len,
         }
     }
 
-    /// Returns once this node was confirmed leader after the call began and has applied
-    /// everything committed before that.
+    fn leased(&self) -> bool {
+        let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
+        match lease {
+            Some(l) if Instant::now() < l.until => leader_term(&self.raft) == Some(l.term),
+            _ => false,
+        }
+    }
+
+    /// Returns once this node was confirmed leader after the call began (or holds a lease
+    /// from such a confirmation) and has applied everything committed before that.
     pub async fn wait(&self) -> Result<(), ReadCheck> {
+        if self.leased() {
+            return Ok(());
+        }
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -44,14 +86,20 @@ impl ReadBarrier {
         };
         if start {
             let (raft, queue) = (self.raft.clone(), self.queue.clone());
-            tokio::spawn(drive(raft, queue));
+            let (lease, lease_len) = (self.lease.clone(), self.lease_len);
+            tokio::spawn(drive(raft, queue, lease, lease_len));
         }
         rx.await
             .unwrap_or_else(|_| Err(ReadCheck::Unavailable("read check was dropped".into())))
     }
 }
 
-async fn drive(raft: Raft, queue: Arc<Mutex<Queue>>) {
+async fn drive(
+    raft: Raft,
+    queue: Arc<Mutex<Queue>>,
+    lease: Arc<Mutex<Option<Lease>>>,
+    lease_len: Duration,
+) {
     loop {
         let batch = {
             let mut q = queue.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,8 +109,21 @@ async fn drive(raft: Raft, queue: Arc<Mutex<Queue>>) {
             }
             std::mem::take(&mut q.waiting)
         };
+        let began = Instant::now();
+        let term_before = leader_term(&raft);
         let result = match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Only a check that stayed within one term as leader earns a lease.
+                if let (Some(term), false) = (term_before, lease_len.is_zero()) {
+                    if leader_term(&raft) == Some(term) {
+                        *lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(Lease {
+                            until: began + lease_len,
+                            term,
+                        });
+                    }
+                }
+                Ok(())
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                 Err(ReadCheck::NotLeader(f.leader_id))
             }
