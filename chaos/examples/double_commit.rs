@@ -38,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
             count: 1,
             overwrite: true,
             bytes_left: data.len() as u64,
+            ..Default::default()
         }
     )?;
     let a = &alloc.chunks[0];
@@ -75,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             token: a.token.clone(),
         }],
         request_id,
+        mode: None,
     };
     dfs_client::rpc!(conn, commit_file, commit.clone())?;
     println!("first commit ok");

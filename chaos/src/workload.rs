@@ -352,6 +352,7 @@ impl Client {
                     count,
                     overwrite: force,
                     bytes_left: (data.len() as u64).max(1),
+                    ..Default::default()
                 }
             );
             match r {
@@ -381,6 +382,7 @@ impl Client {
             chunk_size: chunk_size as u64,
             chunks,
             request_id: uuid::Uuid::new_v4().to_string(),
+            mode: None,
         };
         let (r, attempts) = counted!(self.conn, commit_file, commit.clone());
         match r {

@@ -91,9 +91,25 @@ pub async fn replicate(
             }
         },
     );
-    let outgoing = tokio_stream::iter(std::iter::once(header)).chain(pieces);
+    // A target that takes no piece for the stall timeout (frozen, hung disk) is given up, so
+    // the repair that asked for this copy can pick another target instead of waiting.
+    let progress = dfs_common::stall::Progress::default();
+    let mark = progress.clone();
+    let outgoing = tokio_stream::iter(std::iter::once(header))
+        .chain(pieces)
+        .map(move |piece| {
+            mark.mark();
+            piece
+        });
+    let stall = dfs_common::stall::DEFAULT_STALL_TIMEOUT;
     let result = tokio::select! {
-        r = client.write(outgoing) => r,
+        r = dfs_common::stall::guard(&progress, stall, client.write(outgoing)) => r.map_err(|idle| {
+            Status::unavailable(format!(
+                "{} made no progress for {:.1} s, copy given up",
+                req.target_addr,
+                idle.as_secs_f64()
+            ))
+        })?,
         Ok(status) = err_rx => {
             return Err(Status::new(
                 status.code(),

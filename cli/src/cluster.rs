@@ -32,7 +32,7 @@ pub fn status_json(s: &ClusterStatusReply) -> serde_json::Value {
             "last_log_index": m.last_log_index, "applied": m.applied, "reachable": m.reachable,
         })).collect::<Vec<_>>(),
         "chunk_servers": s.chunk_servers.iter().map(|c| json!({
-            "id": c.id, "addr": c.addr, "live": c.live, "capacity_bytes": c.capacity_bytes,
+            "id": c.id, "addr": c.addr, "live": c.live, "stalled": c.stalled, "capacity_bytes": c.capacity_bytes,
             "used_bytes": c.used_bytes, "chunks": c.chunks,
         })).collect::<Vec<_>>(),
         "files": s.files,
@@ -100,7 +100,12 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
                         "{:<4} {:<22} {:<6} {:>12} {:>12} {:>8}{}",
                         cs.id,
                         cs.addr,
-                        if cs.live { "yes" } else { "NO" },
+                        // STALL: live, but a writer saw it make no progress (no new chunks).
+                        match (cs.live, cs.stalled) {
+                            (false, _) => "NO",
+                            (true, true) => "STALL",
+                            (true, false) => "yes",
+                        },
                         human_bytes(cs.used_bytes),
                         human_bytes(cs.capacity_bytes),
                         cs.chunks,

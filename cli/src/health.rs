@@ -543,6 +543,7 @@ mod tests {
             capacity_bytes: cap,
             used_bytes: used,
             chunks: 1,
+            stalled: false,
             last_seen_ms: if live { 300 } else { 12_000 },
         }
     }

@@ -8,8 +8,8 @@
 use crate::error::{Error, Result};
 use crate::meta::{new_request_id, MetaConn};
 use crate::transfer::{
-    fetch_range, fetch_stored, fresh_tokens, put_stream, tokens_ageing, upload_chunk, ChunkPool,
-    ChunkSource, PutOptions, PutOutcome,
+    fetch_range, fetch_stored, fresh_tokens, put_stream, replace_lost, tokens_ageing, upload_chunk,
+    ChunkPool, ChunkSource, PutOptions, PutOutcome,
 };
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
@@ -304,6 +304,7 @@ impl Client {
             count: 1,
             overwrite: true,
             bytes_left,
+            ..Default::default()
         };
         let reply = rpc!(self.conn, allocate_chunks, req)?;
         let chunk = reply
@@ -317,7 +318,8 @@ impl Client {
     /// Store `data` as the allocated chunk: sent to all its targets at once, and stored when at
     /// least one has it fsynced. Not part of any file until [`Client::commit_chunks`].
     pub async fn store_chunk(&self, alloc: AllocatedChunk, data: Vec<u8>) -> Result<ChunkInfo> {
-        upload_chunk(self.pool.clone(), alloc, data).await
+        let up = upload_chunk(self.pool.clone(), alloc, data).await?;
+        Ok(replace_lost(&self.conn, &self.pool, up).await)
     }
 
     /// Read back a chunk this client stored and has not committed (with its write token),
@@ -348,6 +350,21 @@ impl Client {
             chunk_size,
             chunks,
             request_id: new_request_id(),
+            mode: None,
+        };
+        Ok(rpc!(self.conn, commit_file, req)?)
+    }
+
+    /// Create `path` as an empty file with permission bits `mode` in one commit; fails with
+    /// `Exists` (or `IsADirectory`) when something is there already, which is left unchanged.
+    pub async fn create_empty(&self, path: &str, mode: u32) -> Result<FileInfo> {
+        let req = CommitRequest {
+            path: path.to_string(),
+            overwrite: false,
+            chunk_size: dfs_common::DEFAULT_CHUNK_SIZE,
+            request_id: new_request_id(),
+            mode: Some(mode),
+            ..Default::default()
         };
         Ok(rpc!(self.conn, commit_file, req)?)
     }

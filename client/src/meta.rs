@@ -56,10 +56,13 @@ pub fn default_auth_file() -> PathBuf {
         .join("auth.txt")
 }
 
+/// How long a new connection (TCP and HTTP/2 handshake) may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub fn lazy_channel(addr: &str) -> Result<Channel> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Error::InvalidName(format!("bad address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(1))
+        .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024)

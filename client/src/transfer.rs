@@ -10,7 +10,7 @@
 //! another replica tried on error; bytes are written in order to the caller's writer and the
 //! whole-file sha256 is checked at the end (the caller keeps the output only when it passes).
 use crate::error::{status_line, Error, Result};
-use crate::meta::{lazy_channel, new_request_id, MetaConn};
+use crate::meta::{lazy_channel, new_request_id, MetaConn, CONNECT_TIMEOUT};
 use crate::{rpc, Progress};
 use dfs_proto::bytes::BufMut;
 use dfs_proto::chunk_client::ChunkClient;
@@ -107,14 +107,25 @@ impl ChunkSource for FileSource {
     }
 }
 
+/// Why one replica write failed, and whether the server stalled (made no progress) rather
+/// than refused or dropped the call.
+struct WriteFailure {
+    error: Error,
+    stalled: bool,
+}
+
 async fn write_replica(
     pool: &ChunkPool,
     addr: &str,
     chunk_id: &str,
     token: &str,
     data: Bytes,
-) -> Result<WriteChunkReply> {
-    let mut client = pool.client(addr)?;
+) -> std::result::Result<WriteChunkReply, WriteFailure> {
+    let failed = |error| WriteFailure {
+        error,
+        stalled: false,
+    };
+    let mut client = pool.client(addr).map_err(failed)?;
     let header = WriteChunkRequest {
         chunk_id: chunk_id.to_string(),
         token: token.to_string(),
@@ -137,76 +148,172 @@ async fn write_replica(
     let stream =
         futures::stream::iter(std::iter::once(header).chain(pieces)).inspect(move |_| mark.mark());
     let stall = dfs_common::stall::DEFAULT_STALL_TIMEOUT;
+    let started = Instant::now();
     let reply = dfs_common::stall::guard(&progress, stall, client.write(stream))
         .await
-        .map_err(|idle| {
-            Error::Unavailable(format!(
+        .map_err(|idle| WriteFailure {
+            error: Error::Unavailable(format!(
                 "{addr}: chunk server made no progress for {:.1} s, replica given up",
                 idle.as_secs_f64()
-            ))
+            )),
+            stalled: true,
         })?;
-    Ok(reply
-        .map_err(|s| Error::Unavailable(format!("{addr}: {}", status_line(&s))))?
-        .into_inner())
+    reply.map(|r| r.into_inner()).map_err(|s| WriteFailure {
+        error: Error::Unavailable(format!("{addr}: {}", status_line(&s))),
+        // A server that does not even complete the connection handshake within the connect
+        // timeout (a frozen process: the kernel still accepts) stalled too; one that refused,
+        // reset or answered with an error did not.
+        stalled: unresponsive(&s, started.elapsed()),
+    })
 }
 
-/// Store one chunk on all its targets; it counts as stored when at least one replica has it.
-/// The result names the replicas that have it, with their addresses (to read it back).
+/// Whether a failed call means the server did not answer at all: a transport failure that took
+/// at least the connect timeout.
+fn unresponsive(s: &tonic::Status, took: Duration) -> bool {
+    use tonic::Code::*;
+    matches!(
+        s.code(),
+        Unavailable | Unknown | Cancelled | DeadlineExceeded
+    ) && took >= CONNECT_TIMEOUT.mul_f32(0.9)
+}
+
+/// A chunk stored on some of its targets: what the commit names, and what a replacement needs
+/// for the targets that did not take it.
+pub(crate) struct Uploaded {
+    info: ChunkInfo,
+    data: Bytes,
+    /// Every server tried (none is asked again).
+    tried: Vec<u64>,
+    /// Targets that failed, and whether each stalled.
+    lost: Vec<(u64, bool)>,
+}
+
+/// Write `data` to `targets` at once; the ones that stored it whole, with their addresses, and
+/// the ones that did not (whether each stalled), with the errors.
+async fn write_replicas(
+    pool: &ChunkPool,
+    targets: &[ChunkTarget],
+    chunk_id: &str,
+    token: &str,
+    data: &Bytes,
+) -> (Vec<(u64, String)>, Vec<(u64, bool)>, Vec<String>) {
+    let (crc, size) = (crc32c::crc32c(data), data.len() as u64);
+    let writes = targets.iter().map(|t| async move {
+        let r = write_replica(pool, &t.addr, chunk_id, token, data.clone()).await;
+        (t, r)
+    });
+    let (mut stored, mut lost, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for (t, r) in futures::future::join_all(writes).await {
+        match r {
+            Ok(rep) if rep.crc32c == crc && rep.size == size => {
+                stored.push((t.node_id, t.addr.clone()))
+            }
+            Ok(rep) => {
+                lost.push((t.node_id, false));
+                errors.push(format!(
+                    "server {} stored {} bytes with crc {:08x}, expected {size} / {crc:08x}",
+                    t.node_id, rep.size, rep.crc32c
+                ));
+            }
+            Err(e) => {
+                lost.push((t.node_id, e.stalled));
+                errors.push(format!("{:#}", e.error));
+            }
+        }
+    }
+    (stored, lost, errors)
+}
+
+/// Store one chunk on all its targets; it counts as stored when at least one replica has it
+/// (the replicas that have it are named, with their addresses, to read it back). Targets that
+/// failed are in `lost`, for [`replace_lost`].
 pub(crate) async fn upload_chunk(
     pool: ChunkPool,
     alloc: AllocatedChunk,
     data: Vec<u8>,
-) -> Result<ChunkInfo> {
-    let crc = crc32c::crc32c(&data);
-    let size = data.len() as u64;
+) -> Result<Uploaded> {
     let data = Bytes::from(data);
-    let writes = alloc.targets.iter().map(|t| {
-        let (pool, data) = (pool.clone(), data.clone());
-        let (id, token) = (alloc.chunk_id.clone(), alloc.token.clone());
-        let (addr, node) = (t.addr.clone(), t.node_id);
-        async move { (node, write_replica(&pool, &addr, &id, &token, data).await) }
-    });
-    let mut replicas = Vec::new();
-    let mut errors = Vec::new();
-    for (node, r) in futures::future::join_all(writes).await {
-        match r {
-            Ok(rep) if rep.crc32c == crc && rep.size == size => replicas.push(node),
-            Ok(rep) => errors.push(format!(
-                "server {node} stored {} bytes with crc {:08x}, expected {size} / {crc:08x}",
-                rep.size, rep.crc32c
-            )),
-            Err(e) => errors.push(format!("{e:#}")),
-        }
-    }
-    if replicas.is_empty() {
+    let (stored, lost, errors) =
+        write_replicas(&pool, &alloc.targets, &alloc.chunk_id, &alloc.token, &data).await;
+    if stored.is_empty() {
         return Err(Error::Unavailable(format!(
             "chunk {} could not be stored on any of its servers: {}",
             alloc.chunk_id,
             errors.join("; ")
         )));
     }
-    let replica_addrs = replicas
-        .iter()
-        .filter_map(|n| alloc.targets.iter().find(|t| t.node_id == *n))
-        .map(|t| t.addr.clone())
-        .collect();
-    Ok(ChunkInfo {
+    if !errors.is_empty() {
+        tracing::warn!(chunk = %alloc.chunk_id, "replicas lost: {}", errors.join("; "));
+    }
+    let info = ChunkInfo {
         chunk_id: alloc.chunk_id,
-        size,
-        crc32c: crc,
-        replicas,
-        replica_addrs,
+        size: data.len() as u64,
+        crc32c: crc32c::crc32c(&data),
+        replicas: stored.iter().map(|(n, _)| *n).collect(),
+        replica_addrs: stored.into_iter().map(|(_, a)| a).collect(),
         token: alloc.token,
+    };
+    Ok(Uploaded {
+        info,
+        data,
+        tried: alloc.targets.iter().map(|t| t.node_id).collect(),
+        lost,
     })
+}
+
+/// Give a chunk new targets in place of the ones that failed (the leader is told which stalled
+/// and places nothing on them for a while), and write the whole chunk there; each new replica
+/// counts only when the server reports the chunk's size and CRC32C. One round: when the leader
+/// has no other server, or a new target fails too, the chunk keeps the replicas it has (it is
+/// under-replicated until the healer copies it).
+pub(crate) async fn replace_lost(conn: &MetaConn, pool: &ChunkPool, up: Uploaded) -> ChunkInfo {
+    let Uploaded {
+        mut info,
+        data,
+        tried,
+        lost,
+    } = up;
+    if lost.is_empty() {
+        return info;
+    }
+    let req = AllocateRequest {
+        count: lost.len() as u32,
+        bytes_left: data.len().max(1) as u64,
+        exclude: tried,
+        replace_chunk: info.chunk_id.clone(),
+        replace_token: info.token.clone(),
+        stalled: lost.iter().filter(|(_, s)| *s).map(|(n, _)| *n).collect(),
+        ..Default::default()
+    };
+    let alloc = match rpc!(conn, allocate_chunks, req) {
+        Ok(r) => r.chunks.into_iter().next(),
+        Err(e) => {
+            tracing::warn!(chunk = %info.chunk_id, "no replacement target: {e}");
+            None
+        }
+    };
+    let Some(alloc) = alloc.filter(|a| a.chunk_id == info.chunk_id) else {
+        return info;
+    };
+    let (stored, _, errors) =
+        write_replicas(pool, &alloc.targets, &alloc.chunk_id, &alloc.token, &data).await;
+    if !errors.is_empty() {
+        tracing::warn!(chunk = %info.chunk_id, "replacement replicas lost: {}", errors.join("; "));
+    }
+    for (node, addr) in stored {
+        info.replicas.push(node);
+        info.replica_addrs.push(addr);
+    }
+    info
 }
 
 /// A chunk upload running as its own task, so it makes progress while the input is read
 /// (a slow pipe must not stall the chunks already read). Dropping it (the put failed or was
 /// abandoned) stops the upload.
-struct UploadTask(tokio::task::JoinHandle<Result<ChunkInfo>>);
+struct UploadTask(tokio::task::JoinHandle<Result<Uploaded>>);
 
 impl std::future::Future for UploadTask {
-    type Output = Result<ChunkInfo>;
+    type Output = Result<Uploaded>;
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -263,6 +370,7 @@ pub async fn put_stream(
             overwrite: force,
             // 0 means "unknown": an empty file asks for room for 1 byte.
             bytes_left: size_hint.map_or(0, |s| s.max(1)),
+            ..Default::default()
         }
     )?;
     let chunk_size = first.chunk_size.max(1);
@@ -301,6 +409,7 @@ pub async fn put_stream(
                         count,
                         overwrite: force,
                         bytes_left: bytes_left.unwrap_or(0),
+                        ..Default::default()
                     }
                 )?;
                 allocated.extend(more.chunks);
@@ -318,7 +427,7 @@ pub async fn put_stream(
         ))));
         while uploads.len() >= IN_FLIGHT {
             if let Some(r) = uploads.next().await {
-                done.push(r?);
+                done.push(replace_lost(conn, pool, r?).await);
             }
         }
         progress(len);
@@ -327,7 +436,7 @@ pub async fn put_stream(
         }
     }
     while let Some(r) = uploads.next().await {
-        done.push(r?);
+        done.push(replace_lost(conn, pool, r?).await);
     }
     let commit = CommitRequest {
         path: path.to_string(),
@@ -339,6 +448,7 @@ pub async fn put_stream(
         chunks: done,
         // The same id on every retry of this commit (see CommitRequest.request_id).
         request_id: new_request_id(),
+        mode: None,
     };
     let file = rpc!(conn, commit_file, commit)?;
     Ok(PutOutcome { file, bytes: total })

@@ -77,7 +77,13 @@ impl Placed {
 #[derive(Default)]
 pub struct Liveness {
     servers: Mutex<HashMap<NodeId, ServerView>>,
+    /// Servers a writer reported stalled, and when (see `STALL_QUARANTINE`).
+    stalled: Mutex<HashMap<NodeId, Instant>>,
 }
+
+/// How long after a writer's stall report a server gets no new chunks. Heartbeats cannot end
+/// it sooner: a server whose disk hangs may still heartbeat. A new report starts it again.
+pub const STALL_QUARANTINE: Duration = Duration::from_secs(30);
 
 impl Liveness {
     /// A heartbeat's view of `id`. Growth of its used bytes since the last one is taken off
@@ -114,6 +120,27 @@ impl Liveness {
     pub fn is_live(&self, id: NodeId) -> bool {
         self.get(id)
             .is_some_and(|v| v.last_seen.elapsed() < LIVE_WINDOW)
+    }
+
+    /// A writer saw `id` make no progress: place nothing on it for `STALL_QUARANTINE`.
+    pub fn report_stall(&self, id: NodeId) {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    pub fn is_stalled(&self, id: NodeId) -> bool {
+        let mut g = self.stalled.lock().unwrap_or_else(|p| p.into_inner());
+        g.retain(|_, at| at.elapsed() < STALL_QUARANTINE);
+        g.contains_key(&id)
+    }
+
+    /// Live servers that may take new chunks: heard from recently and not reported stalled.
+    pub fn placeable(&self) -> Vec<(NodeId, ServerView)> {
+        let mut live = self.live();
+        live.retain(|(id, _)| !self.is_stalled(*id));
+        live
     }
 
     /// Live servers with their used bytes.

@@ -80,6 +80,7 @@ struct CachedScan {
 pub struct Metrics {
     pub auth_failures: Counter,
     pub bad_replica_reports: Counter,
+    pub stall_reports: Counter,
     pub leader_changes: Counter,
     pub leaders_given_up: Counter,
     requests: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -528,7 +529,16 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
             "Registered chunk servers not heard from in the last 4 s.",
             servers.len() - live,
         );
-        let per_server: [(&str, &str); 5] = [
+        gauge(
+            o,
+            "dfs_chunk_servers_stalled",
+            "Registered chunk servers a writer reported stalled in the last 30 s (given no new chunks).",
+            servers
+                .iter()
+                .filter(|(id, _)| node.liveness.is_stalled(*id))
+                .count(),
+        );
+        let per_server: [(&str, &str); 6] = [
             (
                 "dfs_chunk_server_live",
                 "1 if the chunk server was heard from in the last 4 s (labels: server_id, addr).",
@@ -549,6 +559,10 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
                 "dfs_chunk_server_heartbeat_age_seconds",
                 "Time since this node last heard from a chunk server.",
             ),
+            (
+                "dfs_chunk_server_stalled",
+                "1 if a writer reported the chunk server stalled in the last 30 s (labels: server_id, addr).",
+            ),
         ];
         for (i, (name, help)) in per_server.iter().enumerate() {
             header(o, name, "gauge", help);
@@ -560,6 +574,7 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
                     1 => v.map(|v| v.used).unwrap_or(0).to_string(),
                     2 => v.map(|v| v.capacity).unwrap_or(0).to_string(),
                     3 => v.map(|v| v.chunks).unwrap_or(0).to_string(),
+                    5 => u8::from(node.liveness.is_stalled(*id)).to_string(),
                     _ => match v {
                         Some(v) => float(v.last_seen.elapsed().as_secs_f64()),
                         None => "+Inf".into(),
@@ -582,6 +597,12 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
         "dfs_bad_replica_reports_total",
         "Replicas reported corrupt or unreadable by readers.",
         node.metrics.bad_replica_reports.get(),
+    );
+    counter(
+        o,
+        "dfs_stall_reports_total",
+        "Chunk servers reported stalled by writers (no progress within the stall timeout).",
+        node.metrics.stall_reports.get(),
     );
     let reqs = lock(&node.metrics.requests).clone();
     let name = "dfs_meta_request_duration_seconds";

@@ -174,6 +174,11 @@ impl Backend for ClusterBackend {
         self.block(self.client.readlink(&path))
     }
 
+    fn create(&self, path: &str, mode: u32) -> FsResult<Entry> {
+        let path = self.remote(path);
+        self.block(async { Ok(entry(&self.client.create_empty(&path, mode).await?)) })
+    }
+
     fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<()> {
         let path = self.remote(path);
         self.block(self.client.set_attr(&path, mode, mtime_ms))

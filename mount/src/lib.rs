@@ -105,6 +105,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Create a symbolic link; returns its entry.
     fn symlink(&self, path: &str, target: &str) -> FsResult<Entry>;
     fn readlink(&self, path: &str) -> FsResult<String>;
+    /// Create an empty file with permission bits `mode` (one commit); EEXIST (or EISDIR) when
+    /// something is there, which is left unchanged.
+    fn create(&self, path: &str, mode: u32) -> FsResult<Entry>;
     /// Change permission bits and/or mtime.
     fn set_attr(&self, path: &str, mode: Option<u32>, mtime_ms: Option<i64>) -> FsResult<()>;
     /// A pinned version of a file, for ranged reads.
@@ -875,34 +878,35 @@ impl<B: Backend> Filesystem for DfsFs<B> {
     ) {
         let r = (|| {
             let path = join(&self.path_of(parent)?, name)?;
+            let mode = mode & !umask & 0o7777;
+            // Most CREATEs make a new file: one commit (create-only, with its mode) does it and
+            // makes the name visible to lookups and other mounts at once. Without O_EXCL a
+            // refusal means something is there, handled below.
+            let created = match flags & libc::O_EXCL {
+                0 => self.backend.create(&path, mode).ok(),
+                _ => None,
+            };
             // The kernel sends CREATE for O_CREAT opens of names it has not looked up, so the
             // file may exist: then this is an open (and O_TRUNC is staged, not committed).
-            let (e, content, dirty) = match self.backend.stat(&path) {
-                Ok(_) if flags & libc::O_EXCL != 0 => {
-                    return Err(FsError::new(libc::EEXIST, "exists"));
-                }
-                Ok(e) if e.is_dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
-                Ok(e) if flags & libc::O_TRUNC != 0 => {
-                    (Entry { size: 0, ..e }, self.empty_draft(&path)?, true)
-                }
-                Ok(e) => (e, self.remote(self.backend.open_reader(&path)?), false),
-                // Committed empty at once, so the name exists for lookups and other mounts.
-                Err(err) if err.errno == libc::ENOENT => {
-                    let mut d = draft::Draft::new(
-                        &*self.backend,
-                        &path,
-                        None,
-                        self.staging()?,
-                        self.budget.clone(),
-                    )?;
-                    let e = d.commit(&self.backend)?;
-                    (
-                        self.with_mode(&path, e, mode & !umask)?,
-                        Content::Draft(Box::new(d)),
-                        false,
-                    )
-                }
-                Err(err) => return Err(err),
+            let (e, content, dirty) = match created {
+                Some(e) => (e, self.empty_draft(&path)?, false),
+                None => match self.backend.stat(&path) {
+                    Ok(_) if flags & libc::O_EXCL != 0 => {
+                        return Err(FsError::new(libc::EEXIST, "exists"));
+                    }
+                    Ok(e) if e.is_dir => return Err(FsError::new(libc::EISDIR, "is a directory")),
+                    Ok(e) if flags & libc::O_TRUNC != 0 => {
+                        (Entry { size: 0, ..e }, self.empty_draft(&path)?, true)
+                    }
+                    Ok(e) => (e, self.remote(self.backend.open_reader(&path)?), false),
+                    // Committed empty at once (create-only: a file someone else made meanwhile
+                    // is not replaced), so the name exists for lookups and other mounts.
+                    Err(err) if err.errno == libc::ENOENT => {
+                        let e = self.backend.create(&path, mode)?;
+                        (e, self.empty_draft(&path)?, false)
+                    }
+                    Err(err) => return Err(err),
+                },
             };
             let ino = self.remember(&path, e.ino);
             let fh = self.add_handle(OpenFile {

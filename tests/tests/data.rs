@@ -613,6 +613,7 @@ fn names_with_nul_or_control_characters_are_refused_before_anything_is_written()
                         count: 1,
                         overwrite: false,
                         bytes_left: 1,
+                        ..Default::default()
                     },
                     &creds,
                 ))

@@ -155,3 +155,98 @@ fn put_completes_with_a_frozen_chunk_server() {
     assert!(c.get_data(&auth, "/big") == data, "data read back differs");
     drop(frozen);
 }
+
+/// Issue 24: with one of three chunk servers frozen, a 200 MB put (replication 2) gives the
+/// frozen replica up after the stall timeout, gets a replacement target from the leader and
+/// writes the whole chunk there, so the file is fully replicated when the put returns, well
+/// inside `--timeout`. The leader counts the stall report, shows the server stalled in
+/// `cluster status` and its metrics, and places nothing on it meanwhile; after the server is
+/// resumed the cluster is healthy.
+#[test]
+fn a_frozen_chunk_server_is_replaced_and_reported() {
+    let c = Cluster::up(1, 3, &[]);
+    let auth = c.path().join("admin.auth");
+    c.put_data(&auth, "/warm", b"warm", &[]).ok();
+    let cluster: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
+    let pid = cluster["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "chunk-1"))
+        .and_then(|n| n["pid"].as_i64())
+        .expect("pid of chunk-1") as i32;
+    let status = || -> serde_json::Value {
+        serde_json::from_str(c.ctl(&["--json", "cluster", "status"]).ok().trim()).unwrap()
+    };
+    let frozen_id = status()["chunk_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["addr"] == cluster_addr(&cluster))
+        .map(|s| s["id"].as_u64().unwrap())
+        .expect("id of chunk-1");
+    // Made (and written to a file) before the freeze: the put must start while the leader still
+    // counts the frozen server live (it heartbeated less than 4 s ago), so chunks go to it.
+    let data = dfs_tests::bytes(200 << 20, 25);
+    let local = c.path().join("big.bin");
+    std::fs::write(&local, &data).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let frozen = Frozen(pid);
+    let t = Instant::now();
+    let run = c.ctl(&[
+        "--timeout",
+        "30",
+        "put",
+        local.to_str().unwrap(),
+        "/big",
+        "--replication",
+        "2",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(run.code, 0, "put failed: {}", run.stderr);
+    eprintln!(
+        "200 MB put with a frozen chunk server took {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    // Fully replicated at commit: no chunk of /big names the frozen server.
+    let fsck = c.ctl(&["--json", "admin", "fsck", "/big"]);
+    assert_eq!(fsck.code, 0, "{}{}", fsck.stdout, fsck.stderr);
+    let s = status();
+    let frozen_status = s["chunk_servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"].as_u64() == Some(frozen_id))
+        .cloned()
+        .unwrap();
+    assert_eq!(frozen_status["stalled"], true, "{s}");
+    let metrics = c.metrics_text("meta-1");
+    assert!(
+        metrics.contains("dfs_chunk_servers_stalled 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("stall"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("dfs_stall_reports_total ") && !l.ends_with(" 0")),
+        "no stall report counted"
+    );
+    drop(frozen);
+    assert!(c.get_data(&auth, "/big") == data, "data read back differs");
+    c.ctl(&["admin", "fsck"]).ok();
+}
+
+/// The chunk-1 address from cluster.json.
+fn cluster_addr(cluster: &serde_json::Value) -> String {
+    cluster["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "chunk-1"))
+        .and_then(|n| n["addr"].as_str())
+        .expect("address of chunk-1")
+        .to_string()
+}

@@ -277,12 +277,40 @@ impl MetaNode {
             )));
         }
         let st = self.read_state();
-        st.check_file_target(&actor, &r.path, r.overwrite)?;
+        let replacing = !r.replace_chunk.is_empty();
+        if replacing {
+            // New targets for a chunk being written: the caller proves it was given the chunk
+            // by a leader (its write token), and may report servers that stalled on it.
+            if r.count > crate::state::MAX_REPLICATION {
+                return Err(invalid("a chunk has at most that many replicas"));
+            }
+            self.secret
+                .verify_chunk(
+                    &r.replace_token,
+                    Op::Write,
+                    &r.replace_chunk,
+                    now_ms() as u64,
+                )
+                .map_err(|e| {
+                    Status::permission_denied(format!("chunk {}: {e}", r.replace_chunk))
+                })?;
+            for id in r
+                .stalled
+                .iter()
+                .filter(|id| st.chunk_servers.contains_key(id))
+            {
+                tracing::warn!(node = self.id, server = id, chunk = %r.replace_chunk, "a writer reports a stalled chunk server");
+                self.metrics.stall_reports.inc();
+                self.liveness.report_stall(*id);
+            }
+        } else {
+            st.check_file_target(&actor, &r.path, r.overwrite)?;
+        }
         let live: Vec<Room> = self
             .liveness
-            .live()
+            .placeable()
             .into_iter()
-            .filter(|(id, _)| st.chunk_servers.contains_key(id))
+            .filter(|(id, _)| st.chunk_servers.contains_key(id) && !r.exclude.contains(id))
             .map(|(id, v)| Room::of(id, &v))
             .collect();
         if live.is_empty() {
@@ -296,7 +324,11 @@ impl MetaNode {
             0 => self.config.chunk_size,
             left => left.min(self.config.chunk_size),
         };
-        let placement = place(&live, replication as usize, r.count as usize, chunk_bytes);
+        let (replication, count) = match replacing {
+            true => (r.count, 1),
+            false => (replication, r.count),
+        };
+        let placement = place(&live, replication as usize, count as usize, chunk_bytes);
         if placement.iter().any(Vec::is_empty) {
             let free: Vec<String> = live
                 .iter()
@@ -317,7 +349,10 @@ impl MetaNode {
         let chunks = placement
             .into_iter()
             .map(|targets| {
-                let chunk_id = uuid::Uuid::new_v4().to_string();
+                let chunk_id = match replacing {
+                    true => r.replace_chunk.clone(),
+                    false => uuid::Uuid::new_v4().to_string(),
+                };
                 AllocatedChunk {
                     token: self.secret.sign_chunk(Op::Write, &chunk_id, expires),
                     chunk_id,
@@ -418,6 +453,7 @@ impl MetaNode {
                     id: inode_id.clone(),
                     now_ms: now,
                     kept,
+                    mode: r.mode,
                 },
             )?)
             .await?;
@@ -726,6 +762,7 @@ impl MetaNode {
                     last_seen_ms: v
                         .map(|v| v.last_seen.elapsed().as_millis() as u64)
                         .unwrap_or(u64::MAX),
+                    stalled: self.liveness.is_stalled(s.id),
                 }
             })
             .collect();

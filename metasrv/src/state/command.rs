@@ -17,6 +17,16 @@ pub enum Command {
     V1(CommandV1),
 }
 
+/// How a `CommitFile` makes its version (the command's fields other than the file itself).
+#[derive(Debug, Clone, Copy)]
+pub struct NewVersion<'a> {
+    pub overwrite: bool,
+    pub id: &'a str,
+    pub now_ms: i64,
+    pub kept: &'a [String],
+    pub mode: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CommandV1 {
     /// First command of a cluster: its id and the admin user. Ignored if already initialized.
@@ -95,6 +105,9 @@ pub enum CommandV1 {
         now_ms: i64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         kept: Vec<String>,
+        /// Permission bits for a file this commit creates (an existing file keeps its own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
     },
     /// Files from an original `saved-files.json` (their chunks are not recoverable).
     Import {
@@ -330,7 +343,17 @@ impl State {
                 id,
                 now_ms,
                 kept,
-            } => self.commit_file(actor, path, *overwrite, file, id, *now_ms, kept, touched),
+                mode,
+            } => {
+                let new = NewVersion {
+                    overwrite: *overwrite,
+                    id,
+                    now_ms: *now_ms,
+                    kept,
+                    mode: *mode,
+                };
+                self.commit_file(actor, path, file, &new, touched)
+            }
             CommandV1::Import {
                 actor,
                 files,

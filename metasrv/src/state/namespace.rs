@@ -9,7 +9,7 @@
 //! replicated counter; a commit over an existing file keeps its number, owner, mode and
 //! creation time; a rename keeps the number. Adding, removing or renaming an entry sets its
 //! directory's mtime and ctime to the command's time.
-use super::command::{ApplyError, ErrorKind, ImportedFile, RenameMode, Reply};
+use super::command::{ApplyError, ErrorKind, ImportedFile, NewVersion, RenameMode, Reply};
 use super::{FileData, Inode, RecordKey, State, MODE_MASK, ROOT_INO};
 use dfs_common::path;
 
@@ -482,18 +482,30 @@ impl State {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn commit_file(
         &mut self,
         actor: &str,
         raw: &str,
-        overwrite: bool,
         file: &FileData,
-        id: &str,
-        now_ms: i64,
-        kept: &[String],
+        new_version: &NewVersion,
         touched: &mut Vec<RecordKey>,
     ) -> Result<Reply, ApplyError> {
+        let NewVersion {
+            overwrite,
+            id,
+            now_ms,
+            kept,
+            mode: new_mode,
+        } = *new_version;
+        if new_mode.is_some_and(|m| m & !MODE_MASK != 0) {
+            return Err(ApplyError::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "mode {:o} has bits beyond permissions ({MODE_MASK:o})",
+                    new_mode.unwrap_or(0)
+                ),
+            ));
+        }
         let p = self.check_file_target(actor, raw, overwrite)?;
         let with_kept;
         let file = if kept.is_empty() {
@@ -511,10 +523,16 @@ impl State {
             Some(old) if old.file.is_some() => {
                 (old.created_ms, old.owner.clone(), old.ino, old.mode)
             }
-            Some(old) => (now_ms, old.owner.clone(), self.alloc_ino(touched), 0),
+            Some(old) => (
+                now_ms,
+                old.owner.clone(),
+                self.alloc_ino(touched),
+                new_mode.unwrap_or(0),
+            ),
             None => {
                 self.dir_changed(path::parent(&p).unwrap_or("/"), now_ms, touched);
-                (now_ms, actor.to_string(), self.alloc_ino(touched), 0)
+                let ino = self.alloc_ino(touched);
+                (now_ms, actor.to_string(), ino, new_mode.unwrap_or(0))
             }
         };
         let new = Inode {

@@ -124,6 +124,7 @@ fn commit(
             id: "f".into(),
             now_ms: 9,
             kept: vec![],
+            mode: None,
         },
     )
 }
@@ -351,6 +352,7 @@ fn commit_rules() {
             id: "i".into(),
             now_ms: 1,
             kept: vec![],
+            mode: None,
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -366,6 +368,7 @@ fn commit_rules() {
             id: "i".into(),
             now_ms: 1,
             kept: vec![],
+            mode: None,
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -570,6 +573,7 @@ fn a_retried_commit_is_not_applied_twice() {
                     id: "f".into(),
                     now_ms: 9,
                     kept: vec![],
+                    mode: None,
                 },
             ),
         )
@@ -916,6 +920,7 @@ fn chunk_sizes_that_overflow_are_refused_not_a_panic() {
             id: "i".into(),
             now_ms: 1,
             kept: vec![],
+            mode: None,
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -1042,6 +1047,7 @@ fn inode_numbers_are_stable_across_rename_and_overwrite_and_never_reused() {
             id: "f2".into(),
             now_ms: 12,
             kept: vec![],
+            mode: None,
         },
     )
     .unwrap();
@@ -1431,6 +1437,7 @@ fn a_commit_keeps_chunks_of_the_version_it_replaces() {
                 id: "f".into(),
                 now_ms: 9,
                 kept,
+                mode: None,
             },
         )
     };
@@ -1480,6 +1487,7 @@ fn a_commit_keeps_chunks_of_the_version_it_replaces() {
             id: "g".into(),
             now_ms: 9,
             kept: vec!["a".into()],
+            mode: None,
         },
     );
     assert_eq!(kind(other), ErrorKind::FailedPrecondition);
@@ -1496,4 +1504,34 @@ fn a_commit_keeps_chunks_of_the_version_it_replaces() {
         kind(put(&mut s, resized, vec!["a".into()])),
         ErrorKind::FailedPrecondition
     );
+}
+
+/// A commit that creates a file gives it the mode asked for; a new version of an existing file
+/// keeps the file's own; bits beyond permissions are refused and change nothing.
+#[test]
+fn a_commit_creates_a_file_with_its_mode_and_keeps_an_existing_ones() {
+    let mut s = state();
+    let with_mode = |p: &str, overwrite: bool, mode: u32| CommandV1::CommitFile {
+        actor: "admin".into(),
+        path: p.into(),
+        overwrite,
+        file: file(0),
+        id: "f".into(),
+        now_ms: 9,
+        kept: vec![],
+        mode: Some(mode),
+    };
+    run(&mut s, with_mode("/a", false, 0o600)).unwrap();
+    assert_eq!(s.nodes["/a"].mode(), 0o600);
+    run(&mut s, with_mode("/a", true, 0o777)).unwrap();
+    assert_eq!(s.nodes["/a"].mode(), 0o600);
+    assert_eq!(
+        kind(run(&mut s, with_mode("/a", false, 0o644))),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        kind(run(&mut s, with_mode("/b", false, 0o10644))),
+        ErrorKind::InvalidArgument
+    );
+    assert!(!s.nodes.contains_key("/b"));
 }
