@@ -44,6 +44,7 @@ pub async fn run(ctx: &Ctx, b: TreeBench) -> anyhow::Result<Value> {
         json: false,
         quiet: true,
         timeout: ctx.timeout,
+        stall_timeout: ctx.stall_timeout,
     };
     let conn = ctx.client()?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();

@@ -48,6 +48,10 @@ pub struct Cli {
     /// Give up on a request after this many seconds (leader changes are retried within it).
     #[arg(long, global = true, default_value_t = 30.0)]
     pub timeout: f64,
+    /// Give a chunk server up after this many seconds without progress in a transfer (the
+    /// chunk then goes to another server); keep it well under --timeout.
+    #[arg(long, env = "DFS_STALL_TIMEOUT", global = true, default_value_t = 5.0)]
+    pub stall_timeout: f64,
     /// No progress bars or extra messages.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
@@ -176,9 +180,15 @@ pub struct Ctx {
     pub json: bool,
     pub quiet: bool,
     pub timeout: Duration,
+    pub stall_timeout: Duration,
 }
 
 impl Ctx {
+    /// Connections to chunk servers, with this command's stall timeout.
+    pub fn pool(&self) -> dfs_client::ChunkPool {
+        dfs_client::ChunkPool::with_stall_timeout(self.stall_timeout)
+    }
+
     pub fn client(&self) -> anyhow::Result<client::MetaConn> {
         Ok(client::MetaConn::connect(
             &self.meta,
@@ -195,6 +205,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         json: cli.json,
         quiet: cli.quiet,
         timeout: Duration::from_secs_f64(cli.timeout.max(0.1)),
+        stall_timeout: Duration::from_secs_f64(cli.stall_timeout.max(0.1)),
     };
     match cli.cmd {
         Cmd::Put(a) => transfer::put(&ctx, a).await,

@@ -77,7 +77,8 @@ pub async fn run(ctx: &Ctx, a: MountArgs) -> anyhow::Result<i32> {
     if !mountpoint.is_dir() {
         anyhow::bail!("{} is not a directory", mountpoint.display());
     }
-    let client = Client::new(ctx.client()?);
+    let mut client = Client::new(ctx.client()?);
+    client.pool = ctx.pool();
     let backend = Arc::new(ClusterBackend::new(
         tokio::runtime::Handle::current(),
         client,

@@ -15,7 +15,7 @@ use crate::output::print_json;
 use crate::Ctx;
 use anyhow::{bail, Context};
 use clap::Args;
-use dfs_client::{get_stream, put_stream, ChunkPool, FileSource, PutOptions, ReaderSource};
+use dfs_client::{get_stream, put_stream, FileSource, PutOptions, ReaderSource};
 use dfs_proto::*;
 use serde_json::json;
 use std::io::Write;
@@ -133,7 +133,7 @@ pub async fn put(ctx: &Ctx, a: PutArgs) -> anyhow::Result<i32> {
         bail!("--update and -L go with -r");
     }
     let conn = ctx.client()?;
-    let pool = ChunkPool::default();
+    let pool = ctx.pool();
     // Like cp and mv: `put FILE /dir/` and `put FILE /dir` (an existing directory) store
     // /dir/FILE's name. (A directory made between this check and the commit makes the commit
     // fail with "exists", nothing is stored.)
@@ -285,7 +285,7 @@ pub async fn get(ctx: &Ctx, a: GetArgs) -> anyhow::Result<i32> {
         bail!("--update goes with -r");
     }
     let conn = ctx.client()?;
-    let pool = ChunkPool::default();
+    let pool = ctx.pool();
     let path = remote(&a.remote);
     let reply = dfs_client::rpc!(
         conn,

@@ -279,7 +279,7 @@ pub async fn put_tree(ctx: &Ctx, local: &str, root: &str, o: TreeOpts) -> anyhow
         );
     }
     let conn = ctx.client()?;
-    let pool = ChunkPool::default();
+    let pool = ctx.pool();
     let mut tree = LocalTree::default();
     walk(local, "", o.follow, &mut HashSet::new(), root, &mut tree)?;
     for d in std::iter::once(String::new()).chain(tree.dirs.iter().cloned()) {
@@ -371,7 +371,7 @@ pub async fn put_tree(ctx: &Ctx, local: &str, root: &str, o: TreeOpts) -> anyhow
 pub async fn get_tree(ctx: &Ctx, root: &str, local: &str, o: TreeOpts) -> anyhow::Result<i32> {
     let started = Instant::now();
     let conn = ctx.client()?;
-    let pool = ChunkPool::default();
+    let pool = ctx.pool();
     let info = dfs_client::rpc!(
         conn,
         stat,
@@ -540,7 +540,8 @@ pub async fn cp(
     o: TreeOpts,
 ) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let client = dfs_client::Client::new(ctx.client()?);
+    let mut client = dfs_client::Client::new(ctx.client()?);
+    client.pool = ctx.pool();
     let info = client.stat(from).await?;
     if !info.is_dir {
         let to = match client.stat(to).await {

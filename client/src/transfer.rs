@@ -28,13 +28,29 @@ use tonic::transport::Channel;
 const IN_FLIGHT: usize = 8;
 const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 
-/// gRPC channels to chunk servers, one per address.
-#[derive(Default, Clone)]
+/// gRPC channels to chunk servers, one per address, and how long a transfer through them may
+/// make no progress before the replica is given up.
+#[derive(Clone)]
 pub struct ChunkPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    stall: Duration,
+}
+
+impl Default for ChunkPool {
+    fn default() -> Self {
+        Self::with_stall_timeout(dfs_common::stall::DEFAULT_STALL_TIMEOUT)
+    }
 }
 
 impl ChunkPool {
+    /// A pool whose writes give a replica up after `stall` without progress.
+    pub fn with_stall_timeout(stall: Duration) -> Self {
+        Self {
+            channels: Default::default(),
+            stall,
+        }
+    }
+
     fn client(&self, addr: &str) -> Result<ChunkClient<Channel>> {
         let mut g = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let ch = match g.get(addr) {
@@ -147,7 +163,7 @@ async fn write_replica(
     let mark = progress.clone();
     let stream =
         futures::stream::iter(std::iter::once(header).chain(pieces)).inspect(move |_| mark.mark());
-    let stall = dfs_common::stall::DEFAULT_STALL_TIMEOUT;
+    let stall = pool.stall;
     let started = Instant::now();
     let reply = dfs_common::stall::guard(&progress, stall, client.write(stream))
         .await

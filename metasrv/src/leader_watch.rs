@@ -13,9 +13,10 @@
 //! and accepts it again once a probe succeeds.
 //!
 //! What must stay true: a node gives a leader up only on a majority's word, so one node with a
-//! bad link of its own cannot depose a leader the others reach; giving up never touches the log
-//! or the vote (Raft safety is unchanged, only liveness rules are added); a given-up node is
-//! accepted again as soon as this node reaches it.
+//! bad link of its own cannot depose a leader the others reach; it starts the election only
+//! after the old leader's read lease from its acknowledgments has run out (no stale read);
+//! giving up never touches the log or the vote (Raft safety is unchanged, only liveness rules
+//! are added); a given-up node is accepted again as soon as this node reaches it.
 use crate::service::MetaNode;
 use crate::types::NodeId;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -126,6 +127,12 @@ pub async fn run(node: Arc<MetaNode>) {
             );
             node.metrics.leaders_given_up.inc();
             w.given_up.store(leader, Ordering::Relaxed);
+            // `elect` skips this node's own lease check, and the old leader may hold a read
+            // lease earned from this node's last acknowledgment (see read_barrier). Refusing
+            // its messages from now on, wait that lease out (it is shorter than the maximum
+            // election timeout) before any new leader can commit.
+            let lease = Duration::from_millis(node.raft.config().election_timeout_max);
+            tokio::time::sleep(lease).await;
             let _ = node.raft.trigger().elect().await;
         }
     }
