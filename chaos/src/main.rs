@@ -28,7 +28,7 @@ const DEAD_TIMEOUT_MS: u64 = 5_000;
     name = "chaos",
     version,
     about = "Start a real dfs cluster, run concurrent clients while killing and pausing nodes, then check that no acknowledged write was lost and every read was one a correct system could return.",
-    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
+    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server --max-unavailable 5  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
 )]
 struct Args {
     /// Seconds the workload runs under faults.
