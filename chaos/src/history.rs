@@ -221,6 +221,8 @@ pub enum FaultKind {
     LoseChunk,
     /// SIGSTOP of the current leader.
     Pause,
+    /// SIGSTOP of a chunk server while the workload writes (sockets stay open, nothing answers).
+    FreezeChunk,
     /// SIGCONT of a paused node.
     Resume,
     /// A killed node started again.
@@ -270,6 +272,15 @@ pub struct RunInfo {
     pub lose_chunk_server: bool,
     pub pauses: bool,
     pub majority_kills: bool,
+    /// SIGSTOP of a chunk server in the rotation of other faults.
+    #[serde(default)]
+    pub chunk_freezes: bool,
+    /// Replication factor of the files written (0 in older histories: the default).
+    #[serde(default)]
+    pub replication: u32,
+    /// Bound of the availability checker (0 in older histories: the default).
+    #[serde(default)]
+    pub max_unavailable_ms: u64,
     pub cluster_dir: String,
     /// Grace after an unknown operation's completion during which it may still take effect
     /// (the checker falls back to "forever" before reporting a violation).

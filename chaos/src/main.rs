@@ -2,7 +2,7 @@
 //! Exit codes: 0 every checker passed, 1 a checker found a violation, 2 chaos itself could not
 //! run (cluster did not start, bad arguments, ...).
 use anyhow::{bail, Context};
-use chaos::checker::{self, DEFAULT_BUDGET, DEFAULT_GRACE_US};
+use chaos::checker::{self, availability, DEFAULT_BUDGET, DEFAULT_GRACE_US};
 use chaos::cluster::{bin_dir, Cluster};
 use chaos::history::{Clock, History, HistoryWriter, Record, RunInfo};
 use chaos::nemesis::{Nemesis, NemesisConfig};
@@ -28,7 +28,7 @@ const DEAD_TIMEOUT_MS: u64 = 5_000;
     name = "chaos",
     version,
     about = "Start a real dfs cluster, run concurrent clients while killing and pausing nodes, then check that no acknowledged write was lost and every read was one a correct system could return.",
-    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
+    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server --max-unavailable 5  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
 )]
 struct Args {
     /// Seconds the workload runs under faults.
@@ -46,6 +46,14 @@ struct Args {
     /// Do not SIGSTOP the leader.
     #[arg(long)]
     no_pauses: bool,
+    /// Do not SIGSTOP chunk servers (frozen for 2-6 s while the clients write, then resumed).
+    #[arg(long)]
+    no_chunk_freezes: bool,
+    /// Fail the run when the cluster was healthy (a majority of metadata nodes and enough
+    /// chunk servers up and not paused) for longer than this many seconds without
+    /// acknowledging a write. On --replay, the run's own bound when not given.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    max_unavailable: Option<u64>,
     /// Do not SIGKILL two of three metadata nodes at once.
     #[arg(long)]
     no_majority_kills: bool,
@@ -70,6 +78,16 @@ struct Args {
     /// direct IO path; files go up to 3.5 chunks).
     #[arg(long, default_value_t = CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(4096..=MAX_RUN_CHUNK_SIZE))]
     chunk_size: u64,
+}
+
+/// Seconds (fractions allowed) as microseconds.
+fn parse_secs(s: &str) -> Result<u64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok((v * 1e6) as u64),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
+    }
 }
 
 fn main() -> ExitCode {
@@ -101,8 +119,21 @@ fn unix_now() -> Duration {
 }
 
 /// Check a history and print the summary; returns whether every checker passed.
-fn check_and_report(history: &Path, json: bool) -> anyhow::Result<bool> {
+/// `avail_bound_us`: the availability bound, else the run's own, else the default.
+fn check_and_report(
+    history: &Path,
+    json: bool,
+    avail_bound_us: Option<u64>,
+) -> anyhow::Result<bool> {
     let h = History::read(history)?;
+    let avail_bound_us = avail_bound_us
+        .or_else(|| {
+            h.run
+                .as_ref()
+                .map(|r| r.max_unavailable_ms * 1000)
+                .filter(|b| *b > 0)
+        })
+        .unwrap_or(availability::DEFAULT_BOUND_US);
     let grace = h
         .run
         .as_ref()
@@ -110,7 +141,7 @@ fn check_and_report(history: &Path, json: bool) -> anyhow::Result<bool> {
         .filter(|g| *g > 0)
         .unwrap_or(DEFAULT_GRACE_US);
     let started = Instant::now();
-    let v = checker::check_all(&h, grace, DEFAULT_BUDGET);
+    let v = checker::check_all(&h, grace, DEFAULT_BUDGET, avail_bound_us);
     let s = report::summarize(&h, &v, history);
     if json {
         eprint!("{}", s.table);
@@ -124,7 +155,7 @@ fn check_and_report(history: &Path, json: bool) -> anyhow::Result<bool> {
 
 async fn run(a: Args) -> anyhow::Result<bool> {
     if let Some(h) = &a.replay {
-        return check_and_report(h, a.json);
+        return check_and_report(h, a.json, a.max_unavailable);
     }
     if a.clients == 0 {
         bail!("--clients must be at least 1");
@@ -189,7 +220,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         )
     })?;
     eprintln!("chaos: checking the history");
-    let pass = check_and_report(&history_path, a.json)?;
+    let pass = check_and_report(&history_path, a.json, a.max_unavailable)?;
     if pass && !keep {
         let _ = std::fs::remove_dir_all(&cluster_dir);
     }
@@ -214,6 +245,9 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         lose_chunk_server: a.lose_chunk_server,
         pauses: !a.no_pauses,
         majority_kills: !a.no_majority_kills,
+        chunk_freezes: !a.no_chunk_freezes,
+        replication: dfs_common::DEFAULT_REPLICATION,
+        max_unavailable_ms: a.max_unavailable.unwrap_or(availability::DEFAULT_BOUND_US) / 1000,
         cluster_dir: cluster.dir.display().to_string(),
         unknown_grace_ms: DEFAULT_GRACE_US / 1000,
     }))?;
@@ -243,6 +277,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
                 .then(|| Duration::from_secs(a.kill_leader_every)),
             chunk_kills: !a.no_chunk_kills,
             pauses: !a.no_pauses,
+            chunk_freezes: !a.no_chunk_freezes,
             majority_kills: !a.no_majority_kills,
             lose_chunk_after: a
                 .lose_chunk_server

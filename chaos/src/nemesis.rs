@@ -4,11 +4,16 @@
 //! The clock is the leader-kill period K. At the start of each period: SIGKILL the current
 //! leader, restart it 1–2 s later. Half a period later, one other fault, in rotation:
 //! SIGKILL a random chunk server and restart it 1–3 s later; SIGSTOP the leader for 1.5–4 s
-//! and SIGCONT it; and every fourth time, SIGKILL two of three metadata nodes (the leader among
+//! and SIGCONT it; SIGSTOP a random running chunk server for 2–6 s while the clients write
+//! (a frozen server: its sockets stay open, it answers nothing) and SIGCONT it; and every
+//! fourth time, SIGKILL two of three metadata nodes (the leader among
 //! them) for 3 s, during which nothing that needs a quorum may be acknowledged.
 //! With `lose_chunk_after`, the first period starting after that long also SIGKILLs one chunk
 //! server for good: it is never started again, and the cluster must re-replicate its chunks.
-//! Every fault is recorded in the history at the moment it took effect.
+//! Every fault is recorded in the history at the moment it took effect. A fault's length is
+//! capped at 0.8 × half a period (4 s at the CI's 10 s period), so it is undone before the
+//! next one starts; a node still stopped when the nemesis ends early is in `paused`, which
+//! `Cluster::heal` resumes.
 use crate::cluster::{Cluster, ClusterError};
 use crate::history::{Clock, Fault, FaultKind, HistoryError, HistoryWriter, Record};
 use rand::rngs::StdRng;
@@ -31,6 +36,8 @@ pub struct NemesisConfig {
     pub kill_leader_every: Option<Duration>,
     pub chunk_kills: bool,
     pub pauses: bool,
+    /// SIGSTOP a chunk server for a few seconds, then SIGCONT it.
+    pub chunk_freezes: bool,
     pub majority_kills: bool,
     /// Kill one chunk server for good this long after the start.
     pub lose_chunk_after: Option<Duration>,
@@ -45,6 +52,7 @@ const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
 enum Other {
     Chunk,
     Pause,
+    Freeze,
     Majority,
 }
 
@@ -187,6 +195,23 @@ impl Nemesis {
         Ok(())
     }
 
+    /// SIGSTOP a running chunk server for 2–6 s (at most `budget`), then SIGCONT it.
+    async fn freeze_chunk(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(victim) = self.live_chunk_server()? else {
+            return Ok(());
+        };
+        self.cluster.pause(&victim)?;
+        self.paused.push(victim.clone());
+        let nodes = vec![victim.clone()];
+        self.record(FaultKind::FreezeChunk, &nodes, None)?;
+        let delay = millis(&mut self.rng, 2000, 6000, budget);
+        tokio::time::sleep(delay).await;
+        self.cluster.resume(&victim)?;
+        self.paused.retain(|p| *p != victim);
+        self.record(FaultKind::Resume, &nodes, None)?;
+        Ok(())
+    }
+
     async fn kill_majority(&mut self) -> Result<(), NemesisError> {
         let Some(leader) = self.settled_leader(Duration::from_secs(10)).await? else {
             return Ok(());
@@ -220,6 +245,9 @@ impl Nemesis {
         }
         if self.cfg.pauses {
             others.push(Other::Pause);
+        }
+        if self.cfg.chunk_freezes {
+            others.push(Other::Freeze);
         }
         let started = Instant::now();
         let mut slot_start = started + Duration::from_secs(2);
@@ -257,6 +285,7 @@ impl Nemesis {
                 match other {
                     Some(Other::Chunk) => self.kill_chunk(budget).await?,
                     Some(Other::Pause) => self.pause_leader(budget).await?,
+                    Some(Other::Freeze) => self.freeze_chunk(budget).await?,
                     Some(Other::Majority) => self.kill_majority().await?,
                     None => {}
                 }

@@ -114,6 +114,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let chunk_kills = count(h, FaultKind::KillChunk);
     let chunks_lost = count(h, FaultKind::LoseChunk);
     let pauses = count(h, FaultKind::Pause);
+    let freezes = count(h, FaultKind::FreezeChunk);
     let run = h.run.clone().unwrap_or_default();
 
     let mut t = String::new();
@@ -146,7 +147,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     }
     let _ = writeln!(
         t,
-        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses"
+        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes"
     );
     let _ = writeln!(
         t,
@@ -225,6 +226,34 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         v.quorum.served_without_quorum.len(),
         v.quorum.not_recovered
     );
+    let av = &v.availability;
+    let secs = |us: u64| us as f64 / 1e6;
+    let _ = writeln!(
+        t,
+        "  availability       {}  longest healthy window without an acknowledged write {:.1} s (bound {:.1} s){}; {:.1} s of {:.1} s excused (majority or chunk servers down)",
+        verdict(av.pass()),
+        secs(av.longest_us()),
+        secs(av.bound_us),
+        av.longest
+            .as_ref()
+            .map(|w| format!(" at {:.1}..{:.1} s", secs(w.start_us), secs(w.end_us)))
+            .unwrap_or_default(),
+        secs(av.unhealthy_us),
+        secs(av.span_us),
+    );
+    let _ = writeln!(
+        t,
+        "                     longest per fault active: {}",
+        if av.per_fault.is_empty() {
+            "(no window)".to_string()
+        } else {
+            av.per_fault
+                .iter()
+                .map(|(k, us)| format!("{k} {:.1} s", secs(*us)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
     let mut details: Vec<String> = Vec::new();
     for l in &v.lost.lost {
         details.push(format!(
@@ -252,6 +281,15 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     }
     for id in v.quorum.served_without_quorum.iter().take(10) {
         details.push(format!("acknowledged while a majority was down: op {id}"));
+    }
+    for w in av.over_bound.iter().take(10) {
+        details.push(format!(
+            "no write acknowledged for {:.1} s while healthy: {:.3} s .. {:.3} s, faults active: {}",
+            secs(w.len_us()),
+            secs(w.start_us),
+            secs(w.end_us),
+            w.faults.join(", ")
+        ));
     }
     if !details.is_empty() {
         let _ = writeln!(t, "violations:");
@@ -288,6 +326,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "chunk_kills": chunk_kills,
         "chunk_servers_lost": chunks_lost,
         "pauses": pauses,
+        "chunk_freezes": freezes,
         "ops": ops,
         "get_data_errors": data_errors,
         "get_overtaken": overtaken,
@@ -298,6 +337,16 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
             "convergence": {"pass": v.convergence.pass, "applied": v.convergence.applied, "problems": v.convergence.problems},
             "replication": {"pass": v.replication.pass, "under_replicated_files": v.replication.under_replicated_files},
             "quorum": {"pass": v.quorum.pass(), "windows": v.quorum.windows, "served_without_quorum": v.quorum.served_without_quorum.len(), "not_recovered": v.quorum.not_recovered},
+            "availability": {
+                "pass": av.pass(),
+                "bound_ms": av.bound_us / 1000,
+                "longest_ms": av.longest_us() / 1000,
+                "longest_window": av.longest.as_ref().map(|w| json!({"start_ms": w.start_us / 1000, "end_ms": w.end_us / 1000, "faults": w.faults})),
+                "longest_per_fault_ms": av.per_fault.iter().map(|(k, us)| (k.clone(), json!(us / 1000))).collect::<serde_json::Map<_, _>>(),
+                "excused_ms": av.unhealthy_us / 1000,
+                "span_ms": av.span_us / 1000,
+                "over_bound": av.over_bound.len(),
+            },
         },
         "duration_s": run.duration_s,
         "clients": run.clients,

@@ -1,5 +1,6 @@
 //! The checkers, run on a history after the workload stopped and the cluster healed. Each can
 //! fail; `check_all` runs them all.
+pub mod availability;
 pub mod convergence;
 pub mod linear;
 pub mod lost;
@@ -46,6 +47,7 @@ pub struct Verdicts {
     pub convergence: convergence::ConvergenceReport,
     pub replication: convergence::ReplicationReport,
     pub quorum: quorum::QuorumReport,
+    pub availability: availability::AvailReport,
 }
 
 impl Verdicts {
@@ -56,6 +58,7 @@ impl Verdicts {
             && self.convergence.pass
             && self.replication.pass
             && self.quorum.pass()
+            && self.availability.pass()
     }
 }
 
@@ -215,7 +218,21 @@ fn violation_text(ops: &[Op], group: &model::Group, res: &LinResult) -> String {
     }
 }
 
-pub fn check_all(h: &History, grace_us: u64, budget: usize) -> Verdicts {
+/// The cluster shape the availability checker counts faults against, from the run's settings
+/// (3 + 3 with the default replication when the history has none).
+pub fn shape_of(h: &History) -> availability::Shape {
+    let run = h.run.clone().unwrap_or_default();
+    let or = |v: u32, d: u32| if v == 0 { d } else { v };
+    availability::Shape {
+        metas: or(run.metas, 3),
+        chunks: or(run.chunks, 3),
+        need_chunks: or(run.replication, dfs_common::DEFAULT_REPLICATION),
+    }
+}
+
+/// Every checker; `avail_bound_us` is the longest healthy window allowed without an
+/// acknowledged write.
+pub fn check_all(h: &History, grace_us: u64, budget: usize, avail_bound_us: u64) -> Verdicts {
     let (convergence, replication) = convergence::check(h.convergence.as_ref());
     Verdicts {
         lost: lost::check(&h.ops),
@@ -224,6 +241,7 @@ pub fn check_all(h: &History, grace_us: u64, budget: usize) -> Verdicts {
         convergence,
         replication,
         quorum: quorum::check(&h.ops, &h.faults),
+        availability: availability::check(&h.ops, &h.faults, shape_of(h), avail_bound_us),
     }
 }
 

@@ -235,7 +235,12 @@ fn concurrent_operations_may_take_effect_in_either_order() {
     h.final_get(A, 1000, file("c3"));
     h.final_get(B, 1000, Seen::Absent);
     assert!(lin(&h).pass());
-    let v = check_all(&h.history(), DEFAULT_GRACE_US, 1_000_000);
+    let v = check_all(
+        &h.history(),
+        DEFAULT_GRACE_US,
+        1_000_000,
+        availability::DEFAULT_BOUND_US,
+    );
     assert!(v.linear.pass(), "{:?}", v.linear);
     assert!(v.lost.pass(), "{:?}", v.lost);
     assert!(v.phantom.pass(), "{:?}", v.phantom);
@@ -295,7 +300,12 @@ fn a_valid_history_with_unknown_operations_passes() {
     h.final_get(A, 40 * S, file("c1"));
     h.final_get(B, 40 * S, Seen::Absent);
     assert!(lin(&h).pass());
-    let v = check_all(&h.history(), DEFAULT_GRACE_US, 1_000_000);
+    let v = check_all(
+        &h.history(),
+        DEFAULT_GRACE_US,
+        1_000_000,
+        availability::DEFAULT_BOUND_US,
+    );
     assert!(v.linear.pass(), "{:?}", v.linear);
     assert_eq!(v.linear.unknown, 4);
     assert!(v.lost.pass(), "{:?}", v.lost);
