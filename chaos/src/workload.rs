@@ -18,18 +18,16 @@
 use crate::history::{
     code, Clock, Entry, HistoryError, HistoryWriter, Kind, Op, Outcome, Phase, Record, Seen,
 };
+use dfs_client::MetaConn;
 use dfs_client::{get_stream, ChunkPool};
-use dfs_client::{lazy_channel, MetaConn};
-use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub const FILES: [&str; 3] = ["a", "b", "c"];
@@ -214,7 +212,6 @@ struct Client {
     shared: Arc<Shared>,
     conn: MetaConn,
     pool: ChunkPool,
-    chunk_channels: HashMap<String, Channel>,
     rng: StdRng,
 }
 
@@ -234,95 +231,13 @@ fn phase_of(v: u8) -> Phase {
     }
 }
 
-async fn write_replica(
-    ch: Channel,
-    chunk_id: String,
-    token: String,
-    data: Vec<u8>,
-) -> Result<WriteChunkReply, Status> {
-    let mut client = ChunkClient::new(ch)
-        .max_decoding_message_size(16 * 1024 * 1024)
-        .max_encoding_message_size(16 * 1024 * 1024);
-    let mut msgs = vec![WriteChunkRequest {
-        chunk_id,
-        token,
-        data: Default::default(),
-    }];
-    let data = dfs_proto::Bytes::from(data);
-    for at in (0..data.len()).step_by(dfs_common::STREAM_PIECE) {
-        msgs.push(WriteChunkRequest {
-            chunk_id: String::new(),
-            token: String::new(),
-            data: data.slice(at..(at + dfs_common::STREAM_PIECE).min(data.len())),
-        });
-    }
-    Ok(client
-        .write(futures::stream::iter(msgs))
-        .await?
-        .into_inner())
-}
-
 impl Client {
-    fn channel(&mut self, addr: &str) -> Result<Channel, String> {
-        if let Some(c) = self.chunk_channels.get(addr) {
-            return Ok(c.clone());
-        }
-        let c = lazy_channel(addr).map_err(|e| format!("{e:#}"))?;
-        self.chunk_channels.insert(addr.to_string(), c.clone());
-        Ok(c)
-    }
-
-    /// Store one chunk on its targets; stored when at least one replica has it (as dfsctl).
+    /// Store one chunk as every dfs client does (`dfs_client::store_chunk`): a replica that
+    /// fails or stalls is given up after the stall timeout and replaced by another server.
     async fn upload(&mut self, a: &AllocatedChunk, data: &[u8]) -> Result<ChunkInfo, String> {
-        let crc = crc32c::crc32c(data);
-        let mut writes = Vec::new();
-        for t in &a.targets {
-            let ch = self.channel(&t.addr)?;
-            let (id, token, bytes, node) = (
-                a.chunk_id.clone(),
-                a.token.clone(),
-                data.to_vec(),
-                t.node_id,
-            );
-            writes.push(async move {
-                let r = tokio::time::timeout(
-                    Duration::from_secs(10),
-                    write_replica(ch, id, token, bytes),
-                )
-                .await;
-                (node, r)
-            });
-        }
-        let mut replicas = Vec::new();
-        let mut errors = Vec::new();
-        for (node, r) in futures::future::join_all(writes).await {
-            match r {
-                Ok(Ok(rep)) if rep.crc32c == crc && rep.size == data.len() as u64 => {
-                    replicas.push(node)
-                }
-                Ok(Ok(rep)) => errors.push(format!(
-                    "server {node} stored {} bytes crc {:08x}",
-                    rep.size, rep.crc32c
-                )),
-                Ok(Err(s)) => errors.push(format!("server {node}: {}", s.message())),
-                Err(_) => errors.push(format!("server {node}: timed out")),
-            }
-        }
-        if replicas.is_empty() {
-            return Err(format!(
-                "chunk {} stored nowhere: {}",
-                a.chunk_id,
-                errors.join("; ")
-            ));
-        }
-        Ok(ChunkInfo {
-            chunk_id: a.chunk_id.clone(),
-            size: data.len() as u64,
-            crc32c: crc,
-            replicas,
-            replica_addrs: vec![],
-            token: a.token.clone(),
-        })
+        dfs_client::store_chunk(&self.conn, &self.pool, a.clone(), data.to_vec())
+            .await
+            .map_err(|e| format!("{e:#}"))
     }
 
     async fn put(&mut self, path: &str, data: &[u8], force: bool, phase: &AtomicU8) -> PutEnd {
@@ -680,7 +595,6 @@ pub async fn run(shared: Arc<Shared>, until: Instant) -> Result<(), WorkloadErro
             shared: shared.clone(),
             conn: shared.conn()?,
             pool: ChunkPool::default(),
-            chunk_channels: HashMap::new(),
             rng: StdRng::from_entropy(),
         };
         tasks.push(tokio::spawn(async move {
@@ -707,7 +621,6 @@ pub async fn final_reads(shared: Arc<Shared>, patience: Duration) -> Result<(), 
         shared: shared.clone(),
         conn: shared.conn()?,
         pool: ChunkPool::default(),
-        chunk_channels: HashMap::new(),
         rng: StdRng::from_entropy(),
     };
     let deadline = Instant::now() + patience;

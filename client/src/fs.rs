@@ -8,8 +8,8 @@
 use crate::error::{Error, Result};
 use crate::meta::{new_request_id, MetaConn};
 use crate::transfer::{
-    fetch_range, fetch_stored, fresh_tokens, put_stream, replace_lost, tokens_ageing, upload_chunk,
-    ChunkPool, ChunkSource, PutOptions, PutOutcome,
+    fetch_range, fetch_stored, fresh_tokens, put_stream, store_chunk, tokens_ageing, ChunkPool,
+    ChunkSource, PutOptions, PutOutcome,
 };
 use crate::{rpc, ClientOptions, Progress};
 use dfs_proto::*;
@@ -318,8 +318,7 @@ impl Client {
     /// Store `data` as the allocated chunk: sent to all its targets at once, and stored when at
     /// least one has it fsynced. Not part of any file until [`Client::commit_chunks`].
     pub async fn store_chunk(&self, alloc: AllocatedChunk, data: Vec<u8>) -> Result<ChunkInfo> {
-        let up = upload_chunk(self.pool.clone(), alloc, data).await?;
-        Ok(replace_lost(&self.conn, &self.pool, up).await)
+        store_chunk(&self.conn, &self.pool, alloc, data).await
     }
 
     /// Read back a chunk this client stored and has not committed (with its write token),

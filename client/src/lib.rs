@@ -15,8 +15,8 @@ pub use error::{Error, Result};
 pub use fs::{Client, FsStats, ReadHandle};
 pub use meta::{default_auth_file, lazy_channel, new_request_id, Grpc, MetaConn};
 pub use transfer::{
-    get_stream, put_stream, ChunkPool, ChunkSource, FileSource, PutOptions, PutOutcome,
-    ReaderSource,
+    get_stream, put_stream, store_chunk, ChunkPool, ChunkSource, FileSource, PutOptions,
+    PutOutcome, ReaderSource,
 };
 
 use std::path::PathBuf;

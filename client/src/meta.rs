@@ -24,6 +24,11 @@ pub type Grpc = MetaClient<Channel>;
 
 /// Longest a single attempt may take before the next node is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An attempt not answered after this long makes the client ask the other members whether one
+/// of them leads now (a frozen or unreachable leader is replaced within an election); if one
+/// does, the call moves there instead of waiting out the attempt. Writes carry request ids, so
+/// the move cannot apply one twice.
+const HEDGE_AFTER: Duration = Duration::from_millis(600);
 /// How long a node may take to answer a ping before the others are preferred.
 const PING_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long a node that failed an attempt is not chosen because of a leader hint (a leader
@@ -168,7 +173,38 @@ impl MetaConn {
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let err = match tokio::time::timeout(self.attempt_timeout.min(left), f(client)).await {
+            let attempt_end = tokio::time::Instant::now() + self.attempt_timeout.min(left);
+            let attempt = tokio::time::timeout_at(attempt_end, f(client));
+            let asked = i;
+            let hedge = async move {
+                tokio::time::sleep(HEDGE_AFTER).await;
+                self.other_leader(asked, attempt_end).await
+            };
+            tokio::pin!(attempt, hedge);
+            let mut hedged = false;
+            let mut moved_to = None;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut attempt => break Some(r),
+                    j = &mut hedge, if !hedged => {
+                        hedged = true;
+                        if let Some(j) = j {
+                            moved_to = Some(j);
+                            break None;
+                        }
+                    }
+                }
+            };
+            let Some(outcome) = outcome else {
+                // Another member leads now: this attempt is abandoned and retried there.
+                let j = moved_to.unwrap_or(i);
+                self.note_failure(i);
+                self.confirmed.store(false, Ordering::Relaxed);
+                tracing::debug!(from = %self.addrs[i], to = %self.addrs[j], "no answer; moving to the new leader");
+                i = j;
+                continue;
+            };
+            let err = match outcome {
                 Ok(Ok(r)) => {
                     // A follower that forwarded the call names the leader: go there directly.
                     let leader = r
@@ -189,14 +225,7 @@ impl MetaConn {
             };
             tried += 1;
             self.confirmed.store(false, Ordering::Relaxed);
-            if let Some(at) = self
-                .failed_at
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(i)
-            {
-                *at = Some(tokio::time::Instant::now());
-            }
+            self.note_failure(i);
             if tokio::time::Instant::now() >= deadline {
                 return Err(Status::new(
                     err.code(),
@@ -271,6 +300,47 @@ impl MetaConn {
 }
 
 impl MetaConn {
+    fn note_failure(&self, i: usize) {
+        if let Some(at) = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(i)
+        {
+            *at = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// A member other than `i` that answers a ping as the leader, if any does before `until`
+    /// (each ping has the short ping deadline).
+    async fn other_leader(&self, i: usize, until: tokio::time::Instant) -> Option<usize> {
+        let wait = PING_TIMEOUT.min(until.saturating_duration_since(tokio::time::Instant::now()));
+        let mut pings: FuturesUnordered<_> = self
+            .channels
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(j, ch)| {
+                let mut g = MetaClient::new(ch.clone());
+                async move {
+                    (
+                        j,
+                        tokio::time::timeout(wait, g.ping(tonic::Request::new(Empty {}))).await,
+                    )
+                }
+            })
+            .collect();
+        while let Some((j, r)) = pings.next().await {
+            if let Ok(Ok(p)) = r {
+                let p = p.into_inner();
+                if p.leader != 0 && p.leader == p.id {
+                    return Some(j);
+                }
+            }
+        }
+        None
+    }
+
     fn failed_recently(&self, i: usize) -> bool {
         let failed = self.failed_at.lock().unwrap_or_else(|p| p.into_inner());
         failed

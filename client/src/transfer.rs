@@ -277,6 +277,19 @@ pub(crate) async fn upload_chunk(
     })
 }
 
+/// Store `data` as the allocated chunk: written to all its targets at once, with failed or
+/// stalled targets replaced (see [`replace_lost`]); stored when at least one replica has it.
+/// Not part of any file until a commit names it.
+pub async fn store_chunk(
+    conn: &MetaConn,
+    pool: &ChunkPool,
+    alloc: AllocatedChunk,
+    data: Vec<u8>,
+) -> Result<ChunkInfo> {
+    let up = upload_chunk(pool.clone(), alloc, data).await?;
+    Ok(replace_lost(conn, pool, up).await)
+}
+
 /// Give a chunk new targets in place of the ones that failed (the leader is told which stalled
 /// and places nothing on them for a while), and write the whole chunk there; each new replica
 /// counts only when the server reports the chunk's size and CRC32C. One round: when the leader
