@@ -5,7 +5,7 @@
 //! an errno for that one call ([`errno_of`]); nothing here panics or exits, so the mount
 //! outlives any peer. A commit is retried only when it failed for a transient reason, and
 //! always from the local staging file, so a retry resends exactly the bytes the program wrote.
-use crate::{Allocation, Backend, Entry, FsError, FsResult, Piece, StoredChunk, Upload};
+use crate::{Allocation, Backend, Entry, Fetch, FsError, FsResult, Piece, StoredChunk, Upload};
 use dfs_client::{Client, Error, ReadHandle};
 use dfs_proto::{ChunkInfo, FileInfo, RenameMode};
 use std::sync::Arc;
@@ -223,6 +223,15 @@ impl Backend for ClusterBackend {
 
     fn read_at(&self, r: &mut ReadHandle, offset: u64, len: u64) -> FsResult<Vec<u8>> {
         self.block(self.client.read_at(r, offset, len))
+    }
+
+    fn start_read(&self, r: &ReadHandle, offset: u64, len: u64) -> Fetch {
+        let (tx, fetch) = Fetch::channel();
+        let (client, mut r) = (self.client.clone(), r.clone());
+        self.rt.spawn(async move {
+            let _ = tx.send(client.read_at(&mut r, offset, len).await.map_err(fs_error));
+        });
+        fetch
     }
 
     fn layout(&self, r: &ReadHandle) -> (u64, Vec<u64>) {

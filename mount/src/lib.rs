@@ -118,6 +118,9 @@ pub trait Backend: Send + Sync + 'static {
     fn reader_size(&self, r: &Self::Reader) -> u64;
     /// Up to `len` bytes at `offset` of the pinned version (fewer only at its end).
     fn read_at(&self, r: &mut Self::Reader, offset: u64, len: u64) -> FsResult<Vec<u8>>;
+    /// Start the same read in the background (a sequential reader's next window); returns at
+    /// once.
+    fn start_read(&self, r: &Self::Reader, offset: u64, len: u64) -> Fetch;
     /// How the pinned version is cut: its chunk size and each chunk's size, in order.
     fn layout(&self, r: &Self::Reader) -> (u64, Vec<u64>);
     /// Room for one new chunk of `path`, and the chunk size new versions of it are cut into.
@@ -180,6 +183,26 @@ impl Upload {
     }
 }
 
+/// A ranged read running in the background: `wait` gives its bytes or why not.
+pub struct Fetch(std::sync::mpsc::Receiver<FsResult<Vec<u8>>>);
+
+impl Fetch {
+    /// A new read and the sender its worker reports on.
+    pub fn channel() -> (std::sync::mpsc::SyncSender<FsResult<Vec<u8>>>, Fetch) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        (tx, Fetch(rx))
+    }
+
+    pub fn wait(self) -> FsResult<Vec<u8>> {
+        self.0.recv().unwrap_or_else(|_| {
+            Err(FsError::new(
+                libc::EIO,
+                "a background read ended without a result",
+            ))
+        })
+    }
+}
+
 /// Mount settings.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -224,6 +247,9 @@ enum Content<B: Backend> {
         window: (u64, Vec<u8>),
         /// Where a sequential reader reads next.
         next: u64,
+        /// The window after this one, being fetched while a sequential reader reads this one:
+        /// (its offset, the read).
+        ahead: Option<(u64, Fetch)>,
     },
     Draft(Box<draft::Draft<B>>),
     /// Between taking a remote version and making its draft (never seen by a caller).
@@ -523,6 +549,7 @@ impl<B: Backend> DfsFs<B> {
             reader,
             window: (0, Vec::new()),
             next: 0,
+            ahead: None,
         }
     }
 
@@ -579,23 +606,50 @@ impl<B: Backend> DfsFs<B> {
                 reader,
                 window,
                 next,
+                ahead,
             } => {
+                let total = self.backend.reader_size(reader);
+                let sequential = offset == *next;
                 let (start, bytes) = &*window;
                 let end = start + bytes.len() as u64;
-                let inside = offset >= *start
-                    && (offset + size <= end || end >= self.backend.reader_size(reader));
+                let inside = offset >= *start && (offset + size <= end || end >= total);
                 if !inside || bytes.is_empty() {
-                    let want = if offset == *next {
-                        size.max(READ_AHEAD)
-                    } else {
-                        size
+                    *window = match ahead.take() {
+                        // The next window was fetched meanwhile: this read starts in it, or
+                        // straddles the two (the current window's tail comes first).
+                        Some((at, f))
+                            if sequential && offset >= *start && offset < at + READ_AHEAD =>
+                        {
+                            let data = f.wait()?;
+                            if offset < at && offset < end {
+                                let mut joined = bytes[(offset - start) as usize..].to_vec();
+                                joined.extend_from_slice(&data);
+                                (offset, joined)
+                            } else {
+                                (at, data)
+                            }
+                        }
+                        _ => {
+                            let want = if sequential {
+                                size.max(READ_AHEAD)
+                            } else {
+                                size
+                            };
+                            (offset, self.backend.read_at(reader, offset, want)?)
+                        }
                     };
-                    *window = (offset, self.backend.read_at(reader, offset, want)?);
                 }
                 let (start, bytes) = &*window;
                 let from = ((offset - start) as usize).min(bytes.len());
                 let to = (from + size as usize).min(bytes.len());
                 *next = offset + (to - from) as u64;
+                // A sequential reader gets its next window fetched while it reads this one
+                // (so at most two windows per handle are in memory).
+                let end = start + bytes.len() as u64;
+                if sequential && ahead.is_none() && bytes.len() as u64 >= READ_AHEAD && end < total
+                {
+                    *ahead = Some((end, self.backend.start_read(reader, end, READ_AHEAD)));
+                }
                 Ok(bytes[from..to].to_vec())
             }
         }
