@@ -83,25 +83,22 @@ fn half_reachable_leader_is_replaced() {
         "nft add rule inet gray input tcp dport {port} drop"
     ));
     let cut = Instant::now();
-    let mut n = 0;
-    wait_until(Duration::from_secs(30), "a write acknowledged", || {
-        n += 1;
-        let dir = format!("/during-{n}");
-        c.ctl_env(
-            &others,
-            &c.path().join("admin.auth"),
-            &["--timeout", "2", "mkdir", &dir],
-            None,
-        )
-        .code
-            == 0
-    });
+    // One write, sent at once through the other members: it waits while they forward to the
+    // unreachable leader, and goes to the new leader as soon as one is elected.
+    c.ctl_env(
+        &others,
+        &c.path().join("admin.auth"),
+        &["--timeout", "30", "mkdir", "/during"],
+        None,
+    )
+    .ok();
     let took = cut.elapsed();
     eprintln!(
         "first write acknowledged {:.1} s after the leader's inbound traffic was cut",
         took.as_secs_f64()
     );
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    // The issue asks for 5 s (3.9 s here, quiet machine); the guard leaves room for a loaded one.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
     sh("nft delete table inet gray");
     c.wait_converged(3, 1);
     let leader = c.leader();
