@@ -175,34 +175,31 @@ impl MetaConn {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let attempt_end = tokio::time::Instant::now() + self.attempt_timeout.min(left);
             let attempt = tokio::time::timeout_at(attempt_end, f(client));
+            // Every HEDGE_AFTER without an answer: does another member lead now?
             let asked = i;
             let hedge = async move {
-                tokio::time::sleep(HEDGE_AFTER).await;
-                self.other_leader(asked, attempt_end).await
-            };
-            tokio::pin!(attempt, hedge);
-            let mut hedged = false;
-            let mut moved_to = None;
-            let outcome = loop {
-                tokio::select! {
-                    r = &mut attempt => break Some(r),
-                    j = &mut hedge, if !hedged => {
-                        hedged = true;
-                        if let Some(j) = j {
-                            moved_to = Some(j);
-                            break None;
-                        }
+                loop {
+                    tokio::time::sleep(HEDGE_AFTER).await;
+                    if let Some(j) = self.other_leader(asked, attempt_end).await {
+                        return j;
                     }
                 }
             };
-            let Some(outcome) = outcome else {
-                // Another member leads now: this attempt is abandoned and retried there.
-                let j = moved_to.unwrap_or(i);
-                self.note_failure(i);
-                self.confirmed.store(false, Ordering::Relaxed);
-                tracing::debug!(from = %self.addrs[i], to = %self.addrs[j], "no answer; moving to the new leader");
-                i = j;
-                continue;
+            tokio::pin!(attempt, hedge);
+            let outcome = tokio::select! {
+                r = &mut attempt => Ok(r),
+                j = &mut hedge => Err(j),
+            };
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(j) => {
+                    // Another member leads now: this attempt is abandoned and retried there.
+                    self.note_failure(i);
+                    self.confirmed.store(false, Ordering::Relaxed);
+                    tracing::debug!(from = %self.addrs[i], to = %self.addrs[j], "no answer; moving to the new leader");
+                    i = j;
+                    continue;
+                }
             };
             let err = match outcome {
                 Ok(Ok(r)) => {

@@ -2,7 +2,7 @@
 //! in a private network namespace (the test binary re-runs itself under `unshare -n`), so the
 //! nftables rules it adds touch nothing outside. Needs root (or user namespaces), `unshare`,
 //! `ip` and `nft`.
-use dfs_tests::{wait_until, Cluster};
+use dfs_tests::Cluster;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
