@@ -43,7 +43,7 @@ impl Default for ChunkPool {
 }
 
 impl ChunkPool {
-    /// A pool whose writes give a replica up after `stall` without progress.
+    /// A pool whose transfers give a replica up after `stall` without progress.
     pub fn with_stall_timeout(stall: Duration) -> Self {
         Self {
             channels: Default::default(),
@@ -565,30 +565,45 @@ async fn read_replica(
     let mut client = pool
         .client(addr)
         .map_err(|e| ReplicaError::Unreachable(e.to_string()))?;
-    let mut stream = client
-        .read(ReadChunkRequest {
-            chunk_id: ch.chunk_id.clone(),
-            token: token.to_string(),
-            offset,
-            length,
-        })
+    // A frozen server (its sockets open, nothing sent) is given up after the stall timeout
+    // like a writer's, and the next replica is tried; it is not reported as bad.
+    let progress = dfs_common::stall::Progress::default();
+    let receive = async {
+        let mut stream = client
+            .read(ReadChunkRequest {
+                chunk_id: ch.chunk_id.clone(),
+                token: token.to_string(),
+                offset,
+                length,
+            })
+            .await
+            .map_err(read_error)?
+            .into_inner();
+        let mut pieces = Vec::new();
+        let (mut len, mut crc) = (0u64, 0u32);
+        while let Some(piece) = stream.message().await.map_err(read_error)? {
+            progress.mark();
+            len += piece.data.len() as u64;
+            if len > want {
+                return Err(ReplicaError::Corrupt(format!(
+                    "server sent more than the {want} bytes asked for"
+                )));
+            }
+            if let Span::Whole = span {
+                crc = crc32c::crc32c_append(crc, &piece.data);
+            }
+            pieces.push(piece.data);
+        }
+        Ok::<_, ReplicaError>((pieces, len, crc))
+    };
+    let (pieces, len, crc) = dfs_common::stall::guard(&progress, pool.stall, receive)
         .await
-        .map_err(read_error)?
-        .into_inner();
-    let mut pieces = Vec::new();
-    let (mut len, mut crc) = (0u64, 0u32);
-    while let Some(piece) = stream.message().await.map_err(read_error)? {
-        len += piece.data.len() as u64;
-        if len > want {
-            return Err(ReplicaError::Corrupt(format!(
-                "server sent more than the {want} bytes asked for"
-            )));
-        }
-        if let Span::Whole = span {
-            crc = crc32c::crc32c_append(crc, &piece.data);
-        }
-        pieces.push(piece.data);
-    }
+        .map_err(|idle| {
+            ReplicaError::Unreachable(format!(
+                "{addr}: chunk server made no progress for {:.1} s",
+                idle.as_secs_f64()
+            ))
+        })??;
     if len != want {
         return Err(ReplicaError::Corrupt(format!(
             "server sent {len} bytes of {want} asked for"
