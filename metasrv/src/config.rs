@@ -68,6 +68,11 @@ pub struct Args {
     /// an election after the leader's lease (the maximum) plus a random timeout in [min, max].
     #[arg(long, env = "DFS_META_ELECTION_TIMEOUT_MS", default_value_t = 100)]
     pub election_timeout_ms: u64,
+    /// How long after a leadership check the leader answers reads without another, in
+    /// milliseconds (default: the minimum election timeout; 0: every read batch checks). Must
+    /// stay below the maximum election timeout, the time followers refuse other candidates.
+    #[arg(long, env = "DFS_META_READ_LEASE_MS")]
+    pub read_lease_ms: Option<u64>,
     /// Async worker threads. Few threads mean fewer context switches, which cost a lot in VMs.
     #[arg(long, env = "DFS_META_THREADS", default_value_t = 2)]
     pub threads: usize,
@@ -97,6 +102,7 @@ pub struct Config {
     pub purge_batch: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    pub read_lease_ms: u64,
     pub chunk_size: u64,
     pub replication: u32,
     pub token_ttl_secs: u64,
@@ -135,6 +141,13 @@ impl Config {
         if a.heartbeat_ms == 0 || a.election_timeout_ms <= a.heartbeat_ms * 2 {
             bail!("--election-timeout-ms must be more than twice --heartbeat-ms");
         }
+        let read_lease_ms = a.read_lease_ms.unwrap_or(a.election_timeout_ms);
+        if read_lease_ms >= a.election_timeout_ms * 2 {
+            bail!(
+                "--read-lease-ms must be below the maximum election timeout ({} ms)",
+                a.election_timeout_ms * 2
+            );
+        }
         Ok(Config {
             id: a.id,
             listen: a.listen,
@@ -151,6 +164,7 @@ impl Config {
             purge_batch: a.purge_batch.max(1),
             heartbeat_ms: a.heartbeat_ms,
             election_timeout_ms: a.election_timeout_ms,
+            read_lease_ms,
             chunk_size: a.chunk_size,
             replication: a.replication.max(1),
             token_ttl_secs: a.token_ttl_secs,

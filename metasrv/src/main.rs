@@ -96,10 +96,11 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         config: cfg.service_config(),
         liveness: Default::default(),
         metrics: Default::default(),
-        // A read lease of the minimum election timeout: half of openraft's leader lease.
+        // By default a read lease of the minimum election timeout: half of openraft's leader
+        // lease (`--read-lease-ms`).
         reads: service::ReadBarrier::new(
             raft.clone(),
-            std::time::Duration::from_millis(cfg.election_timeout_ms),
+            std::time::Duration::from_millis(cfg.read_lease_ms),
         ),
         writes: service::WriteBatcher::new(raft.clone()),
         healing: healer::Healing::new(cfg.healing.clone()),
