@@ -223,16 +223,47 @@ impl Cluster {
     }
 
     /// A field of `node`'s entry in cluster.json.
-    fn node_field(&self, node: &str, field: &str) -> String {
+    /// A node's entry in cluster.json (`null` when there is none).
+    fn node_entry(&self, node: &str) -> Value {
         let cluster: Value =
             serde_json::from_slice(&std::fs::read(self.path().join("cluster.json")).unwrap())
                 .unwrap();
         cluster["nodes"]
             .as_array()
             .and_then(|n| n.iter().find(|n| n["name"] == node))
-            .and_then(|n| n[field].as_str())
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    fn node_field(&self, node: &str, field: &str) -> String {
+        self.node_entry(node)[field]
+            .as_str()
             .unwrap_or_else(|| panic!("no {field} for node {node} in cluster.json"))
             .to_string()
+    }
+
+    /// The process id of a node (`meta-1`, `chunk-2`, ...) from cluster.json.
+    pub fn node_pid(&self, node: &str) -> i32 {
+        self.node_entry(node)["pid"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no pid for node {node} in cluster.json")) as i32
+    }
+
+    /// The address a node listens on.
+    pub fn node_addr(&self, node: &str) -> String {
+        self.node_field(node, "addr")
+    }
+
+    /// Stop a node with SIGSTOP (its sockets stay open; it answers nothing) until the returned
+    /// guard is dropped.
+    pub fn freeze(&self, node: &str) -> Frozen {
+        let pid = self.node_pid(node);
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGSTOP) },
+            0,
+            "SIGSTOP {node}"
+        );
+        Frozen(pid)
     }
 
     pub fn status(&self) -> Value {
@@ -433,4 +464,14 @@ pub fn bytes(len: usize, seed: u64) -> Vec<u8> {
             (s >> 24) as u8
         })
         .collect()
+}
+
+/// A node stopped by [`Cluster::freeze`]; resumed (SIGCONT) when dropped, so a failed test
+/// leaves nothing frozen.
+pub struct Frozen(i32);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
 }

@@ -112,15 +112,6 @@ fn half_reachable_leader_is_replaced() {
     c.ctl(&["stat", "/before"]).ok();
 }
 
-/// Resumes a SIGSTOPped process when dropped, so a failed test leaves nothing frozen.
-struct Frozen(i32);
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
-
 /// A put whose chunks are placed on a frozen chunk server (SIGSTOP: its sockets stay open, it
 /// answers nothing) gives that replica up after the stall timeout and completes with the
 /// replicas it has, well inside `--timeout`; the data reads back.
@@ -129,15 +120,7 @@ fn put_completes_with_a_frozen_chunk_server() {
     let c = Cluster::up(1, 2, &[]);
     let auth = c.path().join("admin.auth");
     c.put_data(&auth, "/warm", b"warm", &[]).ok();
-    let cluster: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
-    let pid = cluster["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["name"] == "chunk-1"))
-        .and_then(|n| n["pid"].as_i64())
-        .expect("pid of chunk-1") as i32;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let frozen = Frozen(pid);
+    let frozen = c.freeze("chunk-1");
     // Both servers are targets of every chunk (replication 2 on 2 servers).
     let data = dfs_tests::bytes(20 << 20, 24);
     let t = Instant::now();
@@ -164,13 +147,6 @@ fn a_frozen_chunk_server_is_replaced_and_reported() {
     let c = Cluster::up(1, 3, &[]);
     let auth = c.path().join("admin.auth");
     c.put_data(&auth, "/warm", b"warm", &[]).ok();
-    let cluster: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
-    let pid = cluster["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["name"] == "chunk-1"))
-        .and_then(|n| n["pid"].as_i64())
-        .expect("pid of chunk-1") as i32;
     let status = || -> serde_json::Value {
         serde_json::from_str(c.ctl(&["--json", "cluster", "status"]).ok().trim()).unwrap()
     };
@@ -178,7 +154,7 @@ fn a_frozen_chunk_server_is_replaced_and_reported() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["addr"] == cluster_addr(&cluster))
+        .find(|s| s["addr"] == c.node_addr("chunk-1").as_str())
         .map(|s| s["id"].as_u64().unwrap())
         .expect("id of chunk-1");
     // Made (and written to a file) before the freeze: the put must start while the leader still
@@ -186,8 +162,7 @@ fn a_frozen_chunk_server_is_replaced_and_reported() {
     let data = dfs_tests::bytes(200 << 20, 25);
     let local = c.path().join("big.bin");
     std::fs::write(&local, &data).unwrap();
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-    let frozen = Frozen(pid);
+    let frozen = c.freeze("chunk-1");
     let t = Instant::now();
     let run = c.ctl(&[
         "--timeout",
@@ -236,14 +211,4 @@ fn a_frozen_chunk_server_is_replaced_and_reported() {
     drop(frozen);
     assert!(c.get_data(&auth, "/big") == data, "data read back differs");
     c.ctl(&["admin", "fsck"]).ok();
-}
-
-/// The chunk-1 address from cluster.json.
-fn cluster_addr(cluster: &serde_json::Value) -> String {
-    cluster["nodes"]
-        .as_array()
-        .and_then(|n| n.iter().find(|n| n["name"] == "chunk-1"))
-        .and_then(|n| n["addr"].as_str())
-        .expect("address of chunk-1")
-        .to_string()
 }

@@ -518,28 +518,6 @@ fn add_member_that_cannot_catch_up_fails_and_changes_nothing() {
 }
 
 /// Resumes a SIGSTOPped process when dropped, so a failed test leaves nothing frozen.
-struct Frozen(i32);
-
-impl Frozen {
-    fn node(c: &Cluster, name: &str) -> Frozen {
-        let cluster: Value =
-            serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
-        let pid = cluster["nodes"]
-            .as_array()
-            .and_then(|n| n.iter().find(|n| n["name"] == name))
-            .and_then(|n| n["pid"].as_i64())
-            .expect("pid of the node") as i32;
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
-        Frozen(pid)
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
-}
-
 /// `DFS_META` with the node `first` first, then the others.
 fn meta_with_first(c: &Cluster, first: u64) -> String {
     let addrs = c.meta_addrs();
@@ -563,7 +541,7 @@ fn a_frozen_follower_named_first_does_not_delay_commands() {
     let leader = c.leader();
     let follower = leader % 3 + 1;
     let meta = meta_with_first(&c, follower);
-    let _frozen = Frozen::node(&c, &format!("meta-{follower}"));
+    let _frozen = c.freeze(&format!("meta-{follower}"));
     let mut took = Vec::new();
     for i in 0..3 {
         let t = std::time::Instant::now();
@@ -592,7 +570,7 @@ fn a_frozen_leader_named_first_is_passed_over_within_election_time() {
     let leader = c.leader();
     c.ctl(&["mkdir", "/before"]).ok();
     let meta = meta_with_first(&c, leader);
-    let frozen = Frozen::node(&c, &format!("meta-{leader}"));
+    let frozen = c.freeze(&format!("meta-{leader}"));
     let t = std::time::Instant::now();
     c.ctl_env(
         &meta,
@@ -679,7 +657,7 @@ fn a_resumed_old_leader_serves_no_stale_read_from_its_lease() {
         .unwrap();
     // A read through the old leader gives it a lease.
     rt.block_on(cl.stat(stat("/"))).unwrap();
-    let frozen = Frozen::node(&c, &format!("meta-{old}"));
+    let frozen = c.freeze(&format!("meta-{old}"));
     c.ctl(&["--timeout", "20", "mkdir", "/after"]).ok();
     // Reads sent while it is frozen wait in its socket; it meets them as soon as it runs.
     let answers = rt.block_on(async {
