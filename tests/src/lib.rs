@@ -55,7 +55,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(o: Output) -> Run {
+    pub fn from(o: Output) -> Run {
         Run {
             code: o.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -176,9 +176,8 @@ impl Cluster {
         self.ctl_env(&self.meta, auth, args, None)
     }
 
-    /// Run dfsctl against chosen metadata addresses, optionally feeding stdin.
-    pub fn ctl_env(&self, meta: &str, auth: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
-        use std::io::Write;
+    /// dfsctl with `args` against chosen metadata addresses, its stdio piped.
+    fn ctl_command(&self, meta: &str, auth: &Path, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin("dfsctl"));
         cmd.args(args)
             .env("DFS_META", meta)
@@ -188,7 +187,23 @@ impl Cluster {
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn dfsctl");
+        cmd
+    }
+
+    /// Start dfsctl as the admin user in the background (the caller waits for it).
+    pub fn ctl_spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut cmd = self.ctl_command(&self.meta, &self.auth, args);
+        cmd.stdin(std::process::Stdio::null());
+        cmd.spawn().expect("spawn dfsctl")
+    }
+
+    /// Run dfsctl against chosen metadata addresses, optionally feeding stdin.
+    pub fn ctl_env(&self, meta: &str, auth: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .ctl_command(meta, auth, args)
+            .spawn()
+            .expect("spawn dfsctl");
         {
             let mut sin = child.stdin.take().expect("stdin");
             if let Some(b) = stdin {

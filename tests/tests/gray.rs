@@ -136,15 +136,16 @@ fn put_completes_with_a_frozen_chunk_server() {
     drop(frozen);
 }
 
-/// Issue 24: with one of three chunk servers frozen, a 200 MB put (replication 2) gives the
-/// frozen replica up after the stall timeout, gets a replacement target from the leader and
+/// Issue 24: with one of three chunk servers frozen mid-put, a 200 MB put (replication 2) gives
+/// the frozen replica up after the stall timeout, gets a replacement target from the leader and
 /// writes the whole chunk there, so the file is fully replicated when the put returns, well
 /// inside `--timeout`. The leader counts the stall report, shows the server stalled in
 /// `cluster status` and its metrics, and places nothing on it meanwhile; after the server is
 /// resumed the cluster is healthy.
 #[test]
 fn a_frozen_chunk_server_is_replaced_and_reported() {
-    let c = Cluster::up(1, 3, &[]);
+    // One file per chunk, so the test sees when chunk-1 has started taking this put's chunks.
+    let c = Cluster::up_files(1, 3, &[]);
     let auth = c.path().join("admin.auth");
     c.put_data(&auth, "/warm", b"warm", &[]).ok();
     let status = || -> serde_json::Value {
@@ -157,14 +158,12 @@ fn a_frozen_chunk_server_is_replaced_and_reported() {
         .find(|s| s["addr"] == c.node_addr("chunk-1").as_str())
         .map(|s| s["id"].as_u64().unwrap())
         .expect("id of chunk-1");
-    // Made (and written to a file) before the freeze: the put must start while the leader still
-    // counts the frozen server live (it heartbeated less than 4 s ago), so chunks go to it.
     let data = dfs_tests::bytes(200 << 20, 25);
     let local = c.path().join("big.bin");
     std::fs::write(&local, &data).unwrap();
-    let frozen = c.freeze("chunk-1");
+    let before = c.chunk_files("chunk-1").len();
     let t = Instant::now();
-    let run = c.ctl(&[
+    let mut put = c.ctl_spawn(&[
         "--timeout",
         "30",
         "put",
@@ -173,7 +172,23 @@ fn a_frozen_chunk_server_is_replaced_and_reported() {
         "--replication",
         "2",
     ]);
+    // Frozen once it has taken a chunk of this put: its next ones (already placed there)
+    // stall, whatever the load on this machine.
+    let mut under_way = false;
+    while t.elapsed() < Duration::from_secs(60) {
+        if put.try_wait().unwrap().is_some() {
+            break;
+        }
+        if c.chunk_files("chunk-1").len() > before {
+            under_way = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let frozen = c.freeze("chunk-1");
+    let run = dfs_tests::Run::from(put.wait_with_output().unwrap());
     let took = t.elapsed();
+    assert!(under_way, "the put ended before chunk-1 took a chunk");
     assert_eq!(run.code, 0, "put failed: {}", run.stderr);
     eprintln!(
         "200 MB put with a frozen chunk server took {:.1} s",
