@@ -8,14 +8,27 @@
 //! leader can commit anything before `t` + that lease, and reads that arrive before
 //! `t + lease` (a shorter window: the minimum election timeout, leaving the rest for clock
 //! rate differences) are served from this node's state without another round. What must stay
-//! true: the lease counts from before the check began, on a monotonic clock (a node frozen by
-//! SIGSTOP finds its lease expired when it runs again), and only in the term it was earned.
+//! true: the lease counts from before the check began, on a clock that keeps running while the
+//! node does not (CLOCK_BOOTTIME: a node frozen by SIGSTOP or a suspended machine finds its lease
+//! expired when it runs again), and only in the term it was earned.
 use crate::types::{NodeId, Raft};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// Time since boot, counting time suspended (unlike `Instant`, which is CLOCK_MONOTONIC);
+/// None if the clock cannot be read (then no lease is given or used).
+fn boot_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is given.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
 
 #[derive(Debug, Clone)]
 pub enum ReadCheck {
@@ -34,7 +47,8 @@ struct Queue {
 /// Until when reads need no check, and the term the lease was earned in.
 #[derive(Clone, Copy)]
 struct Lease {
-    until: Instant,
+    /// On the `boot_time` clock.
+    until: Duration,
     term: u64,
 }
 
@@ -67,7 +81,9 @@ impl ReadBarrier {
     fn leased(&self) -> bool {
         let lease = *self.lease.lock().unwrap_or_else(|p| p.into_inner());
         match lease {
-            Some(l) if Instant::now() < l.until => leader_term(&self.raft) == Some(l.term),
+            Some(l) if boot_time().is_some_and(|now| now < l.until) => {
+                leader_term(&self.raft) == Some(l.term)
+            }
             _ => false,
         }
     }
@@ -109,12 +125,13 @@ async fn drive(
             }
             std::mem::take(&mut q.waiting)
         };
-        let began = Instant::now();
+        let began = boot_time();
         let term_before = leader_term(&raft);
         let result = match raft.ensure_linearizable().await {
             Ok(_) => {
                 // Only a check that stayed within one term as leader earns a lease.
-                if let (Some(term), false) = (term_before, lease_len.is_zero()) {
+                if let (Some(term), Some(began), false) = (term_before, began, lease_len.is_zero())
+                {
                     if leader_term(&raft) == Some(term) {
                         *lease.lock().unwrap_or_else(|p| p.into_inner()) = Some(Lease {
                             until: began + lease_len,
@@ -137,5 +154,19 @@ async fn drive(
         for w in batch {
             let _ = w.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::boot_time;
+    use std::time::Duration;
+
+    #[test]
+    fn the_lease_clock_reads_and_moves_forward() {
+        let a = boot_time().expect("CLOCK_BOOTTIME");
+        std::thread::sleep(Duration::from_millis(5));
+        let b = boot_time().expect("CLOCK_BOOTTIME");
+        assert!(b >= a + Duration::from_millis(5), "{a:?} then {b:?}");
     }
 }
