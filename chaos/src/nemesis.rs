@@ -5,15 +5,19 @@
 //! leader, restart it 1–2 s later. Half a period later, one other fault, in rotation:
 //! SIGKILL a random chunk server and restart it 1–3 s later; SIGSTOP the leader for 1.5–4 s
 //! and SIGCONT it; SIGSTOP a random running chunk server for 2–6 s while the clients write
-//! (a frozen server: its sockets stay open, it answers nothing) and SIGCONT it; and every
-//! fourth time, SIGKILL two of three metadata nodes (the leader among
-//! them) for 3 s, during which nothing that needs a quorum may be acknowledged.
+//! (a frozen server: its sockets stay open, it answers nothing) and SIGCONT it; cut a
+//! metadata node's inbound traffic for 3–6 s (every packet to its listen port dropped, its own
+//! connections still work; the leader three times in four, else a follower; see `netns`); and
+//! every fourth time, SIGKILL two of three metadata nodes (the leader among
+//! them) for 3 s, during which nothing that needs a quorum may be acknowledged. The rotation
+//! is chunk kill, cut, leader pause, chunk freeze (the kinds switched on), skipping the
+//! majority kills.
 //! With `lose_chunk_after`, the first period starting after that long also SIGKILLs one chunk
 //! server for good: it is never started again, and the cluster must re-replicate its chunks.
 //! Every fault is recorded in the history at the moment it took effect. A fault's length is
 //! capped at 0.8 × half a period (4 s at the CI's 10 s period), so it is undone before the
 //! next one starts; a node still stopped when the nemesis ends early is in `paused`, which
-//! `Cluster::heal` resumes.
+//! `Cluster::heal` resumes, and a cut still in place is undone by `Cluster::heal` too.
 use crate::cluster::{Cluster, ClusterError};
 use crate::history::{Clock, Fault, FaultKind, HistoryError, HistoryWriter, Record};
 use rand::rngs::StdRng;
@@ -38,6 +42,8 @@ pub struct NemesisConfig {
     pub pauses: bool,
     /// SIGSTOP a chunk server for a few seconds, then SIGCONT it.
     pub chunk_freezes: bool,
+    /// Cut a metadata node's inbound traffic (needs the private network namespace).
+    pub cuts: bool,
     pub majority_kills: bool,
     /// Kill one chunk server for good this long after the start.
     pub lose_chunk_after: Option<Duration>,
@@ -53,6 +59,7 @@ enum Other {
     Chunk,
     Pause,
     Freeze,
+    Cut,
     Majority,
 }
 
@@ -212,6 +219,32 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Cut the inbound traffic of the leader (three times in four) or of a follower for 3–6 s
+    /// (at most `budget`), then undo it.
+    async fn cut(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
+            return Ok(());
+        };
+        let followers: Vec<String> = self
+            .cluster
+            .names("meta")?
+            .into_iter()
+            .filter(|m| *m != leader && self.cluster.is_alive(m))
+            .collect();
+        let (victim, note) = match followers.choose(&mut self.rng) {
+            Some(f) if !self.rng.gen_bool(0.75) => (f.clone(), "a follower"),
+            _ => (leader, "the leader"),
+        };
+        self.cluster.cut(&victim)?;
+        let nodes = vec![victim];
+        self.record(FaultKind::Cut, &nodes, Some(note.into()))?;
+        let delay = millis(&mut self.rng, 3000, 6000, budget);
+        tokio::time::sleep(delay).await;
+        self.cluster.uncut()?;
+        self.record(FaultKind::Uncut, &nodes, None)?;
+        Ok(())
+    }
+
     async fn kill_majority(&mut self) -> Result<(), NemesisError> {
         let Some(leader) = self.settled_leader(Duration::from_secs(10)).await? else {
             return Ok(());
@@ -243,6 +276,9 @@ impl Nemesis {
         if self.cfg.chunk_kills {
             others.push(Other::Chunk);
         }
+        if self.cfg.cuts {
+            others.push(Other::Cut);
+        }
         if self.cfg.pauses {
             others.push(Other::Pause);
         }
@@ -253,6 +289,8 @@ impl Nemesis {
         let mut slot_start = started + Duration::from_secs(2);
         let mut lose_at = self.cfg.lose_chunk_after.map(|d| started + d);
         let mut round = 0usize;
+        // The rotation of other faults goes on across the majority kills' rounds.
+        let mut nth_other = 0usize;
         loop {
             if slot_start + tail >= until {
                 return Ok(());
@@ -271,7 +309,8 @@ impl Nemesis {
             } else if others.is_empty() {
                 None
             } else {
-                Some(others[round % others.len()])
+                nth_other += 1;
+                Some(others[(nth_other - 1) % others.len()])
             };
             round += 1;
             let longest = match other {
@@ -286,6 +325,7 @@ impl Nemesis {
                     Some(Other::Chunk) => self.kill_chunk(budget).await?,
                     Some(Other::Pause) => self.pause_leader(budget).await?,
                     Some(Other::Freeze) => self.freeze_chunk(budget).await?,
+                    Some(Other::Cut) => self.cut(budget).await?,
                     Some(Other::Majority) => self.kill_majority().await?,
                     None => {}
                 }
