@@ -54,13 +54,57 @@ const MAJORITY_DOWN: Duration = Duration::from_secs(3);
 /// Period of the other faults when leaders are not killed.
 const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Other {
     Chunk,
     Pause,
     Freeze,
     Cut,
     Majority,
+}
+
+/// Which other fault each period gets: every fourth a majority kill (when on), the others in
+/// turn (chunk kill, cut, leader pause, chunk freeze: those switched on), the turn going on
+/// across the majority kills' periods.
+struct Rotation {
+    others: Vec<Other>,
+    majority_kills: bool,
+    round: usize,
+    nth_other: usize,
+}
+
+impl Rotation {
+    fn new(cfg: &NemesisConfig) -> Rotation {
+        let others = [
+            (cfg.chunk_kills, Other::Chunk),
+            (cfg.cuts, Other::Cut),
+            (cfg.pauses, Other::Pause),
+            (cfg.chunk_freezes, Other::Freeze),
+        ]
+        .into_iter()
+        .filter_map(|(on, o)| on.then_some(o))
+        .collect();
+        Rotation {
+            others,
+            majority_kills: cfg.majority_kills,
+            round: 0,
+            nth_other: 0,
+        }
+    }
+
+    fn next(&mut self) -> Option<Other> {
+        let round = self.round;
+        self.round += 1;
+        if self.majority_kills && round % 4 == 3 {
+            return Some(Other::Majority);
+        }
+        if self.others.is_empty() {
+            return None;
+        }
+        let o = self.others[self.nth_other % self.others.len()];
+        self.nth_other += 1;
+        Some(o)
+    }
 }
 
 pub struct Nemesis {
@@ -272,25 +316,10 @@ impl Nemesis {
         let half = period / 2;
         // The next fault must fit before the end, with a little quiet time after it.
         let tail = Duration::from_secs(3);
-        let mut others: Vec<Other> = Vec::new();
-        if self.cfg.chunk_kills {
-            others.push(Other::Chunk);
-        }
-        if self.cfg.cuts {
-            others.push(Other::Cut);
-        }
-        if self.cfg.pauses {
-            others.push(Other::Pause);
-        }
-        if self.cfg.chunk_freezes {
-            others.push(Other::Freeze);
-        }
+        let mut rotation = Rotation::new(&self.cfg);
         let started = Instant::now();
         let mut slot_start = started + Duration::from_secs(2);
         let mut lose_at = self.cfg.lose_chunk_after.map(|d| started + d);
-        let mut round = 0usize;
-        // The rotation of other faults goes on across the majority kills' rounds.
-        let mut nth_other = 0usize;
         loop {
             if slot_start + tail >= until {
                 return Ok(());
@@ -304,15 +333,7 @@ impl Nemesis {
                 self.kill_leader(period.mul_f64(0.4)).await?;
             }
             let mid = slot_start + half;
-            let other = if self.cfg.majority_kills && round % 4 == 3 {
-                Some(Other::Majority)
-            } else if others.is_empty() {
-                None
-            } else {
-                nth_other += 1;
-                Some(others[(nth_other - 1) % others.len()])
-            };
-            round += 1;
+            let other = rotation.next();
             let longest = match other {
                 Some(Other::Majority) => MAJORITY_DOWN + Duration::from_secs(2),
                 Some(_) => half.mul_f64(0.8),
@@ -332,5 +353,46 @@ impl Nemesis {
             }
             slot_start += period;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(cuts: bool) -> NemesisConfig {
+        NemesisConfig {
+            kill_leader_every: Some(Duration::from_secs(10)),
+            chunk_kills: true,
+            pauses: true,
+            chunk_freezes: true,
+            cuts,
+            majority_kills: true,
+            lose_chunk_after: None,
+        }
+    }
+
+    #[test]
+    fn the_ci_round_gets_every_kind_of_fault() {
+        // The CI's 75 s at a 10 s period has 7 periods.
+        let mut r = Rotation::new(&cfg(true));
+        let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();
+        use Other::*;
+        assert_eq!(
+            got,
+            [Chunk, Cut, Pause, Majority, Freeze, Chunk, Cut].map(Some)
+        );
+        let mut r = Rotation::new(&cfg(false));
+        let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();
+        assert_eq!(
+            got,
+            [Chunk, Pause, Freeze, Majority, Chunk, Pause, Freeze].map(Some)
+        );
+        let mut none = cfg(false);
+        none.chunk_kills = false;
+        none.pauses = false;
+        none.chunk_freezes = false;
+        none.majority_kills = false;
+        assert_eq!(Rotation::new(&none).next(), None);
     }
 }
