@@ -3,7 +3,10 @@
 //! signals to the pids it records in `cluster.json` (SIGKILL, SIGSTOP, SIGCONT).
 //! Also what the convergence checker needs: each member's applied index, its
 //! `saved-files.json` and its own view of the namespace.
+//! Cuts (a node's inbound traffic dropped, see `netns`) are made here too, so that healing
+//! removes one left in place.
 use crate::history::Convergence;
+use crate::netns::{self, NetnsError};
 use dfs_client::MetaConn;
 use dfs_common::local_cluster::{alive, LocalCluster, LocalNode};
 use dfs_proto::{FsckRequest, ListRequest, StatusRequest};
@@ -30,6 +33,10 @@ pub enum ClusterError {
     Undead(String),
     #[error("client: {0}")]
     Client(String),
+    #[error("cut: {0}")]
+    Net(#[from] NetnsError),
+    #[error("{name} has no port in its address {addr}")]
+    NoPort { name: String, addr: String },
     #[error("the cluster did not become ready in {secs} s: {last}")]
     NotReady { secs: u64, last: String },
 }
@@ -56,6 +63,8 @@ pub struct Cluster {
     pub meta_addrs: Vec<String>,
     /// Chunk servers killed for good: never started again, not expected to be live.
     lost: Mutex<BTreeSet<String>>,
+    /// The node whose inbound traffic is cut now, if any.
+    cut: Mutex<Option<String>>,
 }
 
 fn signal(pid: u32, sig: i32) {
@@ -118,6 +127,7 @@ impl Cluster {
             auth: dir.join("admin.auth"),
             meta_addrs: vec![],
             lost: Mutex::new(BTreeSet::new()),
+            cut: Mutex::new(None),
         };
         let nodes = c.nodes()?;
         Ok(Cluster {
@@ -235,6 +245,39 @@ impl Cluster {
         Ok(())
     }
 
+    fn cut_node(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.cut.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drop every packet addressed to `name`'s listen port (one cut at a time: a cut in place
+    /// is undone first). Only inside the run's private network namespace.
+    pub fn cut(&self, name: &str) -> Result<(), ClusterError> {
+        let n = self.node(name)?;
+        let port = n
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| ClusterError::NoPort {
+                name: name.to_string(),
+                addr: n.addr.clone(),
+            })?;
+        self.uncut()?;
+        netns::cut(port)?;
+        *self.cut_node() = Some(name.to_string());
+        Ok(())
+    }
+
+    /// Undo the cut in place, if any; returns the node it had cut.
+    pub fn uncut(&self) -> Result<Option<String>, ClusterError> {
+        let mut g = self.cut_node();
+        if g.is_none() {
+            return Ok(None);
+        }
+        netns::uncut()?;
+        Ok(g.take())
+    }
+
     /// The current metadata leader's node name, if one is known within `wait`.
     pub async fn leader(&self, wait: Duration) -> Result<Option<String>, ClusterError> {
         let deadline = Instant::now() + wait;
@@ -295,7 +338,9 @@ impl Cluster {
     }
 
     /// Start every dead node and resume every paused one, then wait until ready.
+    /// A cut still in place is undone.
     pub async fn heal(&self, paused: &[String], wait: Duration) -> Result<(), ClusterError> {
+        self.uncut()?;
         for p in paused {
             self.resume(p)?;
         }

@@ -223,6 +223,11 @@ pub enum FaultKind {
     Pause,
     /// SIGSTOP of a chunk server while the workload writes (sockets stay open, nothing answers).
     FreezeChunk,
+    /// Every packet addressed to a metadata node's listen port dropped (nftables, in the run's
+    /// private network namespace); its own outgoing connections keep working.
+    Cut,
+    /// The cut undone (the rule deleted).
+    Uncut,
     /// SIGCONT of a paused node.
     Resume,
     /// A killed node started again.
@@ -275,6 +280,9 @@ pub struct RunInfo {
     /// SIGSTOP of a chunk server in the rotation of other faults.
     #[serde(default)]
     pub chunk_freezes: bool,
+    /// One-way cuts of a metadata node's inbound traffic in the rotation of other faults.
+    #[serde(default)]
+    pub cuts: bool,
     /// Replication factor of the files written (0 in older histories: the default).
     #[serde(default)]
     pub replication: u32,

@@ -4,11 +4,13 @@
 //! replicated, nothing acknowledged without a quorum.
 //!
 //! One job per module: `cluster` (control of the processes, via `dfsctl local`), `nemesis`
-//! (fault schedule), `workload` (clients), `history` (JSON lines), `checker` (the checks),
+//! (fault schedule), `netns` (the private network namespace and nftables rule of cuts),
+//! `workload` (clients), `history` (JSON lines), `checker` (the checks),
 //! `report` (table and JSON).
 pub mod checker;
 pub mod cluster;
 pub mod history;
 pub mod nemesis;
+pub mod netns;
 pub mod report;
 pub mod workload;

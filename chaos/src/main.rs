@@ -4,8 +4,9 @@
 use anyhow::{bail, Context};
 use chaos::checker::{self, availability, DEFAULT_BUDGET, DEFAULT_GRACE_US};
 use chaos::cluster::{bin_dir, Cluster};
-use chaos::history::{Clock, History, HistoryWriter, Record, RunInfo};
+use chaos::history::{Clock, Fault, FaultKind, History, HistoryWriter, Record, RunInfo};
 use chaos::nemesis::{Nemesis, NemesisConfig};
+use chaos::netns;
 use chaos::report;
 use chaos::workload::{self, Shared, WorkloadConfig};
 use clap::Parser;
@@ -28,7 +29,7 @@ const DEAD_TIMEOUT_MS: u64 = 5_000;
     name = "chaos",
     version,
     about = "Start a real dfs cluster, run concurrent clients while killing and pausing nodes, then check that no acknowledged write was lost and every read was one a correct system could return.",
-    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server --max-unavailable 5  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
+    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server --max-unavailable 5  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nCuts (on unless --no-cuts) run chaos in a network namespace of its own: root, unshare, ip and nft.\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
 )]
 struct Args {
     /// Seconds the workload runs under faults.
@@ -49,6 +50,11 @@ struct Args {
     /// Do not SIGSTOP chunk servers (frozen for 2-6 s while the clients write, then resumed).
     #[arg(long)]
     no_chunk_freezes: bool,
+    /// Do not cut a metadata node's inbound traffic (3-6 s, the leader most of the time).
+    /// Cuts need root, `unshare`, `ip` and `nft`: chaos then runs itself in a private network
+    /// namespace.
+    #[arg(long)]
+    no_cuts: bool,
     /// Fail the run when the cluster was healthy (a majority of metadata nodes and enough
     /// chunk servers up and not paused) for longer than this many seconds without
     /// acknowledging a write. On --replay, the run's own bound when not given.
@@ -92,6 +98,21 @@ fn parse_secs(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !args.no_cuts && args.replay.is_none() {
+        // Cuts add nftables rules: the whole run goes into a network namespace of its own.
+        let ready = if netns::inside() {
+            netns::prepare()
+        } else {
+            match netns::reexec() {
+                Ok(code) => return ExitCode::from(code),
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(e) = ready {
+            eprintln!("chaos: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -246,6 +267,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         pauses: !a.no_pauses,
         majority_kills: !a.no_majority_kills,
         chunk_freezes: !a.no_chunk_freezes,
+        cuts: !a.no_cuts,
         replication: dfs_common::DEFAULT_REPLICATION,
         max_unavailable_ms: a.max_unavailable.unwrap_or(availability::DEFAULT_BOUND_US) / 1000,
         cluster_dir: cluster.dir.display().to_string(),
@@ -278,6 +300,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
             chunk_kills: !a.no_chunk_kills,
             pauses: !a.no_pauses,
             chunk_freezes: !a.no_chunk_freezes,
+            cuts: !a.no_cuts,
             majority_kills: !a.no_majority_kills,
             lose_chunk_after: a
                 .lose_chunk_server
@@ -295,6 +318,15 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
     }
     w?;
     eprintln!("chaos: healing the cluster");
+    // A cut the nemesis left in place (it stopped early) is undone and recorded.
+    if let Some(n) = cluster.uncut()? {
+        history.write(&Record::Fault(Fault {
+            kind: FaultKind::Uncut,
+            nodes: vec![n],
+            at_us: clock.now_us(),
+            note: Some("undone by the healing".into()),
+        }))?;
+    }
     cluster
         .heal(&nemesis.paused, Duration::from_secs(120))
         .await?;

@@ -5,15 +5,19 @@
 //! leader, restart it 1–2 s later. Half a period later, one other fault, in rotation:
 //! SIGKILL a random chunk server and restart it 1–3 s later; SIGSTOP the leader for 1.5–4 s
 //! and SIGCONT it; SIGSTOP a random running chunk server for 2–6 s while the clients write
-//! (a frozen server: its sockets stay open, it answers nothing) and SIGCONT it; and every
-//! fourth time, SIGKILL two of three metadata nodes (the leader among
-//! them) for 3 s, during which nothing that needs a quorum may be acknowledged.
+//! (a frozen server: its sockets stay open, it answers nothing) and SIGCONT it; cut a
+//! metadata node's inbound traffic for 3–6 s (every packet to its listen port dropped, its own
+//! connections still work; the leader three times in four, else a follower; see `netns`); and
+//! every fourth time, SIGKILL two of three metadata nodes (the leader among
+//! them) for 3 s, during which nothing that needs a quorum may be acknowledged. The rotation
+//! is chunk kill, cut, leader pause, chunk freeze (the kinds switched on), skipping the
+//! majority kills.
 //! With `lose_chunk_after`, the first period starting after that long also SIGKILLs one chunk
 //! server for good: it is never started again, and the cluster must re-replicate its chunks.
 //! Every fault is recorded in the history at the moment it took effect. A fault's length is
 //! capped at 0.8 × half a period (4 s at the CI's 10 s period), so it is undone before the
 //! next one starts; a node still stopped when the nemesis ends early is in `paused`, which
-//! `Cluster::heal` resumes.
+//! `Cluster::heal` resumes, and a cut still in place is undone by `Cluster::heal` too.
 use crate::cluster::{Cluster, ClusterError};
 use crate::history::{Clock, Fault, FaultKind, HistoryError, HistoryWriter, Record};
 use rand::rngs::StdRng;
@@ -38,6 +42,8 @@ pub struct NemesisConfig {
     pub pauses: bool,
     /// SIGSTOP a chunk server for a few seconds, then SIGCONT it.
     pub chunk_freezes: bool,
+    /// Cut a metadata node's inbound traffic (needs the private network namespace).
+    pub cuts: bool,
     pub majority_kills: bool,
     /// Kill one chunk server for good this long after the start.
     pub lose_chunk_after: Option<Duration>,
@@ -48,12 +54,57 @@ const MAJORITY_DOWN: Duration = Duration::from_secs(3);
 /// Period of the other faults when leaders are not killed.
 const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Other {
     Chunk,
     Pause,
     Freeze,
+    Cut,
     Majority,
+}
+
+/// Which other fault each period gets: every fourth a majority kill (when on), the others in
+/// turn (chunk kill, cut, leader pause, chunk freeze: those switched on), the turn going on
+/// across the majority kills' periods.
+struct Rotation {
+    others: Vec<Other>,
+    majority_kills: bool,
+    round: usize,
+    nth_other: usize,
+}
+
+impl Rotation {
+    fn new(cfg: &NemesisConfig) -> Rotation {
+        let others = [
+            (cfg.chunk_kills, Other::Chunk),
+            (cfg.cuts, Other::Cut),
+            (cfg.pauses, Other::Pause),
+            (cfg.chunk_freezes, Other::Freeze),
+        ]
+        .into_iter()
+        .filter_map(|(on, o)| on.then_some(o))
+        .collect();
+        Rotation {
+            others,
+            majority_kills: cfg.majority_kills,
+            round: 0,
+            nth_other: 0,
+        }
+    }
+
+    fn next(&mut self) -> Option<Other> {
+        let round = self.round;
+        self.round += 1;
+        if self.majority_kills && round % 4 == 3 {
+            return Some(Other::Majority);
+        }
+        if self.others.is_empty() {
+            return None;
+        }
+        let o = self.others[self.nth_other % self.others.len()];
+        self.nth_other += 1;
+        Some(o)
+    }
 }
 
 pub struct Nemesis {
@@ -212,6 +263,32 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Cut the inbound traffic of the leader (three times in four) or of a follower for 3–6 s
+    /// (at most `budget`), then undo it.
+    async fn cut(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
+            return Ok(());
+        };
+        let followers: Vec<String> = self
+            .cluster
+            .names("meta")?
+            .into_iter()
+            .filter(|m| *m != leader && self.cluster.is_alive(m))
+            .collect();
+        let (victim, note) = match followers.choose(&mut self.rng) {
+            Some(f) if !self.rng.gen_bool(0.75) => (f.clone(), "a follower"),
+            _ => (leader, "the leader"),
+        };
+        self.cluster.cut(&victim)?;
+        let nodes = vec![victim];
+        self.record(FaultKind::Cut, &nodes, Some(note.into()))?;
+        let delay = millis(&mut self.rng, 3000, 6000, budget);
+        tokio::time::sleep(delay).await;
+        self.cluster.uncut()?;
+        self.record(FaultKind::Uncut, &nodes, None)?;
+        Ok(())
+    }
+
     async fn kill_majority(&mut self) -> Result<(), NemesisError> {
         let Some(leader) = self.settled_leader(Duration::from_secs(10)).await? else {
             return Ok(());
@@ -239,20 +316,10 @@ impl Nemesis {
         let half = period / 2;
         // The next fault must fit before the end, with a little quiet time after it.
         let tail = Duration::from_secs(3);
-        let mut others: Vec<Other> = Vec::new();
-        if self.cfg.chunk_kills {
-            others.push(Other::Chunk);
-        }
-        if self.cfg.pauses {
-            others.push(Other::Pause);
-        }
-        if self.cfg.chunk_freezes {
-            others.push(Other::Freeze);
-        }
+        let mut rotation = Rotation::new(&self.cfg);
         let started = Instant::now();
         let mut slot_start = started + Duration::from_secs(2);
         let mut lose_at = self.cfg.lose_chunk_after.map(|d| started + d);
-        let mut round = 0usize;
         loop {
             if slot_start + tail >= until {
                 return Ok(());
@@ -266,14 +333,7 @@ impl Nemesis {
                 self.kill_leader(period.mul_f64(0.4)).await?;
             }
             let mid = slot_start + half;
-            let other = if self.cfg.majority_kills && round % 4 == 3 {
-                Some(Other::Majority)
-            } else if others.is_empty() {
-                None
-            } else {
-                Some(others[round % others.len()])
-            };
-            round += 1;
+            let other = rotation.next();
             let longest = match other {
                 Some(Other::Majority) => MAJORITY_DOWN + Duration::from_secs(2),
                 Some(_) => half.mul_f64(0.8),
@@ -286,11 +346,53 @@ impl Nemesis {
                     Some(Other::Chunk) => self.kill_chunk(budget).await?,
                     Some(Other::Pause) => self.pause_leader(budget).await?,
                     Some(Other::Freeze) => self.freeze_chunk(budget).await?,
+                    Some(Other::Cut) => self.cut(budget).await?,
                     Some(Other::Majority) => self.kill_majority().await?,
                     None => {}
                 }
             }
             slot_start += period;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(cuts: bool) -> NemesisConfig {
+        NemesisConfig {
+            kill_leader_every: Some(Duration::from_secs(10)),
+            chunk_kills: true,
+            pauses: true,
+            chunk_freezes: true,
+            cuts,
+            majority_kills: true,
+            lose_chunk_after: None,
+        }
+    }
+
+    #[test]
+    fn the_ci_round_gets_every_kind_of_fault() {
+        // The CI's 75 s at a 10 s period has 7 periods.
+        let mut r = Rotation::new(&cfg(true));
+        let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();
+        use Other::*;
+        assert_eq!(
+            got,
+            [Chunk, Cut, Pause, Majority, Freeze, Chunk, Cut].map(Some)
+        );
+        let mut r = Rotation::new(&cfg(false));
+        let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();
+        assert_eq!(
+            got,
+            [Chunk, Pause, Freeze, Majority, Chunk, Pause, Freeze].map(Some)
+        );
+        let mut none = cfg(false);
+        none.chunk_kills = false;
+        none.pauses = false;
+        none.chunk_freezes = false;
+        none.majority_kills = false;
+        assert_eq!(Rotation::new(&none).next(), None);
     }
 }

@@ -115,6 +115,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let chunks_lost = count(h, FaultKind::LoseChunk);
     let pauses = count(h, FaultKind::Pause);
     let freezes = count(h, FaultKind::FreezeChunk);
+    let cuts = count(h, FaultKind::Cut);
     let run = h.run.clone().unwrap_or_default();
 
     let mut t = String::new();
@@ -147,7 +148,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     }
     let _ = writeln!(
         t,
-        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes"
+        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes, {cuts} inbound cuts"
     );
     let _ = writeln!(
         t,
@@ -327,6 +328,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "chunk_servers_lost": chunks_lost,
         "pauses": pauses,
         "chunk_freezes": freezes,
+        "cuts": cuts,
         "ops": ops,
         "get_data_errors": data_errors,
         "get_overtaken": overtaken,

@@ -12,12 +12,21 @@
 //!   named by `kill_leader`, `kill_majority` or `kill_chunk` is down until the next `restart`
 //!   naming it (recorded when its start is asked for, so its start-up time counts as up); one
 //!   named by `lose_chunk` is down for good; one named by `pause` or `freeze_chunk` is paused
-//!   until the next `resume` naming it. Records naming no node (skipped faults) change nothing.
+//!   until the next `resume` naming it; one named by `cut` (every packet to its listen port
+//!   dropped) is unreachable until the next `uncut` naming it. Records naming no node (skipped
+//!   faults) change nothing.
 //! - **Healthy**: more than half of the metadata nodes up and not paused, and at least
 //!   `need_chunks` chunk servers up and not paused (the replication factor: enough to place a
 //!   chunk on as many servers as a file asks for). A frozen chunk server does not count as
 //!   live, so one frozen server among four with one lost leaves the cluster healthy: a frozen
 //!   server must not stop writes.
+//! - **A cut metadata node counts as out**, like a paused one: no client can connect to it and
+//!   the other members' forwards to it are dropped, so it can acknowledge nothing (it can still
+//!   send, and the replies to its own connections arrive, but nobody can hand it a request).
+//!   Alone it never excuses anything: the two others are a majority and must elect a leader
+//!   among themselves when the cut node led (metasrv's leader watch), so a cut leader's silence
+//!   counts against the bound. Only a cut together with another metadata node down or paused
+//!   leaves fewer than a majority of usable nodes, and that is excused.
 //! - **Window**: a maximal interval of the observed span during which the cluster was healthy
 //!   the whole time and no write was acknowledged strictly inside it. Unhealthy time splits a
 //!   window (the recovery after a majority came back is a window of its own).
@@ -92,6 +101,8 @@ pub fn fault_name(k: FaultKind) -> &'static str {
         FaultKind::LoseChunk => "lose_chunk",
         FaultKind::Pause => "pause",
         FaultKind::FreezeChunk => "freeze_chunk",
+        FaultKind::Cut => "cut",
+        FaultKind::Uncut => "uncut",
         FaultKind::Resume => "resume",
         FaultKind::Restart => "restart",
     }
@@ -117,8 +128,9 @@ fn intervals(faults: &[Fault]) -> Vec<Active> {
                 Some(FaultKind::Restart)
             }
             FaultKind::Pause | FaultKind::FreezeChunk => Some(FaultKind::Resume),
+            FaultKind::Cut => Some(FaultKind::Uncut),
             FaultKind::LoseChunk => None,
-            FaultKind::Resume | FaultKind::Restart => continue,
+            FaultKind::Resume | FaultKind::Restart | FaultKind::Uncut => continue,
         };
         if f.nodes.is_empty() {
             continue;
@@ -146,12 +158,11 @@ fn unhealthy(faults: &[Fault], shape: Shape) -> Vec<(u64, u64)> {
     events.sort_by_key(|f| f.at_us);
     let mut down: BTreeSet<&str> = BTreeSet::new();
     let mut paused: BTreeSet<&str> = BTreeSet::new();
-    let healthy = |down: &BTreeSet<&str>, paused: &BTreeSet<&str>| {
+    let mut cut: BTreeSet<&str> = BTreeSet::new();
+    let healthy = |down: &BTreeSet<&str>, paused: &BTreeSet<&str>, cut: &BTreeSet<&str>| {
         let out = |m: bool| {
-            down.iter()
-                .chain(paused.difference(down))
-                .filter(|n| is_meta(n) == m)
-                .count() as u32
+            let all: BTreeSet<&&str> = down.iter().chain(paused).chain(cut).collect();
+            all.into_iter().filter(|n| is_meta(n) == m).count() as u32
         };
         let metas_ok = shape.metas.saturating_sub(out(true)) * 2 > shape.metas;
         let chunks_ok = shape.chunks.saturating_sub(out(false)) >= shape.need_chunks;
@@ -171,6 +182,12 @@ fn unhealthy(faults: &[Fault], shape: Shape) -> Vec<(u64, u64)> {
                 FaultKind::Pause | FaultKind::FreezeChunk => {
                     paused.insert(n);
                 }
+                FaultKind::Cut => {
+                    cut.insert(n);
+                }
+                FaultKind::Uncut => {
+                    cut.remove(n.as_str());
+                }
                 FaultKind::Resume => {
                     paused.remove(n.as_str());
                 }
@@ -179,7 +196,7 @@ fn unhealthy(faults: &[Fault], shape: Shape) -> Vec<(u64, u64)> {
                 }
             }
         }
-        match (healthy(&down, &paused), since) {
+        match (healthy(&down, &paused, &cut), since) {
             (false, None) => since = Some(f.at_us),
             (true, Some(s)) => {
                 out.push((s, f.at_us));
@@ -405,6 +422,43 @@ mod tests {
         let r = check(&ops, &two, SHAPE, DEFAULT_BOUND_US);
         assert!(r.pass(), "{r:?}");
         assert_eq!(r.unhealthy_us, 4 * S);
+    }
+
+    #[test]
+    fn a_cut_leader_is_no_excuse_but_a_cut_with_another_node_down_is() {
+        // The leader's inbound traffic cut from 2 s to 8 s; the others never elect: the silence
+        // counts (two of three metadata nodes are up and reachable).
+        let ops = acked(&[0.0, 1.0, 2.0, 8.5, 9.0]);
+        let faults = [
+            fault(FaultKind::Cut, &["meta-1"], 2.0),
+            fault(FaultKind::Uncut, &["meta-1"], 8.0),
+        ];
+        let r = check(&ops, &faults, SHAPE, DEFAULT_BOUND_US);
+        assert!(!r.pass(), "{r:?}");
+        assert_eq!(r.unhealthy_us, 0);
+        let w = &r.over_bound[0];
+        assert_eq!((w.start_us, w.end_us), (2 * S, 8_500_000));
+        assert_eq!(w.faults, vec!["cut"]);
+        assert_eq!(r.per_fault["cut"], 6_500_000);
+        // A cut node and a paused one: one usable metadata node of three, excused.
+        let faults = [
+            fault(FaultKind::Cut, &["meta-1"], 2.0),
+            fault(FaultKind::Pause, &["meta-2"], 2.5),
+            fault(FaultKind::Resume, &["meta-2"], 7.5),
+            fault(FaultKind::Uncut, &["meta-1"], 8.0),
+        ];
+        let r = check(&ops, &faults, SHAPE, DEFAULT_BOUND_US);
+        assert!(r.pass(), "{r:?}");
+        assert_eq!(r.unhealthy_us, 5 * S);
+        // A cut node that is also paused counts once: two others remain, healthy.
+        let faults = [
+            fault(FaultKind::Cut, &["meta-1"], 2.0),
+            fault(FaultKind::Pause, &["meta-1"], 2.5),
+            fault(FaultKind::Resume, &["meta-1"], 7.5),
+            fault(FaultKind::Uncut, &["meta-1"], 8.0),
+        ];
+        let r = check(&ops, &faults, SHAPE, DEFAULT_BOUND_US);
+        assert_eq!(r.unhealthy_us, 0, "{r:?}");
     }
 
     #[test]
