@@ -41,6 +41,29 @@ impl LeaderWatch {
         self.unreachable.load(Ordering::Relaxed)
     }
 
+    /// A vote request from `candidate` while this node cannot reach its leader either: the
+    /// candidate gave that leader up on a majority's word, and this node is part of that
+    /// majority, so it gives the leader up now rather than at its next probe round (which
+    /// can be a second away, and until then its acknowledgments keep the old leader's lease
+    /// alive and its vote refused). Returns whether it did.
+    pub fn join_give_up(&self, candidate: Option<NodeId>) -> bool {
+        let unreachable = self.unreachable.load(Ordering::Relaxed);
+        let joins = unreachable != 0
+            && candidate.is_some_and(|c| c != unreachable)
+            && self
+                .given_up
+                .compare_exchange(0, unreachable, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        if joins {
+            tracing::warn!(
+                leader = unreachable,
+                candidate = ?candidate,
+                "a member campaigns and this node cannot reach the leader either: giving it up"
+            );
+        }
+        joins
+    }
+
     /// Refuse Raft messages from a given-up leader.
     pub fn check_sender(&self, sender: Option<NodeId>) -> Result<(), Status> {
         let given_up = self.given_up.load(Ordering::Relaxed);

@@ -73,9 +73,11 @@ impl RaftTransport for RaftApi {
         let m = req.into_inner();
         self.check_target(m.target)?;
         let rpc: VoteRequest<NodeId> = Self::decode(&m.payload)?;
-        self.node
-            .leader_watch
-            .check_sender(rpc.vote.leader_id().voted_for())?;
+        let candidate = rpc.vote.leader_id().voted_for();
+        self.node.leader_watch.check_sender(candidate)?;
+        if self.node.leader_watch.join_give_up(candidate) {
+            self.node.metrics.leaders_given_up.inc();
+        }
         let res = self.node.raft.vote(rpc).await;
         self.reply(&res)
     }
