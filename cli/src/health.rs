@@ -12,9 +12,9 @@
 //!   checked instead (one stale `stat` per file, at most `--check-files` files).
 //!
 //! What is judged: no leader or no quorum (ERR); members down, candidates, or lagging the leader
-//! (WARN); chunk servers down (WARN; all of them ERR); under-replicated chunks (WARN) and chunks
-//! with no live replica (ERR); chunk server disks over `--warn-full` (WARN) or `--err-full`
-//! percent (ERR).
+//! (WARN); chunk servers down or reported stalled (WARN; all of them down ERR); under-replicated
+//! chunks (WARN) and chunks with no live replica (ERR); chunk server disks over `--warn-full`
+//! (WARN) or `--err-full` percent (ERR).
 use crate::client::MetaConn;
 use crate::output::{human_bytes, print_json, status_line};
 use crate::rpc;
@@ -223,6 +223,16 @@ pub fn assess(s: &ClusterStatusReply, a: &HealthArgs, chunks: Option<&ChunkCheck
             &mut p,
             Severity::Warn,
             format!("chunk server {} ({}) is down: {seen}", c.id, c.addr),
+        );
+    }
+    for c in s.chunk_servers.iter().filter(|c| c.live && c.stalled) {
+        problem(
+            &mut p,
+            Severity::Warn,
+            format!(
+                "chunk server {} ({}) stalls writes: a writer saw it make no progress in the last 30 s, so it gets no new chunks (check its disks)",
+                c.id, c.addr
+            ),
         );
     }
     for c in s
@@ -603,6 +613,18 @@ mod tests {
             c.live = false;
         }
         assert_eq!(assess(&s, &args(), None).severity(), Severity::Err);
+    }
+
+    #[test]
+    fn a_stalled_chunk_server_warns() {
+        let mut s = healthy();
+        s.chunk_servers[0].stalled = true;
+        let r = assess(&s, &args(), None);
+        assert_eq!(r.severity(), Severity::Warn, "{:?}", r.problems);
+        assert!(r
+            .problems
+            .iter()
+            .any(|p| p.message.contains("stalls writes")));
     }
 
     #[test]
