@@ -109,6 +109,16 @@ struct Args {
         default_value_t = 3600.0
     )]
     scrub_every_secs: f64,
+
+    /// Give a copy to another chunk server up after this many seconds without progress (a
+    /// frozen or hung target), so the repair that asked for it can pick another.
+    #[arg(
+        long,
+        env = "DFS_CHUNK_STALL_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 5.0
+    )]
+    stall_timeout: f64,
 }
 
 /// `1048576`, `512M`, `10G`, `1.5T` (powers of 1024).
@@ -312,6 +322,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         secret.clone(),
         Arc::clone(&metrics),
         Arc::clone(&node_id),
+        Duration::from_secs_f64(args.stall_timeout.clamp(0.1, 3600.0)),
     );
     let span_node = Arc::clone(&node_id);
     let mut server_shutdown = shutdown_rx.clone();

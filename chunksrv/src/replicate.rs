@@ -31,6 +31,7 @@ pub async fn replicate(
     secret: &ClusterSecret,
     node_auth: Option<&str>,
     req: ReplicateRequest,
+    stall: std::time::Duration,
 ) -> Result<WriteChunkReply, Status> {
     if !node_auth.is_some_and(|p| secret.check_node_proof(p)) {
         return Err(Status::permission_denied(
@@ -101,7 +102,6 @@ pub async fn replicate(
             mark.mark();
             piece
         });
-    let stall = dfs_common::stall::DEFAULT_STALL_TIMEOUT;
     let result = tokio::select! {
         r = dfs_common::stall::guard(&progress, stall, client.write(outgoing)) => r.map_err(|idle| {
             Status::unavailable(format!(

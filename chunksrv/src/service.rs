@@ -32,6 +32,8 @@ pub struct ChunkService {
     metrics: Arc<Metrics>,
     /// 0 until registered with the metadata group.
     node_id: Arc<AtomicU64>,
+    /// How long a copy to another server may make no progress (`--stall-timeout`).
+    stall: std::time::Duration,
 }
 
 impl ChunkService {
@@ -40,12 +42,14 @@ impl ChunkService {
         secret: ClusterSecret,
         metrics: Arc<Metrics>,
         node_id: Arc<AtomicU64>,
+        stall: std::time::Duration,
     ) -> Self {
         Self {
             store,
             secret,
             metrics,
             node_id,
+            stall,
         }
     }
 
@@ -211,6 +215,7 @@ impl Chunk for ChunkService {
             &self.secret,
             auth.as_deref(),
             request.into_inner(),
+            self.stall,
         )
         .await;
         if let Err(status) = &result {
