@@ -367,6 +367,7 @@ mod tests {
             secret.clone(),
             Arc::clone(&metrics),
             Arc::new(AtomicU64::new(7)),
+            dfs_common::stall::DEFAULT_STALL_TIMEOUT,
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
