@@ -24,6 +24,12 @@ pub type Grpc = MetaClient<Channel>;
 
 /// Longest a single attempt may take before the next node is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// What one ping gave: the member's answer, an error status, or nothing in time.
+type PingOutcome = std::result::Result<
+    std::result::Result<tonic::Response<dfs_proto::PingReply>, Status>,
+    tokio::time::error::Elapsed,
+>;
+
 /// An attempt not answered after this long makes the client ask the other members whether one
 /// of them leads now (a frozen or unreachable leader is replaced within an election); if one
 /// does, the call moves there instead of waiting out the attempt. Writes carry request ids, so
@@ -255,22 +261,7 @@ impl MetaConn {
         if self.channels.len() == 1 {
             return Some(0);
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let wait = PING_TIMEOUT.min(left);
-        let mut pings: FuturesUnordered<_> = self
-            .channels
-            .iter()
-            .enumerate()
-            .map(|(j, ch)| {
-                let mut g = MetaClient::new(ch.clone());
-                async move {
-                    (
-                        j,
-                        tokio::time::timeout(wait, g.ping(tonic::Request::new(Empty {}))).await,
-                    )
-                }
-            })
-            .collect();
+        let mut pings = self.ping_all(None, deadline);
         let mut answered = Vec::new();
         while let Some((j, r)) = pings.next().await {
             match r {
@@ -308,16 +299,19 @@ impl MetaConn {
         }
     }
 
-    /// A member other than `i` that answers a ping as the leader, if any does before `until`
-    /// (each ping has the short ping deadline).
-    async fn other_leader(&self, i: usize, until: tokio::time::Instant) -> Option<usize> {
+    /// A ping to every member but `except`, at once, each with the ping deadline (cut to
+    /// `until`); they answer in the order they complete, with the member's index.
+    fn ping_all(
+        &self,
+        except: Option<usize>,
+        until: tokio::time::Instant,
+    ) -> FuturesUnordered<impl Future<Output = (usize, PingOutcome)> + '_> {
         let wait = PING_TIMEOUT.min(until.saturating_duration_since(tokio::time::Instant::now()));
-        let mut pings: FuturesUnordered<_> = self
-            .channels
+        self.channels
             .iter()
             .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(j, ch)| {
+            .filter(move |(j, _)| Some(*j) != except)
+            .map(move |(j, ch)| {
                 let mut g = MetaClient::new(ch.clone());
                 async move {
                     (
@@ -326,7 +320,13 @@ impl MetaConn {
                     )
                 }
             })
-            .collect();
+            .collect()
+    }
+
+    /// A member other than `i` that answers a ping as the leader, if any does before `until`
+    /// (each ping has the short ping deadline).
+    async fn other_leader(&self, i: usize, until: tokio::time::Instant) -> Option<usize> {
+        let mut pings = self.ping_all(Some(i), until);
         while let Some((j, r)) = pings.next().await {
             if let Ok(Ok(p)) = r {
                 let p = p.into_inner();

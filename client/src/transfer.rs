@@ -204,16 +204,16 @@ pub(crate) struct Uploaded {
     lost: Vec<(u64, bool)>,
 }
 
-/// Write `data` to `targets` at once; the ones that stored it whole, with their addresses, and
-/// the ones that did not (whether each stalled), with the errors.
+/// Write `data` (whose CRC32C is `crc`) to `targets` at once; the ones that stored it whole,
+/// with their addresses, and the ones that did not (whether each stalled), with the errors.
 async fn write_replicas(
     pool: &ChunkPool,
     targets: &[ChunkTarget],
     chunk_id: &str,
     token: &str,
-    data: &Bytes,
+    (data, crc): (&Bytes, u32),
 ) -> (Vec<(u64, String)>, Vec<(u64, bool)>, Vec<String>) {
-    let (crc, size) = (crc32c::crc32c(data), data.len() as u64);
+    let size = data.len() as u64;
     let writes = targets.iter().map(|t| async move {
         let r = write_replica(pool, &t.addr, chunk_id, token, data.clone()).await;
         (t, r)
@@ -249,8 +249,15 @@ pub(crate) async fn upload_chunk(
     data: Vec<u8>,
 ) -> Result<Uploaded> {
     let data = Bytes::from(data);
-    let (stored, lost, errors) =
-        write_replicas(&pool, &alloc.targets, &alloc.chunk_id, &alloc.token, &data).await;
+    let crc = crc32c::crc32c(&data);
+    let (stored, lost, errors) = write_replicas(
+        &pool,
+        &alloc.targets,
+        &alloc.chunk_id,
+        &alloc.token,
+        (&data, crc),
+    )
+    .await;
     if stored.is_empty() {
         return Err(Error::Unavailable(format!(
             "chunk {} could not be stored on any of its servers: {}",
@@ -264,7 +271,7 @@ pub(crate) async fn upload_chunk(
     let info = ChunkInfo {
         chunk_id: alloc.chunk_id,
         size: data.len() as u64,
-        crc32c: crc32c::crc32c(&data),
+        crc32c: crc,
         replicas: stored.iter().map(|(n, _)| *n).collect(),
         replica_addrs: stored.into_iter().map(|(_, a)| a).collect(),
         token: alloc.token,
@@ -324,8 +331,14 @@ pub(crate) async fn replace_lost(conn: &MetaConn, pool: &ChunkPool, up: Uploaded
     let Some(alloc) = alloc.filter(|a| a.chunk_id == info.chunk_id) else {
         return info;
     };
-    let (stored, _, errors) =
-        write_replicas(pool, &alloc.targets, &alloc.chunk_id, &alloc.token, &data).await;
+    let (stored, _, errors) = write_replicas(
+        pool,
+        &alloc.targets,
+        &alloc.chunk_id,
+        &alloc.token,
+        (&data, info.crc32c),
+    )
+    .await;
     if !errors.is_empty() {
         tracing::warn!(chunk = %info.chunk_id, "replacement replicas lost: {}", errors.join("; "));
     }

@@ -620,7 +620,12 @@ impl<B: Backend> DfsFs<B> {
                         Some((at, f))
                             if sequential && offset >= *start && offset < at + READ_AHEAD =>
                         {
-                            let data = f.wait()?;
+                            // A background read that failed is done again here, once (its
+                            // error, if it persists, is this read's).
+                            let data = match f.wait() {
+                                Ok(data) => data,
+                                Err(_) => self.backend.read_at(reader, at, READ_AHEAD)?,
+                            };
                             if offset < at && offset < end {
                                 let mut joined = bytes[(offset - start) as usize..].to_vec();
                                 joined.extend_from_slice(&data);
@@ -937,7 +942,11 @@ impl<B: Backend> Filesystem for DfsFs<B> {
             // makes the name visible to lookups and other mounts at once. Without O_EXCL a
             // refusal means something is there, handled below.
             let created = match flags & libc::O_EXCL {
-                0 => self.backend.create(&path, mode).ok(),
+                0 => match self.backend.create(&path, mode) {
+                    Ok(e) => Some(e),
+                    Err(e) if e.errno == libc::EEXIST || e.errno == libc::EISDIR => None,
+                    Err(e) => return Err(e),
+                },
                 _ => None,
             };
             // The kernel sends CREATE for O_CREAT opens of names it has not looked up, so the

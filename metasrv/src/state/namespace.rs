@@ -497,14 +497,8 @@ impl State {
             kept,
             mode: new_mode,
         } = *new_version;
-        if new_mode.is_some_and(|m| m & !MODE_MASK != 0) {
-            return Err(ApplyError::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "mode {:o} has bits beyond permissions ({MODE_MASK:o})",
-                    new_mode.unwrap_or(0)
-                ),
-            ));
+        if let Some(m) = new_mode {
+            check_mode(m)?;
         }
         let p = self.check_file_target(actor, raw, overwrite)?;
         let with_kept;
@@ -843,12 +837,7 @@ impl State {
             )));
         }
         if let Some(m) = mode {
-            if m & !MODE_MASK != 0 {
-                return Err(ApplyError::new(
-                    ErrorKind::InvalidArgument,
-                    format!("mode {m:o} has bits beyond permissions ({MODE_MASK:o})"),
-                ));
-            }
+            check_mode(m)?;
             if n.is_symlink() {
                 return Err(ApplyError::new(
                     ErrorKind::InvalidArgument,
@@ -921,4 +910,15 @@ impl State {
 
 fn exists(p: &str) -> ApplyError {
     ApplyError::new(ErrorKind::AlreadyExists, format!("{p} already exists"))
+}
+
+/// Permission bits only (what chmod and a create may set).
+fn check_mode(m: u32) -> Result<(), ApplyError> {
+    if m & !MODE_MASK != 0 {
+        return Err(ApplyError::new(
+            ErrorKind::InvalidArgument,
+            format!("mode {m:o} has bits beyond permissions ({MODE_MASK:o})"),
+        ));
+    }
+    Ok(())
 }
