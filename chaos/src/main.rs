@@ -29,7 +29,7 @@ const DEAD_TIMEOUT_MS: u64 = 5_000;
     name = "chaos",
     version,
     about = "Start a real dfs cluster, run concurrent clients while killing and pausing nodes, then check that no acknowledged write was lost and every read was one a correct system could return.",
-    after_help = "Examples:\n  chaos --duration 75 --kill-leader-every 10 --chunks 4 --lose-chunk-server --max-unavailable 5  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nCuts (on unless --no-cuts) run chaos in a network namespace of its own: root, unshare, ip and nft.\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
+    after_help = "Examples:\n  chaos --duration 96 --kill-leader-every 16 --chunks 4 --lose-chunk-server --max-unavailable 5  # the CI round\n  chaos --duration 1800 --kill-leader-every 10 --json # the long run (100+ leader kills)\n  chaos --replay /tmp/dfs-chaos-.../history.jsonl     # check a kept history again\n\nCuts (on unless --no-cuts) run chaos in a network namespace of its own: root, unshare, ip and nft.\n\nExit codes: 0 every checker passed, 1 a violation was found, 2 chaos could not run."
 )]
 struct Args {
     /// Seconds the workload runs under faults.
@@ -60,6 +60,11 @@ struct Args {
     /// acknowledging a write. On --replay, the run's own bound when not given.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     max_unavailable: Option<u64>,
+    /// The clients give a chunk server up after this many seconds without progress (dfsctl's
+    /// --stall-timeout). Kept well under --max-unavailable, so that a frozen chunk server that
+    /// outlasts the bound fails the run only if the clients do not route around it.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    stall_timeout: f64,
     /// Do not SIGKILL two of three metadata nodes at once.
     #[arg(long)]
     no_majority_kills: bool,
@@ -280,6 +285,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         max_size: a.chunk_size * 7 / 2,
         rpc_timeout: Duration::from_secs(10),
         op_timeout: Duration::from_secs(30),
+        stall_timeout: Duration::from_secs_f64(a.stall_timeout.clamp(0.1, 60.0)),
         run_tag: format!("{:x}", unix_now().as_micros()),
     };
     let shared = Arc::new(Shared::new(

@@ -246,7 +246,9 @@ impl Nemesis {
         Ok(())
     }
 
-    /// SIGSTOP a running chunk server for 2–6 s (at most `budget`), then SIGCONT it.
+    /// SIGSTOP a running chunk server for 5.5–8 s (at most `budget`), then SIGCONT it. Longer
+    /// than the default availability bound when the period allows, so that clients waiting
+    /// the freeze out, instead of giving the server up, fail the run.
     async fn freeze_chunk(&mut self, budget: Duration) -> Result<(), NemesisError> {
         let Some(victim) = self.live_chunk_server()? else {
             return Ok(());
@@ -255,7 +257,7 @@ impl Nemesis {
         self.paused.push(victim.clone());
         let nodes = vec![victim.clone()];
         self.record(FaultKind::FreezeChunk, &nodes, None)?;
-        let delay = millis(&mut self.rng, 2000, 6000, budget);
+        let delay = millis(&mut self.rng, 5500, 8000, budget);
         tokio::time::sleep(delay).await;
         self.cluster.resume(&victim)?;
         self.paused.retain(|p| *p != victim);
@@ -263,8 +265,9 @@ impl Nemesis {
         Ok(())
     }
 
-    /// Cut the inbound traffic of the leader (three times in four) or of a follower for 3–6 s
-    /// (at most `budget`), then undo it.
+    /// Cut the inbound traffic of the leader (three times in four) or of a follower for 5.5–8 s
+    /// (at most `budget`), then undo it. Longer than the default availability bound when the
+    /// period allows, so that a cut leader nobody replaces fails the run.
     async fn cut(&mut self, budget: Duration) -> Result<(), NemesisError> {
         let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
             return Ok(());
@@ -282,7 +285,7 @@ impl Nemesis {
         self.cluster.cut(&victim)?;
         let nodes = vec![victim];
         self.record(FaultKind::Cut, &nodes, Some(note.into()))?;
-        let delay = millis(&mut self.rng, 3000, 6000, budget);
+        let delay = millis(&mut self.rng, 5500, 8000, budget);
         tokio::time::sleep(delay).await;
         self.cluster.uncut()?;
         self.record(FaultKind::Uncut, &nodes, None)?;

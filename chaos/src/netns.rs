@@ -33,7 +33,11 @@ pub enum NetnsError {
 
 /// Whether this process is the re-executed one, inside the private namespace.
 pub fn inside() -> bool {
+    // The marker alone could be inherited by a process in the host's namespace: the network
+    // namespace must also differ from init's.
+    let ns = |p: &str| std::fs::read_link(p).ok();
     std::env::var_os(IN_NETNS).is_some()
+        && ns("/proc/self/ns/net").is_some_and(|me| Some(me) != ns("/proc/1/ns/net"))
 }
 
 fn on_path(tool: &str) -> bool {

@@ -57,6 +57,8 @@ pub struct WorkloadConfig {
     pub rpc_timeout: Duration,
     /// Bound on one whole operation.
     pub op_timeout: Duration,
+    /// How long a chunk transfer may make no progress before its replica is given up.
+    pub stall_timeout: Duration,
     /// Makes the content of this run's puts unique.
     pub run_tag: String,
 }
@@ -594,7 +596,7 @@ pub async fn run(shared: Arc<Shared>, until: Instant) -> Result<(), WorkloadErro
             n: n as i32,
             shared: shared.clone(),
             conn: shared.conn()?,
-            pool: ChunkPool::default(),
+            pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout),
             rng: StdRng::from_entropy(),
         };
         tasks.push(tokio::spawn(async move {
@@ -620,7 +622,7 @@ pub async fn final_reads(shared: Arc<Shared>, patience: Duration) -> Result<(), 
         n: -1,
         shared: shared.clone(),
         conn: shared.conn()?,
-        pool: ChunkPool::default(),
+        pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout),
         rng: StdRng::from_entropy(),
     };
     let deadline = Instant::now() + patience;
