@@ -322,6 +322,8 @@ async fn meta_bench(
         conn,
         remove,
         RemoveRequest {
+            // Scratch data of the benchmark: deleted for good, not kept in the trash.
+            skip_trash: true,
             request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true
@@ -492,6 +494,8 @@ async fn small_files(
                                 conn,
                                 remove,
                                 RemoveRequest {
+                                    // Scratch data of the benchmark: deleted for good, not kept in the trash.
+                                    skip_trash: true,
                                     request_id: crate::client::new_request_id(),
                                     path: p.clone(),
                                     recursive: false
@@ -640,6 +644,8 @@ async fn data_bench(
         conn,
         remove,
         RemoveRequest {
+            // Scratch data of the benchmark: deleted for good, not kept in the trash.
+            skip_trash: true,
             request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true
