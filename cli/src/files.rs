@@ -20,7 +20,7 @@ pub struct LsArgs {
     /// Directories or files (several are listed one after the other).
     #[arg(default_value = "/", num_args = 1..)]
     pub paths: Vec<String>,
-    /// All entries (dfs hides none: accepted so `ls -la` works as in Unix).
+    /// All entries: the trash (`/.trash`) too, which is hidden unless you list inside it.
     #[arg(short = 'a')]
     pub all: bool,
     /// Long format: type, owner, size, replication, modification time.
@@ -82,7 +82,14 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
                     ..Default::default()
                 }
             )?;
-            print_listing(ctx, a, &reply.entries);
+            // The trash is listed with `dfsctl trash ls` (or `ls -a`, or by listing it).
+            let hide_trash = !a.all && !dfs_common::path::in_trash(&remote(&path));
+            let entries: Vec<FileInfo> = reply
+                .entries
+                .into_iter()
+                .filter(|f| !(hide_trash && dfs_common::path::in_trash(&f.path)))
+                .collect();
+            print_listing(ctx, a, &entries);
             Ok(())
         }
     })
