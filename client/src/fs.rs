@@ -346,6 +346,7 @@ impl Client {
             chunks,
             request_id: new_request_id(),
             mode: None,
+            lease_id: String::new(),
         };
         Ok(rpc!(self.conn, commit_file, req)?)
     }
