@@ -6,17 +6,36 @@
 //! What must stay true: every chunk is added to the lease while its write token is still in
 //! the commit window (the lease is taken at a third of that window, then each renewal adds the
 //! chunks allocated since the last); a renewal that fails for good (the lease expired) is
-//! remembered and the commit then fails rather than being acknowledged; dropping the lease
-//! stops the renewals (the lease expires on its own).
+//! remembered and the commit then fails rather than being acknowledged. The lease outlives
+//! commits (a file kept open is committed at each fsync); dropping it stops the renewals and
+//! releases it (best effort: otherwise it expires on its own).
 use crate::meta::MetaConn;
 use crate::rpc;
 use dfs_proto::{AllocateReply, AllocatedChunk, LeasedChunk, RenewLeaseRequest};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// When a write must hold a lease and how often it renews it, as the leader said in an
+/// allocation (`after_ms` 0: the leader keeps no leases).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseTiming {
+    pub after_ms: u64,
+    pub renew_ms: u64,
+}
+
+impl LeaseTiming {
+    pub fn of(reply: &AllocateReply) -> LeaseTiming {
+        LeaseTiming {
+            after_ms: reply.lease_after_ms,
+            renew_ms: reply.lease_renew_ms,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
-    /// Chunks allocated since the last successful renewal.
+    id: String,
+    /// Chunks added since the last successful renewal.
     pending: Vec<LeasedChunk>,
     /// The lease was taken (later renewals must find it).
     taken: bool,
@@ -24,51 +43,66 @@ struct Shared {
     lost: Option<String>,
 }
 
-/// The lease of one write; renewed in the background while it lives.
+/// The lease of one write; renewed in the background once the write is old enough.
 pub struct WriteLease {
-    id: String,
+    path: String,
+    conn: Arc<MetaConn>,
     shared: Arc<Mutex<Shared>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
-fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl WriteLease {
-    /// Start the clock for the write to `path` from its first allocation's reply (a leader
-    /// that keeps no leases says 0: then nothing is ever renewed).
+    /// A lease for a write to `path`, taken only once chunks are added and time passes.
+    pub fn new(conn: &MetaConn, path: &str) -> WriteLease {
+        WriteLease {
+            path: path.to_string(),
+            conn: Arc::new(conn.fork()),
+            shared: Arc::new(Mutex::new(Shared {
+                id: crate::meta::new_request_id(),
+                ..Default::default()
+            })),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// The lease of a put whose first allocation is `first`.
     pub fn start(conn: &MetaConn, path: &str, first: &AllocateReply) -> WriteLease {
-        let id = crate::meta::new_request_id();
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let task = (first.lease_after_ms > 0).then(|| {
-            let after = Duration::from_millis(first.lease_after_ms);
-            let every = Duration::from_millis(first.lease_renew_ms.max(100));
-            tokio::spawn(renew_loop(
-                conn.fork(),
-                id.clone(),
-                path.to_string(),
-                shared.clone(),
-                after,
-                every,
-            ))
-        });
-        let lease = WriteLease { id, shared, task };
-        lease.add(&first.chunks);
+        let lease = WriteLease::new(conn, path);
+        lease.add(&first.chunks, LeaseTiming::of(first));
         lease
     }
 
-    /// Chunks just allocated to this write.
-    pub fn add(&self, chunks: &[AllocatedChunk]) {
-        if self.task.is_none() {
+    /// Chunks just allocated to this write (call inside the Tokio runtime).
+    pub fn add(&self, chunks: &[AllocatedChunk], timing: LeaseTiming) {
+        for c in chunks {
+            self.add_one(&c.chunk_id, &c.token, timing);
+        }
+    }
+
+    /// One chunk of this write, with its write token (call inside the Tokio runtime). The
+    /// first one starts the clock.
+    pub fn add_one(&self, chunk_id: &str, token: &str, timing: LeaseTiming) {
+        if timing.after_ms == 0 {
             return;
         }
-        lock(&self.shared)
-            .pending
-            .extend(chunks.iter().map(|c| LeasedChunk {
-                chunk_id: c.chunk_id.clone(),
-                token: c.token.clone(),
-            }));
+        lock(&self.shared).pending.push(LeasedChunk {
+            chunk_id: chunk_id.to_string(),
+            token: token.to_string(),
+        });
+        let mut task = lock(&self.task);
+        if task.is_none() {
+            *task = Some(tokio::spawn(renew_loop(
+                self.conn.clone(),
+                self.path.clone(),
+                self.shared.clone(),
+                Duration::from_millis(timing.after_ms),
+                Duration::from_millis(timing.renew_ms.max(100)),
+            )));
+        }
     }
 
     /// The lease id to send with the commit (empty when none was taken), or why the write can
@@ -77,23 +111,60 @@ impl WriteLease {
         let s = lock(&self.shared);
         match (&s.lost, s.taken) {
             (Some(why), _) => Err(crate::Error::Other(why.clone())),
-            (None, true) => Ok(self.id.clone()),
+            (None, true) => Ok(s.id.clone()),
             (None, false) => Ok(String::new()),
+        }
+    }
+}
+
+impl WriteLease {
+    /// The write is over: stop renewing and tell the leader (waits for the answer; errors
+    /// are ignored, the lease then expires on its own).
+    pub async fn release(self) {
+        if let Some(t) = lock(&self.task).take() {
+            t.abort();
+        }
+        let (id, taken) = {
+            let mut s = lock(&self.shared);
+            (s.id.clone(), std::mem::take(&mut s.taken))
+        };
+        if taken {
+            let req = RenewLeaseRequest {
+                lease_id: id,
+                release: true,
+                ..Default::default()
+            };
+            let _ = rpc!(self.conn, renew_lease, req);
         }
     }
 }
 
 impl Drop for WriteLease {
     fn drop(&mut self) {
-        if let Some(t) = &self.task {
+        if let Some(t) = lock(&self.task).take() {
             t.abort();
+        }
+        let (id, taken) = {
+            let s = lock(&self.shared);
+            (s.id.clone(), s.taken)
+        };
+        // Tell the leader the write is over; if this is lost the lease expires anyway.
+        if let (true, Ok(rt)) = (taken, tokio::runtime::Handle::try_current()) {
+            let conn = self.conn.clone();
+            rt.spawn(async move {
+                let req = RenewLeaseRequest {
+                    lease_id: id,
+                    release: true,
+                    ..Default::default()
+                };
+                let _ = rpc!(conn, renew_lease, req);
+            });
         }
     }
 }
 
 async fn renew_loop(
-    conn: MetaConn,
-    id: String,
+    conn: Arc<MetaConn>,
     path: String,
     shared: Arc<Mutex<Shared>>,
     after: Duration,
@@ -101,9 +172,9 @@ async fn renew_loop(
 ) {
     tokio::time::sleep(after).await;
     loop {
-        let (chunks, create) = {
+        let (id, chunks, create) = {
             let s = lock(&shared);
-            (s.pending.clone(), !s.taken)
+            (s.id.clone(), s.pending.clone(), !s.taken)
         };
         let sent = chunks.len();
         let req = RenewLeaseRequest {
@@ -111,6 +182,7 @@ async fn renew_loop(
             path: path.clone(),
             create,
             chunks,
+            release: false,
         };
         match rpc!(conn, renew_lease, req) {
             Ok(_) => {

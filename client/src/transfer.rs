@@ -466,7 +466,7 @@ pub async fn put_stream(
                         ..Default::default()
                     }
                 )?;
-                lease.add(&more.chunks);
+                lease.add(&more.chunks, crate::lease::LeaseTiming::of(&more));
                 allocated_at = Instant::now();
                 allocated.extend(more.chunks);
                 allocated
@@ -508,6 +508,7 @@ pub async fn put_stream(
         lease_id: lease.for_commit()?,
     };
     let file = rpc!(conn, commit_file, commit)?;
+    lease.release().await;
     Ok(PutOutcome { file, bytes: total })
 }
 

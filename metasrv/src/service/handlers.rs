@@ -275,6 +275,14 @@ impl MetaNode {
                 .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
                 .map_err(|e| Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id)))?;
         }
+        if r.release {
+            self.propose(v1(CommandV1::ReleaseLease {
+                actor,
+                lease: r.lease_id,
+            }))
+            .await?;
+            return Ok(RenewLeaseReply { expires_in_ms: 0 });
+        }
         let now = now_ms();
         let timeout = self.config.lease_timeout.as_millis() as i64;
         self.propose(v1(CommandV1::RenewLease {

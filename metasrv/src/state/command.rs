@@ -124,8 +124,9 @@ pub enum CommandV1 {
         /// Permission bits for a file this commit creates (an existing file keeps its own).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
-        /// The writer's lease (released by the commit), and the chunks whose tokens were past
-        /// the commit window and so must be held by it (see `leases`).
+        /// The writer's lease, and the chunks whose tokens were past the commit window and so
+        /// must be held by it (see `leases`). The lease lives on (a file kept open is
+        /// committed again and again) until the writer releases it or it expires.
         #[serde(default, skip_serializing_if = "String::is_empty")]
         lease: String,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -141,6 +142,11 @@ pub enum CommandV1 {
         chunks: Vec<String>,
         now_ms: i64,
         expires_ms: i64,
+    },
+    /// The writer is done (its file closed or its put over): forget its lease.
+    ReleaseLease {
+        actor: String,
+        lease: String,
     },
     /// Forget leases that expired before `now_ms` (their chunks become ordinary orphans).
     DropExpiredLeases {
@@ -409,11 +415,7 @@ impl State {
                     kept,
                     mode: *mode,
                 };
-                let reply = self.commit_file(actor, path, file, &new, touched)?;
-                if !lease.is_empty() {
-                    self.release_lease(actor, lease, touched);
-                }
-                Ok(reply)
+                self.commit_file(actor, path, file, &new, touched)
             }
             CommandV1::RenewLease {
                 actor,
@@ -433,6 +435,10 @@ impl State {
                 *expires_ms,
                 touched,
             ),
+            CommandV1::ReleaseLease { actor, lease } => {
+                self.release_lease(actor, lease, touched);
+                Ok(Reply::Done)
+            }
             CommandV1::DropExpiredLeases { now_ms } => {
                 Ok(self.drop_expired_leases(*now_ms, touched))
             }

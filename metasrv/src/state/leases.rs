@@ -10,7 +10,9 @@
 //! - An expired lease never comes back: renewing it is refused (the writer must start again),
 //!   so a chunk that the orphan collector may have taken is never accepted under it.
 //! - A commit that relies on a lease applies only if the lease is live at the command's time,
-//!   belongs to the committer and holds every chunk that relies on it; it then releases it.
+//!   belongs to the committer and holds every chunk that relies on it. The lease outlives the
+//!   commit (a file kept open is committed at every fsync, its old chunks again each time)
+//!   until the writer releases it or stops renewing it.
 use super::command::{ApplyError, ErrorKind, Reply};
 use super::{RecordKey, State};
 use serde::{Deserialize, Serialize};
@@ -146,7 +148,7 @@ impl State {
         Ok(())
     }
 
-    /// A commit under lease `id` went through: the write is over.
+    /// The writer of lease `id` is done.
     pub(super) fn release_lease(&mut self, actor: &str, id: &str, touched: &mut Vec<RecordKey>) {
         if self.leases.get(id).is_some_and(|l| l.owner == actor) {
             self.leases.remove(id);

@@ -65,8 +65,28 @@ fn a_live_lease_carries_a_commit_and_is_released_by_it() {
         ErrorKind::PermissionDenied
     );
     commit_leased(&mut s, "alice", "L", 1100).unwrap();
-    assert!(s.leases.is_empty(), "the commit ends the write");
     assert_eq!(s.nodes["/big"].file.as_ref().unwrap().chunks[0].id, "c1");
+    // A file kept open is committed again with the same chunks.
+    commit_leased(&mut s, "alice", "L", 1120).unwrap();
+    // Only its writer ends it.
+    run(
+        &mut s,
+        CommandV1::ReleaseLease {
+            actor: "bob".into(),
+            lease: "L".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.leases.len(), 1);
+    run(
+        &mut s,
+        CommandV1::ReleaseLease {
+            actor: "alice".into(),
+            lease: "L".into(),
+        },
+    )
+    .unwrap();
+    assert!(s.leases.is_empty());
 }
 
 #[test]
