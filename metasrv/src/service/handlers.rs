@@ -44,8 +44,9 @@ pub(crate) fn client_write(request_id: &str, c: CommandV1) -> OpResult<Command> 
     if request_id.is_empty() {
         return Ok(v1(c));
     }
+    // Remembered per user and method: a replayed id of someone else's finds nothing.
     Ok(v1(CommandV1::Once {
-        request_id: request_id.to_string(),
+        request_id: format!("{}:{request_id}", c.request_scope()),
         now_ms: now_ms(),
         cmd: Box::new(v1(c)),
     }))
@@ -1186,5 +1187,40 @@ impl MetaNode {
             .take(MAX_DELETE_ORDERS)
             .collect();
         Ok(HeartbeatReply { delete, leader })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remembered_as(c: CommandV1) -> String {
+        match client_write("same-id", c).unwrap() {
+            Command::V1(CommandV1::Once { request_id, .. }) => request_id,
+            other => panic!("not a remembered request: {other:?}"),
+        }
+    }
+
+    /// A request id replayed by another user (or on another method) is not answered with the
+    /// first caller's remembered reply: it is remembered under user and method.
+    #[test]
+    fn request_ids_are_remembered_per_user_and_method() {
+        let mkdir = |actor: &str| CommandV1::Mkdir {
+            actor: actor.into(),
+            path: "/x".into(),
+            parents: false,
+            id: "i".into(),
+            now_ms: 1,
+        };
+        let alice = remembered_as(mkdir("alice"));
+        assert_ne!(alice, remembered_as(mkdir("bob")));
+        assert_eq!(alice, remembered_as(mkdir("alice")), "a retry finds it");
+        let rm = CommandV1::Remove {
+            actor: "alice".into(),
+            path: "/x".into(),
+            recursive: false,
+            now_ms: 1,
+        };
+        assert_ne!(alice, remembered_as(rm));
     }
 }

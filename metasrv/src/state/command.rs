@@ -320,6 +320,30 @@ pub enum Reply {
     },
 }
 
+impl CommandV1 {
+    /// Who sent a client command and what it is. A request id is remembered under both, so
+    /// another user's id (or the same id on another method) finds nothing of it.
+    pub fn request_scope(&self) -> String {
+        let (actor, kind) = match self {
+            CommandV1::Mkdir { actor, .. } => (actor.as_str(), "mkdir"),
+            CommandV1::Rename { actor, .. } => (actor.as_str(), "rename"),
+            CommandV1::Remove { actor, .. } => (actor.as_str(), "remove"),
+            CommandV1::Trash { actor, .. } => (actor.as_str(), "remove"),
+            CommandV1::PurgeTrash { user, .. } => (user.as_deref().unwrap_or(""), "purge"),
+            CommandV1::Symlink { actor, .. } => (actor.as_str(), "symlink"),
+            CommandV1::SetAttr { actor, .. } => (actor.as_str(), "setattr"),
+            CommandV1::CommitFile { actor, .. } => (actor.as_str(), "commit"),
+            CommandV1::Import { actor, .. } => (actor.as_str(), "import"),
+            CommandV1::AddUser { actor, .. } => (actor.as_deref().unwrap_or(""), "useradd"),
+            CommandV1::RemoveUser { actor, .. } => (actor.as_str(), "userdel"),
+            CommandV1::SetReplication { actor, .. } => (actor.as_str(), "replication"),
+            CommandV1::RenewLease { actor, .. } => (actor.as_str(), "lease"),
+            _ => ("", "other"),
+        };
+        format!("{actor}/{kind}")
+    }
+}
+
 /// The Raft response: what applying returned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
