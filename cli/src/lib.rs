@@ -18,6 +18,7 @@ pub mod output;
 pub mod transfer;
 pub mod tree;
 pub mod users;
+pub mod watch;
 
 /// The client library, under the names this crate always used.
 pub use dfs_client::meta as client;
@@ -161,6 +162,11 @@ pub enum Cmd {
         after_help = "Example: dfsctl mount /docs /mnt/docs   # until Ctrl-C, SIGTERM or umount"
     )]
     Mount(mount::MountArgs),
+    /// Keep a remote directory a backup of a local folder: upload what changes, as it changes.
+    #[command(
+        after_help = "Example: dfsctl watch ~/Documents /backup/documents --delete   # --once for cron"
+    )]
+    Watch(watch::WatchArgs),
     /// Measure metadata and data throughput and latency.
     Bench(bench::BenchArgs),
     /// Print shell completions.
@@ -227,6 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Admin(c) => admin::run(&ctx, c).await,
         Cmd::Local(c) => local::run(&ctx, c).await,
         Cmd::Mount(a) => mount::run(&ctx, a).await,
+        Cmd::Watch(a) => watch::run(&ctx, a).await,
         Cmd::Bench(a) => bench::run(&ctx, a).await,
         Cmd::Completions(a) => docs::completions(a),
         Cmd::Man(a) => docs::man(a),

@@ -1,0 +1,891 @@
+//! `dfsctl watch LOCAL REMOTE`: a folder that backs itself up into the cluster.
+//!
+//! Start-up walks LOCAL, lists REMOTE and reads the manifest, and uploads what differs
+//! (`reconcile`); then filesystem events (`events`) wake the loop, which walks again and
+//! uploads files whose mtime is `--settle` old, renames remotely what the debouncer paired,
+//! and with `--delete` deletes what this watcher had put and is gone locally. A full rescan
+//! (fresh remote listing) runs every `--rescan`, and at once on an overflow or a watch error.
+//!
+//! What must stay true:
+//! - Never a silent stop: every exit says why on stderr, with a non-zero code unless asked to
+//!   stop (SIGINT/SIGTERM) or `--once` finished cleanly.
+//! - Never a silent or mass delete: deletes only with `--delete`, never when the local root
+//!   cannot be read (that is an error exit), never under an unreadable folder, and a pass that
+//!   would delete more than `--max-delete` files stops the watcher before deleting any.
+//! - Uploads go through the ordinary put (atomic: nothing partial is ever visible); the
+//!   manifest line is written only after the commit, so a crash redoes work, never skips it.
+//! - One failing file never stops the others: it is said and retried at the next rescan (a
+//!   name dfs refuses is said once); only the cluster being unreachable longer than
+//!   `--timeout` is fatal.
+mod events;
+mod manifest;
+pub mod reconcile;
+
+use crate::output::print_json;
+use crate::tree::{join_remote, sha256_file};
+use crate::Ctx;
+use anyhow::{bail, Context};
+use clap::Args;
+use dfs_client::{Client, Error as CError, FileSource, PutOptions};
+use dfs_proto::*;
+use futures::StreamExt;
+use manifest::Manifest;
+use reconcile::{Entry, LocalFile, LocalTree, RemoteFile, RemoteTree};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Names never uploaded (editor and download temp files, the watcher's own state).
+pub const DEFAULT_EXCLUDES: &[&str] = &["*.swp", "*~", ".#*", "*.part", ".dfs-watch"];
+
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// The local folder to back up.
+    pub local: PathBuf,
+    /// The remote directory it goes into (made if missing; must be yours).
+    pub remote: String,
+    /// Upload a file once its size and mtime have not changed for this long (e.g. 300ms, 2s).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Full reconcile (fresh remote listing) this often (e.g. 30m, 1h).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub rescan: Duration,
+    /// Delete remotely the files this watcher uploaded that are gone locally.
+    #[arg(long)]
+    pub delete: bool,
+    /// Stop, deleting nothing, when one pass would delete more files than this.
+    #[arg(long, default_value_t = 50)]
+    pub max_delete: usize,
+    /// Do not upload names matching GLOB (repeatable; matched against the relative path and
+    /// each name in it). Always excluded: *.swp, *~, .#*, *.part, .dfs-watch.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Where the manifest is kept [default: LOCAL/.dfs-watch].
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// One reconcile (waiting for files still being written), then exit: 0, or 1 if a file failed.
+    #[arg(long)]
+    pub once: bool,
+    /// Files uploaded at once.
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
+    /// Copies of each chunk of uploaded files [default: the cluster's].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replication: Option<u32>,
+}
+
+/// `300ms`, `2s`, `5m`, `1h`, or plain seconds (`1.5`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * mult)),
+        _ => Err(format!("{s:?} is not a duration (e.g. 300ms, 2s, 5m, 1h)")),
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+fn local_file(m: &std::fs::Metadata) -> LocalFile {
+    LocalFile {
+        size: m.len(),
+        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    }
+}
+
+/// How one upload ended.
+enum Done {
+    Uploaded(Entry),
+    /// The remote already had these bytes (sha256 equal): recorded, nothing sent.
+    Same(Entry),
+    /// Gone between the walk and the upload.
+    Vanished,
+    /// Changed while being read: it is uploaded again once it settles.
+    Changed,
+    Failed(CError),
+}
+
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    uploaded: u64,
+    same: u64,
+    renamed: u64,
+    deleted: u64,
+    failed: u64,
+}
+
+pub struct Watcher<'a> {
+    ctx: &'a Ctx,
+    a: WatchArgs,
+    root: PathBuf,
+    remote_root: String,
+    client: Client,
+    excludes: globset::GlobSet,
+    /// The state directory's path relative to the root, when it is inside it.
+    state_rel: Option<String>,
+    manifest: Manifest,
+    remote: RemoteTree,
+    failed: HashMap<String, LocalFile>,
+    /// Messages said already (refused names, skipped links): said once each.
+    said: HashSet<String>,
+    unavailable_since: Option<Instant>,
+    last_event: Option<Instant>,
+    counts: Counts,
+}
+
+impl<'a> Watcher<'a> {
+    /// Check the arguments and the remote directory, open the manifest.
+    pub async fn new(ctx: &'a Ctx, a: WatchArgs) -> anyhow::Result<Watcher<'a>> {
+        let meta = std::fs::metadata(&a.local).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot watch {}: {e} (give an existing local folder)",
+                a.local.display()
+            )
+        })?;
+        if !meta.is_dir() {
+            bail!("cannot watch {}: not a directory", a.local.display());
+        }
+        let root = std::fs::canonicalize(&a.local)
+            .with_context(|| format!("cannot resolve {}", a.local.display()))?;
+        if !a.remote.starts_with('/') {
+            bail!(
+                "the remote directory must be an absolute path (e.g. /backup), not {:?}",
+                a.remote
+            );
+        }
+        let remote_root = if a.remote.len() > 1 {
+            a.remote.trim_end_matches('/').to_string()
+        } else {
+            a.remote.clone()
+        };
+        let mut gb = globset::GlobSetBuilder::new();
+        for g in DEFAULT_EXCLUDES
+            .iter()
+            .copied()
+            .chain(a.exclude.iter().map(String::as_str))
+        {
+            gb.add(globset::Glob::new(g).with_context(|| format!("bad --exclude {g:?}"))?);
+        }
+        let excludes = gb.build()?;
+        let state = a.state.clone().unwrap_or_else(|| root.join(".dfs-watch"));
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("cannot create the state directory {}", state.display()))?;
+        let state_rel = std::fs::canonicalize(&state)
+            .ok()
+            .and_then(|s| {
+                s.strip_prefix(&root)
+                    .ok()
+                    .map(|r| r.to_string_lossy().into_owned())
+            })
+            .filter(|r| !r.is_empty());
+        let client = Client {
+            conn: ctx.client()?,
+            pool: ctx.pool(),
+        };
+        let me = dfs_client::rpc!(client.conn, who_am_i, Empty {})
+            .map_err(CError::from)
+            .context("cannot reach the cluster")?;
+        match client.stat(&remote_root).await {
+            Ok(info) if !info.is_dir => {
+                bail!("{remote_root} is a file: give a remote directory")
+            }
+            Ok(info) if info.owner != me.name && me.role != "admin" => bail!(
+                "{remote_root} belongs to {}, not to you ({}): watch into a directory of yours",
+                info.owner,
+                me.name
+            ),
+            Ok(_) => {}
+            Err(CError::NotFound(_)) => client
+                .mkdir(&remote_root, true)
+                .await
+                .with_context(|| format!("cannot create the remote directory {remote_root}"))?,
+            Err(e) => return Err(e).context(format!("cannot use {remote_root}")),
+        }
+        let manifest = Manifest::open(&state)?;
+        Ok(Watcher {
+            ctx,
+            a,
+            root,
+            remote_root,
+            client,
+            excludes,
+            state_rel,
+            manifest,
+            remote: RemoteTree::default(),
+            failed: HashMap::new(),
+            said: HashSet::new(),
+            unavailable_since: None,
+            last_event: None,
+            counts: Counts::default(),
+        })
+    }
+
+    fn excluded(&self, rel: &str) -> bool {
+        self.excludes.is_match(rel)
+            || rel.split('/').any(|n| self.excludes.is_match(n))
+            || self
+                .state_rel
+                .as_deref()
+                .is_some_and(|s| rel == s || rel.starts_with(&format!("{s}/")))
+    }
+
+    fn remote_path(&self, rel: &str) -> String {
+        join_remote(&self.remote_root, rel)
+    }
+
+    /// A line on stderr, or a JSON line on stdout under --json.
+    fn say(&self, v: Value, text: String) {
+        if self.ctx.json {
+            print_json(&v);
+        } else if !self.ctx.quiet || v["event"] == "error" {
+            eprintln!("{text}");
+        }
+    }
+
+    /// Said once per run (the same message again is quiet).
+    fn say_once(&mut self, key: String, v: Value, text: String) {
+        if self.said.insert(key) {
+            self.say(v, text);
+        }
+    }
+
+    /// The local tree, without excluded names. Err when the root itself cannot be read.
+    fn walk(&mut self) -> anyhow::Result<LocalTree> {
+        let mut t = LocalTree::default();
+        let mut stack = vec![(self.root.clone(), String::new())];
+        let mut notes = Vec::new();
+        while let Some((dir, rel)) = stack.pop() {
+            let listed = std::fs::read_dir(&dir).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+            let entries = match listed {
+                Ok(e) => e,
+                Err(e) if rel.is_empty() => bail!(
+                    "cannot read the watched folder {}: {e}; stopping without deleting anything",
+                    self.root.display()
+                ),
+                Err(e) => {
+                    notes.push((rel.clone(), format!("cannot read the folder: {e}")));
+                    t.unreadable.push(rel);
+                    continue;
+                }
+            };
+            for e in entries {
+                let Some(name) = e.file_name().to_str().map(str::to_string) else {
+                    notes.push((
+                        e.path().to_string_lossy().into_owned(),
+                        "the name is not UTF-8; skipped".into(),
+                    ));
+                    continue;
+                };
+                let child = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                if self.excluded(&child) {
+                    continue;
+                }
+                let m = match std::fs::symlink_metadata(e.path()) {
+                    Ok(m) => m,
+                    // Vanished since the listing.
+                    Err(_) => continue,
+                };
+                if m.is_dir() {
+                    t.dirs.insert(child.clone());
+                    stack.push((e.path(), child));
+                } else if m.is_file() {
+                    t.files.insert(child, local_file(&m));
+                } else {
+                    notes.push((
+                        child,
+                        "not a regular file (symbolic link, fifo, socket or device); skipped"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        for (rel, why) in notes {
+            self.say_once(
+                format!("{rel}\0{why}"),
+                json!({"event": "skipped", "local": rel, "reason": why}),
+                format!("skipped {rel}: {why}"),
+            );
+        }
+        Ok(t)
+    }
+
+    /// The remote tree under the watched directory (recursive listing, page by page).
+    async fn list_remote(&mut self) -> Result<(), CError> {
+        let mut t = RemoteTree::default();
+        let prefix = if self.remote_root == "/" {
+            "/".to_string()
+        } else {
+            format!("{}/", self.remote_root)
+        };
+        let mut after = String::new();
+        loop {
+            let req = ListRequest {
+                path: self.remote_root.clone(),
+                recursive: true,
+                stale: false,
+                after: after.clone(),
+                limit: 1000,
+            };
+            let r = dfs_client::rpc!(self.client.conn, list, req)?;
+            for f in r.entries {
+                let Some(rel) = f.path.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if f.is_dir {
+                    t.dirs.insert(rel.to_string());
+                } else {
+                    t.files.insert(
+                        rel.to_string(),
+                        RemoteFile {
+                            size: f.size,
+                            sha256: f.sha256,
+                        },
+                    );
+                }
+            }
+            if r.next.is_empty() {
+                break;
+            }
+            after = r.next;
+        }
+        self.remote = t;
+        Ok(())
+    }
+
+    /// A cluster error: fatal once the cluster has been unreachable longer than --timeout.
+    fn cluster_trouble(&mut self, e: &CError) -> anyhow::Result<()> {
+        if matches!(e, CError::Unavailable(_)) {
+            let since = *self.unavailable_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.ctx.timeout {
+                bail!(
+                    "the cluster has been unreachable for {:.0} s (--timeout): {e}; stopping \
+                     (nothing is lost: run the watcher again to resume)",
+                    since.elapsed().as_secs_f64() + self.ctx.timeout.as_secs_f64()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn rel_of(&self, p: &Path) -> Option<String> {
+        let r = p.strip_prefix(&self.root).ok()?.to_str()?.to_string();
+        (!r.is_empty() && !self.excluded(&r)).then_some(r)
+    }
+
+    async fn ensure_parents(&mut self, rel: &str) -> Result<(), CError> {
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            if !self.remote.dirs.contains(parent) {
+                self.client.mkdir(&self.remote_path(parent), true).await?;
+                let mut d = parent;
+                loop {
+                    self.remote.dirs.insert(d.to_string());
+                    match d.rsplit_once('/') {
+                        Some((p, _)) => d = p,
+                        None => break,
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames the debouncer paired, done remotely when the remote still has what the
+    /// manifest says was uploaded from `from` (else the pass does delete + put).
+    async fn renames(&mut self, list: Vec<(PathBuf, PathBuf)>, tree: &LocalTree) {
+        for (from, to) in list {
+            let (Some(rf), Some(rt)) = (self.rel_of(&from), self.rel_of(&to)) else {
+                continue;
+            };
+            if tree.files.contains_key(&rf) || tree.dirs.contains(&rf) {
+                continue;
+            }
+            let (rfrom, rto) = (self.remote_path(&rf), self.remote_path(&rt));
+            if let Some(m) = self.manifest.entries.get(&rf).cloned() {
+                let Some(lf) = tree.files.get(&rt).copied() else {
+                    continue;
+                };
+                let remote_ok = self
+                    .remote
+                    .files
+                    .get(&rf)
+                    .is_some_and(|r| r.size == m.size && r.sha256 == m.sha256);
+                if lf.size != m.size || lf.mtime_ns != m.mtime_ns || !remote_ok {
+                    continue;
+                }
+                if self.ensure_parents(&rt).await.is_err() {
+                    continue;
+                }
+                let r = self
+                    .client
+                    .rename_with(&rfrom, &rto, RenameMode::RenameReplace)
+                    .await;
+                if r.is_ok() {
+                    let _ = self.manifest.remove(&rf);
+                    let _ = self.manifest.set(
+                        &rt,
+                        Entry {
+                            ctime_ns: lf.ctime_ns,
+                            ..m
+                        },
+                    );
+                    if let Some(x) = self.remote.files.remove(&rf) {
+                        self.remote.files.insert(rt.clone(), x);
+                    }
+                    self.counts.renamed += 1;
+                    self.say(
+                        json!({"event": "rename", "from": rfrom, "to": rto}),
+                        format!("renamed {rfrom} -> {rto}"),
+                    );
+                }
+            } else if tree.dirs.contains(&rt)
+                && self.remote.dirs.contains(&rf)
+                && !self.remote.dirs.contains(&rt)
+                && !self.remote.files.contains_key(&rt)
+            {
+                if self.ensure_parents(&rt).await.is_err() {
+                    continue;
+                }
+                let r = self
+                    .client
+                    .rename_with(&rfrom, &rto, RenameMode::RenameNoreplace)
+                    .await;
+                if r.is_err() {
+                    continue;
+                }
+                let pre = format!("{rf}/");
+                let moved = |k: &String| k == &rf || k.starts_with(&pre);
+                let renamed = |k: &str| format!("{rt}{}", &k[rf.len()..]);
+                let keys: Vec<String> = self
+                    .manifest
+                    .entries
+                    .keys()
+                    .filter(|k| moved(k))
+                    .cloned()
+                    .collect();
+                for k in keys {
+                    if let Some(e) = self.manifest.entries.get(&k).cloned() {
+                        let _ = self.manifest.remove(&k);
+                        let _ = self.manifest.set(&renamed(&k), e);
+                    }
+                }
+                let files: Vec<String> = self
+                    .remote
+                    .files
+                    .keys()
+                    .filter(|k| moved(k))
+                    .cloned()
+                    .collect();
+                for k in files {
+                    if let Some(x) = self.remote.files.remove(&k) {
+                        self.remote.files.insert(renamed(&k), x);
+                    }
+                }
+                let dirs: Vec<String> = self
+                    .remote
+                    .dirs
+                    .iter()
+                    .filter(|k| moved(k))
+                    .cloned()
+                    .collect();
+                for k in dirs {
+                    self.remote.dirs.remove(&k);
+                    self.remote.dirs.insert(renamed(&k));
+                }
+                self.counts.renamed += 1;
+                self.say(
+                    json!({"event": "rename", "from": rfrom, "to": rto, "dir": true}),
+                    format!("renamed {rfrom}/ -> {rto}/"),
+                );
+            }
+        }
+    }
+
+    /// Upload one file (or find the remote already equal). Runs `--parallel` at once.
+    async fn upload(&self, u: &reconcile::Upload) -> Done {
+        let path = self.root.join(&u.rel);
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            _ => return Done::Vanished,
+        };
+        let before = local_file(&m);
+        if before.size != u.local.size || before.mtime_ns != u.local.mtime_ns {
+            return Done::Changed;
+        }
+        if let Some(r) = u.remote.as_ref().filter(|r| r.size == before.size) {
+            let hash = match &u.known_sha256 {
+                Some(h) => Ok(h.clone()),
+                None => {
+                    let p = path.clone();
+                    tokio::task::spawn_blocking(move || sha256_file(&p))
+                        .await
+                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                }
+            };
+            match hash {
+                Ok(h) if h == r.sha256 => {
+                    return Done::Same(Entry {
+                        size: before.size,
+                        mtime_ns: before.mtime_ns,
+                        ctime_ns: before.ctime_ns,
+                        sha256: h,
+                    })
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Done::Vanished,
+                Err(e) => return Done::Failed(CError::Io(e)),
+            }
+        }
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Done::Vanished,
+            Err(e) => return Done::Failed(CError::Io(e)),
+        };
+        let opts = PutOptions {
+            overwrite: true,
+            replication: self.a.replication.unwrap_or(0),
+            size_hint: Some(before.size),
+        };
+        let remote = self.remote_path(&u.rel);
+        let out = match self
+            .client
+            .put(
+                &remote,
+                FileSource::new(file),
+                &opts,
+                &dfs_client::no_progress,
+            )
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => return Done::Failed(e),
+        };
+        match std::fs::symlink_metadata(&path).map(|m| local_file(&m)) {
+            Ok(after) if after.size == before.size && after.mtime_ns == before.mtime_ns => {
+                Done::Uploaded(Entry {
+                    size: out.bytes,
+                    mtime_ns: before.mtime_ns,
+                    ctime_ns: before.ctime_ns,
+                    sha256: out.file.sha256,
+                })
+            }
+            // Changed while it was read (a writer that paused longer than --settle): the
+            // uploaded version is whole but not the last; the next pass sends it again.
+            _ => Done::Changed,
+        }
+    }
+
+    /// One pass: walk, pair renames, plan, act. Returns when the loop should look again
+    /// without an event (a file settling, deferred deletes, a retry).
+    async fn pass(
+        &mut self,
+        renames: Vec<(PathBuf, PathBuf)>,
+    ) -> anyhow::Result<(Option<Instant>, reconcile::Plan)> {
+        let mut tree = self.walk()?;
+        if !renames.is_empty() {
+            self.renames(renames, &tree).await;
+            tree = self.walk()?;
+        }
+        let excluded = |r: &str| self.excluded(r);
+        let plan = reconcile::plan(&reconcile::Inputs {
+            local: &tree,
+            manifest: &self.manifest.entries,
+            remote: &self.remote,
+            failed: &self.failed,
+            excluded: &excluded,
+            now_ns: now_ns(),
+            settle_ns: self.a.settle.as_nanos() as i64,
+            delete: self.a.delete,
+        });
+        let mut wake = plan.wake_ns.map(|w| {
+            Instant::now() + Duration::from_nanos((w - now_ns()).max(0) as u64 + 20_000_000)
+        });
+        let mut retry = false;
+        for rel in &plan.forget {
+            self.manifest.remove(rel)?;
+        }
+        for d in &plan.mkdirs {
+            match self.client.mkdir(&self.remote_path(d), true).await {
+                Ok(()) | Err(CError::Exists(_)) => {
+                    self.remote.dirs.insert(d.clone());
+                    self.unavailable_since = None;
+                }
+                Err(e) => {
+                    self.cluster_trouble(&e)?;
+                    retry = true;
+                    let rp = self.remote_path(d);
+                    self.say_once(
+                        format!("mkdir\0{d}\0{e}"),
+                        json!({"event": "error", "path": rp, "error": e.to_string()}),
+                        format!("cannot create {rp}: {e}"),
+                    );
+                }
+            }
+        }
+        let uploads = plan.uploads.clone();
+        let results: Vec<(reconcile::Upload, Done)> = {
+            let me = &*self;
+            futures::stream::iter(uploads.into_iter().map(|u| async move {
+                let d = me.upload(&u).await;
+                (u, d)
+            }))
+            .buffer_unordered(self.a.parallel.max(1))
+            .collect()
+            .await
+        };
+        for (u, done) in results {
+            let rp = self.remote_path(&u.rel);
+            match done {
+                Done::Uploaded(e) => {
+                    self.unavailable_since = None;
+                    self.counts.uploaded += 1;
+                    self.say(
+                        json!({"event": "upload", "path": rp, "local": u.rel, "size": e.size, "sha256": e.sha256}),
+                        format!("uploaded {rp} ({} bytes)", e.size),
+                    );
+                    self.remote.files.insert(
+                        u.rel.clone(),
+                        RemoteFile {
+                            size: e.size,
+                            sha256: e.sha256.clone(),
+                        },
+                    );
+                    self.failed.remove(&u.rel);
+                    self.manifest.set(&u.rel, e)?;
+                }
+                Done::Same(e) => {
+                    self.counts.same += 1;
+                    self.failed.remove(&u.rel);
+                    self.manifest.set(&u.rel, e)?;
+                }
+                Done::Vanished => self.say(
+                    json!({"event": "skipped", "local": u.rel, "reason": "vanished before it was uploaded"}),
+                    format!("skipped {}: vanished before it was uploaded", u.rel),
+                ),
+                Done::Changed => {
+                    // Looked at again when it settles.
+                    let soon = Instant::now() + self.a.settle;
+                    wake = Some(wake.map_or(soon, |w| w.min(soon)));
+                }
+                Done::Failed(e) => {
+                    self.counts.failed += 1;
+                    self.cluster_trouble(&e)?;
+                    let refused = matches!(e, CError::InvalidName(_) | CError::Permission(_));
+                    if matches!(e, CError::Unavailable(_)) {
+                        retry = true;
+                    } else {
+                        self.failed.insert(u.rel.clone(), u.local);
+                    }
+                    let v = json!({"event": "error", "local": u.rel, "path": rp, "error": e.to_string()});
+                    let text = format!("cannot upload {}: {e}", u.rel);
+                    if refused {
+                        self.say_once(format!("refused\0{}", u.rel), v, text);
+                    } else {
+                        self.say(v, format!("{text} (retried at the next rescan)"));
+                    }
+                }
+            }
+        }
+        if !plan.deletes.is_empty() {
+            let quiet_for = self.last_event.map_or(Duration::MAX, |t| t.elapsed());
+            if !self.a.once && quiet_for < self.a.settle {
+                // A mass delete still in progress (or the root going away): wait for quiet.
+                let at = Instant::now() + (self.a.settle - quiet_for);
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+            } else if plan.deletes.len() > self.a.max_delete {
+                bail!(
+                    "{} files are gone from {} and would be deleted from {}, more than \
+                     --max-delete {}: stopping without deleting any (check the folder; if \
+                     this is meant, run again with a higher --max-delete)",
+                    plan.deletes.len(),
+                    self.root.display(),
+                    self.remote_root,
+                    self.a.max_delete
+                );
+            } else {
+                for rel in &plan.deletes {
+                    let rp = self.remote_path(rel);
+                    match self.client.remove(&rp, false).await {
+                        Ok(_) | Err(CError::NotFound(_)) => {
+                            self.unavailable_since = None;
+                            self.manifest.remove(rel)?;
+                            self.remote.files.remove(rel);
+                            self.counts.deleted += 1;
+                            self.say(
+                                json!({"event": "delete", "path": rp}),
+                                format!("deleted {rp}"),
+                            );
+                        }
+                        Err(e) => {
+                            self.cluster_trouble(&e)?;
+                            retry = true;
+                            self.say(
+                                json!({"event": "error", "path": rp, "error": e.to_string()}),
+                                format!("cannot delete {rp}: {e}"),
+                            );
+                        }
+                    }
+                }
+                for d in &plan.rmdirs {
+                    if self
+                        .client
+                        .remove(&self.remote_path(d), false)
+                        .await
+                        .is_ok()
+                    {
+                        self.remote.dirs.remove(d);
+                    }
+                }
+            }
+        }
+        self.manifest.sync()?;
+        if retry {
+            let at = Instant::now() + Duration::from_secs(1);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        Ok((wake, plan))
+    }
+
+    fn summary(&self, started: Instant, plan: &reconcile::Plan) {
+        let c = self.counts;
+        let secs = started.elapsed().as_secs_f64();
+        self.say(
+            json!({"event": "reconciled", "uploaded": c.uploaded, "unchanged": plan.unchanged,
+                "already_remote": c.same, "renamed": c.renamed, "deleted": c.deleted,
+                "failed": c.failed, "waiting": plan.unsettled, "seconds": secs}),
+            format!(
+                "reconciled {} -> {}: {} uploaded, {} unchanged, {} already there, {} renamed, {} deleted, {} failed, {} still being written, in {secs:.2} s",
+                self.root.display(),
+                self.remote_root,
+                c.uploaded,
+                plan.unchanged,
+                c.same,
+                c.renamed,
+                c.deleted,
+                c.failed,
+                plan.unsettled
+            ),
+        );
+    }
+
+    /// Run until stopped (or once). Ok(exit code).
+    pub async fn run(mut self) -> anyhow::Result<i32> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let debounce = (self.a.settle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // Watch before the first walk: nothing that changes during it is missed.
+        let (mut watcher, mut rx) = if self.a.once {
+            (None, None)
+        } else {
+            let (w, rx) = events::watch(&self.root, debounce)
+                .with_context(|| format!("cannot watch {}", self.root.display()))?;
+            (Some(w), Some(rx))
+        };
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        self.list_remote()
+            .await
+            .with_context(|| format!("cannot list {}", self.remote_root))?;
+        let started = Instant::now();
+        let mut first = true;
+        let mut next_rescan = Instant::now() + self.a.rescan;
+        let mut renames = Vec::new();
+        loop {
+            let (wake, plan) = self.pass(std::mem::take(&mut renames)).await?;
+            if first && (wake.is_none() || !self.a.once) {
+                self.summary(started, &plan);
+                first = plan.unsettled > 0 && self.a.once;
+            }
+            if self.a.once && wake.is_none() {
+                return Ok(i32::from(self.counts.failed > 0));
+            }
+            let wake = wake.map_or(next_rescan, |w| w.min(next_rescan));
+            let mut hints = events::Hints::default();
+            tokio::select! {
+                r = async { rx.as_mut()?.recv().await }, if rx.is_some() => match r {
+                    Some(r) => hints.merge(r),
+                    None => bail!("the file watcher stopped; restart dfsctl watch"),
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = term.recv() => { self.manifest.sync()?; return Ok(0) }
+                _ = int.recv() => { self.manifest.sync()?; return Ok(0) }
+            }
+            if let Some(rx) = rx.as_mut() {
+                while let Ok(r) = rx.try_recv() {
+                    hints.merge(r);
+                }
+            }
+            if hints.any {
+                self.last_event = Some(Instant::now());
+            }
+            for e in &hints.errors {
+                self.say(
+                    json!({"event": "error", "error": e}),
+                    format!("watch error: {e}; rescanning"),
+                );
+            }
+            if hints.rescan || Instant::now() >= next_rescan {
+                if hints.rescan && !self.root.is_dir() {
+                    bail!(
+                        "the watched folder {} is gone; stopping without deleting anything",
+                        self.root.display()
+                    );
+                }
+                if let Err(e) = self.list_remote().await {
+                    self.cluster_trouble(&e)?;
+                    continue;
+                }
+                self.failed.clear();
+                next_rescan = Instant::now() + self.a.rescan;
+                // A watch error may mean the watch is gone: watch again.
+                if hints.rescan && !hints.errors.is_empty() {
+                    if let Some(w) = watcher.as_mut() {
+                        let _ = w.unwatch(&self.root);
+                        w.watch(&self.root, notify::RecursiveMode::Recursive)
+                            .with_context(|| format!("cannot watch {}", self.root.display()))?;
+                    }
+                }
+            }
+            renames = hints.renames;
+        }
+    }
+}
+
+pub async fn run(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
+    Watcher::new(ctx, a).await?.run().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
