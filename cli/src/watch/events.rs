@@ -6,7 +6,7 @@
 //! (the walk decides what changed); paired renames let it rename remotely instead of putting
 //! the bytes again; an overflow (`need_rescan`) or a watch error asks for a full rescan with a
 //! fresh remote listing. Nothing here decides to upload or delete.
-use notify::event::{EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, Debouncer, RecommendedCache};
 use std::path::{Path, PathBuf};
@@ -27,14 +27,24 @@ pub struct Hints {
 }
 
 impl Hints {
-    pub fn merge(&mut self, r: DebounceEventResult) {
-        self.any = true;
+    /// Add a batch. `relevant`: whether a path is watched (not excluded, not the watcher's
+    /// own state); events only about other paths, and reads (opens and closes without a
+    /// write), are dropped, so the
+    /// watcher's own manifest writes and file reads do not wake it again and again.
+    pub fn merge(&mut self, r: DebounceEventResult, relevant: impl Fn(&Path) -> bool) {
         match r {
             Ok(events) => {
                 for ev in events {
                     if ev.event.need_rescan() {
                         self.rescan = true;
+                        self.any = true;
                     }
+                    let read_only = matches!(ev.event.kind, EventKind::Access(a)
+                        if a != AccessKind::Close(AccessMode::Write));
+                    if read_only || !ev.event.paths.iter().any(|p| relevant(p)) {
+                        continue;
+                    }
+                    self.any = true;
                     if let EventKind::Modify(ModifyKind::Name(RenameMode::Both)) = ev.event.kind {
                         if let [from, to] = &ev.event.paths[..] {
                             self.renames.push((from.clone(), to.clone()));
@@ -43,6 +53,7 @@ impl Hints {
                 }
             }
             Err(errs) => {
+                self.any = true;
                 self.rescan = true;
                 self.errors.extend(errs.into_iter().map(|e| e.to_string()));
             }

@@ -102,11 +102,19 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn local_file(m: &std::fs::Metadata) -> LocalFile {
+fn ctime_ns(m: &std::fs::Metadata) -> i64 {
+    m.ctime() * 1_000_000_000 + m.ctime_nsec()
+}
+
+/// `above`: the latest ctime of the folders above the file, below the root.
+fn local_file(m: &std::fs::Metadata, above: i64) -> LocalFile {
+    let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+    let ctime_ns = ctime_ns(m);
     LocalFile {
         size: m.len(),
-        mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+        mtime_ns,
+        ctime_ns,
+        changed_ns: mtime_ns.max(ctime_ns).max(above),
     }
 }
 
@@ -143,6 +151,9 @@ pub struct Watcher<'a> {
     manifest: Manifest,
     remote: RemoteTree,
     failed: HashMap<String, LocalFile>,
+    /// Remote directories that could not be made (a refused name): not tried again until
+    /// the next rescan.
+    failed_dirs: HashSet<String>,
     /// Messages said already (refused names, skipped links): said once each.
     said: HashSet<String>,
     unavailable_since: Option<Instant>,
@@ -230,6 +241,7 @@ impl<'a> Watcher<'a> {
             manifest,
             remote: RemoteTree::default(),
             failed: HashMap::new(),
+            failed_dirs: HashSet::new(),
             said: HashSet::new(),
             unavailable_since: None,
             last_event: None,
@@ -244,6 +256,14 @@ impl<'a> Watcher<'a> {
                 .state_rel
                 .as_deref()
                 .is_some_and(|s| rel == s || rel.starts_with(&format!("{s}/")))
+    }
+
+    /// Whether an event path is about the watched tree (the root itself counts).
+    fn relevant(&self, p: &Path) -> bool {
+        match p.strip_prefix(&self.root) {
+            Ok(r) => r.as_os_str().is_empty() || r.to_str().is_none_or(|r| !self.excluded(r)),
+            Err(_) => false,
+        }
     }
 
     fn remote_path(&self, rel: &str) -> String {
@@ -269,9 +289,9 @@ impl<'a> Watcher<'a> {
     /// The local tree, without excluded names. Err when the root itself cannot be read.
     fn walk(&mut self) -> anyhow::Result<LocalTree> {
         let mut t = LocalTree::default();
-        let mut stack = vec![(self.root.clone(), String::new())];
+        let mut stack = vec![(self.root.clone(), String::new(), 0i64)];
         let mut notes = Vec::new();
-        while let Some((dir, rel)) = stack.pop() {
+        while let Some((dir, rel, above)) = stack.pop() {
             let listed = std::fs::read_dir(&dir).and_then(|d| d.collect::<Result<Vec<_>, _>>());
             let entries = match listed {
                 Ok(e) => e,
@@ -307,10 +327,12 @@ impl<'a> Watcher<'a> {
                     Err(_) => continue,
                 };
                 if m.is_dir() {
+                    let changed = above.max(ctime_ns(&m));
                     t.dirs.insert(child.clone());
-                    stack.push((e.path(), child));
+                    t.dir_changed_ns.insert(child.clone(), changed);
+                    stack.push((e.path(), child, changed));
                 } else if m.is_file() {
-                    t.files.insert(child, local_file(&m));
+                    t.files.insert(child, local_file(&m, above));
                 } else {
                     notes.push((
                         child,
@@ -460,15 +482,25 @@ impl<'a> Watcher<'a> {
                 }
             } else if tree.dirs.contains(&rt)
                 && self.remote.dirs.contains(&rf)
-                && !self.remote.dirs.contains(&rt)
                 && !self.remote.files.contains_key(&rt)
+                && !self
+                    .remote
+                    .files
+                    .keys()
+                    .any(|k| k.starts_with(&format!("{rt}/")))
+                && !self
+                    .remote
+                    .dirs
+                    .iter()
+                    .any(|k| k.starts_with(&format!("{rt}/")))
             {
                 if self.ensure_parents(&rt).await.is_err() {
                     continue;
                 }
                 let r = self
                     .client
-                    .rename_with(&rfrom, &rto, RenameMode::RenameNoreplace)
+                    // Replaces an empty folder made there meanwhile, nothing else.
+                    .rename_with(&rfrom, &rto, RenameMode::RenameReplace)
                     .await;
                 if r.is_err() {
                     continue;
@@ -528,7 +560,7 @@ impl<'a> Watcher<'a> {
             Ok(m) if m.is_file() => m,
             _ => return Done::Vanished,
         };
-        let before = local_file(&m);
+        let before = local_file(&m, 0);
         if before.size != u.local.size || before.mtime_ns != u.local.mtime_ns {
             return Done::Changed;
         }
@@ -580,7 +612,7 @@ impl<'a> Watcher<'a> {
             Ok(o) => o,
             Err(e) => return Done::Failed(e),
         };
-        match std::fs::symlink_metadata(&path).map(|m| local_file(&m)) {
+        match std::fs::symlink_metadata(&path).map(|m| local_file(&m, 0)) {
             Ok(after) if after.size == before.size && after.mtime_ns == before.mtime_ns => {
                 Done::Uploaded(Entry {
                     size: out.bytes,
@@ -621,10 +653,25 @@ impl<'a> Watcher<'a> {
             Instant::now() + Duration::from_nanos((w - now_ns()).max(0) as u64 + 20_000_000)
         });
         let mut retry = false;
-        for rel in &plan.forget {
-            self.manifest.remove(rel)?;
+        // Files gone locally are forgotten or deleted only once the tree has been quiet for
+        // --settle: a rename whose event is still on its way is paired first, and a mass
+        // delete (or the root going away) is seen whole.
+        let quiet_for = self.last_event.map_or(Duration::MAX, |t| t.elapsed());
+        let quiet = self.a.once || quiet_for >= self.a.settle;
+        let gone = !plan.forget.is_empty() || !plan.deletes.is_empty();
+        if !quiet && gone {
+            let at = Instant::now() + (self.a.settle - quiet_for);
+            wake = Some(wake.map_or(at, |w| w.min(at)));
+        }
+        if quiet {
+            for rel in &plan.forget {
+                self.manifest.remove(rel)?;
+            }
         }
         for d in &plan.mkdirs {
+            if self.failed_dirs.contains(d) {
+                continue;
+            }
             match self.client.mkdir(&self.remote_path(d), true).await {
                 Ok(()) | Err(CError::Exists(_)) => {
                     self.remote.dirs.insert(d.clone());
@@ -632,7 +679,11 @@ impl<'a> Watcher<'a> {
                 }
                 Err(e) => {
                     self.cluster_trouble(&e)?;
-                    retry = true;
+                    if matches!(e, CError::Unavailable(_)) {
+                        retry = true;
+                    } else {
+                        self.failed_dirs.insert(d.clone());
+                    }
                     let rp = self.remote_path(d);
                     self.say_once(
                         format!("mkdir\0{d}\0{e}"),
@@ -706,13 +757,8 @@ impl<'a> Watcher<'a> {
                 }
             }
         }
-        if !plan.deletes.is_empty() {
-            let quiet_for = self.last_event.map_or(Duration::MAX, |t| t.elapsed());
-            if !self.a.once && quiet_for < self.a.settle {
-                // A mass delete still in progress (or the root going away): wait for quiet.
-                let at = Instant::now() + (self.a.settle - quiet_for);
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-            } else if plan.deletes.len() > self.a.max_delete {
+        if quiet && !plan.deletes.is_empty() {
+            if plan.deletes.len() > self.a.max_delete {
                 bail!(
                     "{} files are gone from {} and would be deleted from {}, more than \
                      --max-delete {}: stopping without deleting any (check the folder; if \
@@ -809,8 +855,10 @@ impl<'a> Watcher<'a> {
         let mut first = true;
         let mut next_rescan = Instant::now() + self.a.rescan;
         let mut renames = Vec::new();
+        let mut wake;
         loop {
-            let (wake, plan) = self.pass(std::mem::take(&mut renames)).await?;
+            let plan;
+            (wake, plan) = self.pass(std::mem::take(&mut renames)).await?;
             if first && (wake.is_none() || !self.a.once) {
                 self.summary(started, &plan);
                 first = plan.unsettled > 0 && self.a.once;
@@ -818,20 +866,27 @@ impl<'a> Watcher<'a> {
             if self.a.once && wake.is_none() {
                 return Ok(i32::from(self.counts.failed > 0));
             }
-            let wake = wake.map_or(next_rescan, |w| w.min(next_rescan));
             let mut hints = events::Hints::default();
-            tokio::select! {
-                r = async { rx.as_mut()?.recv().await }, if rx.is_some() => match r {
-                    Some(r) => hints.merge(r),
-                    None => bail!("the file watcher stopped; restart dfsctl watch"),
-                },
-                _ = tokio::time::sleep_until(wake.into()) => {}
-                _ = term.recv() => { self.manifest.sync()?; return Ok(0) }
-                _ = int.recv() => { self.manifest.sync()?; return Ok(0) }
-            }
-            if let Some(rx) = rx.as_mut() {
-                while let Ok(r) = rx.try_recv() {
-                    hints.merge(r);
+            // Wait for a relevant event or a timer (events about excluded names or reads,
+            // e.g. the watcher's own, do not start a pass).
+            loop {
+                let until = wake.map_or(next_rescan, |w| w.min(next_rescan));
+                tokio::select! {
+                    r = async { rx.as_mut()?.recv().await }, if rx.is_some() => match r {
+                        Some(r) => hints.merge(r, |p| self.relevant(p)),
+                        None => bail!("the file watcher stopped; restart dfsctl watch"),
+                    },
+                    _ = tokio::time::sleep_until(until.into()) => {}
+                    _ = term.recv() => { self.manifest.sync()?; return Ok(0) }
+                    _ = int.recv() => { self.manifest.sync()?; return Ok(0) }
+                }
+                if let Some(rx) = rx.as_mut() {
+                    while let Ok(r) = rx.try_recv() {
+                        hints.merge(r, |p| self.relevant(p));
+                    }
+                }
+                if hints.any || Instant::now() >= until {
+                    break;
                 }
             }
             if hints.any {
@@ -855,6 +910,7 @@ impl<'a> Watcher<'a> {
                     continue;
                 }
                 self.failed.clear();
+                self.failed_dirs.clear();
                 next_rescan = Instant::now() + self.a.rescan;
                 // A watch error may mean the watch is gone: watch again.
                 if hints.rescan && !hints.errors.is_empty() {

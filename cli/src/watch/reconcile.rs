@@ -20,6 +20,10 @@ pub struct LocalFile {
     /// Nanoseconds since the epoch.
     pub mtime_ns: i64,
     pub ctime_ns: i64,
+    /// The latest of its mtime, its ctime and the ctime of every folder above it below the
+    /// root (a rename of the file or of a folder above it): it is settled once this is
+    /// `settle` old. Not part of the manifest.
+    pub changed_ns: i64,
 }
 
 /// What the manifest remembers of an uploaded file.
@@ -54,6 +58,9 @@ pub struct RemoteFile {
 pub struct LocalTree {
     pub files: BTreeMap<String, LocalFile>,
     pub dirs: BTreeSet<String>,
+    /// For each directory: the latest ctime of it and the folders above it (see
+    /// [`LocalFile::changed_ns`]); a missing one counts as settled.
+    pub dir_changed_ns: HashMap<String, i64>,
     /// Directories whose contents could not be read: nothing under them is deleted.
     pub unreadable: Vec<String>,
 }
@@ -116,8 +123,23 @@ fn parents(rel: &str) -> impl Iterator<Item = &str> {
 pub fn plan(i: &Inputs) -> Plan {
     let mut p = Plan::default();
     let mut mk: BTreeSet<String> = BTreeSet::new();
+    // Whether a change at `changed` is `settle` old; else the wake time is noted.
+    let settled = |changed: i64, p: &mut Plan| {
+        let age = i.now_ns.saturating_sub(changed);
+        // A time in the future (clock skew, `touch -d`) says nothing: treated as settled.
+        if age >= 0 && age < i.settle_ns {
+            let due = changed + i.settle_ns;
+            p.wake_ns = Some(p.wake_ns.map_or(due, |w| w.min(due)));
+            false
+        } else {
+            true
+        }
+    };
     for d in &i.local.dirs {
-        if !i.remote.dirs.contains(d) {
+        // A folder just made or renamed waits too: a rename is done remotely when its event
+        // comes, instead of a new remote folder filled again.
+        let changed = i.local.dir_changed_ns.get(d).copied().unwrap_or(0);
+        if !i.remote.dirs.contains(d) && settled(changed, &mut p) {
             mk.insert(d.clone());
         }
     }
@@ -135,12 +157,8 @@ pub fn plan(i: &Inputs) -> Plan {
         if i.failed.get(rel) == Some(f) {
             continue;
         }
-        let age = i.now_ns.saturating_sub(f.mtime_ns);
-        // An mtime in the future (clock skew, `touch -d`) says nothing: treated as settled.
-        if age >= 0 && age < i.settle_ns {
+        if !settled(f.changed_ns.max(f.mtime_ns), &mut p) {
             p.unsettled += 1;
-            let due = f.mtime_ns + i.settle_ns;
-            p.wake_ns = Some(p.wake_ns.map_or(due, |w| w.min(due)));
             continue;
         }
         for d in parents(rel) {
@@ -214,6 +232,7 @@ mod tests {
             size,
             mtime_ns: mtime_s * S,
             ctime_ns: mtime_s * S,
+            changed_ns: mtime_s * S,
         }
     }
 
@@ -329,6 +348,16 @@ mod tests {
         w.remote.dirs.insert("e".into());
         let p = w.plan();
         assert_eq!(p.mkdirs, ["x", "x/y", "x/y/z"]);
+        // A folder just renamed or made waits for its settle time, and so do the files in it.
+        w.local.dirs.insert("new".into());
+        w.local.dir_changed_ns.insert("new".into(), 999 * S);
+        let mut f = lf(1, 1);
+        f.changed_ns = 999 * S;
+        w.local.files.insert("new/f".into(), f);
+        let p = w.plan();
+        assert_eq!(p.mkdirs, ["x", "x/y", "x/y/z"]);
+        assert_eq!((p.uploads.len(), p.unsettled), (1, 1));
+        assert_eq!(p.wake_ns, Some(1001 * S));
     }
 
     #[test]
