@@ -5,6 +5,7 @@ pub mod admin;
 pub mod bench;
 pub mod bench_repair;
 pub mod bench_tree;
+pub mod bench_watch;
 pub mod cluster;
 pub mod diskstats;
 pub mod docs;
