@@ -370,7 +370,7 @@ fn delete_propagates_and_max_delete_stops_a_mass_delete() {
         std::fs::remove_file(local.join(format!("f{i:02}"))).unwrap();
     }
     let code = w.wait_exit();
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "{}", w.stderr());
     let err = w.stderr();
     assert!(err.contains("--max-delete 5"), "{err}");
     assert_eq!(remote_tree(&c, "/d").len(), 19);
@@ -388,7 +388,7 @@ fn removing_the_local_root_stops_with_an_error_and_deletes_nothing() {
     wait_equal(&c, &local, "/r");
     std::fs::remove_dir_all(&local).unwrap();
     let code = w.wait_exit();
-    assert_eq!(code, 1);
+    assert_eq!(code, 3, "{}", w.stderr());
     assert!(
         w.stderr().contains("without deleting anything"),
         "{}",
@@ -435,4 +435,50 @@ fn bad_input_is_said_and_the_rest_goes_on() {
     let r = c.ctl(&["watch", &s(&local), "/b", "--once", "--state", &s(&state)]);
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("another dfsctl watch"), "{}", r.stderr);
+}
+
+#[test]
+fn cluster_unreachable_past_timeout_exits_non_zero() {
+    let c = Cluster::up(1, 1, &[]);
+    let local = c.path().join("folder");
+    write(&local.join("a"), b"a");
+    let mut w = Watch::start(&c, &local, "/u", &["--settle", "100ms", "--timeout", "2"]);
+    w.wait_ready();
+    wait_equal(&c, &local, "/u");
+    c.kill("meta-1");
+    write(&local.join("b"), b"b");
+    let code = w.wait_exit();
+    assert_eq!(code, 1, "{}", w.stderr());
+    assert!(w.stderr().contains("unreachable"), "{}", w.stderr());
+}
+
+#[test]
+fn systemd_user_unit_verifies() {
+    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/dfs-watch@.service");
+    let text = std::fs::read_to_string(&unit).expect("unit");
+    assert!(text.contains("ExecStart=/usr/local/bin/dfsctl watch"));
+    assert!(text.contains("RestartPreventExitStatus=3"));
+    // `verify` wants ExecStart to exist: point it at this build's dfsctl.
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("dfs-watch@docs.service");
+    let bin = dfs_tests::bin("dfsctl");
+    std::fs::write(
+        &p,
+        text.replace("/usr/local/bin/dfsctl", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&p)
+        .output()
+        .expect("systemd-analyze (Debian: apt-get install systemd)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && !text.contains("dfs-watch"),
+        "systemd-analyze verify: {text}"
+    );
 }

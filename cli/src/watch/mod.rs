@@ -76,6 +76,12 @@ pub struct WatchArgs {
     pub replication: Option<u32>,
 }
 
+/// A stop that needs a person (exit code 3, not restarted by the systemd unit): the local
+/// folder is gone or unreadable, or a pass would delete more than --max-delete files.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SafetyStop(String);
+
 /// `300ms`, `2s`, `5m`, `1h`, or plain seconds (`1.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -295,10 +301,10 @@ impl<'a> Watcher<'a> {
             let listed = std::fs::read_dir(&dir).and_then(|d| d.collect::<Result<Vec<_>, _>>());
             let entries = match listed {
                 Ok(e) => e,
-                Err(e) if rel.is_empty() => bail!(
+                Err(e) if rel.is_empty() => bail!(SafetyStop(format!(
                     "cannot read the watched folder {}: {e}; stopping without deleting anything",
                     self.root.display()
-                ),
+                ))),
                 Err(e) => {
                     notes.push((rel.clone(), format!("cannot read the folder: {e}")));
                     t.unreadable.push(rel);
@@ -759,7 +765,7 @@ impl<'a> Watcher<'a> {
         }
         if quiet && !plan.deletes.is_empty() {
             if plan.deletes.len() > self.a.max_delete {
-                bail!(
+                bail!(SafetyStop(format!(
                     "{} files are gone from {} and would be deleted from {}, more than \
                      --max-delete {}: stopping without deleting any (check the folder; if \
                      this is meant, run again with a higher --max-delete)",
@@ -767,7 +773,7 @@ impl<'a> Watcher<'a> {
                     self.root.display(),
                     self.remote_root,
                     self.a.max_delete
-                );
+                )));
             } else {
                 for rel in &plan.deletes {
                     let rp = self.remote_path(rel);
@@ -900,10 +906,10 @@ impl<'a> Watcher<'a> {
             }
             if hints.rescan || Instant::now() >= next_rescan {
                 if hints.rescan && !self.root.is_dir() {
-                    bail!(
+                    bail!(SafetyStop(format!(
                         "the watched folder {} is gone; stopping without deleting anything",
                         self.root.display()
-                    );
+                    )));
                 }
                 if let Err(e) = self.list_remote().await {
                     self.cluster_trouble(&e)?;
@@ -926,8 +932,16 @@ impl<'a> Watcher<'a> {
     }
 }
 
+/// Exit codes: 0 stopped by a signal or `--once` clean, 1 an error (the cluster unreachable
+/// past --timeout, bad arguments; `--once`: a file failed), 3 a safety stop ([`SafetyStop`]).
 pub async fn run(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
-    Watcher::new(ctx, a).await?.run().await
+    match Watcher::new(ctx, a).await?.run().await {
+        Err(e) if e.downcast_ref::<SafetyStop>().is_some() => {
+            crate::output::print_error(ctx.json, &e);
+            Ok(3)
+        }
+        r => r,
+    }
 }
 
 #[cfg(test)]
