@@ -197,7 +197,7 @@ fn tree_created_modified_renamed_deleted_ends_equal() {
         "/backup",
         &[
             "--settle",
-            "300ms",
+            "1s",
             "--delete",
             "--max-delete",
             "5000",

@@ -165,6 +165,8 @@ pub struct Watcher<'a> {
     unavailable_since: Option<Instant>,
     last_event: Option<Instant>,
     counts: Counts,
+    /// stderr is a terminal: a status line is kept there.
+    tty: bool,
 }
 
 impl<'a> Watcher<'a> {
@@ -252,6 +254,8 @@ impl<'a> Watcher<'a> {
             unavailable_since: None,
             last_event: None,
             counts: Counts::default(),
+            // SAFETY: isatty only inspects a file descriptor.
+            tty: unsafe { libc::isatty(2) } == 1,
         })
     }
 
@@ -281,7 +285,25 @@ impl<'a> Watcher<'a> {
         if self.ctx.json {
             print_json(&v);
         } else if !self.ctx.quiet || v["event"] == "error" {
-            eprintln!("{text}");
+            // Over the status line, if there is one.
+            let clear = if self.tty { "\r\x1b[K" } else { "" };
+            eprintln!("{clear}{text}");
+        }
+    }
+
+    /// The status line on a terminal (rewritten after every pass, never on a pipe).
+    fn status(&self, plan: &reconcile::Plan) {
+        if self.tty && !self.ctx.json && !self.ctx.quiet {
+            let c = self.counts;
+            eprint!(
+                "\r\x1b[Kwatching {} -> {}: {} files up to date, {} uploaded, {} waiting, {} failed",
+                self.root.display(),
+                self.remote_root,
+                self.manifest.entries.len(),
+                c.uploaded,
+                plan.unsettled,
+                self.failed.len()
+            );
         }
     }
 
@@ -868,6 +890,9 @@ impl<'a> Watcher<'a> {
             if first && (wake.is_none() || !self.a.once) {
                 self.summary(started, &plan);
                 first = plan.unsettled > 0 && self.a.once;
+            }
+            if !self.a.once {
+                self.status(&plan);
             }
             if self.a.once && wake.is_none() {
                 return Ok(i32::from(self.counts.failed > 0));
