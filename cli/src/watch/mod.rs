@@ -165,6 +165,10 @@ pub struct Watcher<'a> {
     unavailable_since: Option<Instant>,
     last_event: Option<Instant>,
     counts: Counts,
+    /// The remote view is wrong (a put found its folder gone): list again before the next pass.
+    relist: bool,
+    /// Files a relist was done for (so a file that keeps failing is not a loop).
+    relisted: HashSet<String>,
     /// stderr is a terminal: a status line is kept there.
     tty: bool,
 }
@@ -254,6 +258,8 @@ impl<'a> Watcher<'a> {
             unavailable_since: None,
             last_event: None,
             counts: Counts::default(),
+            relist: false,
+            relisted: HashSet::new(),
             // SAFETY: isatty only inspects a file descriptor.
             tty: unsafe { libc::isatty(2) } == 1,
         })
@@ -661,6 +667,13 @@ impl<'a> Watcher<'a> {
         &mut self,
         renames: Vec<(PathBuf, PathBuf)>,
     ) -> anyhow::Result<(Option<Instant>, reconcile::Plan)> {
+        if self.relist {
+            if let Err(e) = self.list_remote().await {
+                self.cluster_trouble(&e)?;
+            } else {
+                self.relist = false;
+            }
+        }
         let mut tree = self.walk()?;
         if !renames.is_empty() {
             self.renames(renames, &tree).await;
@@ -772,6 +785,13 @@ impl<'a> Watcher<'a> {
                     let refused = matches!(e, CError::InvalidName(_) | CError::Permission(_));
                     if matches!(e, CError::Unavailable(_)) {
                         retry = true;
+                    } else if matches!(e, CError::NotFound(_) | CError::NotADirectory(_))
+                        && self.relisted.insert(u.rel.clone())
+                    {
+                        // The remote folder changed under the watcher (removed by someone):
+                        // list it again and retry, once per file until the next rescan.
+                        self.relist = true;
+                        retry = true;
                     } else {
                         self.failed.insert(u.rel.clone(), u.local);
                     }
@@ -865,7 +885,11 @@ impl<'a> Watcher<'a> {
     /// Run until stopped (or once). Ok(exit code).
     pub async fn run(mut self) -> anyhow::Result<i32> {
         use tokio::signal::unix::{signal, SignalKind};
-        let debounce = (self.a.settle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        // Well under --settle: a rename's event arrives before the walk that a settling file
+        // triggers could take the new name for a new file (renames are paired by their
+        // inotify cookie, not by this delay).
+        let debounce =
+            (self.a.settle / 4).clamp(Duration::from_millis(50), Duration::from_millis(500));
         // Watch before the first walk: nothing that changes during it is missed.
         let (mut watcher, mut rx) = if self.a.once {
             (None, None)
@@ -942,6 +966,7 @@ impl<'a> Watcher<'a> {
                 }
                 self.failed.clear();
                 self.failed_dirs.clear();
+                self.relisted.clear();
                 next_rescan = Instant::now() + self.a.rescan;
                 // A watch error may mean the watch is gone: watch again.
                 if hints.rescan && !hints.errors.is_empty() {
