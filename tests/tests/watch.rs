@@ -482,3 +482,49 @@ fn systemd_user_unit_verifies() {
         "systemd-analyze verify: {text}"
     );
 }
+
+#[test]
+fn unreadable_file_is_said_and_the_rest_uploaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::up(1, 1, &[]);
+    // Root reads every file: the watcher runs as nobody, on a folder outside the cluster's
+    // private directory.
+    let base = tempfile::Builder::new()
+        .prefix("dfs-watch-nobody-")
+        .tempdir()
+        .unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(base.path(), 0o755).unwrap();
+    let local = base.path().join("folder");
+    write(&local.join("ok.txt"), b"readable");
+    write(&local.join("secret.txt"), b"not for the watcher");
+    mode(&local, 0o777).unwrap();
+    mode(&local.join("secret.txt"), 0o000).unwrap();
+    let auth = base.path().join("auth");
+    std::fs::copy(&c.auth, &auth).unwrap();
+    mode(&auth, 0o644).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(dfs_tests::bin("dfsctl"));
+        c
+    } else {
+        std::process::Command::new(dfs_tests::bin("dfsctl"))
+    };
+    let out = cmd
+        .args(["watch", &s(&local), "/n", "--once", "--settle", "100ms"])
+        .env("DFS_META", &c.meta)
+        .env("DFS_AUTH_FILE", &auth)
+        .env("DFS_LOG", "warn")
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("secret.txt") && err.contains("retried at the next rescan"),
+        "{err}"
+    );
+    let remote = remote_tree(&c, "/n");
+    assert_eq!(remote.keys().collect::<Vec<_>>(), ["ok.txt"], "{err}");
+}
