@@ -35,6 +35,7 @@ use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Names never uploaded (editor and download temp files, the watcher's own state).
@@ -150,7 +151,7 @@ pub struct Watcher<'a> {
     a: WatchArgs,
     root: PathBuf,
     remote_root: String,
-    client: Client,
+    client: Arc<Client>,
     excludes: globset::GlobSet,
     /// The state directory's path relative to the root, when it is inside it.
     state_rel: Option<String>,
@@ -247,7 +248,7 @@ impl<'a> Watcher<'a> {
             a,
             root,
             remote_root,
-            client,
+            client: Arc::new(client),
             excludes,
             state_rel,
             manifest,
@@ -587,80 +588,6 @@ impl<'a> Watcher<'a> {
         }
     }
 
-    /// Upload one file (or find the remote already equal). Runs `--parallel` at once.
-    async fn upload(&self, u: &reconcile::Upload) -> Done {
-        let path = self.root.join(&u.rel);
-        let m = match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => m,
-            _ => return Done::Vanished,
-        };
-        let before = local_file(&m, 0);
-        if before.size != u.local.size || before.mtime_ns != u.local.mtime_ns {
-            return Done::Changed;
-        }
-        if let Some(r) = u.remote.as_ref().filter(|r| r.size == before.size) {
-            let hash = match &u.known_sha256 {
-                Some(h) => Ok(h.clone()),
-                None => {
-                    let p = path.clone();
-                    tokio::task::spawn_blocking(move || sha256_file(&p))
-                        .await
-                        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                }
-            };
-            match hash {
-                Ok(h) if h == r.sha256 => {
-                    return Done::Same(Entry {
-                        size: before.size,
-                        mtime_ns: before.mtime_ns,
-                        ctime_ns: before.ctime_ns,
-                        sha256: h,
-                    })
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Done::Vanished,
-                Err(e) => return Done::Failed(CError::Io(e)),
-            }
-        }
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Done::Vanished,
-            Err(e) => return Done::Failed(CError::Io(e)),
-        };
-        let opts = PutOptions {
-            overwrite: true,
-            replication: self.a.replication.unwrap_or(0),
-            size_hint: Some(before.size),
-        };
-        let remote = self.remote_path(&u.rel);
-        let out = match self
-            .client
-            .put(
-                &remote,
-                FileSource::new(file),
-                &opts,
-                &dfs_client::no_progress,
-            )
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => return Done::Failed(e),
-        };
-        match std::fs::symlink_metadata(&path).map(|m| local_file(&m, 0)) {
-            Ok(after) if after.size == before.size && after.mtime_ns == before.mtime_ns => {
-                Done::Uploaded(Entry {
-                    size: out.bytes,
-                    mtime_ns: before.mtime_ns,
-                    ctime_ns: before.ctime_ns,
-                    sha256: out.file.sha256,
-                })
-            }
-            // Changed while it was read (a writer that paused longer than --settle): the
-            // uploaded version is whole but not the last; the next pass sends it again.
-            _ => Done::Changed,
-        }
-    }
-
     /// One pass: walk, pair renames, plan, act. Returns when the loop should look again
     /// without an event (a file settling, deferred deletes, a retry).
     async fn pass(
@@ -734,18 +661,22 @@ impl<'a> Watcher<'a> {
                 }
             }
         }
-        let uploads = plan.uploads.clone();
-        let results: Vec<(reconcile::Upload, Done)> = {
-            let me = &*self;
-            futures::stream::iter(uploads.into_iter().map(|u| async move {
-                let d = me.upload(&u).await;
-                (u, d)
-            }))
-            .buffer_unordered(self.a.parallel.max(1))
-            .collect()
-            .await
-        };
-        for (u, done) in results {
+        let jobs: Vec<_> = plan
+            .uploads
+            .iter()
+            .map(|u| {
+                let (client, path) = (self.client.clone(), self.root.join(&u.rel));
+                let (remote, u) = (self.remote_path(&u.rel), u.clone());
+                let replication = self.a.replication.unwrap_or(0);
+                async move {
+                    let d = upload(client, path, remote, replication, &u).await;
+                    (u, d)
+                }
+            })
+            .collect();
+        let mut results = futures::stream::iter(jobs).buffer_unordered(self.a.parallel.max(1));
+        // Each result is said and recorded as it comes (a crash keeps what is done).
+        while let Some((u, done)) = results.next().await {
             let rp = self.remote_path(&u.rel);
             match done {
                 Done::Uploaded(e) => {
@@ -909,8 +840,19 @@ impl<'a> Watcher<'a> {
         let mut renames = Vec::new();
         let mut wake;
         loop {
+            // A signal also ends a pass in the middle (an upload cut short is never visible;
+            // its manifest line is not written, so it is redone next time).
+            let done = tokio::select! {
+                r = self.pass(std::mem::take(&mut renames)) => Some(r),
+                _ = term.recv() => None,
+                _ = int.recv() => None,
+            };
+            let Some(done) = done else {
+                self.manifest.sync()?;
+                return Ok(0);
+            };
             let plan;
-            (wake, plan) = self.pass(std::mem::take(&mut renames)).await?;
+            (wake, plan) = done?;
             if first && (wake.is_none() || !self.a.once) {
                 self.summary(started, &plan);
                 first = plan.unsettled > 0 && self.a.once;
@@ -979,6 +921,84 @@ impl<'a> Watcher<'a> {
             }
             renames = hints.renames;
         }
+    }
+}
+
+/// Upload one file (or find the remote already equal). Runs `--parallel` at once; owns what
+/// it uses, so the loop handles each result as it comes.
+async fn upload(
+    client: Arc<Client>,
+    path: PathBuf,
+    remote: String,
+    replication: u32,
+    u: &reconcile::Upload,
+) -> Done {
+    let m = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => m,
+        _ => return Done::Vanished,
+    };
+    let before = local_file(&m, 0);
+    if before.size != u.local.size || before.mtime_ns != u.local.mtime_ns {
+        return Done::Changed;
+    }
+    if let Some(r) = u.remote.as_ref().filter(|r| r.size == before.size) {
+        let hash = match &u.known_sha256 {
+            Some(h) => Ok(h.clone()),
+            None => {
+                let p = path.clone();
+                tokio::task::spawn_blocking(move || sha256_file(&p))
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            }
+        };
+        match hash {
+            Ok(h) if h == r.sha256 => {
+                return Done::Same(Entry {
+                    size: before.size,
+                    mtime_ns: before.mtime_ns,
+                    ctime_ns: before.ctime_ns,
+                    sha256: h,
+                })
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Done::Vanished,
+            Err(e) => return Done::Failed(CError::Io(e)),
+        }
+    }
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Done::Vanished,
+        Err(e) => return Done::Failed(CError::Io(e)),
+    };
+    let opts = PutOptions {
+        overwrite: true,
+        replication,
+        size_hint: Some(before.size),
+    };
+    let out = match client
+        .put(
+            &remote,
+            FileSource::new(file),
+            &opts,
+            &dfs_client::no_progress,
+        )
+        .await
+    {
+        Ok(o) => o,
+        Err(e) => return Done::Failed(e),
+    };
+    match std::fs::symlink_metadata(&path).map(|m| local_file(&m, 0)) {
+        Ok(after) if after.size == before.size && after.mtime_ns == before.mtime_ns => {
+            Done::Uploaded(Entry {
+                size: out.bytes,
+                mtime_ns: before.mtime_ns,
+                ctime_ns: before.ctime_ns,
+                sha256: out.file.sha256,
+            })
+        }
+        // Changed while it was read (a writer that paused longer than --settle): the
+        // uploaded version is whole but not the last; the next pass sends it again.
+        _ => Done::Changed,
     }
 }
 
