@@ -471,6 +471,9 @@ impl Client {
                         path: o.path.clone(),
                         recursive: o.recursive,
                         request_id: request_id.clone(),
+                        // Deletes go to the trash, as a user's do: the trash commands
+                        // get the leader kills too.
+                        skip_trash: false,
                     }
                 );
                 (r.map(|_| ()), a)

@@ -651,6 +651,18 @@ mod tests {
         async fn usage(&self, _: Request<StatRequest>) -> Result<Response<UsageReply>, Status> {
             unimpl()
         }
+        async fn trash_list(
+            &self,
+            _: Request<TrashListRequest>,
+        ) -> Result<Response<TrashListReply>, Status> {
+            unimpl()
+        }
+        async fn trash_purge(
+            &self,
+            _: Request<TrashPurgeRequest>,
+        ) -> Result<Response<RemoveReply>, Status> {
+            unimpl()
+        }
         async fn allocate_chunks(
             &self,
             _: Request<AllocateRequest>,

@@ -342,6 +342,8 @@ async fn meta_bench(
         conn,
         remove,
         RemoveRequest {
+            // Scratch data of the benchmark: deleted for good, not kept in the trash.
+            skip_trash: true,
             request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true
@@ -512,6 +514,8 @@ async fn small_files(
                                 conn,
                                 remove,
                                 RemoveRequest {
+                                    // Scratch data of the benchmark: deleted for good, not kept in the trash.
+                                    skip_trash: true,
                                     request_id: crate::client::new_request_id(),
                                     path: p.clone(),
                                     recursive: false
@@ -660,6 +664,8 @@ async fn data_bench(
         conn,
         remove,
         RemoveRequest {
+            // Scratch data of the benchmark: deleted for good, not kept in the trash.
+            skip_trash: true,
             request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true

@@ -73,6 +73,8 @@ async fn foreground(
             conn,
             remove,
             RemoveRequest {
+                // Scratch data of the benchmark: deleted for good, not kept in the trash.
+                skip_trash: true,
                 request_id: crate::client::new_request_id(),
                 path: p.clone(),
                 recursive: false
@@ -293,6 +295,8 @@ pub async fn run(
         conn,
         remove,
         RemoveRequest {
+            // Scratch data of the benchmark: deleted for good, not kept in the trash.
+            skip_trash: true,
             request_id: crate::client::new_request_id(),
             path: root.clone(),
             recursive: true

@@ -94,6 +94,8 @@ pub async fn run(ctx: &Ctx, b: TreeBench) -> anyhow::Result<Value> {
         conn,
         remove,
         dfs_proto::RemoveRequest {
+            // Scratch data of the benchmark: deleted for good, not kept in the trash.
+            skip_trash: true,
             path: format!("/.bench-tree-{run_id}"),
             recursive: true,
             request_id: dfs_client::new_request_id(),

@@ -1,5 +1,5 @@
 //! Cluster membership and status: `cluster status|leader|add-member|remove-member`.
-use crate::output::{human_bytes, print_json};
+use crate::output::{human_bytes, human_duration, print_json};
 use crate::rpc;
 use crate::Ctx;
 use clap::Subcommand;
@@ -37,6 +37,9 @@ pub fn status_json(s: &ClusterStatusReply) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "files": s.files,
         "under_replicated_files": s.under_replicated_files,
+        "trash_files": s.trash_files,
+        "trash_bytes": s.trash_bytes,
+        "trash_retention_ms": s.trash_retention_ms,
     })
 }
 
@@ -117,6 +120,15 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 "\n{} files, {} under-replicated",
                 s.files, s.under_replicated_files
             );
+            match s.trash_retention_ms {
+                0 => println!("trash: off (deletes are for good)"),
+                r => println!(
+                    "trash: {} files, {} (counted in the files and space above; kept {} after deletion)",
+                    s.trash_files,
+                    human_bytes(s.trash_bytes),
+                    human_duration(r)
+                ),
+            }
         }
         ClusterCmd::Leader => {
             let s = rpc!(c, cluster_status, StatusRequest { stale: false })?;

@@ -20,7 +20,7 @@ pub struct LsArgs {
     /// Directories or files (several are listed one after the other).
     #[arg(default_value = "/", num_args = 1..)]
     pub paths: Vec<String>,
-    /// All entries (dfs hides none: accepted so `ls -la` works as in Unix).
+    /// All entries: the trash (`/.trash`) too, which is hidden unless you list inside it.
     #[arg(short = 'a')]
     pub all: bool,
     /// Long format: type, owner, size, replication, modification time.
@@ -61,6 +61,9 @@ pub struct RmArgs {
     /// No error for a path that does not exist (as `rm -f`; so `rm -rf` works).
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Delete for good at once instead of moving to your trash.
+    #[arg(long)]
+    pub skip_trash: bool,
 }
 
 pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
@@ -79,7 +82,14 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
                     ..Default::default()
                 }
             )?;
-            print_listing(ctx, a, &reply.entries);
+            // The trash is listed with `dfsctl trash ls` (or `ls -a`, or by listing it).
+            let hide_trash = !a.all && !dfs_common::path::in_trash(&remote(&path));
+            let entries: Vec<FileInfo> = reply
+                .entries
+                .into_iter()
+                .filter(|f| !(hide_trash && dfs_common::path::in_trash(&f.path)))
+                .collect();
+            print_listing(ctx, a, &entries);
             Ok(())
         }
     })
@@ -353,6 +363,7 @@ pub async fn rmdir(ctx: &Ctx, a: RmdirArgs) -> anyhow::Result<i32> {
                     path: path.clone(),
                     recursive: false,
                     request_id: request_id.clone(),
+                    skip_trash: false,
                 }
             );
             match r {
@@ -372,27 +383,24 @@ pub async fn rmdir(ctx: &Ctx, a: RmdirArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn rm(ctx: &Ctx, a: RmArgs) -> anyhow::Result<i32> {
-    let c = ctx.client()?;
+    let c = dfs_client::Client::new(ctx.client()?);
     each(ctx, &a.paths, |path| {
         let c = &c;
         async move {
-            let request_id = new_request_id();
-            let r = crate::rpc!(
-                c,
-                remove,
-                RemoveRequest {
-                    path: path.clone(),
-                    recursive: a.recursive,
-                    request_id: request_id.clone(),
-                }
-            );
-            let removed = match r {
-                Ok(r) => r.removed,
-                Err(s) if a.force && s.code() == tonic::Code::NotFound => 0,
-                Err(s) => return Err(s.into()),
+            let r = match c.remove_with(&path, a.recursive, a.skip_trash).await {
+                Ok(r) => r,
+                Err(dfs_client::Error::NotFound(_)) if a.force => dfs_client::Removed {
+                    count: 0,
+                    trashed_to: None,
+                },
+                Err(e) => return Err(e.into()),
             };
             if ctx.json {
-                print_json(&json!({"ok": true, "path": path, "removed": removed}));
+                print_json(
+                    &json!({"ok": true, "path": path, "removed": r.count, "trashed_to": r.trashed_to}),
+                );
+            } else if let (Some(to), false) = (&r.trashed_to, ctx.quiet) {
+                println!("moved {path} to the trash: {to}");
             }
             Ok(())
         }
@@ -433,9 +441,17 @@ pub async fn du(ctx: &Ctx, a: DuArgs) -> anyhow::Result<i32> {
                     stale: false
                 }
             )?;
+            let trash = (u.trash_files > 0).then(|| {
+                format!(
+                    " (of which in the trash: {} in {} files; `dfsctl trash purge` frees it)",
+                    human_bytes(u.trash_bytes),
+                    u.trash_files
+                )
+            });
             if ctx.json {
                 print_json(
-                    &json!({"path": path, "files": u.files, "dirs": u.dirs, "bytes": u.bytes}),
+                    &json!({"path": path, "files": u.files, "dirs": u.dirs, "bytes": u.bytes,
+                    "trash_files": u.trash_files, "trash_bytes": u.trash_bytes}),
                 );
             } else if a.summary {
                 let size = if a.human {
@@ -444,13 +460,17 @@ pub async fn du(ctx: &Ctx, a: DuArgs) -> anyhow::Result<i32> {
                     u.bytes.to_string()
                 };
                 println!("{size}\t{path}");
+                if let Some(t) = trash {
+                    eprintln!("{path}:{t}");
+                }
             } else {
                 println!(
-                    "{} in {} files, {} directories: {}",
+                    "{} in {} files, {} directories: {}{}",
                     human_bytes(u.bytes),
                     u.files,
                     u.dirs,
-                    path
+                    path,
+                    trash.unwrap_or_default()
                 );
             }
             Ok(())

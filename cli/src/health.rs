@@ -575,6 +575,7 @@ mod tests {
             cluster_id: "c".into(),
             files: 5,
             under_replicated_files: 0,
+            ..Default::default()
         }
     }
 

@@ -17,6 +17,7 @@ pub mod local_mount;
 pub mod mount;
 pub mod output;
 pub mod transfer;
+pub mod trash;
 pub mod tree;
 pub mod users;
 pub mod watch;
@@ -124,9 +125,15 @@ pub enum Cmd {
         after_help = "Example: dfsctl mv /docs/old.txt /docs/new.txt   # -f replaces an existing file"
     )]
     Mv(files::MvArgs),
-    /// Remove a file, or a directory with -r.
-    #[command(after_help = "Example: dfsctl rm -r /tmp/scratch")]
+    /// Delete a file, or a directory with -r: into your trash (`dfsctl trash` lists, restores
+    /// and purges it), or for good with --skip-trash.
+    #[command(
+        after_help = "Example: dfsctl rm -r /tmp/scratch   # dfsctl trash restore /tmp/scratch brings it back"
+    )]
     Rm(files::RmArgs),
+    /// What you deleted: list it, restore it, purge it.
+    #[command(subcommand)]
+    Trash(trash::TrashCmd),
     /// Remove empty directories.
     #[command(after_help = "Example: dfsctl rmdir /tmp/empty")]
     Rmdir(files::RmdirArgs),
@@ -224,6 +231,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Mkdir(a) => files::mkdir(&ctx, a).await,
         Cmd::Mv(a) => files::mv(&ctx, a).await,
         Cmd::Rm(a) => files::rm(&ctx, a).await,
+        Cmd::Trash(c) => trash::run(&ctx, c).await,
         Cmd::Rmdir(a) => files::rmdir(&ctx, a).await,
         Cmd::Du(a) => files::du(&ctx, a).await,
         Cmd::Replication(a) => fsck::replication(&ctx, a).await,

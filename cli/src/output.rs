@@ -64,6 +64,17 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// A duration in milliseconds the way people say it (`24h`, `90m`, `1500ms`).
+pub fn human_duration(ms: u64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
 /// A time stamp in local time; "-" when the server has none (0: e.g. the root directory,
 /// which no command created), never 1970.
 pub fn time_ms(ms: i64) -> String {

@@ -182,15 +182,11 @@ impl Client {
         Ok(())
     }
 
-    /// Remove a file, or a directory (its contents too when `recursive`). Returns how many
-    /// entries were removed.
+    /// Delete a file, or a directory (its contents too when `recursive`), into the caller's
+    /// trash when the cluster keeps one (see [`Client::remove_with`]). Returns how many
+    /// entries went.
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<u64> {
-        let req = RemoveRequest {
-            path: path.to_string(),
-            recursive,
-            request_id: new_request_id(),
-        };
-        Ok(rpc!(self.conn, remove, req)?.removed)
+        Ok(self.remove_with(path, recursive, false).await?.count)
     }
 
     /// Store everything `source` yields at `path` (see [`put_stream`]).

@@ -10,6 +10,7 @@ pub mod error;
 pub mod fs;
 pub mod meta;
 pub mod transfer;
+pub mod trash;
 
 pub use error::{Error, Result};
 pub use fs::{Client, FsStats, ReadHandle};
@@ -18,6 +19,7 @@ pub use transfer::{
     get_stream, put_stream, store_chunk, ChunkPool, ChunkSource, FileSource, PutOptions,
     PutOutcome, ReaderSource,
 };
+pub use trash::{Removed, Restored};
 
 use std::path::PathBuf;
 use std::time::Duration;

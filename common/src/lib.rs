@@ -9,6 +9,7 @@ pub mod path;
 pub mod promtext;
 pub mod stall;
 pub mod token;
+pub mod units;
 
 /// gRPC metadata keys carrying a caller's identity.
 pub mod headers {

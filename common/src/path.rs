@@ -90,9 +90,45 @@ pub fn ancestors(path: &str) -> Vec<&str> {
     out
 }
 
+/// Where deleted entries go: `/.trash/<user>/<deletion time>/<original path>`.
+pub const TRASH: &str = "/.trash";
+
+/// Is `p` the trash or inside it?
+pub fn in_trash(p: &str) -> bool {
+    is_within(p, TRASH)
+}
+
+/// The trash directory of `user`.
+pub fn user_trash(user: &str) -> String {
+    format!("{TRASH}/{user}")
+}
+
+/// `/.trash/<user>/<time>/<rest>` → (`/.trash/<user>/<time>`, `/<rest>`); `None` for a path
+/// that is not inside a time directory.
+pub fn split_trash_path(p: &str) -> Option<(&str, &str)> {
+    let rest = p.strip_prefix(TRASH)?.strip_prefix('/')?;
+    let user_end = rest.find('/')?;
+    let time_end = rest[user_end + 1..].find('/')?;
+    let split = TRASH.len() + 1 + user_end + 1 + time_end;
+    Some((&p[..split], &p[split..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trash_paths() {
+        assert_eq!(
+            split_trash_path("/.trash/al/2026-12-07T01-48-28Z/a/b"),
+            Some(("/.trash/al/2026-12-07T01-48-28Z", "/a/b"))
+        );
+        assert_eq!(split_trash_path("/.trash/al/t"), None);
+        assert_eq!(split_trash_path("/.trashy/al/t/x"), None);
+        assert_eq!(split_trash_path("/a/b/c/d"), None);
+        assert!(in_trash("/.trash") && in_trash("/.trash/al") && !in_trash("/.trashy"));
+        assert_eq!(user_trash("al"), "/.trash/al");
+    }
 
     #[test]
     fn normalizes() {

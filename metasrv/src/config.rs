@@ -82,6 +82,11 @@ pub struct Args {
     /// Replication factor for files that do not ask for one.
     #[arg(long, env = "DFS_REPLICATION", default_value_t = dfs_common::DEFAULT_REPLICATION)]
     pub replication: u32,
+    /// How long deleted entries stay in the trash (`/.trash/<user>/...`) before the leader
+    /// removes them for good, e.g. 24h, 7d, 90m (0: deletes skip the trash, and what is in it
+    /// is purged).
+    #[arg(long, env = "DFS_META_TRASH_RETENTION", default_value = "24h", value_parser = dfs_common::units::parse_duration)]
+    pub trash_retention: Duration,
     #[command(flatten)]
     pub healing: crate::healer::HealArgs,
 }
@@ -106,6 +111,7 @@ pub struct Config {
     pub chunk_size: u64,
     pub replication: u32,
     pub token_ttl_secs: u64,
+    pub trash_retention: Duration,
     pub healing: crate::healer::HealArgs,
 }
 
@@ -168,6 +174,7 @@ impl Config {
             chunk_size: a.chunk_size,
             replication: a.replication.max(1),
             token_ttl_secs: a.token_ttl_secs,
+            trash_retention: a.trash_retention,
             healing: a.healing,
         })
     }
@@ -203,6 +210,7 @@ impl Config {
             chunk_size: self.chunk_size,
             default_replication: self.replication,
             token_ttl: Duration::from_secs(self.token_ttl_secs),
+            trash_retention: self.trash_retention,
         }
     }
 }

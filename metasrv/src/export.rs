@@ -54,11 +54,12 @@ fn parse_time(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Render every file of the state in the original format.
+/// Render every live file of the state (not what is in the trash) in the original format.
 pub fn render(state: &State) -> Vec<u8> {
     let files: Vec<SavedFile> = state
         .nodes
         .iter()
+        .filter(|(path, _)| !crate::state::trash::in_trash(path))
         .filter_map(|(path, n)| n.file.as_ref().map(|f| (path, n, f)))
         .map(|(path, n, f)| SavedFile {
             created: fmt_time(n.created_ms),

@@ -11,6 +11,7 @@ mod repair;
 mod service;
 mod state;
 mod store;
+mod trash_purger;
 mod types;
 
 use anyhow::{bail, Context};
@@ -150,6 +151,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     tokio::spawn(bootstrap::watch_leader(node.clone()));
     tokio::spawn(healer::run(node.clone()));
     tokio::spawn(leader_watch::run(node.clone()));
+    tokio::spawn(trash_purger::run(node.clone()));
 
     bootstrap::check_peers(&node, &cfg).await?;
     bootstrap::initialize_if_fresh(&node, &cfg).await?;

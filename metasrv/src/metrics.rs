@@ -34,6 +34,9 @@ impl Counter {
     pub fn inc(&self) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn inc_by(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -64,6 +67,8 @@ struct Scan {
     under_replicated_files: u64,
     under_replicated_chunks: u64,
     missing_chunks: u64,
+    trash_files: u64,
+    trash_bytes: u64,
 }
 
 /// When the scan was made: applied index and live chunk servers.
@@ -81,6 +86,7 @@ pub struct Metrics {
     pub auth_failures: Counter,
     pub bad_replica_reports: Counter,
     pub stall_reports: Counter,
+    pub trash_purged: Counter,
     pub leader_changes: Counter,
     pub leaders_given_up: Counter,
     requests: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -147,6 +153,7 @@ fn scan(st: &crate::state::State, live: &BTreeSet<NodeId>) -> Scan {
             s.under_replicated_files += 1;
         }
     }
+    (s.trash_files, _, s.trash_bytes) = st.trash_usage(None);
     s
 }
 
@@ -418,6 +425,18 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
         "Bytes in all files (one copy, before replication).",
         s.file_bytes,
     );
+    gauge(
+        o,
+        "dfs_trash_files",
+        "Files (and links) in the trash, part of dfs_files: kept until purged.",
+        s.trash_files,
+    );
+    gauge(
+        o,
+        "dfs_trash_bytes",
+        "Bytes in files in the trash, part of dfs_file_bytes: their chunks stay until purged.",
+        s.trash_bytes,
+    );
     gauge(o, "dfs_chunks", "Chunks referenced by files.", s.chunks);
     gauge(
         o,
@@ -603,6 +622,12 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
         "dfs_stall_reports_total",
         "Chunk servers reported stalled by writers (no progress within the stall timeout).",
         node.metrics.stall_reports.get(),
+    );
+    counter(
+        o,
+        "dfs_trash_purged_total",
+        "Entries this node removed for good from the trash as leader (retention purge).",
+        node.metrics.trash_purged.get(),
     );
     let reqs = lock(&node.metrics.requests).clone();
     let name = "dfs_meta_request_duration_seconds";

@@ -372,7 +372,9 @@ fn removed_and_replaced_files_are_deleted_from_chunk_servers() {
     c.put_data(&c.auth, "/gone", &bytes(2 * CHUNK, 1), &[]).ok();
     c.put_data(&c.auth, "/kept", &bytes(CHUNK, 2), &[]).ok();
     c.put_data(&c.auth, "/kept", &bytes(CHUNK, 3), &["-f"]).ok();
+    // Deleted into the trash, then purged from it: only then do its chunks go.
     c.ctl(&["rm", "/gone"]).ok();
+    c.ctl(&["trash", "purge"]).ok();
     // Left: one chunk of /kept on two servers.
     wait_until(Duration::from_secs(60), "old chunks deleted", || {
         c.all_chunk_files() == 2
@@ -458,7 +460,7 @@ fn packed_small_chunks_round_trip_survive_a_restart_and_never_serve_a_flipped_by
         }
     }
     // Removed files leave no live record behind.
-    c.ctl(&["rm", "-r", "/packed"]).ok();
+    c.ctl(&["rm", "-r", "--skip-trash", "/packed"]).ok();
     wait_until(Duration::from_secs(60), "pack records deleted", || {
         ["chunk-1", "chunk-2"].iter().all(|s| {
             !pack_records(&c.path().join(s).join("chunks"))
@@ -552,7 +554,7 @@ fn a_get_overtaken_by_a_remove_says_so_and_reports_no_bad_replica() {
     let mut stdout = cat.stdout.take().unwrap();
     let mut first = [0u8; 1];
     stdout.read_exact(&mut first).unwrap();
-    c.ctl(&["rm", "/moving"]).ok();
+    c.ctl(&["rm", "--skip-trash", "/moving"]).ok();
     wait_until(Duration::from_secs(60), "the file's chunks deleted", || {
         c.all_chunk_files() == 0
     });

@@ -185,10 +185,15 @@ fn two_mounts_see_each_others_closed_files() {
         test "$(cat "$W/m2/d/h")" = two
         rm "$W/m2/d/h"; rmdir "$W/m2/d"
         ! ls "$W/m1/d" 2>/dev/null
+        # A delete through the mount goes to the trash, like `dfsctl rm`, and comes back.
+        "$D" trash ls
+        "$D" trash restore /d/h
+        test "$(cat "$W/m1/d/h")" = two
         echo ok
         "#,
     );
     assert!(out.contains("ok"), "{out}");
+    assert!(out.contains("/d/h\t/.trash/admin/"), "{out}");
 }
 
 /// The metadata's inode numbers, modes, times and symbolic links through the mount: a number

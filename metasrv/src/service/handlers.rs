@@ -4,6 +4,7 @@
 use super::{now_ms, Caller, MetaNode, OpError, OpResult};
 use crate::liveness::{place, Room, ServerView};
 use crate::state::command::CommandV1;
+use crate::state::trash::PURGE_BATCH;
 use crate::state::{ChunkRef, Command, FileData, Inode, Reply, Role, State};
 use crate::types::NodeId;
 use dfs_common::keys;
@@ -233,28 +234,111 @@ impl MetaNode {
         self.write_gate()?;
         let (actor, _) = self.authenticate(c)?;
         let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
-        match self
-            .propose(client_write(
-                &r.request_id,
-                CommandV1::Remove {
-                    actor,
-                    path,
-                    recursive: r.recursive,
-                    now_ms: now_ms(),
-                },
-            )?)
-            .await?
-        {
-            Reply::Removed { count } => Ok(RemoveReply { removed: count }),
-            _ => Ok(RemoveReply { removed: 0 }),
+        let (recursive, now_ms) = (r.recursive, now_ms());
+        let cmd = if r.skip_trash || self.config.trash_retention.is_zero() {
+            CommandV1::Remove {
+                actor,
+                path,
+                recursive,
+                now_ms,
+            }
+        } else {
+            CommandV1::Trash {
+                actor,
+                path,
+                recursive,
+                now_ms,
+            }
+        };
+        match self.propose(client_write(&r.request_id, cmd)?).await? {
+            Reply::Removed { count } => Ok(RemoveReply {
+                removed: count,
+                trashed_to: String::new(),
+            }),
+            Reply::Trashed { count, to } => Ok(RemoveReply {
+                removed: count,
+                trashed_to: to,
+            }),
+            _ => Ok(RemoveReply::default()),
         }
+    }
+
+    pub async fn trash_list(&self, c: &Caller, r: TrashListRequest) -> OpResult<TrashListReply> {
+        self.read_gate(false).await?;
+        let (actor, _) = self.authenticate(c)?;
+        let st = self.read_state();
+        let (items, next) = st.trash_items(&actor, &r.after, r.limit as usize);
+        Ok(TrashListReply {
+            items: items
+                .into_iter()
+                .map(|i| TrashItem {
+                    info: Some(file_info(&i.path, &i.inode, None)),
+                    path: i.path,
+                    original_path: i.original,
+                    deleted_ms: i.deleted_ms,
+                    files: i.files,
+                    bytes: i.bytes,
+                })
+                .collect(),
+            next,
+        })
+    }
+
+    /// Purge the caller's trash in batches of `PURGE_BATCH` entries (one Raft entry each).
+    pub async fn trash_purge(&self, c: &Caller, r: TrashPurgeRequest) -> OpResult<RemoveReply> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let now = now_ms();
+        let cutoff_ms = now.saturating_sub(r.older_than_ms.min(i64::MAX as u64) as i64);
+        let mut removed = 0;
+        for batch in 0u64.. {
+            let id = match r.request_id.as_str() {
+                "" => String::new(),
+                id => format!("{id}#{batch}"),
+            };
+            let cmd = CommandV1::PurgeTrash {
+                user: Some(actor.clone()),
+                cutoff_ms,
+                limit: PURGE_BATCH,
+                now_ms: now,
+            };
+            let count = match self.propose(client_write(&id, cmd)?).await? {
+                Reply::Removed { count } => count,
+                _ => 0,
+            };
+            removed += count;
+            if count < PURGE_BATCH {
+                break;
+            }
+        }
+        Ok(RemoveReply {
+            removed,
+            trashed_to: String::new(),
+        })
     }
 
     pub async fn usage(&self, c: &Caller, r: StatRequest) -> OpResult<UsageReply> {
         self.read_gate(r.stale).await?;
         let (actor, _) = self.authenticate(c)?;
-        let (files, dirs, bytes) = self.read_state().usage(&actor, &r.path)?;
-        Ok(UsageReply { files, dirs, bytes })
+        let st = self.read_state();
+        let (files, dirs, bytes) = st.usage(&actor, &r.path)?;
+        // The caller's trash is inside `/` (and inside itself), nowhere else.
+        let path = dfs_common::path::normalize(&r.path).map_err(invalid)?;
+        let user_trash = crate::state::trash::user_trash(&actor);
+        let (trash_files, _, trash_bytes) = if dfs_common::path::is_within(&user_trash, &path)
+            || dfs_common::path::is_within(&path, &user_trash)
+        {
+            st.trash_usage(Some(&actor))
+        } else {
+            (0, 0, 0)
+        };
+        Ok(UsageReply {
+            files,
+            dirs,
+            bytes,
+            trash_files: trash_files.min(files),
+            trash_bytes: trash_bytes.min(bytes),
+        })
     }
 
     pub async fn allocate_chunks(&self, c: &Caller, r: AllocateRequest) -> OpResult<AllocateReply> {
@@ -767,7 +851,11 @@ impl MetaNode {
             })
             .collect();
         let (files, _, _) = st.totals();
+        let (trash_files, _, trash_bytes) = st.trash_usage(None);
         Ok(ClusterStatusReply {
+            trash_files,
+            trash_bytes,
+            trash_retention_ms: self.config.trash_retention.as_millis() as u64,
             leader,
             term,
             members,

@@ -88,6 +88,8 @@ meta_rpcs! {
     rename: RenameRequest => Empty;
     remove: RemoveRequest => RemoveReply;
     usage: StatRequest => UsageReply;
+    trash_list: TrashListRequest => TrashListReply;
+    trash_purge: TrashPurgeRequest => RemoveReply;
     symlink: SymlinkRequest => Empty;
     set_attr: SetAttrRequest => Empty;
     allocate_chunks: AllocateRequest => AllocateReply;

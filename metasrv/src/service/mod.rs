@@ -45,6 +45,8 @@ pub struct ServiceConfig {
     pub default_replication: u32,
     /// How long chunk tokens stay valid.
     pub token_ttl: Duration,
+    /// How long deleted entries stay in the trash (zero: deletes skip it).
+    pub trash_retention: Duration,
 }
 
 pub struct MetaNode {

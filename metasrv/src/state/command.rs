@@ -71,6 +71,22 @@ pub enum CommandV1 {
         #[serde(default)]
         now_ms: i64,
     },
+    /// Move `path` to its owner's trash (see `trash`); already in the trash or an empty
+    /// directory: remove it for good.
+    Trash {
+        actor: String,
+        path: String,
+        recursive: bool,
+        now_ms: i64,
+    },
+    /// Remove for good up to `limit` trashed entries deleted at or before `cutoff_ms`, from
+    /// `user`'s trash (everyone's with `None`: the leader's retention purge).
+    PurgeTrash {
+        user: Option<String>,
+        cutoff_ms: i64,
+        limit: u64,
+        now_ms: i64,
+    },
     /// Create a symbolic link at `path` pointing at `target` (stored as given, never resolved).
     Symlink {
         actor: String,
@@ -255,6 +271,11 @@ pub enum Reply {
     Removed {
         count: u64,
     },
+    /// Trash: how many entries moved, and where the deleted entry is now.
+    Trashed {
+        count: u64,
+        to: String,
+    },
     ChunkServerId {
         id: NodeId,
     },
@@ -320,6 +341,18 @@ impl State {
                 recursive,
                 now_ms,
             } => self.remove(actor, path, *recursive, *now_ms, touched),
+            CommandV1::Trash {
+                actor,
+                path,
+                recursive,
+                now_ms,
+            } => self.trash(actor, path, *recursive, *now_ms, touched),
+            CommandV1::PurgeTrash {
+                user,
+                cutoff_ms,
+                limit,
+                now_ms,
+            } => Ok(self.purge_trash(user.as_deref(), *cutoff_ms, *limit, *now_ms, touched)),
             CommandV1::Symlink {
                 actor,
                 path,

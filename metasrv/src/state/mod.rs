@@ -12,6 +12,7 @@
 pub mod command;
 mod healing;
 mod namespace;
+pub mod trash;
 mod users;
 
 use serde::{Deserialize, Serialize};

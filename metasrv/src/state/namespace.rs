@@ -26,18 +26,18 @@ const MAX_LIST_SCAN: usize = 20 * MAX_LIST_PAGE;
 /// One page of a listing and the cursor of the next (empty: this was the last page).
 pub type ListPage = (Vec<(String, Inode)>, String);
 
-fn checked(p: &str) -> Result<String, ApplyError> {
+pub(super) fn checked(p: &str) -> Result<String, ApplyError> {
     path::normalize(p).map_err(|e| ApplyError::new(ErrorKind::InvalidArgument, e.to_string()))
 }
 
 impl State {
-    fn may_change(&self, actor: &str, inode: &Inode) -> bool {
+    pub(super) fn may_change(&self, actor: &str, inode: &Inode) -> bool {
         inode.owner == actor || self.is_admin(actor)
     }
 
     /// The next inode number (0 until this version's semantics are on, as an older version
     /// would have stored it).
-    fn alloc_ino(&mut self, touched: &mut Vec<RecordKey>) -> u64 {
+    pub(super) fn alloc_ino(&mut self, touched: &mut Vec<RecordKey>) -> u64 {
         if !self.meta.inode_numbers {
             return 0;
         }
@@ -48,7 +48,7 @@ impl State {
     }
 
     /// An entry of `dir` was added, removed or renamed at `now_ms`.
-    fn dir_changed(&mut self, dir: &str, now_ms: i64, touched: &mut Vec<RecordKey>) {
+    pub(super) fn dir_changed(&mut self, dir: &str, now_ms: i64, touched: &mut Vec<RecordKey>) {
         if !self.meta.inode_numbers || now_ms == 0 {
             return;
         }
@@ -110,7 +110,10 @@ impl State {
     }
 
     /// Paths inside `dir` (not `dir` itself), in order.
-    fn descendants<'a>(&'a self, dir: &str) -> impl Iterator<Item = (&'a String, &'a Inode)> + 'a {
+    pub(super) fn descendants<'a>(
+        &'a self,
+        dir: &str,
+    ) -> impl Iterator<Item = (&'a String, &'a Inode)> + 'a {
         let prefix = if dir == "/" {
             "/".to_string()
         } else {
@@ -124,6 +127,7 @@ impl State {
     /// The ancestors of `path` that do not exist yet, after checking that the ones that do are
     /// directories the actor may create in.
     fn missing_ancestors(&self, actor: &str, path: &str) -> Result<Vec<String>, ApplyError> {
+        refuse_trash_target(path)?;
         let mut missing = Vec::new();
         let mut last_existing = "/".to_string();
         for a in path::ancestors(path) {
@@ -304,6 +308,7 @@ impl State {
                 _ => replaced = Some(to.clone()),
             }
         }
+        refuse_trash_target(&to)?;
         let to_parent = path::parent(&to).unwrap_or("/").to_string();
         self.check_create_in(actor, &to_parent)?;
         let mut moving: Vec<String> = vec![from.clone()];
@@ -906,6 +911,16 @@ impl State {
             super::count_inodes(std::iter::once(&n))
         })
     }
+}
+
+/// Only a delete puts entries in the trash (see `trash`).
+fn refuse_trash_target(p: &str) -> Result<(), ApplyError> {
+    if super::trash::in_trash(p) {
+        return Err(ApplyError::denied(format!(
+            "{p} is in the trash: only a delete puts entries there (dfsctl trash restore takes them out)"
+        )));
+    }
+    Ok(())
 }
 
 fn exists(p: &str) -> ApplyError {

@@ -1535,3 +1535,5 @@ fn a_commit_creates_a_file_with_its_mode_and_keeps_an_existing_ones() {
     );
     assert!(!s.nodes.contains_key("/b"));
 }
+
+mod trash;
