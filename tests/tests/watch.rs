@@ -377,7 +377,7 @@ fn delete_propagates_and_max_delete_stops_a_mass_delete() {
 }
 
 #[test]
-fn removing_the_local_root_stops_with_an_error_and_deletes_nothing() {
+fn removing_or_replacing_the_local_root_stops_with_an_error_and_deletes_nothing() {
     let c = Cluster::up(1, 2, &[]);
     let local = c.path().join("folder");
     for i in 0..10 {
@@ -396,6 +396,25 @@ fn removing_the_local_root_stops_with_an_error_and_deletes_nothing() {
     );
     assert_eq!(remote_tree(&c, "/r").len(), 10);
     assert!(w.events("delete").is_empty());
+    // The folder moved away and made again (or a file system unmounted from under it): it
+    // looks empty, but it is not the folder being watched.
+    let local = c.path().join("folder2");
+    for i in 0..10 {
+        write(&local.join(format!("f{i}")), b"keep me too");
+    }
+    let mut w = Watch::start(&c, &local, "/r2", &["--settle", "300ms", "--delete"]);
+    w.wait_ready();
+    wait_equal(&c, &local, "/r2");
+    std::fs::rename(&local, c.path().join("folder2.old")).unwrap();
+    std::fs::create_dir(&local).unwrap();
+    let code = w.wait_exit();
+    assert_eq!(code, 3, "{}", w.stderr());
+    assert!(
+        w.stderr().contains("stopping without deleting anything"),
+        "{}",
+        w.stderr()
+    );
+    assert_eq!(remote_tree(&c, "/r2").len(), 10);
 }
 
 #[test]

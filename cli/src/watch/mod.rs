@@ -150,6 +150,8 @@ pub struct Watcher<'a> {
     ctx: &'a Ctx,
     a: WatchArgs,
     root: PathBuf,
+    /// The root's (device, inode) at start.
+    root_id: (u64, u64),
     remote_root: String,
     client: Arc<Client>,
     excludes: globset::GlobSet,
@@ -246,6 +248,7 @@ impl<'a> Watcher<'a> {
         Ok(Watcher {
             ctx,
             a,
+            root_id: (meta.dev(), meta.ino()),
             root,
             remote_root,
             client: Arc::new(client),
@@ -323,6 +326,20 @@ impl<'a> Watcher<'a> {
 
     /// The local tree, without excluded names. Err when the root itself cannot be read.
     fn walk(&mut self) -> anyhow::Result<LocalTree> {
+        // The folder replaced (moved away and made again, or a file system unmounted from
+        // under it, leaving the empty mount point) looks like "everything deleted": a stop.
+        match std::fs::metadata(&self.root) {
+            Ok(m) if (m.dev(), m.ino()) == self.root_id => {}
+            Ok(_) => bail!(SafetyStop(format!(
+                "the watched folder {} is not the one the watcher started on any more (moved \
+                 and made again, or a file system unmounted); stopping without deleting anything",
+                self.root.display()
+            ))),
+            Err(e) => bail!(SafetyStop(format!(
+                "cannot read the watched folder {}: {e}; stopping without deleting anything",
+                self.root.display()
+            ))),
+        }
         let mut t = LocalTree::default();
         let mut stack = vec![(self.root.clone(), String::new(), 0i64)];
         let mut notes = Vec::new();
