@@ -1024,7 +1024,12 @@ async fn upload(
 pub async fn run(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
     match Watcher::new(ctx, a).await?.run().await {
         Err(e) if e.downcast_ref::<SafetyStop>().is_some() => {
-            crate::output::print_error(ctx.json, &e);
+            let line = crate::output::error_line(&e);
+            if ctx.json {
+                eprintln!("{}", json!({"error": line, "code": 3}));
+            } else {
+                eprintln!("dfsctl: {line}");
+            }
             Ok(3)
         }
         r => r,
