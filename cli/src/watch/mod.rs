@@ -830,6 +830,15 @@ impl<'a> Watcher<'a> {
         );
     }
 
+    /// Stopped by a signal: the manifest made durable, the status line ended.
+    fn stopped(&mut self) -> anyhow::Result<i32> {
+        self.manifest.sync()?;
+        if self.tty && !self.ctx.json && !self.ctx.quiet {
+            eprintln!();
+        }
+        Ok(0)
+    }
+
     /// Run until stopped (or once). Ok(exit code).
     pub async fn run(mut self) -> anyhow::Result<i32> {
         use tokio::signal::unix::{signal, SignalKind};
@@ -865,8 +874,7 @@ impl<'a> Watcher<'a> {
                 _ = int.recv() => None,
             };
             let Some(done) = done else {
-                self.manifest.sync()?;
-                return Ok(0);
+                return self.stopped();
             };
             let plan;
             (wake, plan) = done?;
@@ -891,8 +899,8 @@ impl<'a> Watcher<'a> {
                         None => bail!("the file watcher stopped; restart dfsctl watch"),
                     },
                     _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = term.recv() => { self.manifest.sync()?; return Ok(0) }
-                    _ = int.recv() => { self.manifest.sync()?; return Ok(0) }
+                    _ = term.recv() => return self.stopped(),
+                    _ = int.recv() => return self.stopped(),
                 }
                 if let Some(rx) = rx.as_mut() {
                     while let Ok(r) = rx.try_recv() {
