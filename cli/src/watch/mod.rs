@@ -1030,7 +1030,13 @@ async fn upload(
 /// Exit codes: 0 stopped by a signal or `--once` clean, 1 an error (the cluster unreachable
 /// past --timeout, bad arguments; `--once`: a file failed), 3 a safety stop ([`SafetyStop`]).
 pub async fn run(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
-    match Watcher::new(ctx, a).await?.run().await {
+    let r = Watcher::new(ctx, a).await?.run().await;
+    // SAFETY: isatty only inspects a file descriptor.
+    if r.is_err() && !ctx.json && unsafe { libc::isatty(2) } == 1 {
+        // The error line replaces the status line.
+        eprint!("\r\x1b[K");
+    }
+    match r {
         Err(e) if e.downcast_ref::<SafetyStop>().is_some() => {
             let line = crate::output::error_line(&e);
             if ctx.json {
