@@ -446,7 +446,20 @@ fn bad_input_is_said_and_the_rest_goes_on() {
     write(&local.join("bad\u{1}name"), b"refused");
     write(&local.join("sub/also ok"), b"fine too");
     write(&local.join("skip.swp"), b"editor swap");
-    let r = c.ctl(&["watch", &s(&local), "/b", "--once", "--settle", "100ms"]);
+    write(&local.join("build.log"), b"excluded by --exclude");
+    write(&local.join("cache/big"), b"excluded folder");
+    let r = c.ctl(&[
+        "watch",
+        &s(&local),
+        "/b",
+        "--once",
+        "--settle",
+        "100ms",
+        "--exclude",
+        "*.log",
+        "--exclude",
+        "cache",
+    ]);
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert_eq!(r.stderr.matches("cannot upload").count(), 1, "{}", r.stderr);
     let remote = remote_tree(&c, "/b");

@@ -1054,6 +1054,39 @@ pub async fn run(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
+    /// A file gone (or changed) between the walk and its upload is reported as such before
+    /// anything is sent (the client is never called: its address is not even listening).
+    #[tokio::test]
+    async fn vanished_or_changed_before_upload() {
+        let d = tempfile::tempdir().unwrap();
+        let conn = dfs_client::MetaConn::connect(
+            &["127.0.0.1:9".to_string()],
+            None,
+            Duration::from_millis(100),
+        )
+        .unwrap();
+        let client = Arc::new(Client::new(conn));
+        let f = LocalFile {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            changed_ns: 1,
+        };
+        let u = reconcile::Upload {
+            rel: "gone".into(),
+            local: f,
+            known_sha256: None,
+            remote: None,
+        };
+        let gone = d.path().join("gone");
+        let r = upload(client.clone(), gone, "/x/gone".into(), 0, &u).await;
+        assert!(matches!(r, Done::Vanished));
+        let here = d.path().join("here");
+        std::fs::write(&here, b"two bytes").unwrap();
+        let r = upload(client, here, "/x/here".into(), 0, &u).await;
+        assert!(matches!(r, Done::Changed));
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
