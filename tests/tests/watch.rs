@@ -569,3 +569,32 @@ fn unreadable_file_is_said_and_the_rest_uploaded() {
     let remote = remote_tree(&c, "/n");
     assert_eq!(remote.keys().collect::<Vec<_>>(), ["ok.txt"], "{err}");
 }
+
+#[test]
+fn another_remote_directory_starts_a_fresh_manifest() {
+    let c = Cluster::up(1, 1, &[]);
+    let local = c.path().join("folder");
+    write(&local.join("a"), b"a");
+    write(&local.join("b"), b"b");
+    let once = |remote: &str, extra: &[&str]| {
+        let l = s(&local);
+        let mut args = vec!["--json", "watch", &l, remote, "--once"];
+        args.extend_from_slice(extra);
+        let r = c.ctl(&args);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        r
+    };
+    once("/one", &[]);
+    // The same folder into another directory: everything goes there too.
+    once("/two", &[]);
+    assert_eq!(remote_tree(&c, "/two"), local_tree(&local));
+    // Back to the first with --delete after a local delete: the manifest was reset for /two,
+    // so it knows nothing of what this watcher put in /one; nothing there is deleted (b is
+    // hashed and found there already; a stays).
+    std::fs::remove_file(local.join("a")).unwrap();
+    let r = once("/one", &["--delete"]);
+    assert!(!r.stdout.contains("\"delete\""), "{}", r.stdout);
+    assert!(r.stdout.contains("\"already_remote\":1"), "{}", r.stdout);
+    assert_eq!(remote_tree(&c, "/one").len(), 2);
+    assert_eq!(remote_tree(&c, "/two").len(), 2);
+}

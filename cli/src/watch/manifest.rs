@@ -10,7 +10,8 @@
 //! What must stay true: the manifest is a cache. A crash loses at most the last lines, which
 //! only makes the next pass hash those files again (and find them equal to the remote), never
 //! skip a changed file (reconcile trusts an entry only when the remote agrees too). One
-//! watcher per state directory (an exclusive flock on `STATE/lock`).
+//! watcher per state directory (an exclusive flock on `STATE/lock`). `STATE/remote` names the
+//! remote directory the manifest is about; another one resets it.
 use super::reconcile::Entry;
 use anyhow::{bail, Context};
 use std::collections::HashMap;
@@ -166,6 +167,14 @@ impl Manifest {
                 h: None,
             })?;
         }
+        Ok(())
+    }
+
+    /// Forget everything (the state directory now serves another remote directory).
+    pub fn reset(&mut self) -> anyhow::Result<()> {
+        self.entries.clear();
+        self.journal = Self::rewrite(&self.dir, &self.entries)?;
+        self.lines = 0;
         Ok(())
     }
 

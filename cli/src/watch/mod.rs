@@ -244,7 +244,21 @@ impl<'a> Watcher<'a> {
                 .with_context(|| format!("cannot create the remote directory {remote_root}"))?,
             Err(e) => return Err(e).context(format!("cannot use {remote_root}")),
         }
-        let manifest = Manifest::open(&state)?;
+        let mut manifest = Manifest::open(&state)?;
+        // The manifest speaks of one remote directory: watching into another one starts from
+        // nothing (its files are hashed and compared, and never deleted for the old one).
+        let remote_file = state.join("remote");
+        let before = std::fs::read_to_string(&remote_file).ok();
+        if before.as_deref().map(str::trim) != Some(remote_root.as_str()) {
+            if before.is_some() {
+                manifest.reset()?;
+            }
+            let tmp = state.join("remote.tmp");
+            std::fs::write(&tmp, format!("{remote_root}\n"))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &remote_file))
+                .with_context(|| format!("cannot write {}", remote_file.display()))?;
+        }
         Ok(Watcher {
             ctx,
             a,
