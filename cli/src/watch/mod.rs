@@ -902,6 +902,17 @@ impl<'a> Watcher<'a> {
             if self.a.once && wake.is_none() {
                 return Ok(i32::from(self.counts.failed > 0));
             }
+            // --once does not wait forever for a file that never stops changing (a log).
+            let patience = self.a.settle * 10 + Duration::from_secs(10);
+            if self.a.once && plan.unsettled > 0 && started.elapsed() > patience {
+                self.summary(started, &plan);
+                let n = plan.unsettled;
+                self.say(
+                    json!({"event": "error", "error": format!("{n} files still being written after {:.0} s; not uploaded", patience.as_secs_f64())}),
+                    format!("{n} file(s) still being written after {:.0} s were not uploaded; run again later", patience.as_secs_f64()),
+                );
+                return Ok(1);
+            }
             let mut hints = events::Hints::default();
             // Wait for a relevant event or a timer (events about excluded names or reads,
             // e.g. the watcher's own, do not start a pass).
