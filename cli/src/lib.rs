@@ -172,7 +172,7 @@ pub enum Cmd {
     Mount(mount::MountArgs),
     /// Keep a remote directory a backup of a local folder: upload what changes, as it changes.
     #[command(
-        after_help = "Example: dfsctl watch ~/Documents /backup/documents --delete   # --once for cron"
+        after_help = "Example: dfsctl watch ~/Documents /backup/documents --delete   # --once for cron\n\nExit codes: 0 stopped by SIGINT/SIGTERM, or --once done; 1 an error (the cluster unreachable\nlonger than --timeout; --once: a file failed); 3 a safety stop (the folder gone, unreadable or\nreplaced, or more than --max-delete deletes), nothing deleted."
     )]
     Watch(watch::WatchArgs),
     /// Measure metadata and data throughput and latency.
