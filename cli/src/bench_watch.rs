@@ -4,6 +4,7 @@
 //! changes, one at a time, with the watcher running and `--settle` as given: the delay
 //! includes it). The local tree is written under --scratch and removed afterwards, as is the
 //! remote copy. The size is the default (`--files 10000`).
+use crate::bench::percentile;
 use crate::watch::{WatchArgs, Watcher};
 use crate::Ctx;
 use serde_json::{json, Value};
@@ -17,17 +18,6 @@ pub struct WatchBench {
     pub changes: usize,
     pub settle: Duration,
     pub scratch: PathBuf,
-}
-
-fn quiet(ctx: &Ctx) -> Ctx {
-    Ctx {
-        meta: ctx.meta.clone(),
-        auth_file: ctx.auth_file.clone(),
-        json: false,
-        quiet: true,
-        timeout: ctx.timeout,
-        stall_timeout: ctx.stall_timeout,
-    }
 }
 
 fn args(local: &std::path::Path, remote: &str, settle: Duration, once: bool) -> WatchArgs {
@@ -46,21 +36,13 @@ fn args(local: &std::path::Path, remote: &str, settle: Duration, once: bool) -> 
     }
 }
 
-fn ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
-
 pub async fn run(ctx: &Ctx, b: WatchBench) -> anyhow::Result<Value> {
     let root = b
         .scratch
         .join(format!(".dfs-bench-watch-{}", std::process::id()));
     let local = root.join("tree");
     let remote = format!("/.bench-watch-{}", uuid::Uuid::new_v4().simple());
-    let q = quiet(ctx);
+    let q = ctx.quieted();
     let result = async {
         for i in 0..b.files {
             let p = local.join(format!("d{:03}/f{i:06}", i / 100));
@@ -137,7 +119,7 @@ pub async fn run(ctx: &Ctx, b: WatchBench) -> anyhow::Result<Value> {
             r = watcher.run() => anyhow::bail!("the watcher stopped: {:?}", r),
         };
         delays.sort();
-        let (p50, p99) = (ms(&delays, 0.5), ms(&delays, 0.99));
+        let (p50, p99) = (percentile(&delays, 0.5), percentile(&delays, 0.99));
         if !ctx.json {
             println!(
                 "change -> remote visible ({} changes, --settle {} ms): p50 {p50:.0} ms, p99 {p99:.0} ms",

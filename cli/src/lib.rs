@@ -198,6 +198,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The same settings, with no output of its own (for commands run inside another one,
+    /// e.g. by a benchmark).
+    pub fn quieted(&self) -> Ctx {
+        Ctx {
+            meta: self.meta.clone(),
+            auth_file: self.auth_file.clone(),
+            json: false,
+            quiet: true,
+            timeout: self.timeout,
+            stall_timeout: self.stall_timeout,
+        }
+    }
+
     /// Connections to chunk servers, with this command's stall timeout.
     pub fn pool(&self) -> dfs_client::ChunkPool {
         dfs_client::ChunkPool::with_stall_timeout(self.stall_timeout)

@@ -170,6 +170,23 @@ impl Manifest {
         Ok(())
     }
 
+    /// Move the entry at `from`, or every entry below the folder `from`, to `to` (a rename).
+    pub fn rename(&mut self, from: &str, to: &str) -> anyhow::Result<()> {
+        let keys: Vec<String> = self
+            .entries
+            .keys()
+            .filter(|k| *k == from || super::reconcile::under(k, from))
+            .cloned()
+            .collect();
+        for k in keys {
+            if let Some(e) = self.entries.get(&k).cloned() {
+                self.remove(&k)?;
+                self.set(&format!("{to}{}", &k[from.len()..]), e)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forget everything (the state directory now serves another remote directory).
     pub fn reset(&mut self) -> anyhow::Result<()> {
         self.entries.clear();
@@ -212,6 +229,8 @@ mod tests {
             m.set("b", e("2")).unwrap();
             m.set("a", e("3")).unwrap();
             m.remove("b").unwrap();
+            m.set("d/e", e("4")).unwrap();
+            m.rename("d", "f").unwrap();
             m.sync().unwrap();
         }
         // A crash mid-append.
@@ -221,7 +240,8 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"p\":\"c\",\"s\":1").unwrap();
         let m = Manifest::open(d.path()).unwrap();
-        assert_eq!(m.entries.len(), 1);
+        assert_eq!(m.entries.len(), 2);
         assert_eq!(m.entries["a"], e("3"));
+        assert_eq!(m.entries["f/e"], e("4"));
     }
 }

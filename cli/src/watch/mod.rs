@@ -529,7 +529,8 @@ impl<'a> Watcher<'a> {
                     .rename_with(&rfrom, &rto, RenameMode::RenameReplace)
                     .await;
                 if r.is_ok() {
-                    let _ = self.manifest.remove(&rf);
+                    // A manifest line lost here only means hashing again later.
+                    let _ = self.manifest.rename(&rf, &rt);
                     let _ = self.manifest.set(
                         &rt,
                         Entry {
@@ -537,9 +538,7 @@ impl<'a> Watcher<'a> {
                             ..m
                         },
                     );
-                    if let Some(x) = self.remote.files.remove(&rf) {
-                        self.remote.files.insert(rt.clone(), x);
-                    }
+                    self.remote.rename(&rf, &rt);
                     self.counts.renamed += 1;
                     self.say(
                         json!({"event": "rename", "from": rfrom, "to": rto}),
@@ -548,17 +547,7 @@ impl<'a> Watcher<'a> {
                 }
             } else if tree.dirs.contains(&rt)
                 && self.remote.dirs.contains(&rf)
-                && !self.remote.files.contains_key(&rt)
-                && !self
-                    .remote
-                    .files
-                    .keys()
-                    .any(|k| k.starts_with(&format!("{rt}/")))
-                && !self
-                    .remote
-                    .dirs
-                    .iter()
-                    .any(|k| k.starts_with(&format!("{rt}/")))
+                && !self.remote.has_under(&rt)
             {
                 if self.ensure_parents(&rt).await.is_err() {
                     continue;
@@ -571,45 +560,8 @@ impl<'a> Watcher<'a> {
                 if r.is_err() {
                     continue;
                 }
-                let pre = format!("{rf}/");
-                let moved = |k: &String| k == &rf || k.starts_with(&pre);
-                let renamed = |k: &str| format!("{rt}{}", &k[rf.len()..]);
-                let keys: Vec<String> = self
-                    .manifest
-                    .entries
-                    .keys()
-                    .filter(|k| moved(k))
-                    .cloned()
-                    .collect();
-                for k in keys {
-                    if let Some(e) = self.manifest.entries.get(&k).cloned() {
-                        let _ = self.manifest.remove(&k);
-                        let _ = self.manifest.set(&renamed(&k), e);
-                    }
-                }
-                let files: Vec<String> = self
-                    .remote
-                    .files
-                    .keys()
-                    .filter(|k| moved(k))
-                    .cloned()
-                    .collect();
-                for k in files {
-                    if let Some(x) = self.remote.files.remove(&k) {
-                        self.remote.files.insert(renamed(&k), x);
-                    }
-                }
-                let dirs: Vec<String> = self
-                    .remote
-                    .dirs
-                    .iter()
-                    .filter(|k| moved(k))
-                    .cloned()
-                    .collect();
-                for k in dirs {
-                    self.remote.dirs.remove(&k);
-                    self.remote.dirs.insert(renamed(&k));
-                }
+                let _ = self.manifest.rename(&rf, &rt);
+                self.remote.rename(&rf, &rt);
                 self.counts.renamed += 1;
                 self.say(
                     json!({"event": "rename", "from": rfrom, "to": rto, "dir": true}),

@@ -72,6 +72,32 @@ pub struct RemoteTree {
     pub dirs: BTreeSet<String>,
 }
 
+impl RemoteTree {
+    /// What a remote rename of `from` (a file, or a folder and all below it) to `to` makes.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        let moved = |k: &str| k == from || under(k, from);
+        let new = |k: &str| format!("{to}{}", &k[from.len()..]);
+        let files: Vec<String> = self.files.keys().filter(|k| moved(k)).cloned().collect();
+        for k in files {
+            if let Some(f) = self.files.remove(&k) {
+                self.files.insert(new(&k), f);
+            }
+        }
+        let dirs: Vec<String> = self.dirs.iter().filter(|k| moved(k)).cloned().collect();
+        for k in dirs {
+            self.dirs.remove(&k);
+            self.dirs.insert(new(&k));
+        }
+    }
+
+    /// Whether anything (file or folder) is at or below `rel`.
+    pub fn has_under(&self, rel: &str) -> bool {
+        self.files.contains_key(rel)
+            || self.files.keys().any(|k| under(k, rel))
+            || self.dirs.iter().any(|k| under(k, rel))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upload {
     pub rel: String,
@@ -112,7 +138,8 @@ pub struct Inputs<'a> {
     pub delete: bool,
 }
 
-fn under(path: &str, dir: &str) -> bool {
+/// `path` is strictly below `dir` ("" is the root: everything is below it).
+pub fn under(path: &str, dir: &str) -> bool {
     dir.is_empty() || path.strip_prefix(dir).is_some_and(|r| r.starts_with('/'))
 }
 
@@ -411,6 +438,25 @@ mod tests {
         w.local.unreadable = vec![String::new()];
         let p = w.plan();
         assert!(p.deletes.is_empty() && p.forget.is_empty());
+    }
+
+    #[test]
+    fn remote_rename_moves_a_folder_and_what_is_below_it() {
+        let mut r = RemoteTree::default();
+        let f = RemoteFile {
+            size: 1,
+            sha256: "h".into(),
+        };
+        for k in ["a/x", "a/b/y", "ab/z"] {
+            r.files.insert(k.into(), f.clone());
+        }
+        r.dirs.extend(["a".into(), "a/b".into(), "ab".into()]);
+        r.rename("a", "c/d");
+        let files: Vec<_> = r.files.keys().cloned().collect();
+        assert_eq!(files, ["ab/z", "c/d/b/y", "c/d/x"]);
+        let dirs: Vec<_> = r.dirs.iter().cloned().collect();
+        assert_eq!(dirs, ["ab", "c/d", "c/d/b"]);
+        assert!(r.has_under("c") && r.has_under("ab/z") && !r.has_under("a"));
     }
 
     #[test]
