@@ -22,6 +22,9 @@ struct Watch {
     child: Child,
     lines: Arc<Mutex<Vec<Value>>>,
     stderr: Arc<Mutex<String>>,
+    /// The stdout and stderr readers: joined once the process is gone, so its last lines
+    /// are all read.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Watch {
@@ -34,7 +37,7 @@ impl Watch {
         let stderr = Arc::new(Mutex::new(String::new()));
         let out = child.stdout.take().unwrap();
         let l2 = lines.clone();
-        std::thread::spawn(move || {
+        let r1 = std::thread::spawn(move || {
             for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
                 let v: Value = serde_json::from_str(&line)
                     .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
@@ -43,7 +46,7 @@ impl Watch {
         });
         let err = child.stderr.take().unwrap();
         let e2 = stderr.clone();
-        std::thread::spawn(move || {
+        let r2 = std::thread::spawn(move || {
             for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
                 let mut e = e2.lock().unwrap();
                 e.push_str(&line);
@@ -54,6 +57,7 @@ impl Watch {
             child,
             lines,
             stderr,
+            readers: vec![r1, r2],
         }
     }
 
@@ -86,7 +90,21 @@ impl Watch {
                 .map(|s| s.code().unwrap_or(-1));
             code.is_some()
         });
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
         code.unwrap()
+    }
+
+    /// Wait until `n` lines of `kind` for `local` (any file when None) have been read.
+    fn wait_lines(&self, kind: &str, local: Option<&str>, n: usize) {
+        wait_until(LONG, &format!("{n} {kind} lines for {local:?}"), || {
+            self.events(kind)
+                .iter()
+                .filter(|v| local.is_none_or(|l| v["local"] == l))
+                .count()
+                >= n
+        });
     }
 
     fn stderr(&self) -> String {
@@ -216,6 +234,8 @@ fn tree_created_modified_renamed_deleted_ends_equal() {
         }
     }
     wait_equal(&c, &local, "/backup");
+    // A line is printed just after its upload is visible: wait for the lines too.
+    w.wait_lines("upload", None, 2000);
     assert_eq!(w.events("upload").len(), 2000, "{}", w.stderr());
     // Modify, rename files and folders, delete files and a folder, add an empty folder.
     for k in 0..20 {
@@ -237,6 +257,8 @@ fn tree_created_modified_renamed_deleted_ends_equal() {
     wait_equal(&c, &local, "/backup");
     // Renames the debouncer paired went through as dfs renames (no bytes again); one that
     // was not paired is a delete + put, with the same end state.
+    w.wait_lines("rename", None, 1);
+    w.wait_lines("delete", None, 30);
     let renames = w.events("rename");
     eprintln!(
         "renames paired: {} of 12; uploads after the changes: {}",
@@ -283,7 +305,7 @@ fn sigkill_and_restart_upload_nothing_twice() {
     wait_until(LONG, "100 uploads", || w.events("upload").len() >= 100);
     // SIGKILL: no chance to flush or clean up.
     w.child.kill().unwrap();
-    w.child.wait().unwrap();
+    w.wait_exit();
     let first: std::collections::BTreeSet<String> = w
         .events("upload")
         .iter()
@@ -344,6 +366,8 @@ fn slow_append_is_uploaded_once_whole_and_editor_save_is_one_version() {
     write(&local.join(".doc.txt.tmp-edit"), b"second version\n");
     std::fs::rename(local.join(".doc.txt.tmp-edit"), local.join("doc.txt")).unwrap();
     wait_equal(&c, &local, "/s");
+    w.wait_lines("upload", Some("doc.txt"), 2);
+    w.wait_lines("upload", Some("log.txt"), 1);
     assert_eq!(w.uploads_of("log.txt"), 1, "{}", w.stderr());
     assert_eq!(w.uploads_of("doc.txt"), 2, "{}", w.stderr());
     assert_eq!(w.uploads_of(".doc.txt.tmp-edit"), 0);
@@ -597,4 +621,19 @@ fn another_remote_directory_starts_a_fresh_manifest() {
     assert!(r.stdout.contains("\"already_remote\":1"), "{}", r.stdout);
     assert_eq!(remote_tree(&c, "/one").len(), 2);
     assert_eq!(remote_tree(&c, "/two").len(), 2);
+}
+
+#[test]
+fn rescan_puts_back_what_was_removed_remotely() {
+    let c = Cluster::up(1, 1, &[]);
+    let local = c.path().join("folder");
+    write(&local.join("keep/me"), b"the local folder is the truth");
+    let w = Watch::start(&c, &local, "/rs", &["--settle", "200ms", "--rescan", "1s"]);
+    w.wait_ready();
+    wait_equal(&c, &local, "/rs");
+    // Removed behind the watcher's back (no local event): the next rescan sees it.
+    c.ctl(&["rm", "-r", "/rs/keep"]).ok();
+    wait_equal(&c, &local, "/rs");
+    w.wait_lines("upload", Some("keep/me"), 2);
+    assert_eq!(w.uploads_of("keep/me"), 2, "{}", w.stderr());
 }
