@@ -210,17 +210,6 @@ impl<'a> Watcher<'a> {
             gb.add(globset::Glob::new(g).with_context(|| format!("bad --exclude {g:?}"))?);
         }
         let excludes = gb.build()?;
-        let state = a.state.clone().unwrap_or_else(|| root.join(".dfs-watch"));
-        std::fs::create_dir_all(&state)
-            .with_context(|| format!("cannot create the state directory {}", state.display()))?;
-        let state_rel = std::fs::canonicalize(&state)
-            .ok()
-            .and_then(|s| {
-                s.strip_prefix(&root)
-                    .ok()
-                    .map(|r| r.to_string_lossy().into_owned())
-            })
-            .filter(|r| !r.is_empty());
         let client = Client {
             conn: ctx.client()?,
             pool: ctx.pool(),
@@ -244,6 +233,18 @@ impl<'a> Watcher<'a> {
                 .with_context(|| format!("cannot create the remote directory {remote_root}"))?,
             Err(e) => return Err(e).context(format!("cannot use {remote_root}")),
         }
+        // Made only now: bad arguments leave nothing behind.
+        let state = a.state.clone().unwrap_or_else(|| root.join(".dfs-watch"));
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("cannot create the state directory {}", state.display()))?;
+        let state_rel = std::fs::canonicalize(&state)
+            .ok()
+            .and_then(|s| {
+                s.strip_prefix(&root)
+                    .ok()
+                    .map(|r| r.to_string_lossy().into_owned())
+            })
+            .filter(|r| !r.is_empty());
         let mut manifest = Manifest::open(&state)?;
         // The manifest speaks of one remote directory: watching into another one starts from
         // nothing (its files are hashed and compared, and never deleted for the old one).
