@@ -466,7 +466,10 @@ fn bad_input_is_said_and_the_rest_goes_on() {
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("/admins"), "{}", r.stderr);
     assert!(remote_tree(&c, "/admins").is_empty());
-    assert!(!local.join(".dfs-watch").exists(), "state made for a refused run");
+    assert!(
+        !local.join(".dfs-watch").exists(),
+        "state made for a refused run"
+    );
     // A name dfs refuses (a control character): said, the rest uploaded, exit 1 under --once.
     write(&local.join("bad\u{1}name"), b"refused");
     write(&local.join("sub/also ok"), b"fine too");
