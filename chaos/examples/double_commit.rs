@@ -77,6 +77,7 @@ async fn main() -> anyhow::Result<()> {
         }],
         request_id,
         mode: None,
+        lease_id: String::new(),
     };
     dfs_client::rpc!(conn, commit_file, commit.clone())?;
     println!("first commit ok");

@@ -300,6 +300,8 @@ impl Client {
             chunks,
             request_id: uuid::Uuid::new_v4().to_string(),
             mode: None,
+            // Chaos puts take seconds: well inside the tokens' commit window, no lease.
+            lease_id: String::new(),
         };
         let (r, attempts) = counted!(self.conn, commit_file, commit.clone());
         match r {

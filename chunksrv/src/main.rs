@@ -119,6 +119,10 @@ struct Args {
         default_value_t = 5.0
     )]
     stall_timeout: f64,
+    /// Milliseconds between heartbeats to the metadata nodes; the full chunk inventory goes
+    /// every 30th (default 1000: every 30 s). Shorter is for tests.
+    #[arg(long, env = "DFS_CHUNK_HEARTBEAT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=10_000))]
+    heartbeat_ms: u64,
 }
 
 /// `1048576`, `512M`, `10G`, `1.5T` (powers of 1024).
@@ -345,16 +349,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }),
     );
 
-    let link = Arc::new(meta_link::MetaLink::new(
-        &args.meta,
-        identity,
-        &data_dir,
-        &secret,
-        advertise.clone(),
-        store.clone(),
-        Arc::clone(&metrics),
-        Arc::clone(&node_id),
-    )?);
+    let link = Arc::new(
+        meta_link::MetaLink::new(
+            &args.meta,
+            identity,
+            &data_dir,
+            &secret,
+            advertise.clone(),
+            store.clone(),
+            Arc::clone(&metrics),
+            Arc::clone(&node_id),
+        )?
+        .with_interval(Duration::from_millis(args.heartbeat_ms)),
+    );
     tracing::info!(uuid = %uuid, addr = %advertise, "registering with the metadata service");
     let mut register_shutdown = shutdown_rx.clone();
     let registered = tokio::select! {

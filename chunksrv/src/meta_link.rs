@@ -290,9 +290,9 @@ impl MetaLink {
         })
     }
 
-    /// Heartbeat more often (tests); delete acks and inventories keep their beat counts.
-    #[cfg(test)]
-    fn with_interval(mut self, interval: Duration) -> Self {
+    /// Heartbeat at another interval (`--heartbeat-ms`); delete acks and inventories keep
+    /// their beat counts.
+    pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self.deletes = Mutex::new(DeleteLog::new(interval * ACK_DELETES_BEATS));
         self
@@ -649,6 +649,12 @@ mod tests {
             unimpl()
         }
         async fn usage(&self, _: Request<StatRequest>) -> Result<Response<UsageReply>, Status> {
+            unimpl()
+        }
+        async fn renew_lease(
+            &self,
+            _: Request<RenewLeaseRequest>,
+        ) -> Result<Response<RenewLeaseReply>, Status> {
             unimpl()
         }
         async fn trash_list(

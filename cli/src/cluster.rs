@@ -40,6 +40,8 @@ pub fn status_json(s: &ClusterStatusReply) -> serde_json::Value {
         "trash_files": s.trash_files,
         "trash_bytes": s.trash_bytes,
         "trash_retention_ms": s.trash_retention_ms,
+        "open_leases": s.open_leases,
+        "oldest_lease_age_ms": s.oldest_lease_age_ms,
     })
 }
 
@@ -120,6 +122,13 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 "\n{} files, {} under-replicated",
                 s.files, s.under_replicated_files
             );
+            if s.open_leases > 0 {
+                println!(
+                    "write leases: {} open, the oldest {}",
+                    s.open_leases,
+                    human_duration(s.oldest_lease_age_ms / 1000 * 1000)
+                );
+            }
             match s.trash_retention_ms {
                 0 => println!("trash: off (deletes are for good)"),
                 r => println!(

@@ -280,6 +280,7 @@ pub async fn gc(ctx: &Ctx, a: GcArgs) -> anyhow::Result<i32> {
             "applied": a.apply,
             "grace_ms": r.grace_ms,
             "unreported": r.unreported,
+            "leased": r.leased,
         }));
         return Ok(0);
     }
@@ -296,6 +297,12 @@ pub async fn gc(ctx: &Ctx, a: GcArgs) -> anyhow::Result<i32> {
         println!(
             "no chunk report yet from chunk server(s) {} (their orphans are not known yet)",
             ids(&r.unreported)
+        );
+    }
+    if r.leased > 0 {
+        println!(
+            "{} unreferenced chunk(s) held by writes still open (write leases): kept",
+            r.leased
         );
     }
     let grace = r.grace_ms as f64 / 1000.0;

@@ -6,6 +6,7 @@
 //! most once); `read_at` returns only bytes checked against their checksums (by the chunk
 //! server per block, and here per whole chunk), and never more than the file holds.
 use crate::error::{Error, Result};
+use crate::lease::{LeaseTiming, WriteLease};
 use crate::meta::{new_request_id, MetaConn};
 use crate::transfer::{
     fetch_range, fetch_stored, fresh_tokens, put_stream, store_chunk, tokens_ageing, ChunkPool,
@@ -37,6 +38,8 @@ const LIST_PAGE: u32 = 1000;
 pub struct Client {
     pub conn: MetaConn,
     pub pool: ChunkPool,
+    /// What the leader last said about write leases (see [`crate::lease`]).
+    lease_timing: std::sync::Mutex<LeaseTiming>,
 }
 
 /// An open file for reading: the file as it was when opened, with its read tokens. Reads
@@ -60,16 +63,14 @@ impl ReadHandle {
 
 impl Client {
     pub fn connect(opts: &ClientOptions) -> Result<Client> {
-        Ok(Client {
-            conn: opts.connect()?,
-            pool: ChunkPool::default(),
-        })
+        Ok(Client::new(opts.connect()?))
     }
 
     pub fn new(conn: MetaConn) -> Client {
         Client {
             conn,
             pool: ChunkPool::default(),
+            lease_timing: Default::default(),
         }
     }
 
@@ -303,12 +304,23 @@ impl Client {
             ..Default::default()
         };
         let reply = rpc!(self.conn, allocate_chunks, req)?;
+        *self.lease_timing.lock().unwrap_or_else(|p| p.into_inner()) = LeaseTiming::of(&reply);
         let chunk = reply
             .chunks
             .into_iter()
             .next()
             .ok_or_else(|| Error::other("the leader allocated no chunk"))?;
         Ok((chunk, reply.chunk_size.max(1)))
+    }
+
+    /// When a write must hold a lease, as the leader last said (zero before any allocation).
+    pub fn lease_timing(&self) -> LeaseTiming {
+        *self.lease_timing.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A lease for a long write to `path` (see [`WriteLease`]); pass its id to the commit.
+    pub fn write_lease(&self, path: &str) -> WriteLease {
+        WriteLease::new(&self.conn, path)
     }
 
     /// Store `data` as the allocated chunk: sent to all its targets at once, and stored when at
@@ -334,7 +346,12 @@ impl Client {
         chunks: Vec<ChunkInfo>,
         chunk_size: u64,
         sha256: Option<String>,
+        lease: Option<&WriteLease>,
     ) -> Result<FileInfo> {
+        let lease_id = match lease {
+            Some(l) => l.for_commit()?,
+            None => String::new(),
+        };
         let size = chunks.iter().map(|c| c.size).sum();
         let req = CommitRequest {
             path: path.to_string(),
@@ -346,6 +363,7 @@ impl Client {
             chunks,
             request_id: new_request_id(),
             mode: None,
+            lease_id,
         };
         Ok(rpc!(self.conn, commit_file, req)?)
     }

@@ -8,6 +8,7 @@
 //! the server's sentence kept.
 pub mod error;
 pub mod fs;
+pub mod lease;
 pub mod meta;
 pub mod transfer;
 pub mod trash;

@@ -139,6 +139,21 @@ impl MetaConn {
         })
     }
 
+    /// Another connection to the same members with the same credentials (sharing the
+    /// channels), for a task that outlives the borrow of this one.
+    pub fn fork(&self) -> MetaConn {
+        MetaConn {
+            addrs: self.addrs.clone(),
+            channels: self.channels.clone(),
+            current: AtomicUsize::new(self.current.load(Ordering::Relaxed)),
+            confirmed: AtomicBool::new(false),
+            failed_at: std::sync::Mutex::new(vec![None; self.addrs.len()]),
+            creds: self.creds.clone(),
+            timeout: self.timeout,
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+
     /// Let one attempt run as long as the whole call (for slow operations like add-member).
     pub fn patient(mut self) -> Self {
         self.attempt_timeout = self.timeout;

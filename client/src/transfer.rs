@@ -416,6 +416,15 @@ pub async fn put_stream(
         }
     )?;
     let chunk_size = first.chunk_size.max(1);
+    // A put that outlives its tokens' commit window keeps its chunks under a lease.
+    let lease = crate::lease::WriteLease::start(conn, path, &first);
+    // Chunks allocated ahead are used only while their tokens are young: a slow input (a
+    // pipe fed for hours) gets fresh ones (the unused ids were never written).
+    let fresh_for = match first.lease_after_ms {
+        0 => Duration::MAX,
+        ms => Duration::from_millis(ms / 2),
+    };
+    let mut allocated_at = Instant::now();
     let mut allocated: VecDeque<AllocatedChunk> = first.chunks.into();
     let mut hasher = Sha256::new();
     let mut total = 0u64;
@@ -433,6 +442,9 @@ pub async fn put_stream(
         }
         hasher.update(&data);
         total += data.len() as u64;
+        if allocated_at.elapsed() > fresh_for {
+            allocated.clear();
+        }
         let alloc = match allocated.pop_front() {
             Some(a) => a,
             None => {
@@ -454,6 +466,8 @@ pub async fn put_stream(
                         ..Default::default()
                     }
                 )?;
+                lease.add(&more.chunks, crate::lease::LeaseTiming::of(&more));
+                allocated_at = Instant::now();
                 allocated.extend(more.chunks);
                 allocated
                     .pop_front()
@@ -491,8 +505,10 @@ pub async fn put_stream(
         // The same id on every retry of this commit (see CommitRequest.request_id).
         request_id: new_request_id(),
         mode: None,
+        lease_id: lease.for_commit()?,
     };
     let file = rpc!(conn, commit_file, commit)?;
+    lease.release().await;
     Ok(PutOutcome { file, bytes: total })
 }
 

@@ -87,6 +87,14 @@ pub struct Args {
     /// is purged).
     #[arg(long, env = "DFS_META_TRASH_RETENTION", default_value = "24h", value_parser = dfs_common::units::parse_duration)]
     pub trash_retention: Duration,
+    /// A write lease not renewed for this long expires, and the chunks of its unfinished
+    /// write become ordinary orphans (e.g. 5m, 90s).
+    #[arg(long, env = "DFS_META_LEASE_TIMEOUT", default_value = "5m", value_parser = dfs_common::units::parse_duration)]
+    pub lease_timeout: Duration,
+    /// A commit accepts a chunk without a lease while its write token is at most this far past
+    /// its lifetime (token lifetime + this must stay below the orphan grace).
+    #[arg(long, env = "DFS_META_COMMIT_GRACE", default_value = "30m", value_parser = dfs_common::units::parse_duration)]
+    pub commit_grace: Duration,
     #[command(flatten)]
     pub healing: crate::healer::HealArgs,
 }
@@ -112,6 +120,8 @@ pub struct Config {
     pub replication: u32,
     pub token_ttl_secs: u64,
     pub trash_retention: Duration,
+    pub lease_timeout: Duration,
+    pub commit_grace: Duration,
     pub healing: crate::healer::HealArgs,
 }
 
@@ -154,6 +164,16 @@ impl Config {
                 a.election_timeout_ms * 2
             );
         }
+        // A chunk is collected only after the orphan grace: a commit must never name one that
+        // old without a lease.
+        let window = Duration::from_secs(a.token_ttl_secs) + a.commit_grace;
+        if window.as_millis() >= u128::from(a.healing.gc_grace_ms) {
+            bail!(
+                "--token-ttl-secs plus --commit-grace ({} s) must stay below --gc-grace-ms ({} ms)",
+                window.as_secs(),
+                a.healing.gc_grace_ms
+            );
+        }
         Ok(Config {
             id: a.id,
             listen: a.listen,
@@ -175,6 +195,8 @@ impl Config {
             replication: a.replication.max(1),
             token_ttl_secs: a.token_ttl_secs,
             trash_retention: a.trash_retention,
+            lease_timeout: a.lease_timeout.max(Duration::from_secs(1)),
+            commit_grace: a.commit_grace,
             healing: a.healing,
         })
     }
@@ -211,6 +233,8 @@ impl Config {
             default_replication: self.replication,
             token_ttl: Duration::from_secs(self.token_ttl_secs),
             trash_retention: self.trash_retention,
+            lease_timeout: self.lease_timeout,
+            commit_grace: self.commit_grace,
         }
     }
 }

@@ -658,6 +658,8 @@ impl MetaNode {
 struct GcPass {
     orphans: Vec<Orphan>,
     unreported: Vec<NodeId>,
+    /// Unreferenced replicas that a live write lease holds (not candidates).
+    leased: u64,
     term: u64,
 }
 
@@ -668,6 +670,9 @@ fn gc_pass(node: &MetaNode) -> GcPass {
     let inventories = lock(&h.inventories).clone();
     let st = node.read_state();
     let referenced = st.referenced_chunks();
+    // A live lease's chunks are not candidates: their grace starts once the lease is gone.
+    let leases = st.leased_chunks(crate::service::now_ms());
+    let mut leased = 0;
     let mut candidates: HashSet<(NodeId, String)> = HashSet::new();
     let mut unreported = Vec::new();
     for &id in st.chunk_servers.keys() {
@@ -683,7 +688,12 @@ fn gc_pass(node: &MetaNode) -> GcPass {
         };
         let pending = st.pending_deletes.get(&id);
         for c in chunks {
-            if !referenced.contains(&(c.as_str(), id)) && !pending.is_some_and(|p| p.contains(c)) {
+            if referenced.contains(&(c.as_str(), id)) || pending.is_some_and(|p| p.contains(c)) {
+                continue;
+            }
+            if leases.contains(c.as_str()) {
+                leased += 1;
+            } else {
                 candidates.insert((id, c.clone()));
             }
         }
@@ -709,6 +719,7 @@ fn gc_pass(node: &MetaNode) -> GcPass {
     GcPass {
         orphans,
         unreported,
+        leased,
         term: t,
     }
 }
@@ -769,6 +780,7 @@ impl MetaNode {
             removed,
             grace_ms: self.healing.args.gc_grace_ms,
             unreported: pass.unreported,
+            leased: pass.leased,
         })
     }
 }

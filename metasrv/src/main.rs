@@ -4,6 +4,7 @@ mod config;
 mod export;
 mod healer;
 mod leader_watch;
+mod lease_reaper;
 mod liveness;
 mod metrics;
 mod network;
@@ -152,6 +153,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     tokio::spawn(healer::run(node.clone()));
     tokio::spawn(leader_watch::run(node.clone()));
     tokio::spawn(trash_purger::run(node.clone()));
+    tokio::spawn(lease_reaper::run(node.clone()));
 
     bootstrap::check_peers(&node, &cfg).await?;
     bootstrap::initialize_if_fresh(&node, &cfg).await?;

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub bad_replica_reports: Counter,
     pub stall_reports: Counter,
     pub trash_purged: Counter,
+    pub leases_expired: Counter,
+    pub lease_chunks_released: Counter,
     pub leader_changes: Counter,
     pub leaders_given_up: Counter,
     requests: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
@@ -622,6 +624,34 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
         "dfs_stall_reports_total",
         "Chunk servers reported stalled by writers (no progress within the stall timeout).",
         node.metrics.stall_reports.get(),
+    );
+    let (leases, oldest) = node.read_state().lease_stats(crate::service::now_ms());
+    gauge(
+        o,
+        "dfs_write_leases",
+        "Write leases now live (writes open longer than their tokens' commit window).",
+        leases,
+    );
+    gauge(
+        o,
+        "dfs_write_lease_oldest_age_seconds",
+        "Age of the oldest live write lease (0: none).",
+        float(match oldest {
+            0 => 0.0,
+            t => (crate::service::now_ms() - t).max(0) as f64 / 1000.0,
+        }),
+    );
+    counter(
+        o,
+        "dfs_write_leases_expired_total",
+        "Write leases this node dropped as leader because their writer went silent.",
+        node.metrics.leases_expired.get(),
+    );
+    counter(
+        o,
+        "dfs_write_lease_chunks_released_total",
+        "Chunks of expired write leases, left to the orphan collector.",
+        node.metrics.lease_chunks_released.get(),
     );
     counter(
         o,

@@ -6,6 +6,7 @@
 //! outlives any peer. A commit is retried only when it failed for a transient reason, and
 //! always from the local staging file, so a retry resends exactly the bytes the program wrote.
 use crate::{Allocation, Backend, Entry, Fetch, FsError, FsResult, Piece, StoredChunk, Upload};
+use dfs_client::lease::WriteLease;
 use dfs_client::{Client, Error, ReadHandle};
 use dfs_proto::{ChunkInfo, FileInfo, RenameMode};
 use std::sync::Arc;
@@ -246,11 +247,27 @@ impl Backend for ClusterBackend {
         self.block(self.client.allocate_chunk(&path, 0))
     }
 
-    fn start_upload(&self, path: &str, alloc: Option<Allocation>, data: Vec<u8>) -> Upload {
+    type Lease = Arc<WriteLease>;
+
+    fn write_lease(&self, path: &str) -> Self::Lease {
+        let _in_rt = self.rt.enter();
+        Arc::new(self.client.write_lease(&self.remote(path)))
+    }
+
+    fn start_upload(
+        &self,
+        path: &str,
+        lease: &Self::Lease,
+        alloc: Option<Allocation>,
+        data: Vec<u8>,
+    ) -> Upload {
         let (tx, upload) = Upload::channel();
-        let (client, path) = (self.client.clone(), self.remote(path));
+        let (client, path, lease) = (self.client.clone(), self.remote(path), lease.clone());
         self.rt.spawn(async move {
             let r = store_chunk(&client, &path, alloc, data).await;
+            if let Ok(c) = &r {
+                lease.add_one(&c.chunk_id, &c.token, client.lease_timing());
+            }
             let _ = tx.send(r.map_err(fs_error));
         });
         upload
@@ -268,6 +285,7 @@ impl Backend for ClusterBackend {
         pieces: Vec<Piece>,
         chunk_size: u64,
         sha256: Option<String>,
+        lease: &Self::Lease,
     ) -> FsResult<Entry> {
         let path = self.remote(path);
         let base_chunks = base.and_then(|b| b.file()).map(|f| f.chunks.as_slice());
@@ -301,6 +319,7 @@ impl Backend for ClusterBackend {
                 chunks.clone(),
                 chunk_size,
                 sha256.clone(),
+                Some(lease),
             ));
             match r {
                 Ok(f) => return Ok(entry(&f)),

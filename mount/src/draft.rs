@@ -69,6 +69,8 @@ pub(crate) struct Draft<B: Backend> {
     next_stream: usize,
     /// Slots whose upload was started, oldest first (at most `UPLOADS_IN_FLIGHT` running).
     in_flight: std::collections::VecDeque<usize>,
+    /// Keeps the stored chunks committable while the file stays open for hours.
+    lease: B::Lease,
 }
 
 /// Length of chunk `i` of a file of `size` bytes cut in `cs`-byte chunks.
@@ -135,6 +137,7 @@ impl<B: Backend> Draft<B> {
             last_end: 0,
             next_stream: 0,
             in_flight: Default::default(),
+            lease: backend.write_lease(path),
         };
         // Chunks cut another way than ours (all but the last `chunk_size` bytes) cannot be
         // kept one by one: all of them are staged.
@@ -246,7 +249,8 @@ impl<B: Backend> Draft<B> {
         while self.in_flight.len() >= UPLOADS_IN_FLIGHT {
             self.settle_oldest()?;
         }
-        self.slots[i] = Slot::Uploading(backend.start_upload(&self.path, self.spare.take(), data));
+        self.slots[i] =
+            Slot::Uploading(backend.start_upload(&self.path, &self.lease, self.spare.take(), data));
         self.in_flight.push_back(i);
         punch(&self.staging, off, self.chunk_size)?;
         self.drop_local(len);
@@ -490,7 +494,14 @@ impl<B: Backend> Draft<B> {
             Some((h, upto)) if *upto == self.size => Some(hex::encode(h.clone().finalize())),
             _ => None,
         };
-        backend.commit(&self.path, self.base.as_ref(), pieces, self.chunk_size, sha)
+        backend.commit(
+            &self.path,
+            self.base.as_ref(),
+            pieces,
+            self.chunk_size,
+            sha,
+            &self.lease,
+        )
     }
 }
 

@@ -127,7 +127,17 @@ pub trait Backend: Send + Sync + 'static {
     fn allocate(&self, path: &str) -> FsResult<(Allocation, u64)>;
     /// Start storing `data` as one new chunk of `path` (in `alloc` when given) in the
     /// background; returns at once.
-    fn start_upload(&self, path: &str, alloc: Option<Allocation>, data: Vec<u8>) -> Upload;
+    fn start_upload(
+        &self,
+        path: &str,
+        lease: &Self::Lease,
+        alloc: Option<Allocation>,
+        data: Vec<u8>,
+    ) -> Upload;
+    /// The write lease of one draft (taken only if the file stays open long; see
+    /// `dfs_client::lease`): stored chunks are added to it, the commit names it.
+    type Lease: Send + Sync;
+    fn write_lease(&self, path: &str) -> Self::Lease;
     /// Read back a chunk stored by `start_upload` and not committed yet.
     fn read_stored(&self, path: &str, c: &StoredChunk) -> FsResult<Vec<u8>>;
     /// Make `pieces` the new version of `path` (created if missing) in one commit; kept
@@ -139,6 +149,7 @@ pub trait Backend: Send + Sync + 'static {
         pieces: Vec<Piece>,
         chunk_size: u64,
         sha256: Option<String>,
+        lease: &Self::Lease,
     ) -> FsResult<Entry>;
     /// (capacity, used) bytes of the cluster.
     fn usage(&self) -> FsResult<(u64, u64)>;

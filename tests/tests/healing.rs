@@ -296,6 +296,10 @@ fn orphans_of_a_killed_put_are_removed_after_the_grace_period_and_nothing_else()
             "--chunk-size=65536",
             "--repair-grace-ms=500",
             "--gc-grace-ms=5000",
+            // A write's chunks stay committable for token lifetime + commit grace, which
+            // must stay below the orphan grace.
+            "--token-ttl-secs=2",
+            "--commit-grace=2s",
         ],
     );
     let kept = [

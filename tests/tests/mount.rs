@@ -731,3 +731,42 @@ print(min(s, key=lambda x: x["id"])["local_name"])')
     eprintln!("20 MB read with a frozen replica: {out}");
     assert!(out.contains("took="), "{out}");
 }
+
+/// A file kept open through the mount three times longer than its write tokens' commit
+/// window (token lifetime and commit grace shortened to 1 s each) while `admin gc --apply`
+/// runs: its uploaded chunks stay under the draft's write lease and the close commits it whole.
+#[test]
+fn a_file_kept_open_past_its_tokens_window_still_commits() {
+    let c = Cluster::up_with(
+        1,
+        2,
+        &[
+            "--chunk-size=65536",
+            "--token-ttl-secs=1",
+            "--commit-grace=1s",
+            "--gc-grace-ms=3000",
+            "--lease-timeout=3s",
+        ],
+        &["--pack-max=0", "--heartbeat-ms=100"],
+    );
+    let w = work_dir();
+    write(&w.path().join("src"), &bytes(10 * 65536 + 7, 11));
+    let out = run_script(
+        &c,
+        w.path(),
+        r#"
+        mnt "$W/m"
+        exec 3>"$W/m/log"
+        for i in $(seq 0 10); do
+          dd if="$W/src" bs=65536 skip=$i count=1 status=none >&3
+          sleep 0.6
+          "$D" --json admin gc --apply | grep -q '"removed":0,' || { echo "gc removed a chunk"; exit 1; }
+        done
+        exec 3>&-
+        cmp "$W/src" "$W/m/log"
+        "$D" get /log "$W/back" && cmp "$W/src" "$W/back"
+        echo ok
+        "#,
+    );
+    assert!(out.contains("ok"), "{out}");
+}

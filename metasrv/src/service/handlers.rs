@@ -22,10 +22,6 @@ const MAX_ALLOCATE: u32 = 64;
 const IMPORT_SLICE: usize = 500;
 /// Most delete orders in one heartbeat reply.
 const MAX_DELETE_ORDERS: usize = 1000;
-/// A write token is still accepted at commit this long after it expired (slow uploads). With
-/// the 15-minute token this keeps every commit within 45 minutes of its allocation, inside the
-/// 1-hour orphan grace (a put's chunks are not collected while it may still commit).
-const COMMIT_GRACE_MS: u64 = 30 * 60 * 1000;
 /// Longest client request id.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -263,6 +259,47 @@ impl MetaNode {
         }
     }
 
+    /// Write tokens that expired after this (ms) are still accepted at commit and in a lease.
+    fn commit_window_start(&self) -> u64 {
+        (now_ms() as u64).saturating_sub(self.config.commit_grace.as_millis() as u64)
+    }
+
+    /// Take or renew a write lease, adding the chunks allocated since the last renewal (each
+    /// proven by its write token, still inside the commit window).
+    pub async fn renew_lease(&self, c: &Caller, r: RenewLeaseRequest) -> OpResult<RenewLeaseReply> {
+        self.write_gate()?;
+        let (actor, _) = self.authenticate(c)?;
+        let earliest = self.commit_window_start();
+        for ch in &r.chunks {
+            self.secret
+                .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
+                .map_err(|e| Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id)))?;
+        }
+        if r.release {
+            self.propose(v1(CommandV1::ReleaseLease {
+                actor,
+                lease: r.lease_id,
+            }))
+            .await?;
+            return Ok(RenewLeaseReply { expires_in_ms: 0 });
+        }
+        let now = now_ms();
+        let timeout = self.config.lease_timeout.as_millis() as i64;
+        self.propose(v1(CommandV1::RenewLease {
+            actor,
+            lease: r.lease_id,
+            path: r.path,
+            create: r.create,
+            chunks: r.chunks.into_iter().map(|c| c.chunk_id).collect(),
+            now_ms: now,
+            expires_ms: now + timeout,
+        }))
+        .await?;
+        Ok(RenewLeaseReply {
+            expires_in_ms: timeout as u64,
+        })
+    }
+
     pub async fn trash_list(&self, c: &Caller, r: TrashListRequest) -> OpResult<TrashListReply> {
         self.read_gate(false).await?;
         let (actor, _) = self.authenticate(c)?;
@@ -452,9 +489,13 @@ impl MetaNode {
                 }
             })
             .collect();
+        // A third of the commit window: the writer has two thirds left to take its lease.
+        let window = self.config.token_ttl + self.config.commit_grace;
         Ok(AllocateReply {
             chunks,
             chunk_size: self.config.chunk_size,
+            lease_after_ms: (window / 3).as_millis() as u64,
+            lease_renew_ms: (self.config.lease_timeout / 3).as_millis() as u64,
         })
     }
 
@@ -485,7 +526,11 @@ impl MetaNode {
                 dfs_common::MAX_CHUNK_SIZE
             )));
         }
-        let earliest = (now_ms() as u64).saturating_sub(COMMIT_GRACE_MS);
+        // A write token is accepted this long after it expired (`--commit-grace`, 30 min):
+        // with the 15-minute token, 45 minutes from allocation, inside the 1-hour orphan
+        // grace. A chunk older than that must be held by the writer's live lease.
+        let earliest = self.commit_window_start();
+        let mut leased = Vec::new();
         let mut chunks = Vec::with_capacity(r.chunks.len());
         for ch in &r.chunks {
             // Against the chunk size the allocating leader gave (it may differ from ours).
@@ -498,11 +543,30 @@ impl MetaNode {
             // The write token proves this caller was given the chunk id by a leader; a kept
             // chunk is checked against the current version when the commit is applied.
             if !ch.token.is_empty() {
-                self.secret
-                    .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
-                    .map_err(|e| {
-                        Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id))
-                    })?;
+                let in_window =
+                    self.secret
+                        .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest);
+                match in_window {
+                    Ok(()) => {}
+                    // Signed by a leader but older than the window: the lease must hold it
+                    // (checked when the commit is applied).
+                    Err(_)
+                        if !r.lease_id.is_empty()
+                            && self
+                                .secret
+                                .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, 0)
+                                .is_ok() =>
+                    {
+                        leased.push(ch.chunk_id.clone())
+                    }
+                    Err(e) => {
+                        return Err(Status::permission_denied(format!(
+                            "chunk {}: {e}",
+                            ch.chunk_id
+                        ))
+                        .into())
+                    }
+                }
             }
             let replicas: BTreeSet<NodeId> = ch.replicas.iter().copied().collect();
             chunks.push(ChunkRef {
@@ -538,6 +602,8 @@ impl MetaNode {
                     now_ms: now,
                     kept,
                     mode: r.mode,
+                    lease: r.lease_id.clone(),
+                    leased,
                 },
             )?)
             .await?;
@@ -852,7 +918,13 @@ impl MetaNode {
             .collect();
         let (files, _, _) = st.totals();
         let (trash_files, _, trash_bytes) = st.trash_usage(None);
+        let (open_leases, oldest_lease) = st.lease_stats(now_ms());
         Ok(ClusterStatusReply {
+            open_leases,
+            oldest_lease_age_ms: match oldest_lease {
+                0 => 0,
+                t => now_ms().saturating_sub(t).max(0) as u64,
+            },
             trash_files,
             trash_bytes,
             trash_retention_ms: self.config.trash_retention.as_millis() as u64,

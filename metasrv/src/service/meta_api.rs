@@ -94,6 +94,7 @@ meta_rpcs! {
     set_attr: SetAttrRequest => Empty;
     allocate_chunks: AllocateRequest => AllocateReply;
     commit_file: CommitRequest => FileInfo;
+    renew_lease: RenewLeaseRequest => RenewLeaseReply;
     open_read: StatRequest => OpenReadReply;
     report_bad_replica: BadReplicaReport => Empty;
     who_am_i: Empty => UserInfo;

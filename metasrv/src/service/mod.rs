@@ -47,6 +47,10 @@ pub struct ServiceConfig {
     pub token_ttl: Duration,
     /// How long deleted entries stay in the trash (zero: deletes skip it).
     pub trash_retention: Duration,
+    /// A write lease not renewed for this long expires.
+    pub lease_timeout: Duration,
+    /// How far past its lifetime a write token is still accepted at commit without a lease.
+    pub commit_grace: Duration,
 }
 
 pub struct MetaNode {

@@ -124,6 +124,33 @@ pub enum CommandV1 {
         /// Permission bits for a file this commit creates (an existing file keeps its own).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<u32>,
+        /// The writer's lease, and the chunks whose tokens were past the commit window and so
+        /// must be held by it (see `leases`). The lease lives on (a file kept open is
+        /// committed again and again) until the writer releases it or it expires.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        lease: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        leased: Vec<String>,
+    },
+    /// Create (`create`) or renew a write lease until `expires_ms`, adding chunks whose write
+    /// tokens the proposer checked.
+    RenewLease {
+        actor: String,
+        lease: String,
+        path: String,
+        create: bool,
+        chunks: Vec<String>,
+        now_ms: i64,
+        expires_ms: i64,
+    },
+    /// The writer is done (its file closed or its put over): forget its lease.
+    ReleaseLease {
+        actor: String,
+        lease: String,
+    },
+    /// Forget leases that expired before `now_ms` (their chunks become ordinary orphans).
+    DropExpiredLeases {
+        now_ms: i64,
     },
     /// Files from an original `saved-files.json` (their chunks are not recoverable).
     Import {
@@ -377,7 +404,10 @@ impl State {
                 now_ms,
                 kept,
                 mode,
+                lease,
+                leased,
             } => {
+                self.check_leased(actor, lease, leased, *now_ms)?;
                 let new = NewVersion {
                     overwrite: *overwrite,
                     id,
@@ -386,6 +416,31 @@ impl State {
                     mode: *mode,
                 };
                 self.commit_file(actor, path, file, &new, touched)
+            }
+            CommandV1::RenewLease {
+                actor,
+                lease,
+                path,
+                create,
+                chunks,
+                now_ms,
+                expires_ms,
+            } => self.renew_lease(
+                actor,
+                lease,
+                path,
+                *create,
+                chunks,
+                *now_ms,
+                *expires_ms,
+                touched,
+            ),
+            CommandV1::ReleaseLease { actor, lease } => {
+                self.release_lease(actor, lease, touched);
+                Ok(Reply::Done)
+            }
+            CommandV1::DropExpiredLeases { now_ms } => {
+                Ok(self.drop_expired_leases(*now_ms, touched))
             }
             CommandV1::Import {
                 actor,

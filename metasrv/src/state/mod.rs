@@ -11,6 +11,7 @@
 //! an apply touched (`RecordKey`), in the same sled batch as the applied log id.
 pub mod command;
 mod healing;
+pub mod leases;
 mod namespace;
 pub mod trash;
 mod users;
@@ -178,6 +179,9 @@ pub struct State {
     /// applied twice. Entries older than `REQUEST_MEMORY_MS` are dropped.
     #[serde(default)]
     pub recent_requests: BTreeMap<String, Remembered>,
+    /// Open writes that outlive their tokens' commit window (see `leases`).
+    #[serde(default)]
+    pub leases: BTreeMap<String, leases::Lease>,
 }
 
 /// A recently applied request: when, and what it replied (a retry gets the same answer).
@@ -208,6 +212,7 @@ pub enum RecordKey {
     /// A server's whole list in one record, as written before; read, never written.
     PendingDeletesV0(NodeId),
     RecentRequest(String),
+    Lease(String),
 }
 
 impl RecordKey {
@@ -220,6 +225,7 @@ impl RecordKey {
             RecordKey::PendingDelete(id, chunk) => format!("d{id:020}/{chunk}").into_bytes(),
             RecordKey::PendingDeletesV0(id) => format!("d{id:020}").into_bytes(),
             RecordKey::RecentRequest(r) => format!("r{r}").into_bytes(),
+            RecordKey::Lease(l) => format!("l{l}").into_bytes(),
         }
     }
 
@@ -236,6 +242,7 @@ impl RecordKey {
                 None => RecordKey::PendingDeletesV0(rest.parse().ok()?),
             },
             b'r' => RecordKey::RecentRequest(rest.to_string()),
+            b'l' => RecordKey::Lease(rest.to_string()),
             _ => return None,
         })
     }
@@ -261,6 +268,7 @@ impl State {
             RecordKey::User(u) => serde_json::to_vec(self.users.get(u)?),
             RecordKey::ChunkServer(id) => serde_json::to_vec(self.chunk_servers.get(id)?),
             RecordKey::RecentRequest(r) => serde_json::to_vec(self.recent_requests.get(r)?),
+            RecordKey::Lease(l) => serde_json::to_vec(self.leases.get(l)?),
             RecordKey::PendingDelete(id, chunk) => {
                 return self.pending_deletes.get(id)?.contains(chunk).then(Vec::new)
             }
@@ -291,6 +299,7 @@ impl State {
                 .cloned()
                 .map(RecordKey::RecentRequest),
         );
+        keys.extend(self.leases.keys().cloned().map(RecordKey::Lease));
         keys.into_iter()
             .filter_map(|k| self.record(&k).map(|v| (k, v)))
             .collect()
@@ -332,6 +341,10 @@ impl State {
             RecordKey::RecentRequest(r) => {
                 self.recent_requests
                     .insert(r.clone(), serde_json::from_slice(value).map_err(dec)?);
+            }
+            RecordKey::Lease(l) => {
+                self.leases
+                    .insert(l.clone(), serde_json::from_slice(value).map_err(dec)?);
             }
         }
         Ok(())

@@ -66,6 +66,7 @@ fn run(s: &mut State, c: CommandV1) -> Result<Reply, ApplyError> {
                 }
                 RecordKey::PendingDeletesV0(_) => unreachable!("never written"),
                 RecordKey::RecentRequest(r) => drop(replay.recent_requests.remove(r)),
+                RecordKey::Lease(l) => drop(replay.leases.remove(l)),
                 RecordKey::Meta => unreachable!("meta always exists"),
             },
         }
@@ -125,6 +126,8 @@ fn commit(
             now_ms: 9,
             kept: vec![],
             mode: None,
+            lease: String::new(),
+            leased: vec![],
         },
     )
 }
@@ -353,6 +356,8 @@ fn commit_rules() {
             now_ms: 1,
             kept: vec![],
             mode: None,
+            lease: String::new(),
+            leased: vec![],
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -369,6 +374,8 @@ fn commit_rules() {
             now_ms: 1,
             kept: vec![],
             mode: None,
+            lease: String::new(),
+            leased: vec![],
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -574,6 +581,8 @@ fn a_retried_commit_is_not_applied_twice() {
                     now_ms: 9,
                     kept: vec![],
                     mode: None,
+                    lease: String::new(),
+                    leased: vec![],
                 },
             ),
         )
@@ -921,6 +930,8 @@ fn chunk_sizes_that_overflow_are_refused_not_a_panic() {
             now_ms: 1,
             kept: vec![],
             mode: None,
+            lease: String::new(),
+            leased: vec![],
         },
     );
     assert_eq!(kind(r), ErrorKind::InvalidArgument);
@@ -1048,6 +1059,8 @@ fn inode_numbers_are_stable_across_rename_and_overwrite_and_never_reused() {
             now_ms: 12,
             kept: vec![],
             mode: None,
+            lease: String::new(),
+            leased: vec![],
         },
     )
     .unwrap();
@@ -1438,6 +1451,8 @@ fn a_commit_keeps_chunks_of_the_version_it_replaces() {
                 now_ms: 9,
                 kept,
                 mode: None,
+                lease: String::new(),
+                leased: vec![],
             },
         )
     };
@@ -1488,6 +1503,8 @@ fn a_commit_keeps_chunks_of_the_version_it_replaces() {
             now_ms: 9,
             kept: vec!["a".into()],
             mode: None,
+            lease: String::new(),
+            leased: vec![],
         },
     );
     assert_eq!(kind(other), ErrorKind::FailedPrecondition);
@@ -1520,6 +1537,8 @@ fn a_commit_creates_a_file_with_its_mode_and_keeps_an_existing_ones() {
         now_ms: 9,
         kept: vec![],
         mode: Some(mode),
+        lease: String::new(),
+        leased: vec![],
     };
     run(&mut s, with_mode("/a", false, 0o600)).unwrap();
     assert_eq!(s.nodes["/a"].mode(), 0o600);
@@ -1536,4 +1555,5 @@ fn a_commit_creates_a_file_with_its_mode_and_keeps_an_existing_ones() {
     assert!(!s.nodes.contains_key("/b"));
 }
 
+mod leases;
 mod trash;
