@@ -85,10 +85,8 @@ pub async fn run(ctx: &Ctx, b: WatchBench) -> anyhow::Result<Value> {
         }
         // 3. Change → remote visible, with the watcher running.
         let watcher = Watcher::new(&q, args(&local, &remote, b.settle, false)).await?;
-        let client = dfs_client::Client {
-            conn: ctx.client()?,
-            pool: ctx.pool(),
-        };
+        let mut client = dfs_client::Client::new(ctx.client()?);
+        client.pool = ctx.pool();
         let measure = async {
             let mut delays = Vec::with_capacity(b.changes);
             for i in 0..b.changes {

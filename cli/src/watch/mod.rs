@@ -210,10 +210,8 @@ impl<'a> Watcher<'a> {
             gb.add(globset::Glob::new(g).with_context(|| format!("bad --exclude {g:?}"))?);
         }
         let excludes = gb.build()?;
-        let client = Client {
-            conn: ctx.client()?,
-            pool: ctx.pool(),
-        };
+        let mut client = Client::new(ctx.client()?);
+        client.pool = ctx.pool();
         let me = dfs_client::rpc!(client.conn, who_am_i, Empty {})
             .map_err(CError::from)
             .context("cannot reach the cluster")?;
