@@ -106,9 +106,30 @@ pub enum BenchKind {
         #[arg(long, default_value = ".")]
         scratch: PathBuf,
     },
+    /// `dfsctl watch`: initial reconcile of many small files (files/s) and the delay from a
+    /// local change to its remote visibility (p50/p99).
+    #[command(after_help = "Example: dfsctl bench watch --files 10000 --changes 100")]
+    Watch {
+        /// Small files in the initial tree.
+        #[arg(long, default_value_t = 10_000)]
+        files: usize,
+        /// Bytes per small file.
+        #[arg(long, default_value_t = 1024)]
+        file_bytes: usize,
+        /// Changes made one at a time for the delay figures.
+        #[arg(long, default_value_t = 50)]
+        changes: usize,
+        /// The watcher's --settle (part of every delay).
+        #[arg(long, default_value = "200ms", value_parser = crate::watch::parse_duration)]
+        settle: Duration,
+        /// Directory for the local tree (removed afterwards).
+        #[arg(long, default_value = ".")]
+        scratch: PathBuf,
+    },
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+/// The `p` quantile of sorted durations, in milliseconds.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -815,6 +836,22 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> anyhow::Result<i32> {
                 scratch,
             };
             crate::bench_tree::run(ctx, b).await?
+        }
+        BenchKind::Watch {
+            files,
+            file_bytes,
+            changes,
+            settle,
+            scratch,
+        } => {
+            let b = crate::bench_watch::WatchBench {
+                files,
+                file_bytes,
+                changes,
+                settle,
+                scratch,
+            };
+            crate::bench_watch::run(ctx, b).await?
         }
     };
     if ctx.json {

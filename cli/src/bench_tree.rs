@@ -38,14 +38,7 @@ pub async fn run(ctx: &Ctx, b: TreeBench) -> anyhow::Result<Value> {
         ("small", b.small, b.small_kib << 10),
         ("big", b.big, b.big_mib << 20),
     ];
-    let quiet = Ctx {
-        meta: ctx.meta.clone(),
-        auth_file: ctx.auth_file.clone(),
-        json: false,
-        quiet: true,
-        timeout: ctx.timeout,
-        stall_timeout: ctx.stall_timeout,
-    };
+    let quiet = ctx.quieted();
     let conn = ctx.client()?;
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let result = async {

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod bench;
 pub mod bench_repair;
 pub mod bench_tree;
+pub mod bench_watch;
 pub mod cluster;
 pub mod diskstats;
 pub mod docs;
@@ -19,6 +20,7 @@ pub mod transfer;
 pub mod trash;
 pub mod tree;
 pub mod users;
+pub mod watch;
 
 /// The client library, under the names this crate always used.
 pub use dfs_client::meta as client;
@@ -168,6 +170,11 @@ pub enum Cmd {
         after_help = "Example: dfsctl mount /docs /mnt/docs   # until Ctrl-C, SIGTERM or umount"
     )]
     Mount(mount::MountArgs),
+    /// Keep a remote directory a backup of a local folder: upload what changes, as it changes.
+    #[command(
+        after_help = "Example: dfsctl watch ~/Documents /backup/documents --delete   # --once for cron\n\nExit codes: 0 stopped by SIGINT/SIGTERM, or --once done; 1 an error (the cluster unreachable\nlonger than --timeout; --once: a file failed); 3 a safety stop (the folder gone, unreadable or\nreplaced, or more than --max-delete deletes), nothing deleted."
+    )]
+    Watch(watch::WatchArgs),
     /// Measure metadata and data throughput and latency.
     Bench(bench::BenchArgs),
     /// Print shell completions.
@@ -191,6 +198,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The same settings, with no output of its own (for commands run inside another one,
+    /// e.g. by a benchmark).
+    pub fn quieted(&self) -> Ctx {
+        Ctx {
+            meta: self.meta.clone(),
+            auth_file: self.auth_file.clone(),
+            json: false,
+            quiet: true,
+            timeout: self.timeout,
+            stall_timeout: self.stall_timeout,
+        }
+    }
+
     /// Connections to chunk servers, with this command's stall timeout.
     pub fn pool(&self) -> dfs_client::ChunkPool {
         dfs_client::ChunkPool::with_stall_timeout(self.stall_timeout)
@@ -235,6 +255,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Admin(c) => admin::run(&ctx, c).await,
         Cmd::Local(c) => local::run(&ctx, c).await,
         Cmd::Mount(a) => mount::run(&ctx, a).await,
+        Cmd::Watch(a) => watch::run(&ctx, a).await,
         Cmd::Bench(a) => bench::run(&ctx, a).await,
         Cmd::Completions(a) => docs::completions(a),
         Cmd::Man(a) => docs::man(a),

@@ -96,7 +96,7 @@ fn tree_progress(ctx: &Ctx, total: u64) -> indicatif::ProgressBar {
     pb
 }
 
-fn join_remote(root: &str, rel: &str) -> String {
+pub(crate) fn join_remote(root: &str, rel: &str) -> String {
     if rel.is_empty() {
         root.to_string()
     } else if root.ends_with('/') {
@@ -232,7 +232,7 @@ fn walk(
     Ok(())
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut f = std::fs::File::open(path)?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h)?;
