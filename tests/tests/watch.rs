@@ -407,6 +407,13 @@ fn delete_propagates_and_max_delete_stops_a_mass_delete() {
     let err = w.stderr();
     assert!(err.contains("--max-delete 5"), "{err}");
     assert_eq!(remote_tree(&c, "/d").len(), 19);
+    // What the watcher deleted went to the trash, and comes back byte-identical.
+    let trash = c.ctl(&["trash", "ls"]).ok();
+    assert!(trash.contains("/d/f00\t/.trash/admin/"), "{trash}");
+    c.ctl(&["trash", "restore", "/d/f00"]).ok();
+    assert_eq!(c.get_data(&c.auth, "/d/f00"), b"0");
+    c.ctl(&["trash", "restore", "/d/sub/x"]).ok();
+    assert_eq!(c.get_data(&c.auth, "/d/sub/x"), b"x");
 }
 
 #[test]
