@@ -122,11 +122,12 @@ impl DavMetaData for Meta {
     fn is_dir(&self) -> bool {
         self.is_dir
     }
-    /// A file's sha256 when the cluster has it (every put records it); otherwise (and for
+    /// A file's sha256 (its first 128 bits: WebDAV clients such as litmus cut long `If`
+    /// headers short) when the cluster has it (every put records it); otherwise (and for
     /// directories) the inode, size and mtime, which change with every new version.
     fn etag(&self) -> Option<String> {
-        if !self.is_dir && !self.sha256.is_empty() {
-            return Some(self.sha256.clone());
+        if !self.is_dir && self.sha256.len() >= 32 {
+            return Some(self.sha256[..32].to_string());
         }
         Some(format!(
             "{:x}-{:x}-{:x}",
@@ -178,6 +179,13 @@ impl DavFileSystem for DfsFs {
                         }
                     }
                     _ => {}
+                }
+                if existing.is_none() && !options.append && !options.truncate {
+                    // LOCK of an unmapped URL: the resource is created empty at once.
+                    if let Err(e) = self.client.create_empty(&p, 0o644).await {
+                        return fail("create", &p, e);
+                    }
+                    return self.open(path, OpenOptions::default()).await;
                 }
                 if options.append || !options.truncate {
                     // Partial updates (Content-Range PUT, sabredav PATCH) would need a draft

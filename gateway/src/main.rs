@@ -278,6 +278,24 @@ fn bad_path(raw: &str) -> Option<String> {
     None
 }
 
+/// Whether every `<...>` and `[...]` of an `If` header is closed (quotes respected): dav-server
+/// 0.11's parser indexes past the end of one that is not (litmus sends such headers).
+fn if_header_well_formed(v: &[u8]) -> bool {
+    let mut open: Option<u8> = None;
+    let mut quote = false;
+    for &c in v {
+        match open {
+            None if c == b'<' => open = Some(b'>'),
+            None if c == b'[' => open = Some(b']'),
+            None => {}
+            Some(_) if c == b'"' => quote = !quote,
+            Some(close) if c == close && !quote => open = None,
+            Some(_) => {}
+        }
+    }
+    open.is_none()
+}
+
 async fn handle(state: Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Response<Out> {
     let start = Instant::now();
     let method = req.method().as_str().to_string();
@@ -350,6 +368,14 @@ async fn respond(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Resp
             return plain(StatusCode::BAD_REQUEST, &format!("Destination: {why}\n"));
         }
     }
+    if let Some(v) = req.headers().get("if") {
+        if !if_header_well_formed(v.as_bytes()) {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "the If header has an unterminated <tag> or [etag]\n",
+            );
+        }
+    }
     if req.method().as_str() == "PROPFIND"
         && req
             .headers()
@@ -385,6 +411,17 @@ async fn respond(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Resp
     let cfg = DavConfig::new()
         .filesystem(Box::new(davfs::DfsFs { client }))
         .principal(user);
-    let resp = state.dav.handle_with(cfg, req).await;
-    resp.map(|b| b.boxed_unsync())
+    // A panic inside dav-server (a malformed header it does not expect) fails this request
+    // with a 500, never the connection's task silently or the gateway.
+    use futures::FutureExt;
+    match std::panic::AssertUnwindSafe(state.dav.handle_with(cfg, req))
+        .catch_unwind()
+        .await
+    {
+        Ok(resp) => resp.map(|b| b.boxed_unsync()),
+        Err(_) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the WebDAV handler failed on this request\n",
+        ),
+    }
 }
