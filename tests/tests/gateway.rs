@@ -274,10 +274,14 @@ fn put_get_range_auth_and_bad_input() {
 }
 
 #[test]
-fn failed_logins_are_rate_limited_per_address() {
-    let c = Cluster::up(1, 1, &[]);
+fn a_full_cluster_is_507_and_failed_logins_are_rate_limited_per_address() {
+    let c = Cluster::up_with(1, 1, &[], &["--capacity=1000000"]);
     let g = Gateway::start(&c);
     let alice = creds(&c.add_user("alice"));
+    assert_eq!(put_file(&alice, &g, "/small", b"fits"), 201);
+    assert_eq!(put_file(&alice, &g, "/huge", &bytes(3_000_000, 1)), 507);
+    assert_eq!(get(&alice, &g, "/huge").0, 404, "nothing committed");
+    assert_eq!(get(&alice, &g, "/small"), (200, b"fits".to_vec()));
     let wrong = (alice.0.clone(), "wrong".to_string());
     let mut codes = Vec::new();
     for _ in 0..12 {
@@ -548,4 +552,92 @@ fn local_up_starts_a_gateway() {
     ctl(&["local", "down", "--quiet", "--dir", d]);
     let status = ctl(&["local", "status", "--dir", d]);
     assert!(!status.contains("gateway"), "{status}");
+}
+
+/// HTTPS with a certificate (made by openssl here); plain HTTP only with --insecure-http and
+/// only on loopback; no TLS and no --insecure-http is refused with a sentence.
+#[test]
+fn https_and_the_plain_http_rules() {
+    let c = Cluster::up(1, 1, &[]);
+    let alice = creds(&c.add_user("alice"));
+    let (cert, key) = (c.path().join("gw.crt"), c.path().join("gw.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (install the openssl package)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = free_addr();
+    let mut gw = Command::new(bin("dfs-gateway"))
+        .args(["--meta", &c.meta, "--listen", &addr])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _k = Kill(&mut gw);
+    wait_until(Duration::from_secs(30), "the gateway listening", || {
+        std::net::TcpStream::connect(&addr).is_ok()
+    });
+    let url = format!("https://{addr}/hello.txt");
+    let up = curl(
+        &alice,
+        &[
+            "--cacert",
+            cert.to_str().unwrap(),
+            "--data-binary",
+            "hi",
+            "-X",
+            "PUT",
+        ],
+        &url,
+    );
+    assert_eq!(up.0, 201);
+    let down = curl(&alice, &["--cacert", cert.to_str().unwrap()], &url);
+    assert_eq!(down, (200, b"hi".to_vec()));
+    // Plain HTTP to the TLS port gets no WebDAV answer.
+    assert_ne!(
+        curl(&alice, &[], &format!("http://{addr}/hello.txt")).0,
+        200
+    );
+
+    let refuse = |args: &[&str], needle: &str| {
+        let out = Command::new(bin("dfs-gateway"))
+            .args(["--meta", &c.meta])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(needle),
+            "{args:?}: {err}"
+        );
+    };
+    refuse(&["--listen", "0.0.0.0:0", "--insecure-http"], "loopback");
+    refuse(&["--listen", "127.0.0.1:0"], "--tls-cert");
 }
