@@ -136,6 +136,24 @@ fn put_get_range_auth_and_bad_input() {
     assert_eq!(put_file(&alice, &g, "/docs/a.bin", b"v2"), 204);
     let alice_auth = c.path().join("alice.auth");
     assert_eq!(c.get_data(&alice_auth, "/docs/a.bin"), b"v2");
+    // Conditional PUTs: If-None-Match: * refuses to replace, If-Match needs the current ETag.
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), b"v3").unwrap();
+    let t = f.path().to_str().unwrap();
+    let url = g.url("/docs/a.bin");
+    assert_eq!(
+        curl(&alice, &["-T", t, "-H", "If-None-Match: *"], &url).0,
+        412
+    );
+    assert_eq!(
+        curl(&alice, &["-T", t, "-H", "If-Match: \"0123\""], &url).0,
+        412
+    );
+    assert_eq!(get(&alice, &g, "/docs/a.bin"), (200, b"v2".to_vec()));
+    let etag = format!("If-Match: \"{}\"", &sha256_hex(b"v2")[..32]);
+    assert_eq!(curl(&alice, &["-T", t, "-H", &etag], &url).0, 204);
+    assert_eq!(get(&alice, &g, "/docs/a.bin"), (200, b"v3".to_vec()));
+    assert_eq!(put_file(&alice, &g, "/docs/a.bin", b"v2"), 204);
     assert_eq!(put_file(&alice, &g, "/docs/empty", b""), 201);
     assert_eq!(get(&alice, &g, "/docs/empty"), (200, vec![]));
 
