@@ -80,6 +80,11 @@ pub fn dfs_path(p: &DavPath) -> FsResult<String> {
 #[derive(Clone)]
 pub struct DfsFs {
     pub client: Arc<Client>,
+    /// Set for DELETE and MOVE requests, where dav-server lists a directory only to delete it
+    /// entry by entry: then directories list as empty and `remove_dir` moves the whole tree to
+    /// the trash in one step (atomic, one trash entry, one metadata write). Lock checks do not
+    /// list the file system (they ask the lock system), so they are unchanged.
+    pub whole_tree_deletes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -229,6 +234,10 @@ impl DavFileSystem for DfsFs {
     ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
         async move {
             let p = dfs_path(path)?;
+            if self.whole_tree_deletes {
+                let empty: Vec<FsResult<Box<dyn DavDirEntry>>> = Vec::new();
+                return Ok(Box::pin(futures::stream::iter(empty)) as FsStream<Box<dyn DavDirEntry>>);
+            }
             // The listing is taken page by page but handed out at once: dav-server writes a
             // PROPFIND reply from the stream as it goes anyway.
             let entries = match self.client.list(&p).await {

@@ -408,8 +408,12 @@ async fn respond(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Resp
             f
         })
     });
+    let whole_tree_deletes = matches!(req.method().as_str(), "DELETE" | "MOVE");
     let cfg = DavConfig::new()
-        .filesystem(Box::new(davfs::DfsFs { client }))
+        .filesystem(Box::new(davfs::DfsFs {
+            client,
+            whole_tree_deletes,
+        }))
         .principal(user);
     // A panic inside dav-server (a malformed header it does not expect) fails this request
     // with a 500, never the connection's task silently or the gateway.

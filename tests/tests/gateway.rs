@@ -245,6 +245,20 @@ fn put_get_range_auth_and_bad_input() {
     assert_eq!(get(&alice, &g, "/docs/copy.bin").0, 404);
     let trash = c.ctl_as(&alice_auth, &["trash", "ls"]).ok();
     assert!(trash.contains("/docs/copy.bin"), "{trash}");
+    // A collection goes to the trash whole, as one entry, and comes back whole.
+    assert_eq!(curl(&alice, &["-X", "MKCOL"], &g.url("/tree")).0, 201);
+    assert_eq!(curl(&alice, &["-X", "MKCOL"], &g.url("/tree/sub")).0, 201);
+    assert_eq!(put_file(&alice, &g, "/tree/sub/f", b"f"), 201);
+    assert_eq!(curl(&alice, &["-X", "DELETE"], &g.url("/tree/")).0, 204);
+    assert_eq!(get(&alice, &g, "/tree/sub/f").0, 404);
+    let trash = c.ctl_as(&alice_auth, &["trash", "ls"]).ok();
+    assert_eq!(
+        trash.lines().filter(|l| l.contains("/tree")).count(),
+        1,
+        "{trash}"
+    );
+    c.ctl_as(&alice_auth, &["trash", "restore", "/tree"]).ok();
+    assert_eq!(get(&alice, &g, "/tree/sub/f"), (200, b"f".to_vec()));
 
     // A body cut short of its Content-Length commits nothing, and the old version stays.
     let mut s = std::net::TcpStream::connect(&g.addr).unwrap();
