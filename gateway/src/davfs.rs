@@ -55,7 +55,16 @@ pub fn fs_error(e: &Error) -> FsError {
     }
 }
 
+tokio::task_local! {
+    /// Set while a request is handled: whether a call failed because the cluster could not be
+    /// reached (dav-server's errors have no 503; the gateway turns that request's 500 into one).
+    pub static UNAVAILABLE: Arc<std::sync::atomic::AtomicBool>;
+}
+
 fn fail<T>(op: &str, path: &str, e: Error) -> FsResult<T> {
+    if matches!(e, Error::Unavailable(_)) {
+        let _ = UNAVAILABLE.try_with(|u| u.store(true, std::sync::atomic::Ordering::Relaxed));
+    }
     let fe = fs_error(&e);
     if fe == FsError::GeneralFailure {
         tracing::warn!("{op} {path}: {e}");

@@ -98,6 +98,7 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -418,10 +419,21 @@ async fn respond(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Resp
     // A panic inside dav-server (a malformed header it does not expect) fails this request
     // with a 500, never the connection's task silently or the gateway.
     use futures::FutureExt;
-    match std::panic::AssertUnwindSafe(state.dav.handle_with(cfg, req))
-        .catch_unwind()
-        .await
-    {
+    let unavailable = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handled = davfs::UNAVAILABLE.scope(
+        unavailable.clone(),
+        std::panic::AssertUnwindSafe(state.dav.handle_with(cfg, req)).catch_unwind(),
+    );
+    match handled.await {
+        Ok(resp)
+            if resp.status() == StatusCode::INTERNAL_SERVER_ERROR
+                && unavailable.load(Ordering::Relaxed) =>
+        {
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the dfs cluster did not answer in time; try again\n",
+            )
+        }
         Ok(resp) => resp.map(|b| b.boxed_unsync()),
         Err(_) => plain(
             StatusCode::INTERNAL_SERVER_ERROR,

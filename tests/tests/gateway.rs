@@ -14,12 +14,17 @@ struct Gateway {
 
 impl Gateway {
     fn start(c: &Cluster) -> Gateway {
+        Self::start_with(c, &[])
+    }
+
+    fn start_with(c: &Cluster, extra: &[&str]) -> Gateway {
         let (addr, metrics) = (free_addr(), free_addr());
         let log = std::fs::File::create(c.path().join(format!("gateway-{}.log", rand_u64())))
             .expect("gateway log");
         let child = Command::new(bin("dfs-gateway"))
             .args(["--meta", &c.meta, "--listen", &addr, "--insecure-http"])
             .args(["--metrics", &metrics, "--auth-cache", "1s"])
+            .args(extra)
             .env("DFS_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -323,6 +328,28 @@ fn a_full_cluster_is_507_and_failed_logins_are_rate_limited_per_address() {
     assert_eq!(codes[11], 429, "{codes:?}");
     // The right key from the same address is refused too until the window passes.
     assert_eq!(get(&alice, &g, "/").0, 429);
+}
+
+/// With the metadata service gone, requests get 503 (after the gateway's --timeout) and the
+/// gateway stays up; once it is back, the same requests succeed.
+#[test]
+fn an_unreachable_cluster_is_503_and_the_gateway_stays_up() {
+    let c = Cluster::up(1, 1, &[]);
+    let g = Gateway::start_with(&c, &["--timeout", "2s"]);
+    let alice = creds(&c.add_user("alice"));
+    assert_eq!(put_file(&alice, &g, "/f", b"f"), 201);
+    c.kill("meta-1");
+    assert_eq!(get(&alice, &g, "/f").0, 503);
+    assert_eq!(put_file(&alice, &g, "/g", b"g"), 503);
+    c.start("meta-1");
+    wait_until(Duration::from_secs(60), "the gateway serving again", || {
+        get(&alice, &g, "/f") == (200, b"f".to_vec())
+    });
+    // Writes need a chunk server to have reported to the restarted node again.
+    wait_until(Duration::from_secs(60), "a PUT stored again", || {
+        put_file(&alice, &g, "/g", b"g") == 201
+    });
+    assert_eq!(get(&alice, &g, "/g"), (200, b"g".to_vec()));
 }
 
 #[test]
