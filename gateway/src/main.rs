@@ -299,10 +299,30 @@ fn if_header_well_formed(v: &[u8]) -> bool {
 
 async fn handle(state: Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Response<Out> {
     let start = Instant::now();
-    let method = req.method().as_str().to_string();
+    // Known methods by name; anything else counts as "other" (no label per invented method).
+    const KNOWN: [&str; 14] = [
+        "OPTIONS",
+        "GET",
+        "HEAD",
+        "PUT",
+        "DELETE",
+        "PROPFIND",
+        "PROPPATCH",
+        "MKCOL",
+        "COPY",
+        "MOVE",
+        "LOCK",
+        "UNLOCK",
+        "POST",
+        "PATCH",
+    ];
+    let method = KNOWN
+        .into_iter()
+        .find(|m| *m == req.method().as_str())
+        .unwrap_or("other");
     let resp = respond(&state, ip, req).await;
     let status = resp.status().as_u16();
-    state.metrics.record(&method, status, start.elapsed());
+    state.metrics.record(method, status, start.elapsed());
     let st = state.clone();
     resp.map(|b| {
         b.map_frame(move |f| {
