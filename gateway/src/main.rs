@@ -461,3 +461,70 @@ async fn respond(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Resp
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_with_dot_segments_long_names_or_encoded_slashes_are_refused() {
+        for ok in ["/", "/a/b.txt", "/docs/", "/a%20b/c", "/caf%C3%A9"] {
+            assert_eq!(bad_path(ok), None, "{ok}");
+        }
+        for bad in [
+            "/docs/../etc",
+            "/docs/%2e%2e/etc",
+            "/%2E%2E%2f",
+            "/a/./b",
+            "/a%2fb",
+            "/a%00b",
+        ] {
+            assert!(bad_path(bad).is_some(), "{bad}");
+        }
+        assert!(bad_path(&format!("/{}", "n".repeat(256))).is_some());
+        assert!(bad_path(&format!("/{}", "n".repeat(255))).is_none());
+        assert!(bad_path(&"/abcdefgh".repeat(600)).is_some());
+    }
+
+    #[test]
+    fn if_headers_must_close_what_they_open() {
+        assert!(if_header_well_formed(b"(<urn:uuid:1> [\"abc\"])"));
+        assert!(if_header_well_formed(b"(Not <DAV:no-lock>)"));
+        assert!(if_header_well_formed(b"([\"a]b\"])"));
+        assert!(!if_header_well_formed(b"(<urn:uuid:1> [\"abc"));
+        assert!(!if_header_well_formed(b"(<urn:uuid:1"));
+        assert!(!if_header_well_formed(b"([\"]"));
+    }
+
+    #[test]
+    fn basic_credentials_parse_or_are_none() {
+        let h = |s: &str| http::HeaderValue::from_str(s).unwrap();
+        // base64("alice:k/ey:x")
+        let c = auth::parse_basic(Some(&h("Basic YWxpY2U6ay9leTp4"))).unwrap();
+        assert_eq!((c.user.as_str(), c.key.as_str()), ("alice", "k/ey:x"));
+        assert!(auth::parse_basic(Some(&h("basic YWxpY2U6ay9leTp4"))).is_some());
+        assert!(auth::parse_basic(None).is_none());
+        assert!(auth::parse_basic(Some(&h("Bearer abc"))).is_none());
+        assert!(auth::parse_basic(Some(&h("Basic !!!"))).is_none());
+        // base64("alice:") and base64(":key")
+        assert!(auth::parse_basic(Some(&h("Basic YWxpY2U6"))).is_none());
+        assert!(auth::parse_basic(Some(&h("Basic OmtleQ=="))).is_none());
+    }
+
+    #[test]
+    fn client_errors_map_to_webdav_statuses() {
+        use dav_server::fs::FsError;
+        use dfs_client::Error;
+        let m = |e: Error| davfs::fs_error(&e);
+        assert_eq!(m(Error::NotFound("x".into())), FsError::NotFound);
+        assert_eq!(m(Error::Permission("x".into())), FsError::NotFound);
+        assert_eq!(m(Error::Exists("x".into())), FsError::Exists);
+        assert_eq!(m(Error::NoSpace("x".into())), FsError::InsufficientStorage);
+        assert_eq!(m(Error::InvalidName("bad".into())), FsError::Forbidden);
+        assert_eq!(
+            m(Error::InvalidName("a name is longer than 255 bytes".into())),
+            FsError::PathTooLong
+        );
+        assert_eq!(m(Error::Unavailable("x".into())), FsError::GeneralFailure);
+    }
+}
