@@ -366,7 +366,7 @@ fn an_upload_killed_halfway_leaves_the_old_version() {
         .args([
             "-s",
             "--limit-rate",
-            "4M",
+            "2M",
             "-u",
             &format!("{}:{}", alice.0, alice.1),
         ])
@@ -391,7 +391,7 @@ fn an_upload_killed_halfway_leaves_the_old_version() {
         .args([
             "-s",
             "--limit-rate",
-            "4M",
+            "2M",
             "-u",
             &format!("{}:{}", alice.0, alice.1),
         ])
