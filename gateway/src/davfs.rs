@@ -94,6 +94,44 @@ pub struct DfsFs {
     /// the trash in one step (atomic, one trash entry, one metadata write). Lock checks do not
     /// list the file system (they ask the lock system), so they are unchanged.
     pub whole_tree_deletes: bool,
+    /// The last `metadata` answer of this request (path, entry or None for "not there"),
+    /// taken (once) by the `open` for writing that dav-server makes right after it, so a PUT
+    /// does not stat its path twice. Never reused past that one `open`.
+    pub last_stat: Arc<std::sync::Mutex<Option<(String, Option<FileInfo>)>>>,
+}
+
+impl DfsFs {
+    pub fn new(client: Arc<Client>, whole_tree_deletes: bool) -> DfsFs {
+        DfsFs {
+            client,
+            whole_tree_deletes,
+            last_stat: Default::default(),
+        }
+    }
+
+    fn remember(&self, p: &str, f: Option<FileInfo>) {
+        *self.last_stat.lock().unwrap_or_else(|e| e.into_inner()) = Some((p.to_string(), f));
+    }
+
+    /// The entry at `p` (None: not there, or not this user's), from the remembered answer when
+    /// it is about `p`.
+    async fn stat_for_write(&self, p: &str) -> Result<Option<FileInfo>, Error> {
+        let last = self
+            .last_stat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((q, f)) = last {
+            if q == p {
+                return Ok(f);
+            }
+        }
+        match self.client.stat(p).await {
+            Ok(f) => Ok(Some(f)),
+            Err(Error::NotFound(_)) | Err(Error::Permission(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -174,9 +212,8 @@ impl DavFileSystem for DfsFs {
         async move {
             let p = dfs_path(path)?;
             if options.write {
-                let existing = match self.client.stat(&p).await {
-                    Ok(f) => Some(f),
-                    Err(Error::NotFound(_)) | Err(Error::Permission(_)) => None,
+                let existing = match self.stat_for_write(&p).await {
+                    Ok(f) => f,
                     Err(e) => return fail("open", &p, e),
                 };
                 match &existing {
@@ -272,7 +309,15 @@ impl DavFileSystem for DfsFs {
         async move {
             let p = dfs_path(path)?;
             match self.client.stat(&p).await {
-                Ok(f) => Ok(Box::new(Meta::of(&f)) as Box<dyn DavMetaData>),
+                Ok(f) => {
+                    let m = Meta::of(&f);
+                    self.remember(&p, Some(f));
+                    Ok(Box::new(m) as Box<dyn DavMetaData>)
+                }
+                Err(e @ (Error::NotFound(_) | Error::Permission(_))) => {
+                    self.remember(&p, None);
+                    fail("stat", &p, e)
+                }
                 Err(e) => fail("stat", &p, e),
             }
         }

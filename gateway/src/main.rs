@@ -431,10 +431,7 @@ async fn respond(state: &Arc<State>, ip: IpAddr, req: Request<Incoming>) -> Resp
     });
     let whole_tree_deletes = matches!(req.method().as_str(), "DELETE" | "MOVE");
     let cfg = DavConfig::new()
-        .filesystem(Box::new(davfs::DfsFs {
-            client,
-            whole_tree_deletes,
-        }))
+        .filesystem(Box::new(davfs::DfsFs::new(client, whole_tree_deletes)))
         .principal(user);
     // A panic inside dav-server (a malformed header it does not expect) fails this request
     // with a 500, never the connection's task silently or the gateway.
