@@ -86,6 +86,9 @@ pub fn dfs_path(p: &DavPath) -> FsResult<String> {
     })
 }
 
+/// A path and what `stat` said of it (None: not there, or not this user's).
+type Remembered = (String, Option<FileInfo>);
+
 #[derive(Clone)]
 pub struct DfsFs {
     pub client: Arc<Client>,
@@ -97,7 +100,7 @@ pub struct DfsFs {
     /// The last `metadata` answer of this request (path, entry or None for "not there"),
     /// taken (once) by the `open` for writing that dav-server makes right after it, so a PUT
     /// does not stat its path twice. Never reused past that one `open`.
-    pub last_stat: Arc<std::sync::Mutex<Option<(String, Option<FileInfo>)>>>,
+    last_stat: Arc<std::sync::Mutex<Option<Remembered>>>,
 }
 
 impl DfsFs {
