@@ -190,7 +190,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "serving WebDAV on {scheme}://{local}/ (metadata: {})",
         args.meta.join(",")
     );
-    println!("dfs-gateway: serving WebDAV on {scheme}://{local}/");
+    // Not println!: a closed stdout must not end the gateway.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "dfs-gateway: serving WebDAV on {scheme}://{local}/");
+        let _ = out.flush();
+    }
     loop {
         let (sock, peer) = match listener.accept().await {
             Ok(x) => x,
