@@ -13,6 +13,7 @@ pub mod files;
 pub mod fsck;
 pub mod health;
 pub mod local;
+pub mod local_gateway;
 pub mod local_mount;
 pub mod mount;
 pub mod output;

@@ -5,6 +5,7 @@
 //! (`meta-1/`, `chunk-1/`, ... each with a `log` file), and `prometheus/targets/*.json`
 //! (file-based service discovery for `deploy/prometheus`). Nodes run in their own process
 //! group, so they outlive the dfsctl that started them.
+use crate::local_gateway;
 use crate::local_mount;
 use crate::output::print_json;
 use crate::Ctx;
@@ -79,6 +80,9 @@ pub struct UpArgs {
     /// Also mount the cluster on this folder (as its admin user; `local down` unmounts it).
     #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
+    /// Start no WebDAV gateway (by default one serves plain HTTP on a loopback port).
+    #[arg(long)]
+    pub no_gateway: bool,
 }
 
 /// A free loopback port (the OS picks one; it is released for the node to bind).
@@ -425,12 +429,24 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
+    let gateway = if a.no_gateway {
+        None
+    } else {
+        start_gateway(ctx, dir, &cluster, Duration::from_secs(a.wait)).await?
+    };
+    let gateway_url = gateway.as_ref().map(|g| g.url.clone());
     if ctx.json {
         print_json(
-            &json!({"dir": std::fs::canonicalize(dir)?, "env": env, "started": started, "meta": cluster.meta_addrs(), "mount": mounted}),
+            &json!({"dir": std::fs::canonicalize(dir)?, "env": env, "started": started, "meta": cluster.meta_addrs(), "mount": mounted, "gateway": gateway_url}),
         );
     } else {
         println!("{}", std::fs::read_to_string(&env)?.trim_end());
+        if let Some(url) = &gateway_url {
+            println!(
+                "# WebDAV: {url} (user and password: the two halves of {})",
+                dir.join("admin.auth").display()
+            );
+        }
         if let (Some(m), false) = (&mounted, ctx.quiet) {
             eprintln!(
                 "mounted on {} (log: {})",
@@ -450,6 +466,56 @@ async fn up(ctx: &Ctx, a: UpArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Start the local WebDAV gateway (on the addresses it had before, when they are free). A
+/// missing binary or a failed start is a warning: the cluster itself is up.
+async fn start_gateway(
+    ctx: &Ctx,
+    dir: &Path,
+    cluster: &LocalCluster,
+    wait: Duration,
+) -> anyhow::Result<Option<local_gateway::LocalGateway>> {
+    if let Some(g) = local_gateway::running(dir) {
+        return Ok(Some(g));
+    }
+    if local_gateway::binary().is_none() {
+        if !ctx.quiet {
+            eprintln!("note: no dfs-gateway beside dfsctl, so no WebDAV gateway was started");
+        }
+        return Ok(None);
+    }
+    let previous: Option<local_gateway::LocalGateway> = std::fs::read(dir.join("gateway.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let free = |a: &str| std::net::TcpListener::bind(a).is_ok();
+    let (listen, metrics) = match previous {
+        Some(p) => {
+            let listen = p
+                .url
+                .trim_start_matches("http://")
+                .trim_end_matches('/')
+                .to_string();
+            if free(&listen) && free(&p.metrics_addr) {
+                (listen, p.metrics_addr)
+            } else {
+                (free_addr()?, free_addr()?)
+            }
+        }
+        None => (free_addr()?, free_addr()?),
+    };
+    let (d, meta) = (dir.to_path_buf(), cluster.meta_addrs());
+    match tokio::task::spawn_blocking(move || {
+        local_gateway::start(&d, &meta, &listen, &metrics, wait)
+    })
+    .await?
+    {
+        Ok(g) => Ok(Some(g)),
+        Err(e) => {
+            eprintln!("warning: the WebDAV gateway did not start: {e:#}");
+            Ok(None)
+        }
+    }
 }
 
 /// The cluster ids of the local nodes, by address (metadata members and chunk servers), as the
@@ -530,6 +596,18 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                     );
                 }
             }
+            if let Some(g) = local_gateway::running(&d.dir) {
+                if ctx.json {
+                    print_json(
+                        &json!({"name": "gateway", "pid": g.pid, "url": g.url, "metrics_addr": g.metrics_addr, "alive": true}),
+                    );
+                } else {
+                    println!(
+                        "{:<16} {:>8} {:<22} {:<22} alive",
+                        "gateway", g.pid, g.url, g.metrics_addr
+                    );
+                }
+            }
             if let Some(m) = local_mount::running(&d.dir) {
                 if ctx.json {
                     print_json(
@@ -550,6 +628,13 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             };
             if let (Some(m), false, false) = (&unmounted, ctx.json, ctx.quiet) {
                 eprintln!("unmounted {}", m.display());
+            }
+            let gateway = {
+                let dir = d.dir.clone();
+                tokio::task::spawn_blocking(move || local_gateway::stop(&dir)).await??
+            };
+            if let (Some(g), false, false) = (&gateway, ctx.json, ctx.quiet) {
+                eprintln!("stopped the WebDAV gateway on {}", g.url);
             }
             let running: Vec<&LocalNode> =
                 c.nodes.iter().filter(|n| alive(n.pid, &n.kind)).collect();

@@ -118,7 +118,8 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         let mut cmd = Command::new(bin("dfsctl"));
-        cmd.args(["local", "up", "--quiet", "--dir"])
+        // No WebDAV gateway: tests/tests/gateway.rs starts its own.
+        cmd.args(["local", "up", "--quiet", "--no-gateway", "--dir"])
             .arg(dir.path())
             .arg(format!("--metas={metas}"))
             .arg(format!("--chunks={chunks}"));

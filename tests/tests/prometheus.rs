@@ -98,7 +98,11 @@ fn systemd_units_verify() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let bins = bin_dir();
     let mut units = Vec::new();
-    for name in ["dfs-metasrv.service", "dfs-chunksrv.service"] {
+    for name in [
+        "dfs-metasrv.service",
+        "dfs-chunksrv.service",
+        "dfs-gateway.service",
+    ] {
         let text = std::fs::read_to_string(deploy().join("systemd").join(name)).expect("unit");
         assert!(text.contains("ExecStart=/usr/local/bin/"), "{name}");
         let local = text.replace("/usr/local/bin/", &format!("{}/", bins.display()));
@@ -108,6 +112,7 @@ fn systemd_units_verify() {
     }
     bin("metasrv");
     bin("chunksrv");
+    bin("dfs-gateway");
     let out = Command::new(&analyze)
         .arg("verify")
         .args(&units)
