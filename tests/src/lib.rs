@@ -427,6 +427,23 @@ impl Drop for Cluster {
 
 /// GET `path` from `addr` over HTTP/1.0: status code and body (a stuck server fails the
 /// read after 15 s instead of hanging the test).
+/// Panic with `diff -r`'s output unless the local trees `a` and `b` are equal (names matching
+/// an `exclude` pattern aside).
+pub fn assert_same_tree(a: &Path, b: &Path, exclude: &[&str]) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .args(exclude.iter().flat_map(|x| ["-x", x]))
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("run diff");
+    assert!(
+        out.status.success(),
+        "trees differ:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;

@@ -490,17 +490,7 @@ fn rclone_copies_a_tree_in_and_back() {
         &["copy", ":webdav:/tree", back.to_str().unwrap()],
     );
     assert!(ok, "rclone copy back: {out}");
-    let d = Command::new("diff")
-        .arg("-r")
-        .arg(&src)
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(
-        d.status.success(),
-        "diff -r: {}",
-        String::from_utf8_lossy(&d.stdout)
-    );
+    assert_same_tree(&src, &back, &[]);
     let (ok, out) = rclone(
         &alice,
         &g,

@@ -18,20 +18,6 @@ fn trash_ls(c: &Cluster, auth: &Path) -> Vec<Value> {
     json_lines(c.ctl_as(auth, &["--json", "trash", "ls"]))
 }
 
-fn diff(a: &Path, b: &Path) {
-    let out = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .expect("run diff");
-    assert!(
-        out.status.success(),
-        "trees differ:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 #[test]
 fn rm_goes_to_the_trash_and_comes_back() {
     let c = Cluster::up(1, 2, &[]);
@@ -162,7 +148,7 @@ fn a_directory_of_1000_files_goes_and_comes_back_whole() {
         .ok();
     let back = c.path().join("back");
     c.ctl(&["get", "-r", "/tree", &s(&back)]).ok();
-    diff(&src, &back);
+    assert_same_tree(&src, &back, &[]);
 }
 
 #[test]

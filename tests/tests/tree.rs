@@ -3,7 +3,7 @@
 //! (`diff -r`); symlinks and fifos are reported and skipped; a file that cannot be sent is
 //! reported, the rest copied, exit 1; `--update` sends only what is missing or changed; get -r
 //! replaces no local file without -f.
-use dfs_tests::{Cluster, Run};
+use dfs_tests::{assert_same_tree, Cluster, Run};
 use serde_json::Value;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -36,20 +36,6 @@ fn make_tree(src: &Path) {
         write(&src.join(format!("many/f{i:02}")), 1000 + i);
     }
     std::fs::create_dir_all(src.join("empty dir/inner empty")).unwrap();
-}
-
-fn diff(a: &Path, b: &Path) {
-    let out = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .expect("run diff");
-    assert!(
-        out.status.success(),
-        "trees differ:\n{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 #[test]
@@ -86,7 +72,7 @@ fn put_r_get_r_round_trip_and_update() {
     std::fs::remove_file(src.join("fifo")).unwrap();
     let back = c.path().join("back");
     c.ctl(&["get", "-r", "/tree", &s(&back)]).ok();
-    diff(&src, &back);
+    assert_same_tree(&src, &back, &[]);
 
     // cp -r inside the cluster gives an equal tree; cp of one file into a directory keeps its
     // name and replaces nothing without -f.
@@ -95,7 +81,7 @@ fn put_r_get_r_round_trip_and_update() {
     assert_eq!(count(&lines(&r), "copied"), 25, "{}", r.stdout);
     let copy = c.path().join("copy");
     c.ctl(&["get", "-r", "/copy", &s(&copy)]).ok();
-    diff(&src, &copy);
+    assert_same_tree(&src, &copy, &[]);
     c.ctl(&["cp", "/tree/a/b/c/deep.txt", "/copy/empty dir"])
         .ok();
     let st = c
@@ -118,7 +104,7 @@ fn put_r_get_r_round_trip_and_update() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let l = lines(&r);
     assert_eq!((count(&l, "copied"), count(&l, "unchanged")), (1, 24));
-    diff(&src, &back);
+    assert_same_tree(&src, &back, &[]);
 
     // After a partial copy, --update sends only what is missing or changed.
     write(&src.join("many/f00"), 77);
@@ -228,5 +214,5 @@ fn update_after_a_killed_put_sends_only_the_rest() {
     let back = c.path().join("back");
     c.ctl(&["get", "-r", "/t", &back.display().to_string()])
         .ok();
-    diff(&src, &back);
+    assert_same_tree(&src, &back, &[]);
 }

@@ -278,17 +278,7 @@ fn tree_created_modified_renamed_deleted_ends_equal() {
     // Contents, byte for byte.
     let back = c.path().join("back");
     c.ctl(&["get", "-r", "/backup", &s(&back)]).ok();
-    let out = std::process::Command::new("diff")
-        .args(["-r", "-x", ".dfs-watch"])
-        .arg(&local)
-        .arg(&back)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    dfs_tests::assert_same_tree(&local, &back, &[".dfs-watch"]);
 }
 
 #[test]

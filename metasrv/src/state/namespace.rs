@@ -350,6 +350,40 @@ impl State {
         Ok(Reply::Done)
     }
 
+    /// What deleting `p` takes: `p` and (with `recursive`) everything below it, in path
+    /// order, after checking that it exists and that the actor may change all of it.
+    pub(super) fn deletable(
+        &self,
+        actor: &str,
+        p: &str,
+        recursive: bool,
+    ) -> Result<Vec<String>, ApplyError> {
+        let Some(n) = self.nodes.get(p) else {
+            return Err(ApplyError::not_found(p));
+        };
+        if !self.may_change(actor, n) {
+            return Err(ApplyError::denied(format!(
+                "permission denied: {p} belongs to another user"
+            )));
+        }
+        let mut all = vec![p.to_string()];
+        for (k, child) in self.descendants(p) {
+            if !recursive {
+                return Err(ApplyError::new(
+                    ErrorKind::FailedPrecondition,
+                    format!("{p}: directory not empty (use -r to remove it and its contents)"),
+                ));
+            }
+            if !self.may_change(actor, child) {
+                return Err(ApplyError::denied(format!(
+                    "permission denied: {k} belongs to another user"
+                )));
+            }
+            all.push(k.clone());
+        }
+        Ok(all)
+    }
+
     pub(super) fn remove(
         &mut self,
         actor: &str,
@@ -365,31 +399,7 @@ impl State {
                 "cannot remove the root directory",
             ));
         }
-        let Some(n) = self.nodes.get(&p) else {
-            return Err(ApplyError::not_found(&p));
-        };
-        if !self.may_change(actor, n) {
-            return Err(ApplyError::denied(format!(
-                "permission denied: {p} belongs to another user"
-            )));
-        }
-        let mut doomed = vec![p.clone()];
-        if n.is_dir() {
-            for (k, child) in self.descendants(&p) {
-                if !recursive {
-                    return Err(ApplyError::new(
-                        ErrorKind::FailedPrecondition,
-                        format!("{p}: directory not empty (use -r to remove it and its contents)"),
-                    ));
-                }
-                if !self.may_change(actor, child) {
-                    return Err(ApplyError::denied(format!(
-                        "permission denied: {k} belongs to another user"
-                    )));
-                }
-                doomed.push(k.clone());
-            }
-        }
+        let doomed = self.deletable(actor, &p, recursive)?;
         let count = doomed.len() as u64;
         for k in doomed {
             if let Some(Inode { file: Some(f), .. }) = self.nodes.remove(&k) {

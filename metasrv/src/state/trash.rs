@@ -75,31 +75,11 @@ impl State {
         if p == "/" || in_trash(&p) {
             return self.remove(actor, &p, recursive, now_ms, touched);
         }
+        let moving = self.deletable(actor, &p, recursive)?;
         let Some(n) = self.nodes.get(&p) else {
             return Err(ApplyError::not_found(&p));
         };
-        if !self.may_change(actor, n) {
-            return Err(ApplyError::denied(format!(
-                "permission denied: {p} belongs to another user"
-            )));
-        }
-        let owner = n.owner.clone();
-        let is_dir = n.is_dir();
-        let mut moving = vec![p.clone()];
-        for (k, child) in self.descendants(&p) {
-            if !recursive {
-                return Err(ApplyError::new(
-                    ErrorKind::FailedPrecondition,
-                    format!("{p}: directory not empty (use -r to remove it and its contents)"),
-                ));
-            }
-            if !self.may_change(actor, child) {
-                return Err(ApplyError::denied(format!(
-                    "permission denied: {k} belongs to another user"
-                )));
-            }
-            moving.push(k.clone());
-        }
+        let (owner, is_dir) = (n.owner.clone(), n.is_dir());
         if is_dir && moving.len() == 1 {
             return self.remove(actor, &p, recursive, now_ms, touched);
         }
