@@ -107,6 +107,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         writes: service::WriteBatcher::new(raft.clone()),
         healing: healer::Healing::new(cfg.healing.clone()),
         leader_watch: Default::default(),
+        auth_limit: Default::default(),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

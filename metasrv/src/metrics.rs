@@ -84,6 +84,7 @@ struct CachedScan {
 #[derive(Default)]
 pub struct Metrics {
     pub auth_failures: Counter,
+    pub auth_rate_limited: Counter,
     pub bad_replica_reports: Counter,
     pub stall_reports: Counter,
     pub trash_purged: Counter,
@@ -612,6 +613,12 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
         "dfs_auth_failures_total",
         "Requests refused for bad user or node credentials.",
         node.metrics.auth_failures.get(),
+    );
+    counter(
+        o,
+        "dfs_auth_rate_limited_total",
+        "Requests refused unchecked: their address failed 20 logins for that user (or made 5 registrations) this minute.",
+        node.metrics.auth_rate_limited.get(),
     );
     counter(
         o,

@@ -65,3 +65,70 @@ fn access_keys_appear_nowhere_but_in_the_auth_files() {
         );
     }
 }
+
+/// A `Meta` client over its own connection, from `local` (a loopback address) when given.
+async fn meta_from(
+    meta: &str,
+    local: Option<std::net::IpAddr>,
+) -> dfs_proto::meta_client::MetaClient<tonic::transport::Channel> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{meta}"))
+        .unwrap()
+        .local_address(local);
+    dfs_proto::meta_client::MetaClient::new(ep.connect().await.expect("connect"))
+}
+
+async fn who_am_i(
+    c: &mut dfs_proto::meta_client::MetaClient<tonic::transport::Channel>,
+    user: &str,
+    key: &str,
+) -> Result<String, tonic::Status> {
+    let mut req = tonic::Request::new(dfs_proto::Empty {});
+    req.metadata_mut()
+        .insert(dfs_common::headers::USER, user.parse().unwrap());
+    req.metadata_mut()
+        .insert(dfs_common::headers::KEY, key.parse().unwrap());
+    c.who_am_i(req).await.map(|r| r.into_inner().name)
+}
+
+/// 1,000 wrong keys in a row from one address: past 20 that address is refused for that user
+/// without a check (the right key too), and counted; the right key still works from another
+/// address, and another user from the same address is not affected.
+#[test]
+fn wrong_keys_are_rate_limited_per_address_and_user() {
+    let c = Cluster::up(1, 0, &[]);
+    let alice = c.add_user("alice");
+    let bob = c.add_user("bob");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut attacker = meta_from(&c.meta, None).await;
+        let (mut unauthenticated, mut limited) = (0, 0);
+        for i in 0..1000 {
+            match who_am_i(&mut attacker, "alice", &format!("{i:064x}")).await {
+                Err(s) if s.code() == tonic::Code::Unauthenticated => unauthenticated += 1,
+                Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                    assert!(s.message().contains("too many failed logins"), "{s:?}");
+                    limited += 1
+                }
+                other => panic!("a wrong key got {other:?}"),
+            }
+        }
+        assert_eq!((unauthenticated, limited), (20, 980));
+        let right = key_of(&alice);
+        let e = who_am_i(&mut attacker, "alice", &right).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert_eq!(
+            who_am_i(&mut attacker, "bob", &key_of(&bob)).await.unwrap(),
+            "bob"
+        );
+        let mut elsewhere = meta_from(&c.meta, Some("127.0.0.2".parse().unwrap())).await;
+        assert_eq!(
+            who_am_i(&mut elsewhere, "alice", &right).await.unwrap(),
+            "alice"
+        );
+    });
+    let m = c.metrics_text("meta-1");
+    assert!(
+        m.lines().any(|l| l == "dfs_auth_rate_limited_total 981"),
+        "{m}"
+    );
+}

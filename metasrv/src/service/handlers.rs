@@ -762,12 +762,19 @@ impl MetaNode {
         Ok(Empty {})
     }
 
-    pub async fn register(&self, _c: &Caller, r: UserAddRequest) -> OpResult<UserAddReply> {
+    pub async fn register(&self, c: &Caller, r: UserAddRequest) -> OpResult<UserAddReply> {
         self.write_gate()?;
         if !self.config.allow_self_register {
             return Err(Status::permission_denied(
                 "self-registration is disabled on this cluster: ask an admin for `dfsctl user add` (or start metasrv with --allow-self-register)",
             )
+            .into());
+        }
+        if let Err(wait) = self.auth_limit.register(c.addr) {
+            self.metrics.auth_rate_limited.inc();
+            return Err(Status::resource_exhausted(format!(
+                "too many registrations from this address: try again in {wait} s"
+            ))
             .into());
         }
         if r.admin {

@@ -19,7 +19,8 @@ macro_rules! meta_rpcs {
         impl Meta for MetaApi {
             $(
                 async fn $rpc(&self, request: tonic::Request<$req>) -> Result<tonic::Response<$resp>, Status> {
-                    let caller = Caller::from_metadata(request.metadata());
+                    let mut caller = Caller::from_metadata(request.metadata());
+                    caller.addr = request.remote_addr().map(|a| a.ip());
                     let started = Instant::now();
                     let body = request.into_inner();
                     let mut forwarded = false;

@@ -5,6 +5,7 @@
 //! forwarded to the leader (`RaftTransport.Forward`, at most `MAX_HOPS` hops) with the caller's
 //! credentials; the leader authenticates it against its own state. Stale reads (`stale: true`)
 //! are answered from the local applied state.
+mod auth_limit;
 mod handlers;
 mod meta_api;
 mod raft_api;
@@ -67,6 +68,8 @@ pub struct MetaNode {
     pub healing: crate::healer::Healing,
     /// Reachability of the leader as seen from this node (see leader_watch).
     pub leader_watch: crate::leader_watch::LeaderWatch,
+    /// Failed logins and self-registrations per address.
+    pub auth_limit: auth_limit::AuthLimiter,
 }
 
 /// Who is calling: a user (name and key) and/or a node (cluster-secret proof).
@@ -75,6 +78,8 @@ pub struct Caller {
     pub user: String,
     pub key: String,
     pub node_auth: String,
+    /// Where the request came from (the client's, also through a forward; `None` inside).
+    pub addr: Option<std::net::IpAddr>,
 }
 
 impl Caller {
@@ -89,6 +94,7 @@ impl Caller {
             user: get(headers::USER),
             key: get(headers::KEY),
             node_auth: get(headers::NODE_AUTH),
+            addr: None,
         }
     }
 }
@@ -180,6 +186,14 @@ impl MetaNode {
             )
             .into());
         }
+        if let Err(wait) = self.auth_limit.check(c.addr, &c.user) {
+            self.metrics.auth_rate_limited.inc();
+            return Err(Status::resource_exhausted(format!(
+                "too many failed logins for {:?} from this address: try again in {wait} s",
+                c.user
+            ))
+            .into());
+        }
         let st = self.read_state();
         match st.users.get(&c.user) {
             Some(u) if dfs_common::keys::key_matches(&c.key, &u.key_hash) => {
@@ -187,6 +201,10 @@ impl MetaNode {
             }
             _ => {
                 self.metrics.auth_failures.inc();
+                let n = self.auth_limit.failed(c.addr, &c.user);
+                if n == auth_limit::MAX_FAILURES_PER_ADDR {
+                    tracing::warn!(user = %c.user, addr = ?c.addr, "many failed logins for one user name");
+                }
                 Err(
                     Status::unauthenticated(format!("unknown user {:?} or wrong key", c.user))
                         .into(),
@@ -303,6 +321,7 @@ impl MetaNode {
                 user: caller.user.clone(),
                 key: caller.key.clone(),
                 node_auth: caller.node_auth.clone(),
+                client_addr: caller.addr.map(|a| a.to_string()).unwrap_or_default(),
             };
             // Bounded: a paused leader must not hold a request forever (the client moves on).
             let call = client.forward(crate::network::with_node_auth(req, &self.secret));

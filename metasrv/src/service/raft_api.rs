@@ -107,6 +107,8 @@ impl RaftTransport for RaftApi {
             user: f.user,
             key: f.key,
             node_auth: f.node_auth,
+            // A node's word (its proof was checked above).
+            addr: f.client_addr.parse().ok(),
         };
         let reply = match self.node.dispatch(&f.method, caller, &f.body, f.hops).await {
             Ok(body) => ForwardReply {
