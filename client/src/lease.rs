@@ -49,6 +49,9 @@ pub struct WriteLease {
     conn: Arc<MetaConn>,
     shared: Arc<Mutex<Shared>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The runtime it was made in: a lease dropped on another thread (a mount's FUSE thread
+    /// closing a file) still tells the leader.
+    rt: Option<tokio::runtime::Handle>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,6 +69,7 @@ impl WriteLease {
                 ..Default::default()
             })),
             task: Mutex::new(None),
+            rt: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -149,7 +153,7 @@ impl Drop for WriteLease {
             (s.id.clone(), s.taken)
         };
         // Tell the leader the write is over; if this is lost the lease expires anyway.
-        if let (true, Ok(rt)) = (taken, tokio::runtime::Handle::try_current()) {
+        if let (true, Some(rt)) = (taken, &self.rt) {
             let conn = self.conn.clone();
             rt.spawn(async move {
                 let req = RenewLeaseRequest {

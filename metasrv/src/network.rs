@@ -3,13 +3,17 @@
 //! Openraft requests travel as JSON in `RaftMessage.payload`, with the id of the node they are
 //! meant for: a node that receives a message for another id refuses it (openraft misbehaves when
 //! a node talks to itself through a stale address). Every call carries the cluster-secret proof.
+//! An AppendEntries batch that would not fit in one message is refused before it is sent
+//! (`PayloadTooLarge`), and openraft sends fewer entries: a few large commits in a row never
+//! stall replication.
 use crate::types::{NodeId, TypeConfig};
 use dfs_common::headers;
 use dfs_common::token::ClusterSecret;
 use dfs_proto::raft_transport_client::RaftTransportClient;
 use dfs_proto::RaftMessage;
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -57,6 +61,13 @@ pub fn raft_client(addr: &str) -> Result<RaftTransportClient<Channel>, tonic::tr
         .max_encoding_message_size(MAX_RAFT_MESSAGE))
 }
 
+/// How many entries to send instead, when a batch of `entries` encodes to `len` bytes, more
+/// than a message may hold (with room for the envelope); `None` when it fits (or is one
+/// entry, which the proposer keeps under the limit: see `MAX_COMMIT_CHUNKS`).
+fn smaller_batch(len: usize, entries: usize) -> Option<u64> {
+    (len > MAX_RAFT_MESSAGE - (1 << 20) && entries > 1).then(|| (entries / 2).max(1) as u64)
+}
+
 /// Attach the node proof to an outgoing request.
 pub fn with_node_auth<T>(msg: T, secret: &ClusterSecret) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
@@ -96,10 +107,13 @@ enum Rpc {
 }
 
 impl PeerClient {
+    /// Send `req`; `entries` is the number of log entries it carries (AppendEntries): a
+    /// batch too large for one message is refused here, and openraft sends fewer at a time.
     async fn call<Req, Resp, E>(
         &mut self,
         rpc: Rpc,
         req: &Req,
+        entries: usize,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
@@ -114,6 +128,9 @@ impl PeerClient {
         };
         let payload =
             serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(hint) = smaller_batch(payload.len(), entries) {
+            return Err(PayloadTooLarge::new_entries_hint(hint).into());
+        }
         let msg = with_node_auth(
             RaftMessage {
                 target: self.target,
@@ -148,7 +165,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let entries = rpc.entries.len();
+        self.call(Rpc::Append, &rpc, entries, &option).await
     }
 
     async fn install_snapshot(
@@ -159,7 +177,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        self.call(Rpc::Snapshot, &rpc, 0, &option).await
     }
 
     async fn vote(
@@ -167,6 +185,23 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, 0, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{smaller_batch, MAX_RAFT_MESSAGE};
+
+    #[test]
+    fn a_batch_too_large_for_one_message_is_halved() {
+        assert_eq!(smaller_batch(1000, 32), None);
+        assert_eq!(smaller_batch(MAX_RAFT_MESSAGE, 32), Some(16));
+        assert_eq!(smaller_batch(MAX_RAFT_MESSAGE, 3), Some(1));
+        assert_eq!(
+            smaller_batch(MAX_RAFT_MESSAGE, 1),
+            None,
+            "one entry cannot be split"
+        );
     }
 }

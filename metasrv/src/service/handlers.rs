@@ -22,6 +22,8 @@ const MAX_ALLOCATE: u32 = 64;
 const IMPORT_SLICE: usize = 500;
 /// Most delete orders in one heartbeat reply.
 const MAX_DELETE_ORDERS: usize = 1000;
+/// Most chunks in one file's commit (see `commit_file`).
+pub(crate) const MAX_COMMIT_CHUNKS: usize = 400_000;
 /// Longest client request id.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -519,6 +521,15 @@ impl MetaNode {
             return Err(invalid(
                 "sha256 must be 64 hex characters (or empty when the writer did not compute it)",
             ));
+        }
+        // One Raft entry must fit in one message between members (64 MiB; a chunk is about
+        // 110 bytes of it).
+        if r.chunks.len() > MAX_COMMIT_CHUNKS {
+            return Err(invalid(format!(
+                "a file has at most {MAX_COMMIT_CHUNKS} chunks ({} TiB with the default 8 MiB chunks); this one has {}: store it with a larger chunk size or in parts",
+                (MAX_COMMIT_CHUNKS as u64 * dfs_common::DEFAULT_CHUNK_SIZE) >> 40,
+                r.chunks.len()
+            )));
         }
         if r.chunk_size == 0 || r.chunk_size > dfs_common::MAX_CHUNK_SIZE {
             return Err(invalid(format!(
