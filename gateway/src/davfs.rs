@@ -62,7 +62,14 @@ tokio::task_local! {
 }
 
 fn fail<T>(op: &str, path: &str, e: Error) -> FsResult<T> {
-    if matches!(e, Error::Unavailable(_)) {
+    // No live chunk server is a state of the cluster that passes (metasrv says so as a failed
+    // precondition, so that `dfsctl put` fails at once): for HTTP it is 503, not 500.
+    let unavailable = match &e {
+        Error::Unavailable(_) => true,
+        Error::Other(m) => m.contains("no chunk server is live"),
+        _ => false,
+    };
+    if unavailable {
         let _ = UNAVAILABLE.try_with(|u| u.store(true, std::sync::atomic::Ordering::Relaxed));
     }
     let fe = fs_error(&e);

@@ -350,6 +350,12 @@ fn an_unreachable_cluster_is_503_and_the_gateway_stays_up() {
         put_file(&alice, &g, "/g", b"g") == 201
     });
     assert_eq!(get(&alice, &g, "/g"), (200, b"g".to_vec()));
+    // No chunk server live: a write cannot be stored, 503 too, and nothing is committed.
+    c.kill("chunk-1");
+    wait_until(Duration::from_secs(60), "a PUT refused with 503", || {
+        put_file(&alice, &g, "/h", b"h") == 503
+    });
+    assert_eq!(get(&alice, &g, "/h").0, 404);
 }
 
 #[test]
