@@ -425,8 +425,6 @@ impl Drop for Cluster {
     }
 }
 
-/// GET `path` from `addr` over HTTP/1.0: status code and body (a stuck server fails the
-/// read after 15 s instead of hanging the test).
 /// Panic with `diff -r`'s output unless the local trees `a` and `b` are equal (names matching
 /// an `exclude` pattern aside).
 pub fn assert_same_tree(a: &Path, b: &Path, exclude: &[&str]) {
@@ -444,6 +442,8 @@ pub fn assert_same_tree(a: &Path, b: &Path, exclude: &[&str]) {
     );
 }
 
+/// GET `path` from `addr` over HTTP/1.0: status code and body (a stuck server fails the
+/// read after 15 s instead of hanging the test).
 pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
