@@ -19,21 +19,13 @@ pub async fn run(node: Arc<MetaNode>) {
             continue;
         }
         let now = now_ms();
-        let chunks: u64 = {
-            let st = node.read_state();
-            st.leases
-                .values()
-                .filter(|l| l.expires_ms < now)
-                .map(|l| l.chunks.len() as u64)
-                .sum()
-        };
-        if chunks == 0
-            && !node
-                .read_state()
-                .leases
-                .values()
-                .any(|l| l.expires_ms < now)
-        {
+        let (expired, chunks) = node
+            .read_state()
+            .leases
+            .values()
+            .filter(|l| l.expires_ms < now)
+            .fold((0u64, 0u64), |(n, c), l| (n + 1, c + l.chunks.len() as u64));
+        if expired == 0 {
             continue;
         }
         match node

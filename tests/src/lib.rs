@@ -100,6 +100,19 @@ impl Run {
     }
 }
 
+/// metasrv flags that shrink the write-lease clocks from minutes to seconds: token lifetime
+/// 1 s, commit grace 1 s (so a write older than 2 s needs a lease), orphan grace 3 s, lease
+/// timeout 3 s; chunks of 64 KiB.
+pub const SHORT_LEASE_FLAGS: &[&str] = &[
+    "--chunk-size=65536",
+    "--token-ttl-secs=1",
+    "--commit-grace=1s",
+    "--gc-grace-ms=3000",
+    "--lease-timeout=3s",
+];
+/// chunksrv flags for those tests: a chunk file each, and a full chunk report every 3 s.
+pub const FAST_REPORT_FLAGS: &[&str] = &["--pack-max=0", "--heartbeat-ms=100"];
+
 impl Cluster {
     /// Start `metas` metadata nodes and `chunks` chunk servers; extra args go to every metasrv.
     pub fn up(metas: u32, chunks: u32, meta_args: &[&str]) -> Cluster {

@@ -15,19 +15,7 @@ const CHUNK: usize = 64 * 1024;
 const WINDOW: Duration = Duration::from_secs(2);
 
 fn cluster() -> Cluster {
-    Cluster::up_with(
-        1,
-        2,
-        &[
-            "--chunk-size=65536",
-            "--token-ttl-secs=1",
-            "--commit-grace=1s",
-            "--gc-grace-ms=3000",
-            "--lease-timeout=3s",
-        ],
-        // A full chunk report every 3 s, so the collector sees everything at once.
-        &["--pack-max=0", "--heartbeat-ms=100"],
-    )
+    Cluster::up_with(1, 2, SHORT_LEASE_FLAGS, FAST_REPORT_FLAGS)
 }
 
 fn gc(c: &Cluster, apply: bool) -> Value {
@@ -104,12 +92,21 @@ fn a_killed_writer_keeps_its_chunks_until_its_lease_expires_then_they_go() {
     wait_until(Duration::from_secs(30), "chunks on disk", || {
         c.all_chunk_files() >= 6
     });
+    let written_at = Instant::now();
+    // The collector sees them (chunk reports come every 3 s) as held by the live lease...
+    wait_until(
+        Duration::from_secs(30),
+        "the collector to see leased chunks",
+        || gc(&c, false)["leased"].as_u64().unwrap_or(0) > 0,
+    );
+    // ...and keeps them past the 3 s orphan grace (without the lease they would be due).
+    while written_at.elapsed() < Duration::from_secs(5) {
+        let v = gc(&c, true);
+        assert_eq!(v["removed"], 0, "a live lease's chunk was collected: {v}");
+    }
     put.kill().unwrap();
     let _ = put.wait();
     let written = c.all_chunk_files();
-    // While the lease lives (3 s from the last renewal) nothing is collected.
-    let v = gc(&c, true);
-    assert_eq!(v["removed"], 0, "{v}");
     // Then they are ordinary orphans: collected after the 3 s grace.
     let mut removed = 0;
     wait_until(

@@ -737,18 +737,7 @@ print(min(s, key=lambda x: x["id"])["local_name"])')
 /// runs: its uploaded chunks stay under the draft's write lease and the close commits it whole.
 #[test]
 fn a_file_kept_open_past_its_tokens_window_still_commits() {
-    let c = Cluster::up_with(
-        1,
-        2,
-        &[
-            "--chunk-size=65536",
-            "--token-ttl-secs=1",
-            "--commit-grace=1s",
-            "--gc-grace-ms=3000",
-            "--lease-timeout=3s",
-        ],
-        &["--pack-max=0", "--heartbeat-ms=100"],
-    );
+    let c = Cluster::up_with(1, 2, SHORT_LEASE_FLAGS, FAST_REPORT_FLAGS);
     let w = work_dir();
     write(&w.path().join("src"), &bytes(10 * 65536 + 7, 11));
     let out = run_script(

@@ -170,9 +170,9 @@ impl State {
         let expired: Vec<String> = std::iter::once(root.as_str())
             .filter_map(|r| self.nodes.get(r).map(|_| r))
             .flat_map(|r| self.descendants(r))
+            // `/.trash/<user>/<time>`: two slashes after the trash's own name.
             .filter(|(k, n)| {
-                split_trash_path(&format!("{k}/")).is_some_and(|(t, _)| t == k.as_str())
-                    && n.created_ms <= cutoff_ms
+                k[TRASH.len()..].matches('/').count() == 2 && n.created_ms <= cutoff_ms
             })
             .map(|(k, _)| k.clone())
             .collect();
