@@ -27,6 +27,12 @@ async fn main() -> anyhow::Result<()> {
         Some(&dir.join("admin.auth")),
         Duration::from_secs(10),
     )?;
+    let ca = dir.join("tls").join(dfs_common::pki::CA_CERT);
+    let conn = if ca.exists() {
+        conn.with_tls(Some(dfs_common::tls::Tls::client_only(&ca)?))?
+    } else {
+        conn
+    };
     let path = "/double-commit".to_string();
     let data = b"hello, twice committed world".to_vec();
     let alloc = dfs_client::rpc!(
@@ -44,7 +50,11 @@ async fn main() -> anyhow::Result<()> {
     let a = &alloc.chunks[0];
     let mut replicas = Vec::new();
     for t in &a.targets {
-        let mut c = ChunkClient::new(lazy_channel(&t.addr)?);
+        let mut c = ChunkClient::new(lazy_channel(
+            &t.addr,
+            conn.tls(),
+            dfs_common::pki::Role::Chunk,
+        )?);
         let msgs = vec![
             WriteChunkRequest {
                 chunk_id: a.chunk_id.clone(),

@@ -182,7 +182,20 @@ impl Cluster {
     /// A client connection to the metadata group as the admin.
     pub fn conn(&self, timeout: Duration) -> Result<MetaConn, ClusterError> {
         MetaConn::connect(&self.meta_addrs, Some(&self.auth), timeout)
+            .and_then(|c| c.with_tls(self.tls()?))
             .map_err(|e| ClusterError::Client(format!("{e:#}")))
+    }
+
+    /// The TLS clients of this cluster use: its CA (`DIR/tls/ca.pem`), unless it runs
+    /// `--insecure`.
+    pub fn tls(&self) -> dfs_client::Result<Option<std::sync::Arc<dfs_common::tls::Tls>>> {
+        let ca = self.dir.join("tls").join(dfs_common::pki::CA_CERT);
+        if !ca.exists() {
+            return Ok(None);
+        }
+        dfs_common::tls::Tls::client_only(&ca)
+            .map(Some)
+            .map_err(|e| dfs_client::Error::InvalidName(format!("TLS: {e}")))
     }
 
     /// SIGKILL a node and wait until it is gone (polled every millisecond).
@@ -407,6 +420,7 @@ impl Cluster {
                 Some(&self.auth),
                 Duration::from_secs(3),
             )
+            .and_then(|c| c.with_tls(self.tls()?))
             .map_err(|e| ClusterError::Client(format!("{e:#}")))?;
             let listing = dfs_client::rpc!(
                 own,

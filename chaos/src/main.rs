@@ -294,6 +294,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         clock,
         cluster.meta_addrs.clone(),
         cluster.auth.clone(),
+        cluster.tls()?,
     ));
     workload::setup(&shared).await?;
     let mut nemesis = Nemesis::new(

@@ -156,6 +156,8 @@ pub struct Shared {
     pub clock: Clock,
     pub meta_addrs: Vec<String>,
     pub auth: std::path::PathBuf,
+    /// TLS to the cluster (`None`: it runs `--insecure`).
+    pub tls: Option<std::sync::Arc<dfs_common::tls::Tls>>,
     next_id: AtomicU64,
 }
 
@@ -166,6 +168,7 @@ impl Shared {
         clock: Clock,
         meta_addrs: Vec<String>,
         auth: std::path::PathBuf,
+        tls: Option<std::sync::Arc<dfs_common::tls::Tls>>,
     ) -> Shared {
         Shared {
             cfg,
@@ -173,12 +176,14 @@ impl Shared {
             clock,
             meta_addrs,
             auth,
+            tls,
             next_id: AtomicU64::new(1),
         }
     }
 
     fn conn(&self) -> Result<MetaConn, WorkloadError> {
         MetaConn::connect(&self.meta_addrs, Some(&self.auth), self.cfg.rpc_timeout)
+            .and_then(|c| c.with_tls(self.tls.clone()))
             .map_err(|e| WorkloadError::Client(format!("{e:#}")))
     }
 
@@ -601,7 +606,8 @@ pub async fn run(shared: Arc<Shared>, until: Instant) -> Result<(), WorkloadErro
             n: n as i32,
             shared: shared.clone(),
             conn: shared.conn()?,
-            pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout),
+            pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout)
+                .with_tls(shared.tls.as_ref()),
             rng: StdRng::from_entropy(),
         };
         tasks.push(tokio::spawn(async move {
@@ -627,7 +633,7 @@ pub async fn final_reads(shared: Arc<Shared>, patience: Duration) -> Result<(), 
         n: -1,
         shared: shared.clone(),
         conn: shared.conn()?,
-        pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout),
+        pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout).with_tls(shared.tls.as_ref()),
         rng: StdRng::from_entropy(),
     };
     let deadline = Instant::now() + patience;

@@ -10,6 +10,7 @@ mod direct;
 mod meta_link;
 mod metrics;
 mod pack;
+mod peers;
 mod replicate;
 mod scrub;
 mod service;
@@ -86,6 +87,25 @@ struct Args {
     /// File holding the cluster secret (at least 16 bytes) shared by every dfs node.
     #[arg(long, env = "DFS_CLUSTER_SECRET_FILE", value_name = "FILE")]
     cluster_secret_file: PathBuf,
+
+    /// This server's certificate (PEM) from the cluster CA, naming `chunk <id>`
+    /// (`dfsctl admin cert issue --role chunk --id N`): the server registers as chunk server N
+    /// and may act only as N. Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "DFS_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert.
+    #[arg(long, env = "DFS_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+
+    /// The cluster CA certificate (PEM) every peer's certificate must chain to.
+    #[arg(long, env = "DFS_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+
+    /// Plain TCP, no certificates: for a benchmark comparison or one trusted host only (keys,
+    /// data and the replayable cluster-secret proof cross the network in clear).
+    #[arg(long, env = "DFS_INSECURE")]
+    insecure: bool,
 
     /// Bytes of chunk data to accept (suffixes K, M, G, T = powers of 1024; backups not
     /// counted) [default: size of the data dir's filesystem, halved when backups share it].
@@ -237,6 +257,53 @@ fn default_capacity(data_dir: &Path, backup_dir: Option<&Path>) -> anyhow::Resul
     })
 }
 
+/// The TLS this server runs with (`None` with `--insecure`): its certificate must name a
+/// chunk server, and the one this data dir already is, if it registered before.
+fn load_tls(
+    args: &Args,
+    registered: Option<u64>,
+) -> anyhow::Result<Option<Arc<dfs_common::tls::Tls>>> {
+    let files = match (
+        args.insecure,
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        args.tls_ca.clone(),
+    ) {
+        (true, None, None, None) => {
+            tracing::warn!("running --insecure: keys, data and node proofs cross the network in clear");
+            return Ok(None);
+        }
+        (true, ..) => return Err(anyhow!("--insecure and --tls-* together: choose one")),
+        (false, Some(cert), Some(key), Some(ca)) => dfs_common::tls::TlsFiles {
+            ca,
+            cert: Some(cert),
+            key: Some(key),
+        },
+        _ => return Err(anyhow!(
+            "TLS needs --tls-cert, --tls-key and --tls-ca (make them with `dfsctl admin ca init` and `dfsctl admin cert issue --role chunk --id N`), or --insecure for plain TCP on a trusted host"
+        )),
+    };
+    let tls = dfs_common::tls::Tls::load(files)?;
+    let me = tls.identity();
+    let id = me
+        .as_ref()
+        .filter(|i| i.role == dfs_common::pki::Role::Chunk)
+        .and_then(|i| i.node_id());
+    match (id, registered) {
+        (None, _) => Err(anyhow!(
+            "--tls-cert is for {}, not a chunk server: issue one with `dfsctl admin cert issue --role chunk --id N`",
+            me.map_or_else(|| "no dfs identity".to_string(), |i| i.to_string())
+        )),
+        (Some(id), Some(reg)) if id != reg => Err(anyhow!(
+            "this data dir is chunk server {reg}, but --tls-cert is for chunk server {id}: use chunk server {reg}'s certificate"
+        )),
+        _ => {
+            tls.spawn_reloader();
+            Ok(Some(tls))
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let secret = ClusterSecret::load(&args.cluster_secret_file)?;
     let data_dir = args.data_dir.clone();
@@ -262,6 +329,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(dir)
     };
     let identity = meta_link::NodeIdentity::load_or_create(&data_dir, &secret)?;
+    let tls = load_tls(&args, identity.node_id)?;
+    peers::set_tls(tls.clone());
     let uuid = identity.uuid.clone();
     let capacity = match args.capacity {
         Some(c) => c,
@@ -330,24 +399,31 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let span_node = Arc::clone(&node_id);
     let mut server_shutdown = shutdown_rx.clone();
-    let incoming =
-        tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .trace_fn(move |_| {
-                tracing::info_span!("chunksrv", node_id = span_node.load(Ordering::Relaxed))
-            })
-            .initial_stream_window_size(Some(4 * 1024 * 1024))
-            .initial_connection_window_size(Some(16 * 1024 * 1024))
-            // Chunk pieces are 1 MiB: let clients send them in a few large frames.
-            .max_frame_size(Some(1024 * 1024))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .add_service(chunk_service.into_server())
-            .serve_with_incoming_shutdown(incoming, async move {
-                shutdown::stopped(&mut server_shutdown).await;
-            }),
-    );
+    let router = tonic::transport::Server::builder()
+        .trace_fn(move |_| {
+            tracing::info_span!("chunksrv", node_id = span_node.load(Ordering::Relaxed))
+        })
+        .initial_stream_window_size(Some(4 * 1024 * 1024))
+        .initial_connection_window_size(Some(16 * 1024 * 1024))
+        // Chunk pieces are 1 MiB: let clients send them in a few large frames.
+        .max_frame_size(Some(1024 * 1024))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(chunk_service.into_server());
+    let stopped = async move {
+        shutdown::stopped(&mut server_shutdown).await;
+    };
+    let mut server =
+        match tls {
+            Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+                dfs_common::tls::incoming(grpc_listener, tls),
+                stopped,
+            )),
+            None => tokio::spawn(router.serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+                stopped,
+            )),
+        };
 
     let link = Arc::new(
         meta_link::MetaLink::new(

@@ -156,12 +156,14 @@ fn channel(addr: &str) -> Result<Channel, LinkError> {
         addr: addr.to_string(),
         reason: e.to_string(),
     })?;
-    Ok(endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy())
+    Ok(crate::peers::channel(
+        endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5)),
+        dfs_common::pki::Role::Meta,
+    ))
 }
 
 /// Outcome of one registration round.
@@ -300,7 +302,10 @@ impl MetaLink {
 
     fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert(NODE_AUTH, self.auth.clone());
+        // With TLS the certificate says who this server is; the proof only without.
+        if crate::peers::tls().is_none() {
+            req.metadata_mut().insert(NODE_AUTH, self.auth.clone());
+        }
         req.set_timeout(timeout);
         req
     }

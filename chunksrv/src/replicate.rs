@@ -3,7 +3,8 @@
 //! to chunk server through the target's ordinary `Write` RPC, verified on the way out of the
 //! local store (block CRCs) and checked by the target (whole-chunk CRC in its reply).
 //!
-//! Only cluster nodes may ask (`x-dfs-node-auth`), and the request carries a read token for
+//! Only the metadata group may ask (a metasrv certificate; the cluster-secret proof on an
+//! `--insecure` cluster: checked by the service), and the request carries a read token for
 //! this server and a write token for the target, both signed by the leader.
 use crate::service::store_status;
 use crate::store::{validate_chunk_id, Store};
@@ -29,15 +30,9 @@ fn now_ms() -> u64 {
 pub async fn replicate(
     store: &Store,
     secret: &ClusterSecret,
-    node_auth: Option<&str>,
     req: ReplicateRequest,
     stall: std::time::Duration,
 ) -> Result<WriteChunkReply, Status> {
-    if !node_auth.is_some_and(|p| secret.check_node_proof(p)) {
-        return Err(Status::permission_denied(
-            "replicate is for cluster nodes: missing or wrong cluster-secret proof",
-        ));
-    }
     validate_chunk_id(&req.chunk_id).map_err(store_status)?;
     secret
         .verify_chunk(&req.read_token, Op::Read, &req.chunk_id, now_ms())
@@ -51,12 +46,16 @@ pub async fn replicate(
         return Err(Status::invalid_argument("replicate needs a target address"));
     }
     let reader = store.open_read(&req.chunk_id).await.map_err(store_status)?;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", req.target_addr))
-        .map_err(|_| Status::invalid_argument(format!("bad target address {:?}", req.target_addr)))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .connect_lazy();
+    let channel = crate::peers::channel(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", req.target_addr))
+            .map_err(|_| {
+                Status::invalid_argument(format!("bad target address {:?}", req.target_addr))
+            })?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(4 * 1024 * 1024),
+        dfs_common::pki::Role::Chunk,
+    );
     let mut client = ChunkClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);

@@ -124,17 +124,20 @@ impl Scrubber {
             let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
                 continue;
             };
-            let Ok(channel) = ep.connect_timeout(Duration::from_secs(1)).connect().await else {
-                continue;
-            };
+            let channel = crate::peers::channel(
+                ep.connect_timeout(Duration::from_secs(1)),
+                dfs_common::pki::Role::Meta,
+            );
             let mut req = tonic::Request::new(BadReplicaReport {
                 chunk_id: chunk_id.to_string(),
                 node_id,
                 reason: format!("scrubber: {reason}"),
             });
             req.set_timeout(Duration::from_secs(5));
-            if let Ok(v) = self.secret.node_proof().parse() {
-                req.metadata_mut().insert(NODE_AUTH, v);
+            if crate::peers::tls().is_none() {
+                if let Ok(v) = self.secret.node_proof().parse() {
+                    req.metadata_mut().insert(NODE_AUTH, v);
+                }
             }
             match MetaClient::new(channel).report_bad_replica(req).await {
                 Ok(_) => return,

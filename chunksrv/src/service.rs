@@ -205,19 +205,20 @@ impl Chunk for ChunkService {
         &self,
         request: Request<dfs_proto::ReplicateRequest>,
     ) -> Result<Response<WriteChunkReply>, Status> {
-        let auth = request
-            .metadata()
-            .get(dfs_common::headers::NODE_AUTH)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let result = crate::replicate::replicate(
-            &self.store,
-            &self.secret,
-            auth.as_deref(),
-            request.into_inner(),
-            self.stall,
-        )
-        .await;
+        let result = match crate::peers::check_caller(&request, dfs_common::pki::Role::Meta, |p| {
+            self.secret.check_node_proof(p)
+        }) {
+            Ok(_) => {
+                crate::replicate::replicate(
+                    &self.store,
+                    &self.secret,
+                    request.into_inner(),
+                    self.stall,
+                )
+                .await
+            }
+            Err(s) => Err(s),
+        };
         if let Err(status) = &result {
             tracing::warn!(code = ?status.code(), error = status.message(), "replicate failed");
         }

@@ -43,6 +43,12 @@ Example: dfsctl admin fsck /photos"
     /// Load an original saved-files.json as one Raft command; reports per file.
     #[command(after_help = "Example: dfsctl admin import ./cache-metadata/saved-files.json")]
     Import { file: PathBuf },
+    /// The cluster's certificate authority, for TLS between every dfs process.
+    #[command(subcommand)]
+    Ca(crate::certs::CaCmd),
+    /// Certificates for metasrv, chunk servers, gateways and clients, signed by the CA.
+    #[command(subcommand)]
+    Cert(crate::certs::CertCmd),
 }
 
 pub async fn run(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<i32> {
@@ -53,11 +59,18 @@ pub async fn run(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<i32> {
         AdminCmd::Fsck(a) => return crate::fsck::fsck(ctx, a).await,
         AdminCmd::Gc(a) => return crate::fsck::gc(ctx, a).await,
         AdminCmd::Balance(a) => return crate::fsck::balance(ctx, a).await,
+        AdminCmd::Ca(c) => return crate::certs::ca(ctx, c),
+        AdminCmd::Cert(c) => return crate::certs::cert(ctx, c),
         other => other,
     };
     let c = ctx.client()?;
     match cmd {
-        AdminCmd::Health(_) | AdminCmd::Fsck(_) | AdminCmd::Gc(_) | AdminCmd::Balance(_) => {
+        AdminCmd::Health(_)
+        | AdminCmd::Fsck(_)
+        | AdminCmd::Gc(_)
+        | AdminCmd::Balance(_)
+        | AdminCmd::Ca(_)
+        | AdminCmd::Cert(_) => {
             unreachable!("handled above")
         }
         AdminCmd::Export { out } => {

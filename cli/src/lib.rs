@@ -6,6 +6,7 @@ pub mod bench;
 pub mod bench_repair;
 pub mod bench_tree;
 pub mod bench_watch;
+pub mod certs;
 pub mod cluster;
 pub mod diskstats;
 pub mod docs;
@@ -59,6 +60,10 @@ pub struct Cli {
     /// No progress bars or extra messages.
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// The cluster CA certificate: talk TLS and accept only servers it signed (`dfsctl local
+    /// up` prints it). Unset or empty: plain TCP, for a cluster run with --insecure.
+    #[arg(long, env = "DFS_TLS_CA", global = true, value_parser = auth_path)]
+    pub tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

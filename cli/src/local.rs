@@ -12,6 +12,7 @@ use crate::Ctx;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 pub use dfs_common::local_cluster::{alive, LocalCluster, LocalNode};
+use dfs_common::pki::Role;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,6 +84,45 @@ pub struct UpArgs {
     /// Start no WebDAV gateway (by default one serves plain HTTP on a loopback port).
     #[arg(long)]
     pub no_gateway: bool,
+    /// Plain TCP between the processes instead of TLS with certificates from a CA made in
+    /// DIR/tls (for comparing speed; only when the cluster is first laid out).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// The CA a local cluster's processes trust (`DIR/tls/ca.pem`), if it runs with TLS.
+pub fn local_ca(dir: &Path) -> Option<PathBuf> {
+    let ca = dir.join("tls").join(dfs_common::pki::CA_CERT);
+    ca.exists().then_some(ca)
+}
+
+/// The TLS a client of the local cluster in `dir` uses (`None`: it runs `--insecure`).
+pub fn local_tls(dir: &Path) -> anyhow::Result<Option<std::sync::Arc<dfs_common::tls::Tls>>> {
+    Ok(match local_ca(dir) {
+        Some(ca) => Some(dfs_common::tls::Tls::client_only(&ca)?),
+        None => None,
+    })
+}
+
+/// The certificate arguments for node `role`/`id` of a local cluster, issuing its
+/// certificate from the local CA (none with `--insecure`).
+fn tls_args(dir: &Path, insecure: bool, role: Role, id: u32) -> anyhow::Result<Vec<String>> {
+    if insecure {
+        return Ok(vec!["--insecure".into()]);
+    }
+    let tls = dir.join("tls");
+    let issued = dfs_common::pki::issue(
+        &tls,
+        &dfs_common::pki::Identity::new(role, &id.to_string())?,
+        &["127.0.0.1".to_string(), "localhost".to_string()],
+        &tls,
+        3650,
+    )?;
+    Ok(vec![
+        format!("--tls-cert={}", issued.cert.display()),
+        format!("--tls-key={}", issued.key.display()),
+        format!("--tls-ca={}", tls.join(dfs_common::pki::CA_CERT).display()),
+    ])
 }
 
 /// A free loopback port (the OS picks one; it is released for the node to bind).
@@ -123,6 +163,7 @@ fn discard(dir: &Path, cluster: &LocalCluster) {
     ] {
         let _ = std::fs::remove_file(dir.join(f));
     }
+    let _ = std::fs::remove_dir_all(dir.join("tls"));
 }
 
 /// Where the server binaries are: `DFS_BIN_DIR`, else beside this dfsctl.
@@ -186,6 +227,11 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
     let secret = dir.join("cluster.secret");
     dfs_common::durable::write_secret(&secret, dfs_common::keys::generate_key().as_bytes())?;
     let secret = secret.display().to_string();
+    if !a.insecure {
+        // A fresh CA per cluster (a leftover from an earlier layout is replaced).
+        let _ = std::fs::remove_dir_all(dir.join("tls"));
+        dfs_common::pki::init_ca(&dir.join("tls"), "local", 3650)?;
+    }
     let mut nodes = Vec::new();
     let mut peers = Vec::new();
     for i in 1..=a.metas {
@@ -205,6 +251,7 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
             format!("--metrics={metrics}"),
             format!("--cluster-secret-file={secret}"),
         ];
+        args.extend(tls_args(&dir, a.insecure, Role::Meta, i)?);
         if i == 1 {
             args.push(format!(
                 "--admin-auth-out={}",
@@ -234,6 +281,7 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
             format!("--metrics={metrics}"),
             format!("--cluster-secret-file={secret}"),
         ];
+        args.extend(tls_args(&dir, a.insecure, Role::Chunk, i)?);
         args.extend(a.chunk_args.iter().cloned());
         out.nodes.push(LocalNode {
             name: format!("chunk-{i}"),
@@ -274,7 +322,8 @@ async fn wait_ready(
                 &cluster.meta_addrs(),
                 Some(&auth),
                 Duration::from_secs(2),
-            )?;
+            )?
+            .with_tls(local_tls(dir)?)?;
             match crate::rpc!(
                 conn,
                 cluster_status,
@@ -349,6 +398,15 @@ fn write_env(dir: &Path, cluster: &LocalCluster) -> anyhow::Result<PathBuf> {
         sh_quote(&dir.join("admin.auth").display().to_string()),
         sh_quote(&dir.display().to_string())
     );
+    // Clients check the nodes' certificates against the local CA (empty: plain TCP).
+    text.push_str(&format!(
+        "export DFS_TLS_CA={}\n",
+        sh_quote(
+            &local_ca(&dir)
+                .map(|c| c.display().to_string())
+                .unwrap_or_default()
+        )
+    ));
     if let Some(bin_dir) = std::env::current_exe()
         .and_then(std::fs::canonicalize)
         .ok()
@@ -534,6 +592,8 @@ async fn cluster_ids(dir: &Path, c: &LocalCluster) -> std::collections::HashMap<
     let wait = Duration::from_secs(2);
     let Ok(conn) =
         crate::client::MetaConn::connect(&c.meta_addrs(), Some(&dir.join("admin.auth")), wait)
+            .map_err(anyhow::Error::from)
+            .and_then(|conn| Ok(conn.with_tls(local_tls(dir)?)?))
     else {
         return out;
     };

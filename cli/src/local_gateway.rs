@@ -69,6 +69,10 @@ pub fn start(
     let mut child = Command::new(bin)
         .args(["--listen", listen, "--metrics", metrics, "--insecure-http"])
         .env("DFS_META", meta.join(","))
+        .env(
+            "DFS_TLS_CA",
+            crate::local::local_ca(&dir).unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -89,6 +89,10 @@ pub fn start(
         .arg(&mountpoint)
         .env("DFS_META", meta.join(","))
         .env("DFS_AUTH_FILE", dir.join("admin.auth"))
+        .env(
+            "DFS_TLS_CA",
+            crate::local::local_ca(&dir).unwrap_or_default(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -10,6 +10,12 @@ fn main() {
     // Whole chunks (8 MiB by default) are buffered while in flight.
     dfs_common::allocator::keep_freed_buffers(32 << 20);
     let cli = dfsctl::Cli::parse();
+    // Every connection this process makes reads DFS_TLS_CA (dfs_client::tls_from_env): a
+    // --tls-ca flag sets it, before any thread starts.
+    match &cli.tls_ca {
+        Some(ca) if !ca.as_os_str().is_empty() => std::env::set_var("DFS_TLS_CA", ca),
+        _ => std::env::remove_var("DFS_TLS_CA"),
+    }
     let json = cli.json;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -67,9 +67,10 @@ impl Client {
     }
 
     pub fn new(conn: MetaConn) -> Client {
+        let pool = ChunkPool::default().with_tls(conn.tls());
         Client {
             conn,
-            pool: ChunkPool::default(),
+            pool,
             lease_timing: Default::default(),
         }
     }

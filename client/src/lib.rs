@@ -15,7 +15,7 @@ pub mod trash;
 
 pub use error::{Error, Result};
 pub use fs::{Client, FsStats, ReadHandle};
-pub use meta::{default_auth_file, lazy_channel, new_request_id, Grpc, MetaConn};
+pub use meta::{default_auth_file, lazy_channel, new_request_id, tls_from_env, Grpc, MetaConn};
 pub use transfer::{
     get_stream, put_stream, store_chunk, ChunkPool, ChunkSource, FileSource, PutOptions,
     PutOutcome, ReaderSource,
@@ -34,6 +34,8 @@ pub struct ClientOptions {
     pub auth_file: Option<PathBuf>,
     /// Longest a whole metadata call may take, failover included.
     pub timeout: Duration,
+    /// The cluster CA to check servers against; `None`: `DFS_TLS_CA`, else plain TCP.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl ClientOptions {
@@ -42,12 +44,20 @@ impl ClientOptions {
             meta,
             auth_file: None,
             timeout: Duration::from_secs(30),
+            tls_ca: None,
         }
     }
 
     /// Connect (lazily: no network traffic until the first call).
     pub fn connect(&self) -> Result<MetaConn> {
-        MetaConn::connect(&self.meta, self.auth_file.as_deref(), self.timeout)
+        let conn = MetaConn::connect(&self.meta, self.auth_file.as_deref(), self.timeout)?;
+        match &self.tls_ca {
+            Some(ca) => conn.with_tls(Some(
+                dfs_common::tls::Tls::client_only(ca)
+                    .map_err(|e| Error::InvalidName(format!("TLS: {e}")))?,
+            )),
+            None => Ok(conn),
+        }
     }
 }
 

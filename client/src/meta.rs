@@ -10,12 +10,15 @@
 use crate::error::{Error, Result};
 use dfs_common::auth_file::Credentials;
 use dfs_common::headers;
+use dfs_common::pki::Role;
+use dfs_common::tls::Tls;
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::Empty;
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
@@ -52,6 +55,8 @@ pub struct MetaConn {
     creds: Option<Credentials>,
     timeout: Duration,
     attempt_timeout: Duration,
+    /// TLS for this connection and the chunk transfers made with it (`None`: plain TCP).
+    tls: Option<Arc<Tls>>,
 }
 
 /// A fresh id for one logical write. Create it once per call, outside `rpc!` (which rebuilds
@@ -70,16 +75,45 @@ pub fn default_auth_file() -> PathBuf {
 /// How long a new connection (TCP and HTTP/2 handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-pub fn lazy_channel(addr: &str) -> Result<Channel> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))
+/// A lazy channel to `addr`, a server of `role`: over TLS when `tls` is given (the server must
+/// show a certificate for that role from the cluster CA), plain TCP otherwise.
+pub fn lazy_channel(addr: &str, tls: Option<&Arc<Tls>>, role: Role) -> Result<Channel> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| Error::InvalidName(format!("bad address {addr:?}: {e}")))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024)
         // Chunk pieces are 1 MiB: let servers send them in a few large frames.
-        .max_frame_size(1024 * 1024)
-        .connect_lazy())
+        .max_frame_size(1024 * 1024);
+    Ok(dfs_common::tls::channel(endpoint, tls, role))
+}
+
+/// The TLS a client uses when none is given: `DFS_TLS_CA` (the cluster CA, which `dfsctl local
+/// up` prints), with `DFS_TLS_CERT` and `DFS_TLS_KEY` if this client has a certificate too.
+/// Unset: plain TCP (a cluster started with `--insecure`).
+pub fn tls_from_env() -> Result<Option<Arc<Tls>>> {
+    let Some(ca) = std::env::var_os("DFS_TLS_CA").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let files = dfs_common::tls::TlsFiles {
+        ca: PathBuf::from(ca),
+        cert: std::env::var_os("DFS_TLS_CERT").map(PathBuf::from),
+        key: std::env::var_os("DFS_TLS_KEY").map(PathBuf::from),
+    };
+    Tls::load(files)
+        .map(Some)
+        .map_err(|e| Error::InvalidName(format!("TLS (DFS_TLS_CA): {e}")))
+}
+
+/// A status's message with the errors beneath it (a TLS handshake failure is only named
+/// there), and a hint when TLS is the likely cause.
+pub fn with_causes(s: &Status) -> String {
+    let mut out = dfs_common::tls::error_chain(s);
+    if dfs_common::tls::is_certificate_error(s) || out.contains("InvalidContentType") {
+        out.push_str(" (TLS failed: the server runs without TLS, or DFS_TLS_CA / --tls-ca is not this cluster's CA)");
+    }
+    out
 }
 
 impl MetaConn {
@@ -123,11 +157,13 @@ impl MetaConn {
                 "no metadata node given: pass --meta host:port,... or set DFS_META".into(),
             ));
         }
+        let tls = tls_from_env()?;
         let channels = addrs
             .iter()
-            .map(|a| lazy_channel(a))
+            .map(|a| lazy_channel(a, tls.as_ref(), Role::Meta))
             .collect::<Result<Vec<_>>>()?;
         Ok(MetaConn {
+            tls,
             addrs: addrs.to_vec(),
             channels,
             current: AtomicUsize::new(0),
@@ -151,7 +187,24 @@ impl MetaConn {
             creds: self.creds.clone(),
             timeout: self.timeout,
             attempt_timeout: self.attempt_timeout,
+            tls: self.tls.clone(),
         }
+    }
+
+    /// Use `tls` (or plain TCP with `None`) instead of what `DFS_TLS_CA` says.
+    pub fn with_tls(mut self, tls: Option<Arc<Tls>>) -> Result<Self> {
+        self.channels = self
+            .addrs
+            .iter()
+            .map(|a| lazy_channel(a, tls.as_ref(), Role::Meta))
+            .collect::<Result<Vec<_>>>()?;
+        self.tls = tls;
+        Ok(self)
+    }
+
+    /// The TLS this connection uses (chunk transfers made with it use the same).
+    pub fn tls(&self) -> Option<&Arc<Tls>> {
+        self.tls.as_ref()
     }
 
     /// Let one attempt run as long as the whole call (for slow operations like add-member).
@@ -236,6 +289,13 @@ impl MetaConn {
                     return Ok(r.into_inner());
                 }
                 Ok(Err(s)) if retryable(&s) => s,
+                Ok(Err(s)) if self.tls.is_none() && s.message().contains("h2 protocol error") => {
+                    return Err(Status::unavailable(format!(
+                        "{} answered in a protocol this client does not speak ({}): the cluster uses TLS, so set DFS_TLS_CA or --tls-ca to its CA certificate",
+                        self.addrs[i],
+                        s.message()
+                    )))
+                }
                 Ok(Err(s)) => return Err(s),
                 Err(_) => {
                     Status::deadline_exceeded(format!("{} did not answer in time", self.addrs[i]))
@@ -249,7 +309,7 @@ impl MetaConn {
                     err.code(),
                     format!(
                         "no metadata node could serve the request ({}); tried {}",
-                        err.message(),
+                        with_causes(&err),
                         self.addrs.join(",")
                     ),
                 ));

@@ -34,6 +34,8 @@ const MAX_MESSAGE: usize = 16 * 1024 * 1024;
 pub struct ChunkPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     stall: Duration,
+    /// TLS to chunk servers (`None`: plain TCP); a `Client` gives its pool its connection's.
+    tls: Option<Arc<dfs_common::tls::Tls>>,
 }
 
 impl Default for ChunkPool {
@@ -48,7 +50,17 @@ impl ChunkPool {
         Self {
             channels: Default::default(),
             stall,
+            // As `MetaConn`: the environment's TLS unless told otherwise (`with_tls`). A bad
+            // DFS_TLS_CA fails the metadata connection with its reason; here it is plain None.
+            tls: crate::meta::tls_from_env().ok().flatten(),
         }
+    }
+
+    /// Talk to chunk servers over `tls` (the metadata connection's: `conn.tls()`).
+    pub fn with_tls(mut self, tls: Option<&Arc<dfs_common::tls::Tls>>) -> Self {
+        self.tls = tls.cloned();
+        self.channels = Default::default();
+        self
     }
 
     fn client(&self, addr: &str) -> Result<ChunkClient<Channel>> {
@@ -56,7 +68,7 @@ impl ChunkPool {
         let ch = match g.get(addr) {
             Some(c) => c.clone(),
             None => {
-                let c = lazy_channel(addr)?;
+                let c = lazy_channel(addr, self.tls.as_ref(), dfs_common::pki::Role::Chunk)?;
                 g.insert(addr.to_string(), c.clone());
                 c
             }

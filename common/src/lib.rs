@@ -6,8 +6,10 @@ pub mod http;
 pub mod keys;
 pub mod local_cluster;
 pub mod path;
+pub mod pki;
 pub mod promtext;
 pub mod stall;
+pub mod tls;
 pub mod token;
 pub mod units;
 

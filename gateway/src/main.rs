@@ -71,6 +71,10 @@ struct Args {
     /// PEM private key for HTTPS.
     #[arg(long, env = "DFS_GATEWAY_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The cluster CA certificate: reach metasrv and the chunk servers over TLS, accepting
+    /// only servers it signed (unset or empty: plain TCP, for an --insecure cluster).
+    #[arg(long, env = "DFS_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     /// Serve Prometheus metrics (dfs_gateway_*) on this address (`/metrics`).
     #[arg(long, env = "DFS_GATEWAY_METRICS")]
     metrics: Option<String>,
@@ -92,6 +96,12 @@ type Out = UnsyncBoxBody<Bytes, std::io::Error>;
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    // Every connection to the cluster reads DFS_TLS_CA (dfs_client::tls_from_env): the flag
+    // sets it, before any thread starts.
+    match &args.tls_ca {
+        Some(ca) if !ca.as_os_str().is_empty() => std::env::set_var("DFS_TLS_CA", ca),
+        _ => std::env::remove_var("DFS_TLS_CA"),
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DFS_LOG")

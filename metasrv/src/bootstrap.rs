@@ -37,7 +37,12 @@ pub async fn check_peers(node: &MetaNode, cfg: &Config) -> anyhow::Result<()> {
             match hello(node, *id, addr).await {
                 Ok(h) => return Ok(Some(h)),
                 Err(s) if s.code() == tonic::Code::PermissionDenied => {
-                    bail!("peer {id} at {addr} refused this node: {} (check --cluster-secret-file)", s.message())
+                    bail!("peer {id} at {addr} refused this node: {} (check --cluster-secret-file and --tls-cert)", s.message())
+                }
+                // A peer whose certificate this node's CA did not sign (or that refused this
+                // node's) is in another cluster, or one of the two has the wrong --tls-ca.
+                Err(s) if dfs_common::tls::is_certificate_error(&s) => {
+                    bail!("peer {id} at {addr} and this node do not trust each other's certificates: {} (check --tls-ca and --tls-cert)", dfs_common::tls::error_chain(&s))
                 }
                 Err(_) if tokio::time::Instant::now() >= deadline => return Ok(None),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -182,10 +187,7 @@ pub async fn create_admin(node: &MetaNode, out: &Path) -> anyhow::Result<()> {
                 cluster_id: uuid::Uuid::new_v4().to_string(),
                 admin_key_hash: dfs_common::keys::hash_key(&creds.key),
             };
-            let caller = Caller {
-                node_auth: node.secret.node_proof(),
-                ..Default::default()
-            };
+            let caller = Caller::this_node(node);
             if let Err(e) = node.init_cluster(&caller, &serde_json::to_vec(&req)?).await {
                 tracing::debug!(node = node.id, error = %e.message(), "init not done yet");
             }

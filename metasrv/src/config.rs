@@ -40,6 +40,21 @@ pub struct Args {
     /// File holding the cluster secret (the same on every node; at least 16 bytes).
     #[arg(long, env = "DFS_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: PathBuf,
+    /// This node's certificate (PEM) from the cluster CA, naming `meta <id>`
+    /// (`dfsctl admin cert issue --role meta --id N`). Reloaded when the file changes or on SIGHUP.
+    #[arg(long, env = "DFS_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, env = "DFS_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA certificate (PEM) every peer's certificate must chain to.
+    #[arg(long, env = "DFS_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Plain TCP, no certificates: for a benchmark comparison or one trusted host only. Keys
+    /// and data then cross the network in clear, and peers prove themselves with the cluster
+    /// secret, which anyone who sees the traffic can replay.
+    #[arg(long, env = "DFS_INSECURE")]
+    pub insecure: bool,
     /// Where to write the admin user's auth file when this node creates the cluster.
     #[arg(long, env = "DFS_META_ADMIN_AUTH_OUT")]
     pub admin_auth_out: Option<PathBuf>,
@@ -107,6 +122,8 @@ pub struct Config {
     pub peers: BTreeMap<NodeId, String>,
     pub metrics: String,
     pub secret_file: PathBuf,
+    /// TLS files; `None` only with `--insecure`.
+    pub tls: Option<dfs_common::tls::TlsFiles>,
     pub admin_auth_out: Option<PathBuf>,
     pub allow_self_register: bool,
     pub join: bool,
@@ -182,6 +199,7 @@ impl Config {
             peers,
             metrics: a.metrics,
             secret_file: a.cluster_secret_file,
+            tls: tls_files(a.insecure, a.tls_cert, a.tls_key, a.tls_ca)?,
             admin_auth_out: a.admin_auth_out,
             allow_self_register: a.allow_self_register,
             join: a.join,
@@ -289,5 +307,26 @@ pub fn check_data_dir(
                 .with_context(|| format!("cannot write {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The TLS files a node runs with: all three, or none with `--insecure`.
+pub fn tls_files(
+    insecure: bool,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> anyhow::Result<Option<dfs_common::tls::TlsFiles>> {
+    match (insecure, cert, key, ca) {
+        (true, None, None, None) => Ok(None),
+        (true, ..) => bail!("--insecure and --tls-* together: choose one"),
+        (false, Some(cert), Some(key), Some(ca)) => Ok(Some(dfs_common::tls::TlsFiles {
+            ca,
+            cert: Some(cert),
+            key: Some(key),
+        })),
+        _ => bail!(
+            "TLS needs --tls-cert, --tls-key and --tls-ca (make them with `dfsctl admin ca init` and `dfsctl admin cert issue --role meta --id N`), or --insecure for plain TCP on a trusted host"
+        ),
     }
 }

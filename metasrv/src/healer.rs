@@ -16,7 +16,6 @@ use crate::service::{now_ms, Caller, MetaNode, OpError, OpResult};
 use crate::state::command::CommandV1;
 use crate::state::{Command, MAX_REPLICATION};
 use crate::types::NodeId;
-use dfs_common::headers;
 use dfs_common::token::Op;
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::*;
@@ -487,12 +486,9 @@ async fn copy_one(
             read_token: node.secret.sign_chunk(Op::Read, &c.chunk_id, expires),
             write_token: node.secret.sign_chunk(Op::Write, &c.chunk_id, expires),
         };
-        let mut req = tonic::Request::new(msg);
-        if let Ok(v) = node.secret.node_proof().parse() {
-            req.metadata_mut().insert(headers::NODE_AUTH, v);
-        }
+        let req = crate::network::with_node_auth(msg, &node.secret);
         // The process-wide channel cache metasrv uses for its peers serves chunk servers too.
-        let channel = crate::network::channel(src_addr)
+        let channel = crate::network::channel(src_addr, dfs_common::pki::Role::Chunk)
             .map_err(|_| HealError::BadAddress(src_addr.to_string()))?;
         let mut client = ChunkClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE)

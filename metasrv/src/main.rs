@@ -55,6 +55,34 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
     let cfg = config::Config::from_args(args)?;
     let secret = dfs_common::token::ClusterSecret::load(&cfg.secret_file)?;
     config::check_data_dir(&cfg, &secret)?;
+    let tls = match &cfg.tls {
+        Some(files) => {
+            let tls = dfs_common::tls::Tls::load(files.clone())?;
+            let me = tls.identity();
+            if me.as_ref().and_then(|i| {
+                (i.role == dfs_common::pki::Role::Meta)
+                    .then(|| i.node_id())
+                    .flatten()
+            }) != Some(cfg.id)
+            {
+                anyhow::bail!(
+                    "--tls-cert is for {}, but this is metasrv {}: issue one with `dfsctl admin cert issue --role meta --id {}`",
+                    me.map_or_else(|| "no dfs identity".to_string(), |i| i.to_string()),
+                    cfg.id,
+                    cfg.id
+                );
+            }
+            tls.spawn_reloader();
+            Some(tls)
+        }
+        None => {
+            tracing::warn!(
+                "running --insecure: keys, data and node proofs cross the network in clear"
+            );
+            None
+        }
+    };
+    network::set_tls(tls.clone());
 
     // Bind first, so a taken port is a clear error before anything else starts.
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -121,17 +149,25 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
             })
             .max_decoding_message_size(network::MAX_RAFT_MESSAGE)
             .max_encoding_message_size(network::MAX_RAFT_MESSAGE);
-        let incoming = tokio_stream_listener(listener);
         let mut stop = stop_rx.clone();
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .tcp_nodelay(true)
-                .add_service(meta)
-                .add_service(raft_svc)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
-        )
+        let router = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(meta)
+            .add_service(raft_svc);
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        match tls {
+            Some(tls) => {
+                tokio::spawn(router.serve_with_incoming_shutdown(
+                    dfs_common::tls::incoming(listener, tls),
+                    stopped,
+                ))
+            }
+            None => tokio::spawn(
+                router.serve_with_incoming_shutdown(tokio_stream_listener(listener), stopped),
+            ),
+        }
     };
 
     tokio::spawn(dfs_common::http::serve(

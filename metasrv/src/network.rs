@@ -8,6 +8,8 @@
 //! stall replication.
 use crate::types::{NodeId, TypeConfig};
 use dfs_common::headers;
+use dfs_common::pki::Role;
+use dfs_common::tls::Tls;
 use dfs_common::token::ClusterSecret;
 use dfs_proto::raft_transport_client::RaftTransportClient;
 use dfs_proto::RaftMessage;
@@ -24,6 +26,7 @@ use openraft::{AnyError, BasicNode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -36,27 +39,42 @@ pub const MAX_RAFT_MESSAGE: usize = 64 * 1024 * 1024;
 /// batch) and each election; a channel per call would open a TCP connection each time. A
 /// shared channel multiplexes calls on one HTTP/2 connection and reconnects by itself after
 /// the peer restarts.
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+/// `role` is what the server at `addr` must be (TLS checks its certificate says so).
+pub fn channel(addr: &str, role: Role) -> Result<Channel, tonic::transport::Error> {
+    static CHANNELS: OnceLock<Mutex<HashMap<(String, Role), Channel>>> = OnceLock::new();
     let mut cache = CHANNELS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = cache.get(addr) {
+    let key = (addr.to_string(), role);
+    if let Some(c) = cache.get(&key) {
         return Ok(c.clone());
     }
-    let c = Endpoint::from_shared(format!("http://{addr}"))?
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    cache.insert(addr.to_string(), c.clone());
+        .keep_alive_timeout(Duration::from_secs(5));
+    let c = dfs_common::tls::channel(endpoint, tls(), role);
+    cache.insert(key, c.clone());
     Ok(c)
 }
 
+/// This process's TLS (`--tls-*`), set once at startup; `None` for a `--insecure` node.
+static TLS: OnceLock<Option<Arc<Tls>>> = OnceLock::new();
+
+pub fn set_tls(tls: Option<Arc<Tls>>) {
+    let _ = TLS.set(tls);
+}
+
+/// The node's TLS, if it runs with TLS (then peers prove who they are with certificates,
+/// never with the cluster-secret proof).
+pub fn tls() -> Option<&'static Arc<Tls>> {
+    TLS.get().and_then(Option::as_ref)
+}
+
 pub fn raft_client(addr: &str) -> Result<RaftTransportClient<Channel>, tonic::transport::Error> {
-    Ok(RaftTransportClient::new(channel(addr)?)
+    Ok(RaftTransportClient::new(channel(addr, Role::Meta)?)
         .max_decoding_message_size(MAX_RAFT_MESSAGE)
         .max_encoding_message_size(MAX_RAFT_MESSAGE))
 }
@@ -68,11 +86,14 @@ fn smaller_batch(len: usize, entries: usize) -> Option<u64> {
     (len > MAX_RAFT_MESSAGE - (1 << 20) && entries > 1).then(|| (entries / 2).max(1) as u64)
 }
 
-/// Attach the node proof to an outgoing request.
+/// A request to a peer: with TLS the node's certificate says who it is; only a `--insecure`
+/// node attaches the cluster-secret proof.
 pub fn with_node_auth<T>(msg: T, secret: &ClusterSecret) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    if let Ok(v) = secret.node_proof().parse() {
-        req.metadata_mut().insert(headers::NODE_AUTH, v);
+    if tls().is_none() {
+        if let Ok(v) = secret.node_proof().parse() {
+            req.metadata_mut().insert(headers::NODE_AUTH, v);
+        }
     }
     req
 }

@@ -45,6 +45,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub meta: String,
     pub auth: PathBuf,
+    /// The cluster CA (`DIR/tls/ca.pem`); `None` for a cluster started `--insecure`.
+    pub ca: Option<PathBuf>,
 }
 
 /// The result of one dfsctl run.
@@ -126,6 +128,21 @@ impl Cluster {
     }
 
     pub fn up_with(metas: u32, chunks: u32, meta_args: &[&str], chunk_args: &[&str]) -> Cluster {
+        Self::launch(metas, chunks, meta_args, chunk_args, &[])
+    }
+
+    /// A cluster without TLS (`local up --insecure`): plain TCP, node proofs from the secret.
+    pub fn up_insecure(metas: u32, chunks: u32) -> Cluster {
+        Self::launch(metas, chunks, &[], &[], &["--insecure"])
+    }
+
+    fn launch(
+        metas: u32,
+        chunks: u32,
+        meta_args: &[&str],
+        chunk_args: &[&str],
+        local_args: &[&str],
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("dfs-test-")
             .tempdir()
@@ -142,6 +159,7 @@ impl Cluster {
         for a in chunk_args {
             cmd.arg(format!("--chunk-arg={a}"));
         }
+        cmd.args(local_args);
         let out = Run::from(
             cmd.env_remove("DFS_META")
                 .env_remove("DFS_AUTH_FILE")
@@ -173,11 +191,65 @@ impl Cluster {
             .expect("DFS_META in env")
             .to_string();
         let auth = dir.path().join("admin.auth");
-        Cluster { dir, meta, auth }
+        let ca = Some(dir.path().join("tls").join("ca.pem")).filter(|p| p.exists());
+        Cluster {
+            dir,
+            meta,
+            auth,
+            ca,
+        }
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// `DFS_TLS_CA` for a process talking to this cluster (empty: plain TCP).
+    pub fn ca_env(&self) -> std::ffi::OsString {
+        self.ca.clone().map(Into::into).unwrap_or_default()
+    }
+
+    /// Client options for this cluster's admin through the members in `meta`.
+    pub fn client_options(&self, meta: &str) -> dfs_client::ClientOptions {
+        let mut opts = dfs_client::ClientOptions::new(meta.split(',').map(String::from).collect());
+        opts.auth_file = Some(self.auth.clone());
+        opts.tls_ca = self.ca.clone();
+        opts
+    }
+
+    /// The flags for a node started by hand as `role` `id`: a certificate from this cluster's
+    /// CA (`--insecure` for a plain-text cluster).
+    pub fn node_tls_args(&self, role: dfs_common::pki::Role, id: u64) -> Vec<String> {
+        let Some(ca) = &self.ca else {
+            return vec!["--insecure".into()];
+        };
+        let tls = self.path().join("tls");
+        let out = dfs_common::pki::issue(
+            &tls,
+            &dfs_common::pki::Identity::new(role, &id.to_string()).expect("identity"),
+            &[],
+            &tls,
+            30,
+        )
+        .expect("issue a node certificate");
+        vec![
+            format!("--tls-cert={}", out.cert.display()),
+            format!("--tls-key={}", out.key.display()),
+            format!("--tls-ca={}", ca.display()),
+        ]
+    }
+
+    /// A gRPC channel to the metadata node at `addr`, as a client (TLS if the cluster has it).
+    pub fn meta_channel(&self, addr: &str) -> tonic::transport::Channel {
+        dfs_client::lazy_channel(addr, self.tls().as_ref(), dfs_common::pki::Role::Meta)
+            .expect("metadata node address")
+    }
+
+    /// The TLS a client of this cluster uses (`None`: it runs `--insecure`).
+    pub fn tls(&self) -> Option<std::sync::Arc<dfs_common::tls::Tls>> {
+        self.ca
+            .as_ref()
+            .map(|ca| dfs_common::tls::Tls::client_only(ca).expect("cluster CA"))
     }
 
     /// Run dfsctl as the admin.
@@ -196,6 +268,7 @@ impl Cluster {
         cmd.args(args)
             .env("DFS_META", meta)
             .env("DFS_AUTH_FILE", auth)
+            .env("DFS_TLS_CA", self.ca_env())
             .env("DFS_LOCAL_DIR", self.path())
             .env("DFS_LOG", "warn")
             .stdin(std::process::Stdio::piped())
@@ -411,6 +484,7 @@ impl Cluster {
             .args(["put", "-", remote])
             .env("DFS_META", &self.meta)
             .env("DFS_AUTH_FILE", &self.auth)
+            .env("DFS_TLS_CA", self.ca_env())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

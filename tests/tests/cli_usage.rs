@@ -274,6 +274,7 @@ fn no_credentials_names_the_default_path() {
     let out = Command::new(bin("dfsctl"))
         .args(["ls", "/"])
         .env("DFS_META", &c.meta)
+        .env("DFS_TLS_CA", c.ca_env())
         .env("DFS_AUTH_FILE", "")
         .env("HOME", home.path())
         .env("XDG_CONFIG_HOME", home.path().join("cfg"))

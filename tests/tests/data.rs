@@ -55,6 +55,7 @@ fn round_trips_are_byte_identical() {
     let out = std::process::Command::new(bin("dfsctl"))
         .args(["cat", "/rt/stdin"])
         .env("DFS_META", &c.meta)
+        .env("DFS_TLS_CA", c.ca_env())
         .env("DFS_AUTH_FILE", &c.auth)
         .output()
         .unwrap();
@@ -188,9 +189,10 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
         .as_millis() as u64;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cl = ChunkClient::connect(format!("http://{addr}"))
-            .await
-            .unwrap();
+        let mut cl = ChunkClient::new(
+            dfs_client::lazy_channel(&addr, c.tls().as_ref(), dfs_common::pki::Role::Chunk)
+                .unwrap(),
+        );
         let read = |token: String| {
             let mut cl = cl.clone();
             let chunk = chunk.clone();
@@ -546,6 +548,7 @@ fn a_get_overtaken_by_a_remove_says_so_and_reports_no_bad_replica() {
     let mut cat = std::process::Command::new(bin("dfsctl"))
         .args(["cat", "/moving"])
         .env("DFS_META", &c.meta)
+        .env("DFS_TLS_CA", c.ca_env())
         .env("DFS_AUTH_FILE", &c.auth)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -593,7 +596,7 @@ fn names_with_nul_or_control_characters_are_refused_before_anything_is_written()
     let before = c.all_chunk_files();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cl = MetaClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut cl = MetaClient::new(c.meta_channel(&addr));
         fn with_key<T>(msg: T, creds: &dfs_common::auth_file::Credentials) -> tonic::Request<T> {
             let mut r = tonic::Request::new(msg);
             r.metadata_mut()
@@ -829,7 +832,5 @@ fn the_library_refuses_nul_and_overlong_names() {
 
 /// A dfs-client connection to `c` as its admin (call inside a runtime).
 fn client_of(c: &Cluster) -> dfs_client::Client {
-    let mut opts = dfs_client::ClientOptions::new(c.meta.split(',').map(String::from).collect());
-    opts.auth_file = Some(c.auth.clone());
-    dfs_client::Client::connect(&opts).unwrap()
+    dfs_client::Client::connect(&c.client_options(&c.meta)).unwrap()
 }

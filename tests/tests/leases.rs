@@ -2,7 +2,7 @@
 //! lease timeout (3 s) shortened: a put open three times longer than the old commit window
 //! commits while `admin gc --apply` runs; a killed writer's chunks are kept while its lease
 //! lives and collected after; a commit naming collected chunks is refused.
-use dfs_client::{Client, ClientOptions};
+use dfs_client::Client;
 use dfs_proto::CommitRequest;
 use dfs_tests::*;
 use serde_json::Value;
@@ -31,6 +31,7 @@ fn slow_put(c: &Cluster, remote: &str) -> std::process::Child {
     Command::new(bin("dfsctl"))
         .args(["put", "-", remote])
         .env("DFS_META", &c.meta)
+        .env("DFS_TLS_CA", c.ca_env())
         .env("DFS_AUTH_FILE", &c.auth)
         .env("DFS_LOG", "warn")
         .stdin(Stdio::piped())
@@ -134,9 +135,7 @@ fn a_commit_naming_collected_chunks_is_refused() {
     let c = cluster();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_rt = rt.enter();
-    let mut opts = ClientOptions::new(vec![c.meta.clone()]);
-    opts.auth_file = Some(c.auth.clone());
-    let cl = Client::connect(&opts).unwrap();
+    let cl = Client::connect(&c.client_options(&c.meta)).unwrap();
     let data = bytes(1000, 3);
     let stored = rt.block_on(async {
         let (alloc, chunk_size) = cl.allocate_chunk("/late", 1000).await.unwrap();

@@ -163,6 +163,7 @@ fn a_member_added_online_catches_up_from_a_snapshot() {
         .arg(&data)
         .arg("--cluster-secret-file")
         .arg(c.secret_file())
+        .args(c.node_tls_args(dfs_common::pki::Role::Meta, 4))
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
@@ -359,12 +360,23 @@ fn bad_input_is_refused_and_changes_nothing() {
 }
 
 #[test]
-fn a_node_with_the_wrong_secret_is_refused() {
+fn a_node_from_another_cluster_is_refused() {
     let c = Cluster::up(3, 0, &[]);
     c.leader();
-    // A new node with another secret: its peers refuse it and it says so.
+    // A new node of another cluster (another secret, a certificate from another CA): it and
+    // the members do not trust each other, and it says so.
     let other = c.path().join("other.secret");
     std::fs::write(&other, "a-completely-different-secret-value").unwrap();
+    let other_ca = c.path().join("other-ca");
+    dfs_common::pki::init_ca(&other_ca, "other", 1).unwrap();
+    let cert = dfs_common::pki::issue(
+        &other_ca,
+        &dfs_common::pki::Identity::new(dfs_common::pki::Role::Meta, "9").unwrap(),
+        &[],
+        &other_ca,
+        1,
+    )
+    .unwrap();
     let peers: Vec<String> = c
         .meta_addrs()
         .iter()
@@ -386,12 +398,18 @@ fn a_node_with_the_wrong_secret_is_refused() {
         .arg(c.path().join("intruder"))
         .arg("--cluster-secret-file")
         .arg(&other)
+        .arg("--tls-cert")
+        .arg(&cert.cert)
+        .arg("--tls-key")
+        .arg(&cert.key)
+        .arg("--tls-ca")
+        .arg(other_ca.join("ca.pem"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("refused this node") && err.contains("cluster secret"),
+        err.contains("do not trust each other's certificates") && err.contains("UnknownIssuer"),
         "{err}"
     );
     // An existing member restarted with another secret refuses to start on its data dir.
@@ -442,7 +460,7 @@ fn a_retried_user_add_returns_the_same_key() {
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cl = MetaClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut cl = MetaClient::new(c.meta_channel(&addr));
         let add = |request_id: &str| UserAddRequest {
             name: "bob".into(),
             admin: false,
@@ -652,9 +670,10 @@ fn a_resumed_old_leader_serves_no_stale_read_from_its_lease() {
         r
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let mut cl = rt
-        .block_on(MetaClient::connect(format!("http://{addr}")))
-        .unwrap();
+    let mut cl = {
+        let _in_rt = rt.enter();
+        MetaClient::new(c.meta_channel(&addr))
+    };
     // A read through the old leader gives it a lease.
     rt.block_on(cl.stat(stat("/"))).unwrap();
     let frozen = c.freeze(&format!("meta-{old}"));

@@ -37,6 +37,7 @@ fn script_cmd(c: &Cluster, work: &Path, script: &str) -> Command {
         .env("C", c.path())
         .env("DFS_META", &c.meta)
         .env("DFS_AUTH_FILE", &c.auth)
+        .env("DFS_TLS_CA", c.ca_env())
         .env("DFS_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

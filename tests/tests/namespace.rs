@@ -1,16 +1,14 @@
 //! What a mount needs from the metadata, on a real 3-member cluster: inode numbers that survive
 //! rename, overwrite and a restart and agree on every member; modes and times; symbolic links;
 //! SetAttr; rename with no-replace and replace; listing in pages.
-use dfs_client::{Client, ClientOptions, Error};
+use dfs_client::{Client, Error};
 use dfs_proto::{FileInfo, RenameMode};
 use dfs_tests::*;
 use std::sync::Arc;
 use std::time::Duration;
 
 fn client(c: &Cluster, meta: &str) -> Client {
-    let mut opts = ClientOptions::new(meta.split(',').map(String::from).collect());
-    opts.auth_file = Some(c.auth.clone());
-    Client::connect(&opts).unwrap()
+    Client::connect(&c.client_options(meta)).unwrap()
 }
 
 /// The inode number of `path` (an entry of `/`) as one member sees it in its own applied state.

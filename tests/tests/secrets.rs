@@ -69,12 +69,23 @@ fn access_keys_appear_nowhere_but_in_the_auth_files() {
 /// A `Meta` client over its own connection, from `local` (a loopback address) when given.
 async fn meta_from(
     meta: &str,
+    tls: Option<&std::sync::Arc<dfs_common::tls::Tls>>,
     local: Option<std::net::IpAddr>,
 ) -> dfs_proto::meta_client::MetaClient<tonic::transport::Channel> {
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{meta}"))
         .unwrap()
         .local_address(local);
-    dfs_proto::meta_client::MetaClient::new(ep.connect().await.expect("connect"))
+    let channel = match tls {
+        Some(t) => ep
+            .connect_with_connector(
+                dfs_common::tls::Connector::new(t.clone(), dfs_common::pki::Role::Meta)
+                    .from_local_address(local),
+            )
+            .await
+            .expect("connect"),
+        None => ep.connect().await.expect("connect"),
+    };
+    dfs_proto::meta_client::MetaClient::new(channel)
 }
 
 async fn who_am_i(
@@ -100,7 +111,8 @@ fn wrong_keys_are_rate_limited_per_address_and_user() {
     let bob = c.add_user("bob");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut attacker = meta_from(&c.meta, None).await;
+        let tls = c.tls();
+        let mut attacker = meta_from(&c.meta, tls.as_ref(), None).await;
         let (mut unauthenticated, mut limited) = (0, 0);
         for i in 0..1000 {
             match who_am_i(&mut attacker, "alice", &format!("{i:064x}")).await {
@@ -120,7 +132,8 @@ fn wrong_keys_are_rate_limited_per_address_and_user() {
             who_am_i(&mut attacker, "bob", &key_of(&bob)).await.unwrap(),
             "bob"
         );
-        let mut elsewhere = meta_from(&c.meta, Some("127.0.0.2".parse().unwrap())).await;
+        let mut elsewhere =
+            meta_from(&c.meta, tls.as_ref(), Some("127.0.0.2".parse().unwrap())).await;
         assert_eq!(
             who_am_i(&mut elsewhere, "alice", &right).await.unwrap(),
             "alice"

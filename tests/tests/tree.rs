@@ -182,6 +182,7 @@ fn update_after_a_killed_put_sends_only_the_rest() {
     let mut child = std::process::Command::new(dfs_tests::bin("dfsctl"))
         .args(["--json", "put", "-r", "--parallel", "1", &s, "/t"])
         .env("DFS_META", &c.meta)
+        .env("DFS_TLS_CA", c.ca_env())
         .env("DFS_AUTH_FILE", &c.auth)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())

@@ -569,6 +569,12 @@ fn unreadable_file_is_said_and_the_rest_uploaded() {
     let auth = base.path().join("auth");
     std::fs::copy(&c.auth, &auth).unwrap();
     mode(&auth, 0o644).unwrap();
+    // The cluster CA too (the cluster's directory is private).
+    let ca = base.path().join("ca.pem");
+    if let Some(cluster_ca) = &c.ca {
+        std::fs::copy(cluster_ca, &ca).unwrap();
+        mode(&ca, 0o644).unwrap();
+    }
     // SAFETY: geteuid has no preconditions.
     let mut cmd = if unsafe { libc::geteuid() } == 0 {
         let mut c = std::process::Command::new("setpriv");
@@ -581,6 +587,14 @@ fn unreadable_file_is_said_and_the_rest_uploaded() {
     let out = cmd
         .args(["watch", &s(&local), "/n", "--once", "--settle", "100ms"])
         .env("DFS_META", &c.meta)
+        .env(
+            "DFS_TLS_CA",
+            if c.ca.is_some() {
+                ca.as_os_str()
+            } else {
+                "".as_ref()
+            },
+        )
         .env("DFS_AUTH_FILE", &auth)
         .env("DFS_LOG", "warn")
         .output()

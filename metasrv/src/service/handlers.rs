@@ -696,8 +696,15 @@ impl MetaNode {
         // The leader's healer acts on reports: hand them to it.
         self.write_gate()?;
         // Readers (users) and scrubbers (chunk servers, with the node proof) report.
-        let user = if !c.node_auth.is_empty() && self.secret.check_node_proof(&c.node_auth) {
-            format!("chunk server {}", r.node_id)
+        let node_caller = match &c.peer {
+            Some(_) => true,
+            None => !c.node_auth.is_empty(),
+        };
+        let user = if node_caller && self.authenticate_node(c).is_ok() {
+            match &c.peer {
+                Some(p) => p.to_string(),
+                None => format!("chunk server {}", r.node_id),
+            }
         } else {
             self.authenticate(c)?.0
         };
@@ -1128,7 +1135,20 @@ impl MetaNode {
         r: RegisterChunkServerRequest,
     ) -> OpResult<RegisterChunkServerReply> {
         self.write_gate()?;
-        self.authenticate_node(c)?;
+        let who = self.authenticate_node(c)?;
+        // With TLS a chunk server is the one its certificate names, and only that one.
+        let certified_id = match who {
+            None => None,
+            Some(p) => match (p.role, p.node_id()) {
+                (dfs_common::pki::Role::Chunk, Some(id)) => Some(id),
+                _ => {
+                    return Err(Status::permission_denied(format!(
+                        "only a chunk server certificate registers a chunk server; the caller's is for {p}"
+                    ))
+                    .into())
+                }
+            },
+        };
         if r.uuid.is_empty() || r.uuid.len() > 64 || r.addr.is_empty() || r.addr.len() > 256 {
             return Err(invalid(
                 "chunk server registration needs a uuid (≤64 bytes) and an address",
@@ -1139,6 +1159,7 @@ impl MetaNode {
                 uuid: r.uuid,
                 addr: r.addr.clone(),
                 now_ms: now_ms(),
+                certified_id,
             }))
             .await?
         {
@@ -1152,7 +1173,16 @@ impl MetaNode {
 
     /// Heartbeats are answered by every node from its own state (no forwarding).
     pub async fn heartbeat(&self, c: &Caller, r: HeartbeatRequest) -> OpResult<HeartbeatReply> {
-        self.authenticate_node(c)?;
+        if let Some(p) = self.authenticate_node(c)? {
+            if p.role != dfs_common::pki::Role::Chunk || p.node_id() != Some(r.node_id) {
+                self.metrics.auth_failures.inc();
+                return Err(Status::permission_denied(format!(
+                    "{p} cannot heartbeat as chunk server {}: a chunk server speaks only for itself",
+                    r.node_id
+                ))
+                .into());
+            }
+        }
         let pending: Vec<String> = {
             let st = self.read_state();
             if !st.chunk_servers.contains_key(&r.node_id) {

@@ -21,6 +21,7 @@ macro_rules! meta_rpcs {
                 async fn $rpc(&self, request: tonic::Request<$req>) -> Result<tonic::Response<$resp>, Status> {
                     let mut caller = Caller::from_metadata(request.metadata());
                     caller.addr = request.remote_addr().map(|a| a.ip());
+                    caller.peer = dfs_common::tls::peer_identity(&request);
                     let started = Instant::now();
                     let body = request.into_inner();
                     let mut forwarded = false;

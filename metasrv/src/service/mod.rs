@@ -72,12 +72,15 @@ pub struct MetaNode {
     pub auth_limit: auth_limit::AuthLimiter,
 }
 
-/// Who is calling: a user (name and key) and/or a node (cluster-secret proof).
+/// Who is calling: a user (name and key) and/or a node (its certificate with TLS, the
+/// cluster-secret proof on an `--insecure` cluster).
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub user: String,
     pub key: String,
     pub node_auth: String,
+    /// The identity in the certificate the caller showed (verified against the cluster CA).
+    pub peer: Option<dfs_common::pki::Identity>,
     /// Where the request came from (the client's, also through a forward; `None` inside).
     pub addr: Option<std::net::IpAddr>,
 }
@@ -94,7 +97,17 @@ impl Caller {
             user: get(headers::USER),
             key: get(headers::KEY),
             node_auth: get(headers::NODE_AUTH),
+            peer: None,
             addr: None,
+        }
+    }
+
+    /// The metadata node itself, calling one of its own handlers.
+    pub fn this_node(node: &MetaNode) -> Caller {
+        Caller {
+            node_auth: node.secret.node_proof(),
+            peer: crate::network::tls().and_then(|t| t.identity()),
+            ..Default::default()
         }
     }
 }
@@ -221,9 +234,26 @@ impl MetaNode {
         Ok(user)
     }
 
-    pub fn authenticate_node(&self, c: &Caller) -> OpResult<()> {
+    /// Check the caller is a cluster node. With TLS: its certificate (a metasrv or chunk
+    /// server one, from the cluster CA), returned; on an `--insecure` cluster: the
+    /// cluster-secret proof (and `None`).
+    pub fn authenticate_node(&self, c: &Caller) -> OpResult<Option<dfs_common::pki::Identity>> {
+        use dfs_common::pki::Role;
+        if crate::network::tls().is_some() {
+            return match &c.peer {
+                Some(p) if matches!(p.role, Role::Meta | Role::Chunk) => Ok(Some(p.clone())),
+                other => {
+                    self.metrics.auth_failures.inc();
+                    Err(Status::permission_denied(match other {
+                        Some(p) => format!("this call is for cluster nodes, and the caller's certificate is for {p}"),
+                        None => "this call is for cluster nodes: it needs a metasrv or chunk server certificate from the cluster CA".into(),
+                    })
+                    .into())
+                }
+            };
+        }
         if self.secret.check_node_proof(&c.node_auth) {
-            Ok(())
+            Ok(None)
         } else {
             self.metrics.auth_failures.inc();
             Err(Status::permission_denied(
@@ -322,6 +352,11 @@ impl MetaNode {
                 key: caller.key.clone(),
                 node_auth: caller.node_auth.clone(),
                 client_addr: caller.addr.map(|a| a.to_string()).unwrap_or_default(),
+                peer: caller
+                    .peer
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
             };
             // Bounded: a paused leader must not hold a request forever (the client moves on).
             let call = client.forward(crate::network::with_node_auth(req, &self.secret));

@@ -16,6 +16,22 @@ pub struct RaftApi {
 
 impl RaftApi {
     fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if crate::network::tls().is_some() {
+            // With TLS only a metasrv certificate from the cluster CA may speak Raft.
+            let peer = dfs_common::tls::peer_identity(req);
+            if peer
+                .as_ref()
+                .is_some_and(|p| p.role == dfs_common::pki::Role::Meta)
+            {
+                return Ok(());
+            }
+            self.node.metrics.auth_failures.inc();
+            tracing::warn!(node = self.node.id, peer = ?req.remote_addr(), identity = ?peer.as_ref().map(|p| p.to_string()), "refused a peer message: not a metasrv certificate");
+            return Err(Status::permission_denied(match peer {
+                Some(p) => format!("Raft and forwarding are for metadata nodes; the caller's certificate is for {p}"),
+                None => "Raft and forwarding are for metadata nodes: the caller showed no certificate from the cluster CA".into(),
+            }));
+        }
         let proof = req
             .metadata()
             .get(headers::NODE_AUTH)
@@ -107,7 +123,8 @@ impl RaftTransport for RaftApi {
             user: f.user,
             key: f.key,
             node_auth: f.node_auth,
-            // A node's word (its proof was checked above).
+            // A node's word (its certificate or proof was checked above).
+            peer: f.peer.parse().ok(),
             addr: f.client_addr.parse().ok(),
         };
         let reply = match self.node.dispatch(&f.method, caller, &f.body, f.hops).await {

@@ -163,6 +163,10 @@ pub enum CommandV1 {
         uuid: String,
         addr: String,
         now_ms: i64,
+        /// The id its certificate names (TLS clusters): the server gets exactly that id, and
+        /// no other data dir may hold it. `None`: the next free id (plain-text clusters).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        certified_id: Option<NodeId>,
     },
     /// A chunk server confirmed these deletions.
     ChunksDeleted {
@@ -471,9 +475,12 @@ impl State {
                 files,
                 now_ms,
             } => self.import(actor, files, *now_ms, touched),
-            CommandV1::RegisterChunkServer { uuid, addr, now_ms } => {
-                Ok(self.register_chunk_server(uuid, addr, *now_ms, touched))
-            }
+            CommandV1::RegisterChunkServer {
+                uuid,
+                addr,
+                now_ms,
+                certified_id,
+            } => self.register_chunk_server(uuid, addr, *now_ms, *certified_id, touched),
             CommandV1::ChunksDeleted { node, chunks } => {
                 self.chunks_deleted(*node, chunks, touched);
                 Ok(Reply::Done)
@@ -540,19 +547,42 @@ impl State {
         uuid: &str,
         addr: &str,
         now_ms: i64,
+        certified_id: Option<NodeId>,
         touched: &mut Vec<super::RecordKey>,
-    ) -> Reply {
+    ) -> Result<Reply, ApplyError> {
         use super::{ChunkServerEntry, RecordKey};
         if let Some(e) = self.chunk_servers.values_mut().find(|e| e.uuid == uuid) {
+            if certified_id.is_some_and(|c| c != e.id) {
+                return Err(ApplyError::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "this data dir is chunk server {}, but the certificate is for chunk server {}: use chunk server {}'s certificate",
+                        e.id,
+                        certified_id.unwrap_or_default(),
+                        e.id
+                    ),
+                ));
+            }
             if e.addr != addr {
                 e.addr = addr.to_string();
                 touched.push(RecordKey::ChunkServer(e.id));
             }
-            return Reply::ChunkServerId { id: e.id };
+            return Ok(Reply::ChunkServerId { id: e.id });
         }
-        // Chunk server ids start at 1 and are never reused.
-        let id = self.meta.next_chunk_server_id.max(1);
-        self.meta.next_chunk_server_id = id + 1;
+        let id = match certified_id {
+            Some(id) => {
+                if self.chunk_servers.contains_key(&id) {
+                    return Err(ApplyError::new(
+                        ErrorKind::PermissionDenied,
+                        format!("chunk server {id} is registered with another data dir: a certificate names one chunk server, and that one has its own disk (remove it from the cluster first to replace it)"),
+                    ));
+                }
+                id
+            }
+            // Chunk server ids start at 1 and are never reused.
+            None => self.meta.next_chunk_server_id.max(1),
+        };
+        self.meta.next_chunk_server_id = self.meta.next_chunk_server_id.max(id + 1);
         self.chunk_servers.insert(
             id,
             ChunkServerEntry {
@@ -564,7 +594,7 @@ impl State {
         );
         touched.push(RecordKey::Meta);
         touched.push(RecordKey::ChunkServer(id));
-        Reply::ChunkServerId { id }
+        Ok(Reply::ChunkServerId { id })
     }
 
     fn chunks_deleted(

@@ -32,6 +32,7 @@ fn state() -> State {
             uuid: "u1".into(),
             addr: "a:1".into(),
             now_ms: 3,
+            certified_id: None,
         },
     )
     .unwrap();
@@ -489,6 +490,7 @@ fn chunk_servers_keep_their_id() {
                 uuid: uuid.into(),
                 addr: addr.into(),
                 now_ms: 1,
+                certified_id: None,
             },
         )
         .unwrap()
@@ -508,6 +510,7 @@ fn chunk_servers_registered_before_init_keep_unique_ids() {
                 uuid: uuid.into(),
                 addr: "a:1".into(),
                 now_ms: 1,
+                certified_id: None,
             },
         )
         .unwrap()
@@ -761,6 +764,7 @@ fn healing_commands_keep_replica_lists_consistent() {
                 uuid: u.into(),
                 addr: format!("{u}:1"),
                 now_ms: 3,
+                certified_id: None,
             },
         )
         .unwrap();
