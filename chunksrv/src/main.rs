@@ -321,9 +321,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    // Set by every registration (the metadata group hands this server its own token key).
+    let token_key = Arc::new(service::TokenKey::default());
     let chunk_service = service::ChunkService::new(
         store.clone(),
         secret.clone(),
+        Arc::clone(&token_key),
         Arc::clone(&metrics),
         Arc::clone(&node_id),
         Duration::from_secs_f64(args.stall_timeout.clamp(0.1, 3600.0)),
@@ -360,7 +363,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Arc::clone(&metrics),
             Arc::clone(&node_id),
         )?
-        .with_interval(Duration::from_millis(args.heartbeat_ms)),
+        .with_interval(Duration::from_millis(args.heartbeat_ms))
+        .with_token_key(token_key),
     );
     tracing::info!(uuid = %uuid, addr = %advertise, "registering with the metadata service");
     let mut register_shutdown = shutdown_rx.clone();

@@ -15,7 +15,7 @@
 use crate::metrics::Metrics;
 use crate::store::Store;
 use dfs_common::headers::NODE_AUTH;
-use dfs_common::token::ClusterSecret;
+use dfs_common::token::{ChunkServerKey, ClusterSecret};
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{HeartbeatRequest, RegisterChunkServerRequest};
 use serde::{Deserialize, Serialize};
@@ -235,6 +235,8 @@ pub struct MetaLink {
     store: Store,
     metrics: Arc<Metrics>,
     node_id: Arc<AtomicU64>,
+    /// This server's token key, from the last registration reply.
+    token_key: Arc<crate::service::TokenKey>,
     deletes: Mutex<DeleteLog>,
     delete_tx: mpsc::Sender<String>,
     delete_rx: Mutex<Option<mpsc::Receiver<String>>>,
@@ -283,6 +285,7 @@ impl MetaLink {
             store,
             metrics,
             node_id,
+            token_key: Default::default(),
             interval: HEARTBEAT_INTERVAL,
             deletes: Mutex::new(DeleteLog::new(HEARTBEAT_INTERVAL * ACK_DELETES_BEATS)),
             delete_tx,
@@ -295,6 +298,12 @@ impl MetaLink {
     pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self.deletes = Mutex::new(DeleteLog::new(interval * ACK_DELETES_BEATS));
+        self
+    }
+
+    /// Where registrations put this server's token key (the chunk service reads it there).
+    pub fn with_token_key(mut self, key: Arc<crate::service::TokenKey>) -> Self {
+        self.token_key = key;
         self
     }
 
@@ -359,12 +368,23 @@ impl MetaLink {
             let mut client = t.client.clone();
             match tokio::time::timeout(REGISTER_TIMEOUT, client.register_chunk_server(req)).await {
                 Ok(Ok(reply)) => {
-                    let id = reply.into_inner().node_id;
+                    let reply = reply.into_inner();
+                    let id = reply.node_id;
                     if id == 0 {
                         last_error = format!("{} answered with node id 0", t.addr);
                         continue;
                     }
+                    // Without its key this server could check no token: not registered.
+                    let Some(key) = ChunkServerKey::from_bytes(id, &reply.token_key) else {
+                        last_error = format!(
+                            "{} sent no valid token key ({} bytes; is it an older metasrv? upgrade the metadata nodes first)",
+                            t.addr,
+                            reply.token_key.len()
+                        );
+                        continue;
+                    };
                     self.adopt_node_id(id).map_err(RoundError::Fatal)?;
+                    self.token_key.set(key);
                     return Ok(id);
                 }
                 Ok(Err(status)) => {
@@ -782,7 +802,10 @@ mod tests {
             self.registers.lock().unwrap().push(req.into_inner());
             self.forgot.store(false, Ordering::Relaxed);
             let node_id = self.next_id.load(Ordering::Relaxed);
-            Ok(Response::new(RegisterChunkServerReply { node_id }))
+            Ok(Response::new(RegisterChunkServerReply {
+                node_id,
+                token_key: vec![9; 32],
+            }))
         }
 
         async fn heartbeat(
@@ -844,6 +867,7 @@ mod tests {
         w.finish().await.unwrap();
 
         let node_id = Arc::new(AtomicU64::new(0));
+        let token_key = Arc::new(crate::service::TokenKey::default());
         // The first address is dead: registration moves on to the next.
         let ident = NodeIdentity::load_or_create(d.path(), &secret).unwrap();
         let link = Arc::new(
@@ -858,8 +882,10 @@ mod tests {
                 Arc::clone(&node_id),
             )
             .unwrap()
-            .with_interval(Duration::from_millis(50)),
+            .with_interval(Duration::from_millis(50))
+            .with_token_key(Arc::clone(&token_key)),
         );
+        assert!(token_key.get().is_none());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let got = link.register(&mut stop_rx).await.unwrap();
         assert_eq!(got, 3);
@@ -875,6 +901,10 @@ mod tests {
             assert_eq!(regs[0].addr, "127.0.0.1:9999");
         }
         assert_eq!(node_id.load(Ordering::Relaxed), 3);
+        let key = token_key
+            .get()
+            .expect("the registration reply's key is kept");
+        assert_eq!((key.node_id(), key.as_bytes()), (3, &[9u8; 32][..]));
 
         fake.delete.lock().unwrap().push(id.to_string());
         let handles = link.spawn(stop_rx.clone());

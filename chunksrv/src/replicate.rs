@@ -4,8 +4,11 @@
 //! local store (block CRCs) and checked by the target (whole-chunk CRC in its reply).
 //!
 //! Only cluster nodes may ask (`x-dfs-node-auth`), and the request carries a read token for
-//! this server and a write token for the target, both signed by the leader.
+//! this server and a write token for the target, both signed by the leader (the read token is
+//! checked here with this server's own key; the target checks the write token with its key,
+//! and its reply, with its receipt, goes back to the leader unchanged).
 use crate::service::store_status;
+use crate::service::TokenKey;
 use crate::store::{validate_chunk_id, Store};
 use dfs_common::token::{ClusterSecret, Op};
 use dfs_common::STREAM_PIECE;
@@ -29,6 +32,7 @@ fn now_ms() -> u64 {
 pub async fn replicate(
     store: &Store,
     secret: &ClusterSecret,
+    key: &TokenKey,
     node_auth: Option<&str>,
     req: ReplicateRequest,
     stall: std::time::Duration,
@@ -39,7 +43,7 @@ pub async fn replicate(
         ));
     }
     validate_chunk_id(&req.chunk_id).map_err(store_status)?;
-    secret
+    key.require()?
         .verify_chunk(&req.read_token, Op::Read, &req.chunk_id, now_ms())
         .map_err(|e| {
             Status::permission_denied(format!(
