@@ -31,7 +31,7 @@ use tokio::sync::watch;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// dfs chunk server: stores chunks on local disk (plus a backup copy), serves them to clients
-/// holding tokens signed with the cluster secret, and reports to the metadata group.
+/// holding tokens the metadata group issued for this server, and reports to the metadata group.
 #[derive(Parser, Debug)]
 #[command(
     name = "chunksrv",

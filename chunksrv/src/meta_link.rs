@@ -5,7 +5,9 @@
 //!   is made once and never changes, so a restarted server keeps its node id. A data dir made
 //!   under another cluster secret is refused.
 //! - Registration goes to the metadata nodes in turn (followers forward to the leader) and is
-//!   retried with backoff until it succeeds or the process stops.
+//!   retried with backoff until it succeeds or the process stops. A registration counts only
+//!   with the reply's token key (this server's own; the chunk service checks tokens with it
+//!   and refuses them until it is set).
 //! - Every metadata node gets its own heartbeat every second on its own task with its own
 //!   timeout, so a dead node never delays the others; each node gets the full inventory on
 //!   its first heartbeat and every 30 s after.
