@@ -3,6 +3,7 @@
 //! a commit names only replicas that signed a receipt for the chunk's size and CRC. Every
 //! refusal is checked for its error and for nothing having changed (no chunk file, no file).
 use dfs_client::{Client, ClientOptions};
+use dfs_common::token::ChunkToken;
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::{
     AllocateRequest, AllocatedChunk, ChunkInfo, CommitRequest, ReadChunkRequest, StatRequest,
@@ -217,7 +218,8 @@ fn tokens_work_only_on_their_servers_and_up_to_their_size() {
 
 #[test]
 fn a_commit_names_only_replicas_that_signed_for_the_chunk() {
-    let c = cluster();
+    // Three servers: the chunk goes to two, a replacement target is the third.
+    let c = Cluster::up_files(1, 3, &["--chunk-size=65536"]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_rt = rt.enter();
     let cl = client(&c);
@@ -231,24 +233,29 @@ fn a_commit_names_only_replicas_that_signed_for_the_chunk() {
             .unwrap();
         let crc = stored.crc32c;
         assert_eq!(stored.size, 1000);
-        let commit =
-            |replicas: Vec<u64>, receipts: Vec<String>, size: u64, crc32c: u32| CommitRequest {
-                path: "/f".into(),
-                size,
-                sha256: String::new(),
-                chunk_size,
-                chunks: vec![ChunkInfo {
-                    chunk_id: a.chunk_id.clone(),
+        let commit_with =
+            |token: &str, replicas: Vec<u64>, receipts: Vec<String>, size: u64, crc32c: u32| {
+                CommitRequest {
+                    path: "/f".into(),
                     size,
-                    crc32c,
-                    replicas,
-                    token: a.token.clone(),
-                    receipts,
+                    sha256: String::new(),
+                    chunk_size,
+                    chunks: vec![ChunkInfo {
+                        chunk_id: a.chunk_id.clone(),
+                        size,
+                        crc32c,
+                        replicas,
+                        token: token.to_string(),
+                        receipts,
+                        ..Default::default()
+                    }],
+                    request_id: dfs_client::new_request_id(),
                     ..Default::default()
-                }],
-                request_id: dfs_client::new_request_id(),
-                ..Default::default()
+                }
             };
+        let commit = |replicas, receipts, size, crc32c| {
+            commit_with(&a.token, replicas, receipts, size, crc32c)
+        };
         let (one, two) = (first.node_id, second.node_id);
         let good = stored.receipt.clone();
         let cases = [
@@ -284,13 +291,75 @@ fn a_commit_names_only_replicas_that_signed_for_the_chunk() {
             );
         }
         c.ctl(&["stat", "/f"]).fails_with("no such file");
-        // The replica that signed is accepted: the refusals were the receipts'.
+
+        // The second server "failed": a replacement target (the third server). Its token names
+        // the first targets too and expires with the first token: the window does not grow.
+        let r = dfs_client::rpc!(
+            cl.conn,
+            allocate_chunks,
+            AllocateRequest {
+                count: 1,
+                bytes_left: 1000,
+                exclude: vec![one, two],
+                replace_chunk: a.chunk_id.clone(),
+                replace_token: a.token.clone(),
+                ..Default::default()
+            }
+        )
+        .unwrap();
+        let b = &r.chunks[0];
+        assert_eq!(b.chunk_id, a.chunk_id);
+        let third = &b.targets[0];
+        assert!(third.node_id != one && third.node_id != two);
+        let (old, new) = (
+            ChunkToken::parse(&a.token).unwrap(),
+            ChunkToken::parse(&b.token).unwrap(),
+        );
+        assert_eq!(new.servers(), vec![one, two, third.node_id]);
+        assert_eq!(
+            (new.expires_ms, new.max_bytes),
+            (old.expires_ms, old.max_bytes)
+        );
+        refused_with(
+            write(&third.addr, &a.chunk_id, &a.token, &data).await,
+            tonic::Code::PermissionDenied,
+            "not this one",
+        );
+        let stored3 = write(&third.addr, &a.chunk_id, &b.token, &data)
+            .await
+            .unwrap();
+        // One token reads the chunk back from any of its replicas (as the mount does).
+        assert_eq!(
+            read(&first.addr, &a.chunk_id, &b.token).await.unwrap(),
+            data
+        );
+        // Both replicas that signed are accepted: the refusals above were the receipts'.
         dfs_client::rpc!(
             cl.conn,
             commit_file,
-            commit(vec![one], vec![good.clone()], 1000, crc)
+            commit_with(
+                &b.token,
+                vec![one, third.node_id],
+                vec![good.clone(), stored3.receipt.clone()],
+                1000,
+                crc
+            )
         )
         .unwrap();
+        let mut want = vec![one, third.node_id];
+        want.sort();
+        let info = dfs_client::rpc!(
+            cl.conn,
+            stat,
+            StatRequest {
+                path: "/f".into(),
+                stale: false
+            }
+        )
+        .unwrap();
+        let mut got = info.chunks[0].replicas.clone();
+        got.sort();
+        assert_eq!(got, want);
     });
     assert_eq!(c.get_data(&c.auth, "/f"), data);
 }
