@@ -646,7 +646,7 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains("allows at most"), "{err:?}");
         let mut empty = false;
-        for _ in 0..500 {
+        for _ in 0..3000 {
             empty =
                 chunk_dir_is_empty(&f) && f.metrics.active_transfers.load(Ordering::Relaxed) == 0;
             if empty {
