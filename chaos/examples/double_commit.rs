@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         }
     )?;
     let a = &alloc.chunks[0];
-    let mut replicas = Vec::new();
+    let (mut replicas, mut receipts) = (Vec::new(), Vec::new());
     for t in &a.targets {
         let mut c = ChunkClient::new(lazy_channel(
             &t.addr,
@@ -67,8 +67,9 @@ async fn main() -> anyhow::Result<()> {
                 data: data.clone().into(),
             },
         ];
-        c.write(futures::stream::iter(msgs)).await?;
+        let reply = c.write(futures::stream::iter(msgs)).await?.into_inner();
         replicas.push(t.node_id);
+        receipts.push(reply.receipt);
     }
     let commit = CommitRequest {
         path: path.clone(),
@@ -84,6 +85,7 @@ async fn main() -> anyhow::Result<()> {
             replicas,
             replica_addrs: vec![],
             token: a.token.clone(),
+            receipts,
         }],
         request_id,
         mode: None,

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// dfs chunk server: stores chunks on local disk (plus a backup copy), serves them to clients
-/// holding tokens signed with the cluster secret, and reports to the metadata group.
+/// holding tokens the metadata group issued for this server, and reports to the metadata group.
 #[derive(Parser, Debug)]
 #[command(
     name = "chunksrv",
@@ -84,9 +84,11 @@ struct Args {
     #[arg(long, env = "DFS_CHUNK_METRICS", value_name = "ADDR")]
     metrics: String,
 
-    /// File holding the cluster secret (at least 16 bytes) shared by every dfs node.
+    /// File holding the cluster secret (at least 16 bytes): only with --insecure, where it
+    /// proves this server to the metadata group. With TLS the certificate does that, and a
+    /// chunk server holds no secret but its own token key (so one stolen disk is one server).
     #[arg(long, env = "DFS_CLUSTER_SECRET_FILE", value_name = "FILE")]
-    cluster_secret_file: PathBuf,
+    cluster_secret_file: Option<PathBuf>,
 
     /// This server's certificate (PEM) from the cluster CA, naming `chunk <id>`
     /// (`dfsctl admin cert issue --role chunk --id N`): the server registers as chunk server N
@@ -305,7 +307,19 @@ fn load_tls(
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let secret = ClusterSecret::load(&args.cluster_secret_file)?;
+    let secret = match (&args.cluster_secret_file, args.insecure) {
+        (Some(f), true) => Some(ClusterSecret::load(f)?),
+        (None, true) => {
+            return Err(anyhow!(
+                "--insecure needs --cluster-secret-file: without certificates the secret proves this server to the metadata group"
+            ))
+        }
+        (Some(f), false) => {
+            tracing::warn!(file = %f.display(), "--cluster-secret-file is not used with TLS (the certificate proves who this server is); not read");
+            None
+        }
+        (None, false) => None,
+    };
     let data_dir = args.data_dir.clone();
     check_writable(&data_dir)?;
     let backup_dir = if args.no_backups {
@@ -328,7 +342,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Some(dir)
     };
-    let identity = meta_link::NodeIdentity::load_or_create(&data_dir, &secret)?;
+    let identity = meta_link::NodeIdentity::load_or_create(&data_dir, secret.as_ref())?;
     let tls = load_tls(&args, identity.node_id)?;
     peers::set_tls(tls.clone());
     let uuid = identity.uuid.clone();
@@ -390,9 +404,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
+    // Set by every registration (the metadata group hands this server its own token key).
+    let token_key = Arc::new(service::TokenKey::default());
     let chunk_service = service::ChunkService::new(
         store.clone(),
         secret.clone(),
+        Arc::clone(&token_key),
         Arc::clone(&metrics),
         Arc::clone(&node_id),
         Duration::from_secs_f64(args.stall_timeout.clamp(0.1, 3600.0)),
@@ -430,13 +447,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &args.meta,
             identity,
             &data_dir,
-            &secret,
+            secret.as_ref(),
             advertise.clone(),
             store.clone(),
             Arc::clone(&metrics),
             Arc::clone(&node_id),
         )?
-        .with_interval(Duration::from_millis(args.heartbeat_ms)),
+        .with_interval(Duration::from_millis(args.heartbeat_ms))
+        .with_token_key(token_key),
     );
     tracing::info!(uuid = %uuid, addr = %advertise, "registering with the metadata service");
     let mut register_shutdown = shutdown_rx.clone();

@@ -5,7 +5,9 @@
 //!   is made once and never changes, so a restarted server keeps its node id. A data dir made
 //!   under another cluster secret is refused.
 //! - Registration goes to the metadata nodes in turn (followers forward to the leader) and is
-//!   retried with backoff until it succeeds or the process stops.
+//!   retried with backoff until it succeeds or the process stops. A registration counts only
+//!   with the reply's token key (this server's own; the chunk service checks tokens with it
+//!   and refuses them until it is set).
 //! - Every metadata node gets its own heartbeat every second on its own task with its own
 //!   timeout, so a dead node never delays the others; each node gets the full inventory on
 //!   its first heartbeat and every 30 s after.
@@ -15,7 +17,7 @@
 use crate::metrics::Metrics;
 use crate::store::Store;
 use dfs_common::headers::NODE_AUTH;
-use dfs_common::token::ClusterSecret;
+use dfs_common::token::{ChunkServerKey, ClusterSecret};
 use dfs_proto::meta_client::MetaClient;
 use dfs_proto::{HeartbeatRequest, RegisterChunkServerRequest};
 use serde::{Deserialize, Serialize};
@@ -89,10 +91,15 @@ impl NodeIdentity {
         data_dir.join("node.json")
     }
 
-    /// Read `node.json`, or make and save a new identity on first start.
-    pub fn load_or_create(data_dir: &Path, secret: &ClusterSecret) -> Result<Self, LinkError> {
+    /// Read `node.json`, or make and save a new identity on first start. With a secret
+    /// (`--insecure`) a data dir set up with another one is refused; with TLS the metadata
+    /// group refuses a data dir whose uuid another chunk server id holds.
+    pub fn load_or_create(
+        data_dir: &Path,
+        secret: Option<&ClusterSecret>,
+    ) -> Result<Self, LinkError> {
         let path = Self::path(data_dir);
-        let fingerprint = secret.fingerprint();
+        let fingerprint = secret.map(ClusterSecret::fingerprint);
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let mut id: NodeIdentity =
@@ -106,17 +113,17 @@ impl NodeIdentity {
                         reason: format!("{:?} is not a UUID", id.uuid),
                     });
                 }
-                match &id.cluster {
-                    Some(c) if *c != fingerprint => {
+                match (&id.cluster, fingerprint) {
+                    (Some(c), Some(f)) if *c != f => {
                         return Err(LinkError::OtherCluster {
                             path: data_dir.to_path_buf(),
                         })
                     }
-                    Some(_) => {}
-                    None => {
-                        id.cluster = Some(fingerprint);
+                    (None, Some(f)) => {
+                        id.cluster = Some(f);
                         id.save(data_dir)?;
                     }
+                    _ => {}
                 }
                 Ok(id)
             }
@@ -124,7 +131,7 @@ impl NodeIdentity {
                 let id = NodeIdentity {
                     uuid: uuid::Uuid::new_v4().to_string(),
                     node_id: None,
-                    cluster: Some(fingerprint),
+                    cluster: fingerprint,
                 };
                 id.save(data_dir)?;
                 Ok(id)
@@ -232,11 +239,14 @@ pub struct MetaLink {
     last_reregister: tokio::sync::Mutex<Option<Instant>>,
     /// Time between two heartbeats to one metadata node.
     interval: Duration,
-    auth: AsciiMetadataValue,
+    /// The cluster-secret proof (`--insecure` only).
+    auth: Option<AsciiMetadataValue>,
     advertise: String,
     store: Store,
     metrics: Arc<Metrics>,
     node_id: Arc<AtomicU64>,
+    /// This server's token key, from the last registration reply.
+    token_key: Arc<crate::service::TokenKey>,
     deletes: Mutex<DeleteLog>,
     delete_tx: mpsc::Sender<String>,
     delete_rx: Mutex<Option<mpsc::Receiver<String>>>,
@@ -248,7 +258,7 @@ impl MetaLink {
         meta_addrs: &[String],
         identity: NodeIdentity,
         data_dir: &Path,
-        secret: &ClusterSecret,
+        secret: Option<&ClusterSecret>,
         advertise: String,
         store: Store,
         metrics: Arc<Metrics>,
@@ -268,11 +278,14 @@ impl MetaLink {
         if targets.is_empty() {
             return Err(LinkError::NoAddress);
         }
-        let auth =
-            MetadataValue::try_from(secret.node_proof()).map_err(|e| LinkError::BadAddress {
-                addr: NODE_AUTH.to_string(),
-                reason: e.to_string(),
-            })?;
+        let auth = secret
+            .map(|s| {
+                MetadataValue::try_from(s.node_proof()).map_err(|e| LinkError::BadAddress {
+                    addr: NODE_AUTH.to_string(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
         let (delete_tx, delete_rx) = mpsc::channel(DELETE_QUEUE);
         Ok(Self {
             targets,
@@ -285,6 +298,7 @@ impl MetaLink {
             store,
             metrics,
             node_id,
+            token_key: Default::default(),
             interval: HEARTBEAT_INTERVAL,
             deletes: Mutex::new(DeleteLog::new(HEARTBEAT_INTERVAL * ACK_DELETES_BEATS)),
             delete_tx,
@@ -300,11 +314,17 @@ impl MetaLink {
         self
     }
 
+    /// Where registrations put this server's token key (the chunk service reads it there).
+    pub fn with_token_key(mut self, key: Arc<crate::service::TokenKey>) -> Self {
+        self.token_key = key;
+        self
+    }
+
     fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         // With TLS the certificate says who this server is; the proof only without.
-        if crate::peers::tls().is_none() {
-            req.metadata_mut().insert(NODE_AUTH, self.auth.clone());
+        if let (None, Some(auth)) = (crate::peers::tls(), &self.auth) {
+            req.metadata_mut().insert(NODE_AUTH, auth.clone());
         }
         req.set_timeout(timeout);
         req
@@ -364,12 +384,23 @@ impl MetaLink {
             let mut client = t.client.clone();
             match tokio::time::timeout(REGISTER_TIMEOUT, client.register_chunk_server(req)).await {
                 Ok(Ok(reply)) => {
-                    let id = reply.into_inner().node_id;
+                    let reply = reply.into_inner();
+                    let id = reply.node_id;
                     if id == 0 {
                         last_error = format!("{} answered with node id 0", t.addr);
                         continue;
                     }
+                    // Without its key this server could check no token: not registered.
+                    let Some(key) = ChunkServerKey::from_bytes(id, &reply.token_key) else {
+                        last_error = format!(
+                            "{} sent no valid token key ({} bytes; is it an older metasrv? upgrade the metadata nodes first)",
+                            t.addr,
+                            reply.token_key.len()
+                        );
+                        continue;
+                    };
                     self.adopt_node_id(id).map_err(RoundError::Fatal)?;
+                    self.token_key.set(key);
                     return Ok(id);
                 }
                 Ok(Err(status)) => {
@@ -575,9 +606,9 @@ mod tests {
     fn identity_is_made_once_and_tied_to_the_cluster() {
         let d = tempfile::tempdir().unwrap();
         let s = ClusterSecret::new(b"0123456789abcdef".to_vec());
-        let a = NodeIdentity::load_or_create(d.path(), &s).unwrap();
+        let a = NodeIdentity::load_or_create(d.path(), Some(&s)).unwrap();
         assert!(a.node_id.is_none());
-        let mut b = NodeIdentity::load_or_create(d.path(), &s).unwrap();
+        let mut b = NodeIdentity::load_or_create(d.path(), Some(&s)).unwrap();
         assert_eq!(a, b);
         b.node_id = Some(4);
         b.save(d.path()).unwrap();
@@ -586,17 +617,19 @@ mod tests {
         assert_eq!(v["node_id"], 4);
         assert_eq!(v["uuid"], a.uuid.as_str());
         assert_eq!(
-            NodeIdentity::load_or_create(d.path(), &s).unwrap().node_id,
+            NodeIdentity::load_or_create(d.path(), Some(&s))
+                .unwrap()
+                .node_id,
             Some(4)
         );
         let other = ClusterSecret::new(b"fedcba9876543210".to_vec());
         assert!(matches!(
-            NodeIdentity::load_or_create(d.path(), &other),
+            NodeIdentity::load_or_create(d.path(), Some(&other)),
             Err(LinkError::OtherCluster { .. })
         ));
         std::fs::write(d.path().join("node.json"), b"{not json").unwrap();
         assert!(matches!(
-            NodeIdentity::load_or_create(d.path(), &s),
+            NodeIdentity::load_or_create(d.path(), Some(&s)),
             Err(LinkError::BadIdentity { .. })
         ));
     }
@@ -787,7 +820,10 @@ mod tests {
             self.registers.lock().unwrap().push(req.into_inner());
             self.forgot.store(false, Ordering::Relaxed);
             let node_id = self.next_id.load(Ordering::Relaxed);
-            Ok(Response::new(RegisterChunkServerReply { node_id }))
+            Ok(Response::new(RegisterChunkServerReply {
+                node_id,
+                token_key: vec![9; 32],
+            }))
         }
 
         async fn heartbeat(
@@ -849,27 +885,30 @@ mod tests {
         w.finish().await.unwrap();
 
         let node_id = Arc::new(AtomicU64::new(0));
+        let token_key = Arc::new(crate::service::TokenKey::default());
         // The first address is dead: registration moves on to the next.
-        let ident = NodeIdentity::load_or_create(d.path(), &secret).unwrap();
+        let ident = NodeIdentity::load_or_create(d.path(), Some(&secret)).unwrap();
         let link = Arc::new(
             MetaLink::new(
                 &["127.0.0.1:1".to_string(), addr.to_string()],
                 ident.clone(),
                 d.path(),
-                &secret,
+                Some(&secret),
                 "127.0.0.1:9999".into(),
                 store.clone(),
                 metrics,
                 Arc::clone(&node_id),
             )
             .unwrap()
-            .with_interval(Duration::from_millis(50)),
+            .with_interval(Duration::from_millis(50))
+            .with_token_key(Arc::clone(&token_key)),
         );
+        assert!(token_key.get().is_none());
         let (stop_tx, mut stop_rx) = watch::channel(false);
         let got = link.register(&mut stop_rx).await.unwrap();
         assert_eq!(got, 3);
         assert_eq!(
-            NodeIdentity::load_or_create(d.path(), &secret)
+            NodeIdentity::load_or_create(d.path(), Some(&secret))
                 .unwrap()
                 .node_id,
             Some(3)
@@ -880,6 +919,10 @@ mod tests {
             assert_eq!(regs[0].addr, "127.0.0.1:9999");
         }
         assert_eq!(node_id.load(Ordering::Relaxed), 3);
+        let key = token_key
+            .get()
+            .expect("the registration reply's key is kept");
+        assert_eq!((key.node_id(), key.as_bytes()), (3, &[9u8; 32][..]));
 
         fake.delete.lock().unwrap().push(id.to_string());
         let handles = link.spawn(stop_rx.clone());
@@ -911,7 +954,7 @@ mod tests {
         assert!(adopted, "did not register again");
         assert_eq!(fake.registers.lock().unwrap().len(), 2);
         assert_eq!(
-            NodeIdentity::load_or_create(d.path(), &secret)
+            NodeIdentity::load_or_create(d.path(), Some(&secret))
                 .unwrap()
                 .node_id,
             Some(9)

@@ -5,10 +5,13 @@
 //!
 //! Only the metadata group may ask (a metasrv certificate; the cluster-secret proof on an
 //! `--insecure` cluster: checked by the service), and the request carries a read token for
-//! this server and a write token for the target, both signed by the leader.
+//! this server and a write token for the target, both signed by the leader (the read token is
+//! checked here with this server's own key; the target checks the write token with its key,
+//! and its reply, with its receipt, goes back to the leader unchanged).
 use crate::service::store_status;
+use crate::service::TokenKey;
 use crate::store::{validate_chunk_id, Store};
-use dfs_common::token::{ClusterSecret, Op};
+use dfs_common::token::Op;
 use dfs_common::STREAM_PIECE;
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::{ReplicateRequest, WriteChunkReply, WriteChunkRequest};
@@ -29,12 +32,12 @@ fn now_ms() -> u64 {
 /// Check the caller and the tokens, then stream the chunk to the target.
 pub async fn replicate(
     store: &Store,
-    secret: &ClusterSecret,
+    key: &TokenKey,
     req: ReplicateRequest,
     stall: std::time::Duration,
 ) -> Result<WriteChunkReply, Status> {
     validate_chunk_id(&req.chunk_id).map_err(store_status)?;
-    secret
+    key.require()?
         .verify_chunk(&req.read_token, Op::Read, &req.chunk_id, now_ms())
         .map_err(|e| {
             Status::permission_denied(format!(

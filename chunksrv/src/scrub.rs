@@ -40,7 +40,8 @@ pub struct ScrubStats {
 
 pub struct Scrubber {
     pub store: Store,
-    pub secret: ClusterSecret,
+    /// The cluster secret for the node proof (`--insecure` only).
+    pub secret: Option<ClusterSecret>,
     pub meta: Vec<String>,
     pub node_id: Arc<AtomicU64>,
     pub config: ScrubConfig,
@@ -134,8 +135,8 @@ impl Scrubber {
                 reason: format!("scrubber: {reason}"),
             });
             req.set_timeout(Duration::from_secs(5));
-            if crate::peers::tls().is_none() {
-                if let Ok(v) = self.secret.node_proof().parse() {
+            if let (None, Some(secret)) = (crate::peers::tls(), &self.secret) {
+                if let Ok(v) = secret.node_proof().parse() {
                     req.metadata_mut().insert(NODE_AUTH, v);
                 }
             }

@@ -2,14 +2,18 @@
 //!
 //! What must stay true:
 //! - No byte is written or read before the request's chunk token is verified for that chunk
-//!   and operation (`Op::Write` / `Op::Read`) with the cluster secret.
+//!   and operation (`Op::Write` / `Op::Read`) with this server's own key (given at
+//!   registration; until then every token-checked call is refused): a token issued for other
+//!   chunk servers is refused, and a write stores at most the bytes its token allows (more
+//!   and the write fails, nothing stored).
+//! - A reply's receipt (signed with this server's key) is made only once the chunk is durable.
 //! - `Write` answers only after the chunk (and its backup) is durable; a stream that breaks,
 //!   stalls or ends in an error leaves nothing visible.
 //! - `Read` streams only verified bytes; every failure is a `Status` with a meaningful code and
 //!   a sentence a person can act on, never a panic.
 use crate::metrics::{Method, Metrics};
 use crate::store::{validate_chunk_id, ChunkMeta, ChunkStream, Store, StoreError};
-use dfs_common::token::{ClusterSecret, Op, TokenError};
+use dfs_common::token::{ChunkServerKey, ClusterSecret, Op, TokenError};
 use dfs_common::STREAM_PIECE;
 use dfs_proto::chunk_server::{Chunk, ChunkServer};
 use dfs_proto::{ReadChunkReply, ReadChunkRequest, WriteChunkReply, WriteChunkRequest};
@@ -25,10 +29,41 @@ pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 /// A write whose client sends nothing for this long is abandoned.
 const WRITE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// This server's token key, set at every (re)registration; empty until the first.
+#[derive(Default)]
+pub struct TokenKey(std::sync::RwLock<Option<ChunkServerKey>>);
+
+impl TokenKey {
+    pub fn set(&self, key: ChunkServerKey) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+    }
+
+    #[cfg(test)]
+    fn clear(&self) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub fn get(&self) -> Option<ChunkServerKey> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The key, or the answer to give while there is none.
+    pub fn require(&self) -> Result<ChunkServerKey, Status> {
+        self.get().ok_or_else(|| {
+            Status::unavailable(
+                "this chunk server is not registered with the metadata group yet (it has no token key); retry shortly",
+            )
+        })
+    }
+}
+
 /// The `Chunk` service state.
 pub struct ChunkService {
     store: Store,
-    secret: ClusterSecret,
+    /// Only for the node proof on `Replicate` of an `--insecure` cluster; tokens are checked
+    /// with `key`.
+    secret: Option<ClusterSecret>,
+    key: Arc<TokenKey>,
     metrics: Arc<Metrics>,
     /// 0 until registered with the metadata group.
     node_id: Arc<AtomicU64>,
@@ -39,7 +74,8 @@ pub struct ChunkService {
 impl ChunkService {
     pub fn new(
         store: Store,
-        secret: ClusterSecret,
+        secret: Option<ClusterSecret>,
+        key: Arc<TokenKey>,
         metrics: Arc<Metrics>,
         node_id: Arc<AtomicU64>,
         stall: std::time::Duration,
@@ -47,6 +83,7 @@ impl ChunkService {
         Self {
             store,
             secret,
+            key,
             metrics,
             node_id,
             stall,
@@ -60,18 +97,25 @@ impl ChunkService {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    fn check_token(&self, token: &str, op: Op, chunk_id: &str) -> Result<(), Status> {
+    /// Check `token` with this server's key: the key and the bytes a write may store.
+    fn check_token(
+        &self,
+        token: &str,
+        op: Op,
+        chunk_id: &str,
+    ) -> Result<(ChunkServerKey, u64), Status> {
         let what = match op {
             Op::Read => "read",
             Op::Write => "write",
         };
+        let key = self.key.require()?;
         let result = if token.is_empty() {
             Err(Status::unauthenticated(format!(
                 "the {what} request for chunk {chunk_id} carries no chunk token; ask the metadata service for one"
             )))
         } else {
-            self.secret
-                .verify_chunk(token, op, chunk_id, now_ms())
+            key.verify_chunk(token, op, chunk_id, now_ms())
+                .map(|max| (key, max))
                 .map_err(|e| token_status(&e, what, chunk_id))
         };
         if result.is_err() {
@@ -84,12 +128,8 @@ impl ChunkService {
         &self,
         mut stream: Streaming<WriteChunkRequest>,
     ) -> Result<WriteChunkReply, Status> {
-        let node_id = self.node_id.load(Ordering::Relaxed);
-        if node_id == 0 {
-            return Err(Status::unavailable(
-                "this chunk server has not registered with the metadata service yet; retry shortly",
-            ));
-        }
+        // Refuse before reading anything while unregistered.
+        self.key.require()?;
         let first = next_message(&mut stream).await?.ok_or_else(|| {
             Status::invalid_argument(
                 "the write stream ended before its first message (chunk id and token)",
@@ -102,8 +142,22 @@ impl ChunkService {
         }
         let chunk_id = first.chunk_id;
         validate_chunk_id(&chunk_id).map_err(store_status)?;
-        self.check_token(&first.token, Op::Write, &chunk_id)?;
+        let (key, max_bytes) = self.check_token(&first.token, Op::Write, &chunk_id)?;
+        // More bytes than the token allows: refused as they arrive (returning drops the
+        // writer, which removes its temp files; nothing is stored).
+        let mut received = 0u64;
+        let mut allow = |n: usize| {
+            received = received.saturating_add(n as u64);
+            if received > max_bytes {
+                Metrics::inc(&self.metrics.token_rejections_total);
+                return Err(Status::invalid_argument(format!(
+                    "chunk {chunk_id}: the write token allows at most {max_bytes} bytes and more arrived; nothing was stored"
+                )));
+            }
+            Ok(())
+        };
 
+        allow(first.data.len())?;
         let mut writer = self.store.begin_write(&chunk_id).map_err(store_status)?;
         writer.write(first.data).await.map_err(store_status)?;
         while let Some(msg) = next_message(&mut stream).await? {
@@ -113,9 +167,11 @@ impl ChunkService {
                     msg.chunk_id.chars().take(64).collect::<String>()
                 )));
             }
+            allow(msg.data.len())?;
             writer.write(msg.data).await.map_err(store_status)?;
         }
         let ChunkMeta { size, crc32c } = writer.finish().await.map_err(store_status)?;
+        let node_id = key.node_id();
         Metrics::inc(&self.metrics.writes_total);
         Metrics::add(&self.metrics.written_bytes_total, size);
         tracing::debug!(chunk_id = %chunk_id, size, crc32c, "chunk written");
@@ -123,6 +179,7 @@ impl ChunkService {
             size,
             crc32c,
             node_id,
+            receipt: key.receipt(&chunk_id, size, crc32c),
         })
     }
 }
@@ -156,6 +213,9 @@ fn token_status(e: &TokenError, what: &str, chunk_id: &str) -> Status {
     match e {
         TokenError::Malformed | TokenError::BadSignature => Status::unauthenticated(format!(
             "the {what} token for chunk {chunk_id} is invalid ({e}); ask the metadata service for a new one"
+        )),
+        TokenError::WrongServer { .. } => Status::permission_denied(format!(
+            "the {what} token for chunk {chunk_id} is not for this server: {e}; ask the metadata service for the chunk's servers"
         )),
         TokenError::WrongScope => Status::permission_denied(format!(
             "the token does not allow a {what} of chunk {chunk_id} ({e})"
@@ -206,12 +266,12 @@ impl Chunk for ChunkService {
         request: Request<dfs_proto::ReplicateRequest>,
     ) -> Result<Response<WriteChunkReply>, Status> {
         let result = match crate::peers::check_caller(&request, dfs_common::pki::Role::Meta, |p| {
-            self.secret.check_node_proof(p)
+            self.secret.as_ref().is_some_and(|s| s.check_node_proof(p))
         }) {
             Ok(_) => {
                 crate::replicate::replicate(
                     &self.store,
-                    &self.secret,
+                    &self.key,
                     request.into_inner(),
                     self.stall,
                 )
@@ -339,10 +399,13 @@ mod tests {
     use tokio_stream::StreamExt;
 
     const ID: &str = "0a1b2c3d-1111-4222-8333-444455556666";
+    /// What write tokens allow in these tests.
+    const MAX: u64 = 64 << 20;
 
     struct Fixture {
         client: ChunkClient<tonic::transport::Channel>,
         secret: ClusterSecret,
+        key: Arc<TokenKey>,
         metrics: Arc<Metrics>,
         dir: tempfile::TempDir,
         addr: std::net::SocketAddr,
@@ -363,9 +426,12 @@ mod tests {
         )
         .unwrap();
         let secret = ClusterSecret::new(b"0123456789abcdef0123".to_vec());
+        let key = Arc::new(TokenKey::default());
+        key.set(secret.chunk_server_key(7));
         let svc = ChunkService::new(
             store,
-            secret.clone(),
+            Some(secret.clone()),
+            Arc::clone(&key),
             Arc::clone(&metrics),
             Arc::new(AtomicU64::new(7)),
             dfs_common::stall::DEFAULT_STALL_TIMEOUT,
@@ -391,6 +457,7 @@ mod tests {
         Fixture {
             client,
             secret,
+            key,
             metrics,
             dir,
             addr,
@@ -440,7 +507,7 @@ mod tests {
         let data: Vec<u8> = (0..3 * STREAM_PIECE + 5)
             .map(|i| (i * 7 % 251) as u8)
             .collect();
-        let wt = f.secret.sign_chunk(Op::Write, ID, later());
+        let wt = f.secret.sign_chunk(Op::Write, ID, MAX, later(), &[7]);
         let reply = f
             .client
             .write(tokio_stream::iter(pieces(ID, &wt, &data)))
@@ -450,12 +517,17 @@ mod tests {
         assert_eq!(reply.size, data.len() as u64);
         assert_eq!(reply.crc32c, crc32c::crc32c(&data));
         assert_eq!(reply.node_id, 7);
-        let rt = f.secret.sign_chunk(Op::Read, ID, later());
+        let mut ring = f.secret.key_ring();
+        assert!(ring.check_receipt(7, &reply.receipt, ID, reply.size, reply.crc32c));
+        assert!(!ring.check_receipt(7, &reply.receipt, ID, reply.size + 1, reply.crc32c));
+        let rt = f.secret.sign_chunk(Op::Read, ID, 0, later(), &[7]);
         assert_eq!(read_all(&mut f, ID, &rt).await.unwrap(), data);
         assert_eq!(f.metrics.reads_total.load(Ordering::Relaxed), 1);
         // Its writer reads it back with the write token; not with another chunk's.
         assert_eq!(read_all(&mut f, ID, &wt).await.unwrap(), data);
-        let other = f.secret.sign_chunk(Op::Write, "another-chunk", later());
+        let other = f
+            .secret
+            .sign_chunk(Op::Write, "another-chunk", MAX, later(), &[7]);
         let e = read_all(&mut f, ID, &other).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::PermissionDenied);
         let (reads, writes) = (2, 1); // a refused read is not counted
@@ -479,16 +551,18 @@ mod tests {
                 ClusterSecret::new(b"another secret 123".to_vec()).sign_chunk(
                     Op::Write,
                     ID,
+                    MAX,
                     later(),
+                    &[7],
                 ),
                 tonic::Code::Unauthenticated,
             ),
             (
-                f.secret.sign_chunk(Op::Read, ID, later()),
+                f.secret.sign_chunk(Op::Read, ID, 0, later(), &[7]),
                 tonic::Code::PermissionDenied,
             ),
             (
-                f.secret.sign_chunk(Op::Write, ID, 1),
+                f.secret.sign_chunk(Op::Write, ID, MAX, 1, &[7]),
                 tonic::Code::PermissionDenied,
             ),
         ];
@@ -508,13 +582,13 @@ mod tests {
             .unwrap()
             .next()
             .is_none());
-        let rt = f.secret.sign_chunk(Op::Read, ID, 1);
+        let rt = f.secret.sign_chunk(Op::Read, ID, 0, 1, &[7]);
         let err = read_all(&mut f, ID, &rt).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert_eq!(f.metrics.token_rejections_total.load(Ordering::Relaxed), 6);
 
         let bad = "../../../etc/passwd";
-        let t = f.secret.sign_chunk(Op::Write, bad, later());
+        let t = f.secret.sign_chunk(Op::Write, bad, MAX, later(), &[7]);
         let err = f
             .client
             .write(tokio_stream::iter(pieces(bad, &t, &data)))
@@ -524,7 +598,7 @@ mod tests {
         let err = read_all(&mut f, bad, "x").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
-        let rt = f.secret.sign_chunk(Op::Read, ID, later());
+        let rt = f.secret.sign_chunk(Op::Read, ID, 0, later(), &[7]);
         let err = read_all(&mut f, ID, &rt).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::NotFound);
 
@@ -536,10 +610,97 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 
+    fn chunk_dir_is_empty(f: &Fixture) -> bool {
+        let dir = f.dir.path().join("chunks/0a");
+        !dir.exists() || dir.read_dir().unwrap().next().is_none()
+    }
+
+    #[tokio::test]
+    async fn tokens_for_other_servers_or_more_bytes_are_refused() {
+        let mut f = start(u64::MAX).await;
+        let data = vec![3u8; 2 * STREAM_PIECE + 10];
+        let elsewhere = f.secret.sign_chunk(Op::Write, ID, MAX, later(), &[3, 4]);
+        let err = f
+            .client
+            .write(tokio_stream::iter(pieces(ID, &elsewhere, &data)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message()
+                .contains("issued for chunk servers [3, 4], not this one (7)"),
+            "{err:?}"
+        );
+        let rt = f.secret.sign_chunk(Op::Read, ID, 0, later(), &[3]);
+        let err = read_all(&mut f, ID, &rt).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+        // One byte more than allowed, in the last piece: refused, nothing stored.
+        let small = f
+            .secret
+            .sign_chunk(Op::Write, ID, data.len() as u64 - 1, later(), &[7]);
+        let err = f
+            .client
+            .write(tokio_stream::iter(pieces(ID, &small, &data)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("allows at most"), "{err:?}");
+        let mut empty = false;
+        for _ in 0..3000 {
+            empty =
+                chunk_dir_is_empty(&f) && f.metrics.active_transfers.load(Ordering::Relaxed) == 0;
+            if empty {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(empty, "a refused write left a file");
+        let rt = f.secret.sign_chunk(Op::Read, ID, 0, later(), &[7]);
+        assert_eq!(
+            read_all(&mut f, ID, &rt).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(f.metrics.writes_total.load(Ordering::Relaxed), 0);
+
+        // Exactly the allowance is fine.
+        let exact = f
+            .secret
+            .sign_chunk(Op::Write, ID, data.len() as u64, later(), &[7]);
+        f.client
+            .write(tokio_stream::iter(pieces(ID, &exact, &data)))
+            .await
+            .unwrap();
+        assert_eq!(read_all(&mut f, ID, &rt).await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_served_before_registration_gives_a_key() {
+        let mut f = start(u64::MAX).await;
+        f.key.clear();
+        let wt = f.secret.sign_chunk(Op::Write, ID, MAX, later(), &[7]);
+        let err = f
+            .client
+            .write(tokio_stream::iter(pieces(ID, &wt, b"abc")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("not registered"), "{err:?}");
+        let rt = f.secret.sign_chunk(Op::Read, ID, 0, later(), &[7]);
+        let err = read_all(&mut f, ID, &rt).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert!(chunk_dir_is_empty(&f));
+        f.key.set(f.secret.chunk_server_key(7));
+        f.client
+            .write(tokio_stream::iter(pieces(ID, &wt, b"abc")))
+            .await
+            .unwrap();
+    }
+
     #[tokio::test]
     async fn full_server_answers_resource_exhausted() {
         let mut f = start(1000).await;
-        let wt = f.secret.sign_chunk(Op::Write, ID, later());
+        let wt = f.secret.sign_chunk(Op::Write, ID, MAX, later(), &[7]);
         let err = f
             .client
             .write(tokio_stream::iter(pieces(ID, &wt, &vec![0u8; 5000])))
@@ -583,7 +744,7 @@ mod tests {
             .await
             .unwrap()
             .max_encoding_message_size(MAX_MESSAGE);
-        let wt = f.secret.sign_chunk(Op::Write, ID, later());
+        let wt = f.secret.sign_chunk(Op::Write, ID, MAX, later(), &[7]);
         let (tx, rx) = mpsc::channel::<WriteChunkRequest>(4);
         let call = tokio::spawn(async move {
             client
@@ -615,7 +776,7 @@ mod tests {
         }
         assert!(empty, "temp or chunk file left behind");
         drop(tx);
-        let rt = f.secret.sign_chunk(Op::Read, ID, later());
+        let rt = f.secret.sign_chunk(Op::Read, ID, 0, later(), &[7]);
         assert_eq!(
             read_all(&mut f, ID, &rt).await.unwrap_err().code(),
             tonic::Code::NotFound

@@ -279,8 +279,12 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
             format!("--data-dir={}", data_dir.display()),
             format!("--meta={metas}"),
             format!("--metrics={metrics}"),
-            format!("--cluster-secret-file={secret}"),
         ];
+        // With TLS a chunk server holds no cluster secret: its certificate proves who it is
+        // and the metadata group hands it its own token key.
+        if a.insecure {
+            args.push(format!("--cluster-secret-file={secret}"));
+        }
         args.extend(tls_args(&dir, a.insecure, Role::Chunk, i)?);
         args.extend(a.chunk_args.iter().cloned());
         out.nodes.push(LocalNode {

@@ -216,15 +216,23 @@ pub(crate) struct Uploaded {
     lost: Vec<(u64, bool)>,
 }
 
+/// A replica that stored a chunk whole: its server, address and signed receipt.
+struct StoredReplica {
+    node_id: u64,
+    addr: String,
+    receipt: String,
+}
+
 /// Write `data` (whose CRC32C is `crc`) to `targets` at once; the ones that stored it whole,
-/// with their addresses, and the ones that did not (whether each stalled), with the errors.
+/// with their addresses and receipts, and the ones that did not (whether each stalled), with
+/// the errors.
 async fn write_replicas(
     pool: &ChunkPool,
     targets: &[ChunkTarget],
     chunk_id: &str,
     token: &str,
     (data, crc): (&Bytes, u32),
-) -> (Vec<(u64, String)>, Vec<(u64, bool)>, Vec<String>) {
+) -> (Vec<StoredReplica>, Vec<(u64, bool)>, Vec<String>) {
     let size = data.len() as u64;
     let writes = targets.iter().map(|t| async move {
         let r = write_replica(pool, &t.addr, chunk_id, token, data.clone()).await;
@@ -233,9 +241,11 @@ async fn write_replicas(
     let (mut stored, mut lost, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for (t, r) in futures::future::join_all(writes).await {
         match r {
-            Ok(rep) if rep.crc32c == crc && rep.size == size => {
-                stored.push((t.node_id, t.addr.clone()))
-            }
+            Ok(rep) if rep.crc32c == crc && rep.size == size => stored.push(StoredReplica {
+                node_id: t.node_id,
+                addr: t.addr.clone(),
+                receipt: rep.receipt,
+            }),
             Ok(rep) => {
                 lost.push((t.node_id, false));
                 errors.push(format!(
@@ -280,14 +290,19 @@ pub(crate) async fn upload_chunk(
     if !errors.is_empty() {
         tracing::warn!(chunk = %alloc.chunk_id, "replicas lost: {}", errors.join("; "));
     }
-    let info = ChunkInfo {
+    // The commit names these replicas with their receipts (the leader checks each).
+    let mut info = ChunkInfo {
         chunk_id: alloc.chunk_id,
         size: data.len() as u64,
         crc32c: crc,
-        replicas: stored.iter().map(|(n, _)| *n).collect(),
-        replica_addrs: stored.into_iter().map(|(_, a)| a).collect(),
         token: alloc.token,
+        ..Default::default()
     };
+    for r in stored {
+        info.replicas.push(r.node_id);
+        info.replica_addrs.push(r.addr);
+        info.receipts.push(r.receipt);
+    }
     Ok(Uploaded {
         info,
         data,
@@ -354,10 +369,14 @@ pub(crate) async fn replace_lost(conn: &MetaConn, pool: &ChunkPool, up: Uploaded
     if !errors.is_empty() {
         tracing::warn!(chunk = %info.chunk_id, "replacement replicas lost: {}", errors.join("; "));
     }
-    for (node, addr) in stored {
-        info.replicas.push(node);
-        info.replica_addrs.push(addr);
+    for r in stored {
+        info.replicas.push(r.node_id);
+        info.replica_addrs.push(r.addr);
+        info.receipts.push(r.receipt);
     }
+    // The replacement token names the first targets too, with the same expiry: the one token
+    // reads the chunk back from any replica and proves the allocation at commit.
+    info.token = alloc.token;
     info
 }
 

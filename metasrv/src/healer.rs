@@ -108,6 +108,8 @@ pub enum HealError {
         crc: u32,
         node: NodeId,
     },
+    #[error("chunk server {node} did not acknowledge storing chunk {chunk} (no valid receipt in the copy's reply); not recorded")]
+    NoReceipt { chunk: String, node: NodeId },
     #[error("recording the copy failed: {0}")]
     Record(String),
     #[error("no source could copy the chunk")]
@@ -126,7 +128,9 @@ impl HealError {
     fn blames_target(&self) -> bool {
         match self {
             HealError::Copy { status, .. } => status.message().contains("writing to"),
-            HealError::Timeout { .. } | HealError::Mismatch { .. } => true,
+            HealError::Timeout { .. }
+            | HealError::Mismatch { .. }
+            | HealError::NoReceipt { .. } => true,
             _ => false,
         }
     }
@@ -483,8 +487,17 @@ async fn copy_one(
         let msg = ReplicateRequest {
             chunk_id: c.chunk_id.clone(),
             target_addr: target_addr.clone(),
-            read_token: node.secret.sign_chunk(Op::Read, &c.chunk_id, expires),
-            write_token: node.secret.sign_chunk(Op::Write, &c.chunk_id, expires),
+            // Read on this source only; write on the target only, this chunk's size at most.
+            read_token: node
+                .secret
+                .sign_chunk(Op::Read, &c.chunk_id, 0, expires, &[src]),
+            write_token: node.secret.sign_chunk(
+                Op::Write,
+                &c.chunk_id,
+                c.size,
+                expires,
+                &[c.target],
+            ),
         };
         let req = crate::network::with_node_auth(msg, &node.secret);
         // The process-wide channel cache metasrv uses for its peers serves chunk servers too.
@@ -517,6 +530,18 @@ async fn copy_one(
                 size: reply.size,
                 crc: reply.crc32c,
                 node: reply.node_id,
+            });
+        }
+        // The target's own signed word, passed on by the source (which cannot make it).
+        if !node.secret.chunk_server_key(c.target).check_receipt(
+            &reply.receipt,
+            &c.chunk_id,
+            c.size,
+            c.crc32c,
+        ) {
+            return Err(HealError::NoReceipt {
+                chunk: c.chunk_id.clone(),
+                node: c.target,
             });
         }
         let cmd = Command::V1(CommandV1::ReplicaAdded {

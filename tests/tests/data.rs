@@ -182,6 +182,7 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
     let s = stat(&c, "/t");
     let chunk = s["chunks"][0]["id"].as_str().unwrap().to_string();
     let addr = s["chunks"][0]["addrs"][0].as_str().unwrap().to_string();
+    let node = s["chunks"][0]["replicas"][0].as_u64().unwrap();
     let secret = ClusterSecret::load(&c.secret_file()).unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -224,12 +225,14 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
             );
         };
         refused(read(String::new()).await);
-        refused(read(secret.sign_chunk(Op::Read, &chunk, now - 1000)).await);
+        refused(read(secret.sign_chunk(Op::Read, &chunk, 0, now - 1000, &[node])).await);
         refused(
             read(secret.sign_chunk(
                 Op::Read,
                 "00000000-0000-0000-0000-000000000000",
+                0,
                 now + 60_000,
+                &[node],
             ))
             .await,
         );
@@ -239,13 +242,15 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
             read(secret.sign_chunk(
                 Op::Write,
                 "00000000-0000-0000-0000-000000000000",
+                1 << 20,
                 now + 60_000,
+                &[node],
             ))
             .await,
         );
-        refused(read(secret.sign_chunk(Op::Write, &chunk, now - 1000)).await);
+        refused(read(secret.sign_chunk(Op::Write, &chunk, 1 << 20, now - 1000, &[node])).await);
         assert_eq!(
-            read(secret.sign_chunk(Op::Write, &chunk, now + 60_000))
+            read(secret.sign_chunk(Op::Write, &chunk, 1 << 20, now + 60_000, &[node]))
                 .await
                 .unwrap(),
             data
@@ -255,14 +260,16 @@ fn chunk_servers_serve_nothing_without_a_valid_token() {
                 ClusterSecret::new(b"not-the-cluster-secret".to_vec()).sign_chunk(
                     Op::Read,
                     &chunk,
+                    0,
                     now + 60_000,
+                    &[node],
                 ),
             )
             .await,
         );
         // The same request with a valid token works, so the refusals above were the token's.
         assert_eq!(
-            read(secret.sign_chunk(Op::Read, &chunk, now + 60_000))
+            read(secret.sign_chunk(Op::Read, &chunk, 0, now + 60_000, &[node]))
                 .await
                 .unwrap(),
             data

@@ -94,11 +94,38 @@ fn file_info(path: &str, n: &Inode, st: Option<&State>) -> FileInfo {
                         })
                         .collect(),
                     token: String::new(),
+                    receipts: Vec::new(),
                 })
                 .collect();
         }
     }
     info
+}
+
+/// Every replica a commit names for a stored chunk must have signed a receipt for its size and
+/// CRC32C (`receipts` aligned with `replicas`).
+fn check_receipts(keys: &mut dfs_common::token::KeyRing<'_>, ch: &ChunkInfo) -> Result<(), Status> {
+    if ch.receipts.len() > ch.replicas.len() {
+        return Err(Status::invalid_argument(format!(
+            "chunk {}: {} receipts for {} replicas (one receipt per replica, in the same order)",
+            ch.chunk_id,
+            ch.receipts.len(),
+            ch.replicas.len()
+        )));
+    }
+    for (i, node) in ch.replicas.iter().enumerate() {
+        let receipt = ch.receipts.get(i).map_or("", String::as_str);
+        if !keys.check_receipt(*node, receipt, &ch.chunk_id, ch.size, ch.crc32c) {
+            return Err(Status::permission_denied(format!(
+                "chunk {}: chunk server {node} did not acknowledge storing it ({} bytes, CRC32C {:08x}): {} receipt from that server; nothing was committed",
+                ch.chunk_id,
+                ch.size,
+                ch.crc32c,
+                if receipt.is_empty() { "no" } else { "no valid" }
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The key for `r` (see `UserAddRequest.request_id`) with its hash, and the reply carrying it.
@@ -273,9 +300,9 @@ impl MetaNode {
         self.write_gate()?;
         let (actor, _) = self.authenticate(c)?;
         let earliest = self.commit_window_start();
+        let mut keys = self.secret.key_ring();
         for ch in &r.chunks {
-            self.secret
-                .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
+            keys.verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
                 .map_err(|e| Status::permission_denied(format!("chunk {}: {e}", ch.chunk_id)))?;
         }
         if r.release {
@@ -402,13 +429,18 @@ impl MetaNode {
         }
         let st = self.read_state();
         let replacing = !r.replace_chunk.is_empty();
+        // The token being replaced: its servers, size and expiry (the new one names those
+        // servers too, so the writer can read its chunk back from any of them with one
+        // token, and expires no later: a replacement never stretches the commit window).
+        let mut replaced: Option<(Vec<u64>, u64, u64)> = None;
         if replacing {
             // New targets for a chunk being written: the caller proves it was given the chunk
             // by a leader (its write token), and may report servers that stalled on it.
             if r.count > crate::state::MAX_REPLICATION {
                 return Err(invalid("a chunk has at most that many replicas"));
             }
-            self.secret
+            let held = self
+                .secret
                 .verify_chunk(
                     &r.replace_token,
                     Op::Write,
@@ -418,6 +450,7 @@ impl MetaNode {
                 .map_err(|e| {
                     Status::permission_denied(format!("chunk {}: {e}", r.replace_chunk))
                 })?;
+            replaced = Some((held.servers(), held.max_bytes, held.expires_ms));
             for id in r
                 .stalled
                 .iter()
@@ -477,18 +510,38 @@ impl MetaNode {
                     true => r.replace_chunk.clone(),
                     false => uuid::Uuid::new_v4().to_string(),
                 };
-                AllocatedChunk {
-                    token: self.secret.sign_chunk(Op::Write, &chunk_id, expires),
-                    chunk_id,
-                    targets: targets
-                        .into_iter()
-                        .filter_map(|id| {
-                            st.chunk_servers.get(&id).map(|s| ChunkTarget {
-                                node_id: id,
-                                addr: s.addr.clone(),
-                            })
+                let targets: Vec<ChunkTarget> = targets
+                    .into_iter()
+                    .filter_map(|id| {
+                        st.chunk_servers.get(&id).map(|s| ChunkTarget {
+                            node_id: id,
+                            addr: s.addr.clone(),
                         })
-                        .collect(),
+                    })
+                    .collect();
+                // Valid only on these targets, for at most one chunk of the cluster's size.
+                let ids = targets.iter().map(|t| t.node_id);
+                let token = match &replaced {
+                    Some((servers, max, exp)) => {
+                        let all: Vec<u64> = servers.iter().copied().chain(ids).collect();
+                        self.secret
+                            .sign_chunk(Op::Write, &chunk_id, *max, *exp, &all)
+                    }
+                    None => {
+                        let ids: Vec<u64> = ids.collect();
+                        self.secret.sign_chunk(
+                            Op::Write,
+                            &chunk_id,
+                            self.config.chunk_size,
+                            expires,
+                            &ids,
+                        )
+                    }
+                };
+                AllocatedChunk {
+                    token,
+                    chunk_id,
+                    targets,
                 }
             })
             .collect();
@@ -542,6 +595,7 @@ impl MetaNode {
         // with the 15-minute token, 45 minutes from allocation, inside the 1-hour orphan
         // grace. A chunk older than that must be held by the writer's live lease.
         let earliest = self.commit_window_start();
+        let mut keys = self.secret.key_ring();
         let mut leased = Vec::new();
         let mut chunks = Vec::with_capacity(r.chunks.len());
         for ch in &r.chunks {
@@ -555,17 +609,16 @@ impl MetaNode {
             // The write token proves this caller was given the chunk id by a leader; a kept
             // chunk is checked against the current version when the commit is applied.
             if !ch.token.is_empty() {
-                let in_window =
-                    self.secret
-                        .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest);
+                let in_window = keys
+                    .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, earliest)
+                    .map(|_| ());
                 match in_window {
                     Ok(()) => {}
                     // Signed by a leader but older than the window: the lease must hold it
                     // (checked when the commit is applied).
                     Err(_)
                         if !r.lease_id.is_empty()
-                            && self
-                                .secret
+                            && keys
                                 .verify_chunk(&ch.token, Op::Write, &ch.chunk_id, 0)
                                 .is_ok() =>
                     {
@@ -579,6 +632,12 @@ impl MetaNode {
                         .into())
                     }
                 }
+            }
+            // A stored chunk names only replicas that signed for it: each chunk server's
+            // receipt for this size and CRC (the client's word is not enough). Checked before
+            // anything is proposed, so a refused commit changes nothing.
+            if !ch.token.is_empty() {
+                check_receipts(&mut keys, ch)?;
             }
             let replicas: BTreeSet<NodeId> = ch.replicas.iter().copied().collect();
             chunks.push(ChunkRef {
@@ -680,10 +739,14 @@ impl MetaNode {
             (ch.replicas, ch.replica_addrs) = pairs.into_iter().unzip();
         }
         let expires = now_ms() as u64 + self.config.token_ttl.as_millis() as u64;
+        // Each token is good on that chunk's replicas only.
         let tokens = info
             .chunks
             .iter()
-            .map(|ch| self.secret.sign_chunk(Op::Read, &ch.chunk_id, expires))
+            .map(|ch| {
+                self.secret
+                    .sign_chunk(Op::Read, &ch.chunk_id, 0, expires, &ch.replicas)
+            })
             .collect();
         Ok(OpenReadReply {
             file: Some(info),
@@ -1165,7 +1228,12 @@ impl MetaNode {
         {
             Reply::ChunkServerId { id } => {
                 tracing::info!(node = self.id, chunk_server = id, addr = %r.addr, "chunk server registered");
-                Ok(RegisterChunkServerReply { node_id: id })
+                // Its own token key: it verifies tokens for this id only, and signs its
+                // receipts with it.
+                Ok(RegisterChunkServerReply {
+                    node_id: id,
+                    token_key: self.secret.chunk_server_key(id).as_bytes().to_vec(),
+                })
             }
             _ => Err(Status::internal("unexpected reply to registration").into()),
         }
