@@ -534,7 +534,9 @@ impl MetaLink {
                     if let Some(since) = failing_since.take() {
                         tracing::info!(node_id, metasrv = %addr, down_s = since.elapsed().as_secs(), "heartbeats reach the metadata node again");
                     }
-                    self.order_deletes(reply.into_inner().delete);
+                    let reply = reply.into_inner();
+                    crate::peers::set_revoked(reply.revoked);
+                    self.order_deletes(reply.delete);
                     continue;
                 }
                 Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
@@ -707,6 +709,12 @@ mod tests {
         ) -> Result<Response<RemoveReply>, Status> {
             unimpl()
         }
+        async fn revoke_certificate(
+            &self,
+            _: Request<RevokeCertificateRequest>,
+        ) -> Result<Response<Empty>, Status> {
+            unimpl()
+        }
         async fn allocate_chunks(
             &self,
             _: Request<AllocateRequest>,
@@ -846,6 +854,7 @@ mod tests {
             Ok(Response::new(HeartbeatReply {
                 delete,
                 leader: true,
+                revoked: vec![],
             }))
         }
     }

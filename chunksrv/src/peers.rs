@@ -8,7 +8,8 @@
 //! What must stay true: with TLS on, nothing is believed from a header about who a peer is.
 use dfs_common::pki::{Identity, Role};
 use dfs_common::tls::Tls;
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, OnceLock};
 use tonic::transport::{Channel, Endpoint};
 
 static TLS: OnceLock<Option<Arc<Tls>>> = OnceLock::new();
@@ -20,6 +21,20 @@ pub fn set_tls(tls: Option<Arc<Tls>>) {
 
 pub fn tls() -> Option<&'static Arc<Tls>> {
     TLS.get().and_then(Option::as_ref)
+}
+
+/// Identities the metadata group shut out (sent with every heartbeat reply).
+static REVOKED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+pub fn set_revoked(revoked: Vec<String>) {
+    *REVOKED.lock().unwrap_or_else(|p| p.into_inner()) = revoked.into_iter().collect();
+}
+
+fn is_revoked(who: &Identity) -> bool {
+    REVOKED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&who.to_string())
 }
 
 /// A lazy channel on `endpoint` to a server of `role`.
@@ -37,6 +52,9 @@ pub fn check_caller<T>(
     if tls().is_some() {
         let peer = dfs_common::tls::peer_identity(req);
         return match peer {
+            Some(p) if is_revoked(&p) => Err(tonic::Status::permission_denied(format!(
+                "{p} is shut out of this cluster (removed from the group, or its certificate revoked)"
+            ))),
             Some(p) if p.role == role => Ok(Some(p)),
             Some(p) => Err(tonic::Status::permission_denied(format!(
                 "this call is for {} nodes; the caller's certificate is for {p}",

@@ -60,7 +60,7 @@ pub async fn run(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<i32> {
         AdminCmd::Gc(a) => return crate::fsck::gc(ctx, a).await,
         AdminCmd::Balance(a) => return crate::fsck::balance(ctx, a).await,
         AdminCmd::Ca(c) => return crate::certs::ca(ctx, c),
-        AdminCmd::Cert(c) => return crate::certs::cert(ctx, c),
+        AdminCmd::Cert(c) => return crate::certs::cert(ctx, c).await,
         other => other,
     };
     let c = ctx.client()?;

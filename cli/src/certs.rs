@@ -41,6 +41,25 @@ node picks the new files up within seconds, or at once on SIGHUP.
 Example: dfsctl admin cert issue --ca-dir /etc/dfs/ca --role chunk --id 3 --san host3.example --out /etc/dfs/tls"
     )]
     Issue(IssueArgs),
+    /// Shut a node's certificate identity out of the cluster (admin): its calls to metasrv
+    /// are refused, chunk servers take no order from it; --allow lets it in again.
+    #[command(
+        after_help = "`dfsctl cluster remove-member N` revokes `meta N` by itself (add-member lets it in again).
+A chunk server that is revoked stops heartbeating: its chunks are re-replicated elsewhere.
+
+Example: dfsctl admin cert revoke --role chunk --id 3"
+    )]
+    Revoke {
+        /// meta, chunk, gateway or client.
+        #[arg(long)]
+        role: String,
+        /// The node id (meta, chunk) or a name (gateway, client).
+        #[arg(long)]
+        id: String,
+        /// Let the identity in again instead.
+        #[arg(long)]
+        allow: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -82,8 +101,31 @@ pub fn ca(ctx: &Ctx, cmd: CaCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn cert(ctx: &Ctx, cmd: CertCmd) -> anyhow::Result<i32> {
-    let CertCmd::Issue(a) = cmd;
+pub async fn cert(ctx: &Ctx, cmd: CertCmd) -> anyhow::Result<i32> {
+    let a = match cmd {
+        CertCmd::Issue(a) => a,
+        CertCmd::Revoke { role, id, allow } => {
+            let identity = Identity::new(Role::parse(&role)?, &id)?;
+            let c = ctx.client()?;
+            dfs_client::rpc!(
+                c,
+                revoke_certificate,
+                dfs_proto::RevokeCertificateRequest {
+                    identity: identity.to_string(),
+                    allow,
+                }
+            )?;
+            let what = if allow { "allowed again" } else { "revoked" };
+            if ctx.json {
+                print_json(
+                    &json!({"ok": true, "identity": identity.to_string(), "revoked": !allow}),
+                );
+            } else if !ctx.quiet {
+                println!("{identity}: {what}");
+            }
+            return Ok(0);
+        }
+    };
     let identity = Identity::new(Role::parse(&a.role)?, &a.id)?;
     let out = pki::issue(&a.ca_dir, &identity, &a.san, &a.out, a.days)?;
     if ctx.json {

@@ -42,6 +42,7 @@ pub fn status_json(s: &ClusterStatusReply) -> serde_json::Value {
         "trash_retention_ms": s.trash_retention_ms,
         "open_leases": s.open_leases,
         "oldest_lease_age_ms": s.oldest_lease_age_ms,
+        "revoked": s.revoked,
     })
 }
 
@@ -122,6 +123,9 @@ pub async fn run(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
                 "\n{} files, {} under-replicated",
                 s.files, s.under_replicated_files
             );
+            if !s.revoked.is_empty() {
+                println!("revoked certificates: {}", s.revoked.join(", "));
+            }
             if s.open_leases > 0 {
                 println!(
                     "write leases: {} open, the oldest {}",

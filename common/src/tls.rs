@@ -282,6 +282,20 @@ impl Tls {
     }
 }
 
+/// For a node without TLS: SIGHUP (`systemctl reload`) has nothing to reload, and must not
+/// end the process (its default action).
+pub fn ignore_hangups() {
+    tokio::spawn(async {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: no TLS certificates to reload (--insecure)");
+        }
+    });
+}
+
 /// Accept TCP connections on `listener` and complete TLS handshakes, each in its own task;
 /// the stream yields the connections whose handshake succeeded (for tonic's
 /// `serve_with_incoming`). Panics if `tls` has no certificate of its own (a server needs one;

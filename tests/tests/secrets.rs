@@ -145,3 +145,40 @@ fn wrong_keys_are_rate_limited_per_address_and_user() {
         "{m}"
     );
 }
+
+/// A request id is remembered for the user and method that used it: bob replaying alice's
+/// mkdir request id gets his own answer (the directory exists), not the "done" remembered for
+/// alice; with that id on another path his mkdir is applied as his own. Alice's directory
+/// stays hers.
+#[test]
+fn a_replayed_request_id_of_another_user_gets_nothing_of_theirs() {
+    let c = Cluster::up(1, 0, &[]);
+    let alice = c.add_user("alice");
+    let bob = c.add_user("bob");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = c.tls();
+        let mut m = meta_from(&c.meta, tls.as_ref(), None).await;
+        let mkdir = |auth: &Path, path: &str| {
+            let mut req = tonic::Request::new(dfs_proto::MkdirRequest {
+                path: path.into(),
+                parents: false,
+                request_id: "0f1e2d3c-replayed-id".into(),
+            });
+            let creds = dfs_common::auth_file::read(auth).unwrap();
+            req.metadata_mut()
+                .insert(dfs_common::headers::USER, creds.user.parse().unwrap());
+            req.metadata_mut()
+                .insert(dfs_common::headers::KEY, creds.key.parse().unwrap());
+            req
+        };
+        m.mkdir(mkdir(&alice, "/a")).await.expect("alice's mkdir");
+        // Alice's own retry is answered from memory.
+        m.mkdir(mkdir(&alice, "/a")).await.expect("alice's retry");
+        let e = m.mkdir(mkdir(&bob, "/a")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+        m.mkdir(mkdir(&bob, "/b")).await.expect("bob's own mkdir");
+    });
+    assert_eq!(c.ctl(&["--json", "stat", "/a"]).json()["owner"], "alice");
+    assert_eq!(c.ctl(&["--json", "stat", "/b"]).json()["owner"], "bob");
+}

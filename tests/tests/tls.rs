@@ -523,3 +523,141 @@ fn rustls_pem(path: &Path) -> Vec<u8> {
         .as_ref()
         .to_vec()
 }
+
+/// `dfsctl admin cert revoke` shuts a chunk server out (its heartbeats are refused, so it is
+/// down for the cluster and its chunks are placed elsewhere); `--allow` lets it back in.
+/// `cluster remove-member` shuts the removed metasrv's certificate out of Raft.
+#[test]
+fn revoked_and_removed_nodes_are_shut_out() {
+    let c = Cluster::up(3, 2, &[]);
+    let live = |c: &Cluster, id: u64| {
+        c.status()["chunk_servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == id && s["live"] == true)
+    };
+    wait_until(Duration::from_secs(30), "chunk server 2 live", || {
+        live(&c, 2)
+    });
+    c.ctl(&["admin", "cert", "revoke", "--role", "chunk", "--id", "2"])
+        .ok();
+    wait_until(Duration::from_secs(60), "chunk server 2 shut out", || {
+        !live(&c, 2)
+    });
+    assert_eq!(c.status()["revoked"], serde_json::json!(["chunk 2"]));
+    let meta = node_addr(&c, "meta-1");
+    let ca_dir = c.path().join("tls");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let two = node_tls(&c, &ca_dir, Role::Chunk, 2);
+    let e = rt
+        .block_on(
+            MetaClient::new(channel(&meta, Some(&two), Role::Meta)).heartbeat(
+                dfs_proto::HeartbeatRequest {
+                    node_id: 2,
+                    ..Default::default()
+                },
+            ),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("revoked"), "{e:?}");
+    c.ctl(&[
+        "admin", "cert", "revoke", "--allow", "--role", "chunk", "--id", "2",
+    ])
+    .ok();
+    wait_until(Duration::from_secs(60), "chunk server 2 back", || {
+        live(&c, 2)
+    });
+    // A removed metadata node no longer speaks Raft, with its own certificate.
+    c.ctl(&["cluster", "remove-member", "3"]).ok();
+    let three = node_tls(&c, &ca_dir, Role::Meta, 3);
+    let e = rt
+        .block_on(
+            RaftTransportClient::new(channel(&meta, Some(&three), Role::Meta)).vote(
+                dfs_proto::RaftMessage {
+                    target: 1,
+                    payload: b"{}".to_vec(),
+                },
+            ),
+        )
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("shut out"), "{e:?}");
+    let data = bytes(50_000, 2);
+    c.put_data(&c.auth, "/after", &data, &[]).ok();
+    assert_eq!(c.get_data(&c.auth, "/after"), data);
+}
+
+/// Shows a fixed certificate chain with a key of the caller's choosing.
+#[derive(Debug)]
+struct Posing(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for Posing {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// A chunk server that presents metasrv 1's certificate (public, e.g. copied off the wire)
+/// with its own key: the handshake fails, because it cannot sign as metasrv 1; the same
+/// client with its own certificate gets through (so the refusal is the key, not the setup).
+#[test]
+fn a_certificate_without_its_key_gets_no_connection() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let c = Cluster::up(1, 1, &[]);
+    let tls_dir = c.path().join("tls");
+    let meta = node_addr(&c, "meta-1");
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(c.ca.as_ref().unwrap()).unwrap())
+        .unwrap();
+    let chunk_key = PrivateKeyDer::from_pem_file(tls_dir.join("chunk-1.key")).unwrap();
+    let signing = provider.key_provider.load_private_key(chunk_key).unwrap();
+    let connect = |chain: Vec<CertificateDer<'static>>| {
+        let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_client_cert_resolver(Arc::new(Posing(Arc::new(
+                rustls::sign::CertifiedKey::new(chain, signing.clone()),
+            ))));
+        let meta = meta.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&meta).await?;
+            let mut s = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+                .connect(ServerName::try_from("meta.dfs").unwrap(), tcp)
+                .await?;
+            // The server checks the client's certificate after the client's last flight:
+            // a refusal shows on the first read.
+            s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+            s.flush().await?;
+            let mut buf = [0u8; 9];
+            s.read_exact(&mut buf).await?;
+            Ok::<[u8; 9], std::io::Error>(buf)
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let meta_cert = CertificateDer::from_pem_file(tls_dir.join("meta-1.pem")).unwrap();
+    let e = rt.block_on(connect(vec![meta_cert])).unwrap_err();
+    eprintln!("posing as metasrv 1: {e}");
+    let own = CertificateDer::from_pem_file(tls_dir.join("chunk-1.pem")).unwrap();
+    let frame = rt
+        .block_on(connect(vec![own]))
+        .expect("its own certificate connects");
+    // The server's first HTTP/2 frame: SETTINGS (type 4).
+    assert_eq!(frame[3], 4, "{frame:?}");
+}

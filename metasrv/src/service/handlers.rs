@@ -1009,6 +1009,7 @@ impl MetaNode {
         let (trash_files, _, trash_bytes) = st.trash_usage(None);
         let (open_leases, oldest_lease) = st.lease_stats(now_ms());
         Ok(ClusterStatusReply {
+            revoked: st.meta.revoked.iter().cloned().collect(),
             open_leases,
             oldest_lease_age_ms: match oldest_lease {
                 0 => 0,
@@ -1049,6 +1050,19 @@ impl MetaNode {
             0 => Duration::from_secs(30),
             ms => Duration::from_millis(ms),
         };
+        // A member removed before (its identity revoked) may come back when an admin adds it.
+        if self
+            .read_state()
+            .meta
+            .revoked
+            .contains(&format!("meta {}", r.id))
+        {
+            self.propose(v1(CommandV1::Revoke {
+                identity: format!("meta {}", r.id),
+                allow: true,
+            }))
+            .await?;
+        }
         tracing::info!(node = self.id, new = r.id, addr = %r.addr, "adding member: learner first");
         let added = self
             .raft
@@ -1158,7 +1172,18 @@ impl MetaNode {
             .change_membership(voters, false)
             .await
             .map_err(membership_error)?;
-        tracing::info!(node = self.id, removed = r.id, "member removed");
+        // A removed member is shut out: its certificate no longer speaks Raft or forwards
+        // (`add-member` with its id lets it in again).
+        self.propose(v1(CommandV1::Revoke {
+            identity: format!("meta {}", r.id),
+            allow: false,
+        }))
+        .await?;
+        tracing::info!(
+            node = self.id,
+            removed = r.id,
+            "member removed; its certificate identity is revoked"
+        );
         Ok(Empty {})
     }
 
@@ -1302,7 +1327,41 @@ impl MetaNode {
             .filter(|c| !acked.contains(c))
             .take(MAX_DELETE_ORDERS)
             .collect();
-        Ok(HeartbeatReply { delete, leader })
+        let revoked = self.read_state().meta.revoked.iter().cloned().collect();
+        Ok(HeartbeatReply {
+            delete,
+            leader,
+            revoked,
+        })
+    }
+
+    /// Shut a certificate identity out of the cluster (or let it in again): its calls to any
+    /// metadata node are refused from the moment the entry is applied there, and chunk servers
+    /// learn it with their next heartbeat.
+    pub async fn revoke_certificate(
+        &self,
+        c: &Caller,
+        r: RevokeCertificateRequest,
+    ) -> OpResult<Empty> {
+        self.write_gate()?;
+        let admin = self.authenticate_admin(c)?;
+        let identity: dfs_common::pki::Identity = r
+            .identity
+            .parse()
+            .map_err(|e: dfs_common::pki::PkiError| invalid(e))?;
+        if !r.allow && crate::network::tls().and_then(|t| t.identity()).as_ref() == Some(&identity)
+        {
+            return Err(invalid(format!(
+                "{identity} is the node answering this call: remove it from the group first (dfsctl cluster remove-member)"
+            )));
+        }
+        self.propose(v1(CommandV1::Revoke {
+            identity: identity.to_string(),
+            allow: r.allow,
+        }))
+        .await?;
+        tracing::warn!(node = self.id, %identity, allow = r.allow, by = %admin, "certificate identity {}", if r.allow { "allowed again" } else { "revoked" });
+        Ok(Empty {})
     }
 }
 

@@ -92,6 +92,7 @@ meta_rpcs! {
     usage: StatRequest => UsageReply;
     trash_list: TrashListRequest => TrashListReply;
     trash_purge: TrashPurgeRequest => RemoveReply;
+    revoke_certificate: RevokeCertificateRequest => Empty;
     symlink: SymlinkRequest => Empty;
     set_attr: SetAttrRequest => Empty;
     allocate_chunks: AllocateRequest => AllocateReply;

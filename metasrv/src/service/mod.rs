@@ -234,6 +234,11 @@ impl MetaNode {
         Ok(user)
     }
 
+    /// Whether `who` was shut out (`dfsctl admin cert revoke`, or removed from the group).
+    pub fn is_revoked(&self, who: &dfs_common::pki::Identity) -> bool {
+        self.read_state().meta.revoked.contains(&who.to_string())
+    }
+
     /// Check the caller is a cluster node. With TLS: its certificate (a metasrv or chunk
     /// server one, from the cluster CA), returned; on an `--insecure` cluster: the
     /// cluster-secret proof (and `None`).
@@ -241,6 +246,13 @@ impl MetaNode {
         use dfs_common::pki::Role;
         if crate::network::tls().is_some() {
             return match &c.peer {
+                Some(p) if self.is_revoked(p) => {
+                    self.metrics.auth_failures.inc();
+                    Err(Status::permission_denied(format!(
+                        "the certificate identity {p} is revoked in this cluster (dfsctl admin cert revoke --allow lets it in again)"
+                    ))
+                    .into())
+                }
                 Some(p) if matches!(p.role, Role::Meta | Role::Chunk) => Ok(Some(p.clone())),
                 other => {
                     self.metrics.auth_failures.inc();

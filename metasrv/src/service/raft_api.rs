@@ -15,15 +15,25 @@ pub struct RaftApi {
 }
 
 impl RaftApi {
-    fn check_peer<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// Check the caller is a metadata node of this cluster: its certificate with TLS (not
+    /// revoked), the cluster-secret proof on an `--insecure` cluster. Returns the node id the
+    /// certificate names (`None` without TLS).
+    fn check_peer<T>(&self, req: &Request<T>) -> Result<Option<NodeId>, Status> {
         if crate::network::tls().is_some() {
             // With TLS only a metasrv certificate from the cluster CA may speak Raft.
             let peer = dfs_common::tls::peer_identity(req);
-            if peer
+            if let Some(p) = peer.as_ref().filter(|p| self.node.is_revoked(p)) {
+                self.node.metrics.auth_failures.inc();
+                tracing::warn!(node = self.node.id, peer = ?req.remote_addr(), identity = %p, "refused a peer message: revoked certificate identity");
+                return Err(Status::permission_denied(format!(
+                    "{p} is shut out of this cluster (removed from the group, or its certificate revoked)"
+                )));
+            }
+            if let Some(p) = peer
                 .as_ref()
-                .is_some_and(|p| p.role == dfs_common::pki::Role::Meta)
+                .filter(|p| p.role == dfs_common::pki::Role::Meta)
             {
-                return Ok(());
+                return Ok(p.node_id());
             }
             self.node.metrics.auth_failures.inc();
             tracing::warn!(node = self.node.id, peer = ?req.remote_addr(), identity = ?peer.as_ref().map(|p| p.to_string()), "refused a peer message: not a metasrv certificate");
@@ -38,11 +48,25 @@ impl RaftApi {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if self.node.secret.check_node_proof(proof) {
-            return Ok(());
+            return Ok(None);
         }
         self.node.metrics.auth_failures.inc();
         tracing::warn!(node = self.node.id, peer = ?req.remote_addr(), "refused a peer message: wrong cluster secret");
         Err(Status::permission_denied("wrong cluster secret: this node belongs to another cluster or was given another --cluster-secret-file"))
+    }
+
+    /// A Raft message speaks for its sender (leader or candidate): with TLS that must be the
+    /// node its certificate names.
+    fn check_sender(&self, peer: Option<NodeId>, claimed: Option<NodeId>) -> Result<(), Status> {
+        match (peer, claimed) {
+            (Some(p), Some(c)) if p != c => {
+                self.node.metrics.auth_failures.inc();
+                Err(Status::permission_denied(format!(
+                    "metasrv {p}'s certificate cannot speak for node {c}"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn check_target(&self, target: NodeId) -> Result<(), Status> {
@@ -73,10 +97,11 @@ impl RaftTransport for RaftApi {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_peer(&req)?;
+        let peer = self.check_peer(&req)?;
         let m = req.into_inner();
         self.check_target(m.target)?;
         let rpc: AppendEntriesRequest<TypeConfig> = Self::decode(&m.payload)?;
+        self.check_sender(peer, rpc.vote.leader_id().voted_for())?;
         self.node
             .leader_watch
             .check_sender(rpc.vote.leader_id().voted_for())?;
@@ -85,11 +110,12 @@ impl RaftTransport for RaftApi {
     }
 
     async fn vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_peer(&req)?;
+        let peer = self.check_peer(&req)?;
         let m = req.into_inner();
         self.check_target(m.target)?;
         let rpc: VoteRequest<NodeId> = Self::decode(&m.payload)?;
         let candidate = rpc.vote.leader_id().voted_for();
+        self.check_sender(peer, candidate)?;
         self.node.leader_watch.check_sender(candidate)?;
         if self.node.leader_watch.join_give_up(candidate) {
             self.node.metrics.leaders_given_up.inc();
@@ -102,10 +128,11 @@ impl RaftTransport for RaftApi {
         &self,
         req: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_peer(&req)?;
+        let peer = self.check_peer(&req)?;
         let m = req.into_inner();
         self.check_target(m.target)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = Self::decode(&m.payload)?;
+        self.check_sender(peer, rpc.vote.leader_id().voted_for())?;
         self.node
             .leader_watch
             .check_sender(rpc.vote.leader_id().voted_for())?;

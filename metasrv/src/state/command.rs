@@ -168,6 +168,11 @@ pub enum CommandV1 {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         certified_id: Option<NodeId>,
     },
+    /// Shut a certificate identity out (or, with `allow`, let it in again).
+    Revoke {
+        identity: String,
+        allow: bool,
+    },
     /// A chunk server confirmed these deletions.
     ChunksDeleted {
         node: NodeId,
@@ -481,6 +486,17 @@ impl State {
                 now_ms,
                 certified_id,
             } => self.register_chunk_server(uuid, addr, *now_ms, *certified_id, touched),
+            CommandV1::Revoke { identity, allow } => {
+                let changed = if *allow {
+                    self.meta.revoked.remove(identity)
+                } else {
+                    self.meta.revoked.insert(identity.clone())
+                };
+                if changed {
+                    touched.push(super::RecordKey::Meta);
+                }
+                Ok(Reply::Done)
+            }
             CommandV1::ChunksDeleted { node, chunks } => {
                 self.chunks_deleted(*node, chunks, touched);
                 Ok(Reply::Done)

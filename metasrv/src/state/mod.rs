@@ -160,6 +160,10 @@ pub struct ClusterMeta {
     /// The root directory's attributes (0: its defaults).
     #[serde(default)]
     pub root_mode: u32,
+    /// Certificate identities shut out of the cluster ("chunk 3"): `dfsctl admin cert revoke`,
+    /// and a metasrv removed from the group.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub revoked: BTreeSet<String>,
     #[serde(default)]
     pub root_mtime_ms: i64,
     #[serde(default)]
