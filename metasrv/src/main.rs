@@ -153,8 +153,8 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         let mut stop = stop_rx.clone();
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
-            .add_service(meta)
-            .add_service(raft_svc);
+            .add_service(service::pre_auth::PreAuthCap::new(meta, node.clone()))
+            .add_service(service::pre_auth::PreAuthCap::new(raft_svc, node.clone()));
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };

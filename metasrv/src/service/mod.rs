@@ -8,6 +8,7 @@
 mod auth_limit;
 mod handlers;
 mod meta_api;
+pub mod pre_auth;
 mod raft_api;
 mod read_barrier;
 mod write_batcher;
