@@ -193,9 +193,7 @@ impl Cluster {
         if !ca.exists() {
             return Ok(None);
         }
-        dfs_common::tls::Tls::client_only(&ca)
-            .map(Some)
-            .map_err(|e| dfs_client::Error::InvalidName(format!("TLS: {e}")))
+        Ok(Some(dfs_common::tls::Tls::client_only(&ca)?))
     }
 
     /// SIGKILL a node and wait until it is gone (polled every millisecond).

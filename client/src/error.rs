@@ -38,6 +38,9 @@ pub enum Error {
     ChangedWhileReading { path: String },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The TLS files this client was told to use cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] dfs_common::tls::TlsError),
     #[error("{0}")]
     Other(String),
 }

@@ -52,10 +52,7 @@ impl ClientOptions {
     pub fn connect(&self) -> Result<MetaConn> {
         let conn = MetaConn::connect(&self.meta, self.auth_file.as_deref(), self.timeout)?;
         match &self.tls_ca {
-            Some(ca) => conn.with_tls(Some(
-                dfs_common::tls::Tls::client_only(ca)
-                    .map_err(|e| Error::InvalidName(format!("TLS: {e}")))?,
-            )),
+            Some(ca) => conn.with_tls(Some(dfs_common::tls::Tls::client_only(ca)?)),
             None => Ok(conn),
         }
     }

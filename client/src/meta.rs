@@ -101,9 +101,7 @@ pub fn tls_from_env() -> Result<Option<Arc<Tls>>> {
         cert: std::env::var_os("DFS_TLS_CERT").map(PathBuf::from),
         key: std::env::var_os("DFS_TLS_KEY").map(PathBuf::from),
     };
-    Tls::load(files)
-        .map(Some)
-        .map_err(|e| Error::InvalidName(format!("TLS (DFS_TLS_CA): {e}")))
+    Ok(Some(Tls::load(files)?))
 }
 
 /// A status's message with the errors beneath it (a TLS handshake failure is only named

@@ -49,9 +49,11 @@ pub fn fs_error(e: &Error) -> FsError {
         Error::InvalidName(_) | Error::NotADirectory(_) | Error::IsADirectory(_) => {
             FsError::Forbidden
         }
-        Error::Unavailable(_) | Error::DataError(_) | Error::Io(_) | Error::Other(_) => {
-            FsError::GeneralFailure
-        }
+        Error::Unavailable(_)
+        | Error::DataError(_)
+        | Error::Io(_)
+        | Error::Other(_)
+        | Error::Tls(_) => FsError::GeneralFailure,
     }
 }
 

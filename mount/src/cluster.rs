@@ -29,7 +29,7 @@ pub fn errno_of(e: &Error) -> i32 {
         Error::ChangedWhileReading { .. } => libc::ESTALE,
         Error::Io(io) => io.raw_os_error().unwrap_or(libc::EIO),
         Error::NoSpace(_) => libc::ENOSPC,
-        Error::Unavailable(_) | Error::DataError(_) | Error::Other(_) => libc::EIO,
+        Error::Unavailable(_) | Error::DataError(_) | Error::Other(_) | Error::Tls(_) => libc::EIO,
     }
 }
 
