@@ -245,6 +245,12 @@ impl Cluster {
             .expect("metadata node address")
     }
 
+    /// A gRPC channel to the chunk server at `addr`, as a client (TLS if the cluster has it).
+    pub fn chunk_channel(&self, addr: &str) -> tonic::transport::Channel {
+        dfs_client::lazy_channel(addr, self.tls().as_ref(), dfs_common::pki::Role::Chunk)
+            .expect("chunk server address")
+    }
+
     /// The TLS a client of this cluster uses (`None`: it runs `--insecure`).
     pub fn tls(&self) -> Option<std::sync::Arc<dfs_common::tls::Tls>> {
         self.ca

@@ -88,17 +88,24 @@ async fn meta_from(
     dfs_proto::meta_client::MetaClient::new(channel)
 }
 
+/// `msg` with a user name and key in its headers.
+fn as_user<T>(msg: T, user: &str, key: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut()
+        .insert(dfs_common::headers::USER, user.parse().unwrap());
+    req.metadata_mut()
+        .insert(dfs_common::headers::KEY, key.parse().unwrap());
+    req
+}
+
 async fn who_am_i(
     c: &mut dfs_proto::meta_client::MetaClient<tonic::transport::Channel>,
     user: &str,
     key: &str,
 ) -> Result<String, tonic::Status> {
-    let mut req = tonic::Request::new(dfs_proto::Empty {});
-    req.metadata_mut()
-        .insert(dfs_common::headers::USER, user.parse().unwrap());
-    req.metadata_mut()
-        .insert(dfs_common::headers::KEY, key.parse().unwrap());
-    c.who_am_i(req).await.map(|r| r.into_inner().name)
+    c.who_am_i(as_user(dfs_proto::Empty {}, user, key))
+        .await
+        .map(|r| r.into_inner().name)
 }
 
 /// 1,000 wrong keys in a row from one address: past 20 that address is refused for that user
@@ -160,17 +167,13 @@ fn a_replayed_request_id_of_another_user_gets_nothing_of_theirs() {
         let tls = c.tls();
         let mut m = meta_from(&c.meta, tls.as_ref(), None).await;
         let mkdir = |auth: &Path, path: &str| {
-            let mut req = tonic::Request::new(dfs_proto::MkdirRequest {
+            let creds = dfs_common::auth_file::read(auth).unwrap();
+            let msg = dfs_proto::MkdirRequest {
                 path: path.into(),
                 parents: false,
                 request_id: "0f1e2d3c-replayed-id".into(),
-            });
-            let creds = dfs_common::auth_file::read(auth).unwrap();
-            req.metadata_mut()
-                .insert(dfs_common::headers::USER, creds.user.parse().unwrap());
-            req.metadata_mut()
-                .insert(dfs_common::headers::KEY, creds.key.parse().unwrap());
-            req
+            };
+            as_user(msg, &creds.user, &creds.key)
         };
         m.mkdir(mkdir(&alice, "/a")).await.expect("alice's mkdir");
         // Alice's own retry is answered from memory.
@@ -195,17 +198,14 @@ fn unauthenticated_requests_are_small() {
         let tls = c.tls();
         let mut m = meta_from(&c.meta, tls.as_ref(), None).await;
         let big = |creds: Option<(&str, &str)>| {
-            let mut req = tonic::Request::new(dfs_proto::MkdirRequest {
+            let msg = dfs_proto::MkdirRequest {
                 path: format!("/{}", "x".repeat(2 << 20)),
                 ..Default::default()
-            });
-            if let Some((user, key)) = creds {
-                req.metadata_mut()
-                    .insert(dfs_common::headers::USER, user.parse().unwrap());
-                req.metadata_mut()
-                    .insert(dfs_common::headers::KEY, key.parse().unwrap());
+            };
+            match creds {
+                Some((user, key)) => as_user(msg, user, key),
+                None => tonic::Request::new(msg),
             }
-            req
         };
         let wrong = "0".repeat(64);
         for creds in [None, Some((admin.user.as_str(), wrong.as_str()))] {

@@ -2,7 +2,7 @@
 //! chunk server is refused by another; a write token stores no more than the size it allows;
 //! a commit names only replicas that signed a receipt for the chunk's size and CRC. Every
 //! refusal is checked for its error and for nothing having changed (no chunk file, no file).
-use dfs_client::{Client, ClientOptions};
+use dfs_client::Client;
 use dfs_common::token::ChunkToken;
 use dfs_proto::chunk_client::ChunkClient;
 use dfs_proto::{
@@ -20,9 +20,7 @@ fn cluster() -> Cluster {
 }
 
 fn client(c: &Cluster) -> Client {
-    let mut opts = ClientOptions::new(vec![c.meta.clone()]);
-    opts.auth_file = Some(c.auth.clone());
-    Client::connect(&opts).unwrap()
+    Client::connect(&c.client_options(&c.meta)).unwrap()
 }
 
 /// Every file under a chunk server's `chunks/` (temp files included; not the pack files,
@@ -72,14 +70,13 @@ async fn allocate(cl: &Client, path: &str, replication: u32) -> (AllocatedChunk,
 }
 
 async fn write(
+    c: &Cluster,
     addr: &str,
     chunk_id: &str,
     token: &str,
     data: &[u8],
 ) -> Result<WriteChunkReply, tonic::Status> {
-    let mut cl = ChunkClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+    let mut cl = ChunkClient::new(c.chunk_channel(addr));
     let mut msgs = vec![WriteChunkRequest {
         chunk_id: chunk_id.into(),
         token: token.into(),
@@ -93,10 +90,13 @@ async fn write(
     Ok(cl.write(tokio_stream::iter(msgs)).await?.into_inner())
 }
 
-async fn read(addr: &str, chunk_id: &str, token: &str) -> Result<Vec<u8>, tonic::Status> {
-    let mut cl = ChunkClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+async fn read(
+    c: &Cluster,
+    addr: &str,
+    chunk_id: &str,
+    token: &str,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut cl = ChunkClient::new(c.chunk_channel(addr));
     let mut s = cl
         .read(ReadChunkRequest {
             chunk_id: chunk_id.into(),
@@ -134,7 +134,7 @@ fn tokens_work_only_on_their_servers_and_up_to_their_size() {
         let addr_b = c.node_addr(name_b);
         let data = bytes(CHUNK, 1);
         refused_with(
-            write(&addr_b, &a.chunk_id, &a.token, &data).await,
+            write(&c, &addr_b, &a.chunk_id, &a.token, &data).await,
             tonic::Code::PermissionDenied,
             &format!(
                 "issued for chunk servers [{}], not this one",
@@ -147,7 +147,7 @@ fn tokens_work_only_on_their_servers_and_up_to_their_size() {
         let mut over = data.clone();
         over.push(7);
         refused_with(
-            write(&addr_a, &a.chunk_id, &a.token, &over).await,
+            write(&c, &addr_a, &a.chunk_id, &a.token, &over).await,
             tonic::Code::InvalidArgument,
             &format!("allows at most {CHUNK} bytes"),
         );
@@ -158,18 +158,23 @@ fn tokens_work_only_on_their_servers_and_up_to_their_size() {
         );
         // Its writer cannot read it back: there is nothing.
         refused_with(
-            read(&addr_a, &a.chunk_id, &a.token).await,
+            read(&c, &addr_a, &a.chunk_id, &a.token).await,
             tonic::Code::NotFound,
             "",
         );
 
         // Exactly the allowance is stored, and its writer reads it back from A only.
-        let reply = write(&addr_a, &a.chunk_id, &a.token, &data).await.unwrap();
+        let reply = write(&c, &addr_a, &a.chunk_id, &a.token, &data)
+            .await
+            .unwrap();
         assert_eq!(reply.size, CHUNK as u64);
         assert!(!reply.receipt.is_empty());
-        assert_eq!(read(&addr_a, &a.chunk_id, &a.token).await.unwrap(), data);
+        assert_eq!(
+            read(&c, &addr_a, &a.chunk_id, &a.token).await.unwrap(),
+            data
+        );
         refused_with(
-            read(&addr_b, &a.chunk_id, &a.token).await,
+            read(&c, &addr_b, &a.chunk_id, &a.token).await,
             tonic::Code::PermissionDenied,
             "not this one",
         );
@@ -207,11 +212,11 @@ fn tokens_work_only_on_their_servers_and_up_to_their_size() {
         .unwrap();
         let token = &open.tokens[0];
         refused_with(
-            read(&addr_b, &a.chunk_id, token).await,
+            read(&c, &addr_b, &a.chunk_id, token).await,
             tonic::Code::PermissionDenied,
             "not this one",
         );
-        assert_eq!(read(&addr_a, &a.chunk_id, token).await.unwrap(), data);
+        assert_eq!(read(&c, &addr_a, &a.chunk_id, token).await.unwrap(), data);
     });
     assert_eq!(c.get_data(&c.auth, "/w"), bytes(CHUNK, 1));
 }
@@ -228,7 +233,7 @@ fn a_commit_names_only_replicas_that_signed_for_the_chunk() {
         // Allocated on both servers, stored on the first only.
         let (a, chunk_size) = allocate(&cl, "/f", 2).await;
         let (first, second) = (&a.targets[0], &a.targets[1]);
-        let stored = write(&first.addr, &a.chunk_id, &a.token, &data)
+        let stored = write(&c, &first.addr, &a.chunk_id, &a.token, &data)
             .await
             .unwrap();
         let crc = stored.crc32c;
@@ -321,16 +326,16 @@ fn a_commit_names_only_replicas_that_signed_for_the_chunk() {
             (old.expires_ms, old.max_bytes)
         );
         refused_with(
-            write(&third.addr, &a.chunk_id, &a.token, &data).await,
+            write(&c, &third.addr, &a.chunk_id, &a.token, &data).await,
             tonic::Code::PermissionDenied,
             "not this one",
         );
-        let stored3 = write(&third.addr, &a.chunk_id, &b.token, &data)
+        let stored3 = write(&c, &third.addr, &a.chunk_id, &b.token, &data)
             .await
             .unwrap();
         // One token reads the chunk back from any of its replicas (as the mount does).
         assert_eq!(
-            read(&first.addr, &a.chunk_id, &b.token).await.unwrap(),
+            read(&c, &first.addr, &a.chunk_id, &b.token).await.unwrap(),
             data
         );
         // Both replicas that signed are accepted: the refusals above were the receipts'.
