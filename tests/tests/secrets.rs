@@ -2,6 +2,7 @@
 //! or Raft store, and not in the error a wrong key gets (issue 19, hardening).
 use dfs_tests::*;
 use std::path::Path;
+use std::time::Duration;
 
 /// Every file under `dir` (recursively) whose bytes contain `needle`, auth files aside.
 fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
@@ -224,4 +225,48 @@ fn unauthenticated_requests_are_small() {
     });
     // The node is fine.
     c.ctl(&["mkdir", "/ok"]).ok();
+}
+
+/// A follower checks a key it can check before it hands the request to the leader: a wrong
+/// key for a user it knows is refused (and counted) there, and never reaches the leader.
+#[test]
+fn a_follower_refuses_a_wrong_key_before_forwarding() {
+    let c = Cluster::up(3, 0, &[]);
+    let alice = c.add_user("alice");
+    let leader = c.leader();
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let addr = c.meta_addrs()[follower as usize - 1].clone();
+    // The follower knows alice once it has applied her creation.
+    wait_until(
+        Duration::from_secs(30),
+        "alice known on the follower",
+        || {
+            c.ctl_env(&addr, &alice, &["--json", "ls", "--stale", "/"], None)
+                .code
+                == 0
+        },
+    );
+    let failures = |node: u64| {
+        let m = c.metrics_text(&format!("meta-{node}"));
+        m.lines()
+            .find_map(|l| l.strip_prefix("dfs_auth_failures_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = (failures(follower), failures(leader));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = c.tls();
+        let mut m = meta_from(&addr, tls.as_ref(), None).await;
+        let e = who_am_i(&mut m, "alice", &"0".repeat(64))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+        assert_eq!(
+            who_am_i(&mut m, "alice", &key_of(&alice)).await.unwrap(),
+            "alice"
+        );
+    });
+    assert_eq!(failures(follower), before.0 + 1.0);
+    assert_eq!(failures(leader), before.1);
 }

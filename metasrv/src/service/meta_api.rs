@@ -28,16 +28,19 @@ macro_rules! meta_rpcs {
                     let result = match self.node.$rpc(&caller, body.clone()).await {
                         Ok(r) => Ok(r),
                         Err(OpError::Status(s)) => Err(s),
-                        Err(OpError::NotLeader(hint)) => {
-                            forwarded = true;
-                            self.node
-                                .forward(stringify!($rpc), &caller, body.encode_to_vec(), 0, hint)
-                                .await
-                                .and_then(|b| {
-                                    <$resp>::decode(b.as_slice())
-                                        .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))
-                                })
-                        }
+                        Err(OpError::NotLeader(hint)) => match self.node.check_before_forwarding(&caller) {
+                            Err(s) => Err(s),
+                            Ok(()) => {
+                                forwarded = true;
+                                self.node
+                                    .forward(stringify!($rpc), &caller, body.encode_to_vec(), 0, hint)
+                                    .await
+                                    .and_then(|b| {
+                                        <$resp>::decode(b.as_slice())
+                                            .map_err(|e| Status::internal(format!("bad reply from leader: {e}")))
+                                    })
+                            }
+                        },
                     };
                     self.node.metrics.observe_request(stringify!($rpc), result.as_ref().err(), started.elapsed());
                     result.map(|r| {

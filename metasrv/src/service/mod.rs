@@ -235,6 +235,21 @@ impl MetaNode {
         Ok(user)
     }
 
+    /// What a follower checks before it hands a request to the leader: a user it knows must
+    /// bring the right key (counted by the failed-login limiter, as on the leader). A user it
+    /// does not know yet may have just been created on the leader, so that request goes on
+    /// (the leader checks it; unknown callers' requests are small: `pre_auth`).
+    pub fn check_before_forwarding(&self, c: &Caller) -> Result<(), Status> {
+        if c.user.is_empty() || !self.read_state().users.contains_key(&c.user) {
+            return Ok(());
+        }
+        match self.authenticate(c) {
+            Ok(_) => Ok(()),
+            Err(OpError::Status(s)) => Err(s),
+            Err(OpError::NotLeader(_)) => Ok(()),
+        }
+    }
+
     /// Whether `who` was shut out (`dfsctl admin cert revoke`, or removed from the group).
     pub fn is_revoked(&self, who: &dfs_common::pki::Identity) -> bool {
         self.read_state().meta.revoked.contains(&who.to_string())
