@@ -447,6 +447,19 @@ pub async fn put_stream(
         }
     )?;
     let chunk_size = first.chunk_size.max(1);
+    let too_big = |chunks: u64| {
+        Error::InvalidName(format!(
+            "{path}: a file has at most {} chunks ({} GiB with this cluster's {} MiB chunks), and this one needs {chunks} or more; store it in parts",
+            dfs_common::MAX_FILE_CHUNKS,
+            (dfs_common::MAX_FILE_CHUNKS as u64 * chunk_size) >> 30,
+            chunk_size >> 20
+        ))
+    };
+    if let Some(size) = size_hint {
+        if size.div_ceil(chunk_size) > dfs_common::MAX_FILE_CHUNKS as u64 {
+            return Err(too_big(size.div_ceil(chunk_size)));
+        }
+    }
     // A put that outlives its tokens' commit window keeps its chunks under a lease.
     let lease = crate::lease::WriteLease::start(conn, path, &first);
     // Chunks allocated ahead are used only while their tokens are young: a slow input (a
@@ -470,6 +483,10 @@ pub async fn put_stream(
         })?;
         if data.is_empty() {
             break;
+        }
+        // A stream of unknown size stops at the limit, before storing more than can commit.
+        if total.div_ceil(chunk_size) >= dfs_common::MAX_FILE_CHUNKS as u64 {
+            return Err(too_big(total.div_ceil(chunk_size) + 1));
         }
         hasher.update(&data);
         total += data.len() as u64;

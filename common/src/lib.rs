@@ -25,6 +25,9 @@ pub mod headers {
 /// Default chunk size (8 MiB) and replication factor.
 pub const DEFAULT_CHUNK_SIZE: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_REPLICATION: u32 = 2;
+/// Most chunks in one file: its commit (a chunk id, replicas, token and receipts per chunk)
+/// must fit one 64 MiB gRPC message and one Raft entry. 1.1 TiB with 8 MiB chunks.
+pub const MAX_FILE_CHUNKS: usize = 140_000;
 /// Largest chunk any node accepts.
 pub const MAX_CHUNK_SIZE: u64 = 64 * 1024 * 1024;
 /// Bytes per gRPC data message on the chunk path.

@@ -270,3 +270,41 @@ fn a_follower_refuses_a_wrong_key_before_forwarding() {
     assert_eq!(failures(follower), before.0 + 1.0);
     assert_eq!(failures(leader), before.1);
 }
+
+/// A commit naming a million chunks is refused with a sentence (not an entry too large to
+/// replicate), and nothing is created.
+#[test]
+fn a_commit_with_a_million_chunks_is_refused() {
+    let c = Cluster::up(1, 0, &[]);
+    let admin = dfs_common::auth_file::read(&c.auth).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tls = c.tls();
+        let mut m = meta_from(&c.meta, tls.as_ref(), None)
+            .await
+            .max_encoding_message_size(64 << 20);
+        let chunks: Vec<dfs_proto::ChunkInfo> = (0..1_000_000u64)
+            .map(|i| dfs_proto::ChunkInfo {
+                chunk_id: format!("{i:032x}"),
+                size: 8 << 20,
+                ..Default::default()
+            })
+            .collect();
+        let msg = dfs_proto::CommitRequest {
+            path: "/huge".into(),
+            size: 1_000_000 * (8 << 20),
+            chunks,
+            ..Default::default()
+        };
+        let e = m
+            .commit_file(as_user(msg, &admin.user, &admin.key))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+        assert!(
+            e.message().contains("a file has at most 140000 chunks"),
+            "{e:?}"
+        );
+    });
+    c.ctl(&["stat", "/huge"]).fails_with("no such file");
+}

@@ -23,7 +23,7 @@ const IMPORT_SLICE: usize = 500;
 /// Most delete orders in one heartbeat reply.
 const MAX_DELETE_ORDERS: usize = 1000;
 /// Most chunks in one file's commit (see `commit_file`).
-pub(crate) const MAX_COMMIT_CHUNKS: usize = 400_000;
+pub(crate) const MAX_COMMIT_CHUNKS: usize = dfs_common::MAX_FILE_CHUNKS;
 /// Longest client request id.
 const MAX_REQUEST_ID: usize = 64;
 
@@ -579,8 +579,8 @@ impl MetaNode {
         // 110 bytes of it).
         if r.chunks.len() > MAX_COMMIT_CHUNKS {
             return Err(invalid(format!(
-                "a file has at most {MAX_COMMIT_CHUNKS} chunks ({} TiB with the default 8 MiB chunks); this one has {}: store it with a larger chunk size or in parts",
-                (MAX_COMMIT_CHUNKS as u64 * dfs_common::DEFAULT_CHUNK_SIZE) >> 40,
+                "a file has at most {MAX_COMMIT_CHUNKS} chunks ({} GiB with the default 8 MiB chunks); this one has {}: store it with a larger chunk size or in parts",
+                (MAX_COMMIT_CHUNKS as u64 * dfs_common::DEFAULT_CHUNK_SIZE) >> 30,
                 r.chunks.len()
             )));
         }
