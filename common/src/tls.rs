@@ -298,8 +298,8 @@ pub fn ignore_hangups() {
 
 /// Accept TCP connections on `listener` and complete TLS handshakes, each in its own task;
 /// the stream yields the connections whose handshake succeeded (for tonic's
-/// `serve_with_incoming`). Panics if `tls` has no certificate of its own (a server needs one;
-/// `Tls::load` with cert and key gives it).
+/// `serve_with_incoming`). A `tls` without a certificate of its own (a client's) serves
+/// nothing: every connection is dropped with an error in the log.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<Tls>,
