@@ -88,9 +88,21 @@ impl std::fmt::Debug for Tls {
 
 // ring, not aws-lc: no C toolchain or cmake in the build. (0.23.48 deprecates it for lacking
 // post-quantum key exchange, which the cluster's threat model does not need yet.)
+//
+// AES-128-GCM first: on AES-NI machines it is about 40% faster than AES-256-GCM (openssl speed
+// here: 4.8 against 3.4 GB/s), and the bulk of a cluster's traffic is chunk data.
 #[allow(deprecated)]
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let mut p = rustls::crypto::ring::default_provider();
+    p.cipher_suites = vec![
+        TLS13_AES_128_GCM_SHA256,
+        TLS13_AES_256_GCM_SHA384,
+        TLS13_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(p)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
