@@ -265,26 +265,15 @@ fn load_tls(
     args: &Args,
     registered: Option<u64>,
 ) -> anyhow::Result<Option<Arc<dfs_common::tls::Tls>>> {
-    let files = match (
+    let Some(files) = dfs_common::tls::TlsFiles::from_flags(
         args.insecure,
         args.tls_cert.clone(),
         args.tls_key.clone(),
         args.tls_ca.clone(),
-    ) {
-        (true, None, None, None) => {
-            tracing::warn!("running --insecure: keys, data and node proofs cross the network in clear");
-            dfs_common::tls::ignore_hangups();
-            return Ok(None);
-        }
-        (true, ..) => return Err(anyhow!("--insecure and --tls-* together: choose one")),
-        (false, Some(cert), Some(key), Some(ca)) => dfs_common::tls::TlsFiles {
-            ca,
-            cert: Some(cert),
-            key: Some(key),
-        },
-        _ => return Err(anyhow!(
-            "TLS needs --tls-cert, --tls-key and --tls-ca (make them with `dfsctl admin ca init` and `dfsctl admin cert issue --role chunk --id N`), or --insecure for plain TCP on a trusted host"
-        )),
+        dfs_common::pki::Role::Chunk,
+    )?
+    else {
+        return Ok(None);
     };
     let tls = dfs_common::tls::Tls::load(files)?;
     let me = tls.identity();

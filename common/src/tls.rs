@@ -57,6 +57,38 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// A node's TLS flags: all three files, or none with `--insecure` (then `Ok(None)`, and
+    /// SIGHUP is made harmless). `role` names the certificate to issue in the error.
+    pub fn from_flags(
+        insecure: bool,
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        ca: Option<PathBuf>,
+        role: Role,
+    ) -> Result<Option<TlsFiles>, TlsError> {
+        match (insecure, cert, key, ca) {
+            (true, None, None, None) => {
+                tracing::warn!(
+                    "running --insecure: keys, data and node proofs cross the network in clear"
+                );
+                ignore_hangups();
+                Ok(None)
+            }
+            (true, ..) => Err(TlsError::Config(
+                "--insecure and --tls-* together: choose one".into(),
+            )),
+            (false, Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles {
+                ca,
+                cert: Some(cert),
+                key: Some(key),
+            })),
+            _ => Err(TlsError::Config(format!(
+                "TLS needs --tls-cert, --tls-key and --tls-ca (make them with `dfsctl admin ca init` and `dfsctl admin cert issue --role {} --id N`), or --insecure for plain TCP on a trusted host",
+                role.as_str()
+            ))),
+        }
+    }
+
     fn all(&self) -> Vec<&Path> {
         let mut v = vec![self.ca.as_path()];
         v.extend(self.cert.as_deref());
@@ -297,7 +329,10 @@ impl Tls {
 /// For a node without TLS: SIGHUP (`systemctl reload`) has nothing to reload, and must not
 /// end the process (its default action).
 pub fn ignore_hangups() {
-    tokio::spawn(async {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async {
         let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         else {
             return;

@@ -199,7 +199,13 @@ impl Config {
             peers,
             metrics: a.metrics,
             secret_file: a.cluster_secret_file,
-            tls: tls_files(a.insecure, a.tls_cert, a.tls_key, a.tls_ca)?,
+            tls: dfs_common::tls::TlsFiles::from_flags(
+                a.insecure,
+                a.tls_cert,
+                a.tls_key,
+                a.tls_ca,
+                dfs_common::pki::Role::Meta,
+            )?,
             admin_auth_out: a.admin_auth_out,
             allow_self_register: a.allow_self_register,
             join: a.join,
@@ -307,26 +313,5 @@ pub fn check_data_dir(
                 .with_context(|| format!("cannot write {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-    }
-}
-
-/// The TLS files a node runs with: all three, or none with `--insecure`.
-pub fn tls_files(
-    insecure: bool,
-    cert: Option<PathBuf>,
-    key: Option<PathBuf>,
-    ca: Option<PathBuf>,
-) -> anyhow::Result<Option<dfs_common::tls::TlsFiles>> {
-    match (insecure, cert, key, ca) {
-        (true, None, None, None) => Ok(None),
-        (true, ..) => bail!("--insecure and --tls-* together: choose one"),
-        (false, Some(cert), Some(key), Some(ca)) => Ok(Some(dfs_common::tls::TlsFiles {
-            ca,
-            cert: Some(cert),
-            key: Some(key),
-        })),
-        _ => bail!(
-            "TLS needs --tls-cert, --tls-key and --tls-ca (make them with `dfsctl admin ca init` and `dfsctl admin cert issue --role meta --id N`), or --insecure for plain TCP on a trusted host"
-        ),
     }
 }

@@ -75,13 +75,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
             tls.spawn_reloader();
             Some(tls)
         }
-        None => {
-            tracing::warn!(
-                "running --insecure: keys, data and node proofs cross the network in clear"
-            );
-            dfs_common::tls::ignore_hangups();
-            None
-        }
+        None => None,
     };
     network::set_tls(tls.clone());
 
