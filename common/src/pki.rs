@@ -176,26 +176,19 @@ pub fn identity_of(cert_der: &[u8]) -> Result<Identity, PkiError> {
     ))
 }
 
+/// Written beside and renamed, fsynced (a node reloading its files never reads half of one);
+/// keys 0600.
 fn write_file(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |what, source| PkiError::Io {
-        what,
+    let write = if private {
+        crate::durable::write_secret
+    } else {
+        crate::durable::write_atomic
+    };
+    write(path, data.as_bytes()).map_err(|source| PkiError::Io {
+        what: "write",
         path: path.to_path_buf(),
         source,
-    };
-    // Written beside and renamed: a node reloading its files never reads half of one.
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(&tmp)
-        .map_err(|e| io("create", e))?;
-    f.write_all(data.as_bytes()).map_err(|e| io("write", e))?;
-    f.sync_all().map_err(|e| io("sync", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("rename", e))
+    })
 }
 
 fn read_file(path: &Path) -> Result<String, PkiError> {
