@@ -606,8 +606,7 @@ pub async fn run(shared: Arc<Shared>, until: Instant) -> Result<(), WorkloadErro
             n: n as i32,
             shared: shared.clone(),
             conn: shared.conn()?,
-            pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout)
-                .with_tls(shared.tls.as_ref()),
+            pool: ChunkPool::new(shared.cfg.stall_timeout, shared.tls.as_ref()),
             rng: StdRng::from_entropy(),
         };
         tasks.push(tokio::spawn(async move {
@@ -633,7 +632,7 @@ pub async fn final_reads(shared: Arc<Shared>, patience: Duration) -> Result<(), 
         n: -1,
         shared: shared.clone(),
         conn: shared.conn()?,
-        pool: ChunkPool::with_stall_timeout(shared.cfg.stall_timeout).with_tls(shared.tls.as_ref()),
+        pool: ChunkPool::new(shared.cfg.stall_timeout, shared.tls.as_ref()),
         rng: StdRng::from_entropy(),
     };
     let deadline = Instant::now() + patience;

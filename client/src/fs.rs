@@ -67,7 +67,7 @@ impl Client {
     }
 
     pub fn new(conn: MetaConn) -> Client {
-        let pool = ChunkPool::default().with_tls(conn.tls());
+        let pool = ChunkPool::new(dfs_common::stall::DEFAULT_STALL_TIMEOUT, conn.tls());
         Client {
             conn,
             pool,

@@ -45,22 +45,20 @@ impl Default for ChunkPool {
 }
 
 impl ChunkPool {
-    /// A pool whose transfers give a replica up after `stall` without progress.
+    /// A pool whose transfers give a replica up after `stall` without progress, with the
+    /// environment's TLS (as `MetaConn::connect`; a bad DFS_TLS_CA fails the metadata
+    /// connection with its reason, here it is plain TCP).
     pub fn with_stall_timeout(stall: Duration) -> Self {
+        Self::new(stall, crate::meta::tls_from_env().ok().flatten().as_ref())
+    }
+
+    /// A pool with the given stall timeout and TLS (a connection's: `conn.tls()`).
+    pub fn new(stall: Duration, tls: Option<&Arc<dfs_common::tls::Tls>>) -> Self {
         Self {
             channels: Default::default(),
             stall,
-            // As `MetaConn`: the environment's TLS unless told otherwise (`with_tls`). A bad
-            // DFS_TLS_CA fails the metadata connection with its reason; here it is plain None.
-            tls: crate::meta::tls_from_env().ok().flatten(),
+            tls: tls.cloned(),
         }
-    }
-
-    /// Talk to chunk servers over `tls` (the metadata connection's: `conn.tls()`).
-    pub fn with_tls(mut self, tls: Option<&Arc<dfs_common::tls::Tls>>) -> Self {
-        self.tls = tls.cloned();
-        self.channels = Default::default();
-        self
     }
 
     fn client(&self, addr: &str) -> Result<ChunkClient<Channel>> {
