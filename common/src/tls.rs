@@ -391,11 +391,31 @@ pub fn incoming(
 }
 
 /// The identity in the certificate a caller presented (verified against the cluster CA by
-/// the handshake), or `None` for a caller without one or a connection without TLS.
+/// the handshake), or `None` for a caller without one or a connection without TLS. Read
+/// from `PeerIdentity` when a layer before the service has already parsed it.
 pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<Identity> {
-    let certs = req.peer_certs()?;
-    let first = certs.first()?;
-    pki::identity_of(first).ok()
+    if let Some(PeerIdentity(known)) = req.extensions().get::<PeerIdentity>() {
+        return known.clone();
+    }
+    identity_in(req.peer_certs()?.first()?)
+}
+
+/// A caller's identity, parsed once per request by a layer in front of a service (it then
+/// rides in the request's extensions, where `peer_identity` finds it).
+#[derive(Debug, Clone)]
+pub struct PeerIdentity(pub Option<Identity>);
+
+/// The caller's identity from an HTTP request under tonic's TLS server.
+pub fn http_peer_identity<B>(req: &http::Request<B>) -> Option<Identity> {
+    let info = req
+        .extensions()
+        .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>(
+        )?;
+    identity_in(info.peer_certs()?.first()?)
+}
+
+fn identity_in(cert: &CertificateDer<'_>) -> Option<Identity> {
+    pki::identity_of(cert).ok()
 }
 
 /// A failed call's message with the errors beneath it (a TLS failure is named only there).

@@ -10,11 +10,12 @@
 //! What must stay true: this only ever limits; whether a caller may do what it asks is still
 //! decided by the handlers (this check is repeated there, with the failed-login limiter).
 use super::MetaNode;
+use dfs_common::pki::Identity;
+use dfs_common::tls::PeerIdentity;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 /// Largest request body from a caller not (yet) known.
 pub const PRE_AUTH_LIMIT: usize = 1024 * 1024;
@@ -36,18 +37,10 @@ impl<S: NamedService> NamedService for PreAuthCap<S> {
 }
 
 impl MetaNode {
-    /// Whether the caller of `req` is a cluster node or a user with the right key.
-    fn caller_is_known(&self, req: &http::Request<Body>) -> bool {
+    /// Whether the caller of `req` (whose certificate names `peer`) is a cluster node or a
+    /// user with the right key.
+    fn caller_is_known(&self, req: &http::Request<Body>, peer: Option<&Identity>) -> bool {
         use dfs_common::pki::Role;
-        let peer = req
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(|i| i.peer_certs())
-            .and_then(|certs| {
-                certs
-                    .first()
-                    .and_then(|c| dfs_common::pki::identity_of(c).ok())
-            });
         if peer.is_some_and(|p| matches!(p.role, Role::Meta | Role::Chunk)) {
             return true;
         }
@@ -83,8 +76,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
-        let req = if self.node.caller_is_known(&req) {
+    fn call(&mut self, mut req: http::Request<Body>) -> Self::Future {
+        // The certificate is parsed here once; the handlers read the result (`peer_identity`).
+        let peer = dfs_common::tls::http_peer_identity(&req);
+        let known = self.node.caller_is_known(&req, peer.as_ref());
+        req.extensions_mut().insert(PeerIdentity(peer));
+        let req = if known {
             req
         } else {
             req.map(|b| Body::new(http_body_util::Limited::new(b, PRE_AUTH_LIMIT)))
