@@ -90,6 +90,19 @@ pub struct UpArgs {
     pub insecure: bool,
 }
 
+/// SIGTERM `pid` and wait up to `grace` for it to end (`running` says whether it still is the
+/// process we started); SIGKILL it after that. For the gateway and the mount `local` starts.
+pub fn terminate(pid: u32, grace: Duration, running: impl Fn() -> bool) {
+    signal(pid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while running() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if running() {
+        signal(pid, libc::SIGKILL);
+    }
+}
+
 /// The CA a local cluster's processes trust (`DIR/tls/ca.pem`), if it runs with TLS.
 pub fn local_ca(dir: &Path) -> Option<PathBuf> {
     let ca = dir.join("tls").join(dfs_common::pki::CA_CERT);

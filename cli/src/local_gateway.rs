@@ -117,18 +117,8 @@ pub fn stop(dir: &Path) -> anyhow::Result<Option<LocalGateway>> {
         let _ = std::fs::remove_file(record(dir));
         return Ok(None);
     };
-    let signal = |sig| {
-        // SAFETY: kill(2) on a pid checked above to be our dfs-gateway; no memory touched.
-        unsafe { libc::kill(g.pid as i32, sig) };
-    };
-    signal(libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while is_gateway_process(g.pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if is_gateway_process(g.pid) {
-        signal(libc::SIGKILL);
-    }
+    // `running` checked the pid is our dfs-gateway.
+    crate::local::terminate(g.pid, Duration::from_secs(5), || is_gateway_process(g.pid));
     std::fs::remove_file(record(dir))?;
     Ok(Some(g))
 }

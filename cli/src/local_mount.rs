@@ -138,18 +138,8 @@ pub fn stop(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
         let _ = std::fs::remove_file(record(dir));
         return Ok(None);
     };
-    let signal = |sig| {
-        // SAFETY: kill(2) on a pid checked above to be our `dfsctl mount`; no memory touched.
-        unsafe { libc::kill(m.pid as i32, sig) };
-    };
-    signal(libc::SIGTERM);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while is_mount_process(m.pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    if is_mount_process(m.pid) {
-        signal(libc::SIGKILL);
-    }
+    // `running` checked the pid is our `dfsctl mount`.
+    crate::local::terminate(m.pid, Duration::from_secs(10), || is_mount_process(m.pid));
     std::fs::remove_file(record(dir))?;
     Ok(Some(m.mountpoint))
 }
