@@ -9,7 +9,7 @@ use crate::history::Convergence;
 use crate::netns::{self, NetnsError};
 use dfs_client::MetaConn;
 use dfs_common::local_cluster::{alive, LocalCluster, LocalNode};
-use dfs_proto::{FsckRequest, ListRequest, StatusRequest};
+use dfs_proto::{FsckRequest, StatusRequest};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -420,20 +420,9 @@ impl Cluster {
             )
             .and_then(|c| c.with_tls(self.tls()?))
             .map_err(|e| ClusterError::Client(format!("{e:#}")))?;
-            let listing = dfs_client::rpc!(
-                own,
-                list,
-                ListRequest {
-                    path: "/".into(),
-                    recursive: true,
-                    stale: true,
-                    ..Default::default()
-                }
-            )
-            .ok()
-            .map(|r| {
+            let listing = own.list_all("/", true, true).await.ok().map(|entries| {
                 let mut h = Sha256::new();
-                for e in &r.entries {
+                for e in &entries {
                     h.update(format!("{e:?}\n").as_bytes());
                 }
                 hex::encode(h.finalize())

@@ -805,7 +805,7 @@ mod tests {
         async fn import(&self, _: Request<ImportRequest>) -> Result<Response<ImportReply>, Status> {
             unimpl()
         }
-        async fn export(&self, _: Request<Empty>) -> Result<Response<ExportReply>, Status> {
+        async fn export(&self, _: Request<ExportRequest>) -> Result<Response<ExportReply>, Status> {
             unimpl()
         }
 

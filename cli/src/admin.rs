@@ -1,11 +1,6 @@
 //! Administration: `admin export` and `admin import` of saved-files.json.
-use crate::output::print_json;
-use crate::rpc;
 use crate::Ctx;
 use clap::Subcommand;
-use dfs_proto::*;
-use serde_json::json;
-use std::io::Write;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -40,7 +35,9 @@ Example: dfsctl admin fsck /photos"
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Load an original saved-files.json as one Raft command; reports per file.
+    /// Load an original saved-files.json of any size: checked whole first (nothing is
+    /// imported from a file that is not JSON, not the original format or cut short), then
+    /// committed in slices; reports per file. Files already there are skipped.
     #[command(after_help = "Example: dfsctl admin import ./cache-metadata/saved-files.json")]
     Import { file: PathBuf },
     /// The cluster's certificate authority, for TLS between every dfs process.
@@ -52,64 +49,16 @@ Example: dfsctl admin fsck /photos"
 }
 
 pub async fn run(ctx: &Ctx, cmd: AdminCmd) -> anyhow::Result<i32> {
-    if let AdminCmd::Health(a) = cmd {
-        return crate::health::run(ctx, a).await;
-    }
-    let cmd = match cmd {
-        AdminCmd::Fsck(a) => return crate::fsck::fsck(ctx, a).await,
-        AdminCmd::Gc(a) => return crate::fsck::gc(ctx, a).await,
-        AdminCmd::Balance(a) => return crate::fsck::balance(ctx, a).await,
-        AdminCmd::Ca(c) => return crate::certs::ca(ctx, c),
-        AdminCmd::Cert(c) => return crate::certs::cert(ctx, c).await,
-        other => other,
-    };
-    let c = ctx.client()?;
     match cmd {
-        AdminCmd::Health(_)
-        | AdminCmd::Fsck(_)
-        | AdminCmd::Gc(_)
-        | AdminCmd::Balance(_)
-        | AdminCmd::Ca(_)
-        | AdminCmd::Cert(_) => {
-            unreachable!("handled above")
-        }
+        AdminCmd::Health(a) => crate::health::run(ctx, a).await,
+        AdminCmd::Fsck(a) => crate::fsck::fsck(ctx, a).await,
+        AdminCmd::Gc(a) => crate::fsck::gc(ctx, a).await,
+        AdminCmd::Balance(a) => crate::fsck::balance(ctx, a).await,
+        AdminCmd::Ca(c) => crate::certs::ca(ctx, c),
+        AdminCmd::Cert(c) => crate::certs::cert(ctx, c).await,
         AdminCmd::Export { out } => {
-            let r = rpc!(c, export, Empty {})?;
-            match out {
-                Some(p) => {
-                    dfs_common::durable::write_atomic(&p, &r.saved_files_json)?;
-                    if ctx.json {
-                        print_json(
-                            &json!({"ok": true, "out": p.to_string_lossy(), "bytes": r.saved_files_json.len()}),
-                        );
-                    }
-                }
-                None => {
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(&r.saved_files_json)?;
-                    o.write_all(b"\n")?;
-                }
-            }
+            crate::import::export(&ctx.client()?, out.as_deref(), ctx.json).await
         }
-        AdminCmd::Import { file } => {
-            let bytes = std::fs::read(&file)
-                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-            let r = rpc!(
-                c,
-                import,
-                ImportRequest {
-                    saved_files_json: bytes.clone()
-                }
-            )?;
-            if ctx.json {
-                print_json(&json!({"imported": r.imported, "report": r.report}));
-            } else {
-                for line in &r.report {
-                    println!("{line}");
-                }
-                println!("{} file(s) imported", r.imported);
-            }
-        }
+        AdminCmd::Import { file } => crate::import::import(&ctx.client()?, &file, ctx.json).await,
     }
-    Ok(0)
 }

@@ -163,18 +163,9 @@ pub async fn run(
 
     // The chunk server with the most replicas of these files.
     let status = rpc!(conn, cluster_status, StatusRequest { stale: false })?;
-    let list = rpc!(
-        conn,
-        list,
-        ListRequest {
-            path: root.clone(),
-            recursive: true,
-            stale: false,
-            ..Default::default()
-        }
-    )?;
+    let list = conn.list_all(&root, true, false).await?;
     let mut held: BTreeMap<u64, usize> = BTreeMap::new();
-    for e in list.entries.iter().filter(|e| !e.is_dir) {
+    for e in list.iter().filter(|e| !e.is_dir) {
         let s = rpc!(
             conn,
             stat,

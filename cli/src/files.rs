@@ -72,24 +72,17 @@ pub async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<i32> {
     each(ctx, &a.paths, |path| {
         let c = &c;
         async move {
-            let reply = crate::rpc!(
-                c,
-                list,
-                ListRequest {
-                    path: path.clone(),
-                    recursive: a.recursive,
-                    stale: a.stale,
-                    ..Default::default()
-                }
-            )?;
             // The trash is listed with `dfsctl trash ls` (or `ls -a`, or by listing it).
             let hide_trash = !a.all && !dfs_common::path::in_trash(&remote(&path));
-            let entries: Vec<FileInfo> = reply
-                .entries
-                .into_iter()
-                .filter(|f| !(hide_trash && dfs_common::path::in_trash(&f.path)))
-                .collect();
-            print_listing(ctx, a, &entries);
+            // Printed page by page: a listing of any size is never held whole.
+            c.list_pages(&path, a.recursive, a.stale, |page| {
+                let entries: Vec<FileInfo> = page
+                    .into_iter()
+                    .filter(|f| !(hide_trash && dfs_common::path::in_trash(&f.path)))
+                    .collect();
+                print_listing(ctx, a, &entries);
+            })
+            .await?;
             Ok(())
         }
     })

@@ -152,18 +152,8 @@ pub async fn replication(ctx: &Ctx, a: ReplicationArgs) -> anyhow::Result<i32> {
     let c = ctx.client()?;
     let started = Instant::now();
     // Applied to every file under a directory, like `hdfs dfs -setrep`.
-    let listing = rpc!(
-        c,
-        list,
-        ListRequest {
-            path: a.path.clone(),
-            recursive: true,
-            stale: false,
-            ..Default::default()
-        }
-    )?;
+    let listing = c.list_all(&a.path, true, false).await?;
     let files: Vec<String> = listing
-        .entries
         .into_iter()
         .filter(|e| !e.is_dir)
         .map(|e| e.path)

@@ -389,16 +389,7 @@ async fn check_chunks(ctx: &Ctx, live: &BTreeSet<u64>, max_files: usize) -> Chun
             return out;
         }
     };
-    let list = match rpc!(
-        conn,
-        list,
-        ListRequest {
-            path: "/".into(),
-            recursive: true,
-            stale: true,
-            ..Default::default()
-        }
-    ) {
+    let list = match conn.list_all("/", true, true).await {
         Ok(l) => l,
         Err(s) => {
             out.skipped = Some(format!("listing failed: {}", status_line(&s)));
@@ -406,7 +397,6 @@ async fn check_chunks(ctx: &Ctx, live: &BTreeSet<u64>, max_files: usize) -> Chun
         }
     };
     let files: Vec<String> = list
-        .entries
         .into_iter()
         .filter(|e| !e.is_dir)
         .map(|e| e.path)

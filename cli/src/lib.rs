@@ -13,6 +13,7 @@ pub mod docs;
 pub mod files;
 pub mod fsck;
 pub mod health;
+pub mod import;
 pub mod local;
 pub mod local_gateway;
 pub mod local_mount;

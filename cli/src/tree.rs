@@ -241,18 +241,8 @@ pub(crate) fn sha256_file(path: &Path) -> std::io::Result<String> {
 
 /// Remote files under `root` (recursive): path -> (size, sha256). Empty when `root` is absent.
 async fn remote_files(conn: &MetaConn, root: &str) -> anyhow::Result<Vec<FileInfo>> {
-    let r = dfs_client::rpc!(
-        conn,
-        list,
-        ListRequest {
-            path: root.to_string(),
-            recursive: true,
-            stale: false,
-            ..Default::default()
-        }
-    );
-    match r {
-        Ok(l) => Ok(l.entries),
+    match conn.list_all(root, true, false).await {
+        Ok(l) => Ok(l),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }

@@ -9,6 +9,7 @@
 pub mod error;
 pub mod fs;
 pub mod lease;
+pub mod listing;
 pub mod meta;
 pub mod transfer;
 pub mod trash;

@@ -15,18 +15,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 fn write_atomic_inner(path: &Path, bytes: &[u8], secret: bool) -> io::Result<()> {
-    // A bare file name ("alice.auth") has the parent "", which names no directory to open.
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    {
+    let mut f = AtomicFile::create_inner(path, secret)?;
+    f.write_all(bytes)?;
+    f.commit()
+}
+
+/// A file written piece by piece that replaces `path` only on [`AtomicFile::commit`]: a temp
+/// file beside it, synced every `SYNC_STEP` bytes (so a large file's writeback never floods the
+/// disk queue ahead of the small fsyncs that Raft waits for), then fsync, rename, directory
+/// fsync. Dropped without a commit, the temp file is removed and `path` is untouched.
+pub struct AtomicFile {
+    path: std::path::PathBuf,
+    tmp: std::path::PathBuf,
+    file: Option<File>,
+    unsynced: usize,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> io::Result<AtomicFile> {
+        Self::create_inner(path, false)
+    }
+
+    fn create_inner(path: &Path, secret: bool) -> io::Result<AtomicFile> {
+        // A bare file name ("alice.auth") has the parent "", which names no directory to open.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            std::process::id()
+        ));
         let mut opts = OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
@@ -34,7 +55,7 @@ fn write_atomic_inner(path: &Path, bytes: &[u8], secret: bool) -> io::Result<()>
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut f = opts.open(&tmp)?;
+        let f = opts.open(&tmp)?;
         // `mode` applies only to a new file: a leftover temp file keeps its mode unless reset
         // here, before any secret byte is written.
         #[cfg(unix)]
@@ -42,20 +63,51 @@ fn write_atomic_inner(path: &Path, bytes: &[u8], secret: bool) -> io::Result<()>
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(fs::Permissions::from_mode(0o600))?;
         }
-        // A large file is synced piece by piece, so its writeback never floods the disk queue
-        // ahead of the small fsyncs that Raft waits for (a snapshot is ~100 MB at 1M entries).
-        let mut pieces = bytes.chunks(SYNC_STEP).peekable();
-        while let Some(piece) = pieces.next() {
-            f.write_all(piece)?;
-            // The last piece is covered by the sync_all below.
-            if pieces.peek().is_some() {
-                f.sync_data()?;
-            }
-        }
-        f.sync_all()?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            file: Some(f),
+            unsynced: 0,
+        })
     }
-    fs::rename(&tmp, path)?;
-    fsync_dir(dir)
+
+    /// Make the written content `path`'s, durably.
+    pub fn commit(mut self) -> io::Result<()> {
+        let f = self.file.take().expect("an AtomicFile is committed once");
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&self.tmp, &self.path)?;
+        let dir = match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        fsync_dir(dir)
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let f = self.file.as_mut().expect("written before commit");
+        let n = f.write(buf)?;
+        self.unsynced += n;
+        if self.unsynced >= SYNC_STEP {
+            f.sync_data()?;
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Piece size of `write_atomic`'s paced syncing.

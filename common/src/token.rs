@@ -299,6 +299,9 @@ impl KeyRing<'_> {
     }
 }
 
+/// Hex digits of a cursor's MAC (128 bits).
+const CURSOR_MAC_HEX: usize = 32;
+
 /// Holds the cluster secret; signs and checks everything derived from it.
 #[derive(Clone)]
 pub struct ClusterSecret {
@@ -405,6 +408,22 @@ impl ClusterSecret {
         crate::keys::constant_time_eq(self.node_proof().as_bytes(), proof.as_bytes())
     }
 
+    /// A cursor a client may hand back but not make up (list and export page tokens):
+    /// `payload`, then a MAC over it, `purpose` and `bound` (whom and what it was issued for).
+    pub fn seal_cursor(&self, purpose: &str, bound: &str, payload: &str) -> String {
+        let mac = self.mac(&[purpose.as_bytes(), bound.as_bytes(), payload.as_bytes()]);
+        format!("{payload}~{}", &mac[..CURSOR_MAC_HEX])
+    }
+
+    /// The payload of a cursor sealed by [`Self::seal_cursor`] with the same purpose and
+    /// binding; `None` for anything else (forged, damaged, or issued for another caller).
+    pub fn open_cursor<'t>(&self, purpose: &str, bound: &str, token: &'t str) -> Option<&'t str> {
+        let (payload, mac) = token.rsplit_once('~')?;
+        let want = self.mac(&[purpose.as_bytes(), bound.as_bytes(), payload.as_bytes()]);
+        crate::keys::constant_time_eq(&want.as_bytes()[..CURSOR_MAC_HEX], mac.as_bytes())
+            .then_some(payload)
+    }
+
     /// A stable fingerprint of the secret, safe to store (to detect a changed secret).
     pub fn fingerprint(&self) -> String {
         self.mac(&[b"fingerprint"])[..16].to_string()
@@ -414,6 +433,32 @@ impl ClusterSecret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cursors_open_only_for_their_purpose_and_caller() {
+        let s = ClusterSecret::new(b"0123456789abcdef0123".to_vec());
+        let t = s.seal_cursor("list", "alice", "7.1.6162");
+        assert_eq!(s.open_cursor("list", "alice", &t), Some("7.1.6162"));
+        assert_eq!(s.open_cursor("list", "bob", &t), None, "another caller's");
+        assert_eq!(
+            s.open_cursor("export", "alice", &t),
+            None,
+            "another purpose"
+        );
+        let forged = t.replacen("7.", "8.", 1);
+        assert_eq!(
+            s.open_cursor("list", "alice", &forged),
+            None,
+            "payload changed"
+        );
+        assert_eq!(s.open_cursor("list", "alice", "7.1.6162"), None, "no MAC");
+        let other = ClusterSecret::new(b"another secret, long enough".to_vec());
+        assert_eq!(
+            other.open_cursor("list", "alice", &t),
+            None,
+            "another cluster's"
+        );
+    }
 
     #[test]
     fn user_keys_repeat_per_request_and_differ_otherwise() {

@@ -27,6 +27,72 @@ pub(crate) const MAX_COMMIT_CHUNKS: usize = dfs_common::MAX_FILE_CHUNKS;
 /// Longest client request id.
 const MAX_REQUEST_ID: usize = 64;
 
+/// Purposes of sealed page cursors (see `ClusterSecret::seal_cursor`).
+const LIST_CURSOR: &str = "list-page";
+const EXPORT_CURSOR: &str = "export-page";
+
+fn forged_cursor() -> OpError {
+    invalid("page token was not issued by this cluster for this user (forged or damaged); list again from the start")
+}
+
+/// The name a list page token resumes after: `dir.recursive.hex(name)`, sealed for `actor`.
+/// A token of another directory, or of one that was replaced since, is stale.
+fn open_list_cursor(
+    secret: &ClusterSecret,
+    actor: &str,
+    dir_ino: u64,
+    recursive: bool,
+    token: &str,
+) -> OpResult<String> {
+    let payload = secret
+        .open_cursor(LIST_CURSOR, actor, token)
+        .ok_or_else(forged_cursor)?;
+    let mut parts = payload.splitn(3, '.');
+    let (Some(ino), Some(rec), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(forged_cursor());
+    };
+    let name = hex::decode(name)
+        .ok()
+        .and_then(|n| String::from_utf8(n).ok())
+        .ok_or_else(forged_cursor)?;
+    if ino != dir_ino.to_string() {
+        return Err(Status::failed_precondition(
+            "page token is stale: it belongs to a listing of another directory, or this one was replaced since; list again from the start",
+        )
+        .into());
+    }
+    if rec != (recursive as u8).to_string() {
+        return Err(invalid(
+            "page token belongs to a listing with the other --recursive setting",
+        ));
+    }
+    Ok(name)
+}
+
+/// Where an export page token resumes: `files_before.hex(path)`, sealed for `actor`.
+fn open_export_cursor(
+    secret: &ClusterSecret,
+    actor: &str,
+    token: &str,
+) -> OpResult<crate::export::PageStart> {
+    let bad = || {
+        invalid("export page token was not issued by this cluster (forged or damaged); export again from the start")
+    };
+    let payload = secret
+        .open_cursor(EXPORT_CURSOR, actor, token)
+        .ok_or_else(bad)?;
+    let (count, path) = payload.split_once('.').ok_or_else(bad)?;
+    let files_before = count.parse().map_err(|_| bad())?;
+    let after = hex::decode(path)
+        .ok()
+        .and_then(|p| String::from_utf8(p).ok())
+        .ok_or_else(bad)?;
+    Ok(crate::export::PageStart {
+        after: Some(after),
+        files_before,
+    })
+}
+
 fn invalid(e: impl std::fmt::Display) -> OpError {
     Status::invalid_argument(e.to_string()).into()
 }
@@ -180,8 +246,24 @@ impl MetaNode {
         self.read_gate(r.stale).await?;
         let (actor, _) = self.authenticate(c)?;
         let st = self.read_state();
-        let (entries, next) =
-            st.list_page(&actor, &r.path, r.recursive, &r.after, r.limit as usize)?;
+        let (_, dir) = st.stat(&actor, &r.path)?;
+        let after = match r.after.as_str() {
+            "" => String::new(),
+            token => open_list_cursor(&self.secret, &actor, dir.ino, r.recursive, token)?,
+        };
+        // A reply is a bounded page: limit 0 (older clients) gets a full page and a cursor.
+        let limit = match r.limit as usize {
+            0 => crate::state::MAX_LIST_PAGE,
+            l => l,
+        };
+        let (entries, next) = st.list_page(&actor, &r.path, r.recursive, &after, limit)?;
+        let next = match next.as_str() {
+            "" => next,
+            name => {
+                let payload = format!("{}.{}.{}", dir.ino, r.recursive as u8, hex::encode(name));
+                self.secret.seal_cursor(LIST_CURSOR, &actor, &payload)
+            }
+        };
         Ok(ListReply {
             entries: entries.iter().map(|(p, n)| file_info(p, n, None)).collect(),
             next,
@@ -1190,30 +1272,70 @@ impl MetaNode {
     pub async fn import(&self, c: &Caller, r: ImportRequest) -> OpResult<ImportReply> {
         self.write_gate()?;
         let actor = self.authenticate_admin(c)?;
-        let files = crate::export::parse_import(&r.saved_files_json, now_ms()).map_err(invalid)?;
+        let files = crate::export::parse_import(&r.saved_files_json, now_ms(), r.first_index)
+            .map_err(invalid)?;
+        let mut reply = ImportReply {
+            checked: files.len() as u64,
+            ..Default::default()
+        };
+        if r.dry_run {
+            return Ok(reply);
+        }
         // One Raft command per slice of files: openraft 0.9 gives an AppendEntries only one
         // heartbeat interval to complete, so a multi-megabyte entry would never replicate.
         // Each slice is atomic; a repeated import skips what is already there.
-        let mut reply = ImportReply::default();
-        for slice in files.chunks(IMPORT_SLICE) {
-            let cmd = v1(CommandV1::Import {
+        for (k, slice) in files.chunks(IMPORT_SLICE).enumerate() {
+            let cmd = CommandV1::Import {
                 actor: actor.clone(),
                 files: slice.to_vec(),
                 now_ms: now_ms(),
-            });
-            if let Reply::Imported { report, count } = self.propose(cmd).await? {
+            };
+            // Each command of the request is remembered under its own id.
+            let id = match r.request_id.as_str() {
+                "" => String::new(),
+                id => format!("{id}.{k}"),
+            };
+            if let Reply::Imported { report, count } = self.propose(client_write(&id, cmd)?).await?
+            {
                 reply.report.extend(report);
                 reply.imported += count;
             }
         }
+        if reply.imported > 0 {
+            reply.report.push(
+                "imported files are metadata only: their chunks from the old system cannot be recovered, so a file cannot be read until it is put again".into(),
+            );
+        }
         Ok(reply)
     }
 
-    pub async fn export(&self, c: &Caller, _r: Empty) -> OpResult<ExportReply> {
+    /// One page of `saved-files.json` (see `export::render_page`). Each page is rendered from
+    /// one applied state; a namespace that changes between pages shows each file as its page
+    /// found it (as a paged listing does).
+    pub async fn export(&self, c: &Caller, r: ExportRequest) -> OpResult<ExportReply> {
         self.read_gate(false).await?;
-        self.authenticate_admin(c)?;
+        let actor = self.authenticate_admin(c)?;
+        let start = match r.after.as_str() {
+            "" => crate::export::PageStart::default(),
+            token => open_export_cursor(&self.secret, &actor, token)?,
+        };
+        let page = crate::export::render_page(
+            &self.read_state(),
+            &start,
+            crate::export::PAGE_BYTES,
+            crate::export::PAGE_SCAN,
+        );
+        let next = match page.next {
+            None => String::new(),
+            Some(n) => {
+                let after = n.after.unwrap_or_default();
+                let payload = format!("{}.{}", n.files_before, hex::encode(after));
+                self.secret.seal_cursor(EXPORT_CURSOR, &actor, &payload)
+            }
+        };
         Ok(ExportReply {
-            saved_files_json: crate::export::render(&self.read_state()),
+            saved_files_json: page.piece,
+            next,
         })
     }
 

@@ -112,7 +112,7 @@ meta_rpcs! {
     add_member: AddMemberRequest => Empty;
     remove_member: RemoveMemberRequest => Empty;
     import: ImportRequest => ImportReply;
-    export: Empty => ExportReply;
+    export: ExportRequest => ExportReply;
     register_chunk_server: RegisterChunkServerRequest => RegisterChunkServerReply;
     heartbeat: HeartbeatRequest => HeartbeatReply;
     fsck: FsckRequest => FsckReply;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use command::{Command, CommandV1, Reply, Request, Response};
-pub use namespace::MAX_REPLICATION;
+pub use namespace::{MAX_LIST_PAGE, MAX_REPLICATION};
 
 pub type NodeId = u64;
 

@@ -682,8 +682,9 @@ impl State {
             self.nodes.insert(p.clone(), inode);
             touched.push(RecordKey::Node(p.clone()));
             count += 1;
+            // Short: a reply is remembered for retries (the warning is said once per request).
             report.push(format!(
-                "imported {p} ({} bytes, owner {}): metadata only, its {} chunk(s) from the old system cannot be recovered, so the file cannot be read until it is put again",
+                "imported {p} ({} bytes, owner {}, {} old chunk(s))",
                 f.size,
                 f.owner,
                 f.chunks.len()
