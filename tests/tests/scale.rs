@@ -1,9 +1,11 @@
 //! A namespace larger than any one message: an original `saved-files.json` of 300,000 files
 //! imported in slices and exported in pages, `ls -R` of half a million entries walked in
-//! pages, and import files that are not the original format refused before anything changes.
+//! pages, import files that are not the original format refused before anything changes, and
+//! a directory of 100,000 files renamed while another client stats below it.
 //!
-//! Sizes: `DFS_SCALE_FILES` (default 300,000 files) and `DFS_SCALE_ENTRIES` (default 500,000
-//! entries) scale the first test up for a benchmark-sized run.
+//! Sizes: `DFS_SCALE_FILES` (default 300,000 files), `DFS_SCALE_ENTRIES` (default 500,000
+//! entries), `DFS_SCALE_RENAME_FILES` (100,000) and `DFS_SCALE_RENAME_MEMBERS` (1) scale them
+//! for a benchmark-sized run.
 use dfs_tests::*;
 use serde::Deserialize;
 use std::io::{BufWriter, Write};
@@ -259,4 +261,92 @@ fn an_import_file_that_is_not_the_original_format_changes_nothing() {
         .json();
     assert_eq!(v["imported"], 0);
     assert!(v["report"][0].as_str().unwrap().contains("already exists"));
+}
+
+#[test]
+fn a_directory_of_100000_files_renamed_while_another_client_stats_below_it() {
+    let files = env_size("DFS_SCALE_RENAME_FILES", 100_000);
+    // One member by default: the rename rewrites every path below the directory in one apply
+    // (seconds in a debug build), and three members doing that at once on a 2-core machine
+    // fall into elections (the namespace keyed by parent inode makes it O(1); issue 20).
+    let members = env_size("DFS_SCALE_RENAME_MEMBERS", 1) as u32;
+    let c = Cluster::up(members, 0, &[]);
+    let list = c.path().join("big.json");
+    {
+        let mut w = BufWriter::new(std::fs::File::create(&list).unwrap());
+        w.write_all(b"[").unwrap();
+        for i in 0..files {
+            write!(
+                w,
+                r#"{}{{"created": "", "id": "", "last_edited": "", "name": "big/s{:02}/f{i:06}", "owner": "admin", "permissions": {{}}, "size": "0", "sha256": "", "chunks": []}}"#,
+                if i == 0 { "" } else { "," },
+                i % 50
+            )
+            .unwrap();
+        }
+        w.write_all(b"]").unwrap();
+    }
+    let v = c
+        .ctl(&["--json", "admin", "import", list.to_str().unwrap()])
+        .json();
+    assert_eq!(v["imported"], files as u64);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in_rt = rt.enter();
+    let renamer = dfs_client::Client::connect(&c.client_options(&c.meta)).unwrap();
+    let reader = dfs_client::Client::connect(&c.client_options(&c.meta)).unwrap();
+    let old_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let renamed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stats = {
+        let (old_seen, renamed) = (old_seen.clone(), renamed.clone());
+        rt.spawn(async move {
+            use std::sync::atomic::Ordering::SeqCst;
+            let (mut old, mut new, mut i) = (0u64, 0u64, 0usize);
+            // Until the rename is done and seen 20 times after it.
+            while !(renamed.load(SeqCst) && new >= 20) {
+                i = (i + 7919) % files;
+                let rel = format!("s{:02}/f{i:06}", i % 50);
+                match reader.stat(&format!("/big/{rel}")).await {
+                    Ok(f) => {
+                        assert!(new == 0, "/big/{rel} seen again after /moved was");
+                        assert_eq!(f.size, 0);
+                        old += 1;
+                        old_seen.store(old, SeqCst);
+                    }
+                    Err(dfs_client::Error::NotFound(_)) => {
+                        // Gone from the old path: it is at the new one (a rename is one step).
+                        let f = reader.stat(&format!("/moved/{rel}")).await;
+                        assert!(f.is_ok(), "{rel} at neither path: {f:?}");
+                        new += 1;
+                    }
+                    Err(e) => panic!("stat /big/{rel}: {e}"),
+                }
+            }
+            (old, new)
+        })
+    };
+    wait_until(Duration::from_secs(60), "stats under way", || {
+        old_seen.load(std::sync::atomic::Ordering::SeqCst) >= 20
+    });
+    let t = Instant::now();
+    let r = rt.block_on(renamer.rename("/big", "/moved"));
+    if r.is_err() {
+        for m in 1..=members {
+            let _ = std::fs::copy(
+                c.path().join(format!("meta-{m}/log")),
+                format!("/tmp/rename-meta-{m}.log"),
+            );
+        }
+    }
+    r.unwrap();
+    eprintln!(
+        "rename of a directory holding {files} files: {:?}",
+        t.elapsed()
+    );
+    renamed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (old, new) = rt.block_on(stats).unwrap();
+    eprintln!("stats: {old} at the old path, {new} at the new");
+    let moved = rt.block_on(renamer.stat("/moved/s07/f000007")).unwrap();
+    assert_eq!(moved.size, 0);
+    assert!(rt.block_on(renamer.stat("/big")).is_err());
 }
