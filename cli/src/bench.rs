@@ -60,6 +60,30 @@ pub enum BenchKind {
         #[arg(long, default_value = ".")]
         scratch: PathBuf,
     },
+    /// The metadata group as the namespace grows: RSS, disk, creates/s, stats/s, ls -l, a big
+    /// rename, a restart and an export at each checkpoint (needs a `dfsctl local` cluster).
+    #[command(
+        after_help = "Example: dfsctl bench scale --files 10000000 --at 0,1000000
+Fills with empty files through `admin import` (batched Raft commits); see README \"Namespace at scale\"."
+    )]
+    Scale {
+        /// Files to reach.
+        #[arg(long, default_value_t = 1_000_000)]
+        files: u64,
+        /// Checkpoints to measure at before the last (comma separated; default 0 and a tenth).
+        #[arg(long, value_delimiter = ',')]
+        at: Vec<u64>,
+        /// Files per directory.
+        #[arg(long, default_value_t = 10_000)]
+        per_dir: u64,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds for each of the create and stat rates.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, env = "DFS_LOCAL_DIR", default_value = ".dfs")]
+        dir: PathBuf,
+    },
     /// Write unavailability after SIGKILL of the leader (needs a `dfsctl local` cluster).
     #[command(after_help = "Example: dfsctl bench failover --kills 7")]
     Failover {
@@ -193,7 +217,7 @@ async fn leader_conn(ctx: &Ctx) -> anyhow::Result<Arc<MetaConn>> {
     )?))
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -814,6 +838,30 @@ pub async fn run(ctx: &Ctx, a: BenchArgs) -> anyhow::Result<i32> {
             scratch,
         } => data_bench(ctx, big_mib, small, clients, replication, dir, scratch).await?,
         BenchKind::Failover { dir, kills } => failover_bench(ctx, dir, kills).await?,
+        BenchKind::Scale {
+            files,
+            at,
+            per_dir,
+            clients,
+            seconds,
+            dir,
+        } => {
+            let at = if at.is_empty() {
+                vec![0, files / 10]
+            } else {
+                at
+            };
+            let b = crate::bench_scale::ScaleBench {
+                files,
+                at,
+                per_dir,
+                clients,
+                seconds,
+                dir,
+                auth_file: ctx.auth_file.clone(),
+            };
+            crate::bench_scale::run(ctx, b).await?
+        }
         BenchKind::Repair {
             dir,
             files,

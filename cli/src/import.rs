@@ -190,7 +190,7 @@ pub async fn import(c: &MetaConn, file: &Path, json_out: bool) -> anyhow::Result
 }
 
 /// Fetch every page of the export and hand each piece to `sink`; returns the bytes written.
-async fn export_pages(c: &MetaConn, sink: &mut impl Write) -> anyhow::Result<u64> {
+pub(crate) async fn export_pages(c: &MetaConn, sink: &mut impl Write) -> anyhow::Result<u64> {
     let (mut after, mut bytes) = (String::new(), 0u64);
     loop {
         let r = rpc!(c, export, ExportRequest { after })?;

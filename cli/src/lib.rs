@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 pub mod bench_repair;
+pub mod bench_scale;
 pub mod bench_tree;
 pub mod bench_watch;
 pub mod certs;
