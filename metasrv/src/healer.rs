@@ -223,9 +223,10 @@ impl Healing {
         (g.sizes(), g.dropped_total)
     }
 
-    /// Bad-replica reports and avoided repair targets held now (for metrics).
+    /// Bad-replica reports and avoided repair targets held now (for metrics). Both expire
+    /// (`BAD_REPORT_TTL`, `AVOID_FAILED_TARGET`); reports are also at most one per replica.
     pub fn remembered(&self) -> (usize, usize) {
-        (lock(&self.bad).len(), lock(&self.avoid).len())
+        (self.bad_set().len(), self.avoid_set().len())
     }
 
     /// A reader or scrubber found this replica corrupt.
