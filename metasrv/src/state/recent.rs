@@ -39,6 +39,7 @@ impl RecentRequests {
         self.map.get(id)
     }
 
+    #[cfg(test)]
     pub fn contains_key(&self, id: &str) -> bool {
         self.map.contains_key(id)
     }
@@ -56,6 +57,7 @@ impl RecentRequests {
         self.map.keys()
     }
 
+    #[cfg(test)]
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Remembered)> {
         self.map.iter()
     }
@@ -126,5 +128,72 @@ impl<'de> Deserialize<'de> for RecentRequests {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<String, Remembered>::deserialize(d)?;
         Ok(map.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::command::Reply;
+
+    fn done(at_ms: i64) -> Remembered {
+        Remembered {
+            at_ms,
+            reply: Reply::Done,
+        }
+    }
+
+    fn ids(r: &RecentRequests) -> Vec<String> {
+        r.keys().cloned().collect()
+    }
+
+    #[test]
+    fn ties_in_time_go_by_id_whatever_the_order_of_arrival() {
+        let entry = cost("b", &done(5));
+        let mut one = RecentRequests::default();
+        let mut two = RecentRequests::default();
+        for id in ["c", "a", "b"] {
+            one.insert(id.into(), done(5));
+        }
+        for id in ["b", "c", "a"] {
+            two.insert(id.into(), done(5));
+        }
+        assert_eq!(one, two);
+        assert_eq!(one.oldest(), Some((5, "a")));
+        // Room for two: "a" goes, on both.
+        assert_eq!(one.prune(0, 2 * entry), vec!["a".to_string()]);
+        assert_eq!(two.prune(0, 2 * entry), vec!["a".to_string()]);
+        assert_eq!(ids(&one), ids(&two));
+        assert_eq!(one.bytes(), 2 * entry);
+        // Nothing due: nothing dropped.
+        assert!(one.prune(5, 2 * entry).is_empty());
+        // Older than the memory, even with room to spare: both go, oldest first.
+        assert_eq!(
+            one.prune(6, u64::MAX),
+            vec!["b".to_string(), "c".to_string()]
+        );
+        assert_eq!((one.len(), one.bytes(), one.oldest()), (0, 0, None));
+    }
+
+    #[test]
+    fn a_remembered_id_again_replaces_its_entry_and_its_size() {
+        let mut r = RecentRequests::default();
+        r.insert("x".into(), done(1));
+        r.insert("y".into(), done(2));
+        let big = Remembered {
+            at_ms: 3,
+            reply: Reply::Imported {
+                report: vec!["z".repeat(50)],
+                count: 1,
+            },
+        };
+        assert_eq!(r.insert("x".into(), big.clone()), Some(done(1)));
+        assert_eq!(r.len(), 2);
+        assert_eq!(r.bytes(), cost("x", &big) + cost("y", &done(2)));
+        // Its time moved too: "y" is the oldest now.
+        assert_eq!(r.oldest(), Some((2, "y")));
+        assert_eq!(r.remove("x"), Some(big));
+        assert_eq!(r.remove("x"), None);
+        assert_eq!(r.bytes(), cost("y", &done(2)));
     }
 }
