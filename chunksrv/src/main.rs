@@ -145,6 +145,10 @@ struct Args {
     /// every 30th (default 1000: every 30 s). Shorter is for tests.
     #[arg(long, env = "DFS_CHUNK_HEARTBEAT_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=10_000))]
     heartbeat_ms: u64,
+    /// Most chunk ids in one heartbeat: a larger inventory goes in pages of this many on
+    /// consecutive heartbeats (50,000 ids, about 2 MB). Small values are for tests.
+    #[arg(long, env = "DFS_CHUNK_INVENTORY_PAGE", default_value_t = meta_link::INVENTORY_PAGE, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    inventory_page: u32,
 }
 
 /// `1048576`, `512M`, `10G`, `1.5T` (powers of 1024).
@@ -444,6 +448,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Arc::clone(&node_id),
         )?
         .with_interval(Duration::from_millis(args.heartbeat_ms))
+        .with_inventory_page(args.inventory_page as usize)
         .with_token_key(token_key),
     );
     tracing::info!(uuid = %uuid, addr = %advertise, "registering with the metadata service");

@@ -10,7 +10,13 @@
 //!   and refuses them until it is set).
 //! - Every metadata node gets its own heartbeat every second on its own task with its own
 //!   timeout, so a dead node never delays the others; each node gets the full inventory on
-//!   its first heartbeat and every 30 s after.
+//!   its first heartbeats and again 30 s after the previous listing began (or as soon as it
+//!   ended, when it took longer).
+//! - An inventory goes in pages of at most `--inventory-page` ids, one per heartbeat, each
+//!   page the ids after the last one of the page before (from the store's ordered index, no
+//!   list of every id is built): a chunk held during the whole listing is in it. A page whose
+//!   heartbeat failed is sent again (same round and page number); the receiver merges it
+//!   again. Every node has its own listing: a slow or dead node delays no other's.
 //! - Deleting is idempotent: ordered deletions run on one background task, and each deleted
 //!   id is acknowledged (`deleted`) in the heartbeats of the next ~10 seconds.
 //! - Every request carries `x-dfs-node-auth` (proof of the cluster secret).
@@ -36,8 +42,10 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for one registration attempt (a Raft commit behind it).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Heartbeats between two full inventories (30 s).
+/// Heartbeats between the starts of two full inventories (30 s).
 const INVENTORY_EVERY_BEATS: u32 = 30;
+/// Most chunk ids in one heartbeat (about 2 MB of UUIDs, far below the 4 MB gRPC limit).
+pub const INVENTORY_PAGE: u32 = 50_000;
 /// Heartbeats during which a deleted chunk id keeps being acknowledged.
 const ACK_DELETES_BEATS: u32 = 10;
 /// Delete orders waiting for the deleter; more are dropped (the leader repeats them).
@@ -230,6 +238,64 @@ struct Target {
     client: MetaClient<Channel>,
 }
 
+/// One page of an inventory listing, as sent in a heartbeat.
+struct InventoryPage {
+    round: u64,
+    page: u32,
+    ids: Vec<String>,
+    last: bool,
+}
+
+/// Where one metadata node's inventory listing stands (each node has its own).
+#[derive(Default)]
+struct Listing {
+    /// The listing under way: its round, the next page's number and the id it starts after.
+    current: Option<(u64, u32, Option<String>)>,
+    /// When the last listing began.
+    started: Option<Instant>,
+}
+
+impl Listing {
+    /// The page to send in this heartbeat, if a listing is under way or due.
+    fn next(&mut self, store: &Store, page_size: usize, every: Duration) -> Option<InventoryPage> {
+        if self.current.is_none() {
+            if self.started.is_some_and(|t| t.elapsed() < every) {
+                return None;
+            }
+            self.started = Some(Instant::now());
+            self.current = Some((new_round(), 0, None));
+        }
+        let (round, page, after) = self.current.as_ref()?;
+        // One more than a page: whether more follow, without an empty last page.
+        let mut ids = store.inventory_page(after.as_deref(), page_size + 1);
+        let last = ids.len() <= page_size;
+        ids.truncate(page_size);
+        Some(InventoryPage {
+            round: *round,
+            page: *page,
+            ids,
+            last,
+        })
+    }
+
+    /// The metadata node answered the heartbeat that carried `sent`: move on.
+    fn sent(&mut self, sent: &InventoryPage) {
+        if sent.last {
+            self.current = None;
+        } else if let Some((_, page, after)) = &mut self.current {
+            *page += 1;
+            if let Some(id) = sent.ids.last() {
+                *after = Some(id.clone());
+            }
+        }
+    }
+}
+
+/// A new listing's round id: random and never 0 (0 marks an older server's single message).
+fn new_round() -> u64 {
+    uuid::Uuid::new_v4().as_u64_pair().0.max(1)
+}
+
 /// Registration and heartbeats towards every metadata node.
 pub struct MetaLink {
     targets: Vec<Target>,
@@ -239,6 +305,8 @@ pub struct MetaLink {
     last_reregister: tokio::sync::Mutex<Option<Instant>>,
     /// Time between two heartbeats to one metadata node.
     interval: Duration,
+    /// Most chunk ids in one heartbeat.
+    inventory_page: usize,
     /// The cluster-secret proof (`--insecure` only).
     auth: Option<AsciiMetadataValue>,
     advertise: String,
@@ -300,6 +368,7 @@ impl MetaLink {
             node_id,
             token_key: Default::default(),
             interval: HEARTBEAT_INTERVAL,
+            inventory_page: INVENTORY_PAGE as usize,
             deletes: Mutex::new(DeleteLog::new(HEARTBEAT_INTERVAL * ACK_DELETES_BEATS)),
             delete_tx,
             delete_rx: Mutex::new(Some(delete_rx)),
@@ -311,6 +380,12 @@ impl MetaLink {
     pub fn with_interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self.deletes = Mutex::new(DeleteLog::new(interval * ACK_DELETES_BEATS));
+        self
+    }
+
+    /// Send inventories in pages of at most `ids` chunk ids (`--inventory-page`).
+    pub fn with_inventory_page(mut self, ids: usize) -> Self {
+        self.inventory_page = ids.max(1);
         self
     }
 
@@ -474,12 +549,7 @@ impl MetaLink {
         handles
     }
 
-    fn heartbeat(&self, with_inventory: bool) -> HeartbeatRequest {
-        let inventory = if with_inventory {
-            self.store.inventory()
-        } else {
-            Vec::new()
-        };
+    fn heartbeat(&self, page: Option<&InventoryPage>) -> HeartbeatRequest {
         HeartbeatRequest {
             node_id: self.node_id.load(Ordering::Relaxed),
             addr: self.advertise.clone(),
@@ -489,9 +559,12 @@ impl MetaLink {
             active_transfers: u32::try_from(self.metrics.active_transfers.load(Ordering::Relaxed))
                 .unwrap_or(u32::MAX),
             deleted: self.deletes().acks(),
-            inventory,
-            inventory_included: with_inventory,
+            inventory: page.map(|p| p.ids.clone()).unwrap_or_default(),
+            inventory_included: page.is_some(),
             disk_free_bytes: self.store.disk_free(),
+            inventory_round: page.map_or(0, |p| p.round),
+            inventory_page: page.map_or(0, |p| p.page),
+            inventory_last: page.is_some_and(|p| p.last),
         }
     }
 
@@ -500,7 +573,8 @@ impl MetaLink {
         let mut client = self.targets[i].client.clone();
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_inventory: Option<Instant> = None;
+        let mut listing = Listing::default();
+        let every = self.interval * INVENTORY_EVERY_BEATS;
         let mut failing_since: Option<Instant> = None;
         let mut unknown_streak = 0u32;
         loop {
@@ -508,9 +582,8 @@ impl MetaLink {
                 _ = ticker.tick() => {}
                 _ = crate::shutdown::stopped(&mut shutdown) => return,
             }
-            let with_inventory =
-                last_inventory.is_none_or(|t| t.elapsed() >= self.interval * INVENTORY_EVERY_BEATS);
-            let req = self.request(self.heartbeat(with_inventory), HEARTBEAT_TIMEOUT);
+            let page = listing.next(&self.store, self.inventory_page, every);
+            let req = self.request(self.heartbeat(page.as_ref()), HEARTBEAT_TIMEOUT);
             let node_id = self.node_id.load(Ordering::Relaxed);
             let outcome = tokio::select! {
                 r = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(req)) => r,
@@ -528,8 +601,8 @@ impl MetaLink {
             let error = match outcome {
                 Ok(Ok(reply)) => {
                     Metrics::inc(&self.metrics.heartbeats_total);
-                    if with_inventory {
-                        last_inventory = Some(Instant::now());
+                    if let Some(p) = &page {
+                        listing.sent(p);
                     }
                     if let Some(since) = failing_since.take() {
                         tracing::info!(node_id, metasrv = %addr, down_s = since.elapsed().as_secs(), "heartbeats reach the metadata node again");
@@ -646,6 +719,83 @@ mod tests {
         assert!(log.pending.is_empty());
         log.prune(Instant::now() + log.ack_for);
         assert!(log.acks().is_empty());
+    }
+
+    fn temp_store(d: &Path) -> Store {
+        Store::open(
+            StoreConfig {
+                data_dir: d.to_path_buf(),
+                backup_dir: None,
+                capacity: 1 << 30,
+                pack_max: crate::store::DEFAULT_PACK_MAX,
+            },
+            Metrics::new(),
+        )
+        .unwrap()
+    }
+
+    fn chunk_id(i: u32) -> String {
+        format!("0a1b2c3d-1111-4222-8333-{i:012}")
+    }
+
+    async fn put(store: &Store, id: &str) {
+        let mut w = store.begin_write(id).unwrap();
+        w.write(vec![1, 2, 3]).await.unwrap();
+        w.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn inventories_go_in_pages_and_a_failed_page_is_sent_again() {
+        let d = tempfile::tempdir().unwrap();
+        let store = temp_store(d.path());
+        for i in 0..5 {
+            put(&store, &chunk_id(i)).await;
+        }
+        let mut l = Listing::default();
+        let every = Duration::from_secs(3600);
+        let p0 = l.next(&store, 2, every).unwrap();
+        assert_eq!(
+            (p0.page, p0.last, p0.ids.clone()),
+            (0, false, vec![chunk_id(0), chunk_id(1)])
+        );
+        assert_ne!(p0.round, 0);
+        // Not answered: the same page again.
+        let again = l.next(&store, 2, every).unwrap();
+        assert_eq!(
+            (again.round, again.page, again.ids),
+            (p0.round, 0, p0.ids.clone())
+        );
+        l.sent(&p0);
+        // A chunk deleted and one written during the listing: the pages go on from the last
+        // id sent.
+        store.delete(&chunk_id(2)).await.unwrap();
+        put(&store, &chunk_id(7)).await;
+        let p1 = l.next(&store, 2, every).unwrap();
+        assert_eq!(
+            (p1.round, p1.page, p1.last, p1.ids.clone()),
+            (p0.round, 1, false, vec![chunk_id(3), chunk_id(4)])
+        );
+        l.sent(&p1);
+        let p2 = l.next(&store, 2, every).unwrap();
+        assert_eq!(
+            (p2.page, p2.last, p2.ids.clone()),
+            (2, true, vec![chunk_id(7)])
+        );
+        l.sent(&p2);
+        // Done: nothing until the next listing is due.
+        assert!(l.next(&store, 2, every).is_none());
+        // A due listing is a new round from the start; exactly a page's worth is one page.
+        let mut l = Listing::default();
+        let p = l.next(&store, 5, Duration::ZERO).unwrap();
+        assert!(p.last && p.ids.len() == 5 && p.page == 0);
+        l.sent(&p);
+        let q = l.next(&store, 5, Duration::ZERO).unwrap();
+        assert!(q.round != p.round && q.page == 0);
+        // An empty store sends one empty last page.
+        let e = tempfile::tempdir().unwrap();
+        let empty = temp_store(e.path());
+        let p = Listing::default().next(&empty, 5, every).unwrap();
+        assert!(p.last && p.ids.is_empty());
     }
 
     /// A fake metadata node recording what it is sent.
@@ -939,8 +1089,12 @@ mod tests {
         {
             let beats = fake.heartbeats.lock().unwrap();
             assert!(beats.len() >= 3, "{} heartbeats", beats.len());
+            // A small inventory is one listing of one page: page 0, the last.
             assert!(beats[0].inventory_included);
             assert_eq!(beats[0].inventory, vec![id.to_string()]);
+            assert_ne!(beats[0].inventory_round, 0);
+            assert_eq!(beats[0].inventory_page, 0);
+            assert!(beats[0].inventory_last);
             assert_eq!(beats[0].node_id, 3);
             assert!(!beats[1].inventory_included && beats[1].inventory.is_empty());
             assert!(beats[1..].iter().any(|b| b.deleted == vec![id.to_string()]));

@@ -31,7 +31,7 @@
 //! - A delete marks the header deleted in every root and syncs the primary, then frees the
 //!   record's whole pages (punch hole). A sealed pack with no live record is removed.
 //! - This module never interprets the image: the store verifies its checksums on every read.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -147,7 +147,8 @@ struct Pack {
 
 #[derive(Default)]
 struct State {
-    index: HashMap<String, Loc>,
+    /// Ordered, so the inventory can be listed in pages from any id on.
+    index: BTreeMap<String, Loc>,
     packs: HashMap<u64, Pack>,
     /// Data bytes of the live records.
     used: u64,
@@ -158,6 +159,24 @@ struct State {
 struct Shared {
     dirs: Vec<PathBuf>,
     state: Mutex<State>,
+}
+
+/// Up to `max` keys of `index` after `after` (from the first without), in order.
+pub(crate) fn ids_after<V>(
+    index: &BTreeMap<String, V>,
+    after: Option<&str>,
+    max: usize,
+) -> Vec<String> {
+    use std::ops::Bound;
+    let from = match after {
+        Some(a) => Bound::Excluded(a),
+        None => Bound::Unbounded,
+    };
+    index
+        .range::<str, _>((from, Bound::Unbounded))
+        .take(max)
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -287,6 +306,12 @@ impl Packs {
     /// Ids of the packed chunks.
     pub fn ids(&self) -> Vec<String> {
         lock(&self.shared.state).index.keys().cloned().collect()
+    }
+
+    /// Up to `max` ids of packed chunks after `after` (all from the first without), in order.
+    pub fn ids_after(&self, after: Option<&str>, max: usize) -> Vec<String> {
+        let st = lock(&self.shared.state);
+        ids_after(&st.index, after, max)
     }
 
     /// Append a record for `id` (a chunk image); returns once it is durable and indexed.

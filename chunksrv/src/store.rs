@@ -54,7 +54,7 @@ use crate::direct::{self, AppendFiles, FileError};
 use crate::metrics::Metrics;
 use crate::pack::{Loc, Packs, RecordRead};
 use dfs_proto::Bytes;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -517,7 +517,8 @@ pub const DEFAULT_PACK_MAX: u64 = BLOCK_SIZE as u64;
 /// What the store holds: chunk id -> data size, and bytes in use or promised to writes.
 #[derive(Default)]
 struct Accounting {
-    index: HashMap<String, u64>,
+    /// Ordered, so the inventory can be listed in pages from any id on.
+    index: BTreeMap<String, u64>,
     used: u64,
     reserved: u64,
 }
@@ -623,6 +624,20 @@ impl Store {
         ids.extend(self.inner.packs.ids());
         ids.sort_unstable();
         ids.dedup();
+        ids
+    }
+
+    /// One page of the inventory: up to `max` chunk ids greater than `after` (from the
+    /// first without), in order, from the in-memory indexes (chunk files and packed chunks
+    /// merged; an id in both counts once). Listing page after page from the last id of the
+    /// previous one visits every chunk held the whole time, without a list of all of them.
+    pub fn inventory_page(&self, after: Option<&str>, max: usize) -> Vec<String> {
+        let max = max.max(1);
+        let mut ids = crate::pack::ids_after(&lock(&self.inner.accounting).index, after, max);
+        ids.extend(self.inner.packs.ids_after(after, max));
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(max);
         ids
     }
 

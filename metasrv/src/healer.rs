@@ -10,6 +10,7 @@
 //! - A round stops as soon as the term changes or this node stops being leader; every command
 //!   is re-checked when applied (the file must still be the planned version).
 //! - Soft state only: a new leader rebuilds everything from heartbeats.
+use crate::inventory::{self, Inventories};
 use crate::liveness::LIVE_WINDOW;
 use crate::repair::{self, ServerHealth, View};
 use crate::service::{now_ms, Caller, MetaNode, OpError, OpResult};
@@ -143,8 +144,8 @@ pub struct Healing {
     bad: Mutex<HashMap<(String, NodeId), Instant>>,
     avoid: Mutex<HashMap<NodeId, Instant>>,
     pacer: tokio::sync::Mutex<Instant>,
-    /// Latest full chunk report per server, and when it arrived.
-    inventories: Mutex<HashMap<NodeId, (Instant, HashSet<String>)>>,
+    /// Every server's latest complete chunk report, and the one being assembled from pages.
+    inventories: Mutex<Inventories>,
     /// (server, chunk) seen unreferenced by this leader since (reset on leadership loss).
     orphans: Mutex<HashMap<(NodeId, String), Instant>>,
     last_gc_scan: Mutex<Option<(u64, Instant)>>,
@@ -172,7 +173,7 @@ impl Healing {
             bad: Mutex::new(HashMap::new()),
             avoid: Mutex::new(HashMap::new()),
             pacer: tokio::sync::Mutex::new(Instant::now()),
-            inventories: Mutex::new(HashMap::new()),
+            inventories: Mutex::new(Inventories::default()),
             orphans: Mutex::new(HashMap::new()),
             last_gc_scan: Mutex::new(None),
             inventory_gen: AtomicU64::new(0),
@@ -187,10 +188,25 @@ impl Healing {
         }
     }
 
-    /// A chunk server's full chunk report.
-    pub fn record_inventory(&self, node: NodeId, chunks: &[String]) {
-        lock(&self.inventories).insert(node, (Instant::now(), chunks.iter().cloned().collect()));
-        self.inventory_gen.fetch_add(1, Ordering::Relaxed);
+    /// One page of a chunk server's chunk report (see `inventory`); a completed report
+    /// starts the orphans' clock.
+    pub fn record_inventory(&self, node: NodeId, page: inventory::Page<'_>) -> inventory::Outcome {
+        let out = lock(&self.inventories).page(node, page, Instant::now());
+        match out {
+            inventory::Outcome::Complete => {
+                self.inventory_gen.fetch_add(1, Ordering::Relaxed);
+            }
+            inventory::Outcome::Dropped => {
+                tracing::debug!(
+                    chunk_server = node,
+                    round = page.round,
+                    page = page.page,
+                    "inventory page out of order: the listing is dropped, the next one starts over"
+                );
+            }
+            inventory::Outcome::Added | inventory::Outcome::Ignored => {}
+        }
+        out
     }
 
     /// Chunks a server deleted (or was told to delete) since its last report: not orphans.
@@ -198,11 +214,19 @@ impl Healing {
         if chunks.is_empty() {
             return;
         }
-        if let Some((_, set)) = lock(&self.inventories).get_mut(&node) {
-            for c in chunks {
-                set.remove(c);
-            }
-        }
+        lock(&self.inventories).forget(node, chunks);
+    }
+
+    /// Entries of the inventories held, and listings dropped so far (for metrics).
+    pub fn inventory_sizes(&self) -> (inventory::Sizes, u64) {
+        let g = lock(&self.inventories);
+        (g.sizes(), g.dropped_total)
+    }
+
+    /// Bad-replica reports and avoided repair targets held now (for metrics). Both expire
+    /// (`BAD_REPORT_TTL`, `AVOID_FAILED_TARGET`); reports are also at most one per replica.
+    pub fn remembered(&self) -> (usize, usize) {
+        (self.bad_set().len(), self.avoid_set().len())
     }
 
     /// A reader or scrubber found this replica corrupt.
@@ -688,7 +712,7 @@ fn gc_pass(node: &MetaNode) -> GcPass {
     let h = &node.healing;
     let t = term(node);
     let grace = Duration::from_millis(h.args.gc_grace_ms);
-    let inventories = lock(&h.inventories).clone();
+    let inventories = lock(&h.inventories).reports();
     let st = node.read_state();
     let referenced = st.referenced_chunks();
     // A live lease's chunks are not candidates: their grace starts once the lease is gone.
@@ -697,18 +721,19 @@ fn gc_pass(node: &MetaNode) -> GcPass {
     let mut candidates: HashSet<(NodeId, String)> = HashSet::new();
     let mut unreported = Vec::new();
     for &id in st.chunk_servers.keys() {
-        // A report is used only while its server is live and the report recent.
+        // A report is used only while its server is live and sending it (the last complete
+        // listing, or a page of the next one, recent).
         let report = inventories
             .get(&id)
-            .filter(|(at, _)| at.elapsed() < MAX_REPORT_AGE && node.liveness.is_live(id));
-        let Some((_, chunks)) = report else {
+            .filter(|(heard, _)| heard.elapsed() < MAX_REPORT_AGE && node.liveness.is_live(id));
+        let Some((_, report)) = report else {
             if node.liveness.is_live(id) {
                 unreported.push(id);
             }
             continue;
         };
         let pending = st.pending_deletes.get(&id);
-        for c in chunks {
+        for c in report.chunks.iter() {
             if referenced.contains(&(c.as_str(), id)) || pending.is_some_and(|p| p.contains(c)) {
                 continue;
             }

@@ -143,6 +143,16 @@ impl Liveness {
         live
     }
 
+    /// Placement charges held (one per server per second of placements, each gone after
+    /// `PLACED_TTL` or when it lands) and the bytes they charge, for metrics. Bounded by
+    /// servers × `PLACED_TTL` in seconds.
+    pub fn placement_charges(&self) -> (usize, u64) {
+        let g = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        g.values().fold((0, 0), |(n, b), v| {
+            (n + v.placed.0.len(), b + v.placed.bytes())
+        })
+    }
+
     /// Live servers with their used bytes.
     pub fn live(&self) -> Vec<(NodeId, ServerView)> {
         let g = self.servers.lock().unwrap_or_else(|p| p.into_inner());

@@ -3,6 +3,7 @@ mod bootstrap;
 mod config;
 mod export;
 mod healer;
+mod inventory;
 mod leader_watch;
 mod lease_reaper;
 mod liveness;

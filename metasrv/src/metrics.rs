@@ -525,6 +525,70 @@ pub fn render(node: &MetaNode, src: &Sources) -> String {
             "Surplus or dead replicas dropped from the metadata.",
             get(&h.dropped_replicas_total),
         );
+        // Sizes of what this node keeps in memory besides the namespace (each bounded).
+        gauge(
+            o,
+            "dfs_request_ids_remembered",
+            "Request ids remembered so that a retried write is not applied twice.",
+            st.recent_requests.len(),
+        );
+        gauge(
+            o,
+            "dfs_request_ids_remembered_bytes",
+            "Estimated bytes of the remembered request ids (bounded by the byte budget).",
+            st.recent_requests.bytes(),
+        );
+        let (inv, dropped) = h.inventory_sizes();
+        gauge(
+            o,
+            "dfs_inventory_chunks",
+            "Chunk ids in the complete chunk-server inventories this node holds.",
+            inv.chunks,
+        );
+        gauge(
+            o,
+            "dfs_inventories_assembling",
+            "Chunk servers whose inventory listing is being assembled from heartbeat pages.",
+            inv.assembling,
+        );
+        gauge(
+            o,
+            "dfs_inventory_assembling_chunks",
+            "Chunk ids in the inventory listings being assembled.",
+            inv.assembling_chunks,
+        );
+        counter(
+            o,
+            "dfs_inventory_listings_dropped_total",
+            "Inventory listings dropped because a page did not follow the one before.",
+            dropped,
+        );
+        let (bad, avoided) = h.remembered();
+        gauge(
+            o,
+            "dfs_bad_replica_reports_remembered",
+            "Replicas reported corrupt in the last 10 minutes, as the healer holds them.",
+            bad,
+        );
+        gauge(
+            o,
+            "dfs_repair_targets_avoided",
+            "Chunk servers left out of repair targets after a failed copy (for 30 s).",
+            avoided,
+        );
+        let (charges, charged) = node.liveness.placement_charges();
+        gauge(
+            o,
+            "dfs_placement_charges",
+            "Recent chunk placements counted against chunk servers' free space until they land.",
+            charges,
+        );
+        gauge(
+            o,
+            "dfs_placement_charged_bytes",
+            "Bytes those placements charge.",
+            charged,
+        );
         let servers: Vec<(NodeId, String)> = st
             .chunk_servers
             .values()

@@ -569,3 +569,58 @@ fn a_killed_chunk_server_is_not_reported_corrupt_by_a_reader() {
     let (_, v) = fsck(&c, "/");
     assert_eq!(v["corrupt_replicas"], 0, "{v}");
 }
+
+/// A metric's value on `node` (first sample whose line starts with `name `).
+fn metric(c: &Cluster, node: &str, name: &str) -> Option<f64> {
+    c.metrics_text(node)
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+}
+
+#[test]
+fn inventories_sent_in_pages_are_assembled_whole_and_orphans_found_in_them() {
+    // Pages of 3 ids: each server's 7+ chunks take at least three heartbeats to list.
+    let c = Cluster::up_with(
+        1,
+        2,
+        &[
+            "--chunk-size=65536",
+            "--repair-grace-ms=500",
+            "--token-ttl-secs=2",
+            "--commit-grace=2s",
+        ],
+        &["--pack-max=0", "--heartbeat-ms=100", "--inventory-page=3"],
+    );
+    let data = bytes(7 * CHUNK, 7);
+    put_bytes(&c, "/inv/f", &data, &[]);
+    let committed = 2 * 7;
+    assert_eq!(c.all_chunk_files(), committed);
+    c.kill_put_midway("/inv/partial", &bytes(6 * CHUNK, 8), || {
+        c.all_chunk_files() >= committed + 4
+    });
+    let gc = || c.ctl(&["--json", "admin", "gc"]).json();
+    let patience = Duration::from_secs(60);
+    // Every chunk on disk is in the inventories the metadata node assembled, and exactly the
+    // chunks of no file are orphans (an upload complete when the client died may still land:
+    // count again while waiting).
+    let mut last = Value::Null;
+    wait_until(patience, "the paged inventories hold every chunk", || {
+        let on_disk = c.all_chunk_files();
+        last = gc();
+        metric(&c, "meta-1", "dfs_inventory_chunks") == Some(on_disk as f64)
+            && last["orphans"].as_array().map(Vec::len) == Some(on_disk - committed)
+            && last["unreported"].as_array().is_some_and(|u| u.is_empty())
+    });
+    let orphans = last["orphans"].as_array().unwrap();
+    assert!(orphans.len() >= 4, "{last}");
+    // Listings keep coming (every 3 s here) and each replaces the last only when whole: the
+    // count never drops to a part of a listing.
+    let on_disk = c.all_chunk_files() as f64;
+    for _ in 0..20 {
+        let held = metric(&c, "meta-1", "dfs_inventory_chunks").unwrap();
+        assert_eq!(held, on_disk, "inventory chunks held");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(c.get_data(&c.auth, "/inv/f"), data);
+}

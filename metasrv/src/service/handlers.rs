@@ -1425,7 +1425,15 @@ impl MetaNode {
         );
         // Every node keeps the latest report, so a new leader can collect orphans at once.
         if r.inventory_included {
-            self.healing.record_inventory(r.node_id, &r.inventory);
+            self.healing.record_inventory(
+                r.node_id,
+                crate::inventory::Page {
+                    round: r.inventory_round,
+                    page: r.inventory_page,
+                    last: r.inventory_last,
+                    ids: &r.inventory,
+                },
+            );
         }
         self.healing.forget_chunks(r.node_id, &r.deleted);
         let acked: BTreeSet<&String> = r.deleted.iter().collect();

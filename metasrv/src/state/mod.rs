@@ -13,6 +13,7 @@ pub mod command;
 mod healing;
 pub mod leases;
 mod namespace;
+pub mod recent;
 pub mod trash;
 mod users;
 
@@ -180,9 +181,10 @@ pub struct State {
     /// Chunk server -> chunks it should delete (from removed or replaced files).
     pub pending_deletes: BTreeMap<NodeId, BTreeSet<String>>,
     /// Request ids of recently applied writes, so a retried write is answered without being
-    /// applied twice. Entries older than `REQUEST_MEMORY_MS` are dropped.
+    /// applied twice. Entries older than `REQUEST_MEMORY_MS` are dropped, and the oldest while
+    /// they take more than `REQUEST_MEMORY_BYTES` (see `recent`).
     #[serde(default)]
-    pub recent_requests: BTreeMap<String, Remembered>,
+    pub recent_requests: recent::RecentRequests,
     /// Open writes that outlive their tokens' commit window (see `leases`).
     #[serde(default)]
     pub leases: BTreeMap<String, leases::Lease>,
@@ -200,8 +202,11 @@ pub struct Remembered {
 /// leader's log (one election); short enough that ids at 5,000 writes/s stay ~200 MB.
 /// (HDFS's retry cache keeps 10 minutes.)
 pub const REQUEST_MEMORY_MS: i64 = 5 * 60 * 1000;
-/// Expired request ids are dropped every this many new ids (a scan of all of them).
-pub(crate) const REQUEST_PRUNE_EVERY: usize = 16 * 1024;
+/// The most the remembered request ids may take (estimated, see `recent::cost`; a typical
+/// entry counts 150 to 300 bytes): beyond it the oldest go first, even if younger than
+/// `REQUEST_MEMORY_MS`. 64 MiB is about 300,000 entries, a minute of writes at 5,000/s, still
+/// twice as long as a client retries one call.
+pub const REQUEST_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// One persisted record of the state. An apply reports which records it touched.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -355,12 +360,24 @@ impl State {
     }
 
     /// Remember an applied request's id and reply, forgetting ids older than
-    /// `REQUEST_MEMORY_MS`.
+    /// `REQUEST_MEMORY_MS` and, oldest first, those beyond `REQUEST_MEMORY_BYTES`.
     pub(crate) fn remember_request(
         &mut self,
         request_id: &str,
         now_ms: i64,
         reply: Reply,
+        touched: &mut Vec<RecordKey>,
+    ) {
+        self.remember_request_within(request_id, now_ms, reply, REQUEST_MEMORY_BYTES, touched)
+    }
+
+    /// `remember_request` with another byte budget (tests).
+    pub(crate) fn remember_request_within(
+        &mut self,
+        request_id: &str,
+        now_ms: i64,
+        reply: Reply,
+        max_bytes: u64,
         touched: &mut Vec<RecordKey>,
     ) {
         let r = Remembered {
@@ -369,23 +386,12 @@ impl State {
         };
         self.recent_requests.insert(request_id.to_string(), r);
         touched.push(RecordKey::RecentRequest(request_id.to_string()));
-        // Prune now and then, deterministically from the command's time.
-        if self
+        // Deterministic: from the command's time and the entries' sizes only. Each call drops
+        // what is due (a look at the oldest entry when nothing is).
+        let dropped = self
             .recent_requests
-            .len()
-            .is_multiple_of(REQUEST_PRUNE_EVERY)
-        {
-            let old: Vec<String> = self
-                .recent_requests
-                .iter()
-                .filter(|(_, r)| r.at_ms < now_ms - REQUEST_MEMORY_MS)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in old {
-                self.recent_requests.remove(&k);
-                touched.push(RecordKey::RecentRequest(k));
-            }
-        }
+            .prune(now_ms.saturating_sub(REQUEST_MEMORY_MS), max_bytes);
+        touched.extend(dropped.into_iter().map(RecordKey::RecentRequest));
     }
 
     pub fn is_admin(&self, user: &str) -> bool {

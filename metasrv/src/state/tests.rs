@@ -893,18 +893,108 @@ fn orphan_deletes_never_touch_a_referenced_replica() {
 fn expired_request_ids_are_pruned() {
     let mut s = state();
     let mut touched = Vec::new();
-    for i in 2..super::REQUEST_PRUNE_EVERY {
-        s.remember_request(&format!("old-{i}"), 0, Reply::Done, &mut touched);
+    for i in 0..100 {
+        s.remember_request(&format!("old-{i}"), i, Reply::Done, &mut touched);
     }
-    // Younger than the memory when the round comes: kept.
-    s.remember_request("recent", 2, Reply::Done, &mut touched);
-    assert_eq!(s.recent_requests.len(), super::REQUEST_PRUNE_EVERY - 1);
-    // The id that fills the next pruning round drops every id older than the memory.
-    let now = super::REQUEST_MEMORY_MS + 1;
+    s.remember_request("recent", 1_000, Reply::Done, &mut touched);
+    assert_eq!(s.recent_requests.len(), 101);
+    // An id remembered later drops every id older than the memory, oldest first, and the
+    // records of the dropped ones are touched (removed from the store).
+    touched.clear();
+    let now = super::REQUEST_MEMORY_MS + 50;
     s.remember_request("new", now, Reply::Done, &mut touched);
-    assert_eq!(s.recent_requests.len(), 2);
-    assert!(s.recent_requests.contains_key("new"));
-    assert!(s.recent_requests.contains_key("recent"));
+    assert_eq!(s.recent_requests.len(), 52);
+    assert!(s.recent_requests.contains_key("old-50"));
+    assert!(!s.recent_requests.contains_key("old-49"));
+    assert!(s.recent_requests.contains_key("new") && s.recent_requests.contains_key("recent"));
+    assert_eq!(touched.len(), 51);
+    assert!(touched.contains(&RecordKey::RecentRequest("old-0".into())));
+    assert_eq!(s.recent_requests.oldest(), Some((50, "old-50")));
+}
+
+/// What the remembered ids take, as `recent` counts it, from scratch.
+fn recount(s: &State) -> u64 {
+    s.recent_requests
+        .iter()
+        .map(|(k, r)| super::recent::cost(k, r))
+        .sum()
+}
+
+#[test]
+fn remembered_request_ids_are_bounded_in_bytes_oldest_first() {
+    let mut s = state();
+    assert_eq!(s.recent_requests.len(), 0);
+    let mut touched = Vec::new();
+    let entry = super::recent::cost(
+        "req-000",
+        &Remembered {
+            at_ms: 10,
+            reply: Reply::Done,
+        },
+    );
+    // Room for ten such entries.
+    let budget = 10 * entry;
+    // Out of order in time (clocks of successive leaders differ): the oldest by time goes
+    // first, whatever the order of arrival.
+    for i in 0..10i64 {
+        let at = if i == 3 { 10 } else { 11 + i };
+        s.remember_request_within(
+            &format!("req-{i:03}"),
+            at,
+            Reply::Done,
+            budget,
+            &mut touched,
+        );
+    }
+    assert_eq!(s.recent_requests.len(), 10);
+    assert_eq!(s.recent_requests.bytes(), budget);
+    touched.clear();
+    s.remember_request_within("req-010", 21, Reply::Done, budget, &mut touched);
+    assert_eq!(s.recent_requests.len(), 10);
+    assert!(!s.recent_requests.contains_key("req-003"));
+    assert_eq!(
+        touched,
+        vec![
+            RecordKey::RecentRequest("req-010".into()),
+            RecordKey::RecentRequest("req-003".into())
+        ]
+    );
+    // A big reply takes the room of several small ones.
+    let big = Reply::Imported {
+        report: vec!["x".repeat(100); 3],
+        count: 3,
+    };
+    s.remember_request_within("req-011", 22, big.clone(), budget, &mut touched);
+    assert!(s.recent_requests.len() < 10);
+    assert!(s.recent_requests.bytes() <= budget);
+    assert_eq!(s.recent_requests.bytes(), recount(&s));
+    assert_eq!(s.recent_requests.get("req-011").unwrap().reply, big);
+    // One entry larger than the whole budget is still kept (alone): its retry must get it.
+    s.remember_request_within("req-012", 23, big.clone(), entry, &mut touched);
+    assert_eq!(s.recent_requests.len(), 1);
+    assert!(s.recent_requests.contains_key("req-012"));
+
+    // The count is derived: the same after a serialization round trip (snapshot install)
+    // and after loading the records one by one (restart), and so is the next pruning.
+    let mut s = state();
+    for i in 0..30i64 {
+        s.remember_request_within(&format!("id-{i:02}"), i, Reply::Done, budget, &mut touched);
+    }
+    let copy: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    assert_eq!(copy, s);
+    assert_eq!(copy.recent_requests.bytes(), s.recent_requests.bytes());
+    assert_eq!(copy.recent_requests.oldest(), s.recent_requests.oldest());
+    let mut loaded = state();
+    loaded.recent_requests = Default::default();
+    for (k, v) in s.all_records() {
+        loaded.load_record(&k.encode(), &v).unwrap();
+    }
+    assert_eq!(loaded.recent_requests.bytes(), recount(&s));
+    let (mut a, mut b) = (s.clone(), loaded);
+    let (mut ta, mut tb) = (Vec::new(), Vec::new());
+    a.remember_request_within("next", 40, Reply::Done, budget / 2, &mut ta);
+    b.remember_request_within("next", 40, Reply::Done, budget / 2, &mut tb);
+    assert_eq!((a, ta), (b, tb));
 }
 
 #[test]
