@@ -174,6 +174,8 @@ pub struct SnapshotBuilder {
     data: Option<std::io::Result<(PathBuf, File)>>,
     applied: Option<LogId>,
     membership: StoredMembership,
+    /// How long serializing the state took (applying waited for it).
+    serialize_ms: u64,
 }
 
 impl Drop for SnapshotBuilder {
@@ -239,6 +241,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         tracing::info!(
             index = ?meta.last_log_id.map(|l| l.index),
             bytes,
+            serialize_ms = self.serialize_ms,
             ms = started.elapsed().as_millis() as u64,
             committed,
             "snapshot built"
@@ -329,16 +332,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
             _ => write(),
         };
-        tracing::debug!(
-            ms = started.elapsed().as_millis() as u64,
-            "snapshot serialized"
-        );
+        let serialize_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(ms = serialize_ms, "snapshot serialized");
         SnapshotBuilder {
             flusher: self.flusher.clone(),
             files: self.files.clone(),
             data: Some(data),
             applied: self.applied,
             membership: self.membership.clone(),
+            serialize_ms,
         }
     }
 
