@@ -249,6 +249,7 @@ fn a_new_member_installs_a_large_snapshot_while_clients_write() {
     // Figures (debug build unless built otherwise), for the README and reports.
     let bytes = installed.iter().filter_map(|l| field(l, "bytes")).max();
     let ms = installed.iter().filter_map(|l| field(l, "ms")).max();
+    let parse_ms = installed.iter().filter_map(|l| field(l, "parse_ms")).max();
     let mut built = Vec::new();
     for n in 1..=3 {
         let t = std::fs::read_to_string(c.path().join(format!("meta-{n}/log"))).unwrap_or_default();
@@ -267,7 +268,7 @@ fn a_new_member_installs_a_large_snapshot_while_clients_write() {
     let biggest_build = built.iter().max();
     eprintln!(
         "snapshot figures: {} entries listed; import {:.1}s; installed on node 4: {bytes:?} bytes in \
-         {ms:?} ms; largest build (bytes, serialize ms, sync+commit ms): {biggest_build:?}; node 4 VmHWM {:?} KiB; \
+         {ms:?} ms (parse {parse_ms:?} ms); largest build (bytes, serialize ms, sync+commit ms): {biggest_build:?}; node 4 VmHWM {:?} KiB; \
          {writes} client writes; total {:.1}s",
         leader_view.len(),
         imported.as_secs_f64(),

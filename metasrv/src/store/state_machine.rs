@@ -365,7 +365,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let tree = self.tree.clone();
         let m2 = meta.clone();
         let installed =
-            tokio::task::spawn_blocking(move || -> Result<(State, u64), StorageError> {
+            tokio::task::spawn_blocking(move || -> Result<(State, u64, u64), StorageError> {
                 let sig = Some(m2.signature());
                 let io_err = |e: std::io::Error| -> StorageError {
                     StorageIOError::read_snapshot(sig.clone(), &e).into()
@@ -389,9 +389,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 };
                 // Synced and parsed before anything changes: a torn or bad snapshot changes
                 // nothing here (its file is removed).
+                let parsing = std::time::Instant::now();
                 let checked = File::open(&path)
                     .and_then(|f| f.sync_all())
                     .and_then(|_| read_state(&path));
+                let parse_ms = parsing.elapsed().as_millis() as u64;
                 let state = match checked {
                     Ok(s) => s,
                     Err(e) => {
@@ -406,11 +408,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     .commit(&m2, &path, true)
                     .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
                 replace_records(&tree, &state, &m2)?;
-                Ok((state, bytes))
+                Ok((state, bytes, parse_ms))
             })
             .await
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let (new_state, bytes) = installed?;
+        let (new_state, bytes, parse_ms) = installed?;
         self.sync().await?;
 
         self.applied = meta.last_log_id;
@@ -424,6 +426,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         tracing::info!(
             index = ?meta.last_log_id.map(|l| l.index),
             bytes,
+            parse_ms,
             ms = started.elapsed().as_millis() as u64,
             "snapshot installed"
         );
