@@ -373,3 +373,49 @@ async fn a_previous_version_snapshot_file_is_converted() {
     assert_eq!(read_all(&mut cur.snapshot).await, state);
     assert!(!dir.path().join("snapshots/current.snap").exists());
 }
+
+/// A snapshot being sent to a follower stays readable to the end when a newer one replaces
+/// it meanwhile (its file is unlinked, not truncated), and only the newer one is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_being_sent_survives_a_newer_one() {
+    use crate::state::{Command, CommandV1, Request};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, mut sm) = store_with_dirs(dir.path(), 30).await;
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut sending = sm.get_current_snapshot().await.unwrap().unwrap();
+    let want = serde_json::to_vec(&state_of(&sm)).unwrap();
+    sm.apply(vec![Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 32),
+        payload: EntryPayload::Normal(Request {
+            cmd: Command::V1(CommandV1::Mkdir {
+                actor: "admin".into(),
+                path: "/newer".into(),
+                parents: false,
+                id: "id-newer".into(),
+                now_ms: 3,
+            }),
+        }),
+    }])
+    .await
+    .unwrap();
+    let newer = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(32));
+    assert_eq!(read_all(&mut sending.snapshot).await, want);
+    assert_eq!(snapshot_dir_names(dir.path()).len(), 2);
+    let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, newer.meta);
+    assert_eq!(
+        serde_json::from_slice::<State>(&read_all(&mut cur.snapshot).await).unwrap(),
+        state_of(&sm)
+    );
+}
