@@ -104,8 +104,8 @@ fn a_new_member_installs_a_large_snapshot_while_clients_write() {
         3,
         0,
         &[
-            "--snapshot-every=150",
-            "--keep-logs=200",
+            "--snapshot-every=100",
+            "--keep-logs=300",
             "--purge-batch=1",
             "--heartbeat-ms=1000",
             "--election-timeout-ms=3000",
@@ -124,9 +124,10 @@ fn a_new_member_installs_a_large_snapshot_while_clients_write() {
         std::fs::remove_file(&f).unwrap();
     }
     // More entries than the leaders keep after a snapshot: the log from index 1 is purged, so
-    // a new member can only start from a snapshot. (The 200 kept cover what the client writes
-    // while node 4 installs it, so it does not chase one snapshot after another.)
-    let pre: Vec<String> = (0..300).map(|i| format!("/pre/d{i}")).collect();
+    // a new member can only start from a snapshot. (The 300 kept, less up to 128 between
+    // snapshots, cover what the client writes while node 4 is sent one and installs it, so it
+    // does not chase one snapshot after another.)
+    let pre: Vec<String> = (0..400).map(|i| format!("/pre/d{i}")).collect();
     let mut args = vec!["--timeout", "120", "mkdir", "-p"];
     args.extend(pre.iter().map(String::as_str));
     c.ctl(&args).ok();
@@ -149,6 +150,8 @@ fn a_new_member_installs_a_large_snapshot_while_clients_write() {
                 }
                 n += 1;
                 writes.store(n, Ordering::Relaxed);
+                // A steady client, not a flood: about 5 writes a second at most.
+                std::thread::sleep(Duration::from_millis(200));
             }
             failures
         });
