@@ -1,6 +1,5 @@
 //! The openraft type configuration. Openraft types stay inside `store`, `network` and `raft_rpc`.
 use crate::state::{Request, Response};
-use std::io::Cursor;
 
 pub type NodeId = u64;
 
@@ -11,7 +10,9 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        // A file in the snapshot directory (see store/snapshot_files.rs): openraft streams it
+        // to a follower in chunks and writes received chunks into one; never a whole `Vec`.
+        SnapshotData = tokio::fs::File,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

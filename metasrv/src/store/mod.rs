@@ -13,6 +13,7 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+mod snapshot_files;
 mod state_machine;
 
 #[cfg(test)]

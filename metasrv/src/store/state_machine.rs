@@ -6,9 +6,15 @@
 //! quorum, the next group-commit sync covers the batch, and after a power loss openraft
 //! re-applies from the persisted applied id. A snapshot first waits for a sync, so the state on
 //! disk is never older than a snapshot whose log has been purged. A snapshot is serialized in
-//! `get_snapshot_builder` straight from the shared state (no copy of it), so applying waits
-//! while that runs; only the file is written in the background. Installing a snapshot replaces
-//! every record in one batch, then syncs.
+//! `get_snapshot_builder` straight from the shared state (no copy of it) into a file, so
+//! applying waits while that runs; the fsync and commit are done in the background.
+//!
+//! Snapshot data is a file (`snapshot_files`), streamed to and from followers by openraft in
+//! chunks; no whole snapshot is ever held in a `Vec`. Installing: the received file is synced
+//! and parsed (streamed) before anything changes, then committed as the current snapshot, then
+//! every record is replaced in one batch and synced. A crash between the commit and the sync
+//! leaves a snapshot newer than the applied id in sled: `open` notices and installs it again.
+use super::snapshot_files::{self, SnapshotFiles};
 use super::{Durable, Flusher, TREE_SM};
 use crate::state::{RecordKey, Reply, Response, State};
 use crate::types::{
@@ -16,14 +22,14 @@ use crate::types::{
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use std::io::Cursor;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 /// Meta keys start with NUL, which no record key does.
 const KEY_APPLIED: &[u8] = b"\0applied";
 const KEY_MEMBERSHIP: &[u8] = b"\0membership";
-const SNAPSHOT_FILE: &str = "current.snap";
 
 /// The in-memory state, shared with the services that read it.
 pub type SharedState = Arc<RwLock<State>>;
@@ -34,7 +40,7 @@ pub struct StateMachine {
     state: SharedState,
     applied: Option<LogId>,
     membership: StoredMembership,
-    snapshot_dir: PathBuf,
+    files: Arc<SnapshotFiles>,
 }
 
 fn read_err(e: impl std::error::Error + 'static) -> StorageError {
@@ -86,14 +92,31 @@ impl StateMachine {
             }
             tree.apply_batch(batch).map_err(write_err)?;
         }
-        std::fs::create_dir_all(snapshot_dir).map_err(read_err)?;
+        let files = SnapshotFiles::open(snapshot_dir)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        if let Some(meta) = files.current_meta().filter(|m| m.last_log_id > applied) {
+            // A crash came after a received snapshot was committed and before its records
+            // were: install it again (see the module doc).
+            tracing::warn!(
+                snapshot = ?meta.last_log_id.map(|l| l.index),
+                applied = ?applied.map(|l| l.index),
+                "finishing a snapshot install that a crash interrupted"
+            );
+            let path = files.current_path().expect("a current snapshot has a file");
+            state = read_state(&path)
+                .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+            replace_records(&tree, &state, &meta)?;
+            durable.sync().map_err(write_err)?;
+            applied = meta.last_log_id;
+            membership = meta.last_membership.clone();
+        }
         Ok(Self {
             flusher,
             tree,
             state: Arc::new(RwLock::new(state)),
             applied,
             membership,
-            snapshot_dir: snapshot_dir.to_path_buf(),
+            files: Arc::new(files),
         })
     }
 
@@ -101,53 +124,84 @@ impl StateMachine {
         self.state.clone()
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join(SNAPSHOT_FILE)
-    }
-
     async fn sync(&self) -> Result<(), StorageError> {
         self.flusher.sync().await.map_err(write_err)
     }
 }
 
-/// Snapshot file: one line of JSON `SnapshotMeta`, then the state as JSON.
-fn encode_snapshot_file(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = serde_json::to_vec(meta)?;
-    out.push(b'\n');
-    out.extend_from_slice(data);
-    Ok(out)
+/// Read a snapshot's state from its data file, streamed (blocking).
+fn read_state(path: &Path) -> std::io::Result<State> {
+    let r = BufReader::with_capacity(1 << 20, File::open(path)?);
+    serde_json::from_reader(r).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("snapshot {} is not a valid state: {e}", path.display()),
+        )
+    })
 }
 
-fn decode_snapshot_file(mut raw: Vec<u8>) -> Option<(SnapshotMeta, Vec<u8>)> {
-    let nl = raw.iter().position(|b| *b == b'\n')?;
-    let meta = serde_json::from_slice(&raw[..nl]).ok()?;
-    // In place: the state is most of the file (~100 MB at 1M entries); no second buffer.
-    raw.drain(..=nl);
-    Some((meta, raw))
-}
-
-fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-    let sig = Some(meta.signature());
-    let bytes = encode_snapshot_file(meta, data)
-        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
-    dfs_common::durable::write_atomic(path, &bytes)
-        .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
-    Ok(())
+/// Replace every record of the `sm` tree by those of `state`, with `meta`'s applied id and
+/// membership, in one atomic sled batch (blocking; not synced). One batch holds every record
+/// of the new state for now: the namespace moves to sled (issue 20 item 1) before that matters
+/// more than the state itself.
+fn replace_records(
+    tree: &sled::Tree,
+    state: &State,
+    meta: &SnapshotMeta,
+) -> Result<(), StorageError> {
+    let mut batch = sled::Batch::default();
+    for k in tree.iter().keys() {
+        batch.remove(k.map_err(read_err)?);
+    }
+    for (k, v) in state.all_records() {
+        batch.insert(k.encode(), v);
+    }
+    batch.insert(
+        KEY_APPLIED,
+        serde_json::to_vec(&meta.last_log_id).map_err(write_err)?,
+    );
+    batch.insert(
+        KEY_MEMBERSHIP,
+        serde_json::to_vec(&meta.last_membership).map_err(write_err)?,
+    );
+    tree.apply_batch(batch).map_err(write_err)
 }
 
 pub struct SnapshotBuilder {
     flusher: Flusher,
-    /// The state at `applied`, serialized.
-    data: Result<Vec<u8>, Arc<serde_json::Error>>,
+    files: Arc<SnapshotFiles>,
+    /// The state at `applied`, written to this file (not yet synced), or why not.
+    data: Option<std::io::Result<(PathBuf, File)>>,
     applied: Option<LogId>,
     membership: StoredMembership,
-    path: PathBuf,
+    /// How long serializing the state took (applying waited for it).
+    serialize_ms: u64,
+}
+
+impl Drop for SnapshotBuilder {
+    fn drop(&mut self) {
+        // Written but never built (openraft gave up on it): nobody will name this file.
+        if let Some(Ok((path, _))) = &self.data {
+            snapshot_files::remove_quietly(path);
+        }
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        // The applied state up to this snapshot is on disk before its log can be purged.
-        self.flusher.sync().await.map_err(write_err)?;
+        let started = std::time::Instant::now();
+        let (path, file) = self
+            .data
+            .take()
+            .unwrap_or_else(|| Err(std::io::Error::other("snapshot already built")))
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        // The applied state up to this snapshot is on disk before its log can be purged (and
+        // so a committed snapshot is never ahead of the applied id in sled; `open` relies on
+        // that).
+        if let Err(e) = self.flusher.sync().await {
+            snapshot_files::remove_quietly(&path);
+            return Err(write_err(e));
+        }
         let snapshot_id = match self.applied {
             Some(l) => format!(
                 "{}-{}-{}",
@@ -162,21 +216,39 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.membership.clone(),
             snapshot_id,
         };
-        // Writing ~100 MB takes a while: off the async workers.
-        let data = std::mem::replace(&mut self.data, Ok(Vec::new()))
-            .map_err(|e| StorageIOError::write_snapshot(None, &*e))?;
-        let path = self.path.clone();
+        // fsync of ~100 MB at a million entries: off the async workers.
+        let files = self.files.clone();
         let m2 = meta.clone();
-        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, StorageError> {
-            write_snapshot_file(&path, &m2, &data)?;
-            Ok(data)
+        let done = tokio::task::spawn_blocking(move || -> std::io::Result<(File, u64, bool)> {
+            let r = (|| {
+                file.sync_all()?;
+                let bytes = file.metadata()?.len();
+                // Opened before `commit`, so it stays readable even if a newer snapshot
+                // (installed meanwhile) makes `commit` drop it.
+                let reader = File::open(&path)?;
+                let committed = files.commit(&m2, &path, false)?;
+                Ok((reader, bytes, committed))
+            })();
+            if r.is_err() {
+                snapshot_files::remove_quietly(&path);
+            }
+            r
         })
         .await
-        .map_err(write_err)??;
-        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), bytes = data.len(), "snapshot built");
+        .map_err(write_err)?
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        let (reader, bytes, committed) = done;
+        tracing::info!(
+            index = ?meta.last_log_id.map(|l| l.index),
+            bytes,
+            serialize_ms = self.serialize_ms,
+            ms = started.elapsed().as_millis() as u64,
+            committed,
+            "snapshot built"
+        );
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(reader)),
         })
     }
 }
@@ -233,89 +305,143 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // The snapshot must be of the state at `applied` (nothing is applied meanwhile), so it
-        // is serialized here, straight from the shared state: no copy of a namespace that may
-        // take a gigabyte (copying and then freeing one stalled the process into elections).
-        // That takes a while: hand this worker's other tasks (Raft's heartbeats among them) to
-        // another thread first, so they are not stuck behind it.
-        let serialize = || {
-            let st = self.state.read().unwrap_or_else(|p| p.into_inner());
-            serde_json::to_vec(&*st)
+        // is serialized here, straight from the shared state into a file (no copy of a
+        // namespace that may take a gigabyte, no buffer of its JSON). That takes a while: hand
+        // this worker's other tasks (Raft's heartbeats among them) to another thread first, so
+        // they are not stuck behind it. The fsync and the commit come in `build_snapshot`.
+        let started = std::time::Instant::now();
+        let write = || -> std::io::Result<(PathBuf, File)> {
+            let (path, file) = self.files.new_file()?;
+            let r = (|| {
+                let mut w = BufWriter::with_capacity(1 << 20, file);
+                {
+                    let st = self.state.read().unwrap_or_else(|p| p.into_inner());
+                    serde_json::to_writer(&mut w, &*st)?;
+                }
+                w.into_inner().map_err(|e| e.into_error())
+            })();
+            match r {
+                Ok(f) => Ok((path, f)),
+                Err(e) => {
+                    snapshot_files::remove_quietly(&path);
+                    Err(e)
+                }
+            }
         };
         let data = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(serialize),
-            _ => serialize(),
-        }
-        .map_err(Arc::new);
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(write),
+            _ => write(),
+        };
+        let serialize_ms = started.elapsed().as_millis() as u64;
+        tracing::debug!(ms = serialize_ms, "snapshot serialized");
         SnapshotBuilder {
             flusher: self.flusher.clone(),
-            data,
+            files: self.files.clone(),
+            data: Some(data),
             applied: self.applied,
             membership: self.membership.clone(),
-            path: self.snapshot_path(),
+            serialize_ms,
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let files = self.files.clone();
+        let f = tokio::task::spawn_blocking(move || files.begin_receiving())
+            .await
+            .map_err(write_err)?
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(tokio::fs::File::from_std(f)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        let sig = Some(meta.signature());
-        let data = snapshot.into_inner();
-        let new_state: State = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), &e))?;
-        write_snapshot_file(&self.snapshot_path(), meta, &data)?;
-
-        let mut batch = sled::Batch::default();
-        for k in self.tree.iter().keys() {
-            batch.remove(k.map_err(read_err)?);
-        }
-        for (k, v) in new_state.all_records() {
-            batch.insert(k.encode(), v);
-        }
-        batch.insert(
-            KEY_APPLIED,
-            serde_json::to_vec(&meta.last_log_id).map_err(write_err)?,
-        );
-        batch.insert(
-            KEY_MEMBERSHIP,
-            serde_json::to_vec(&meta.last_membership).map_err(write_err)?,
-        );
-        self.tree.apply_batch(batch).map_err(write_err)?;
+        let started = std::time::Instant::now();
+        // Waits for openraft's last write to the file to finish.
+        let received = snapshot.into_std().await;
+        let files = self.files.clone();
+        let tree = self.tree.clone();
+        let m2 = meta.clone();
+        let installed =
+            tokio::task::spawn_blocking(move || -> Result<(State, u64, u64), StorageError> {
+                let sig = Some(m2.signature());
+                let io_err = |e: std::io::Error| -> StorageError {
+                    StorageIOError::read_snapshot(sig.clone(), &e).into()
+                };
+                // A file from `begin_receiving_snapshot` is installed as it is; any other (the
+                // storage suite hands over another store's snapshot) is copied into a new one.
+                let path = match files.take_received(&received).map_err(io_err)? {
+                    Some(p) => p,
+                    None => {
+                        let (p, mut f) = files.new_file().map_err(io_err)?;
+                        let mut src = received;
+                        let copied = src
+                            .seek(SeekFrom::Start(0))
+                            .and_then(|_| std::io::copy(&mut src, &mut f));
+                        if let Err(e) = copied {
+                            snapshot_files::remove_quietly(&p);
+                            return Err(io_err(e));
+                        }
+                        p
+                    }
+                };
+                // Synced and parsed before anything changes: a torn or bad snapshot changes
+                // nothing here (its file is removed).
+                let parsing = std::time::Instant::now();
+                let checked = File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .and_then(|_| read_state(&path));
+                let parse_ms = parsing.elapsed().as_millis() as u64;
+                let state = match checked {
+                    Ok(s) => s,
+                    Err(e) => {
+                        snapshot_files::remove_quietly(&path);
+                        return Err(io_err(e));
+                    }
+                };
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                // The snapshot is committed first, then the records: a crash between the two
+                // leaves a committed snapshot ahead of the applied id, which `open` finishes.
+                files
+                    .commit(&m2, &path, true)
+                    .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+                replace_records(&tree, &state, &m2)?;
+                Ok((state, bytes, parse_ms))
+            })
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let (new_state, bytes, parse_ms) = installed?;
         self.sync().await?;
 
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = new_state;
-        tracing::info!(index = ?meta.last_log_id.map(|l| l.index), "snapshot installed");
+        let old = std::mem::replace(
+            &mut *self.state.write().unwrap_or_else(|p| p.into_inner()),
+            new_state,
+        );
+        // Freeing the old state can take a while; not under the lock.
+        drop(old);
+        tracing::info!(
+            index = ?meta.last_log_id.map(|l| l.index),
+            bytes,
+            parse_ms,
+            ms = started.elapsed().as_millis() as u64,
+            "snapshot installed"
+        );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let path = self.snapshot_path();
-        // ~100 MB at a million entries: read off the async workers.
-        let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+        let files = self.files.clone();
+        let opened = tokio::task::spawn_blocking(move || files.open_current())
             .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let raw = match read {
-            Ok(r) => r,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StorageIOError::read_snapshot(None, &e).into()),
-        };
-        let Some((meta, data)) = decode_snapshot_file(raw) else {
-            return Err(StorageIOError::read_snapshot(
-                None,
-                openraft::AnyError::error("snapshot file is corrupt"),
-            )
-            .into());
-        };
-        Ok(Some(Snapshot {
+        Ok(opened.map(|(meta, f)| Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
         }))
     }
 }

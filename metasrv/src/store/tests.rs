@@ -112,3 +112,310 @@ async fn whole_list_pending_delete_records_are_split_on_open() {
             .collect::<Vec<_>>()
     );
 }
+
+// ---- snapshots backed by files (store/snapshot_files.rs) ----
+
+use crate::state::State;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use std::path::Path;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+/// A store at `dir` with the cluster initialized and `dirs` directories made (one entry each).
+async fn store_with_dirs(dir: &Path, dirs: u64) -> (LogStore, StateMachine) {
+    use crate::state::{Command, CommandV1, Request};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    let (log, mut sm, _) = open(&dir.join("sled"), &dir.join("snapshots")).unwrap();
+    let entry = |index: u64, cmd: CommandV1| Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Request {
+            cmd: Command::V1(cmd),
+        }),
+    };
+    let mut entries = vec![entry(
+        1,
+        CommandV1::Init {
+            cluster_id: "c".into(),
+            admin_key_hash: "h".into(),
+            now_ms: 1,
+        },
+    )];
+    for i in 0..dirs {
+        entries.push(entry(
+            i + 2,
+            CommandV1::Mkdir {
+                actor: "admin".into(),
+                path: format!("/d{i}"),
+                parents: false,
+                id: format!("id-{i}"),
+                now_ms: 2,
+            },
+        ));
+    }
+    sm.apply(entries).await.unwrap();
+    (log, sm)
+}
+
+fn state_of(sm: &StateMachine) -> State {
+    sm.shared().read().unwrap().clone()
+}
+
+async fn read_all(f: &mut tokio::fs::File) -> Vec<u8> {
+    f.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).await.unwrap();
+    v
+}
+
+/// Names in the snapshot directory, sorted.
+fn snapshot_dir_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Open a store at `dir` again once the previous one's flusher thread has let go of sled.
+async fn reopen(dir: &Path) -> (LogStore, StateMachine) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open(&dir.join("sled"), &dir.join("snapshots")) {
+            Ok((log, sm, _)) => return (log, sm),
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("cannot reopen: {e}"),
+        }
+    }
+}
+
+/// Build on one store, stream the file in chunks the way openraft does (seek + write_all of
+/// pieces into the file `begin_receiving_snapshot` gave), install on a second store: same
+/// state, same snapshot bytes, and the second store reopens with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_file_round_trips_to_another_store_in_chunks() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (_la, mut a) = store_with_dirs(a_dir.path(), 300).await;
+    let built = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(301));
+    let mut sent = a.get_current_snapshot().await.unwrap().expect("a snapshot");
+    assert_eq!(sent.meta, built.meta);
+    let bytes = read_all(&mut sent.snapshot).await;
+    // The data is the state's JSON and nothing else (openraft sends it by offset).
+    assert_eq!(
+        serde_json::from_slice::<State>(&bytes).unwrap(),
+        state_of(&a)
+    );
+
+    let (_lb, mut b) = store_with_dirs(b_dir.path(), 3).await;
+    let mut rx = b.begin_receiving_snapshot().await.unwrap();
+    let chunk = 4096;
+    let end = sent.snapshot.seek(std::io::SeekFrom::End(0)).await.unwrap();
+    assert_eq!(end, bytes.len() as u64);
+    let mut offset = 0u64;
+    while offset < end {
+        sent.snapshot
+            .seek(std::io::SeekFrom::Start(offset))
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; chunk.min((end - offset) as usize)];
+        sent.snapshot.read_exact(&mut buf).await.unwrap();
+        rx.seek(std::io::SeekFrom::Start(offset)).await.unwrap();
+        rx.write_all(&buf).await.unwrap();
+        offset += buf.len() as u64;
+    }
+    rx.shutdown().await.unwrap();
+    b.install_snapshot(&sent.meta, rx).await.unwrap();
+
+    assert_eq!(state_of(&b), state_of(&a));
+    assert_eq!(b.applied_state().await.unwrap().0, built.meta.last_log_id);
+    let mut cur = b.get_current_snapshot().await.unwrap().expect("installed");
+    assert_eq!(cur.meta, sent.meta);
+    assert_eq!(read_all(&mut cur.snapshot).await, bytes);
+    // One data file and its meta; nothing else left behind.
+    assert_eq!(snapshot_dir_names(b_dir.path()).len(), 2);
+
+    let want = state_of(&a);
+    drop((_lb, b, cur));
+    let (_lb, mut b) = reopen(b_dir.path()).await;
+    assert_eq!(state_of(&b), want);
+    assert_eq!(
+        b.get_current_snapshot().await.unwrap().map(|s| s.meta),
+        Some(sent.meta)
+    );
+}
+
+/// A received snapshot cut short is refused with an error and changes nothing: not the state,
+/// not the current snapshot; its file is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_received_snapshot_changes_nothing() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (_la, mut a) = store_with_dirs(a_dir.path(), 50).await;
+    a.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut sent = a.get_current_snapshot().await.unwrap().unwrap();
+    let bytes = read_all(&mut sent.snapshot).await;
+
+    let (_lb, mut b) = store_with_dirs(b_dir.path(), 3).await;
+    let own = b
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let before = state_of(&b);
+    let mut rx = b.begin_receiving_snapshot().await.unwrap();
+    rx.write_all(&bytes[..bytes.len() / 2]).await.unwrap();
+    rx.shutdown().await.unwrap();
+    let err = b.install_snapshot(&sent.meta, rx).await.unwrap_err();
+    assert!(err.to_string().contains("snapshot"), "{err}");
+    assert_eq!(state_of(&b), before);
+    assert_eq!(b.applied_state().await.unwrap().0.map(|l| l.index), Some(4));
+    let cur = b.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, own.meta);
+    assert_eq!(
+        snapshot_dir_names(b_dir.path()).len(),
+        2,
+        "torn file removed"
+    );
+}
+
+/// Files a crash can leave (a data file no meta names, a half-written meta temp file) are
+/// removed on open, and the committed snapshot is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_of_a_crash_are_removed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, mut sm) = store_with_dirs(dir.path(), 20).await;
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let snaps = dir.path().join("snapshots");
+    let committed = snapshot_dir_names(dir.path());
+    std::fs::write(snaps.join("snap-0123456789abcdef"), b"{\"meta\":{\"clus").unwrap();
+    std::fs::write(snaps.join(".current.meta.tmp-4242"), b"{\"me").unwrap();
+    // A builder that never got to `build_snapshot` leaves nothing either.
+    drop(sm.get_snapshot_builder().await);
+    drop((_l, sm));
+    let (_l, mut sm) = reopen(dir.path()).await;
+    assert_eq!(snapshot_dir_names(dir.path()), committed);
+    let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, built.meta);
+    let bytes = read_all(&mut cur.snapshot).await;
+    assert_eq!(
+        serde_json::from_slice::<State>(&bytes).unwrap(),
+        state_of(&sm)
+    );
+}
+
+/// A crash after a received snapshot was committed and before its records were written
+/// leaves a snapshot newer than the applied id: open installs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_snapshot_newer_than_the_records_is_installed_on_open() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (_la, mut a) = store_with_dirs(a_dir.path(), 40).await;
+    let built = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let (_lb, b) = store_with_dirs(b_dir.path(), 2).await;
+    drop((_lb, b));
+    // Node b's snapshot directory as the crash left it: a's snapshot committed there.
+    let from = a_dir.path().join("snapshots");
+    let to = b_dir.path().join("snapshots");
+    for e in std::fs::read_dir(&from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    let (_lb, mut b) = reopen(b_dir.path()).await;
+    assert_eq!(b.applied_state().await.unwrap().0, built.meta.last_log_id);
+    assert_eq!(state_of(&b), state_of(&a));
+}
+
+/// The previous version's `current.snap` (a line of meta, then the state) is converted on
+/// open into data + meta, and served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_previous_version_snapshot_file_is_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, mut sm) = store_with_dirs(dir.path(), 10).await;
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    let meta = crate::types::SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: "1-11-old".into(),
+    };
+    let state = serde_json::to_vec(&state_of(&sm)).unwrap();
+    let mut old = serde_json::to_vec(&meta).unwrap();
+    old.push(b'\n');
+    old.extend_from_slice(&state);
+    drop((_l, sm));
+    std::fs::write(dir.path().join("snapshots/current.snap"), old).unwrap();
+    let (_l, mut sm) = reopen(dir.path()).await;
+    let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, meta);
+    assert_eq!(read_all(&mut cur.snapshot).await, state);
+    assert!(!dir.path().join("snapshots/current.snap").exists());
+}
+
+/// A snapshot being sent to a follower stays readable to the end when a newer one replaces
+/// it meanwhile (its file is unlinked, not truncated), and only the newer one is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_being_sent_survives_a_newer_one() {
+    use crate::state::{Command, CommandV1, Request};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, mut sm) = store_with_dirs(dir.path(), 30).await;
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mut sending = sm.get_current_snapshot().await.unwrap().unwrap();
+    let want = serde_json::to_vec(&state_of(&sm)).unwrap();
+    sm.apply(vec![Entry::<TypeConfig> {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 32),
+        payload: EntryPayload::Normal(Request {
+            cmd: Command::V1(CommandV1::Mkdir {
+                actor: "admin".into(),
+                path: "/newer".into(),
+                parents: false,
+                id: "id-newer".into(),
+                now_ms: 3,
+            }),
+        }),
+    }])
+    .await
+    .unwrap();
+    let newer = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(32));
+    assert_eq!(read_all(&mut sending.snapshot).await, want);
+    assert_eq!(snapshot_dir_names(dir.path()).len(), 2);
+    let mut cur = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(cur.meta, newer.meta);
+    assert_eq!(
+        serde_json::from_slice::<State>(&read_all(&mut cur.snapshot).await).unwrap(),
+        state_of(&sm)
+    );
+}
