@@ -246,6 +246,23 @@ struct InventoryPage {
     last: bool,
 }
 
+impl InventoryPage {
+    /// What the listing needs to move on once this page was delivered (its ids go out in the
+    /// heartbeat, not copied).
+    fn delivered(&self) -> Delivered {
+        Delivered {
+            last: self.last,
+            last_id: self.ids.last().cloned(),
+        }
+    }
+}
+
+/// A page the metadata node answered for.
+struct Delivered {
+    last: bool,
+    last_id: Option<String>,
+}
+
 /// Where one metadata node's inventory listing stands (each node has its own).
 #[derive(Default)]
 struct Listing {
@@ -278,14 +295,14 @@ impl Listing {
         })
     }
 
-    /// The metadata node answered the heartbeat that carried `sent`: move on.
-    fn sent(&mut self, sent: &InventoryPage) {
+    /// The metadata node answered the heartbeat that carried a page: move on.
+    fn sent(&mut self, sent: Delivered) {
         if sent.last {
             self.current = None;
         } else if let Some((_, page, after)) = &mut self.current {
             *page += 1;
-            if let Some(id) = sent.ids.last() {
-                *after = Some(id.clone());
+            if sent.last_id.is_some() {
+                *after = sent.last_id;
             }
         }
     }
@@ -549,7 +566,7 @@ impl MetaLink {
         handles
     }
 
-    fn heartbeat(&self, page: Option<&InventoryPage>) -> HeartbeatRequest {
+    fn heartbeat(&self, page: Option<InventoryPage>) -> HeartbeatRequest {
         HeartbeatRequest {
             node_id: self.node_id.load(Ordering::Relaxed),
             addr: self.advertise.clone(),
@@ -559,12 +576,12 @@ impl MetaLink {
             active_transfers: u32::try_from(self.metrics.active_transfers.load(Ordering::Relaxed))
                 .unwrap_or(u32::MAX),
             deleted: self.deletes().acks(),
-            inventory: page.map(|p| p.ids.clone()).unwrap_or_default(),
             inventory_included: page.is_some(),
             disk_free_bytes: self.store.disk_free(),
-            inventory_round: page.map_or(0, |p| p.round),
-            inventory_page: page.map_or(0, |p| p.page),
-            inventory_last: page.is_some_and(|p| p.last),
+            inventory_round: page.as_ref().map_or(0, |p| p.round),
+            inventory_page: page.as_ref().map_or(0, |p| p.page),
+            inventory_last: page.as_ref().is_some_and(|p| p.last),
+            inventory: page.map(|p| p.ids).unwrap_or_default(),
         }
     }
 
@@ -583,7 +600,8 @@ impl MetaLink {
                 _ = crate::shutdown::stopped(&mut shutdown) => return,
             }
             let page = listing.next(&self.store, self.inventory_page, every);
-            let req = self.request(self.heartbeat(page.as_ref()), HEARTBEAT_TIMEOUT);
+            let delivered = page.as_ref().map(InventoryPage::delivered);
+            let req = self.request(self.heartbeat(page), HEARTBEAT_TIMEOUT);
             let node_id = self.node_id.load(Ordering::Relaxed);
             let outcome = tokio::select! {
                 r = tokio::time::timeout(HEARTBEAT_TIMEOUT, client.heartbeat(req)) => r,
@@ -601,8 +619,8 @@ impl MetaLink {
             let error = match outcome {
                 Ok(Ok(reply)) => {
                     Metrics::inc(&self.metrics.heartbeats_total);
-                    if let Some(p) = &page {
-                        listing.sent(p);
+                    if let Some(d) = delivered {
+                        listing.sent(d);
                     }
                     if let Some(since) = failing_since.take() {
                         tracing::info!(node_id, metasrv = %addr, down_s = since.elapsed().as_secs(), "heartbeats reach the metadata node again");
@@ -765,7 +783,7 @@ mod tests {
             (again.round, again.page, again.ids),
             (p0.round, 0, p0.ids.clone())
         );
-        l.sent(&p0);
+        l.sent(p0.delivered());
         // A chunk deleted and one written during the listing: the pages go on from the last
         // id sent.
         store.delete(&chunk_id(2)).await.unwrap();
@@ -775,20 +793,20 @@ mod tests {
             (p1.round, p1.page, p1.last, p1.ids.clone()),
             (p0.round, 1, false, vec![chunk_id(3), chunk_id(4)])
         );
-        l.sent(&p1);
+        l.sent(p1.delivered());
         let p2 = l.next(&store, 2, every).unwrap();
         assert_eq!(
             (p2.page, p2.last, p2.ids.clone()),
             (2, true, vec![chunk_id(7)])
         );
-        l.sent(&p2);
+        l.sent(p2.delivered());
         // Done: nothing until the next listing is due.
         assert!(l.next(&store, 2, every).is_none());
         // A due listing is a new round from the start; exactly a page's worth is one page.
         let mut l = Listing::default();
         let p = l.next(&store, 5, Duration::ZERO).unwrap();
         assert!(p.last && p.ids.len() == 5 && p.page == 0);
-        l.sent(&p);
+        l.sent(p.delivered());
         let q = l.next(&store, 5, Duration::ZERO).unwrap();
         assert!(q.round != p.round && q.page == 0);
         // An empty store sends one empty last page.

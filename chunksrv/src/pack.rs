@@ -303,11 +303,6 @@ impl Packs {
         (st.index.len() as u64, st.used)
     }
 
-    /// Ids of the packed chunks.
-    pub fn ids(&self) -> Vec<String> {
-        lock(&self.shared.state).index.keys().cloned().collect()
-    }
-
     /// Up to `max` ids of packed chunks after `after` (all from the first without), in order.
     pub fn ids_after(&self, after: Option<&str>, max: usize) -> Vec<String> {
         let st = lock(&self.shared.state);

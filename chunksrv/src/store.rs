@@ -620,11 +620,7 @@ impl Store {
 
     /// Every chunk id held (chunk files and packed chunks).
     pub fn inventory(&self) -> Vec<String> {
-        let mut ids: Vec<String> = lock(&self.inner.accounting).index.keys().cloned().collect();
-        ids.extend(self.inner.packs.ids());
-        ids.sort_unstable();
-        ids.dedup();
-        ids
+        self.inventory_page(None, usize::MAX)
     }
 
     /// One page of the inventory: up to `max` chunk ids greater than `after` (from the

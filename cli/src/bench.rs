@@ -161,14 +161,14 @@ pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-struct Lat {
+pub(crate) struct Lat {
     ops: usize,
     secs: f64,
     p50: f64,
     p99: f64,
 }
 
-fn summarize(mut v: Vec<Duration>, secs: f64) -> Lat {
+pub(crate) fn summarize(mut v: Vec<Duration>, secs: f64) -> Lat {
     v.sort();
     Lat {
         ops: v.len(),
@@ -182,7 +182,7 @@ impl Lat {
     fn rate(&self) -> f64 {
         self.ops as f64 / self.secs.max(1e-9)
     }
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         json!({"ops": self.ops, "ops_per_sec": (self.rate() * 10.0).round() / 10.0, "p50_ms": self.p50, "p99_ms": self.p99})
     }
     fn line(&self, what: &str) -> String {
@@ -461,13 +461,33 @@ impl tokio::io::AsyncRead for PatternReader {
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM:")
+}
+
+/// A KiB figure of `/proc/<pid>/status` (`field` with its colon, e.g. `VmRSS:`).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// `dfsctl local <step> --dir <dir> <node>` (kill returns once the node is gone, start once
+/// it listens).
+pub(crate) fn local_step(dir: &std::path::Path, step: &str, node: &str) -> anyhow::Result<()> {
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(["local", step, "--dir"])
+        .arg(dir)
+        .arg(node)
+        .stdout(std::process::Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("dfsctl local {step} {node} failed");
+    }
+    Ok(())
 }
 
 async fn small_files(
@@ -789,14 +809,7 @@ async fn failover_bench(
                 gap.as_secs_f64() * 1000.0
             );
         }
-        let status = std::process::Command::new(std::env::current_exe()?)
-            .args(["local", "start", "--dir"])
-            .arg(&dir)
-            .arg(&name)
-            .status()?;
-        if !status.success() {
-            bail!("could not restart {name}");
-        }
+        local_step(&dir, "start", &name)?;
         // Kill in steady state: wait until the restarted node has caught up (every member at
         // the same log index) and stayed so for a moment.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -12,7 +12,7 @@
 //! What must stay true: it only measures (everything it makes is under `/scale-<run id>`, left
 //! in place so the namespace keeps its size); a step that fails is reported with its error and
 //! the run goes on.
-use crate::bench::{percentile, run_id};
+use crate::bench::{local_step, proc_status_kib, run_id, summarize};
 use crate::local::LocalCluster;
 use crate::rpc;
 use anyhow::Context;
@@ -137,24 +137,9 @@ where
             errors += e;
         }
     }
-    lat.sort();
-    let secs = started.elapsed().as_secs_f64();
-    json!({
-        "ops_per_sec": (lat.len() as f64 / secs * 10.0).round() / 10.0,
-        "p50_ms": percentile(&lat, 0.5),
-        "p99_ms": percentile(&lat, 0.99),
-        "errors": errors,
-    })
-}
-
-fn proc_kib(pid: u32, field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    let mut v = summarize(lat, started.elapsed().as_secs_f64()).json();
+    v["errors"] = json!(errors);
+    v
 }
 
 fn dir_bytes(p: &Path) -> u64 {
@@ -184,8 +169,8 @@ fn nodes(dir: &Path) -> Value {
             let pid = n.pid.filter(|_| alive(n.pid, &n.kind));
             json!({
                 "node": n.name,
-                "rss_mib": mib(pid.and_then(|p| proc_kib(p, "VmRSS:"))),
-                "peak_rss_mib": mib(pid.and_then(|p| proc_kib(p, "VmHWM:"))),
+                "rss_mib": mib(pid.and_then(|p| proc_status_kib(p, "VmRSS:"))),
+                "peak_rss_mib": mib(pid.and_then(|p| proc_status_kib(p, "VmHWM:"))),
                 "disk_mib": (dir_bytes(&n.data_dir) as f64 / 1048576.0).round(),
             })
         })
@@ -228,17 +213,8 @@ async fn restart_follower(
         .find(|m| m.id == follower)
         .map(|m| m.addr.clone())
         .unwrap_or_default();
-    // `local kill` returns once the process is gone (its port free), `local start` once the
-    // new one listens.
-    for step in ["kill", "start"] {
-        let status = std::process::Command::new(std::env::current_exe()?)
-            .args(["local", step, "--dir"])
-            .arg(dir)
-            .arg(&name)
-            .stdout(std::process::Stdio::null())
-            .status()?;
-        anyhow::ensure!(status.success(), "dfsctl local {step} {name} failed");
-    }
+    local_step(dir, "kill", &name)?;
+    local_step(dir, "start", &name)?;
     // Caught up: the node itself (a stale read answered from its own state) has applied what
     // the leader had before the kill.
     let own = MetaConn::connect(&[addr], auth_file, LONG_TIMEOUT)?;

@@ -31,35 +31,23 @@ pub struct Slice {
     pub files: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SplitError {
-    #[error("not a saved-files.json array of files: {0}")]
-    Json(#[from] serde_json::Error),
-    #[error("stopped")]
-    Stopped,
-}
-
 /// Split a JSON array read from `reader` into slices of about `max_bytes`, handed to `emit` in
-/// order (it returns false to stop). Each element is passed on byte for byte, unparsed; the
-/// whole input must be one well-formed array. Returns the number of elements.
+/// order. Each element is passed on byte for byte, unparsed; the whole input must be one
+/// well-formed array. Returns the number of elements; an `emit` that returns false ends the
+/// split with an error.
 pub fn split(
     reader: impl Read,
     max_bytes: usize,
     mut emit: impl FnMut(Slice) -> bool,
-) -> Result<u64, SplitError> {
+) -> Result<u64, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_reader(reader);
     let splitter = Splitter {
         max_bytes,
         emit: &mut emit,
     };
-    match de.deserialize_seq(splitter) {
-        Ok(n) => {
-            de.end()?;
-            Ok(n)
-        }
-        Err(e) if e.to_string().starts_with(STOPPED) => Err(SplitError::Stopped),
-        Err(e) => Err(e.into()),
-    }
+    let n = de.deserialize_seq(splitter)?;
+    de.end()?;
+    Ok(n)
 }
 
 const STOPPED: &str = "import stopped";
@@ -109,13 +97,13 @@ impl<'de, F: FnMut(Slice) -> bool> Visitor<'de> for Splitter<'_, F> {
     }
 }
 
-/// Send every slice of `file` as an import request; `on_reply` sees each answer. Returns the
-/// number of files the file holds.
+/// Send every slice of `file` as an import request; `on_reply` sees each answer with the
+/// number of files sent so far. Returns the number of files the file holds.
 async fn send_slices(
     c: &MetaConn,
     file: &Path,
     dry_run: bool,
-    mut on_reply: impl FnMut(&Slice, ImportReply),
+    mut on_reply: impl FnMut(u64, ImportReply),
 ) -> anyhow::Result<u64> {
     let f = std::fs::File::open(file)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -127,26 +115,22 @@ async fn send_slices(
         })
     });
     while let Some(slice) = rx.recv().await {
+        let sent = slice.first_index + slice.files;
         let req = ImportRequest {
-            saved_files_json: slice.json.clone(),
+            saved_files_json: slice.json,
             dry_run,
             first_index: slice.first_index,
             request_id: uuid::Uuid::new_v4().to_string(),
         };
-        match rpc!(c, import, req) {
-            Ok(r) => on_reply(&slice, r),
-            Err(e) => {
-                drop(rx);
-                let _ = splitter.await;
-                return Err(e.into());
-            }
-        }
+        // On an error the splitter is left to stop (its send fails once `rx` is dropped).
+        on_reply(sent, rpc!(c, import, req)?);
     }
-    match splitter.await? {
-        Ok(n) => Ok(n),
-        Err(SplitError::Stopped) => unreachable!("the sender stops only after an error"),
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
-    }
+    splitter.await?.map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a saved-files.json array of files: {e}",
+            file.display()
+        )
+    })
 }
 
 pub async fn import(c: &MetaConn, file: &Path, json_out: bool) -> anyhow::Result<i32> {
@@ -156,9 +140,9 @@ pub async fn import(c: &MetaConn, file: &Path, json_out: bool) -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("{e:#}; nothing was imported"))?;
     // Second pass: committed slice by slice.
     let (mut imported, mut done, mut report, mut left_off) = (0u64, 0u64, Vec::new(), 0u64);
-    let committed = send_slices(c, file, false, |slice, r| {
+    let committed = send_slices(c, file, false, |sent, r| {
         imported += r.imported;
-        done = slice.first_index + slice.files;
+        done = sent;
         if !json_out {
             for line in &r.report {
                 println!("{line}");
@@ -234,7 +218,7 @@ pub async fn export(c: &MetaConn, out: Option<&Path>, json_out: bool) -> anyhow:
 mod tests {
     use super::*;
 
-    fn slices(input: &str, max: usize) -> Result<Vec<Slice>, SplitError> {
+    fn slices(input: &str, max: usize) -> Result<Vec<Slice>, serde_json::Error> {
         let mut out = Vec::new();
         split(input.as_bytes(), max, |s| {
             out.push(s);
@@ -292,7 +276,7 @@ mod tests {
             n += 1;
             false
         });
-        assert!(matches!(r, Err(SplitError::Stopped)), "{r:?}");
+        assert!(r.is_err(), "{r:?}");
         assert_eq!(n, 1);
     }
 }

@@ -190,32 +190,6 @@ fn binary(name: &str) -> PathBuf {
     }
 }
 
-/// Wait (until `deadline`) until `addr` can be listened on again. A killed multi-threaded
-/// process reads as a zombie as soon as its main thread is gone, while its other threads are
-/// still exiting with its sockets open. Bound as the servers bind (SO_REUSEADDR), so the
-/// connections it leaves in TIME_WAIT do not count.
-async fn wait_port_free(addr: &str, deadline: Instant) {
-    let Ok(sa) = addr.parse::<std::net::SocketAddr>() else {
-        return;
-    };
-    let free = || {
-        let s = if sa.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        };
-        s.and_then(|s| {
-            s.set_reuseaddr(true)?;
-            s.bind(sa)?;
-            s.listen(1).map(drop)
-        })
-        .is_ok()
-    };
-    while !free() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn spawn(node: &mut LocalNode) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&node.data_dir)?;
@@ -774,7 +748,6 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                 while alive(n.pid, &n.kind) && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                wait_port_free(&n.addr, deadline).await;
             }
             if ctx.json {
                 print_json(
@@ -789,9 +762,6 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             if alive(n.pid, &n.kind) {
                 bail!("{node} is already running (pid {})", n.pid.unwrap_or(0));
             }
-            // A node killed just now may still hold its port (see `wait_port_free`); the new
-            // one would fail to listen, and the old one answer in its place.
-            wait_port_free(&n.addr, Instant::now() + Duration::from_secs(5)).await;
             spawn(n)?;
             let n = n.clone();
             c.save(&dir.dir)?;

@@ -31,9 +31,6 @@ pub struct FsStats {
     pub files: u64,
 }
 
-/// Entries asked for per `List` page.
-const LIST_PAGE: u32 = 1000;
-
 /// A connection to one cluster: metadata with failover, and chunk-server channels.
 pub struct Client {
     pub conn: MetaConn,
@@ -83,22 +80,15 @@ impl Client {
         Ok(rpc!(self.conn, stat, req)?)
     }
 
-    /// A directory's entries (not recursive), fetched page by page (see [`Client::list_page`]).
+    /// A directory's entries (not recursive), fetched page by page (see
+    /// [`MetaConn::list_pages`]).
     pub async fn list(&self, path: &str) -> Result<Vec<FileInfo>> {
-        let (mut all, mut after) = (Vec::new(), String::new());
-        loop {
-            let (entries, next) = self.list_page(path, &after, LIST_PAGE).await?;
-            all.extend(entries);
-            if next.is_empty() {
-                return Ok(all);
-            }
-            after = next;
-        }
+        Ok(self.conn.list_all(path, false, false).await?)
     }
 
-    /// One page of a directory's entries: names after `after` ("" for the first page), at
-    /// most `limit` (the server caps it at 1000), and the `after` of the next page ("" when
-    /// this was the last).
+    /// One page of a directory's entries: those after the page token `after` ("" for the
+    /// first page), at most `limit` (the server caps it at 1000), and the token of the next
+    /// page ("" when this was the last). A token is the server's, passed back unchanged.
     pub async fn list_page(
         &self,
         path: &str,

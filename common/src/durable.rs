@@ -37,15 +37,11 @@ impl AtomicFile {
     }
 
     fn create_inner(path: &Path, secret: bool) -> io::Result<AtomicFile> {
-        // A bare file name ("alice.auth") has the parent "", which names no directory to open.
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
+        let dir = parent_dir(path);
         fs::create_dir_all(dir)?;
         let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            "{}{}",
+            temp_prefix(path.file_name().and_then(|n| n.to_str()).unwrap_or("file")),
             std::process::id()
         ));
         let mut opts = OpenOptions::new();
@@ -77,11 +73,22 @@ impl AtomicFile {
         f.sync_all()?;
         drop(f);
         fs::rename(&self.tmp, &self.path)?;
-        let dir = match self.path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        fsync_dir(dir)
+        fsync_dir(parent_dir(&self.path))
+    }
+}
+
+/// How the temp file of an atomic write of the file named `name` begins (a crash leaves it
+/// behind; its owner removes such leftovers on start).
+pub fn temp_prefix(name: &str) -> String {
+    format!(".{name}.tmp-")
+}
+
+/// The directory `path` is in. A bare file name ("alice.auth") has the parent "", which names
+/// no directory to open.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
     }
 }
 

@@ -92,8 +92,8 @@ impl LocalCluster {
     }
 }
 
-/// Is `pid` a live (not zombie) process running the binary of `kind` ("meta": metasrv, else
-/// chunksrv)?
+/// Is `pid` a live process running the binary of `kind` ("meta": metasrv, else chunksrv), or
+/// one still exiting? A zombie whose threads are all gone is not.
 pub fn alive(pid: Option<u32>, kind: &str) -> bool {
     let Some(pid) = pid else { return false };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -102,8 +102,14 @@ pub fn alive(pid: Option<u32>, kind: &str) -> bool {
         .next()
         .and_then(|s| s.split_whitespace().next())
         .unwrap_or("");
-    if state.is_empty() || state == "Z" || state == "X" {
+    if state.is_empty() || state == "X" {
         return false;
+    }
+    if state == "Z" {
+        // A killed multi-threaded process reads as a zombie once its main thread is gone,
+        // while its other threads still exit holding its sockets (a restart on its port
+        // would fail): gone only when no other thread is left.
+        return std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1);
     }
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     String::from_utf8_lossy(&cmd).contains(if kind == "meta" {

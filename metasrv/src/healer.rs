@@ -190,7 +190,8 @@ impl Healing {
 
     /// One page of a chunk server's chunk report (see `inventory`); a completed report
     /// starts the orphans' clock.
-    pub fn record_inventory(&self, node: NodeId, page: inventory::Page<'_>) -> inventory::Outcome {
+    pub fn record_inventory(&self, node: NodeId, page: inventory::Page) -> inventory::Outcome {
+        let (round, number) = (page.round, page.page);
         let out = lock(&self.inventories).page(node, page, Instant::now());
         match out {
             inventory::Outcome::Complete => {
@@ -199,8 +200,8 @@ impl Healing {
             inventory::Outcome::Dropped => {
                 tracing::debug!(
                     chunk_server = node,
-                    round = page.round,
-                    page = page.page,
+                    round,
+                    page = number,
                     "inventory page out of order: the listing is dropped, the next one starts over"
                 );
             }

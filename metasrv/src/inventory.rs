@@ -20,14 +20,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// One heartbeat's piece of an inventory.
-#[derive(Debug, Clone, Copy)]
-pub struct Page<'a> {
+/// One heartbeat's piece of an inventory (its ids moved in, not copied).
+#[derive(Debug)]
+pub struct Page {
     /// The listing's id; 0 from an older server (then the page is the whole inventory).
     pub round: u64,
     pub page: u32,
     pub last: bool,
-    pub ids: &'a [String],
+    pub ids: Vec<String>,
 }
 
 /// What a page did.
@@ -89,7 +89,7 @@ pub struct Sizes {
 
 impl Inventories {
     /// Take one heartbeat's page from `node`, received at `now`.
-    pub fn page(&mut self, node: NodeId, p: Page<'_>, now: Instant) -> Outcome {
+    pub fn page(&mut self, node: NodeId, p: Page, now: Instant) -> Outcome {
         let n = self.nodes.entry(node).or_default();
         let (round, page, last) = if p.round == 0 {
             (0, 0, true)
@@ -114,7 +114,7 @@ impl Inventories {
             self.dropped_total += 1;
             return Outcome::Dropped;
         }
-        part.chunks.extend(p.ids.iter().cloned());
+        part.chunks.extend(p.ids);
         part.at = now;
         if follows {
             part.next = part.next.saturating_add(1);
@@ -190,14 +190,13 @@ mod tests {
     }
 
     fn page(inv: &mut Inventories, round: u64, page: u32, last: bool, v: &[&str]) -> Outcome {
-        let ids = ids(v);
         inv.page(
             1,
             Page {
                 round,
                 page,
                 last,
-                ids: &ids,
+                ids: ids(v),
             },
             Instant::now(),
         )

@@ -507,6 +507,25 @@ impl Cluster {
     pub fn secret_file(&self) -> PathBuf {
         self.path().join("cluster.secret")
     }
+
+    /// Start metasrv `id`, empty, to join this cluster listening on `addr` (data in
+    /// `meta-<id>/`, log in `meta-<id>.log`); the caller adds it with `cluster add-member`
+    /// and kills it when done.
+    pub fn spawn_joining_meta(&self, id: u64, addr: &str) -> std::process::Child {
+        let log = std::fs::File::create(self.path().join(format!("meta-{id}.log"))).unwrap();
+        Command::new(bin("metasrv"))
+            .args(["--id", &id.to_string(), "--join", "--listen", addr])
+            .args(["--metrics", &free_addr()])
+            .arg("--data-dir")
+            .arg(self.path().join(format!("meta-{id}")))
+            .arg("--cluster-secret-file")
+            .arg(self.secret_file())
+            .args(self.node_tls_args(dfs_common::pki::Role::Meta, id))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
 }
 
 impl Drop for Cluster {

@@ -614,10 +614,15 @@ fn inventories_sent_in_pages_are_assembled_whole_and_orphans_found_in_them() {
     });
     let orphans = last["orphans"].as_array().unwrap();
     assert!(orphans.len() >= 4, "{last}");
+    // The listings really come in pages: one is seen being assembled (each takes three
+    // heartbeats of the three-second cycle).
+    wait_until(patience, "a listing being assembled from pages", || {
+        metric(&c, "meta-1", "dfs_inventories_assembling").is_some_and(|n| n >= 1.0)
+    });
     // Listings keep coming (every 3 s here) and each replaces the last only when whole: the
-    // count never drops to a part of a listing.
+    // count never drops to a part of a listing (watched over more than one cycle).
     let on_disk = c.all_chunk_files() as f64;
-    for _ in 0..20 {
+    for _ in 0..40 {
         let held = metric(&c, "meta-1", "dfs_inventory_chunks").unwrap();
         assert_eq!(held, on_disk, "inventory chunks held");
         std::thread::sleep(Duration::from_millis(100));

@@ -146,28 +146,7 @@ fn a_member_added_online_catches_up_from_a_snapshot() {
     }
     // Start node 4 by hand, empty, joining.
     let addr = free_addr();
-    let metrics = free_addr();
-    let data = c.path().join("meta-4");
-    let log = std::fs::File::create(c.path().join("meta-4.log")).unwrap();
-    let mut child = Command::new(bin("metasrv"))
-        .args([
-            "--id",
-            "4",
-            "--join",
-            "--listen",
-            &addr,
-            "--metrics",
-            &metrics,
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--cluster-secret-file")
-        .arg(c.secret_file())
-        .args(c.node_tls_args(dfs_common::pki::Role::Meta, 4))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = c.spawn_joining_meta(4, &addr);
     c.ctl(&["--timeout", "60", "cluster", "add-member", "4", &addr])
         .ok();
     // It is a voter with the same state; it got there through a snapshot, since the log

@@ -179,6 +179,15 @@ fn a_big_directory_is_listed_in_pages() {
         cl.mkdir("/other", false).await.unwrap();
         let e = cl.list_page("/other", &next, 10).await.unwrap_err();
         assert!(e.to_string().contains("page token is stale"), "{e}");
+        // An export page token is sealed the same way.
+        let forged = dfs_proto::ExportRequest {
+            after: "0.2f62~0123456789abcdef0123456789abcdef".into(),
+        };
+        let e = dfs_client::rpc!(cl.conn, export, forged).unwrap_err();
+        assert!(
+            e.message().contains("export page token was not issued"),
+            "{e}"
+        );
     });
     // dfsctl ls (page by page) sees them all.
     let out = c.ctl(&["ls", "/big"]).ok();

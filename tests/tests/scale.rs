@@ -85,6 +85,23 @@ fn write_original(path: &Path, n: usize) {
     w.into_inner().unwrap().sync_all().unwrap();
 }
 
+/// Write an import file of `n` empty files named `name(i)` (no chunks, times "now").
+fn write_empty_files(path: &Path, owner: &str, n: usize, name: impl Fn(usize) -> String) {
+    let mut w = BufWriter::new(std::fs::File::create(path).unwrap());
+    w.write_all(b"[").unwrap();
+    for i in 0..n {
+        write!(
+            w,
+            r#"{}{{"created": "", "id": "", "last_edited": "", "name": "{}", "owner": "{owner}", "permissions": {{}}, "size": "0", "sha256": "", "chunks": []}}"#,
+            if i == 0 { "" } else { "," },
+            name(i)
+        )
+        .unwrap();
+    }
+    w.write_all(b"]").unwrap();
+    w.into_inner().unwrap().sync_all().unwrap();
+}
+
 /// The original keys of one file. The normalizing parse: names get their leading `/`, times
 /// are compared to the millisecond (dfs keeps milliseconds), and a chunk's `worker_id` is left
 /// out (the old system's workers are not members of this cluster, so an imported chunk has no
@@ -192,20 +209,9 @@ fn an_original_saved_files_json_round_trips_and_a_big_tree_is_listed_in_pages() 
     let dirs = files.div_ceil(PER_DIR);
     let more = entries.saturating_sub(files + dirs + 1);
     let second = c.path().join("more.json");
-    {
-        let mut w = BufWriter::new(std::fs::File::create(&second).unwrap());
-        w.write_all(b"[").unwrap();
-        for i in 0..more {
-            write!(
-                w,
-                r#"{}{{"created": "", "id": "", "last_edited": "", "name": "more/e{:03}/g{i:07}", "owner": "adrian", "permissions": {{}}, "size": "0", "sha256": "", "chunks": []}}"#,
-                if i == 0 { "" } else { "," },
-                i / 5000
-            )
-            .unwrap();
-        }
-        w.write_all(b"]").unwrap();
-    }
+    write_empty_files(&second, "adrian", more, |i| {
+        format!("more/e{:03}/g{i:07}", i / 5000)
+    });
     c.ctl(&["--json", "admin", "import", second.to_str().unwrap()])
         .json();
     let t = Instant::now();
@@ -214,7 +220,7 @@ fn an_original_saved_files_json_round_trips_and_a_big_tree_is_listed_in_pages() 
     let lines: Vec<&str> = listing.lines().collect();
     let more_dirs = more.div_ceil(5000) + usize::from(more > 0);
     assert_eq!(lines.len(), files + dirs + more + more_dirs);
-    assert!(lines.len() >= entries.min(files + dirs + more + more_dirs));
+    assert!(lines.len() >= entries, "{} entries listed", lines.len());
     assert!(
         lines.windows(2).all(|w| w[0] < w[1]),
         "in path order, no repeats"
@@ -272,20 +278,9 @@ fn a_directory_of_100000_files_renamed_while_another_client_stats_below_it() {
     let members = env_size("DFS_SCALE_RENAME_MEMBERS", 1) as u32;
     let c = Cluster::up(members, 0, &[]);
     let list = c.path().join("big.json");
-    {
-        let mut w = BufWriter::new(std::fs::File::create(&list).unwrap());
-        w.write_all(b"[").unwrap();
-        for i in 0..files {
-            write!(
-                w,
-                r#"{}{{"created": "", "id": "", "last_edited": "", "name": "big/s{:02}/f{i:06}", "owner": "admin", "permissions": {{}}, "size": "0", "sha256": "", "chunks": []}}"#,
-                if i == 0 { "" } else { "," },
-                i % 50
-            )
-            .unwrap();
-        }
-        w.write_all(b"]").unwrap();
-    }
+    write_empty_files(&list, "admin", files, |i| {
+        format!("big/s{:02}/f{i:06}", i % 50)
+    });
     let v = c
         .ctl(&["--json", "admin", "import", list.to_str().unwrap()])
         .json();

@@ -3,7 +3,7 @@
 //! (metasrv/src/store/snapshot_files.rs), while a client keeps writing and no write fails.
 use dfs_tests::*;
 use serde_json::{json, Value};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -161,30 +161,7 @@ fn a_new_member_installs_a_large_snapshot_while_clients_write() {
         });
 
         // Node 4, empty, joining.
-        let metrics = free_addr();
-        let data = c.path().join("meta-4");
-        let log = std::fs::File::create(c.path().join("meta-4.log")).unwrap();
-        let node4 = Node(
-            Command::new(bin("metasrv"))
-                .args([
-                    "--id",
-                    "4",
-                    "--join",
-                    "--listen",
-                    &addr,
-                    "--metrics",
-                    &metrics,
-                ])
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--cluster-secret-file")
-                .arg(c.secret_file())
-                .args(c.node_tls_args(dfs_common::pki::Role::Meta, 4))
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+        let node4 = Node(c.spawn_joining_meta(4, &addr));
         let at_join = writes.load(Ordering::Relaxed);
         c.ctl(&["--timeout", "120", "cluster", "add-member", "4", &addr])
             .ok();

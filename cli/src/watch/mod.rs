@@ -425,17 +425,9 @@ impl<'a> Watcher<'a> {
         } else {
             format!("{}/", self.remote_root)
         };
-        let mut after = String::new();
-        loop {
-            let req = ListRequest {
-                path: self.remote_root.clone(),
-                recursive: true,
-                stale: false,
-                after: after.clone(),
-                limit: 1000,
-            };
-            let r = dfs_client::rpc!(self.client.conn, list, req)?;
-            for f in r.entries {
+        let conn = &self.client.conn;
+        conn.list_pages(&self.remote_root, true, false, |page| {
+            for f in page {
                 let Some(rel) = f.path.strip_prefix(&prefix) else {
                     continue;
                 };
@@ -451,11 +443,8 @@ impl<'a> Watcher<'a> {
                     );
                 }
             }
-            if r.next.is_empty() {
-                break;
-            }
-            after = r.next;
-        }
+        })
+        .await?;
         self.remote = t;
         Ok(())
     }

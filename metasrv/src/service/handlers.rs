@@ -31,12 +31,35 @@ const MAX_REQUEST_ID: usize = 64;
 const LIST_CURSOR: &str = "list-page";
 const EXPORT_CURSOR: &str = "export-page";
 
-fn forged_cursor() -> OpError {
-    invalid("page token was not issued by this cluster for this user (forged or damaged); list again from the start")
+/// A page token: `fields` and then a name (hex, so any name fits), sealed for `actor`.
+fn seal_page(
+    secret: &ClusterSecret,
+    purpose: &str,
+    actor: &str,
+    fields: &[String],
+    name: &str,
+) -> String {
+    let payload = format!("{}.{}", fields.join("."), hex::encode(name));
+    secret.seal_cursor(purpose, actor, &payload)
 }
 
-/// The name a list page token resumes after: `dir.recursive.hex(name)`, sealed for `actor`.
-/// A token of another directory, or of one that was replaced since, is stale.
+/// The `N` fields and the name of a token made by `seal_page` with the same purpose and
+/// actor; `None` for anything else (forged, damaged, another user's).
+fn open_page<const N: usize>(
+    secret: &ClusterSecret,
+    purpose: &str,
+    actor: &str,
+    token: &str,
+) -> Option<([String; N], String)> {
+    let payload = secret.open_cursor(purpose, actor, token)?;
+    let mut parts = payload.splitn(N + 1, '.');
+    let fields = std::array::from_fn(|_| parts.next().unwrap_or_default().to_string());
+    let name = String::from_utf8(hex::decode(parts.next()?).ok()?).ok()?;
+    Some((fields, name))
+}
+
+/// The name a list page token resumes after. A token of another directory, or of one that
+/// was replaced since, is stale.
 fn open_list_cursor(
     secret: &ClusterSecret,
     actor: &str,
@@ -44,17 +67,9 @@ fn open_list_cursor(
     recursive: bool,
     token: &str,
 ) -> OpResult<String> {
-    let payload = secret
-        .open_cursor(LIST_CURSOR, actor, token)
-        .ok_or_else(forged_cursor)?;
-    let mut parts = payload.splitn(3, '.');
-    let (Some(ino), Some(rec), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(forged_cursor());
+    let Some(([ino, rec], name)) = open_page(secret, LIST_CURSOR, actor, token) else {
+        return Err(invalid("page token was not issued by this cluster for this user (forged or damaged); list again from the start"));
     };
-    let name = hex::decode(name)
-        .ok()
-        .and_then(|n| String::from_utf8(n).ok())
-        .ok_or_else(forged_cursor)?;
     if ino != dir_ino.to_string() {
         return Err(Status::failed_precondition(
             "page token is stale: it belongs to a listing of another directory, or this one was replaced since; list again from the start",
@@ -69,28 +84,22 @@ fn open_list_cursor(
     Ok(name)
 }
 
-/// Where an export page token resumes: `files_before.hex(path)`, sealed for `actor`.
+/// Where an export page token resumes.
 fn open_export_cursor(
     secret: &ClusterSecret,
     actor: &str,
     token: &str,
 ) -> OpResult<crate::export::PageStart> {
-    let bad = || {
-        invalid("export page token was not issued by this cluster (forged or damaged); export again from the start")
-    };
-    let payload = secret
-        .open_cursor(EXPORT_CURSOR, actor, token)
-        .ok_or_else(bad)?;
-    let (count, path) = payload.split_once('.').ok_or_else(bad)?;
-    let files_before = count.parse().map_err(|_| bad())?;
-    let after = hex::decode(path)
-        .ok()
-        .and_then(|p| String::from_utf8(p).ok())
-        .ok_or_else(bad)?;
-    Ok(crate::export::PageStart {
-        after: Some(after),
-        files_before,
-    })
+    open_page(secret, EXPORT_CURSOR, actor, token)
+        .and_then(|([count], after)| {
+            Some(crate::export::PageStart {
+                after: Some(after),
+                files_before: count.parse().ok()?,
+            })
+        })
+        .ok_or_else(|| {
+            invalid("export page token was not issued by this cluster (forged or damaged); export again from the start")
+        })
 }
 
 fn invalid(e: impl std::fmt::Display) -> OpError {
@@ -260,8 +269,8 @@ impl MetaNode {
         let next = match next.as_str() {
             "" => next,
             name => {
-                let payload = format!("{}.{}.{}", dir.ino, r.recursive as u8, hex::encode(name));
-                self.secret.seal_cursor(LIST_CURSOR, &actor, &payload)
+                let fields = [dir.ino.to_string(), (r.recursive as u8).to_string()];
+                seal_page(&self.secret, LIST_CURSOR, &actor, &fields, name)
             }
         };
         Ok(ListReply {
@@ -1328,9 +1337,9 @@ impl MetaNode {
         let next = match page.next {
             None => String::new(),
             Some(n) => {
+                let fields = [n.files_before.to_string()];
                 let after = n.after.unwrap_or_default();
-                let payload = format!("{}.{}", n.files_before, hex::encode(after));
-                self.secret.seal_cursor(EXPORT_CURSOR, &actor, &payload)
+                seal_page(&self.secret, EXPORT_CURSOR, &actor, &fields, &after)
             }
         };
         Ok(ExportReply {
@@ -1387,7 +1396,7 @@ impl MetaNode {
     }
 
     /// Heartbeats are answered by every node from its own state (no forwarding).
-    pub async fn heartbeat(&self, c: &Caller, r: HeartbeatRequest) -> OpResult<HeartbeatReply> {
+    pub async fn heartbeat(&self, c: &Caller, mut r: HeartbeatRequest) -> OpResult<HeartbeatReply> {
         if let Some(p) = self.authenticate_node(c)? {
             if p.role != dfs_common::pki::Role::Chunk || p.node_id() != Some(r.node_id) {
                 self.metrics.auth_failures.inc();
@@ -1431,7 +1440,7 @@ impl MetaNode {
                     round: r.inventory_round,
                     page: r.inventory_page,
                     last: r.inventory_last,
-                    ids: &r.inventory,
+                    ids: std::mem::take(&mut r.inventory),
                 },
             );
         }

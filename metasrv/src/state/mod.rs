@@ -199,8 +199,8 @@ pub struct Remembered {
 
 /// How long a request id is remembered. Far longer than a client retries one call (dfsctl
 /// gives up after `--timeout`, 30 s by default) or than a stray attempt can wait in an old
-/// leader's log (one election); short enough that ids at 5,000 writes/s stay ~200 MB.
-/// (HDFS's retry cache keeps 10 minutes.)
+/// leader's log (one election). At 5,000 writes/s the byte budget below is reached first
+/// (about a minute of ids). (HDFS's retry cache keeps 10 minutes.)
 pub const REQUEST_MEMORY_MS: i64 = 5 * 60 * 1000;
 /// The most the remembered request ids may take (estimated, see `recent::cost`; a typical
 /// entry counts 150 to 300 bytes): beyond it the oldest go first, even if younger than

@@ -8,11 +8,13 @@
 //! - Only the map is persisted and serialized; the order by time and the byte count are
 //!   derived from it (rebuilt on load and on snapshot install), never stored twice.
 //! - Oldest first: an entry goes before any younger one (ties by id), by age or by budget.
-//! - An entry's size is fixed when it is remembered: its id twice (map and index), its
-//!   record as stored (JSON), and `ENTRY_OVERHEAD`; the sum is `bytes()`.
+//! - An entry's size is computed once, when it is remembered (the index keeps it): its id
+//!   twice (map and index), its record as stored (JSON), and `ENTRY_OVERHEAD`; the sum is
+//!   `bytes()`. It depends on the JSON form of a reply: a version that changes that form
+//!   must not be mixed with an older one in one group (members would prune different ids).
 use super::Remembered;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Bytes of bookkeeping counted for each entry besides its id and record (tree nodes,
 /// the index's copy of the time).
@@ -22,8 +24,8 @@ pub const ENTRY_OVERHEAD: u64 = 64;
 #[derive(Debug, Clone, Default)]
 pub struct RecentRequests {
     map: BTreeMap<String, Remembered>,
-    /// (time, id) of every entry in `map`.
-    by_time: BTreeSet<(i64, String)>,
+    /// (time, id) of every entry in `map`, with the entry's `cost` (computed once).
+    by_time: BTreeMap<(i64, String), u64>,
     /// Sum of `cost` over `map`.
     bytes: u64,
 }
@@ -64,22 +66,25 @@ impl RecentRequests {
 
     pub fn insert(&mut self, id: String, r: Remembered) -> Option<Remembered> {
         let old = self.remove(&id);
-        self.bytes += cost(&id, &r);
-        self.by_time.insert((r.at_ms, id.clone()));
+        let c = cost(&id, &r);
+        self.bytes += c;
+        self.by_time.insert((r.at_ms, id.clone()), c);
         self.map.insert(id, r);
         old
     }
 
     pub fn remove(&mut self, id: &str) -> Option<Remembered> {
         let r = self.map.remove(id)?;
-        self.by_time.remove(&(r.at_ms, id.to_string()));
-        self.bytes = self.bytes.saturating_sub(cost(id, &r));
+        let c = self.by_time.remove(&(r.at_ms, id.to_string())).unwrap_or(0);
+        self.bytes = self.bytes.saturating_sub(c);
         Some(r)
     }
 
     /// The oldest entry's time and id.
     pub fn oldest(&self) -> Option<(i64, &str)> {
-        self.by_time.first().map(|(t, id)| (*t, id.as_str()))
+        self.by_time
+            .first_key_value()
+            .map(|((t, id), _)| (*t, id.as_str()))
     }
 
     /// Drop the oldest entries while any is older than `before_ms` or, keeping at least one,

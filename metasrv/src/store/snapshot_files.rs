@@ -118,7 +118,7 @@ impl SnapshotFiles {
             let name = e?.file_name();
             let Some(name) = name.to_str() else { continue };
             let leftover = (name.starts_with(DATA_PREFIX) && Some(name) != keep.as_deref())
-                || name.starts_with(&format!(".{META_FILE}.tmp-"));
+                || name.starts_with(&dfs_common::durable::temp_prefix(META_FILE));
             if leftover {
                 tracing::info!(file = name, "removing an incomplete snapshot file");
                 fs::remove_file(self.dir.join(name))?;
@@ -154,7 +154,14 @@ impl SnapshotFiles {
 
     /// The committed snapshot's meta, if any.
     pub fn current_meta(&self) -> Option<SnapshotMeta> {
-        self.lock_current().as_ref().map(|c| c.meta.clone())
+        self.current().map(|(m, _)| m)
+    }
+
+    /// The current snapshot's meta and data file path, if any.
+    pub fn current(&self) -> Option<(SnapshotMeta, PathBuf)> {
+        self.lock_current()
+            .as_ref()
+            .map(|c| (c.meta.clone(), self.dir.join(&c.data)))
     }
 
     /// A new, empty data file (read + write) and its path. Not the current snapshot until
@@ -224,23 +231,20 @@ impl SnapshotFiles {
                 return Ok(false);
             }
         }
-        // The data file's directory entry is durable before a meta names it.
-        fsync_dir(&self.dir)?;
         let record = Current {
             meta: meta.clone(),
             data: name,
         };
-        let raw = serde_json::to_vec(&record).map_err(io::Error::other)?;
+        // The data file's directory entry is durable before a meta names it.
+        let raw = fsync_dir(&self.dir)
+            .and_then(|()| serde_json::to_vec(&record).map_err(io::Error::other))
+            .inspect_err(|_| remove_quietly(path))?;
+        // From here a failure leaves the file: the meta on disk may name it already (the
+        // rename done, the directory fsync failed), and `open` keeps it if so.
         write_atomic(&self.dir.join(META_FILE), &raw)?;
+        // A committed data file has a fresh name, never the old one's.
         if let Some(old) = current.replace(record) {
-            if old.data
-                != current
-                    .as_ref()
-                    .map(|c| c.data.as_str())
-                    .unwrap_or_default()
-            {
-                remove_quietly(&self.dir.join(old.data));
-            }
+            remove_quietly(&self.dir.join(old.data));
         }
         Ok(true)
     }
@@ -253,11 +257,6 @@ impl SnapshotFiles {
         };
         let f = File::open(self.dir.join(&c.data))?;
         Ok(Some((c.meta.clone(), f)))
-    }
-
-    /// The current snapshot's data file path, if any.
-    pub fn current_path(&self) -> Option<PathBuf> {
-        self.lock_current().as_ref().map(|c| self.dir.join(&c.data))
     }
 }
 

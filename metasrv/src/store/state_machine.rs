@@ -94,7 +94,7 @@ impl StateMachine {
         }
         let files = SnapshotFiles::open(snapshot_dir)
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        if let Some(meta) = files.current_meta().filter(|m| m.last_log_id > applied) {
+        if let Some((meta, path)) = files.current().filter(|(m, _)| m.last_log_id > applied) {
             // A crash came after a received snapshot was committed and before its records
             // were: install it again (see the module doc).
             tracing::warn!(
@@ -102,7 +102,6 @@ impl StateMachine {
                 applied = ?applied.map(|l| l.index),
                 "finishing a snapshot install that a crash interrupted"
             );
-            let path = files.current_path().expect("a current snapshot has a file");
             state = read_state(&path)
                 .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
             replace_records(&tree, &state, &meta)?;
@@ -220,19 +219,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let files = self.files.clone();
         let m2 = meta.clone();
         let done = tokio::task::spawn_blocking(move || -> std::io::Result<(File, u64, bool)> {
-            let r = (|| {
+            let synced = (|| -> std::io::Result<(File, u64)> {
                 file.sync_all()?;
                 let bytes = file.metadata()?.len();
                 // Opened before `commit`, so it stays readable even if a newer snapshot
                 // (installed meanwhile) makes `commit` drop it.
-                let reader = File::open(&path)?;
-                let committed = files.commit(&m2, &path, false)?;
-                Ok((reader, bytes, committed))
+                Ok((File::open(&path)?, bytes))
             })();
-            if r.is_err() {
-                snapshot_files::remove_quietly(&path);
-            }
-            r
+            let (reader, bytes) = synced.inspect_err(|_| snapshot_files::remove_quietly(&path))?;
+            // Not removed here if `commit` fails: it removes the file itself unless the
+            // failure came after a meta naming it may have reached the disk.
+            let committed = files.commit(&m2, &path, false)?;
+            Ok((reader, bytes, committed))
         })
         .await
         .map_err(write_err)?
