@@ -80,6 +80,7 @@ pub fn to_json(r: &FsckReply) -> serde_json::Value {
         "corrupt_replicas": r.corrupt_replicas,
         "dead_servers": r.dead_servers,
         "repair_queue": r.repair_queue,
+        "problems_left_off": r.problems_left_off,
         "problems": r.problems.iter().map(|f| json!({
             "path": f.path,
             "size": f.size,
@@ -132,6 +133,12 @@ pub async fn fsck(ctx: &Ctx, a: FsckArgs) -> anyhow::Result<i32> {
             }
             println!("{line}");
         }
+    }
+    if r.problems_left_off > 0 {
+        println!(
+            "... and {} more files with problems, not listed (fsck a subdirectory to see them)",
+            r.problems_left_off
+        );
     }
     println!(
         "{} files, {} chunks: {} missing, {} under-replicated, {} over-replicated, {} corrupt replicas; dead chunk servers: {}; repair queue: {}",

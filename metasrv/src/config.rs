@@ -70,6 +70,12 @@ pub struct Args {
     /// Log entries kept after a snapshot, for followers that lag a little.
     #[arg(long, env = "DFS_META_KEEP_LOGS", default_value_t = 5_000)]
     pub keep_logs: u64,
+    /// How long the leader waits for one piece of a snapshot to be taken by a follower,
+    /// including the last, which the follower answers only once the whole snapshot is parsed
+    /// and stored (longer for a bigger namespace), e.g. 60s, 10m. A piece that takes longer makes
+    /// the leader send the snapshot again from the start.
+    #[arg(long, env = "DFS_META_INSTALL_SNAPSHOT_TIMEOUT", default_value = "60s", value_parser = dfs_common::units::parse_duration)]
+    pub install_snapshot_timeout: Duration,
     /// Seconds a chunk read or write token stays valid (readers that outlive it ask again).
     #[arg(long, env = "DFS_META_TOKEN_TTL_SECS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub token_ttl_secs: u64,
@@ -129,6 +135,7 @@ pub struct Config {
     pub join: bool,
     pub snapshot_every: u64,
     pub keep_logs: u64,
+    pub install_snapshot_timeout: Duration,
     pub purge_batch: u64,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
@@ -211,6 +218,7 @@ impl Config {
             join: a.join,
             snapshot_every: a.snapshot_every.max(1),
             keep_logs: a.keep_logs,
+            install_snapshot_timeout: a.install_snapshot_timeout.max(Duration::from_secs(1)),
             purge_batch: a.purge_batch.max(1),
             heartbeat_ms: a.heartbeat_ms,
             election_timeout_ms: a.election_timeout_ms,
@@ -239,7 +247,7 @@ impl Config {
             heartbeat_interval: self.heartbeat_ms,
             election_timeout_min: self.election_timeout_ms,
             election_timeout_max: self.election_timeout_ms * 2,
-            install_snapshot_timeout: 10_000,
+            install_snapshot_timeout: self.install_snapshot_timeout.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_interval()),
             max_in_snapshot_log_to_keep: self.keep_logs,
             purge_batch_size: self.purge_batch,

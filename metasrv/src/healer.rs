@@ -15,7 +15,7 @@ use crate::liveness::LIVE_WINDOW;
 use crate::repair::{self, ServerHealth, View};
 use crate::service::{now_ms, Caller, MetaNode, OpError, OpResult};
 use crate::state::command::CommandV1;
-use crate::state::{Command, MAX_REPLICATION};
+use crate::state::{Command, MAX_LIST_PAGE, MAX_REPLICATION};
 use crate::types::NodeId;
 use dfs_common::token::Op;
 use dfs_proto::chunk_client::ChunkClient;
@@ -220,7 +220,8 @@ impl Healing {
 
     /// Entries of the inventories held, and listings dropped so far (for metrics).
     pub fn inventory_sizes(&self) -> (inventory::Sizes, u64) {
-        let g = lock(&self.inventories);
+        let mut g = lock(&self.inventories);
+        g.drop_stale(Instant::now());
         (g.sizes(), g.dropped_total)
     }
 
@@ -590,6 +591,63 @@ async fn copy_one(
     Err(last)
 }
 
+/// Most problem files one fsck reply lists (the others are counted in `problems_left_off`), so
+/// a reply stays small however many files a dead server took replicas of.
+pub const MAX_FSCK_PROBLEMS: usize = 1000;
+
+/// Count one entry of an fsck walk into `out`, and list it if it has a problem.
+fn fsck_file(out: &mut FsckReply, path: String, n: &crate::state::Inode, view: &View) {
+    let Some(f) = &n.file else { return };
+    out.files += 1;
+    let want = f.replication as usize;
+    let rank = |s: Option<&str>| match s {
+        Some("missing") => 3,
+        Some("under-replicated") => 2,
+        Some(_) => 1,
+        None => 0,
+    };
+    let mut worst = None;
+    let mut chunks = Vec::new();
+    for (i, ch) in f.chunks.iter().enumerate() {
+        out.chunks += 1;
+        let h = repair::classify(ch, view);
+        out.corrupt_replicas += h.bad.len() as u64;
+        let status = fsck_status(h.good.len(), want, ch.replicas.len());
+        match status {
+            Some("missing") => out.missing_chunks += 1,
+            Some("under-replicated") => out.under_replicated_chunks += 1,
+            Some(_) => out.over_replicated_chunks += 1,
+            None if h.bad.is_empty() => continue,
+            None => {}
+        }
+        if rank(status) > rank(worst) {
+            worst = status;
+        }
+        chunks.push(FsckChunk {
+            index: i as u32,
+            chunk_id: ch.id.clone(),
+            live: h.good.len() as u32,
+            expected: f.replication,
+            missing: h.missing(),
+            corrupt: h.bad.clone(),
+        });
+    }
+    if chunks.is_empty() {
+        return;
+    }
+    if out.problems.len() >= MAX_FSCK_PROBLEMS {
+        out.problems_left_off += 1;
+        return;
+    }
+    out.problems.push(FsckFile {
+        path,
+        size: f.size,
+        replication: f.replication,
+        status: worst.unwrap_or("corrupt-replica").to_string(),
+        chunks,
+    });
+}
+
 fn fsck_status(good: usize, want: usize, replicas: usize) -> Option<&'static str> {
     if good == 0 {
         Some("missing")
@@ -610,8 +668,6 @@ impl MetaNode {
         let since = *lock(&self.healing.leader_since);
         let view = view(self, since);
         let path = if r.path.is_empty() { "/" } else { &r.path };
-        let st = self.read_state();
-        let entries = st.list(&actor, path, true)?;
         let mut out = FsckReply {
             dead_servers: view
                 .servers
@@ -622,53 +678,21 @@ impl MetaNode {
             repair_queue: self.healing.queue.load(Ordering::Relaxed),
             ..Default::default()
         };
-        for (p, n) in entries {
-            let Some(f) = &n.file else { continue };
-            out.files += 1;
-            let want = f.replication as usize;
-            let mut file = FsckFile {
-                path: p.clone(),
-                size: f.size,
-                replication: f.replication,
-                ..Default::default()
-            };
-            let mut worst = None;
-            for (i, ch) in f.chunks.iter().enumerate() {
-                out.chunks += 1;
-                let h = repair::classify(ch, &view);
-                out.corrupt_replicas += h.bad.len() as u64;
-                let status = fsck_status(h.good.len(), want, ch.replicas.len());
-                match status {
-                    Some("missing") => out.missing_chunks += 1,
-                    Some("under-replicated") => out.under_replicated_chunks += 1,
-                    Some(_) => out.over_replicated_chunks += 1,
-                    None if h.bad.is_empty() => continue,
-                    None => {}
-                }
-                let rank = |s: Option<&str>| match s {
-                    Some("missing") => 3,
-                    Some("under-replicated") => 2,
-                    Some(_) => 1,
-                    None => 0,
-                };
-                if rank(status) > rank(worst) {
-                    worst = status;
-                }
-                file.chunks.push(FsckChunk {
-                    index: i as u32,
-                    chunk_id: ch.id.clone(),
-                    live: h.good.len() as u32,
-                    expected: f.replication,
-                    missing: h.missing(),
-                    corrupt: h.bad.clone(),
-                });
+        // The tree is walked a page at a time, the state's read lock held per page only, so a
+        // check of millions of files neither copies the namespace nor stalls applies.
+        let mut after = String::new();
+        loop {
+            let (page, next) =
+                self.read_state()
+                    .list_page(&actor, path, true, &after, MAX_LIST_PAGE)?;
+            for (p, n) in page {
+                fsck_file(&mut out, p, &n, &view);
             }
-            if !file.chunks.is_empty() {
-                file.status = worst.unwrap_or("corrupt-replica").to_string();
-                out.problems.push(file);
+            if next.is_empty() {
+                return Ok(out);
             }
+            after = next;
         }
-        Ok(out)
     }
 
     pub async fn set_replication(&self, c: &Caller, r: SetReplicationRequest) -> OpResult<Empty> {

@@ -14,11 +14,16 @@
 //!   inventory in one message: a round of one page.
 //! - Memory: per server at most one complete set and one being assembled, each bounded by the
 //!   number of chunks the server holds; sets are shared (`Arc`), so readers (the orphan scan)
-//!   take them without copying.
+//!   take them without copying. A listing that gets no page for `STALE_LISTING` (its server
+//!   died or restarted mid-round) is dropped, so it is neither held nor counted for long.
 use crate::types::NodeId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// A listing under way that has had no page for this long is given up. Chunk servers send a
+/// page with every heartbeat (seconds apart), so this is many missed heartbeats.
+pub const STALE_LISTING: Duration = Duration::from_secs(60);
 
 /// One heartbeat's piece of an inventory (its ids moved in, not copied).
 #[derive(Debug)]
@@ -90,6 +95,7 @@ pub struct Sizes {
 impl Inventories {
     /// Take one heartbeat's page from `node`, received at `now`.
     pub fn page(&mut self, node: NodeId, p: Page, now: Instant) -> Outcome {
+        self.drop_stale(now);
         let n = self.nodes.entry(node).or_default();
         let (round, page, last) = if p.round == 0 {
             (0, 0, true)
@@ -168,6 +174,19 @@ impl Inventories {
             .collect()
     }
 
+    /// Give up listings that have had no page for `STALE_LISTING` before `now`.
+    pub fn drop_stale(&mut self, now: Instant) {
+        for n in self.nodes.values_mut() {
+            if n.partial
+                .as_ref()
+                .is_some_and(|p| now.saturating_duration_since(p.at) >= STALE_LISTING)
+            {
+                n.partial = None;
+                self.dropped_total += 1;
+            }
+        }
+    }
+
     pub fn sizes(&self) -> Sizes {
         let mut s = Sizes::default();
         for n in self.nodes.values() {
@@ -190,15 +209,27 @@ mod tests {
     }
 
     fn page(inv: &mut Inventories, round: u64, page: u32, last: bool, v: &[&str]) -> Outcome {
+        page_at(inv, 1, round, page, last, v, Instant::now())
+    }
+
+    fn page_at(
+        inv: &mut Inventories,
+        node: NodeId,
+        round: u64,
+        page: u32,
+        last: bool,
+        v: &[&str],
+        at: Instant,
+    ) -> Outcome {
         inv.page(
-            1,
+            node,
             Page {
                 round,
                 page,
                 last,
                 ids: ids(v),
             },
-            Instant::now(),
+            at,
         )
     }
 
@@ -280,5 +311,37 @@ mod tests {
         page(&mut inv, 2, 1, true, &[]);
         assert_eq!(held(&inv), Some(ids(&["b"])));
         assert_eq!(inv.sizes().chunks, 1);
+    }
+
+    #[test]
+    fn a_listing_left_unfinished_is_given_up_after_a_while() {
+        let mut inv = Inventories::default();
+        let t0 = Instant::now();
+        page_at(&mut inv, 1, 3, 0, true, &["a"], t0);
+        // Server 1 dies in the middle of its next listing.
+        page_at(&mut inv, 1, 4, 0, false, &["a", "b"], t0);
+        assert_eq!(inv.sizes().assembling, 1);
+        // Another server's pages a little later keep it.
+        page_at(&mut inv, 2, 1, 0, false, &["x"], t0 + STALE_LISTING / 2);
+        assert_eq!(inv.sizes().assembling, 2);
+        // Once server 1 has been silent for the whole time its listing goes; its last
+        // complete inventory stays (whether it is still believed is the reader's age check).
+        page_at(&mut inv, 2, 1, 1, false, &["y"], t0 + STALE_LISTING);
+        assert_eq!(
+            inv.sizes(),
+            Sizes {
+                chunks: 1,
+                assembling: 1,
+                assembling_chunks: 2
+            }
+        );
+        assert_eq!(held(&inv), Some(ids(&["a"])));
+        assert_eq!(inv.dropped_total, 1);
+        // Its later pages of that round are ignored; the next round starts over.
+        assert_eq!(
+            page_at(&mut inv, 1, 4, 1, true, &["c"], t0 + STALE_LISTING),
+            Outcome::Ignored
+        );
+        assert_eq!(held(&inv), Some(ids(&["a"])));
     }
 }

@@ -712,7 +712,8 @@ impl State {
     }
 
     /// Entries of a directory the actor may see (only the ones it owns unless admin), or the
-    /// file itself when `path` is a file.
+    /// file itself when `path` is a file, whole (tests; services walk `list_page`).
+    #[cfg(test)]
     pub fn list(
         &self,
         actor: &str,

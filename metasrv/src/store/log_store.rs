@@ -8,6 +8,12 @@
 //! thread after `purge` returns (openraft awaits `purge` on its core task, and deleting
 //! thousands of large entries there stalled heartbeats into elections); readers never see
 //! entries at or below the purge point, deleted yet or not.
+//!
+//! Replication reads the log through `limited_get_log_entries`, which stops at
+//! `REPLICATION_BATCH_BYTES` of stored entries (always at least one): openraft gives an
+//! AppendEntries one heartbeat interval to finish, and a batch of large commits (import slices)
+//! that cannot be sent, parsed and synced by the follower in that time is retried forever, so a
+//! follower never catches up and stops hearing heartbeats.
 use super::{Durable, Flusher, Waiter, TREE_LOG, TREE_RAFT};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -20,6 +26,11 @@ use std::sync::Arc;
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// Stored bytes of log entries one AppendEntries carries at most (one entry always goes, however
+/// large). At the 40 ms default heartbeat this leaves a loaded debug build time to encode, send,
+/// parse and sync a batch.
+pub const REPLICATION_BATCH_BYTES: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -103,9 +114,43 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => Bound::Excluded(index_key(*i)),
             Bound::Unbounded => Bound::Unbounded,
         };
+        self.read_entries(start, end, usize::MAX)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = start.max(self.first_kept.load(Ordering::Acquire));
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.read_entries(
+            start,
+            Bound::Excluded(index_key(end)),
+            REPLICATION_BATCH_BYTES,
+        )
+    }
+}
+
+impl LogStore {
+    /// Entries from `start` up to `end`, stopping before the entry that would take their stored
+    /// size past `budget` bytes (the first entry is always returned).
+    fn read_entries(
+        &self,
+        start: u64,
+        end: Bound<[u8; 8]>,
+        budget: usize,
+    ) -> Result<Vec<Entry>, StorageError> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for kv in self.log.range((Bound::Included(index_key(start)), end)) {
             let (_, v) = kv.map_err(|e| StorageIOError::read_logs(&e))?;
+            bytes = bytes.saturating_add(v.len());
+            if bytes > budget && !out.is_empty() {
+                break;
+            }
             out.push(serde_json::from_slice(&v).map_err(|e| StorageIOError::read_logs(&e))?);
         }
         Ok(out)
@@ -233,5 +278,55 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Command, CommandV1, Request};
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    /// An entry whose stored form is a little over `bytes` long.
+    fn entry(index: u64, bytes: usize) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                cmd: Command::V1(CommandV1::Init {
+                    cluster_id: "c".repeat(bytes),
+                    admin_key_hash: "h".into(),
+                    now_ms: 1,
+                }),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn replication_reads_stop_at_the_byte_budget_but_always_send_one_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut log, _sm, _) =
+            super::super::open(&dir.path().join("sled"), &dir.path().join("snapshots")).unwrap();
+        // Ten entries of a third of the budget, then one of twice the budget.
+        for i in 1..=10 {
+            let v = serde_json::to_vec(&entry(i, REPLICATION_BATCH_BYTES / 3)).unwrap();
+            log.log.insert(index_key(i), v).unwrap();
+        }
+        let big = serde_json::to_vec(&entry(11, 2 * REPLICATION_BATCH_BYTES)).unwrap();
+        log.log.insert(index_key(11), big).unwrap();
+
+        let got = log.limited_get_log_entries(1, 12).await.unwrap();
+        let idx: Vec<u64> = got.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, vec![1, 2], "two thirds fit, the third third does not");
+        let got = log.limited_get_log_entries(10, 12).await.unwrap();
+        assert_eq!(got.len(), 1, "the big entry waits for the next batch");
+        let got = log.limited_get_log_entries(11, 12).await.unwrap();
+        assert_eq!(got.len(), 1, "an entry over the budget still goes alone");
+        assert!(log
+            .limited_get_log_entries(12, 12)
+            .await
+            .unwrap()
+            .is_empty());
+        // Reads that are not for replication are not limited.
+        assert_eq!(log.try_get_log_entries(1..12).await.unwrap().len(), 11);
     }
 }
