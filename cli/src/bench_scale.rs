@@ -7,7 +7,9 @@
 //! (now and peak) and data directory size, creates/s (mkdir) and stats/s (of random filled
 //! files) with `--clients` clients, `ls -l` of one full directory, the rename of the first
 //! top-level directory (up to 100 × `--per-dir` files) and back, a follower's restart until it
-//! has caught up, and `admin export` of the whole namespace (MB/s).
+//! has caught up, a new (empty) member until it has caught up and votes (by a snapshot when
+//! the log behind the leader's snapshot was purged: start the cluster with a small
+//! `--snapshot-every` to measure that), and `admin export` of the whole namespace (MB/s).
 //!
 //! What must stay true: it only measures (everything it makes is under `/scale-<run id>`, left
 //! in place so the namespace keeps its size); a step that fails is reported with its error and
@@ -30,6 +32,7 @@ pub struct ScaleBench {
     pub per_dir: u64,
     pub clients: usize,
     pub seconds: u64,
+    pub skip_rename: bool,
     pub dir: PathBuf,
     pub auth_file: Option<PathBuf>,
 }
@@ -233,6 +236,43 @@ async fn restart_follower(
     }
 }
 
+/// Start an empty metasrv `id`, add it as a member and time the add (the leader answers once
+/// the new node has caught up and votes); then remove it again, stop it and delete its data.
+async fn new_member(long: &MetaConn, dir: &Path, id: u32) -> anyhow::Result<Value> {
+    let node = crate::local::spawn_joining_meta(dir, id)?;
+    let t = Instant::now();
+    let added = rpc!(
+        long,
+        add_member,
+        AddMemberRequest {
+            id: id as u64,
+            addr: node.addr.clone(),
+            catch_up_ms: LONG_TIMEOUT.as_millis() as u64,
+        }
+    );
+    let seconds = t.elapsed().as_secs_f64();
+    let log = std::fs::read_to_string(node.data_dir.join("log")).unwrap_or_default();
+    // Removed even when the add failed: it may have stayed a learner.
+    let removed = rpc!(long, remove_member, RemoveMemberRequest { id: id as u64 });
+    if let Some(pid) = node.pid {
+        // SAFETY: kill(2) on the pid this function started; no memory is touched.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while alive(node.pid, &node.kind) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&node.data_dir);
+    added?;
+    removed?;
+    Ok(json!({
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+        "snapshot_installed": log.contains("snapshot installed"),
+    }))
+}
+
 /// Everything measured at one checkpoint of `n` files.
 async fn measure(
     conn: &Arc<MetaConn>,
@@ -240,6 +280,7 @@ async fn measure(
     b: &ScaleBench,
     root: &str,
     n: u64,
+    member_id: u32,
 ) -> Value {
     let level = format!("{root}/creates-{n}");
     let _ = rpc!(
@@ -307,7 +348,7 @@ async fn measure(
             )
         }
     };
-    let (rename_there, rename_back) = if n > 0 {
+    let (rename_there, rename_back) = if n > 0 && !b.skip_rename {
         let moved = format!("{root}/t000-moved");
         (
             timed(rename(top.clone(), moved.clone())).await,
@@ -317,6 +358,9 @@ async fn measure(
         (Value::Null, Value::Null)
     };
     let restart = timed(restart_follower(long, &b.dir, b.auth_file.as_deref())).await;
+    let member = new_member(long, &b.dir, member_id)
+        .await
+        .unwrap_or_else(|e| json!(format!("failed: {e:#}")));
     let t = Instant::now();
     let export = match crate::import::export_pages(long, &mut std::io::sink()).await {
         Ok(bytes) => {
@@ -336,6 +380,7 @@ async fn measure(
         "rename_seconds": rename_there,
         "rename_back_seconds": rename_back,
         "restart_seconds": restart,
+        "new_member": member,
         "export": export,
     })
 }
@@ -380,6 +425,18 @@ fn print_checkpoint(v: &Value, clients: usize) {
         "  follower restart until caught up: {} s",
         num(&v["restart_seconds"])
     );
+    let m = &v["new_member"];
+    match m["seconds"].as_f64() {
+        Some(secs) => println!(
+            "  new member until caught up and voting: {secs:.3} s ({})",
+            if m["snapshot_installed"] == true {
+                "installed a snapshot"
+            } else {
+                "from the log alone"
+            }
+        ),
+        None => println!("  new member: {m}"),
+    }
     let e = &v["export"];
     println!(
         "  admin export: {} MB in {} s ({} MB/s)",
@@ -396,11 +453,10 @@ pub async fn run(ctx: &crate::Ctx, b: ScaleBench) -> anyhow::Result<Value> {
         ctx.auth_file.as_deref(),
         ctx.timeout,
     )?);
-    let long = Arc::new(MetaConn::connect(
-        &addrs,
-        ctx.auth_file.as_deref(),
-        LONG_TIMEOUT,
-    )?);
+    // One attempt may take the whole time (a rename of a million files, an add-member), so
+    // the client does not give up on an attempt and send it again meanwhile.
+    let long =
+        Arc::new(MetaConn::connect(&addrs, ctx.auth_file.as_deref(), LONG_TIMEOUT)?.patient());
     let owner = rpc!(conn, who_am_i, Empty {})?.name;
     let root = format!("/scale-{}", run_id());
     let mut at: Vec<u64> = b.at.iter().copied().filter(|&n| n < b.files).collect();
@@ -408,7 +464,7 @@ pub async fn run(ctx: &crate::Ctx, b: ScaleBench) -> anyhow::Result<Value> {
     at.sort_unstable();
     at.dedup();
     let (mut have, mut out) = (0u64, Vec::new());
-    for n in at {
+    for (i, n) in at.into_iter().enumerate() {
         let fill_rate = if n > have {
             let r = fill(&long, &b, &root, &owner, have, n).await?;
             if !ctx.json {
@@ -421,7 +477,8 @@ pub async fn run(ctx: &crate::Ctx, b: ScaleBench) -> anyhow::Result<Value> {
         } else {
             None
         };
-        let mut v = measure(&conn, &long, &b, &root, n).await;
+        // Each checkpoint adds a member of its own id (100, 101, ...).
+        let mut v = measure(&conn, &long, &b, &root, n, 100 + i as u32).await;
         v["fill_files_per_sec"] = json!(fill_rate.map(|r| r.round()));
         if !ctx.json {
             print_checkpoint(&v, b.clients);

@@ -179,6 +179,38 @@ fn discard(dir: &Path, cluster: &LocalCluster) {
     let _ = std::fs::remove_dir_all(dir.join("tls"));
 }
 
+/// Start one more metasrv, empty, to join the local cluster in `dir` as node `id` (data in
+/// `meta-<id>/`, not recorded in `cluster.json`; the caller adds it with `add-member`, and
+/// removes and kills it when done). Its certificate comes from the local CA, as for the others.
+pub fn spawn_joining_meta(dir: &Path, id: u32) -> anyhow::Result<LocalNode> {
+    let (addr, metrics) = (free_addr()?, free_addr()?);
+    let data_dir = dir.join(format!("meta-{id}"));
+    let mut args = vec![
+        format!("--id={id}"),
+        "--join".to_string(),
+        format!("--listen={addr}"),
+        format!("--data-dir={}", data_dir.display()),
+        format!("--metrics={metrics}"),
+        format!(
+            "--cluster-secret-file={}",
+            dir.join("cluster.secret").display()
+        ),
+    ];
+    args.extend(tls_args(dir, local_ca(dir).is_none(), Role::Meta, id)?);
+    let mut node = LocalNode {
+        name: format!("meta-{id}"),
+        kind: "meta".into(),
+        id: id as u64,
+        addr,
+        metrics_addr: metrics,
+        data_dir,
+        args,
+        pid: None,
+    };
+    spawn(&mut node)?;
+    Ok(node)
+}
+
 /// Where the server binaries are: `DFS_BIN_DIR`, else beside this dfsctl.
 fn binary(name: &str) -> PathBuf {
     if let Ok(d) = std::env::var("DFS_BIN_DIR") {
@@ -744,9 +776,17 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             let was_running = alive(n.pid, &n.kind);
             if was_running {
                 signal(n.pid.unwrap_or(0), libc::SIGKILL);
-                let deadline = Instant::now() + Duration::from_secs(5);
+                // A process holding gigabytes takes seconds to exit; `local start` refuses to
+                // start a node whose old process still holds its port.
+                let deadline = Instant::now() + Duration::from_secs(60);
                 while alive(n.pid, &n.kind) && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                if alive(n.pid, &n.kind) {
+                    bail!(
+                        "{node} (pid {}) did not exit within 60 s of SIGKILL",
+                        n.pid.unwrap_or(0)
+                    );
                 }
             }
             if ctx.json {

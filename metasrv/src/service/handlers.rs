@@ -1198,7 +1198,37 @@ impl MetaNode {
             }
             let mut new_voters = voters;
             new_voters.insert(id);
-            raft.change_membership(new_voters, false).await.map(|_| true)
+            let Err(e) = raft.change_membership(new_voters, false).await else {
+                return Ok(true);
+            };
+            // Another add of this node (a client's retry of this call) may be changing the
+            // membership right now: it is done when the node votes.
+            let in_progress = matches!(
+                e.api_error(),
+                Some(openraft::error::ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_)
+                ))
+            );
+            if !in_progress {
+                return Err(e);
+            }
+            let deadline = tokio::time::Instant::now() + budget;
+            loop {
+                let voting = raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .any(|v| v == id);
+                if voting {
+                    return Ok(true);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         })
         .await
         .map_err(|e| Status::internal(format!("add-member task failed: {e}")))?;

@@ -286,32 +286,32 @@ impl State {
         Some(v.expect("state records always serialize"))
     }
 
-    /// Every record, for a full rewrite (snapshot install).
-    pub fn all_records(&self) -> Vec<(RecordKey, Vec<u8>)> {
-        let mut keys = vec![RecordKey::Meta];
-        keys.extend(self.nodes.keys().cloned().map(RecordKey::Node));
-        keys.extend(self.users.keys().cloned().map(RecordKey::User));
-        keys.extend(
-            self.chunk_servers
-                .keys()
-                .copied()
-                .map(RecordKey::ChunkServer),
-        );
-        keys.extend(self.pending_deletes.iter().flat_map(|(id, chunks)| {
+    /// Every record, for a full rewrite (snapshot install), made one at a time as the caller
+    /// takes them (a million records are never all in memory at once).
+    pub fn all_records(&self) -> impl Iterator<Item = (RecordKey, Vec<u8>)> + '_ {
+        let pending = self.pending_deletes.iter().flat_map(|(id, chunks)| {
             chunks
                 .iter()
                 .map(|c| RecordKey::PendingDelete(*id, c.clone()))
-        }));
-        keys.extend(
-            self.recent_requests
-                .keys()
-                .cloned()
-                .map(RecordKey::RecentRequest),
-        );
-        keys.extend(self.leases.keys().cloned().map(RecordKey::Lease));
-        keys.into_iter()
+        });
+        std::iter::once(RecordKey::Meta)
+            .chain(self.nodes.keys().cloned().map(RecordKey::Node))
+            .chain(self.users.keys().cloned().map(RecordKey::User))
+            .chain(
+                self.chunk_servers
+                    .keys()
+                    .copied()
+                    .map(RecordKey::ChunkServer),
+            )
+            .chain(pending)
+            .chain(
+                self.recent_requests
+                    .keys()
+                    .cloned()
+                    .map(RecordKey::RecentRequest),
+            )
+            .chain(self.leases.keys().cloned().map(RecordKey::Lease))
             .filter_map(|k| self.record(&k).map(|v| (k, v)))
-            .collect()
     }
 
     /// Load one persisted record (used when opening the store).
