@@ -349,6 +349,72 @@ async fn a_committed_snapshot_newer_than_the_records_is_installed_on_open() {
     assert_eq!(state_of(&b), state_of(&a));
 }
 
+/// A crash in the middle of writing a snapshot's records (they go in several batches, the
+/// applied id last) leaves a mix: some of the snapshot's records, old records it does not have,
+/// and the old applied id. The next open installs the snapshot again over that mix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_install_cut_between_record_batches_is_finished_on_open() {
+    use crate::state::{Inode, RecordKey};
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (_la, mut a) = store_with_dirs(a_dir.path(), 40).await;
+    let built = a
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let (_lb, b) = store_with_dirs(b_dir.path(), 2).await;
+    let old_applied = {
+        let mut b = b;
+        let applied = b.applied_state().await.unwrap().0;
+        drop((_lb, b));
+        applied
+    };
+    // Half of a's records written, plus one record only the old state had.
+    let all: Vec<(RecordKey, Vec<u8>)> = state_of(&a).all_records().collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(b_dir.path().join("sled")).open() {
+            Ok(db) => break db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("cannot open sled: {e}"),
+        }
+    };
+    let tree = db.open_tree(super::TREE_SM).unwrap();
+    for (k, v) in &all[..all.len() / 2] {
+        tree.insert(k.encode(), v.clone()).unwrap();
+    }
+    let stray = Inode {
+        id: "stray".into(),
+        owner: "admin".into(),
+        ..Default::default()
+    };
+    tree.insert(
+        RecordKey::Node("/stray".into()).encode(),
+        serde_json::to_vec(&stray).unwrap(),
+    )
+    .unwrap();
+    db.flush().unwrap();
+    drop((tree, db));
+    for e in std::fs::read_dir(a_dir.path().join("snapshots")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), b_dir.path().join("snapshots").join(e.file_name())).unwrap();
+    }
+
+    let (_lb, mut b) = reopen(b_dir.path()).await;
+    assert!(old_applied < built.meta.last_log_id);
+    assert_eq!(b.applied_state().await.unwrap().0, built.meta.last_log_id);
+    assert_eq!(state_of(&b), state_of(&a));
+    assert!(!state_of(&b).nodes.contains_key("/stray"));
+    // And the records on disk are exactly the snapshot's: a second open finds the same.
+    drop((_lb, b));
+    let (_lb, b) = reopen(b_dir.path()).await;
+    assert_eq!(state_of(&b), state_of(&a));
+}
+
 /// The previous version's `current.snap` (a line of meta, then the state) is converted on
 /// open into data + meta, and served as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
