@@ -322,30 +322,44 @@ async fn leftovers_of_a_crash_are_removed_on_open() {
     );
 }
 
-/// A crash after a received snapshot was committed and before its records were written
-/// leaves a snapshot newer than the applied id: open installs it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_committed_snapshot_newer_than_the_records_is_installed_on_open() {
-    let a_dir = tempfile::tempdir().unwrap();
-    let b_dir = tempfile::tempdir().unwrap();
-    let (_la, mut a) = store_with_dirs(a_dir.path(), 40).await;
+/// Store a with 40 directories and a snapshot of them; store b with 2 directories, stopped,
+/// with a's snapshot files copied into its snapshot directory: node b as a crash after it
+/// committed a received snapshot left it. Returns a, the snapshot's log id and b's applied id.
+async fn crashed_after_commit(
+    a_dir: &Path,
+    b_dir: &Path,
+) -> (
+    LogStore,
+    StateMachine,
+    Option<crate::types::LogId>,
+    Option<crate::types::LogId>,
+) {
+    let (la, mut a) = store_with_dirs(a_dir, 40).await;
     let built = a
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
-    let (_lb, b) = store_with_dirs(b_dir.path(), 2).await;
-    drop((_lb, b));
-    // Node b's snapshot directory as the crash left it: a's snapshot committed there.
-    let from = a_dir.path().join("snapshots");
-    let to = b_dir.path().join("snapshots");
-    for e in std::fs::read_dir(&from).unwrap() {
+    let (lb, mut b) = store_with_dirs(b_dir, 2).await;
+    let b_applied = b.applied_state().await.unwrap().0;
+    drop((lb, b));
+    for e in std::fs::read_dir(a_dir.join("snapshots")).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        std::fs::copy(e.path(), b_dir.join("snapshots").join(e.file_name())).unwrap();
     }
+    (la, a, built.meta.last_log_id, b_applied)
+}
+
+/// A crash after a received snapshot was committed and before its records were written
+/// leaves a snapshot newer than the applied id: open installs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_snapshot_newer_than_the_records_is_installed_on_open() {
+    let a_dir = tempfile::tempdir().unwrap();
+    let b_dir = tempfile::tempdir().unwrap();
+    let (_la, a, snapshot, _) = crashed_after_commit(a_dir.path(), b_dir.path()).await;
     let (_lb, mut b) = reopen(b_dir.path()).await;
-    assert_eq!(b.applied_state().await.unwrap().0, built.meta.last_log_id);
+    assert_eq!(b.applied_state().await.unwrap().0, snapshot);
     assert_eq!(state_of(&b), state_of(&a));
 }
 
@@ -357,20 +371,7 @@ async fn a_snapshot_install_cut_between_record_batches_is_finished_on_open() {
     use crate::state::{Inode, RecordKey};
     let a_dir = tempfile::tempdir().unwrap();
     let b_dir = tempfile::tempdir().unwrap();
-    let (_la, mut a) = store_with_dirs(a_dir.path(), 40).await;
-    let built = a
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
-    let (_lb, b) = store_with_dirs(b_dir.path(), 2).await;
-    let old_applied = {
-        let mut b = b;
-        let applied = b.applied_state().await.unwrap().0;
-        drop((_lb, b));
-        applied
-    };
+    let (_la, a, snapshot, old_applied) = crashed_after_commit(a_dir.path(), b_dir.path()).await;
     // Half of a's records written, plus one record only the old state had.
     let all: Vec<(RecordKey, Vec<u8>)> = state_of(&a).all_records().collect();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -399,14 +400,10 @@ async fn a_snapshot_install_cut_between_record_batches_is_finished_on_open() {
     .unwrap();
     db.flush().unwrap();
     drop((tree, db));
-    for e in std::fs::read_dir(a_dir.path().join("snapshots")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), b_dir.path().join("snapshots").join(e.file_name())).unwrap();
-    }
 
     let (_lb, mut b) = reopen(b_dir.path()).await;
-    assert!(old_applied < built.meta.last_log_id);
-    assert_eq!(b.applied_state().await.unwrap().0, built.meta.last_log_id);
+    assert!(old_applied < snapshot);
+    assert_eq!(b.applied_state().await.unwrap().0, snapshot);
     assert_eq!(state_of(&b), state_of(&a));
     assert!(!state_of(&b).nodes.contains_key("/stray"));
     // And the records on disk are exactly the snapshot's: a second open finds the same.
