@@ -93,7 +93,9 @@ impl LocalCluster {
 }
 
 /// Is `pid` a live process running the binary of `kind` ("meta": metasrv, else chunksrv), or
-/// one still exiting? A zombie whose threads are all gone is not.
+/// one still exiting? A zombie whose threads are all gone is not. (A pid reused by a kernel
+/// thread, whose command line is empty too, would read as alive: not a worry on the scale of
+/// one `local kill`.)
 pub fn alive(pid: Option<u32>, kind: &str) -> bool {
     let Some(pid) = pid else { return false };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -111,7 +113,15 @@ pub fn alive(pid: Option<u32>, kind: &str) -> bool {
         // would fail): gone only when no other thread is left.
         return std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1);
     }
-    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    if cmd.is_empty() {
+        // Its memory is already gone but it has not become a zombie yet: it is exiting (and
+        // still holds its sockets). Reading it as "another program" let `local kill` return
+        // while the node still ran.
+        return true;
+    }
     String::from_utf8_lossy(&cmd).contains(if kind == "meta" {
         "metasrv"
     } else {
