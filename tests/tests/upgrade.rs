@@ -113,6 +113,16 @@ fn a_metadata_directory_from_an_earlier_version_starts_converted_and_keeps_every
     };
     let alice = dir.join("alice.auth");
 
+    // The leader numbers the inodes with one Raft entry it proposes once it leads: wait for it
+    // (until it is applied, entries read as the earlier version kept them, numbered 0).
+    wait_until(
+        Duration::from_secs(30),
+        "the log says what was converted",
+        || {
+            log_count(&dir, "converted the previous version's snapshot file") == 1
+                && log_count(&dir, "numbered the inodes of an older namespace") == 1
+        },
+    );
     let before = tree(&c, &c.auth);
     let paths: Vec<&str> = before.keys().map(String::as_str).collect();
     assert_eq!(
@@ -155,14 +165,6 @@ fn a_metadata_directory_from_an_earlier_version_starts_converted_and_keeps_every
         .collect();
     assert_eq!(inos.len(), before.len(), "distinct inode numbers: {inos:?}");
     assert!(inos.iter().all(|&i| i > 1), "{inos:?}");
-    wait_until(
-        Duration::from_secs(30),
-        "the log says what was converted",
-        || {
-            log_count(&dir, "converted the previous version's snapshot file") == 1
-                && log_count(&dir, "numbered the inodes of an older namespace") == 1
-        },
-    );
 
     // The earlier version's user keys still work, and ownership still holds.
     let mine = tree(&c, &alice);
