@@ -254,19 +254,11 @@ async fn new_member(long: &MetaConn, dir: &Path, id: u32) -> anyhow::Result<Valu
     let log = std::fs::read_to_string(node.data_dir.join("log")).unwrap_or_default();
     // Removed even when the add failed: it may have stayed a learner.
     let removed = rpc!(long, remove_member, RemoveMemberRequest { id: id as u64 });
-    if let Some(pid) = node.pid {
-        // SAFETY: kill(2) on the pid this function started; no memory is touched.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(node.pid, &node.kind) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+    let stopped = crate::local::kill_and_wait(&node).await;
     let _ = std::fs::remove_dir_all(&node.data_dir);
     added?;
     removed?;
+    stopped?;
     Ok(json!({
         "seconds": (seconds * 1000.0).round() / 1000.0,
         "snapshot_installed": log.contains("snapshot installed"),

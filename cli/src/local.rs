@@ -211,6 +211,22 @@ pub fn spawn_joining_meta(dir: &Path, id: u32) -> anyhow::Result<LocalNode> {
     Ok(node)
 }
 
+/// SIGKILL a node and return once its process is gone (its port free). A process holding
+/// gigabytes takes seconds to exit, and `local start` refuses a node whose old process is
+/// still there.
+pub async fn kill_and_wait(n: &LocalNode) -> anyhow::Result<()> {
+    let Some(pid) = n.pid else { return Ok(()) };
+    signal(pid, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alive(n.pid, &n.kind) {
+        if Instant::now() >= deadline {
+            bail!("{} (pid {pid}) did not exit within 60 s of SIGKILL", n.name);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Where the server binaries are: `DFS_BIN_DIR`, else beside this dfsctl.
 fn binary(name: &str) -> PathBuf {
     if let Ok(d) = std::env::var("DFS_BIN_DIR") {
@@ -775,19 +791,7 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             let n = c.node_mut(&node)?;
             let was_running = alive(n.pid, &n.kind);
             if was_running {
-                signal(n.pid.unwrap_or(0), libc::SIGKILL);
-                // A process holding gigabytes takes seconds to exit; `local start` refuses to
-                // start a node whose old process still holds its port.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                while alive(n.pid, &n.kind) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                if alive(n.pid, &n.kind) {
-                    bail!(
-                        "{node} (pid {}) did not exit within 60 s of SIGKILL",
-                        n.pid.unwrap_or(0)
-                    );
-                }
+                kill_and_wait(n).await?;
             }
             if ctx.json {
                 print_json(

@@ -132,6 +132,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         healing: healer::Healing::new(cfg.healing.clone()),
         leader_watch: Default::default(),
         auth_limit: Default::default(),
+        membership_change: Default::default(),
     });
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

@@ -147,8 +147,13 @@ fn a_member_added_online_catches_up_from_a_snapshot() {
     // Start node 4 by hand, empty, joining.
     let addr = free_addr();
     let mut child = c.spawn_joining_meta(4, &addr);
+    // Two adds of the same node at once (what a client's retry of a slow add does): both
+    // succeed, the second by waiting for the first one's membership change.
+    let twin = c.ctl_spawn(&["--timeout", "60", "cluster", "add-member", "4", &addr]);
     c.ctl(&["--timeout", "60", "cluster", "add-member", "4", &addr])
         .ok();
+    let twin = Run::from(twin.wait_with_output().unwrap());
+    assert_eq!(twin.code, 0, "the concurrent add: {}", twin.stderr);
     // It is a voter with the same state; it got there through a snapshot, since the log
     // before the snapshot was purged.
     wait_until(Duration::from_secs(30), "node 4 to catch up", || {

@@ -1130,12 +1130,22 @@ impl MetaNode {
         if r.id == 0 || r.addr.is_empty() {
             return Err(invalid("give a non-zero node id and its host:port"));
         }
+        // Until this add is over (its task below holds the guard to the end), another add or
+        // remove waits here and then sees what this one did.
+        let guard = self.membership_change.clone().lock_owned().await;
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
         if voters.contains(&r.id) {
-            return Err(
-                Status::already_exists(format!("node {} is already a member", r.id)).into(),
-            );
+            // The same add again (a retry whose first attempt succeeded) is done.
+            let same = membership
+                .membership()
+                .get_node(&r.id)
+                .is_some_and(|n| n.addr == r.addr);
+            return if same {
+                Ok(Empty {})
+            } else {
+                Err(Status::already_exists(format!("node {} is already a member", r.id)).into())
+            };
         }
         let budget = match r.catch_up_ms {
             0 => Duration::from_secs(30),
@@ -1170,6 +1180,7 @@ impl MetaNode {
         // killed client) does not leave a learner half-added; it is promoted or removed.
         let (raft, me, id, needed) = (self.raft.clone(), self.id, r.id, added.log_id.index);
         let outcome = tokio::spawn(async move {
+            let _guard = guard;
             let caught_up = raft
                 .wait(Some(budget))
                 .metrics(
@@ -1198,37 +1209,7 @@ impl MetaNode {
             }
             let mut new_voters = voters;
             new_voters.insert(id);
-            let Err(e) = raft.change_membership(new_voters, false).await else {
-                return Ok(true);
-            };
-            // Another add of this node (a client's retry of this call) may be changing the
-            // membership right now: it is done when the node votes.
-            let in_progress = matches!(
-                e.api_error(),
-                Some(openraft::error::ClientWriteError::ChangeMembershipError(
-                    openraft::error::ChangeMembershipError::InProgress(_)
-                ))
-            );
-            if !in_progress {
-                return Err(e);
-            }
-            let deadline = tokio::time::Instant::now() + budget;
-            loop {
-                let voting = raft
-                    .metrics()
-                    .borrow()
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .any(|v| v == id);
-                if voting {
-                    return Ok(true);
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(e);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            raft.change_membership(new_voters, false).await.map(|_| true)
         })
         .await
         .map_err(|e| Status::internal(format!("add-member task failed: {e}")))?;
@@ -1275,6 +1256,7 @@ impl MetaNode {
     pub async fn remove_member(&self, c: &Caller, r: RemoveMemberRequest) -> OpResult<Empty> {
         self.write_gate()?;
         self.authenticate_admin(c)?;
+        let _guard = self.membership_change.lock().await;
         let mut voters: BTreeSet<NodeId> = self
             .raft
             .metrics()

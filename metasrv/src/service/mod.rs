@@ -71,6 +71,9 @@ pub struct MetaNode {
     pub leader_watch: crate::leader_watch::LeaderWatch,
     /// Failed logins and self-registrations per address.
     pub auth_limit: auth_limit::AuthLimiter,
+    /// Held by a membership change on this node from its first step to its last (add-member's
+    /// catch-up included), so a second one (a client's retry) starts from the first's result.
+    pub membership_change: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who is calling: a user (name and key) and/or a node (its certificate with TLS, the
