@@ -306,8 +306,12 @@ fn a_directory_of_100000_files_renamed_while_another_client_stats_below_it() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let _in_rt = rt.enter();
-    let renamer = dfs_client::Client::connect(&c.client_options(&c.meta)).unwrap();
-    let reader = dfs_client::Client::connect(&c.client_options(&c.meta)).unwrap();
+    // Patient clients: the rename, and stats waiting behind it, take as long as the
+    // directory is big (`DFS_SCALE_RENAME_FILES`).
+    let mut opts = c.client_options(&c.meta);
+    opts.timeout = Duration::from_secs(600);
+    let renamer = dfs_client::Client::connect(&opts).unwrap();
+    let reader = dfs_client::Client::connect(&opts).unwrap();
     let old_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let renamed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stats = {

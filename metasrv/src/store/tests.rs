@@ -176,6 +176,41 @@ fn snapshot_dir_names(dir: &Path) -> Vec<String> {
     v
 }
 
+/// The state machine's sled tree of a stopped store at `dir` (once its flusher let go).
+async fn sm_tree(dir: &Path) -> (sled::Db, sled::Tree) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::Config::new().path(dir.join("sled")).open() {
+            Ok(db) => break db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("cannot open sled: {e}"),
+        }
+    };
+    let tree = db.open_tree(super::TREE_SM).unwrap();
+    (db, tree)
+}
+
+/// Apply `cmds` as entries numbered from `first` (each its own entry, in one apply call).
+async fn apply_cmds(sm: &mut StateMachine, first: u64, cmds: Vec<crate::state::CommandV1>) {
+    use crate::state::{Command, Request};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    let entries = cmds
+        .into_iter()
+        .zip(first..)
+        .map(|(cmd, index)| Entry::<TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request {
+                cmd: Command::V1(cmd),
+            }),
+        });
+    let replies = sm.apply(entries).await.unwrap();
+    for r in replies {
+        r.result.unwrap();
+    }
+}
+
 /// Open a store at `dir` again once the previous one's flusher thread has let go of sled.
 async fn reopen(dir: &Path) -> (LogStore, StateMachine) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -374,17 +409,7 @@ async fn a_snapshot_install_cut_between_record_batches_is_finished_on_open() {
     let (_la, a, snapshot, old_applied) = crashed_after_commit(a_dir.path(), b_dir.path()).await;
     // Half of a's records written, plus one record only the old state had.
     let all: Vec<(RecordKey, Vec<u8>)> = state_of(&a).all_records().collect();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match sled::Config::new().path(b_dir.path().join("sled")).open() {
-            Ok(db) => break db,
-            Err(_) if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await
-            }
-            Err(e) => panic!("cannot open sled: {e}"),
-        }
-    };
-    let tree = db.open_tree(super::TREE_SM).unwrap();
+    let (db, tree) = sm_tree(b_dir.path()).await;
     for (k, v) in &all[..all.len() / 2] {
         tree.insert(k.encode(), v.clone()).unwrap();
     }
@@ -481,4 +506,129 @@ async fn a_snapshot_being_sent_survives_a_newer_one() {
         serde_json::from_slice::<State>(&read_all(&mut cur.snapshot).await).unwrap(),
         state_of(&sm)
     );
+}
+
+/// An apply that touches more records than one batch holds (here the rename of a directory
+/// with 6,000 entries below it: 12,002 records) is written in several batches: reopened, the
+/// store has exactly the state it had, and no marker is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_apply_is_written_in_batches_and_reopens_whole() {
+    use crate::state::CommandV1;
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, mut sm) = store_with_dirs(dir.path(), 1).await;
+    let mkdir = |path: String| CommandV1::Mkdir {
+        actor: "admin".into(),
+        path,
+        parents: false,
+        id: "x".into(),
+        now_ms: 3,
+    };
+    let mut cmds = vec![mkdir("/big".into())];
+    cmds.extend((0..6_000).map(|i| mkdir(format!("/big/e{i:05}"))));
+    apply_cmds(&mut sm, 3, cmds).await;
+    apply_cmds(
+        &mut sm,
+        6_004,
+        vec![CommandV1::Rename {
+            actor: "admin".into(),
+            from: "/big".into(),
+            to: "/moved".into(),
+            mode: crate::state::command::RenameMode::NoReplace,
+            now_ms: 4,
+        }],
+    )
+    .await;
+    let before = state_of(&sm);
+    assert!(before.nodes.contains_key("/moved/e05999"));
+    assert!(!before.nodes.contains_key("/big/e00000"));
+    let applied = sm.applied_state().await.unwrap().0;
+    drop((_l, sm));
+    let (db, tree) = sm_tree(dir.path()).await;
+    assert_eq!(
+        tree.get(super::state_machine::KEY_UNFINISHED).unwrap(),
+        None
+    );
+    drop((tree, db));
+    let (_l, mut sm) = reopen(dir.path()).await;
+    assert_eq!(sm.applied_state().await.unwrap().0, applied);
+    assert_eq!(state_of(&sm), before);
+}
+
+/// A crash in the middle of a large apply leaves its marker and a mix of records: open throws
+/// the mix away and rebuilds the records from the current snapshot, with its applied id (the
+/// log after it is applied again by openraft).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_cut_between_batches_is_rebuilt_from_the_snapshot_on_open() {
+    use crate::state::{CommandV1, Inode, RecordKey};
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, mut sm) = store_with_dirs(dir.path(), 40).await;
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let at_snapshot = state_of(&sm);
+    apply_cmds(
+        &mut sm,
+        42,
+        vec![CommandV1::Mkdir {
+            actor: "admin".into(),
+            path: "/later".into(),
+            parents: false,
+            id: "later".into(),
+            now_ms: 5,
+        }],
+    )
+    .await;
+    drop((_l, sm));
+    let (db, tree) = sm_tree(dir.path()).await;
+    tree.insert(super::state_machine::KEY_UNFINISHED, b"cut".to_vec())
+        .unwrap();
+    let stray = Inode {
+        id: "stray".into(),
+        owner: "admin".into(),
+        ..Default::default()
+    };
+    tree.insert(
+        RecordKey::Node("/stray".into()).encode(),
+        serde_json::to_vec(&stray).unwrap(),
+    )
+    .unwrap();
+    db.flush().unwrap();
+    drop((tree, db));
+
+    let (_l, mut sm) = reopen(dir.path()).await;
+    assert_eq!(
+        sm.applied_state().await.unwrap().0,
+        snapshot.meta.last_log_id
+    );
+    assert_eq!(state_of(&sm), at_snapshot);
+    // The records on disk are the snapshot's, the marker gone: a second open finds the same.
+    drop((_l, sm));
+    let (db, tree) = sm_tree(dir.path()).await;
+    assert_eq!(
+        tree.get(super::state_machine::KEY_UNFINISHED).unwrap(),
+        None
+    );
+    drop((tree, db));
+    let (_l, sm) = reopen(dir.path()).await;
+    assert_eq!(state_of(&sm), at_snapshot);
+}
+
+/// The same crash before any snapshot was taken: the records are rebuilt from nothing, and
+/// openraft applies the whole log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_cut_before_any_snapshot_starts_the_records_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_l, sm) = store_with_dirs(dir.path(), 3).await;
+    drop((_l, sm));
+    let (db, tree) = sm_tree(dir.path()).await;
+    tree.insert(super::state_machine::KEY_UNFINISHED, b"cut".to_vec())
+        .unwrap();
+    db.flush().unwrap();
+    drop((tree, db));
+    let (_l, mut sm) = reopen(dir.path()).await;
+    assert_eq!(sm.applied_state().await.unwrap().0, None);
+    assert_eq!(state_of(&sm), State::default());
 }
