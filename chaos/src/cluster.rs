@@ -3,9 +3,9 @@
 //! signals to the pids it records in `cluster.json` (SIGKILL, SIGSTOP, SIGCONT).
 //! Also what the convergence checker needs: each member's applied index, its
 //! `saved-files.json` and its own view of the namespace.
-//! Cuts (a node's inbound traffic dropped, see `netns`) are made here too, so that healing
-//! removes one left in place.
-use crate::history::Convergence;
+//! Cuts (a node's inbound traffic dropped) and partitions (the traffic between chosen nodes
+//! dropped, see `netns`) are made here too, so that healing removes one left in place.
+use crate::history::{Convergence, FaultKind};
 use crate::netns::{self, NetnsError};
 use dfs_client::MetaConn;
 use dfs_common::local_cluster::{alive, LocalCluster, LocalNode};
@@ -63,9 +63,19 @@ pub struct Cluster {
     pub meta_addrs: Vec<String>,
     /// Chunk servers killed for good: never started again, not expected to be live.
     lost: Mutex<BTreeSet<String>>,
-    /// The node whose inbound traffic is cut now, if any.
-    cut: Mutex<Option<String>>,
+    /// The cut or partition in place now, if any.
+    net: Mutex<Option<NetFault>>,
 }
+
+/// A cut or partition in place: the record that undoes it and the nodes it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetFault {
+    pub undo: FaultKind,
+    pub nodes: Vec<String>,
+}
+
+/// The name a partition gives the clients (chaos's own connections, from 127.0.0.1).
+pub const CLIENTS: &str = "clients";
 
 fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) on a pid recorded for a node we started; no memory is touched.
@@ -106,6 +116,7 @@ impl Cluster {
         chunks: u32,
         chunk_size: u64,
         meta_args: &[String],
+        own_addresses: bool,
     ) -> Result<Cluster, ClusterError> {
         let mut args: Vec<String> = vec![
             "local".into(),
@@ -120,6 +131,9 @@ impl Cluster {
             "--wait=120".into(),
         ];
         args.extend(meta_args.iter().map(|a| format!("--meta-arg={a}")));
+        if own_addresses {
+            args.push("--own-addresses".into());
+        }
         Self::dfsctl(bin_dir, &args).await?;
         let c = Cluster {
             dir: dir.to_path_buf(),
@@ -127,7 +141,7 @@ impl Cluster {
             auth: dir.join("admin.auth"),
             meta_addrs: vec![],
             lost: Mutex::new(BTreeSet::new()),
-            cut: Mutex::new(None),
+            net: Mutex::new(None),
         };
         let nodes = c.nodes()?;
         Ok(Cluster {
@@ -256,12 +270,12 @@ impl Cluster {
         Ok(())
     }
 
-    fn cut_node(&self) -> std::sync::MutexGuard<'_, Option<String>> {
-        self.cut.lock().unwrap_or_else(|e| e.into_inner())
+    fn net_fault(&self) -> std::sync::MutexGuard<'_, Option<NetFault>> {
+        self.net.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Drop every packet addressed to `name`'s listen port (one cut at a time: a cut in place
-    /// is undone first). Only inside the run's private network namespace.
+    /// Drop every packet addressed to `name`'s listen port (one cut or partition at a time: one
+    /// in place is undone first). Only inside the run's private network namespace.
     pub fn cut(&self, name: &str) -> Result<(), ClusterError> {
         let n = self.node(name)?;
         let port = n
@@ -275,13 +289,52 @@ impl Cluster {
             })?;
         self.uncut()?;
         netns::cut(port)?;
-        *self.cut_node() = Some(name.to_string());
+        *self.net_fault() = Some(NetFault {
+            undo: FaultKind::Uncut,
+            nodes: vec![name.to_string()],
+        });
         Ok(())
     }
 
-    /// Undo the cut in place, if any; returns the node it had cut.
-    pub fn uncut(&self) -> Result<Option<String>, ClusterError> {
-        let mut g = self.cut_node();
+    /// The address node `name` sends from (`CLIENTS`: 127.0.0.1).
+    fn ip_of(&self, name: &str) -> Result<std::net::IpAddr, ClusterError> {
+        if name == CLIENTS {
+            return Ok(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let n = self.node(name)?;
+        n.addr
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip())
+            .map_err(|_| ClusterError::NoPort {
+                name: name.to_string(),
+                addr: n.addr.clone(),
+            })
+    }
+
+    /// Drop every packet from `a` to `b` for each `(a, b)` in `links` (node names or `CLIENTS`;
+    /// the cluster runs with `--own-addresses`), one cut or partition at a time. `out` is what
+    /// the history records: the nodes cut off from the majority's side.
+    pub fn partition(
+        &self,
+        links: &[(String, String)],
+        out: &[String],
+    ) -> Result<(), ClusterError> {
+        let ips = links
+            .iter()
+            .map(|(a, b)| Ok((self.ip_of(a)?, self.ip_of(b)?)))
+            .collect::<Result<Vec<_>, ClusterError>>()?;
+        self.uncut()?;
+        netns::partition(&ips)?;
+        *self.net_fault() = Some(NetFault {
+            undo: FaultKind::Heal,
+            nodes: out.to_vec(),
+        });
+        Ok(())
+    }
+
+    /// Undo the cut or partition in place, if any; returns what it was.
+    pub fn uncut(&self) -> Result<Option<NetFault>, ClusterError> {
+        let mut g = self.net_fault();
         if g.is_none() {
             return Ok(None);
         }
@@ -349,7 +402,7 @@ impl Cluster {
     }
 
     /// Start every dead node and resume every paused one, then wait until ready.
-    /// A cut still in place is undone.
+    /// A cut or partition still in place is undone.
     pub async fn heal(&self, paused: &[String], wait: Duration) -> Result<(), ClusterError> {
         self.uncut()?;
         for p in paused {

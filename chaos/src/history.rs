@@ -228,6 +228,12 @@ pub enum FaultKind {
     Cut,
     /// The cut undone (the rule deleted).
     Uncut,
+    /// Packets between chosen nodes dropped, in one or both directions (nftables, each node on
+    /// a loopback address of its own). `nodes` are the ones cut off from the side that keeps a
+    /// majority of the metadata group; the note says which links.
+    Partition,
+    /// The partition undone (the rules deleted); names the same nodes.
+    Heal,
     /// SIGCONT of a paused node.
     Resume,
     /// A killed node started again.
@@ -283,6 +289,12 @@ pub struct RunInfo {
     /// One-way cuts of a metadata node's inbound traffic in the rotation of other faults.
     #[serde(default)]
     pub cuts: bool,
+    /// Partitions between nodes in the rotation of other faults.
+    #[serde(default)]
+    pub partitions: bool,
+    /// The bug planted in every metasrv (`--plant-bug`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planted_bug: Option<String>,
     /// Replication factor of the files written (0 in older histories: the default).
     #[serde(default)]
     pub replication: u32,

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use chaos::checker::{self, availability, DEFAULT_BUDGET, DEFAULT_GRACE_US};
 use chaos::cluster::{bin_dir, Cluster};
-use chaos::history::{Clock, Fault, FaultKind, History, HistoryWriter, Record, RunInfo};
+use chaos::history::{Clock, Fault, History, HistoryWriter, Record, RunInfo};
 use chaos::nemesis::{Nemesis, NemesisConfig};
 use chaos::netns;
 use chaos::report;
@@ -55,6 +55,17 @@ struct Args {
     /// namespace.
     #[arg(long)]
     no_cuts: bool,
+    /// Do not partition the nodes (5.5-8 s each, in turn: the leader isolated, a majority/
+    /// minority split, a bridge, a one-way link, the chunk servers cut from the metadata group,
+    /// the clients cut from a chunk server). Partitions run in the network namespace too (off
+    /// with --no-cuts), with each node on a loopback address of its own.
+    #[arg(long)]
+    no_partitions: bool,
+    /// Plant a bug in every metasrv (its hidden `--plant-bug`) to prove that the checkers catch
+    /// it: `skip-read-barrier` (reads answered without a leadership check; a partitioned old
+    /// leader then serves stale reads, which the linearizability checker must flag).
+    #[arg(long, value_name = "BUG")]
+    plant_bug: Option<String>,
     /// Fail the run when the cluster was healthy (a majority of metadata nodes and enough
     /// chunk servers up and not paused) for longer than this many seconds without
     /// acknowledging a write. On --replay, the run's own bound when not given.
@@ -89,6 +100,11 @@ struct Args {
     /// direct IO path; files go up to 3.5 chunks).
     #[arg(long, default_value_t = CHUNK_SIZE, value_parser = clap::value_parser!(u64).range(4096..=MAX_RUN_CHUNK_SIZE))]
     chunk_size: u64,
+}
+
+/// Whether the run partitions nodes (it needs the network namespace that cuts make).
+fn partitions(a: &Args) -> bool {
+    !a.no_cuts && !a.no_partitions
 }
 
 /// Seconds (fractions allowed) as microseconds.
@@ -218,7 +234,11 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         cluster_dir.display(),
         bin_dir().display()
     );
-    let meta_args = [format!("--dead-timeout-ms={DEAD_TIMEOUT_MS}")];
+    let mut meta_args = vec![format!("--dead-timeout-ms={DEAD_TIMEOUT_MS}")];
+    if let Some(bug) = &a.plant_bug {
+        eprintln!("chaos: planting the bug {bug:?} in every metasrv");
+        meta_args.push(format!("--plant-bug={bug}"));
+    }
     let cluster = Arc::new(
         Cluster::up(
             &cluster_dir,
@@ -227,6 +247,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
             a.chunks,
             a.chunk_size,
             &meta_args,
+            partitions(&a),
         )
         .await?,
     );
@@ -273,6 +294,8 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         majority_kills: !a.no_majority_kills,
         chunk_freezes: !a.no_chunk_freezes,
         cuts: !a.no_cuts,
+        partitions: partitions(a),
+        planted_bug: a.plant_bug.clone(),
         replication: dfs_common::DEFAULT_REPLICATION,
         max_unavailable_ms: a.max_unavailable.unwrap_or(availability::DEFAULT_BOUND_US) / 1000,
         cluster_dir: cluster.dir.display().to_string(),
@@ -308,6 +331,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
             pauses: !a.no_pauses,
             chunk_freezes: !a.no_chunk_freezes,
             cuts: !a.no_cuts,
+            partitions: partitions(a),
             majority_kills: !a.no_majority_kills,
             lose_chunk_after: a
                 .lose_chunk_server
@@ -325,11 +349,11 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
     }
     w?;
     eprintln!("chaos: healing the cluster");
-    // A cut the nemesis left in place (it stopped early) is undone and recorded.
+    // A cut or partition the nemesis left in place (it stopped early) is undone and recorded.
     if let Some(n) = cluster.uncut()? {
         history.write(&Record::Fault(Fault {
-            kind: FaultKind::Uncut,
-            nodes: vec![n],
+            kind: n.undo,
+            nodes: n.nodes,
             at_us: clock.now_us(),
             note: Some("undone by the healing".into()),
         }))?;

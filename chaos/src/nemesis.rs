@@ -8,10 +8,19 @@
 //! (a frozen server: its sockets stay open, it answers nothing) and SIGCONT it; cut a
 //! metadata node's inbound traffic for 3–6 s (every packet to its listen port dropped, its own
 //! connections still work; the leader three times in four, else a follower; see `netns`); and
-//! every fourth time, SIGKILL two of three metadata nodes (the leader among
-//! them) for 3 s, during which nothing that needs a quorum may be acknowledged. The rotation
-//! is chunk kill, cut, leader pause, chunk freeze (the kinds switched on), skipping the
-//! majority kills.
+//! a partition for 5.5–8 s, then healed (see below); and every fourth time, SIGKILL two of
+//! three metadata nodes (the leader among them) for 3 s, during which nothing that needs a
+//! quorum may be acknowledged. The rotation is chunk kill, cut, partition, leader pause, chunk
+//! freeze (the kinds switched on), skipping the majority kills.
+//!
+//! Partitions take turns among six shapes (each node sends from an address of its own, the
+//! clients from 127.0.0.1): the leader isolated from every other node (the clients still reach
+//! it); a majority/minority split of the metadata group with the chunk servers on both sides;
+//! a bridge (two metadata nodes that cannot see each other, both seeing the third); a one-way
+//! link (every packet from the leader to the other metadata nodes dropped, or every packet to
+//! it from them); the chunk servers cut from the metadata group but not from the clients; the
+//! clients cut from one chunk server. The history names the nodes cut off from the majority's
+//! side and the note lists the links.
 //! With `lose_chunk_after`, the first period starting after that long also SIGKILLs one chunk
 //! server for good: it is never started again, and the cluster must re-replicate its chunks.
 //! Every fault is recorded in the history at the moment it took effect. A fault's length is
@@ -44,6 +53,8 @@ pub struct NemesisConfig {
     pub chunk_freezes: bool,
     /// Cut a metadata node's inbound traffic (needs the private network namespace).
     pub cuts: bool,
+    /// Partition the nodes (needs the private network namespace and `--own-addresses`).
+    pub partitions: bool,
     pub majority_kills: bool,
     /// Kill one chunk server for good this long after the start.
     pub lose_chunk_after: Option<Duration>,
@@ -60,7 +71,44 @@ enum Other {
     Pause,
     Freeze,
     Cut,
+    Partition,
     Majority,
+}
+
+/// The shapes of partition, taken in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    IsolateLeader,
+    Split,
+    Bridge,
+    OneWay,
+    ChunksFromMetas,
+    ClientsFromChunk,
+}
+
+const SHAPES: [Shape; 6] = [
+    Shape::IsolateLeader,
+    Shape::Split,
+    Shape::Bridge,
+    Shape::OneWay,
+    Shape::ChunksFromMetas,
+    Shape::ClientsFromChunk,
+];
+
+/// A partition to make: the links to drop (from, to), the nodes cut off from the majority's
+/// side, and a note for the history.
+type Cutting = (Vec<(String, String)>, Vec<String>, String);
+
+/// Both directions of every link between a node of `a` and a node of `b`.
+fn cut_between(a: &[String], b: &[String]) -> Vec<(String, String)> {
+    let mut links = Vec::new();
+    for x in a {
+        for y in b {
+            links.push((x.clone(), y.clone()));
+            links.push((y.clone(), x.clone()));
+        }
+    }
+    links
 }
 
 /// Which other fault each period gets: every fourth a majority kill (when on), the others in
@@ -78,6 +126,7 @@ impl Rotation {
         let others = [
             (cfg.chunk_kills, Other::Chunk),
             (cfg.cuts, Other::Cut),
+            (cfg.partitions, Other::Partition),
             (cfg.pauses, Other::Pause),
             (cfg.chunk_freezes, Other::Freeze),
         ]
@@ -115,6 +164,8 @@ pub struct Nemesis {
     rng: StdRng,
     /// Nodes stopped with SIGSTOP and not yet resumed (for healing after an error).
     pub paused: Vec<String>,
+    /// How many partitions were made (their shapes go in turn).
+    partitions_made: usize,
 }
 
 fn millis(rng: &mut StdRng, lo: u64, hi: u64, cap: Duration) -> Duration {
@@ -137,6 +188,7 @@ impl Nemesis {
             cfg,
             rng: StdRng::from_entropy(),
             paused: Vec::new(),
+            partitions_made: 0,
         }
     }
 
@@ -292,6 +344,140 @@ impl Nemesis {
         Ok(())
     }
 
+    /// The links to drop for `shape`, the nodes they cut off from the majority's side and a
+    /// note; None when the cluster has too few nodes up for it.
+    fn shape_links(
+        &mut self,
+        shape: Shape,
+        leader: &str,
+    ) -> Result<Option<Cutting>, NemesisError> {
+        let alive = |c: &Cluster, n: &String| c.is_alive(n);
+        let metas: Vec<String> = self.cluster.names("meta")?;
+        let followers: Vec<String> = metas.iter().filter(|m| *m != leader).cloned().collect();
+        let chunks: Vec<String> = self
+            .cluster
+            .names("chunk")?
+            .into_iter()
+            .filter(|c| !self.cluster.is_lost(c))
+            .collect();
+        if followers.len() < 2 || chunks.is_empty() {
+            return Ok(None);
+        }
+        let l = leader.to_string();
+        Ok(Some(match shape {
+            Shape::IsolateLeader => {
+                let others: Vec<String> = followers.iter().chain(&chunks).cloned().collect();
+                (
+                    cut_between(std::slice::from_ref(&l), &others),
+                    vec![l.clone()],
+                    format!("{l} (the leader) isolated from every other node"),
+                )
+            }
+            Shape::Split => {
+                // A minority of the metadata group (the leader in it half the time) and fewer
+                // than half of the chunk servers on one side.
+                let mut minority_metas = vec![if self.rng.gen_bool(0.5) {
+                    l.clone()
+                } else {
+                    followers.choose(&mut self.rng).cloned().unwrap_or_default()
+                }];
+                minority_metas.truncate((metas.len() - 1) / 2);
+                let mut shuffled = chunks.clone();
+                shuffled.shuffle(&mut self.rng);
+                let minority_chunks: Vec<String> = shuffled[..(chunks.len() - 1) / 2].to_vec();
+                let minority: Vec<String> = minority_metas
+                    .iter()
+                    .chain(&minority_chunks)
+                    .cloned()
+                    .collect();
+                let majority: Vec<String> = metas
+                    .iter()
+                    .chain(&chunks)
+                    .filter(|n| !minority.contains(n))
+                    .cloned()
+                    .collect();
+                let note = format!("split: {} | {}", minority.join(","), majority.join(","));
+                (cut_between(&minority, &majority), minority, note)
+            }
+            Shape::Bridge => {
+                // Two metadata nodes that cannot see each other; the third sees both.
+                let mut ends = metas.clone();
+                ends.shuffle(&mut self.rng);
+                let bridge = ends.pop().unwrap_or_default();
+                let (x, y) = (ends[0].clone(), ends[1].clone());
+                // The end that does not lead is the one cut off from the leader's side.
+                let off = if y == l { x.clone() } else { y.clone() };
+                let note = format!("bridge: {x} and {y} cut from each other, {bridge} sees both");
+                (
+                    cut_between(std::slice::from_ref(&x), std::slice::from_ref(&y)),
+                    vec![off],
+                    note,
+                )
+            }
+            Shape::OneWay => {
+                let out_of_leader = self.rng.gen_bool(0.5);
+                let links = followers
+                    .iter()
+                    .map(|f| {
+                        if out_of_leader {
+                            (l.clone(), f.clone())
+                        } else {
+                            (f.clone(), l.clone())
+                        }
+                    })
+                    .collect();
+                let note = if out_of_leader {
+                    format!("one way: every packet from {l} (the leader) to the other metadata nodes dropped")
+                } else {
+                    format!("one way: every packet to {l} (the leader) from the other metadata nodes dropped")
+                };
+                (links, vec![l.clone()], note)
+            }
+            Shape::ChunksFromMetas => (
+                cut_between(&chunks, &metas),
+                chunks.clone(),
+                "every chunk server cut from the metadata group (not from the clients)".into(),
+            ),
+            Shape::ClientsFromChunk => {
+                let live: Vec<String> = chunks
+                    .iter()
+                    .filter(|c| alive(&self.cluster, c))
+                    .cloned()
+                    .collect();
+                let Some(victim) = live.choose(&mut self.rng).cloned() else {
+                    return Ok(None);
+                };
+                (
+                    cut_between(
+                        &[crate::cluster::CLIENTS.to_string()],
+                        std::slice::from_ref(&victim),
+                    ),
+                    vec![victim.clone()],
+                    format!("the clients cut from {victim}"),
+                )
+            }
+        }))
+    }
+
+    /// Partition the nodes in the next shape for 5.5–8 s (at most `budget`), then heal.
+    async fn partition(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
+            return Ok(());
+        };
+        let shape = SHAPES[self.partitions_made % SHAPES.len()];
+        self.partitions_made += 1;
+        let Some((links, out, note)) = self.shape_links(shape, &leader)? else {
+            return Ok(());
+        };
+        self.cluster.partition(&links, &out)?;
+        self.record(FaultKind::Partition, &out, Some(note))?;
+        let delay = millis(&mut self.rng, 5500, 8000, budget);
+        tokio::time::sleep(delay).await;
+        self.cluster.uncut()?;
+        self.record(FaultKind::Heal, &out, None)?;
+        Ok(())
+    }
+
     async fn kill_majority(&mut self) -> Result<(), NemesisError> {
         let Some(leader) = self.settled_leader(Duration::from_secs(10)).await? else {
             return Ok(());
@@ -350,6 +536,7 @@ impl Nemesis {
                     Some(Other::Pause) => self.pause_leader(budget).await?,
                     Some(Other::Freeze) => self.freeze_chunk(budget).await?,
                     Some(Other::Cut) => self.cut(budget).await?,
+                    Some(Other::Partition) => self.partition(budget).await?,
                     Some(Other::Majority) => self.kill_majority().await?,
                     None => {}
                 }
@@ -370,6 +557,7 @@ mod tests {
             pauses: true,
             chunk_freezes: true,
             cuts,
+            partitions: cuts,
             majority_kills: true,
             lose_chunk_after: None,
         }
@@ -377,13 +565,13 @@ mod tests {
 
     #[test]
     fn the_ci_round_gets_every_kind_of_fault() {
-        // The CI's 75 s at a 10 s period has 7 periods.
+        // The CI's 112 s at a 16 s period has 7 periods, the last too short for a fault.
         let mut r = Rotation::new(&cfg(true));
-        let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();
+        let got: Vec<Option<Other>> = (0..6).map(|_| r.next()).collect();
         use Other::*;
         assert_eq!(
             got,
-            [Chunk, Cut, Pause, Majority, Freeze, Chunk, Cut].map(Some)
+            [Chunk, Cut, Partition, Majority, Pause, Freeze].map(Some)
         );
         let mut r = Rotation::new(&cfg(false));
         let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();

@@ -1,17 +1,22 @@
-//! The private network namespace of a run with cuts, and the nftables rule that makes a cut.
+//! The private network namespace of a run with cuts and partitions, and the nftables rules
+//! that make them.
 //!
 //! A cut drops every packet addressed to one node's listen port while its own outgoing
-//! connections keep working (the replies come back to their ephemeral ports). So that the rule
+//! connections keep working (the replies come back to their ephemeral ports). A partition
+//! drops every packet from one address to another, for chosen pairs: each node listens on and
+//! connects from a loopback address of its own (`dfsctl local up --own-addresses`), clients
+//! connect from 127.0.0.1, so a pair of addresses is a pair of nodes. So that the rules
 //! touches nothing but the cluster under test, chaos re-executes itself under `unshare -n`
 //! (marked by `DFS_CHAOS_IN_NETNS` in the environment), brings the namespace's loopback up and
 //! starts the whole cluster in there; the rule lives in one table of its own, `inet dfs_chaos`,
 //! created by a cut and deleted when it is undone.
 //!
-//! What must stay true: nft is never run outside the namespace chaos made (`cut` refuses without
-//! the marker); at most one cut is in place at a time and `uncut` removes it whatever happened
-//! before; missing tools or a refused `unshare`/`nft` are reported as errors naming the tool and
+//! What must stay true: nft is never run outside the namespace chaos made (`cut` and
+//! `partition` refuse without the marker); at most one cut or partition is in place at a time
+//! and `uncut` removes it whatever happened before; missing tools or a refused `unshare`/`nft` are reported as errors naming the tool and
 //! `--no-cuts`, never skipped silently.
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
 
 /// Set in the environment of the chaos process re-executed inside its own network namespace.
@@ -155,7 +160,28 @@ pub fn cut(port: u16) -> Result<(), NetnsError> {
     run("nft", &["-f", "-"], Some(&cut_rules(port)))
 }
 
-/// Delete the cut's table.
+/// The nftables script of a partition: drop every packet from `a` to `b`, for each `(a, b)`
+/// (a link cut both ways is given as both pairs).
+pub fn partition_rules(links: &[(IpAddr, IpAddr)]) -> String {
+    let mut rules = String::new();
+    for (a, b) in links {
+        let family = if a.is_ipv4() { "ip" } else { "ip6" };
+        rules.push_str(&format!("    {family} saddr {a} {family} daddr {b} drop\n"));
+    }
+    format!(
+        "table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
+    )
+}
+
+/// Drop every packet from `a` to `b` for each pair (one atomic `nft -f -`).
+pub fn partition(links: &[(IpAddr, IpAddr)]) -> Result<(), NetnsError> {
+    if !inside() {
+        return Err(NetnsError::NotInside);
+    }
+    run("nft", &["-f", "-"], Some(&partition_rules(links)))
+}
+
+/// Delete the table of the cut or partition in place.
 pub fn uncut() -> Result<(), NetnsError> {
     if !inside() {
         return Err(NetnsError::NotInside);
@@ -176,10 +202,30 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_drops_only_its_pairs_in_their_direction() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let r = partition_rules(&[
+            (ip("127.0.1.1"), ip("127.0.1.2")),
+            (ip("127.0.0.1"), ip("127.0.2.3")),
+        ]);
+        assert!(r.contains("table inet dfs_chaos"), "{r}");
+        assert!(
+            r.contains("ip saddr 127.0.1.1 ip daddr 127.0.1.2 drop"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip saddr 127.0.0.1 ip daddr 127.0.2.3 drop"),
+            "{r}"
+        );
+        assert!(!r.contains("saddr 127.0.1.2"), "{r}");
+    }
+
+    #[test]
     fn nft_is_refused_outside_the_namespace() {
         if inside() {
             return;
         }
+        assert!(matches!(partition(&[]), Err(NetnsError::NotInside)));
         assert!(matches!(cut(1), Err(NetnsError::NotInside)));
         assert!(matches!(uncut(), Err(NetnsError::NotInside)));
     }

@@ -38,6 +38,11 @@ impl Failover {
 
 /// Failover per leader kill: kill (process seen dead) to the next acknowledged write.
 pub fn failover(h: &History) -> Failover {
+    next_ack_after(h, FaultKind::KillLeader)
+}
+
+/// For each fault of `kind` (naming a node): the time to the next acknowledged write.
+pub fn next_ack_after(h: &History, kind: FaultKind) -> Failover {
     let mut acks: Vec<u64> = h
         .ops
         .iter()
@@ -49,7 +54,7 @@ pub fn failover(h: &History) -> Failover {
     for k in h
         .faults
         .iter()
-        .filter(|k| k.kind == FaultKind::KillLeader && !k.nodes.is_empty())
+        .filter(|k| k.kind == kind && !k.nodes.is_empty())
     {
         let i = acks.partition_point(|t| *t <= k.at_us);
         match acks.get(i) {
@@ -109,6 +114,10 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         }
     }
     let fo = failover(h);
+    let (parted, healed) = (
+        next_ack_after(h, FaultKind::Partition),
+        next_ack_after(h, FaultKind::Heal),
+    );
     let leader_kills = count(h, FaultKind::KillLeader);
     let majority_kills = count(h, FaultKind::KillMajority);
     let chunk_kills = count(h, FaultKind::KillChunk);
@@ -116,6 +125,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let pauses = count(h, FaultKind::Pause);
     let freezes = count(h, FaultKind::FreezeChunk);
     let cuts = count(h, FaultKind::Cut);
+    let partitions = count(h, FaultKind::Partition);
     let run = h.run.clone().unwrap_or_default();
 
     let mut t = String::new();
@@ -148,7 +158,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     }
     let _ = writeln!(
         t,
-        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes, {cuts} inbound cuts"
+        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes, {cuts} inbound cuts, {partitions} partitions"
     );
     let _ = writeln!(
         t,
@@ -163,6 +173,16 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
             String::new()
         }
     );
+    if partitions > 0 {
+        let _ = writeln!(
+            t,
+            "partitions -> next acknowledged write: p50 {:.0} ms, max {:.0} ms; heal -> next acknowledged write: p50 {:.0} ms, max {:.0} ms",
+            parted.p50(),
+            parted.max(),
+            healed.p50(),
+            healed.max()
+        );
+    }
     let _ = writeln!(t, "checkers:");
     let _ = writeln!(
         t,
@@ -257,9 +277,14 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     );
     let mut details: Vec<String> = Vec::new();
     for l in &v.lost.lost {
+        let acked = h.ops.iter().find(|o| o.id == l.op).map(|o| o.complete_us);
         details.push(format!(
-            "lost write: op {} put {} content {} -> at the end: {}",
-            l.op, l.path, l.content, l.found
+            "lost write: op {} put {} content {} -> at the end: {}; {}",
+            l.op,
+            l.path,
+            l.content,
+            l.found,
+            acked.map_or_else(String::new, |t| crate::checker::fault_after(&h.faults, t))
         ));
     }
     details.extend(
@@ -329,6 +354,9 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "pauses": pauses,
         "chunk_freezes": freezes,
         "cuts": cuts,
+        "partitions": partitions,
+        "partition_next_ack_ms": {"p50": round(parted.p50()), "max": round(parted.max()), "never": parted.never},
+        "heal_next_ack_ms": {"p50": round(healed.p50()), "max": round(healed.max()), "never": healed.never},
         "ops": ops,
         "get_data_errors": data_errors,
         "get_overtaken": overtaken,

@@ -47,6 +47,12 @@ struct Args {
     #[arg(long, env = "DFS_CHUNK_LISTEN", value_name = "ADDR")]
     listen: String,
 
+    /// Address this server's own connections (to the metadata group and to other chunk
+    /// servers) leave from [default: the system's choice]. On a host with several addresses,
+    /// peers and firewall rules then see the server's own; the chaos run's partitions need it.
+    #[arg(long, env = "DFS_CHUNK_SOURCE_IP", value_name = "IP")]
+    source_ip: Option<std::net::IpAddr>,
+
     /// Directory for chunks and this server's identity (node.json); created if missing.
     #[arg(long, env = "DFS_CHUNK_DATA_DIR", value_name = "DIR")]
     data_dir: PathBuf,
@@ -301,6 +307,10 @@ fn load_tls(
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(ip) = args.source_ip {
+        // Before any channel is made (every one is made through `tls::channel`).
+        let _ = dfs_common::tls::set_source_ip(ip);
+    }
     let secret = match (&args.cluster_secret_file, args.insecure) {
         (Some(f), true) => Some(ClusterSecret::load(f)?),
         (None, true) => {

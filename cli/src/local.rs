@@ -88,6 +88,12 @@ pub struct UpArgs {
     /// DIR/tls (for comparing speed; only when the cluster is first laid out).
     #[arg(long)]
     pub insecure: bool,
+    /// Give each node a loopback address of its own (127.0.1.N for metadata node N, 127.0.2.N
+    /// for chunk server N) to listen on and connect from, so that firewall rules can cut the
+    /// traffic between two chosen nodes (the chaos run's partitions). Linux routes all of
+    /// 127.0.0.0/8 to loopback; only when the cluster is first laid out.
+    #[arg(long)]
+    pub own_addresses: bool,
 }
 
 /// SIGTERM `pid` and wait up to `grace` for it to end (`running` says whether it still is the
@@ -142,16 +148,43 @@ fn tls_args(dir: &Path, insecure: bool, role: Role, id: u32) -> anyhow::Result<V
 /// Ports come from below the kernel's ephemeral range (32768 and up), so an outgoing
 /// connection of another process cannot take one between this check and the node's bind.
 fn free_addr() -> anyhow::Result<String> {
+    free_addr_on(std::net::Ipv4Addr::LOCALHOST)
+}
+
+/// A free port on the loopback address `ip` (see `free_addr`).
+fn free_addr_on(ip: std::net::Ipv4Addr) -> anyhow::Result<String> {
     use rand::Rng;
     let mut rng = rand::thread_rng();
     for _ in 0..1000 {
         let port: u16 = rng.gen_range(15_000..32_000);
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+        if let Ok(l) = std::net::TcpListener::bind((ip, port)) {
             return Ok(l.local_addr()?.to_string());
         }
     }
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let l = std::net::TcpListener::bind((ip, 0))?;
     Ok(l.local_addr()?.to_string())
+}
+
+/// With `--own-addresses`: node `i` of `kind` listens on a loopback address of its own and
+/// connects from it (`127.0.1.i` for metadata nodes, `127.0.2.i` for chunk servers).
+fn own_address(kind: Role, i: u32) -> anyhow::Result<std::net::Ipv4Addr> {
+    let last = u8::try_from(i)
+        .ok()
+        .filter(|b| *b > 0 && *b < 255)
+        .ok_or_else(|| anyhow::anyhow!("--own-addresses allows at most 254 nodes of a kind"))?;
+    Ok(match kind {
+        Role::Meta => std::net::Ipv4Addr::new(127, 0, 1, last),
+        _ => std::net::Ipv4Addr::new(127, 0, 2, last),
+    })
+}
+
+/// The gRPC address of node `i` of `kind`, and the flags that make it leave from there too.
+fn node_addr(own: bool, kind: Role, i: u32) -> anyhow::Result<(String, Vec<String>)> {
+    if !own {
+        return Ok((free_addr()?, Vec::new()));
+    }
+    let ip = own_address(kind, i)?;
+    Ok((free_addr_on(ip)?, vec![format!("--source-ip={ip}")]))
 }
 
 /// Kill what a failed first start left and forget the cluster, so it can be laid out again.
@@ -296,13 +329,13 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
     let mut nodes = Vec::new();
     let mut peers = Vec::new();
     for i in 1..=a.metas {
-        let addr = free_addr()?;
+        let (addr, source) = node_addr(a.own_addresses, Role::Meta, i)?;
         peers.push(format!("{i}={addr}"));
-        nodes.push((i, addr, free_addr()?));
+        nodes.push((i, addr, source, free_addr()?));
     }
     let peers = peers.join(",");
     let mut out = LocalCluster::default();
-    for (i, addr, metrics) in nodes {
+    for (i, addr, source, metrics) in nodes {
         let data_dir = dir.join(format!("meta-{i}"));
         let mut args = vec![
             format!("--id={i}"),
@@ -312,6 +345,7 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
             format!("--metrics={metrics}"),
             format!("--cluster-secret-file={secret}"),
         ];
+        args.extend(source);
         args.extend(tls_args(&dir, a.insecure, Role::Meta, i)?);
         if i == 1 {
             args.push(format!(
@@ -333,7 +367,8 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
     }
     let metas = out.meta_addrs().join(",");
     for i in 1..=a.chunks {
-        let (addr, metrics) = (free_addr()?, free_addr()?);
+        let (addr, source) = node_addr(a.own_addresses, Role::Chunk, i)?;
+        let metrics = free_addr()?;
         let data_dir = dir.join(format!("chunk-{i}"));
         let mut args = vec![
             format!("--listen={addr}"),
@@ -341,6 +376,7 @@ fn new_cluster(dir: &Path, a: &UpArgs) -> anyhow::Result<LocalCluster> {
             format!("--meta={metas}"),
             format!("--metrics={metrics}"),
         ];
+        args.extend(source);
         // With TLS a chunk server holds no cluster secret: its certificate proves who it is
         // and the metadata group hands it its own token key.
         if a.insecure {

@@ -459,7 +459,7 @@ impl Connector {
         }
     }
 
-    /// Connect from this local address (tests that need a second source address).
+    /// Connect from this local address (`--source-ip`; tests that need a second one).
     pub fn from_local_address(mut self, ip: Option<std::net::IpAddr>) -> Connector {
         self.local = ip;
         self
@@ -541,16 +541,29 @@ pub async fn server_certificate(
         .ok_or_else(|| std::io::Error::other("the server showed no certificate"))
 }
 
+/// The address this process's outgoing connections leave from (`--source-ip`), once set.
+static SOURCE_IP: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// Make every later `channel` of this process connect from `ip` (a node's `--source-ip`: on a
+/// host with several addresses, peers and firewall rules see the node's own). Set once, at
+/// start; a second call is refused.
+pub fn set_source_ip(ip: std::net::IpAddr) -> Result<(), std::net::IpAddr> {
+    SOURCE_IP.set(ip)
+}
+
 /// A lazy channel on `endpoint`: through TLS (the server must hold a `role` certificate) when
-/// `tls` is given, plain TCP otherwise.
+/// `tls` is given, plain TCP otherwise; from the source address when one is set.
 pub fn channel(
     endpoint: tonic::transport::Endpoint,
     tls: Option<&Arc<Tls>>,
     role: Role,
 ) -> tonic::transport::Channel {
+    let source = SOURCE_IP.get().copied();
     match tls {
-        Some(t) => endpoint.connect_with_connector_lazy(Connector::new(Arc::clone(t), role)),
-        None => endpoint.connect_lazy(),
+        Some(t) => endpoint.connect_with_connector_lazy(
+            Connector::new(Arc::clone(t), role).from_local_address(source),
+        ),
+        None => endpoint.local_address(source).connect_lazy(),
     }
 }
 

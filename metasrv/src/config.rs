@@ -8,6 +8,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The bugs `--plant-bug` can plant (see `chaos/README.md`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlantedBug {
+    SkipReadBarrier,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "metasrv",
@@ -28,6 +34,11 @@ pub struct Args {
     /// Address peers and clients should use to reach this node (default: --listen).
     #[arg(long, env = "DFS_META_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Address this node's own connections (to peers and chunk servers) leave from (default:
+    /// the system's choice). On a host with several addresses, peers and firewall rules then
+    /// see the node's own; the chaos run's partitions need it.
+    #[arg(long, env = "DFS_META_SOURCE_IP")]
+    pub source_ip: Option<std::net::IpAddr>,
     /// Directory for the Raft log, state machine, snapshots and saved-files.json.
     #[arg(long, env = "DFS_META_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -94,6 +105,11 @@ pub struct Args {
     /// stay below the maximum election timeout, the time followers refuse other candidates.
     #[arg(long, env = "DFS_META_READ_LEASE_MS")]
     pub read_lease_ms: Option<u64>,
+    /// A bug to plant, on purpose, to prove that the chaos checkers catch it; never in a real
+    /// cluster. `skip-read-barrier`: a node that believes it leads answers linearizable reads
+    /// from its own state without confirming its leadership with a quorum first.
+    #[arg(long, hide = true, value_enum)]
+    pub plant_bug: Option<PlantedBug>,
     /// Async worker threads. Few threads mean fewer context switches, which cost a lot in VMs.
     #[arg(long, env = "DFS_META_THREADS", default_value_t = 2)]
     pub threads: usize,
@@ -140,6 +156,7 @@ pub struct Config {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
     pub read_lease_ms: u64,
+    pub plant_bug: Option<PlantedBug>,
     pub chunk_size: u64,
     pub replication: u32,
     pub token_ttl_secs: u64,
@@ -223,6 +240,7 @@ impl Config {
             heartbeat_ms: a.heartbeat_ms,
             election_timeout_ms: a.election_timeout_ms,
             read_lease_ms,
+            plant_bug: a.plant_bug,
             chunk_size: a.chunk_size,
             replication: a.replication.max(1),
             token_ttl_secs: a.token_ttl_secs,

@@ -53,6 +53,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: config::Args) -> anyhow::Result<()> {
+    if let Some(ip) = args.source_ip {
+        // Before any channel is made (every one is made through `tls::channel`).
+        let _ = dfs_common::tls::set_source_ip(ip);
+    }
     let cfg = config::Config::from_args(args)?;
     let secret = dfs_common::token::ClusterSecret::load(&cfg.secret_file)?;
     config::check_data_dir(&cfg, &secret)?;
@@ -127,6 +131,7 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         reads: service::ReadBarrier::new(
             raft.clone(),
             std::time::Duration::from_millis(cfg.read_lease_ms),
+            cfg.plant_bug == Some(config::PlantedBug::SkipReadBarrier),
         ),
         writes: service::WriteBatcher::new(raft.clone()),
         healing: healer::Healing::new(cfg.healing.clone()),

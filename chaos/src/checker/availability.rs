@@ -27,6 +27,11 @@
 //!   among themselves when the cut node led (metasrv's leader watch), so a cut leader's silence
 //!   counts against the bound. Only a cut together with another metadata node down or paused
 //!   leaves fewer than a majority of usable nodes, and that is excused.
+//! - **A partition** counts the nodes it names (those cut off from the side that keeps a
+//!   majority of the metadata group: an isolated leader, a minority, chunk servers the
+//!   metadata group cannot reach, a chunk server the clients cannot reach) as out until the
+//!   `heal` naming them, like a cut: the majority's side must go on acknowledging writes
+//!   within the bound whenever what is left is healthy.
 //! - **Window**: a maximal interval of the observed span during which the cluster was healthy
 //!   the whole time and no write was acknowledged strictly inside it. Unhealthy time splits a
 //!   window (the recovery after a majority came back is a window of its own).
@@ -103,6 +108,8 @@ pub fn fault_name(k: FaultKind) -> &'static str {
         FaultKind::FreezeChunk => "freeze_chunk",
         FaultKind::Cut => "cut",
         FaultKind::Uncut => "uncut",
+        FaultKind::Partition => "partition",
+        FaultKind::Heal => "heal",
         FaultKind::Resume => "resume",
         FaultKind::Restart => "restart",
     }
@@ -129,8 +136,9 @@ fn intervals(faults: &[Fault]) -> Vec<Active> {
             }
             FaultKind::Pause | FaultKind::FreezeChunk => Some(FaultKind::Resume),
             FaultKind::Cut => Some(FaultKind::Uncut),
+            FaultKind::Partition => Some(FaultKind::Heal),
             FaultKind::LoseChunk => None,
-            FaultKind::Resume | FaultKind::Restart | FaultKind::Uncut => continue,
+            FaultKind::Resume | FaultKind::Restart | FaultKind::Uncut | FaultKind::Heal => continue,
         };
         if f.nodes.is_empty() {
             continue;
@@ -182,10 +190,10 @@ fn unhealthy(faults: &[Fault], shape: Shape) -> Vec<(u64, u64)> {
                 FaultKind::Pause | FaultKind::FreezeChunk => {
                     paused.insert(n);
                 }
-                FaultKind::Cut => {
+                FaultKind::Cut | FaultKind::Partition => {
                     cut.insert(n);
                 }
-                FaultKind::Uncut => {
+                FaultKind::Uncut | FaultKind::Heal => {
                     cut.remove(n.as_str());
                 }
                 FaultKind::Resume => {

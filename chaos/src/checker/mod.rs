@@ -8,7 +8,7 @@ pub mod model;
 pub mod phantom;
 pub mod quorum;
 
-use crate::history::{History, Op};
+use crate::history::{Fault, FaultKind, History, Op};
 use linear::LinResult;
 use std::collections::BTreeMap;
 
@@ -154,9 +154,65 @@ fn check_group(group: &model::Group, grace_us: u64, budget: usize) -> GroupVerdi
     }
 }
 
+/// Whether a fault record undoes an earlier one (restart, resume, uncut, heal).
+fn is_undo(k: FaultKind) -> bool {
+    matches!(
+        k,
+        FaultKind::Restart | FaultKind::Resume | FaultKind::Uncut | FaultKind::Heal
+    )
+}
+
+fn describe_fault(f: &Fault) -> String {
+    format!(
+        "{} of {} at {:.3} s{}",
+        availability::fault_name(f.kind),
+        f.nodes.join(","),
+        f.at_us as f64 / 1e6,
+        f.note
+            .as_ref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    )
+}
+
+/// The fault an anomaly at `at_us` followed: the last one that took effect at or before it,
+/// and whether it was still in effect then.
+pub fn fault_before(faults: &[Fault], at_us: u64) -> String {
+    let Some((i, f)) = faults
+        .iter()
+        .enumerate()
+        .rfind(|(_, f)| !is_undo(f.kind) && !f.nodes.is_empty() && f.at_us <= at_us)
+    else {
+        return "no fault before it".into();
+    };
+    let undone = faults[i + 1..]
+        .iter()
+        .find(|g| is_undo(g.kind) && g.nodes.iter().any(|n| f.nodes.contains(n)));
+    match undone {
+        Some(u) if u.at_us <= at_us => format!(
+            "after {}, undone at {:.3} s",
+            describe_fault(f),
+            u.at_us as f64 / 1e6
+        ),
+        _ => format!("during {}", describe_fault(f)),
+    }
+}
+
+/// The first fault that took effect at or after `at_us` (what an acknowledged write that was
+/// lost later went through first).
+pub fn fault_after(faults: &[Fault], at_us: u64) -> String {
+    faults
+        .iter()
+        .find(|f| !is_undo(f.kind) && !f.nodes.is_empty() && f.at_us >= at_us)
+        .map_or_else(
+            || "no fault after it".into(),
+            |f| format!("the first fault after it: {}", describe_fault(f)),
+        )
+}
+
 /// Linearizability of every group: bounded windows for unknown operations first, then (only
-/// where that fails) windows that never close.
-pub fn check_linear(ops: &[Op], grace_us: u64, budget: usize) -> LinReport {
+/// where that fails) windows that never close. Each violation names the fault it followed.
+pub fn check_linear(ops: &[Op], faults: &[Fault], grace_us: u64, budget: usize) -> LinReport {
     let mut by_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, o) in ops.iter().enumerate() {
         by_group.entry(o.group).or_default().push(i);
@@ -189,10 +245,11 @@ pub fn check_linear(ops: &[Op], grace_us: u64, budget: usize) -> LinReport {
                     r.needed_late_unknown += 1;
                 }
             }
-            LinResult::Violation { .. } => r.violations.push(format!(
-                "group {g}: {}{}",
+            LinResult::Violation { op, .. } => r.violations.push(format!(
+                "group {g}: {}{}; {}",
                 violation_text(ops, group, &v.result),
-                v.caveat.map(|c| format!(" ({c})")).unwrap_or_default()
+                v.caveat.map(|c| format!(" ({c})")).unwrap_or_default(),
+                fault_before(faults, ops[*op].invoke_us)
             )),
             LinResult::Inconclusive { reason } => {
                 r.inconclusive.push(format!("group {g}: {reason}"))
@@ -236,7 +293,7 @@ pub fn check_all(h: &History, grace_us: u64, budget: usize, avail_bound_us: u64)
     let (convergence, replication) = convergence::check(h.convergence.as_ref());
     Verdicts {
         lost: lost::check(&h.ops),
-        linear: check_linear(&h.ops, grace_us, budget),
+        linear: check_linear(&h.ops, &h.faults, grace_us, budget),
         phantom: phantom::check(&h.ops),
         convergence,
         replication,

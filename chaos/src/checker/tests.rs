@@ -92,7 +92,7 @@ fn lin(h: &H) -> LinReport {
         matches!(jit, linear::LinResult::Ok { .. }),
         "depth-first {dfs:?} vs exhaustive {jit:?}"
     );
-    check_linear(&h.ops, DEFAULT_GRACE_US, 1_000_000)
+    check_linear(&h.ops, &[], DEFAULT_GRACE_US, 1_000_000)
 }
 
 #[test]
@@ -321,7 +321,7 @@ fn an_unknown_operation_taking_effect_long_after_is_flagged() {
     // Takes effect after 31 s, long after the client gave up: only an effect that late would
     // explain it, which the checker reports (with that caveat).
     h.read(Kind::Stat, A, (60 * S, 61 * S), file("c1"));
-    let r = check_linear(&h.ops, DEFAULT_GRACE_US, 1_000_000);
+    let r = check_linear(&h.ops, &[], DEFAULT_GRACE_US, 1_000_000);
     assert_eq!(r.violations.len(), 1, "{r:?}");
     assert!(r.violations[0].contains("explained only if"), "{r:?}");
     // Within the grace it is fine.
@@ -360,7 +360,7 @@ fn many_unknown_operations_stay_cheap() {
     }
     h.put(A, "last", true, (100 * S, 101 * S), Outcome::Ok);
     h.read(Kind::Get, A, (102 * S, 103 * S), file("last"));
-    let r = check_linear(&h.ops, u64::MAX / 4, 200_000);
+    let r = check_linear(&h.ops, &[], u64::MAX / 4, 200_000);
     assert!(r.pass(), "{r:?}");
     assert!(lin(&h).pass());
 }
@@ -610,4 +610,34 @@ fn both_searches_agree_on_random_histories() {
         altered_caught >= 140,
         "only {altered_caught} altered histories"
     );
+}
+
+#[test]
+fn an_anomaly_names_the_fault_it_followed() {
+    let f = |kind, node: &str, s: u64, note: Option<&str>| Fault {
+        kind,
+        nodes: vec![node.to_string()],
+        at_us: s * 1_000_000,
+        note: note.map(String::from),
+    };
+    let faults = vec![
+        f(FaultKind::KillLeader, "meta-1", 2, None),
+        f(FaultKind::Restart, "meta-1", 3, None),
+        f(FaultKind::Partition, "meta-2", 10, Some("meta-2 isolated")),
+        f(FaultKind::Heal, "meta-2", 16, None),
+    ];
+    assert_eq!(fault_before(&faults, 1_000_000), "no fault before it");
+    assert_eq!(
+        fault_before(&faults, 5_000_000),
+        "after kill_leader of meta-1 at 2.000 s, undone at 3.000 s"
+    );
+    assert_eq!(
+        fault_before(&faults, 12_000_000),
+        "during partition of meta-2 at 10.000 s (meta-2 isolated)"
+    );
+    assert_eq!(
+        fault_after(&faults, 4_000_000),
+        "the first fault after it: partition of meta-2 at 10.000 s (meta-2 isolated)"
+    );
+    assert_eq!(fault_after(&faults, 17_000_000), "no fault after it");
 }

@@ -57,6 +57,9 @@ pub struct ReadBarrier {
     queue: Arc<Mutex<Queue>>,
     lease: Arc<Mutex<Option<Lease>>>,
     lease_len: Duration,
+    /// The planted bug `--plant-bug=skip-read-barrier`: no check at all (chaos proves that its
+    /// linearizability checker catches the stale reads this gives).
+    unchecked: bool,
 }
 
 /// This node's term if it is the leader now, as its Raft core last reported.
@@ -69,12 +72,19 @@ fn leader_term(raft: &Raft) -> Option<u64> {
 impl ReadBarrier {
     /// `lease_len`: how long after a check began reads are served without another; must be
     /// below openraft's leader lease (the maximum election timeout). Zero: every read checks.
-    pub fn new(raft: Raft, lease_len: Duration) -> Self {
+    pub fn new(raft: Raft, lease_len: Duration, unchecked: bool) -> Self {
+        if unchecked {
+            tracing::warn!(
+                "PLANTED BUG (--plant-bug=skip-read-barrier): reads are answered without a \
+                 leadership check; for proving the chaos checkers only"
+            );
+        }
         Self {
             raft,
             queue: Default::default(),
             lease: Default::default(),
             lease_len,
+            unchecked,
         }
     }
 
@@ -91,7 +101,7 @@ impl ReadBarrier {
     /// Returns once this node was confirmed leader after the call began (or holds a lease
     /// from such a confirmation) and has applied everything committed before that.
     pub async fn wait(&self) -> Result<(), ReadCheck> {
-        if self.leased() {
+        if self.unchecked || self.leased() {
             return Ok(());
         }
         let (tx, rx) = oneshot::channel();
