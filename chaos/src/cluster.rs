@@ -5,6 +5,7 @@
 //! `saved-files.json` and its own view of the namespace.
 //! Cuts (a node's inbound traffic dropped) and partitions (the traffic between chosen nodes
 //! dropped, see `netns`) are made here too, so that healing removes one left in place.
+use crate::disks::{DiskError, Disks};
 use crate::history::{Convergence, FaultKind};
 use crate::netns::{self, NetnsError};
 use dfs_client::MetaConn;
@@ -35,6 +36,12 @@ pub enum ClusterError {
     Client(String),
     #[error("cut: {0}")]
     Net(#[from] NetnsError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error(
+        "power cuts need the nodes' data directories on powerfs (chaos without --no-power-cuts)"
+    )]
+    NoDisks,
     #[error("{name} has no port in its address {addr}")]
     NoPort { name: String, addr: String },
     #[error("the cluster did not become ready in {secs} s: {last}")]
@@ -65,6 +72,8 @@ pub struct Cluster {
     lost: Mutex<BTreeSet<String>>,
     /// The cut or partition in place now, if any.
     net: Mutex<Option<NetFault>>,
+    /// The nodes' powerfs disks (power cuts), if the run has them.
+    disks: Mutex<Option<Disks>>,
 }
 
 /// A cut or partition in place: the record that undoes it and the nodes it names.
@@ -72,6 +81,19 @@ pub struct Cluster {
 pub struct NetFault {
     pub undo: FaultKind,
     pub nodes: Vec<String>,
+}
+
+/// What `Cluster::up` lays out.
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    pub metas: u32,
+    pub chunks: u32,
+    pub chunk_size: u64,
+    /// Extra flags of every metasrv and every chunksrv.
+    pub meta_args: Vec<String>,
+    pub chunk_args: Vec<String>,
+    /// Each node on a loopback address of its own (`dfsctl local up --own-addresses`).
+    pub own_addresses: bool,
 }
 
 /// The name a partition gives the clients (chaos's own connections, from 127.0.0.1).
@@ -108,16 +130,22 @@ impl Cluster {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// Start a fresh cluster in `dir` (which must not hold one yet) and wait until it serves.
+    /// Start a fresh cluster laid out as `layout` in `dir` (which must not hold one yet, and
+    /// whose node directories are on `disks` when given) and wait until it serves.
     pub async fn up(
         dir: &Path,
         bin_dir: &Path,
-        metas: u32,
-        chunks: u32,
-        chunk_size: u64,
-        meta_args: &[String],
-        own_addresses: bool,
+        layout: &Layout,
+        disks: Option<Disks>,
     ) -> Result<Cluster, ClusterError> {
+        let Layout {
+            metas,
+            chunks,
+            chunk_size,
+            meta_args,
+            chunk_args,
+            own_addresses,
+        } = layout;
         let mut args: Vec<String> = vec![
             "local".into(),
             "up".into(),
@@ -131,7 +159,8 @@ impl Cluster {
             "--wait=120".into(),
         ];
         args.extend(meta_args.iter().map(|a| format!("--meta-arg={a}")));
-        if own_addresses {
+        args.extend(chunk_args.iter().map(|a| format!("--chunk-arg={a}")));
+        if *own_addresses {
             args.push("--own-addresses".into());
         }
         Self::dfsctl(bin_dir, &args).await?;
@@ -142,6 +171,7 @@ impl Cluster {
             meta_addrs: vec![],
             lost: Mutex::new(BTreeSet::new()),
             net: Mutex::new(None),
+            disks: Mutex::new(disks),
         };
         let nodes = c.nodes()?;
         Ok(Cluster {
@@ -330,6 +360,20 @@ impl Cluster {
             nodes: out.to_vec(),
         });
         Ok(())
+    }
+
+    /// Drop every byte `name` wrote and did not fsync (its process must be dead); says how much.
+    pub fn power_cut(&self, name: &str) -> Result<String, ClusterError> {
+        let g = self.disks.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(g.as_ref().ok_or(ClusterError::NoDisks)?.cut(name)?)
+    }
+
+    /// Unmount the nodes' disks, if any (after the cluster stopped).
+    pub fn unmount_disks(&self) {
+        let d = self.disks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(d) = d {
+            d.unmount();
+        }
     }
 
     /// Undo the cut or partition in place, if any; returns what it was.

@@ -234,6 +234,9 @@ pub enum FaultKind {
     Partition,
     /// The partition undone (the rules deleted); names the same nodes.
     Heal,
+    /// A power cut: the nodes SIGKILLed, then every byte they wrote and did not fsync dropped
+    /// (their data directories are on powerfs); restarted later (`restart`).
+    PowerCut,
     /// SIGCONT of a paused node.
     Resume,
     /// A killed node started again.
@@ -292,7 +295,10 @@ pub struct RunInfo {
     /// Partitions between nodes in the rotation of other faults.
     #[serde(default)]
     pub partitions: bool,
-    /// The bug planted in every metasrv (`--plant-bug`), if any.
+    /// Power cuts of one node or the whole cluster in the rotation of other faults.
+    #[serde(default)]
+    pub power_cuts: bool,
+    /// The bug planted in every metasrv or chunksrv (`--plant-bug`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planted_bug: Option<String>,
     /// Replication factor of the files written (0 in older histories: the default).

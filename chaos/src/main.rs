@@ -3,7 +3,7 @@
 //! run (cluster did not start, bad arguments, ...).
 use anyhow::{bail, Context};
 use chaos::checker::{self, availability, DEFAULT_BUDGET, DEFAULT_GRACE_US};
-use chaos::cluster::{bin_dir, Cluster};
+use chaos::cluster::{bin_dir, Cluster, Layout};
 use chaos::history::{Clock, Fault, History, HistoryWriter, Record, RunInfo};
 use chaos::nemesis::{Nemesis, NemesisConfig};
 use chaos::netns;
@@ -61,10 +61,19 @@ struct Args {
     /// with --no-cuts), with each node on a loopback address of its own.
     #[arg(long)]
     no_partitions: bool,
-    /// Plant a bug in every metasrv (its hidden `--plant-bug`) to prove that the checkers catch
-    /// it: `skip-read-barrier` (reads answered without a leadership check; a partitioned old
-    /// leader then serves stale reads, which the linearizability checker must flag).
-    #[arg(long, value_name = "BUG")]
+    /// Do not cut the power of nodes (the whole cluster, the leader, a chunk server, a
+    /// follower in turn: SIGKILL, then every byte they wrote and did not fsync is dropped).
+    /// Power cuts put each node's data directory on a powerfs (FUSE) in a mount namespace of
+    /// the run's own: root, /dev/fuse and `unshare`.
+    #[arg(long)]
+    no_power_cuts: bool,
+    /// Plant a bug to prove that the checkers catch it: `skip-read-barrier` (every metasrv
+    /// answers reads without a leadership check; a partitioned old leader then serves stale
+    /// reads, which the linearizability checker must flag), `skip-log-fsync` (every metasrv
+    /// acknowledges Raft entries without fdatasync; a power cut of the whole cluster then loses
+    /// acknowledged writes, which the lost-write checker must flag) or `skip-fsync` (every
+    /// chunksrv acknowledges chunk writes without fdatasync).
+    #[arg(long, value_name = "BUG", value_parser = ["skip-read-barrier", "skip-log-fsync", "skip-fsync"])]
     plant_bug: Option<String>,
     /// Fail the run when the cluster was healthy (a majority of metadata nodes and enough
     /// chunk servers up and not paused) for longer than this many seconds without
@@ -119,8 +128,9 @@ fn parse_secs(s: &str) -> Result<u64, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if !args.no_cuts && args.replay.is_none() {
-        // Cuts add nftables rules: the whole run goes into a network namespace of its own.
+    if (!args.no_cuts || !args.no_power_cuts) && args.replay.is_none() {
+        // Cuts add nftables rules and power cuts mount file systems: the whole run goes into
+        // network and mount namespaces of its own.
         let ready = if netns::inside() {
             netns::prepare()
         } else {
@@ -235,19 +245,45 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         bin_dir().display()
     );
     let mut meta_args = vec![format!("--dead-timeout-ms={DEAD_TIMEOUT_MS}")];
-    if let Some(bug) = &a.plant_bug {
-        eprintln!("chaos: planting the bug {bug:?} in every metasrv");
-        meta_args.push(format!("--plant-bug={bug}"));
+    let mut chunk_args = Vec::new();
+    match a.plant_bug.as_deref() {
+        Some(bug @ "skip-fsync") => {
+            eprintln!("chaos: planting the bug {bug:?} in every chunksrv");
+            chunk_args.push(format!("--plant-bug={bug}"));
+        }
+        Some(bug) => {
+            eprintln!("chaos: planting the bug {bug:?} in every metasrv");
+            meta_args.push(format!("--plant-bug={bug}"));
+        }
+        None => {}
     }
+    let disks = if a.no_power_cuts {
+        None
+    } else {
+        let nodes: Vec<String> = (1..=METAS)
+            .map(|i| format!("meta-{i}"))
+            .chain((1..=a.chunks).map(|i| format!("chunk-{i}")))
+            .collect();
+        Some(chaos::disks::Disks::mount(
+            &bin_dir(),
+            &work.join("disks"),
+            &cluster_dir,
+            &nodes,
+        )?)
+    };
     let cluster = Arc::new(
         Cluster::up(
             &cluster_dir,
             &bin_dir(),
-            METAS,
-            a.chunks,
-            a.chunk_size,
-            &meta_args,
-            partitions(&a),
+            &Layout {
+                metas: METAS,
+                chunks: a.chunks,
+                chunk_size: a.chunk_size,
+                meta_args,
+                chunk_args,
+                own_addresses: partitions(&a),
+            },
+            disks,
         )
         .await?,
     );
@@ -259,6 +295,8 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     if let Err(e) = cluster.down().await {
         eprintln!("chaos: stopping the cluster: {e}");
     }
+    // The nodes' data stays in work/disks/<node> (the powerfs backing directories).
+    cluster.unmount_disks();
     driven.with_context(|| {
         format!(
             "the run did not complete; history so far: {} (cluster data kept in {})",
@@ -270,6 +308,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
     let pass = check_and_report(&history_path, a.json, a.max_unavailable)?;
     if pass && !keep {
         let _ = std::fs::remove_dir_all(&cluster_dir);
+        let _ = std::fs::remove_dir_all(work.join("disks"));
     }
     Ok(pass)
 }
@@ -295,6 +334,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         chunk_freezes: !a.no_chunk_freezes,
         cuts: !a.no_cuts,
         partitions: partitions(a),
+        power_cuts: !a.no_power_cuts,
         planted_bug: a.plant_bug.clone(),
         replication: dfs_common::DEFAULT_REPLICATION,
         max_unavailable_ms: a.max_unavailable.unwrap_or(availability::DEFAULT_BOUND_US) / 1000,
@@ -332,6 +372,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
             chunk_freezes: !a.no_chunk_freezes,
             cuts: !a.no_cuts,
             partitions: partitions(a),
+            power_cuts: !a.no_power_cuts,
             majority_kills: !a.no_majority_kills,
             lose_chunk_after: a
                 .lose_chunk_server

@@ -8,10 +8,14 @@
 //! (a frozen server: its sockets stay open, it answers nothing) and SIGCONT it; cut a
 //! metadata node's inbound traffic for 3–6 s (every packet to its listen port dropped, its own
 //! connections still work; the leader three times in four, else a follower; see `netns`); and
-//! a partition for 5.5–8 s, then healed (see below); and every fourth time, SIGKILL two of
-//! three metadata nodes (the leader among them) for 3 s, during which nothing that needs a
-//! quorum may be acknowledged. The rotation is chunk kill, cut, partition, leader pause, chunk
-//! freeze (the kinds switched on), skipping the majority kills.
+//! a partition for 5.5–8 s, then healed (see below); a power cut (see below); and every fourth
+//! time, SIGKILL two of three metadata nodes (the leader among them) for 3 s, during which
+//! nothing that needs a quorum may be acknowledged. The rotation is chunk kill, cut, partition,
+//! power cut, leader pause, chunk freeze (the kinds switched on), skipping the majority kills.
+//!
+//! Power cuts take turns among four targets: the whole cluster at once, the leader, a chunk
+//! server, a follower. Each target is SIGKILLed, then its powerfs drops every byte it wrote and
+//! did not fsync, and it is started again 1–2 s later.
 //!
 //! Partitions take turns among six shapes (each node sends from an address of its own, the
 //! clients from 127.0.0.1): the leader isolated from every other node (the clients still reach
@@ -55,6 +59,8 @@ pub struct NemesisConfig {
     pub cuts: bool,
     /// Partition the nodes (needs the private network namespace and `--own-addresses`).
     pub partitions: bool,
+    /// Cut the power of nodes (their data directories on powerfs).
+    pub power_cuts: bool,
     pub majority_kills: bool,
     /// Kill one chunk server for good this long after the start.
     pub lose_chunk_after: Option<Duration>,
@@ -72,8 +78,25 @@ enum Other {
     Freeze,
     Cut,
     Partition,
+    Power,
     Majority,
 }
+
+/// Who loses power, taken in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PowerTarget {
+    Cluster,
+    Leader,
+    Chunk,
+    Follower,
+}
+
+const POWER_TARGETS: [PowerTarget; 4] = [
+    PowerTarget::Cluster,
+    PowerTarget::Leader,
+    PowerTarget::Chunk,
+    PowerTarget::Follower,
+];
 
 /// The shapes of partition, taken in turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +150,7 @@ impl Rotation {
             (cfg.chunk_kills, Other::Chunk),
             (cfg.cuts, Other::Cut),
             (cfg.partitions, Other::Partition),
+            (cfg.power_cuts, Other::Power),
             (cfg.pauses, Other::Pause),
             (cfg.chunk_freezes, Other::Freeze),
         ]
@@ -166,6 +190,8 @@ pub struct Nemesis {
     pub paused: Vec<String>,
     /// How many partitions were made (their shapes go in turn).
     partitions_made: usize,
+    /// How many power cuts were made (their targets go in turn).
+    power_cuts_made: usize,
 }
 
 fn millis(rng: &mut StdRng, lo: u64, hi: u64, cap: Duration) -> Duration {
@@ -189,6 +215,7 @@ impl Nemesis {
             rng: StdRng::from_entropy(),
             paused: Vec::new(),
             partitions_made: 0,
+            power_cuts_made: 0,
         }
     }
 
@@ -346,11 +373,7 @@ impl Nemesis {
 
     /// The links to drop for `shape`, the nodes they cut off from the majority's side and a
     /// note; None when the cluster has too few nodes up for it.
-    fn shape_links(
-        &mut self,
-        shape: Shape,
-        leader: &str,
-    ) -> Result<Option<Cutting>, NemesisError> {
+    fn shape_links(&mut self, shape: Shape, leader: &str) -> Result<Option<Cutting>, NemesisError> {
         let alive = |c: &Cluster, n: &String| c.is_alive(n);
         let metas: Vec<String> = self.cluster.names("meta")?;
         let followers: Vec<String> = metas.iter().filter(|m| *m != leader).cloned().collect();
@@ -478,6 +501,56 @@ impl Nemesis {
         Ok(())
     }
 
+    /// Cut the power of the next target: SIGKILL, drop its unsynced bytes, restart 1–2 s later.
+    async fn power_cut(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
+            return Ok(());
+        };
+        let target = POWER_TARGETS[self.power_cuts_made % POWER_TARGETS.len()];
+        self.power_cuts_made += 1;
+        let metas = self.cluster.names("meta")?;
+        let chunks: Vec<String> = self
+            .cluster
+            .names("chunk")?
+            .into_iter()
+            .filter(|c| self.cluster.is_alive(c))
+            .collect();
+        let followers: Vec<String> = metas.iter().filter(|m| **m != leader).cloned().collect();
+        let victims: Vec<String> = match target {
+            PowerTarget::Cluster => metas.iter().chain(&chunks).cloned().collect(),
+            PowerTarget::Leader => vec![leader],
+            PowerTarget::Chunk => chunks.choose(&mut self.rng).cloned().into_iter().collect(),
+            PowerTarget::Follower => followers
+                .choose(&mut self.rng)
+                .cloned()
+                .into_iter()
+                .collect(),
+        };
+        if victims.is_empty() {
+            return Ok(());
+        }
+        for v in &victims {
+            self.cluster.kill(v).await?;
+        }
+        let mut dropped = Vec::new();
+        for v in &victims {
+            dropped.push(format!("{v}: {}", self.cluster.power_cut(v)?));
+        }
+        let what = if target == PowerTarget::Cluster {
+            "the whole cluster"
+        } else {
+            "one node"
+        };
+        self.record(
+            FaultKind::PowerCut,
+            &victims,
+            Some(format!("{what}; {}", dropped.join(", "))),
+        )?;
+        let delay = millis(&mut self.rng, 1000, 2000, budget);
+        tokio::time::sleep(delay).await;
+        self.restart(&victims).await
+    }
+
     async fn kill_majority(&mut self) -> Result<(), NemesisError> {
         let Some(leader) = self.settled_leader(Duration::from_secs(10)).await? else {
             return Ok(());
@@ -537,6 +610,7 @@ impl Nemesis {
                     Some(Other::Freeze) => self.freeze_chunk(budget).await?,
                     Some(Other::Cut) => self.cut(budget).await?,
                     Some(Other::Partition) => self.partition(budget).await?,
+                    Some(Other::Power) => self.power_cut(budget).await?,
                     Some(Other::Majority) => self.kill_majority().await?,
                     None => {}
                 }
@@ -558,6 +632,7 @@ mod tests {
             chunk_freezes: true,
             cuts,
             partitions: cuts,
+            power_cuts: cuts,
             majority_kills: true,
             lose_chunk_after: None,
         }
@@ -565,13 +640,13 @@ mod tests {
 
     #[test]
     fn the_ci_round_gets_every_kind_of_fault() {
-        // The CI's 112 s at a 16 s period has 7 periods, the last too short for a fault.
+        // The CI's 128 s at a 16 s period has 8 periods, the last too short for a fault.
         let mut r = Rotation::new(&cfg(true));
-        let got: Vec<Option<Other>> = (0..6).map(|_| r.next()).collect();
+        let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();
         use Other::*;
         assert_eq!(
             got,
-            [Chunk, Cut, Partition, Majority, Pause, Freeze].map(Some)
+            [Chunk, Cut, Partition, Majority, Power, Pause, Freeze].map(Some)
         );
         let mut r = Rotation::new(&cfg(false));
         let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();

@@ -102,14 +102,17 @@ pub fn reexec() -> Result<u8, NetnsError> {
             return Err(NetnsError::Missing { tool });
         }
     }
-    run("unshare", &["-n", "true"], None)?;
+    run("unshare", &["-n", "-m", "true"], None)?;
     let exe = std::env::current_exe().map_err(|e| NetnsError::Failed {
         cmd: "current_exe".into(),
         detail: e.to_string(),
     })?;
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    // A mount namespace too (private propagation, unshare's default): power cuts mount each
+    // node's data directory, and those mounts go with the run.
     let mut child = Command::new("unshare")
         .arg("-n")
+        .arg("-m")
         .arg("--")
         .arg(&exe)
         .args(&args)

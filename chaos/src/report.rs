@@ -126,6 +126,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let freezes = count(h, FaultKind::FreezeChunk);
     let cuts = count(h, FaultKind::Cut);
     let partitions = count(h, FaultKind::Partition);
+    let power_cuts = count(h, FaultKind::PowerCut);
     let run = h.run.clone().unwrap_or_default();
 
     let mut t = String::new();
@@ -158,7 +159,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     }
     let _ = writeln!(
         t,
-        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes, {cuts} inbound cuts, {partitions} partitions"
+        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes, {cuts} inbound cuts, {partitions} partitions, {power_cuts} power cuts"
     );
     let _ = writeln!(
         t,
@@ -355,6 +356,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "chunk_freezes": freezes,
         "cuts": cuts,
         "partitions": partitions,
+        "power_cuts": power_cuts,
         "partition_next_ack_ms": {"p50": round(parted.p50()), "max": round(parted.max()), "never": parted.never},
         "heal_next_ack_ms": {"p50": round(healed.p50()), "max": round(healed.max()), "never": healed.never},
         "ops": ops,

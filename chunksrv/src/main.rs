@@ -11,6 +11,7 @@ mod meta_link;
 mod metrics;
 mod pack;
 mod peers;
+mod planted;
 mod replicate;
 mod scrub;
 mod service;
@@ -52,6 +53,11 @@ struct Args {
     /// peers and firewall rules then see the server's own; the chaos run's partitions need it.
     #[arg(long, env = "DFS_CHUNK_SOURCE_IP", value_name = "IP")]
     source_ip: Option<std::net::IpAddr>,
+
+    /// A bug to plant on purpose, to prove that the chaos checkers catch it; never in a real
+    /// cluster. `skip-fsync`: chunk writes are acknowledged without their fdatasync.
+    #[arg(long, hide = true, value_parser = ["skip-fsync"])]
+    plant_bug: Option<String>,
 
     /// Directory for chunks and this server's identity (node.json); created if missing.
     #[arg(long, env = "DFS_CHUNK_DATA_DIR", value_name = "DIR")]
@@ -307,6 +313,9 @@ fn load_tls(
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.plant_bug.as_deref() == Some("skip-fsync") {
+        planted::skip_fsync();
+    }
     if let Some(ip) = args.source_ip {
         // Before any channel is made (every one is made through `tls::channel`).
         let _ = dfs_common::tls::set_source_ip(ip);

@@ -812,7 +812,7 @@ impl Writer {
             .files
             .iter()
             .try_for_each(|f| f.write_all_at(&buf, self.end))
-            .and_then(|()| self.files[0].sync_data());
+            .and_then(|()| crate::planted::sync_chunk(&self.files[0]));
         if let Err(e) = written {
             return Err((e, locs));
         }

@@ -464,7 +464,7 @@ impl TempFile {
 
     /// Fsync the content.
     fn sync(&self) -> Result<(), StoreError> {
-        self.file.sync_data().map_err(io_err("fsync", &self.path))
+        crate::planted::sync_chunk(&self.file).map_err(io_err("fsync", &self.path))
     }
 }
 

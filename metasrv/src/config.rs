@@ -12,6 +12,7 @@ use std::time::Duration;
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlantedBug {
     SkipReadBarrier,
+    SkipLogFsync,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -108,6 +109,8 @@ pub struct Args {
     /// A bug to plant, on purpose, to prove that the chaos checkers catch it; never in a real
     /// cluster. `skip-read-barrier`: a node that believes it leads answers linearizable reads
     /// from its own state without confirming its leadership with a quorum first.
+    /// `skip-log-fsync`: the log and state are flushed to the page cache but not fdatasynced
+    /// before Raft entries are acknowledged.
     #[arg(long, hide = true, value_enum)]
     pub plant_bug: Option<PlantedBug>,
     /// Async worker threads. Few threads mean fewer context switches, which cost a lot in VMs.

@@ -58,6 +58,9 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
         let _ = dfs_common::tls::set_source_ip(ip);
     }
     let cfg = config::Config::from_args(args)?;
+    if cfg.plant_bug == Some(config::PlantedBug::SkipLogFsync) {
+        store::plant_skip_log_fsync();
+    }
     let secret = dfs_common::token::ClusterSecret::load(&cfg.secret_file)?;
     config::check_data_dir(&cfg, &secret)?;
     let tls = match &cfg.tls {

@@ -9,7 +9,7 @@
 //!   (writes of the workload, any outcome), so the tail after the clients stopped writing does
 //!   not count, but a write stuck at the end does.
 //! - **Down or paused**, from the fault records (`at_us` is when the fault took effect): a node
-//!   named by `kill_leader`, `kill_majority` or `kill_chunk` is down until the next `restart`
+//!   named by `kill_leader`, `kill_majority`, `kill_chunk` or `power_cut` is down until the next `restart`
 //!   naming it (recorded when its start is asked for, so its start-up time counts as up); one
 //!   named by `lose_chunk` is down for good; one named by `pause` or `freeze_chunk` is paused
 //!   until the next `resume` naming it; one named by `cut` (every packet to its listen port
@@ -110,6 +110,7 @@ pub fn fault_name(k: FaultKind) -> &'static str {
         FaultKind::Uncut => "uncut",
         FaultKind::Partition => "partition",
         FaultKind::Heal => "heal",
+        FaultKind::PowerCut => "power_cut",
         FaultKind::Resume => "resume",
         FaultKind::Restart => "restart",
     }
@@ -131,9 +132,10 @@ fn intervals(faults: &[Fault]) -> Vec<Active> {
     let mut out = Vec::new();
     for (i, f) in faults.iter().enumerate() {
         let undo = match f.kind {
-            FaultKind::KillLeader | FaultKind::KillMajority | FaultKind::KillChunk => {
-                Some(FaultKind::Restart)
-            }
+            FaultKind::KillLeader
+            | FaultKind::KillMajority
+            | FaultKind::KillChunk
+            | FaultKind::PowerCut => Some(FaultKind::Restart),
             FaultKind::Pause | FaultKind::FreezeChunk => Some(FaultKind::Resume),
             FaultKind::Cut => Some(FaultKind::Uncut),
             FaultKind::Partition => Some(FaultKind::Heal),
@@ -184,7 +186,8 @@ fn unhealthy(faults: &[Fault], shape: Shape) -> Vec<(u64, u64)> {
                 FaultKind::KillLeader
                 | FaultKind::KillMajority
                 | FaultKind::KillChunk
-                | FaultKind::LoseChunk => {
+                | FaultKind::LoseChunk
+                | FaultKind::PowerCut => {
                     down.insert(n);
                 }
                 FaultKind::Pause | FaultKind::FreezeChunk => {

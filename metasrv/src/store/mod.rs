@@ -68,12 +68,30 @@ impl Durable {
         use std::sync::atomic::Ordering::Relaxed;
         let t = std::time::Instant::now();
         self.db.flush().map_err(io::Error::other)?;
-        let r = self.data_file.sync_data();
+        let r = if SKIP_LOG_FSYNC.load(Relaxed) {
+            Ok(())
+        } else {
+            self.data_file.sync_data()
+        };
         self.syncs.fetch_add(1, Relaxed);
         self.sync_nanos
             .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
         r
     }
+}
+
+/// The planted bug `--plant-bug=skip-log-fsync`: sled's flush (to the page cache) without the
+/// fdatasync, so Raft entries are acknowledged before they are on the disk. Never in a real
+/// cluster; chaos's power cuts must then report lost writes.
+static SKIP_LOG_FSYNC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Plant that bug for the rest of this process.
+pub fn plant_skip_log_fsync() {
+    SKIP_LOG_FSYNC.store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(
+        "PLANTED BUG (--plant-bug=skip-log-fsync): Raft entries are acknowledged without \
+         fdatasync; for proving the chaos checkers only"
+    );
 }
 
 /// Someone waiting for the next sync.
