@@ -620,3 +620,86 @@ impl Drop for Frozen {
         unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
+
+/// Run dfsctl with `args`, without the caller's `DFS_META`/`DFS_AUTH_FILE` and with `env`
+/// added; panic with its stderr unless it succeeds. Returns its stdout.
+pub fn dfsctl_ok(args: &[&str], env: &[(&str, &str)]) -> Vec<u8> {
+    let out = Command::new(bin("dfsctl"))
+        .args(args)
+        .env_remove("DFS_META")
+        .env_remove("DFS_AUTH_FILE")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dfsctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A cluster started by `dfsctl local up --quiet` (plus `extra`) in a temp directory of its
+/// own, stopped with `local down` when dropped.
+pub struct LocalUp {
+    pub dir: tempfile::TempDir,
+    /// What `local up` printed.
+    pub out: String,
+}
+
+impl LocalUp {
+    pub fn start(extra: &[&str]) -> LocalUp {
+        let dir = tempfile::Builder::new()
+            .prefix("dfs-test-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().to_str().unwrap().to_string();
+        let mut args = vec!["local", "up", "--quiet", "--dir", &d];
+        args.extend_from_slice(extra);
+        let out = String::from_utf8_lossy(&dfsctl_ok(&args, &[])).into_owned();
+        LocalUp { dir, out }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `local <args> --dir <this cluster>`; its stdout.
+    pub fn local(&self, args: &[&str]) -> String {
+        let d = self.path().to_str().unwrap();
+        let mut all = vec!["local"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--dir", d]);
+        String::from_utf8_lossy(&dfsctl_ok(&all, &[])).into_owned()
+    }
+
+    /// A dfsctl command as the cluster's admin (the settings of its env file).
+    pub fn ctl(&self, args: &[&str]) -> Vec<u8> {
+        let env = std::fs::read_to_string(self.path().join("env")).unwrap();
+        let var = |k: &str| {
+            env.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {k}=")))
+                .unwrap_or_else(|| panic!("{k} in {env}"))
+                .trim_matches(['"', '\''])
+                .to_string()
+        };
+        let (meta, auth, ca) = (var("DFS_META"), var("DFS_AUTH_FILE"), var("DFS_TLS_CA"));
+        dfsctl_ok(
+            args,
+            &[
+                ("DFS_META", &meta),
+                ("DFS_AUTH_FILE", &auth),
+                ("DFS_TLS_CA", &ca),
+            ],
+        )
+    }
+}
+
+impl Drop for LocalUp {
+    fn drop(&mut self) {
+        let _ = Command::new(bin("dfsctl"))
+            .args(["local", "down", "--quiet", "--dir"])
+            .arg(self.dir.path())
+            .output();
+    }
+}

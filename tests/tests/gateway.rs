@@ -540,37 +540,8 @@ mod base64_lite {
 /// it serves the admin user; `local down` stops it.
 #[test]
 fn local_up_starts_a_gateway() {
-    let dir = tempfile::Builder::new()
-        .prefix("dfs-test-")
-        .tempdir()
-        .unwrap();
-    let d = dir.path().to_str().unwrap();
-    let ctl = |args: &[&str]| {
-        let out = Command::new(bin("dfsctl"))
-            .args(args)
-            .env_remove("DFS_META")
-            .env_remove("DFS_AUTH_FILE")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = Command::new(bin("dfsctl"))
-                .args(["local", "down", "--quiet", "--dir", &self.0])
-                .output();
-        }
-    }
-    let up = ctl(&[
-        "local", "up", "--quiet", "--metas", "1", "--chunks", "1", "--dir", d,
-    ]);
-    let _down = Down(d.to_string());
+    let c = LocalUp::start(&["--metas", "1", "--chunks", "1"]);
+    let up = &c.out;
     let url = up
         .lines()
         .find_map(|l| l.strip_prefix("# WebDAV: "))
@@ -578,14 +549,14 @@ fn local_up_starts_a_gateway() {
         .unwrap_or_else(|| panic!("no WebDAV line in: {up}"))
         .to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let status = ctl(&["local", "status", "--dir", d]);
+    let status = c.local(&["status"]);
     assert!(
         status
             .lines()
             .any(|l| l.starts_with("gateway") && l.contains(&url)),
         "{status}"
     );
-    let admin = creds(&dir.path().join("admin.auth"));
+    let admin = creds(&c.path().join("admin.auth"));
     let out = Command::new("curl")
         .args([
             "-s",
@@ -606,8 +577,8 @@ fn local_up_starts_a_gateway() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "207");
-    ctl(&["local", "down", "--quiet", "--dir", d]);
-    let status = ctl(&["local", "status", "--dir", d]);
+    c.local(&["down", "--quiet"]);
+    let status = c.local(&["status"]);
     assert!(!status.contains("gateway"), "{status}");
 }
 

@@ -2,10 +2,9 @@
 //! on and connects from a loopback address of its own, which is what lets the chaos run's
 //! nftables rules cut the traffic between two chosen nodes. Checked from the kernel's own table
 //! of TCP connections, after a put and a get through the cluster.
-use dfs_tests::bin;
+use dfs_tests::LocalUp;
 use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Established IPv4 TCP connections of this network namespace: (local, remote).
@@ -33,45 +32,16 @@ fn established() -> Vec<(SocketAddrV4, SocketAddrV4)> {
 
 #[test]
 fn every_node_listens_on_and_connects_from_its_own_address() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().to_str().unwrap().to_string();
-    let ctl = |args: &[&str]| {
-        let out = Command::new(bin("dfsctl"))
-            .args(args)
-            .env("DFS_LOCAL_DIR", &d)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    struct Down(String);
-    impl Drop for Down {
-        fn drop(&mut self) {
-            let _ = Command::new(bin("dfsctl"))
-                .args(["local", "down", "--quiet", "--dir", &self.0])
-                .output();
-        }
-    }
-    ctl(&[
-        "local",
-        "up",
-        "--quiet",
+    let c = LocalUp::start(&[
         "--own-addresses",
         "--no-gateway",
         "--metas",
         "3",
         "--chunks",
         "2",
-        "--dir",
-        &d,
     ]);
-    let _down = Down(d.clone());
     let cluster: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("cluster.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(c.path().join("cluster.json")).unwrap()).unwrap();
     let listen: Vec<(String, SocketAddrV4)> = cluster["nodes"]
         .as_array()
         .unwrap()
@@ -94,34 +64,11 @@ fn every_node_listens_on_and_connects_from_its_own_address() {
     }
 
     // Data goes through: a put (client -> leader -> chunk servers) and a get.
-    let env = std::fs::read_to_string(dir.path().join("env")).unwrap();
-    let var = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("export {k}=")))
-            .unwrap_or_else(|| panic!("{k} in {env}"))
-            .trim_matches(['"', '\''])
-            .to_string()
-    };
-    let src = dir.path().join("hello.txt");
+    let src = c.path().join("hello.txt");
     std::fs::write(&src, b"from a node of its own").unwrap();
-    let client = |args: &[&str]| {
-        let out = Command::new(bin("dfsctl"))
-            .args(args)
-            .env("DFS_META", var("DFS_META"))
-            .env("DFS_AUTH_FILE", var("DFS_AUTH_FILE"))
-            .env("DFS_TLS_CA", var("DFS_TLS_CA"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
-    client(&["put", src.to_str().unwrap(), "/hello.txt"]);
+    c.ctl(&["put", src.to_str().unwrap(), "/hello.txt"]);
     assert_eq!(
-        client(&["get", "/hello.txt", "-"]),
+        c.ctl(&["get", "/hello.txt", "-"]),
         b"from a node of its own"
     );
 

@@ -192,6 +192,21 @@ async fn sm_tree(dir: &Path) -> (sled::Db, sled::Tree) {
     (db, tree)
 }
 
+/// A node record `/stray` that no state has, written straight into the `sm` tree.
+fn insert_stray(tree: &sled::Tree) {
+    use crate::state::{Inode, RecordKey};
+    let stray = Inode {
+        id: "stray".into(),
+        owner: "admin".into(),
+        ..Default::default()
+    };
+    tree.insert(
+        RecordKey::Node("/stray".into()).encode(),
+        serde_json::to_vec(&stray).unwrap(),
+    )
+    .unwrap();
+}
+
 /// Apply `cmds` as entries numbered from `first` (each its own entry, in one apply call).
 async fn apply_cmds(sm: &mut StateMachine, first: u64, cmds: Vec<crate::state::CommandV1>) {
     use crate::state::{Command, Request};
@@ -403,7 +418,7 @@ async fn a_committed_snapshot_newer_than_the_records_is_installed_on_open() {
 /// and the old applied id. The next open installs the snapshot again over that mix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_install_cut_between_record_batches_is_finished_on_open() {
-    use crate::state::{Inode, RecordKey};
+    use crate::state::RecordKey;
     let a_dir = tempfile::tempdir().unwrap();
     let b_dir = tempfile::tempdir().unwrap();
     let (_la, a, snapshot, old_applied) = crashed_after_commit(a_dir.path(), b_dir.path()).await;
@@ -413,16 +428,7 @@ async fn a_snapshot_install_cut_between_record_batches_is_finished_on_open() {
     for (k, v) in &all[..all.len() / 2] {
         tree.insert(k.encode(), v.clone()).unwrap();
     }
-    let stray = Inode {
-        id: "stray".into(),
-        owner: "admin".into(),
-        ..Default::default()
-    };
-    tree.insert(
-        RecordKey::Node("/stray".into()).encode(),
-        serde_json::to_vec(&stray).unwrap(),
-    )
-    .unwrap();
+    insert_stray(&tree);
     db.flush().unwrap();
     drop((tree, db));
 
@@ -559,7 +565,7 @@ async fn a_large_apply_is_written_in_batches_and_reopens_whole() {
 /// log after it is applied again by openraft).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_apply_cut_between_batches_is_rebuilt_from_the_snapshot_on_open() {
-    use crate::state::{CommandV1, Inode, RecordKey};
+    use crate::state::CommandV1;
     let dir = tempfile::tempdir().unwrap();
     let (_l, mut sm) = store_with_dirs(dir.path(), 40).await;
     let snapshot = sm
@@ -585,16 +591,7 @@ async fn an_apply_cut_between_batches_is_rebuilt_from_the_snapshot_on_open() {
     let (db, tree) = sm_tree(dir.path()).await;
     tree.insert(super::state_machine::KEY_UNFINISHED, b"cut".to_vec())
         .unwrap();
-    let stray = Inode {
-        id: "stray".into(),
-        owner: "admin".into(),
-        ..Default::default()
-    };
-    tree.insert(
-        RecordKey::Node("/stray".into()).encode(),
-        serde_json::to_vec(&stray).unwrap(),
-    )
-    .unwrap();
+    insert_stray(&tree);
     db.flush().unwrap();
     drop((tree, db));
 
