@@ -9,7 +9,7 @@ use crate::disks::{DiskError, Disks};
 use crate::history::{Convergence, FaultKind};
 use crate::netns::{self, NetnsError};
 use dfs_client::MetaConn;
-use dfs_common::local_cluster::{alive, LocalCluster, LocalNode};
+use dfs_common::local_cluster::{alive, kill_and_wait, LocalCluster, LocalNode};
 use dfs_proto::{FsckRequest, StatusRequest};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -246,13 +246,8 @@ impl Cluster {
         if !alive(n.pid, &n.kind) {
             return Ok(());
         }
-        signal(n.pid.unwrap_or(0), libc::SIGKILL);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while alive(n.pid, &n.kind) {
-            if Instant::now() > deadline {
-                return Err(ClusterError::Undead(name.to_string()));
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        if !kill_and_wait(&n, Duration::from_secs(5)).await {
+            return Err(ClusterError::Undead(name.to_string()));
         }
         Ok(())
     }

@@ -13,8 +13,9 @@
 //!
 //! What must stay true: nft is never run outside the namespace chaos made (`cut` and
 //! `partition` refuse without the marker); at most one cut or partition is in place at a time
-//! and `uncut` removes it whatever happened before; missing tools or a refused `unshare`/`nft` are reported as errors naming the tool and
-//! `--no-cuts`, never skipped silently.
+//! and `uncut` removes it whatever happened before; missing tools or a refused
+//! `unshare`/`nft` are reported as errors naming the tool and `--no-cuts`, never skipped
+//! silently.
 use std::ffi::OsString;
 use std::net::IpAddr;
 use std::process::{Command, Stdio};
@@ -150,17 +151,27 @@ pub fn prepare() -> Result<(), NetnsError> {
 
 /// The nftables script of a cut: drop every TCP packet to `port` on input.
 pub fn cut_rules(port: u16) -> String {
+    table(&format!("    tcp dport {port} drop\n"))
+}
+
+/// The table of a cut or partition: `rules` in its input chain.
+fn table(rules: &str) -> String {
     format!(
-        "table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n    tcp dport {port} drop\n  }}\n}}\n"
+        "table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
     )
 }
 
-/// Drop every packet addressed to `port` (one atomic `nft -f -`).
-pub fn cut(port: u16) -> Result<(), NetnsError> {
+/// Put a table in place (one atomic `nft -f -`), only inside the run's namespace.
+fn apply(script: &str) -> Result<(), NetnsError> {
     if !inside() {
         return Err(NetnsError::NotInside);
     }
-    run("nft", &["-f", "-"], Some(&cut_rules(port)))
+    run("nft", &["-f", "-"], Some(script))
+}
+
+/// Drop every packet addressed to `port`.
+pub fn cut(port: u16) -> Result<(), NetnsError> {
+    apply(&cut_rules(port))
 }
 
 /// The nftables script of a partition: drop every packet from `a` to `b`, for each `(a, b)`
@@ -171,17 +182,12 @@ pub fn partition_rules(links: &[(IpAddr, IpAddr)]) -> String {
         let family = if a.is_ipv4() { "ip" } else { "ip6" };
         rules.push_str(&format!("    {family} saddr {a} {family} daddr {b} drop\n"));
     }
-    format!(
-        "table inet {TABLE} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n{rules}  }}\n}}\n"
-    )
+    table(&rules)
 }
 
-/// Drop every packet from `a` to `b` for each pair (one atomic `nft -f -`).
+/// Drop every packet from `a` to `b` for each pair.
 pub fn partition(links: &[(IpAddr, IpAddr)]) -> Result<(), NetnsError> {
-    if !inside() {
-        return Err(NetnsError::NotInside);
-    }
-    run("nft", &["-f", "-"], Some(&partition_rules(links)))
+    apply(&partition_rules(links))
 }
 
 /// Delete the table of the cut or partition in place.

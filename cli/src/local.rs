@@ -244,18 +244,15 @@ pub fn spawn_joining_meta(dir: &Path, id: u32) -> anyhow::Result<LocalNode> {
     Ok(node)
 }
 
-/// SIGKILL a node and return once its process is gone (its port free). A process holding
-/// gigabytes takes seconds to exit, and `local start` refuses a node whose old process is
-/// still there.
+/// SIGKILL a node and return once its process is gone (`local start` refuses a node whose
+/// old process is still there).
 pub async fn kill_and_wait(n: &LocalNode) -> anyhow::Result<()> {
-    let Some(pid) = n.pid else { return Ok(()) };
-    signal(pid, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while alive(n.pid, &n.kind) {
-        if Instant::now() >= deadline {
-            bail!("{} (pid {pid}) did not exit within 60 s of SIGKILL", n.name);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if !dfs_common::local_cluster::kill_and_wait(n, Duration::from_secs(60)).await {
+        bail!(
+            "{} (pid {:?}) did not exit within 60 s of SIGKILL",
+            n.name,
+            n.pid
+        );
     }
     Ok(())
 }

@@ -92,6 +92,25 @@ impl LocalCluster {
     }
 }
 
+/// SIGKILL `n` and wait, up to `within`, until its process is gone (its sockets closed):
+/// whether it went. A process holding gigabytes takes seconds to exit, and a node started
+/// again meanwhile finds its port taken.
+pub async fn kill_and_wait(n: &LocalNode, within: std::time::Duration) -> bool {
+    let Some(pid) = n.pid else { return true };
+    // SAFETY: kill(2) on a pid recorded for a node we started; no memory is touched.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + within;
+    while alive(n.pid, &n.kind) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    true
+}
+
 /// Is `pid` a live process running the binary of `kind` ("meta": metasrv, else chunksrv), or
 /// one still exiting? A zombie whose threads are all gone is not. (A pid reused by a kernel
 /// thread, whose command line is empty too, would read as alive: not a worry on the scale of

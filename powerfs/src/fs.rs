@@ -37,8 +37,9 @@ pub struct PowerFs {
     root_ino: u64,
     /// Path below the root of every inode the kernel knows.
     paths: Mutex<HashMap<u64, PathBuf>>,
-    /// Open files by handle (read access: reads go to the disk, writes to the cache).
-    handles: Mutex<HashMap<u64, File>>,
+    /// Open files by handle (read access: reads go to the disk, writes to the cache). Taken
+    /// out of the map before any I/O, so the map's lock is never held across it.
+    handles: Mutex<HashMap<u64, Arc<File>>>,
     next_fh: AtomicU64,
     cache: Arc<Mutex<Cache>>,
     max_pending: u64,
@@ -141,8 +142,12 @@ impl PowerFs {
 
     fn new_handle(&self, file: File) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(fh, file);
+        lock(&self.handles).insert(fh, Arc::new(file));
         fh
+    }
+
+    fn handle(&self, fh: FileHandle) -> Result<Arc<File>, Errno> {
+        lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
     /// The backing file of `ino` opened for writing, if its path still names that inode (a
@@ -436,8 +441,10 @@ impl Filesystem for PowerFs {
         reply: ReplyData,
     ) {
         let r = (|| {
-            let handles = lock(&self.handles);
-            let h = handles.get(&fh.0).ok_or(Errno::EBADF)?;
+            let h = self.handle(fh)?;
+            // The disk read and the overlay under one hold of the cache: a write-back between
+            // them would leave bytes neither on the disk read nor in the cache.
+            let cache = lock(&self.cache);
             let mut buf = vec![0u8; size as usize];
             let mut got = 0;
             while got < buf.len() {
@@ -449,7 +456,7 @@ impl Filesystem for PowerFs {
                 }
             }
             buf.truncate(got);
-            lock(&self.cache).overlay(ino.0, offset, &mut buf, size as usize);
+            cache.overlay(ino.0, offset, &mut buf, size as usize);
             Ok(buf)
         })();
         match r {
@@ -471,12 +478,16 @@ impl Filesystem for PowerFs {
         reply: ReplyWrite,
     ) {
         let r = (|| {
-            let disk_size = {
-                let handles = lock(&self.handles);
-                let h = handles.get(&fh.0).ok_or(Errno::EBADF)?;
-                h.metadata()?.len()
-            };
-            lock(&self.cache).write(ino.0, disk_size, offset, data);
+            let h = self.handle(fh)?;
+            {
+                let mut c = lock(&self.cache);
+                // The disk's size matters only for a file's first pending write.
+                let disk_size = match c.size(ino.0) {
+                    Some(_) => 0,
+                    None => h.metadata()?.len(),
+                };
+                c.write(ino.0, disk_size, offset, data);
+            }
             self.bound_pending();
             Ok::<u32, Errno>(data.len() as u32)
         })();
@@ -634,11 +645,10 @@ impl Filesystem for PowerFs {
                 o.create(true);
             }
             let f = o.open(self.full(&rel))?;
-            let a = self.attr_of(&rel)?;
             if flags & libc::O_TRUNC != 0 {
                 let mut c = lock(&self.cache);
                 f.set_len(0)?;
-                c.truncate(a.ino.0, 0);
+                c.truncate(self.fuse_ino(f.metadata()?.ino()), 0);
             }
             let a = self.attr_of(&rel)?;
             Ok::<_, Errno>((a, self.new_handle(f)))

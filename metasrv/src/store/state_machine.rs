@@ -2,7 +2,7 @@
 //!
 //! To ensure correctness: an applied batch writes the changed records, the last applied log id
 //! and the membership in one atomic sled batch (all or nothing after a crash). An apply that
-//! touched more than `APPLY_BATCH` records (the rename of a large directory) is written in
+//! touched more than `RECORD_BATCH` records (the rename of a large directory) is written in
 //! several batches instead (one sled batch of a million records took a node past 11 GiB): first
 //! an "unfinished" marker, synced; then the records; then the applied id with the marker's
 //! removal. A crash in between leaves the marker, and `open` rebuilds every record from the
@@ -38,10 +38,8 @@ const KEY_APPLIED: &[u8] = b"\0applied";
 const KEY_MEMBERSHIP: &[u8] = b"\0membership";
 /// Present while an apply's records are written in several batches (see the module doc).
 pub(super) const KEY_UNFINISHED: &[u8] = b"\0unfinished";
-/// Records written per sled batch when a snapshot replaces them all.
-const INSTALL_BATCH: usize = 10_000;
-/// Records an apply writes in one sled batch; more go in several, between a marker.
-const APPLY_BATCH: usize = 10_000;
+/// Records per sled batch when many are written at once (a snapshot install, a big apply).
+const RECORD_BATCH: usize = 10_000;
 
 /// The in-memory state, shared with the services that read it.
 pub type SharedState = Arc<RwLock<State>>;
@@ -163,8 +161,8 @@ impl StateMachine {
         self.flusher.sync().await.map_err(write_err)
     }
 
-    /// Write the records an apply touched in batches of `APPLY_BATCH`, after a synced marker
-    /// (the caller's last batch, with the applied id, removes it; see the module doc).
+    /// Write the records an apply touched in bounded batches, after a synced marker (the
+    /// caller's last batch, with the applied id, removes it; see the module doc).
     async fn write_in_batches(&self, touched: &[RecordKey]) -> Result<(), StorageError> {
         let marker = serde_json::to_vec(&self.applied).map_err(write_err)?;
         self.tree
@@ -173,31 +171,68 @@ impl StateMachine {
         // On disk before any record it warns about can be.
         self.sync().await?;
         blocking(|| {
-            for keys in touched.chunks(APPLY_BATCH) {
-                let mut batch = sled::Batch::default();
-                {
-                    // Nothing else changes the state meanwhile: applying is the only writer.
-                    let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-                    add_records(&mut batch, &state, keys);
+            let mut w = RecordWriter::new(&self.tree);
+            for keys in touched.chunks(RECORD_BATCH) {
+                // Nothing else changes the state meanwhile: applying is the only writer.
+                let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+                for k in keys {
+                    w.put(k.encode(), state.record(k))?;
                 }
-                self.tree.apply_batch(batch).map_err(write_err)?;
-                // Written out batch by batch: sled holds what it has not flushed in memory
-                // (renaming 300,000 entries, debug build: a peak of 2,057 MiB without this,
-                // 1,545 MiB with it).
-                self.tree.flush().map_err(write_err)?;
             }
-            Ok(())
+            w.finish()
         })
     }
 }
 
-/// Add to `batch` each record in `keys` as `state` has it (a removal when it has none).
-fn add_records(batch: &mut sled::Batch, state: &State, keys: &[RecordKey]) {
-    for k in keys {
-        match state.record(k) {
-            Some(v) => batch.insert(k.encode(), v),
-            None => batch.remove(k.encode()),
+/// Writes many records to a tree in sled batches of `RECORD_BATCH`, each flushed: one sled
+/// batch of a million records took a node past 11 GiB, and sled keeps what it has not flushed
+/// in memory (renaming 300,000 entries, debug build: a peak of 2,057 MiB with unflushed
+/// batches, 1,545 MiB with flushed ones). Not atomic as a whole: callers bracket it (a marker,
+/// or the applied id written last).
+struct RecordWriter<'a> {
+    tree: &'a sled::Tree,
+    batch: sled::Batch,
+    ops: usize,
+}
+
+impl<'a> RecordWriter<'a> {
+    fn new(tree: &'a sled::Tree) -> Self {
+        Self {
+            tree,
+            batch: sled::Batch::default(),
+            ops: 0,
         }
+    }
+
+    /// Set `key` to `value`, or remove it when `value` is None.
+    fn put(
+        &mut self,
+        key: impl Into<sled::IVec>,
+        value: Option<Vec<u8>>,
+    ) -> Result<(), StorageError> {
+        match value {
+            Some(v) => self.batch.insert(key, v),
+            None => self.batch.remove(key),
+        }
+        self.ops += 1;
+        if self.ops >= RECORD_BATCH {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    fn write_out(&mut self) -> Result<(), StorageError> {
+        self.tree
+            .apply_batch(std::mem::take(&mut self.batch))
+            .map_err(write_err)?;
+        self.tree.flush().map_err(write_err)?;
+        self.ops = 0;
+        Ok(())
+    }
+
+    /// Write what is left.
+    fn finish(mut self) -> Result<(), StorageError> {
+        self.write_out()
     }
 }
 
@@ -230,35 +265,21 @@ fn replace_records(
     state: &State,
     meta: &SnapshotMeta,
 ) -> Result<(), StorageError> {
-    // In batches of bounded size: one sled batch of a million records took a node past 9 GiB
-    // of RSS. The applied id goes last, so a crash in between leaves it behind the committed
-    // snapshot and `open` installs that again (over whatever mix of records it finds).
-    let mut batch = sled::Batch::default();
-    let mut ops = 0usize;
-    let flush = |batch: &mut sled::Batch, ops: &mut usize| -> Result<(), StorageError> {
-        tree.apply_batch(std::mem::take(batch)).map_err(write_err)?;
-        *ops = 0;
-        Ok(())
-    };
+    // In bounded batches (`RecordWriter`). The applied id goes last, so a crash in between
+    // leaves it behind the committed snapshot and `open` installs that again (over whatever
+    // mix of records it finds).
+    let mut w = RecordWriter::new(tree);
     for k in tree.iter().keys() {
         let k = k.map_err(read_err)?;
-        if k.starts_with(b"\0") {
-            continue;
-        }
-        batch.remove(k);
-        ops += 1;
-        if ops >= INSTALL_BATCH {
-            flush(&mut batch, &mut ops)?;
+        if !k.starts_with(b"\0") {
+            w.put(k, None)?;
         }
     }
-    flush(&mut batch, &mut ops)?;
     for (k, v) in state.all_records() {
-        batch.insert(k.encode(), v);
-        ops += 1;
-        if ops >= INSTALL_BATCH {
-            flush(&mut batch, &mut ops)?;
-        }
+        w.put(k.encode(), Some(v))?;
     }
+    w.finish()?;
+    let mut batch = sled::Batch::default();
     batch.insert(
         KEY_MEMBERSHIP,
         serde_json::to_vec(&meta.last_membership).map_err(write_err)?,
@@ -268,7 +289,7 @@ fn replace_records(
         serde_json::to_vec(&meta.last_log_id).map_err(write_err)?,
     );
     batch.remove(KEY_UNFINISHED);
-    flush(&mut batch, &mut ops)
+    tree.apply_batch(batch).map_err(write_err)
 }
 
 pub struct SnapshotBuilder {
@@ -388,12 +409,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         touched.sort();
         touched.dedup();
-        if touched.len() > APPLY_BATCH {
+        if touched.len() > RECORD_BATCH {
             self.write_in_batches(&touched).await?;
             batch.remove(KEY_UNFINISHED);
         } else {
             let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-            add_records(&mut batch, &state, &touched);
+            for k in &touched {
+                match state.record(k) {
+                    Some(v) => batch.insert(k.encode(), v),
+                    None => batch.remove(k.encode()),
+                }
+            }
         }
         batch.insert(
             KEY_APPLIED,
