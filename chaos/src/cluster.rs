@@ -39,7 +39,7 @@ pub enum ClusterError {
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error(
-        "power cuts need the nodes' data directories on powerfs (chaos without --no-power-cuts)"
+        "power cuts and failing disks need the nodes' data directories on powerfs (chaos without --no-power-cuts or --no-disk-faults)"
     )]
     NoDisks,
     #[error("{name} has no port in its address {addr}")]
@@ -357,10 +357,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// Drop every byte `name` wrote and did not fsync (its process must be dead); says how much.
-    pub fn power_cut(&self, name: &str) -> Result<String, ClusterError> {
+    /// Run `f` on the nodes' disks (an error when the run has none).
+    fn with_disks<T>(
+        &self,
+        f: impl FnOnce(&Disks) -> Result<T, DiskError>,
+    ) -> Result<T, ClusterError> {
         let g = self.disks.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(g.as_ref().ok_or(ClusterError::NoDisks)?.cut(name)?)
+        Ok(f(g.as_ref().ok_or(ClusterError::NoDisks)?)?)
+    }
+
+    /// Drop every byte `name` wrote and did not fsync (its process must be dead; a torn cut
+    /// leaves part of them); says how much.
+    pub fn power_cut(&self, name: &str, torn: bool) -> Result<String, ClusterError> {
+        self.with_disks(|d| d.cut(name, torn))
+    }
+
+    /// Make the disk of `name` fail (`eio-read`, `eio-write`, `enospc`), or heal it (None).
+    pub fn disk_fault(&self, name: &str, fault: Option<&str>) -> Result<(), ClusterError> {
+        self.with_disks(|d| match fault {
+            Some(f) => d.fail(name, f),
+            None => d.heal(name),
+        })
     }
 
     /// Unmount the nodes' disks, if any (after the cluster stopped).
@@ -444,6 +461,14 @@ impl Cluster {
     /// A cut or partition still in place is undone.
     pub async fn heal(&self, paused: &[String], wait: Duration) -> Result<(), ClusterError> {
         self.uncut()?;
+        if self
+            .disks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            self.with_disks(Disks::heal_all)?;
+        }
         for p in paused {
             self.resume(p)?;
         }
@@ -527,12 +552,15 @@ impl Cluster {
     /// Wait (up to `wait`) until all members agree on applied index, saved-files.json and
     /// namespace, then (up to `REPLICATION_WAIT` more) until fsck on the leader finds no file
     /// short of live replicas; return the last snapshot.
+    /// Wait (up to `wait`) until the members agree and every file is fully replicated again;
+    /// what they hold then, and the first panic in each node's log.
     pub async fn convergence(&self, wait: Duration) -> Result<Convergence, ClusterError> {
         let started = Instant::now();
         let nodes = self.nodes()?;
         let mut agreed_since: Option<Instant> = None;
         loop {
             let mut c = self.snapshot(&nodes).await?;
+            c.panics = panics(&nodes);
             let same = |m: &BTreeMap<String, Option<String>>| {
                 let first = m.values().next().cloned().flatten();
                 first.is_some() && m.values().all(|v| *v == first)
@@ -559,4 +587,20 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// The first panic message in each node's log (`<data dir>/log`), by node. A log on a disk
+/// that failed or lost power may miss lines, so this finds panics, it cannot rule them out.
+fn panics(nodes: &LocalCluster) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for n in &nodes.nodes {
+        let Ok(log) = std::fs::read(n.data_dir.join("log")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&log);
+        if let Some(line) = text.lines().find(|l| l.contains("panicked at")) {
+            out.insert(n.name.clone(), line.chars().take(300).collect());
+        }
+    }
+    out
 }

@@ -1,6 +1,7 @@
-//! Power cuts: each node's data directory on a powerfs of its own (`powerfs serve`, which keeps
-//! written data in memory until it is fsynced), mounted before the cluster is laid out and
-//! unmounted after it stops; `cut` drops a node's unsynced bytes, as a power loss does.
+//! Power cuts and failing disks: each node's data directory on a powerfs of its own (`powerfs
+//! serve`, which keeps written data in memory until it is fsynced), mounted before the cluster
+//! is laid out and unmounted after it stops; `cut` drops a node's unsynced bytes, as a power
+//! loss does (a torn cut leaves part of them); `fail` makes its disk fail until `heal`.
 //!
 //! What must stay true: a node is SIGKILLed (and seen dead) before its disk is cut, so nothing
 //! writes between the cut and the restart; the mounts live in the run's own mount namespace
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("cannot run {bin}: {source} (build it with `cargo build --workspace --bins`; --no-power-cuts runs without it)")]
+    #[error("cannot run {bin}: {source} (build it with `cargo build --workspace --bins`; --no-power-cuts --no-disk-faults runs without it)")]
     Spawn {
         bin: PathBuf,
         source: std::io::Error,
@@ -26,8 +27,12 @@ pub enum DiskError {
     },
     #[error("no disk for {0}")]
     NoDisk(String),
-    #[error("cutting the power of {node}: {detail}")]
-    Cut { node: String, detail: String },
+    #[error("telling the disk of {node} to {command}: {detail}")]
+    Control {
+        node: String,
+        command: String,
+        detail: String,
+    },
 }
 
 struct Disk {
@@ -112,29 +117,59 @@ impl Disks {
         Ok(out)
     }
 
-    /// Drop every byte `node` wrote and did not fsync; says how much.
-    pub fn cut(&self, node: &str) -> Result<String, DiskError> {
+    /// Send `command` to the powerfs of `node`; its answer after `ok`.
+    fn send(&self, node: &str, command: &str) -> Result<String, DiskError> {
         let d = self
             .disks
             .iter()
             .find(|d| d.node == node)
             .ok_or_else(|| DiskError::NoDisk(node.to_string()))?;
-        let answer = dfs_powerfs::control::send(&d.control, "cut").map_err(|e| DiskError::Cut {
+        let err = |detail: String| DiskError::Control {
             node: node.to_string(),
-            detail: e.to_string(),
-        })?;
-        match answer
-            .strip_prefix("ok ")
-            .map(|f| f.split(' ').collect::<Vec<_>>())
-        {
-            Some(f) if f.len() == 2 => {
-                Ok(format!("{} unsynced bytes in {} files dropped", f[0], f[1]))
-            }
-            _ => Err(DiskError::Cut {
-                node: node.to_string(),
-                detail: answer,
-            }),
+            command: command.to_string(),
+            detail,
+        };
+        let answer =
+            dfs_powerfs::control::send(&d.control, command).map_err(|e| err(e.to_string()))?;
+        match answer.strip_prefix("ok") {
+            Some(rest) => Ok(rest.trim().to_string()),
+            None => Err(err(answer)),
         }
+    }
+
+    /// Drop every byte `node` wrote and did not fsync (a torn cut first puts part of them on
+    /// its disk); says how much.
+    pub fn cut(&self, node: &str, torn: bool) -> Result<String, DiskError> {
+        let answer = self.send(node, if torn { "cut torn" } else { "cut" })?;
+        let f: Vec<&str> = answer.split(' ').collect();
+        Ok(format!(
+            "{} unsynced bytes in {} files dropped{}",
+            f.first().unwrap_or(&"?"),
+            f.get(1).unwrap_or(&"?"),
+            if torn {
+                ", part of them torn onto the disk"
+            } else {
+                ""
+            }
+        ))
+    }
+
+    /// Make the disk of `node` fail (`eio-read`, `eio-write` or `enospc`) until `heal`.
+    pub fn fail(&self, node: &str, fault: &str) -> Result<(), DiskError> {
+        self.send(node, &format!("fail {fault}")).map(|_| ())
+    }
+
+    /// End the disk fault of `node`, if any.
+    pub fn heal(&self, node: &str) -> Result<(), DiskError> {
+        self.send(node, "heal").map(|_| ())
+    }
+
+    /// End every disk fault.
+    pub fn heal_all(&self) -> Result<(), DiskError> {
+        for d in &self.disks {
+            self.heal(&d.node)?;
+        }
+        Ok(())
     }
 
     /// Unmount every disk (SIGTERM to each powerfs, which unmounts) and wait for them.

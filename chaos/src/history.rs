@@ -176,6 +176,11 @@ pub struct Op {
     pub attempts: u32,
     #[serde(default, skip_serializing_if = "is_false")]
     pub final_read: bool,
+    /// A put to a path of its own in the ledger (`/chaos/ledger/<op id>`), never touched again
+    /// but by the final read: what it wrote must be there at the end. Not in any group's
+    /// linearizability check.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub write_once: bool,
 }
 
 impl Op {
@@ -204,6 +209,7 @@ impl Op {
             error: None,
             attempts: 0,
             final_read: false,
+            write_once: false,
         }
     }
 }
@@ -237,6 +243,11 @@ pub enum FaultKind {
     /// A power cut: the nodes SIGKILLed, then every byte they wrote and did not fsync dropped
     /// (their data directories are on powerfs); restarted later (`restart`).
     PowerCut,
+    /// A node's disk made to fail (its powerfs: EIO on reads or writes, or full); the note
+    /// says how.
+    DiskFault,
+    /// The disk fault undone; the note says whether the node had exited and was restarted.
+    DiskHeal,
     /// SIGCONT of a paused node.
     Resume,
     /// A killed node started again.
@@ -266,6 +277,9 @@ pub struct Convergence {
     pub under_replicated_files: Option<u64>,
     /// Milliseconds spent waiting for the members to agree.
     pub waited_ms: u64,
+    /// Node -> the first panic in its log, for each node whose log has one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub panics: BTreeMap<String, String>,
     pub note: String,
 }
 
@@ -298,6 +312,9 @@ pub struct RunInfo {
     /// Power cuts of one node or the whole cluster in the rotation of other faults.
     #[serde(default)]
     pub power_cuts: bool,
+    /// Failing disks (EIO, full) in the rotation of other faults.
+    #[serde(default)]
+    pub disk_faults: bool,
     /// The bug planted in every metasrv or chunksrv (`--plant-bug`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planted_bug: Option<String>,

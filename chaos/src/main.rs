@@ -67,6 +67,17 @@ struct Args {
     /// the run's own: root, /dev/fuse and `unshare`.
     #[arg(long)]
     no_power_cuts: bool,
+    /// Do not make disks fail (each node's powerfs in turn: EIO on the leader's writes, a full
+    /// chunk server, a full follower, EIO on a chunk server's reads, then its writes, a full
+    /// leader; 3-6 s each, then healed, and a node that exited started again).
+    #[arg(long)]
+    no_disk_faults: bool,
+    /// Only these families of faults, comma-separated (instead of every one but those turned
+    /// off with --no-*): kill (leader, chunk-server and majority kills), pause (leader
+    /// pauses, chunk-server freezes), partition (inbound cuts and partitions), power (power
+    /// cuts), disk (failing disks). Example: --faults kill,pause,partition,power,disk
+    #[arg(long, value_delimiter = ',', value_name = "FAMILIES", value_parser = ["kill", "pause", "partition", "power", "disk"])]
+    faults: Option<Vec<String>>,
     /// Plant a bug to prove that the checkers catch it: `skip-read-barrier` (every metasrv
     /// answers reads without a leadership check; a partitioned old leader then serves stale
     /// reads, which the linearizability checker must flag), `skip-log-fsync` (every metasrv
@@ -111,6 +122,36 @@ struct Args {
     chunk_size: u64,
 }
 
+impl Args {
+    /// With --faults, turn every family not listed off.
+    fn only_faults(&mut self) {
+        let Some(families) = self.faults.clone() else {
+            return;
+        };
+        let off = |f: &str| !families.iter().any(|x| x == f);
+        if off("kill") {
+            self.kill_leader_every = 0;
+            self.no_chunk_kills = true;
+            self.no_majority_kills = true;
+        }
+        if off("pause") {
+            self.no_pauses = true;
+            self.no_chunk_freezes = true;
+        }
+        if off("partition") {
+            self.no_cuts = true;
+            self.no_partitions = true;
+        }
+        self.no_power_cuts |= off("power");
+        self.no_disk_faults |= off("disk");
+    }
+
+    /// Whether the nodes' data directories go on powerfs (power cuts and failing disks).
+    fn powerfs(&self) -> bool {
+        !self.no_power_cuts || !self.no_disk_faults
+    }
+}
+
 /// Whether the run partitions nodes (it needs the network namespace that cuts make).
 fn partitions(a: &Args) -> bool {
     !a.no_cuts && !a.no_partitions
@@ -127,8 +168,9 @@ fn parse_secs(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    if (!args.no_cuts || !args.no_power_cuts) && args.replay.is_none() {
+    let mut args = Args::parse();
+    args.only_faults();
+    if (!args.no_cuts || args.powerfs()) && args.replay.is_none() {
         // Cuts add nftables rules and power cuts mount file systems: the whole run goes into
         // network and mount namespaces of its own.
         let ready = if netns::inside() {
@@ -257,7 +299,7 @@ async fn run(a: Args) -> anyhow::Result<bool> {
         }
         None => {}
     }
-    let disks = if a.no_power_cuts {
+    let disks = if !a.powerfs() {
         None
     } else {
         let nodes: Vec<String> = (1..=METAS)
@@ -335,6 +377,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
         cuts: !a.no_cuts,
         partitions: partitions(a),
         power_cuts: !a.no_power_cuts,
+        disk_faults: !a.no_disk_faults,
         planted_bug: a.plant_bug.clone(),
         replication: dfs_common::DEFAULT_REPLICATION,
         max_unavailable_ms: a.max_unavailable.unwrap_or(availability::DEFAULT_BOUND_US) / 1000,
@@ -373,6 +416,7 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
             cuts: !a.no_cuts,
             partitions: partitions(a),
             power_cuts: !a.no_power_cuts,
+            disk_faults: !a.no_disk_faults,
             majority_kills: !a.no_majority_kills,
             lose_chunk_after: a
                 .lose_chunk_server

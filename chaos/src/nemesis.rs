@@ -11,11 +11,18 @@
 //! a partition for 5.5–8 s, then healed (see below); a power cut (see below); and every fourth
 //! time, SIGKILL two of three metadata nodes (the leader among them) for 3 s, during which
 //! nothing that needs a quorum may be acknowledged. The rotation is chunk kill, cut, partition,
-//! power cut, leader pause, chunk freeze (the kinds switched on), skipping the majority kills.
+//! power cut, failing disk, leader pause, chunk freeze (the kinds switched on), skipping the
+//! majority kills.
 //!
 //! Power cuts take turns among four targets: the whole cluster at once, the leader, a chunk
 //! server, a follower. Each target is SIGKILLed, then its powerfs drops every byte it wrote and
-//! did not fsync, and it is started again 1–2 s later.
+//! did not fsync, and it is started again 1–2 s later. Every other cut is torn: part of the
+//! unsynced bytes reach the disk first (whole sectors, the first half in write order).
+//!
+//! Failing disks take turns among six (node, fault) pairs (see `DISK_FAULTS`): the node's
+//! powerfs fails reads or writes with EIO, or is full, for 3–6 s, then is healed; a node that
+//! exited on the fault (a metasrv stops when its Raft storage fails) is started again, and the
+//! heal is recorded once it runs.
 //!
 //! Partitions take turns among six shapes (each node sends from an address of its own, the
 //! clients from 127.0.0.1): the leader isolated from every other node (the clients still reach
@@ -61,6 +68,8 @@ pub struct NemesisConfig {
     pub partitions: bool,
     /// Cut the power of nodes (their data directories on powerfs).
     pub power_cuts: bool,
+    /// Make nodes' disks fail for a while (their data directories on powerfs).
+    pub disk_faults: bool,
     pub majority_kills: bool,
     /// Kill one chunk server for good this long after the start.
     pub lose_chunk_after: Option<Duration>,
@@ -79,6 +88,7 @@ enum Other {
     Cut,
     Partition,
     Power,
+    Disk,
     Majority,
 }
 
@@ -96,6 +106,24 @@ const POWER_TARGETS: [PowerTarget; 4] = [
     PowerTarget::Leader,
     PowerTarget::Chunk,
     PowerTarget::Follower,
+];
+
+/// Whose disk fails, and how, taken in turn: the leader's Raft log first (it must stop, and
+/// the others elect), then full disks, then failing reads and writes of chunk servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskTarget {
+    Leader,
+    Follower,
+    Chunk,
+}
+
+const DISK_FAULTS: [(DiskTarget, &str); 6] = [
+    (DiskTarget::Leader, "eio-write"),
+    (DiskTarget::Chunk, "enospc"),
+    (DiskTarget::Follower, "enospc"),
+    (DiskTarget::Chunk, "eio-read"),
+    (DiskTarget::Chunk, "eio-write"),
+    (DiskTarget::Leader, "enospc"),
 ];
 
 /// The shapes of partition, taken in turn.
@@ -151,6 +179,7 @@ impl Rotation {
             (cfg.cuts, Other::Cut),
             (cfg.partitions, Other::Partition),
             (cfg.power_cuts, Other::Power),
+            (cfg.disk_faults, Other::Disk),
             (cfg.pauses, Other::Pause),
             (cfg.chunk_freezes, Other::Freeze),
         ]
@@ -192,6 +221,8 @@ pub struct Nemesis {
     partitions_made: usize,
     /// How many power cuts were made (their targets go in turn).
     power_cuts_made: usize,
+    /// How many disks were made to fail (their targets go in turn).
+    disk_faults_made: usize,
 }
 
 fn millis(rng: &mut StdRng, lo: u64, hi: u64, cap: Duration) -> Duration {
@@ -216,6 +247,7 @@ impl Nemesis {
             paused: Vec::new(),
             partitions_made: 0,
             power_cuts_made: 0,
+            disk_faults_made: 0,
         }
     }
 
@@ -506,7 +538,10 @@ impl Nemesis {
         let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
             return Ok(());
         };
-        let target = POWER_TARGETS[self.power_cuts_made % POWER_TARGETS.len()];
+        let n = self.power_cuts_made;
+        let target = POWER_TARGETS[n % POWER_TARGETS.len()];
+        // Every other cut is torn, shifted each round so that every target gets both.
+        let torn = (n + n / POWER_TARGETS.len()) % 2 == 1;
         self.power_cuts_made += 1;
         let metas = self.cluster.names("meta")?;
         let chunks: Vec<String> = self
@@ -534,7 +569,7 @@ impl Nemesis {
         }
         let mut dropped = Vec::new();
         for v in &victims {
-            dropped.push(format!("{v}: {}", self.cluster.power_cut(v)?));
+            dropped.push(format!("{v}: {}", self.cluster.power_cut(v, torn)?));
         }
         let what = if target == PowerTarget::Cluster {
             "the whole cluster"
@@ -549,6 +584,56 @@ impl Nemesis {
         let delay = millis(&mut self.rng, 1000, 2000, budget);
         tokio::time::sleep(delay).await;
         self.restart(&victims).await
+    }
+
+    /// Make the next target's disk fail for 3–6 s, heal it, and start the node again if it
+    /// exited meanwhile.
+    async fn disk_fault(&mut self, budget: Duration) -> Result<(), NemesisError> {
+        let Some(leader) = self.settled_leader(Duration::from_secs(5)).await? else {
+            return Ok(());
+        };
+        let (target, fault) = DISK_FAULTS[self.disk_faults_made % DISK_FAULTS.len()];
+        self.disk_faults_made += 1;
+        let victim = match target {
+            DiskTarget::Leader => Some(leader.clone()),
+            DiskTarget::Follower => self
+                .cluster
+                .names("meta")?
+                .into_iter()
+                .filter(|m| *m != leader)
+                .collect::<Vec<_>>()
+                .choose(&mut self.rng)
+                .cloned(),
+            DiskTarget::Chunk => self.live_chunk_server()?,
+        };
+        let Some(victim) = victim else {
+            return Ok(());
+        };
+        let role = match target {
+            DiskTarget::Leader => "the leader",
+            DiskTarget::Follower => "a follower",
+            DiskTarget::Chunk => "a chunk server",
+        };
+        self.cluster.disk_fault(&victim, Some(fault))?;
+        let one = std::slice::from_ref(&victim);
+        self.record(
+            FaultKind::DiskFault,
+            one,
+            Some(format!("{fault} on {role}")),
+        )?;
+        tokio::time::sleep(millis(&mut self.rng, 3000, 6000, budget)).await;
+        self.cluster.disk_fault(&victim, None)?;
+        let exited = !self.cluster.is_alive(&victim);
+        if exited {
+            self.cluster.start(&victim).await?;
+        }
+        let note = if exited {
+            "it had exited on the fault and was started again"
+        } else {
+            "it kept running"
+        };
+        self.record(FaultKind::DiskHeal, one, Some(note.into()))?;
+        Ok(())
     }
 
     async fn kill_majority(&mut self) -> Result<(), NemesisError> {
@@ -611,6 +696,7 @@ impl Nemesis {
                     Some(Other::Cut) => self.cut(budget).await?,
                     Some(Other::Partition) => self.partition(budget).await?,
                     Some(Other::Power) => self.power_cut(budget).await?,
+                    Some(Other::Disk) => self.disk_fault(budget).await?,
                     Some(Other::Majority) => self.kill_majority().await?,
                     None => {}
                 }
@@ -633,6 +719,7 @@ mod tests {
             cuts,
             partitions: cuts,
             power_cuts: cuts,
+            disk_faults: cuts,
             majority_kills: true,
             lose_chunk_after: None,
         }
@@ -640,13 +727,13 @@ mod tests {
 
     #[test]
     fn the_ci_round_gets_every_kind_of_fault() {
-        // The CI's 128 s at a 16 s period has 8 periods, the last too short for a fault.
+        // The CI's 160 s at a 16 s period has 10 periods, the last too short for a fault.
         let mut r = Rotation::new(&cfg(true));
-        let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();
+        let got: Vec<Option<Other>> = (0..9).map(|_| r.next()).collect();
         use Other::*;
         assert_eq!(
             got,
-            [Chunk, Cut, Partition, Majority, Power, Pause, Freeze].map(Some)
+            [Chunk, Cut, Partition, Majority, Power, Disk, Pause, Majority, Freeze].map(Some)
         );
         let mut r = Rotation::new(&cfg(false));
         let got: Vec<Option<Other>> = (0..7).map(|_| r.next()).collect();

@@ -127,6 +127,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let cuts = count(h, FaultKind::Cut);
     let partitions = count(h, FaultKind::Partition);
     let power_cuts = count(h, FaultKind::PowerCut);
+    let disk_faults = count(h, FaultKind::DiskFault);
     let run = h.run.clone().unwrap_or_default();
 
     let mut t = String::new();
@@ -159,7 +160,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     }
     let _ = writeln!(
         t,
-        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes, {cuts} inbound cuts, {partitions} partitions, {power_cuts} power cuts"
+        "faults: {leader_kills} leader kills, {majority_kills} majority kills, {chunk_kills} chunk-server kills, {chunks_lost} chunk servers lost for good, {pauses} leader pauses, {freezes} chunk-server freezes, {cuts} inbound cuts, {partitions} partitions, {power_cuts} power cuts, {disk_faults} failing disks"
     );
     let _ = writeln!(
         t,
@@ -187,9 +188,10 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
     let _ = writeln!(t, "checkers:");
     let _ = writeln!(
         t,
-        "  no lost write      {}  {} acknowledged puts checked, {} lost{}",
+        "  no lost write      {}  {} acknowledged puts checked ({} write-once), {} lost{}",
         verdict(v.lost.pass()),
         v.lost.checked,
+        v.lost.write_once,
         v.lost.lost.len(),
         if v.lost.unreadable.is_empty() {
             String::new()
@@ -347,6 +349,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "ops_unknown": unknown,
         "leader_kills": leader_kills,
         "lost_writes": v.lost.lost.len(),
+        "write_once_puts_checked": v.lost.write_once,
         "linearizable": v.linear.pass(),
         "failover_ms": {"p50": round(fo.p50()), "p99": round(fo.p99()), "max": round(fo.max()), "kills_measured": fo.gaps_ms.len(), "never": fo.never},
         "majority_kills": majority_kills,
@@ -357,6 +360,7 @@ pub fn summarize(h: &History, v: &Verdicts, history_path: &Path) -> Summary {
         "cuts": cuts,
         "partitions": partitions,
         "power_cuts": power_cuts,
+        "disk_faults": disk_faults,
         "partition_next_ack_ms": {"p50": round(parted.p50()), "max": round(parted.max()), "never": parted.never},
         "heal_next_ack_ms": {"p50": round(healed.p50()), "max": round(healed.max()), "never": healed.never},
         "ops": ops,

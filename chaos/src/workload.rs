@@ -10,7 +10,10 @@
 //!   (the first attempt may have been applied; a retried mkdir then says AlreadyExists).
 //!
 //! Paths come in groups (`/chaos/g<N>/{a,b,c}` files and `/chaos/g<N>/d` a directory); mv stays
-//! inside a group and ls lists a group, so the checker can check each group on its own.
+//! inside a group and ls lists a group, so the checker can check each group on its own. 8
+//! operations in 100 are write-once puts instead: a path of its own in `/chaos/ledger`, never
+//! replaced or removed, so that its loss cannot hide behind a later write (the final reads get
+//! every one that may have been applied).
 //! Metadata calls go through `dfs_client::MetaConn` (failover included); get uses
 //! `dfs_client::get_stream`. put is done here step by step (allocate, upload, commit)
 //! because its outcome depends on which step failed and on how many attempts the commit took,
@@ -61,6 +64,14 @@ pub struct WorkloadConfig {
     pub stall_timeout: Duration,
     /// Makes the content of this run's puts unique.
     pub run_tag: String,
+}
+
+/// Where write-once puts go (one new path each).
+pub const LEDGER: &str = "/chaos/ledger";
+
+/// The group number of ledger operations: one past the last group of paths.
+pub fn ledger_group(cfg: &WorkloadConfig) -> u32 {
+    cfg.groups
 }
 
 pub fn group_dir(g: u32) -> String {
@@ -159,6 +170,9 @@ pub struct Shared {
     /// TLS to the cluster (`None`: it runs `--insecure`).
     pub tls: Option<std::sync::Arc<dfs_common::tls::Tls>>,
     next_id: AtomicU64,
+    /// Paths of the ledger puts that may have been applied (acknowledged or unknown): the
+    /// final reads read each.
+    ledger: std::sync::Mutex<Vec<String>>,
 }
 
 impl Shared {
@@ -178,6 +192,7 @@ impl Shared {
             auth,
             tls,
             next_id: AtomicU64::new(1),
+            ledger: Default::default(),
         }
     }
 
@@ -195,8 +210,10 @@ impl Shared {
 /// Create the group directories (not part of the history: they exist before it starts).
 pub async fn setup(shared: &Shared) -> Result<(), WorkloadError> {
     let conn = shared.conn()?;
-    for g in 0..shared.cfg.groups {
-        let path = group_dir(g);
+    let dirs = (0..shared.cfg.groups)
+        .map(group_dir)
+        .chain([LEDGER.to_string()]);
+    for path in dirs {
         dfs_client::rpc!(
             conn,
             mkdir,
@@ -511,8 +528,16 @@ impl Client {
         let file = FILES[self.rng.gen_range(0..FILES.len())];
         let id = shared.id();
         let roll = self.rng.gen_range(0..100);
+        if roll < 8 {
+            // A write-once put: its own path, which nothing else touches.
+            let mut o = Op::new(id, self.n, Kind::Put, ledger_group(&shared.cfg), "");
+            o.path = format!("{LEDGER}/{id}");
+            o.write_once = true;
+            o.size = Some(self.put_size());
+            return o;
+        }
         let (kind, path) = match roll {
-            0..=29 => (Kind::Put, path_in(g, file)),
+            8..=29 => (Kind::Put, path_in(g, file)),
             30..=49 => (Kind::Get, path_in(g, file)),
             50..=57 => (Kind::Stat, path_in(g, file)),
             58..=59 => (Kind::Stat, path_in(g, DIR)),
@@ -526,14 +551,7 @@ impl Client {
         match kind {
             Kind::Put => {
                 o.force = roll >= 16;
-                let cs = shared.cfg.chunk_size.max(1);
-                let size = match self.rng.gen_range(0..10) {
-                    0 => 0,
-                    1..=4 => self.rng.gen_range(1..=4096),
-                    5..=7 => self.rng.gen_range(4097..=cs.max(4097)),
-                    _ => self.rng.gen_range(cs + 1..=shared.cfg.max_size.max(cs + 1)),
-                };
-                o.size = Some(size);
+                o.size = Some(self.put_size());
             }
             Kind::Mv => {
                 let others: Vec<&str> = FILES.iter().copied().filter(|f| *f != file).collect();
@@ -543,6 +561,18 @@ impl Client {
             _ => {}
         }
         o
+    }
+
+    /// A put's size: empty, small, up to a chunk, or a few chunks.
+    fn put_size(&mut self) -> u64 {
+        let cfg = &self.shared.cfg;
+        let cs = cfg.chunk_size.max(1);
+        match self.rng.gen_range(0..10) {
+            0 => 0,
+            1..=4 => self.rng.gen_range(1..=4096),
+            5..=7 => self.rng.gen_range(4097..=cs.max(4097)),
+            _ => self.rng.gen_range(cs + 1..=cfg.max_size.max(cs + 1)),
+        }
     }
 
     /// Run one operation (bounded by the op timeout) and fill in its outcome.
@@ -613,6 +643,10 @@ pub async fn run(shared: Arc<Shared>, until: Instant) -> Result<(), WorkloadErro
             while Instant::now() < until {
                 let o = c.choose();
                 let o = c.run(o).await;
+                if o.write_once && o.outcome != Outcome::Failed {
+                    let mut ledger = c.shared.ledger.lock().unwrap_or_else(|e| e.into_inner());
+                    ledger.push(o.path.clone());
+                }
                 c.shared.history.write(&Record::Op(o))?;
             }
             Ok::<(), WorkloadError>(())
@@ -636,21 +670,31 @@ pub async fn final_reads(shared: Arc<Shared>, patience: Duration) -> Result<(), 
         rng: StdRng::from_entropy(),
     };
     let deadline = Instant::now() + patience;
+    let ledger_g = ledger_group(&shared.cfg);
+    let mut reads = Vec::new();
     for g in 0..shared.cfg.groups {
-        let mut reads = vec![(Kind::Ls, group_dir(g)), (Kind::Stat, path_in(g, DIR))];
-        reads.extend(FILES.iter().map(|f| (Kind::Get, path_in(g, f))));
-        for (kind, path) in reads {
-            loop {
-                let mut o = Op::new(shared.id(), -1, kind, g, &path);
-                o.final_read = true;
-                let o = c.run(o).await;
-                let done = o.outcome == Outcome::Ok && o.data_error.is_none();
-                if done || Instant::now() >= deadline {
-                    shared.history.write(&Record::Op(o))?;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        reads.push((g, Kind::Ls, group_dir(g)));
+        reads.push((g, Kind::Stat, path_in(g, DIR)));
+        reads.extend(FILES.iter().map(|f| (g, Kind::Get, path_in(g, f))));
+    }
+    let ledger: Vec<String> = shared
+        .ledger
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    reads.extend(ledger.into_iter().map(|p| (ledger_g, Kind::Get, p)));
+    for (g, kind, path) in reads {
+        loop {
+            let mut o = Op::new(shared.id(), -1, kind, g, &path);
+            o.final_read = true;
+            o.write_once = g == ledger_g;
+            let o = c.run(o).await;
+            let done = o.outcome == Outcome::Ok && o.data_error.is_none();
+            if done || Instant::now() >= deadline {
+                shared.history.write(&Record::Op(o))?;
+                break;
             }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
     Ok(())

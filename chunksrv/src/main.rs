@@ -198,6 +198,8 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> ExitCode {
+    // Not eprintln!: it panics when stderr cannot be written (a full log disk).
+    use std::io::Write as _;
     // Pieces are 1 MiB; a few are in flight per transfer.
     dfs_common::allocator::keep_freed_buffers(4 << 20);
     let args = Args::parse();
@@ -209,6 +211,9 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
+        // Not its default eprintln! of a failed log write: that panics when stderr cannot be
+        // written (a full or failing log disk), in whichever thread logged.
+        .log_internal_errors(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -216,7 +221,10 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("chunksrv: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "chunksrv: cannot start the async runtime: {e}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -225,7 +233,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chunksrv: {}", one_line(&e));
+            let _ = writeln!(std::io::stderr(), "chunksrv: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -305,7 +305,16 @@ fn signal(pid: u32, sig: i32) {
 }
 
 fn log_tail(node: &LocalNode) -> String {
-    let text = std::fs::read_to_string(node.data_dir.join("log")).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    // The last 64 KiB at most: a log can be huge (or a device that never ends).
+    const TAIL: u64 = 64 * 1024;
+    let mut bytes = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(node.data_dir.join("log")) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL)));
+        let _ = f.take(TAIL).read_to_end(&mut bytes);
+    }
+    let text = String::from_utf8_lossy(&bytes);
     let lines: Vec<&str> = text.lines().rev().take(5).collect();
     lines.into_iter().rev().collect::<Vec<_>>().join("\n    ")
 }

@@ -110,6 +110,9 @@ fn main() -> std::process::ExitCode {
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Not its default eprintln! of a failed log write: that panics when stderr cannot be
+        // written (a full or failing log disk), in whichever thread logged.
+        .log_internal_errors(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -21,6 +21,8 @@ use clap::Parser;
 use std::sync::Arc;
 
 fn main() -> std::process::ExitCode {
+    // Not eprintln!: it panics when stderr cannot be written (a full log disk).
+    use std::io::Write as _;
     let args = config::Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -30,6 +32,9 @@ fn main() -> std::process::ExitCode {
         )
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // Not its default eprintln! of a failed log write: that panics when stderr cannot be
+        // written (a full or failing log disk), in whichever thread logged.
+        .log_internal_errors(false)
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
@@ -38,14 +43,17 @@ fn main() -> std::process::ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("metasrv: cannot start the async runtime: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "metasrv: cannot start the async runtime: {e}"
+            );
             return std::process::ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(args)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("metasrv: {e:#}");
+            let _ = writeln!(std::io::stderr(), "metasrv: {e:#}");
             tracing::error!("{e:#}");
             std::process::ExitCode::FAILURE
         }

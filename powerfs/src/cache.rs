@@ -121,6 +121,35 @@ impl Cache {
         }
     }
 
+    /// What of `ino`'s pending bytes a torn power cut leaves on the disk: the writes in the
+    /// order they were made, up to half of the bytes, the last one cut at a 512-byte sector
+    /// boundary of the file (a sector is written whole or not at all).
+    pub fn torn_prefix(&self, ino: u64) -> Vec<(u64, Vec<u8>)> {
+        let Some(d) = self.files.get(&ino) else {
+            return Vec::new();
+        };
+        let mut budget = d.bytes() / 2;
+        let mut out = Vec::new();
+        for (o, v) in &d.extents {
+            if budget == 0 {
+                break;
+            }
+            let take = (v.len() as u64).min(budget);
+            // Whole sectors only: the end is rounded down to a sector of the file.
+            let end = (*o + take) / 512 * 512;
+            if end > *o {
+                out.push((*o, v[..(end - *o) as usize].to_vec()));
+            }
+            budget -= take;
+        }
+        out
+    }
+
+    /// Every file with pending bytes.
+    pub fn dirty_files(&self) -> Vec<u64> {
+        self.files.keys().copied().collect()
+    }
+
     /// A power loss: every pending byte is gone. Returns (bytes, files) dropped.
     pub fn cut(&mut self) -> (u64, usize) {
         let dropped = self.pending();
@@ -193,5 +222,20 @@ mod tests {
         assert_eq!(c.cut(), (5, 1));
         assert_eq!(c.pending(), (0, 0));
         assert_eq!(c.size(2), None);
+    }
+
+    #[test]
+    fn a_torn_cut_keeps_whole_sectors_of_the_first_half_in_write_order() {
+        let mut c = Cache::default();
+        c.write(1, 0, 0, &[1u8; 1000]);
+        c.write(1, 0, 4096, &[2u8; 3000]);
+        // 4000 pending: the first 2000 bytes in write order are all of the first write
+        // (cut to 512) and 1000 of the second (cut to the sector boundary at 4608).
+        let t = c.torn_prefix(1);
+        assert_eq!(t.len(), 2);
+        assert_eq!((t[0].0, t[0].1.len()), (0, 512));
+        assert_eq!((t[1].0, t[1].1.len()), (4096, 512));
+        assert!(c.torn_prefix(2).is_empty());
+        assert_eq!(c.dirty_files(), vec![1]);
     }
 }

@@ -1,34 +1,58 @@
 //! The control socket of a running powerfs: one line in, one line out.
 //! `cut` drops every pending byte (a power cut) and answers `ok <bytes> <files>` (what was
-//! dropped); `pending` answers the same figures without dropping anything.
+//! pending); `cut torn` first puts part of each file's pending bytes on the disk (a torn
+//! write); `pending` answers the same figures without dropping anything; `fail <fault>`
+//! (`eio-read`, `eio-write`, `enospc`) makes the disk fail until `heal`; both answer `ok`.
 //!
-//! What must stay true: a `cut` has taken effect when its answer is sent, so a node started
-//! after it sees only what was synced.
-use crate::cache::Cache;
+//! What must stay true: a command has taken effect when its answer is sent, so a node started
+//! after a `cut` sees only what was synced (and torn), and a call made after `fail` fails.
+use crate::faults::DiskFault;
+use crate::fs::Backing;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Answer one command line.
-pub fn answer(cache: &Mutex<Cache>, line: &str) -> String {
-    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-    match line.trim() {
-        "cut" => {
-            let (bytes, files) = c.cut();
-            tracing::info!(bytes, files, "power cut: unsynced writes dropped");
+pub fn answer(disk: &Backing, line: &str) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["cut"] | ["cut", "torn"] => {
+            let torn = words.len() == 2;
+            let (bytes, files) = disk.cut(torn);
+            tracing::info!(bytes, files, torn, "power cut: unsynced writes dropped");
             format!("ok {bytes} {files}")
         }
-        "pending" => {
-            let (bytes, files) = c.pending();
+        ["pending"] => {
+            let (bytes, files) = disk
+                .cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pending();
             format!("ok {bytes} {files}")
         }
-        other => format!("error unknown command {other:?} (cut, pending)"),
+        ["fail", name] => match DiskFault::parse(name) {
+            Some(f) => {
+                disk.faults.set(Some(f));
+                tracing::info!(fault = name, "disk fault on");
+                "ok".to_string()
+            }
+            None => format!("error unknown fault {name:?} (eio-read, eio-write, enospc)"),
+        },
+        ["heal"] => {
+            disk.faults.set(None);
+            tracing::info!("disk healed");
+            "ok".to_string()
+        }
+        _ => format!(
+            "error unknown command {:?} (cut [torn], pending, fail <fault>, heal)",
+            line.trim()
+        ),
     }
 }
 
 /// Serve the control socket at `path` in a thread of its own.
-pub fn serve(path: &Path, cache: Arc<Mutex<Cache>>) -> io::Result<()> {
+pub fn serve(path: &Path, disk: Arc<Backing>) -> io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::thread::spawn(move || {
@@ -38,7 +62,7 @@ pub fn serve(path: &Path, cache: Arc<Mutex<Cache>>) -> io::Result<()> {
             let mut r = BufReader::new(&conn);
             if r.read_line(&mut line).is_ok() {
                 let mut w = &conn;
-                let _ = writeln!(w, "{}", answer(&cache, &line));
+                let _ = writeln!(w, "{}", answer(&disk, &line));
             }
         }
     });
@@ -59,12 +83,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cut_answers_what_it_dropped_and_unknown_commands_are_refused() {
-        let cache = Mutex::new(Cache::default());
-        cache.lock().unwrap().write(7, 0, 0, b"abc");
-        assert_eq!(answer(&cache, "pending\n"), "ok 3 1");
-        assert_eq!(answer(&cache, "cut\n"), "ok 3 1");
-        assert_eq!(answer(&cache, "pending"), "ok 0 0");
-        assert!(answer(&cache, "explode").starts_with("error unknown command"));
+    fn commands_answer_what_they_did_and_unknown_ones_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Backing::new(dir.path().to_path_buf()).unwrap();
+        disk.cache.lock().unwrap().write(7, 0, 0, b"abc");
+        assert_eq!(answer(&disk, "pending\n"), "ok 3 1");
+        assert_eq!(answer(&disk, "cut\n"), "ok 3 1");
+        assert_eq!(answer(&disk, "pending"), "ok 0 0");
+        assert_eq!(answer(&disk, "fail enospc"), "ok");
+        assert_eq!(disk.faults.get(), Some(DiskFault::Full));
+        assert!(answer(&disk, "fail melted").starts_with("error unknown fault"));
+        assert_eq!(disk.faults.get(), Some(DiskFault::Full));
+        assert_eq!(answer(&disk, "heal"), "ok");
+        assert_eq!(disk.faults.get(), None);
+        assert!(answer(&disk, "explode").starts_with("error unknown command"));
+        assert!(answer(&disk, "cut sideways").starts_with("error unknown command"));
     }
 }

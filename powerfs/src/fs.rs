@@ -2,7 +2,8 @@
 //! at once, except file data: written bytes stay in `Cache` until an fsync of that file puts them
 //! on the backing disk and syncs it (or until more than `max_pending` bytes are pending: then
 //! the largest file is written back without a sync, as a kernel writes dirty pages back). A
-//! power cut (`Cache::cut`) loses every byte no fsync covered.
+//! power cut (`Backing::cut`) loses every byte no fsync covered; a torn one first puts part of
+//! them on the disk. A disk fault (`faults`) makes the calls it names fail until healed.
 //!
 //! What must stay true: a successful fsync (or fdatasync) returns only after the file's pending
 //! bytes are written and synced on the backing disk; a read sees the pending bytes over the
@@ -10,8 +11,9 @@
 //! entries live 0 s), so after a cut the next read sees what the disk holds. Metadata calls
 //! (create, mkdir, rename, unlink, truncate, chmod) are on the backing directory when they
 //! return and survive a cut: this model finds writes acknowledged without a file sync, not a
-//! directory sync that was forgotten.
+//! directory sync that was forgotten. A call a fault refuses changes nothing.
 use crate::cache::Cache;
+use crate::faults::{DiskFault, Faults};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -31,18 +33,32 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Nothing is cached by the kernel: after a cut it must ask again.
 const TTL: Duration = Duration::ZERO;
 
-pub struct PowerFs {
+/// What the file system and its control socket share: the backing directory, the paths the
+/// kernel knows, the pending writes and the fault in force.
+pub struct Backing {
     root: PathBuf,
     /// The backing root's inode number (the mount's root is 1, as FUSE wants).
     root_ino: u64,
     /// Path below the root of every inode the kernel knows.
     paths: Mutex<HashMap<u64, PathBuf>>,
+    pub cache: Mutex<Cache>,
+    pub faults: Faults,
+}
+
+pub struct PowerFs {
+    backing: Arc<Backing>,
     /// Open files by handle (read access: reads go to the disk, writes to the cache). Taken
     /// out of the map before any I/O, so the map's lock is never held across it.
     handles: Mutex<HashMap<u64, Arc<File>>>,
     next_fh: AtomicU64,
-    cache: Arc<Mutex<Cache>>,
     max_pending: u64,
+}
+
+impl std::ops::Deref for PowerFs {
+    type Target = Backing;
+    fn deref(&self) -> &Backing {
+        &self.backing
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -68,20 +84,18 @@ fn check(rc: libc::c_int) -> Result<(), Errno> {
     }
 }
 
-impl PowerFs {
-    pub fn new(root: PathBuf, cache: Arc<Mutex<Cache>>, max_pending: u64) -> io::Result<PowerFs> {
+impl Backing {
+    pub fn new(root: PathBuf) -> io::Result<Arc<Backing>> {
         let root_ino = std::fs::metadata(&root)?.ino();
         let mut paths = HashMap::new();
         paths.insert(1, PathBuf::new());
-        Ok(PowerFs {
+        Ok(Arc::new(Backing {
             root,
             root_ino,
             paths: Mutex::new(paths),
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            cache,
-            max_pending,
-        })
+            cache: Mutex::new(Cache::default()),
+            faults: Faults::default(),
+        }))
     }
 
     fn full(&self, rel: &Path) -> PathBuf {
@@ -92,19 +106,77 @@ impl PowerFs {
         lock(&self.paths).get(&ino.0).cloned().ok_or(Errno::ESTALE)
     }
 
-    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
-        if name.as_bytes().contains(&b'/') || name == ".." || name == "." {
-            return Err(Errno::EINVAL);
-        }
-        Ok(self.path_of(parent)?.join(name))
-    }
-
     fn fuse_ino(&self, st_ino: u64) -> u64 {
         if st_ino == self.root_ino {
             1
         } else {
             st_ino
         }
+    }
+
+    /// The backing file of `ino` opened for writing, if its path still names that inode (a
+    /// file replaced by a rename or unlinked has none: its pending bytes go nowhere).
+    fn open_for_write(&self, ino: u64) -> Option<File> {
+        let path = lock(&self.paths).get(&ino).map(|p| self.full(p))?;
+        let f = OpenOptions::new().write(true).open(path).ok()?;
+        let same = f.metadata().is_ok_and(|m| self.fuse_ino(m.ino()) == ino);
+        same.then_some(f)
+    }
+
+    /// A clean shutdown: every pending byte is written back (as a machine that is shut down
+    /// writes its dirty pages), without a sync. Returns (bytes, files) written.
+    pub fn write_back_all(&self) -> (u64, usize) {
+        let mut c = lock(&self.cache);
+        let pending = c.pending();
+        for ino in c.dirty_files() {
+            let written = match self.open_for_write(ino) {
+                Some(f) => c.write_back(ino, &f),
+                None => Ok(()),
+            };
+            if let Err(e) = written {
+                tracing::warn!(ino, "writing back pending bytes at shutdown: {e}");
+            }
+            c.forget(ino);
+        }
+        pending
+    }
+
+    /// A power cut: every pending byte is dropped; a torn one first puts part of each file's
+    /// pending bytes on the disk (`Cache::torn_prefix`). Returns (bytes, files) that were
+    /// pending.
+    pub fn cut(&self, torn: bool) -> (u64, usize) {
+        let mut c = lock(&self.cache);
+        if torn {
+            for ino in c.dirty_files() {
+                let Some(f) = self.open_for_write(ino) else {
+                    continue;
+                };
+                for (offset, data) in c.torn_prefix(ino) {
+                    if let Err(e) = f.write_all_at(&data, offset) {
+                        tracing::warn!(ino, "writing a torn write: {e}");
+                    }
+                }
+            }
+        }
+        c.cut()
+    }
+}
+
+impl PowerFs {
+    pub fn new(backing: Arc<Backing>, max_pending: u64) -> PowerFs {
+        PowerFs {
+            backing,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            max_pending,
+        }
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        if name.as_bytes().contains(&b'/') || name == ".." || name == "." {
+            return Err(Errno::EINVAL);
+        }
+        Ok(self.path_of(parent)?.join(name))
     }
 
     /// The attributes of `rel` (its size as the writer sees it), remembering its path.
@@ -150,17 +222,31 @@ impl PowerFs {
         lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    /// The backing file of `ino` opened for writing, if its path still names that inode (a
-    /// file replaced by a rename or unlinked has none: its pending bytes go nowhere).
-    fn open_for_write(&self, ino: u64) -> Option<File> {
-        let path = lock(&self.paths).get(&ino).map(|p| self.full(p))?;
-        let f = OpenOptions::new().write(true).open(path).ok()?;
-        let same = f.metadata().is_ok_and(|m| self.fuse_ino(m.ino()) == ino);
-        same.then_some(f)
+    /// EIO while the disk fails writes: every change to the disk asks this first.
+    fn writable(&self) -> Result<(), Errno> {
+        match self.faults.get() {
+            Some(DiskFault::WriteEio) => Err(Errno::EIO),
+            _ => Ok(()),
+        }
+    }
+
+    /// As `writable`, and ENOSPC while the disk is full: calls that need new space ask this.
+    fn room(&self) -> Result<(), Errno> {
+        self.writable()?;
+        match self.faults.get() {
+            Some(DiskFault::Full) => Err(Errno::ENOSPC),
+            _ => Ok(()),
+        }
     }
 
     /// Put `ino`'s pending bytes on the backing disk and sync them.
     fn sync_file(&self, ino: INodeNo, datasync: bool) -> Result<(), Errno> {
+        if self.faults.is(DiskFault::WriteEio) {
+            // The write-back failed: Linux reports it once and marks the pages clean, so
+            // the bytes are gone and a later fsync succeeds without them.
+            lock(&self.cache).forget(ino.0);
+            return Err(Errno::EIO);
+        }
         let Some(f) = self.open_for_write(ino.0) else {
             // Unlinked or replaced while open: nothing reachable to sync.
             lock(&self.cache).forget(ino.0);
@@ -266,6 +352,7 @@ impl Filesystem for PowerFs {
         reply: ReplyAttr,
     ) {
         let r = (|| {
+            self.writable()?;
             let rel = self.path_of(ino)?;
             let path = self.full(&rel);
             if let Some(m) = mode {
@@ -310,12 +397,15 @@ impl Filesystem for PowerFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.child(parent, name).and_then(|rel| {
-            std::fs::DirBuilder::new()
-                .mode(mode & !umask & 0o7777)
-                .create(self.full(&rel))?;
-            self.attr_of(&rel)
-        });
+        let r = self
+            .room()
+            .and_then(|()| self.child(parent, name))
+            .and_then(|rel| {
+                std::fs::DirBuilder::new()
+                    .mode(mode & !umask & 0o7777)
+                    .create(self.full(&rel))?;
+                self.attr_of(&rel)
+            });
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -323,15 +413,18 @@ impl Filesystem for PowerFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = self.child(parent, name).and_then(|rel| {
-            let path = self.full(&rel);
-            let m = std::fs::symlink_metadata(&path)?;
-            std::fs::remove_file(&path)?;
-            if m.nlink() <= 1 {
-                lock(&self.cache).forget(self.fuse_ino(m.ino()));
-            }
-            Ok(())
-        });
+        let r = self
+            .writable()
+            .and_then(|()| self.child(parent, name))
+            .and_then(|rel| {
+                let path = self.full(&rel);
+                let m = std::fs::symlink_metadata(&path)?;
+                std::fs::remove_file(&path)?;
+                if m.nlink() <= 1 {
+                    lock(&self.cache).forget(self.fuse_ino(m.ino()));
+                }
+                Ok(())
+            });
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
@@ -340,7 +433,8 @@ impl Filesystem for PowerFs {
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self
-            .child(parent, name)
+            .writable()
+            .and_then(|()| self.child(parent, name))
             .and_then(|rel| Ok(std::fs::remove_dir(self.full(&rel))?))
         {
             Ok(()) => reply.ok(),
@@ -356,10 +450,13 @@ impl Filesystem for PowerFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self.child(parent, link_name).and_then(|rel| {
-            std::os::unix::fs::symlink(target, self.full(&rel))?;
-            self.attr_of(&rel)
-        });
+        let r = self
+            .room()
+            .and_then(|()| self.child(parent, link_name))
+            .and_then(|rel| {
+                std::os::unix::fs::symlink(target, self.full(&rel))?;
+                self.attr_of(&rel)
+            });
         match r {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -377,6 +474,7 @@ impl Filesystem for PowerFs {
         reply: ReplyEmpty,
     ) {
         let r = (|| {
+            self.writable()?;
             let (from, to) = (self.child(parent, name)?, self.child(newparent, newname)?);
             let (f, t) = (cpath(&self.full(&from))?, cpath(&self.full(&to))?);
             // A file the rename replaces is gone, its pending bytes with it.
@@ -441,6 +539,9 @@ impl Filesystem for PowerFs {
         reply: ReplyData,
     ) {
         let r = (|| {
+            if self.faults.is(DiskFault::ReadEio) {
+                return Err(Errno::EIO);
+            }
             let h = self.handle(fh)?;
             // The disk read and the overlay under one hold of the cache: a write-back between
             // them would leave bytes neither on the disk read nor in the cache.
@@ -478,6 +579,7 @@ impl Filesystem for PowerFs {
         reply: ReplyWrite,
     ) {
         let r = (|| {
+            self.writable()?;
             let h = self.handle(fh)?;
             {
                 let mut c = lock(&self.cache);
@@ -486,6 +588,11 @@ impl Filesystem for PowerFs {
                     Some(_) => 0,
                     None => h.metadata()?.len(),
                 };
+                let size = c.size(ino.0).unwrap_or(disk_size);
+                if offset + data.len() as u64 > size {
+                    // Growing the file needs space; an overwrite does not.
+                    self.room()?;
+                }
                 c.write(ino.0, disk_size, offset, data);
             }
             self.bound_pending();
@@ -594,7 +701,8 @@ impl Filesystem for PowerFs {
         reply: ReplyEmpty,
     ) {
         match self
-            .path_of(ino)
+            .writable()
+            .and_then(|()| self.path_of(ino))
             .and_then(|rel| Ok(File::open(self.full(&rel))?.sync_all()?))
         {
             Ok(()) => reply.ok(),
@@ -610,11 +718,14 @@ impl Filesystem for PowerFs {
             check(unsafe { libc::statvfs(c.as_ptr(), &mut st) })?;
             Ok::<_, Errno>(st)
         })();
+        // A full disk has no free blocks, whatever the backing disk has.
+        let full = self.faults.is(DiskFault::Full);
+        let free = |n: u64| if full { 0 } else { n };
         match r {
             Ok(st) => reply.statfs(
                 st.f_blocks,
-                st.f_bfree,
-                st.f_bavail,
+                free(st.f_bfree),
+                free(st.f_bavail),
                 st.f_files,
                 st.f_ffree,
                 st.f_bsize as u32,
@@ -637,6 +748,12 @@ impl Filesystem for PowerFs {
     ) {
         let r = (|| {
             let rel = self.child(parent, name)?;
+            // Opening a file that exists needs no space; making one does.
+            if std::fs::symlink_metadata(self.full(&rel)).is_ok() {
+                self.writable()?;
+            } else {
+                self.room()?;
+            }
             let mut o = OpenOptions::new();
             o.read(true).write(true).mode(mode & !umask & 0o7777);
             if flags & libc::O_EXCL != 0 {

@@ -2,13 +2,14 @@
 //!
 //! ```text
 //! powerfs serve --backing DIR --mountpoint DIR --control SOCKET   # runs until SIGTERM/SIGINT
-//! powerfs cut --control SOCKET                                    # drop every unsynced byte
+//! powerfs cut --control SOCKET [--torn]                           # drop every unsynced byte
+//! powerfs fail eio-read|eio-write|enospc --control SOCKET          # the disk fails until healed
+//! powerfs heal --control SOCKET
 //! ```
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use dfs_powerfs::{cache::Cache, control, fs::PowerFs};
+use dfs_powerfs::{control, fs::Backing, fs::PowerFs};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +39,24 @@ enum Cmd {
     Cut {
         #[arg(long)]
         control: PathBuf,
+        /// Put part of each file's unsynced bytes on the disk first (whole 512-byte sectors
+        /// of the first half, in write order): a torn write.
+        #[arg(long)]
+        torn: bool,
+    },
+    /// Make the disk fail until `heal`: eio-read (reads fail with EIO), eio-write (writes,
+    /// fsyncs and changes to the tree fail with EIO; a failed fsync drops the file's unsynced
+    /// bytes) or enospc (a full disk: growing writes and new files fail with ENOSPC).
+    Fail {
+        #[arg(value_parser = ["eio-read", "eio-write", "enospc"])]
+        fault: String,
+        #[arg(long)]
+        control: PathBuf,
+    },
+    /// End the disk fault made by `fail`.
+    Heal {
+        #[arg(long)]
+        control: PathBuf,
     },
     /// Print the unsynced bytes and files of the powerfs behind SOCKET.
     Pending {
@@ -53,6 +72,9 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Not its default eprintln! of a failed log write: that panics when stderr cannot be
+        // written (a full or failing log disk), in whichever thread logged.
+        .log_internal_errors(false)
         .init();
     match Args::parse().cmd {
         Cmd::Serve {
@@ -61,7 +83,9 @@ fn main() -> anyhow::Result<()> {
             control,
             max_pending_mib,
         } => serve(backing, mountpoint, control, max_pending_mib << 20),
-        Cmd::Cut { control } => print(&control, "cut"),
+        Cmd::Cut { control, torn } => print(&control, if torn { "cut torn" } else { "cut" }),
+        Cmd::Fail { fault, control } => simple(&control, &format!("fail {fault}")),
+        Cmd::Heal { control } => simple(&control, "heal"),
         Cmd::Pending { control } => print(&control, "pending"),
     }
 }
@@ -77,6 +101,16 @@ fn print(control: &std::path::Path, command: &str) -> anyhow::Result<()> {
             Ok(())
         }
         None => anyhow::bail!("powerfs: {answer}"),
+    }
+}
+
+/// Send a command whose answer is a bare `ok`.
+fn simple(control: &std::path::Path, command: &str) -> anyhow::Result<()> {
+    let answer = control::send(control, command)
+        .with_context(|| format!("no powerfs answers on {}", control.display()))?;
+    match answer.as_str() {
+        "ok" => Ok(()),
+        _ => anyhow::bail!("powerfs: {answer}"),
     }
 }
 
@@ -101,10 +135,10 @@ fn serve(
         .with_context(|| format!("cannot create {}", backing.display()))?;
     std::fs::create_dir_all(&mountpoint)
         .with_context(|| format!("cannot create {}", mountpoint.display()))?;
-    let cache = Arc::new(Mutex::new(Cache::default()));
-    let fs = PowerFs::new(backing.clone(), cache.clone(), max_pending)
+    let disk = Backing::new(backing.clone())
         .with_context(|| format!("cannot use {}", backing.display()))?;
-    control::serve(&control, cache)
+    let fs = PowerFs::new(disk.clone(), max_pending);
+    control::serve(&control, disk.clone())
         .with_context(|| format!("cannot listen on {}", control.display()))?;
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
@@ -120,6 +154,8 @@ fn serve(
     unsafe { libc::sigwait(&set, &mut sig) };
     tracing::info!(signal = sig, "unmounting");
     drop(session);
+    let (bytes, files) = disk.write_back_all();
+    tracing::info!(bytes, files, "unmounted; pending writes written back");
     let _ = std::fs::remove_file(&control);
     Ok(())
 }

@@ -111,6 +111,8 @@ pub fn fault_name(k: FaultKind) -> &'static str {
         FaultKind::Partition => "partition",
         FaultKind::Heal => "heal",
         FaultKind::PowerCut => "power_cut",
+        FaultKind::DiskFault => "disk_fault",
+        FaultKind::DiskHeal => "disk_heal",
         FaultKind::Resume => "resume",
         FaultKind::Restart => "restart",
     }
@@ -139,8 +141,13 @@ fn intervals(faults: &[Fault]) -> Vec<Active> {
             FaultKind::Pause | FaultKind::FreezeChunk => Some(FaultKind::Resume),
             FaultKind::Cut => Some(FaultKind::Uncut),
             FaultKind::Partition => Some(FaultKind::Heal),
+            FaultKind::DiskFault => Some(FaultKind::DiskHeal),
             FaultKind::LoseChunk => None,
-            FaultKind::Resume | FaultKind::Restart | FaultKind::Uncut | FaultKind::Heal => continue,
+            FaultKind::Resume
+            | FaultKind::Restart
+            | FaultKind::Uncut
+            | FaultKind::Heal
+            | FaultKind::DiskHeal => continue,
         };
         if f.nodes.is_empty() {
             continue;
@@ -193,10 +200,12 @@ fn unhealthy(faults: &[Fault], shape: Shape) -> Vec<(u64, u64)> {
                 FaultKind::Pause | FaultKind::FreezeChunk => {
                     paused.insert(n);
                 }
-                FaultKind::Cut | FaultKind::Partition => {
+                // A node whose disk fails is out like one cut off (until healed and, if it
+                // exited, restarted: the heal is recorded after that).
+                FaultKind::Cut | FaultKind::Partition | FaultKind::DiskFault => {
                     cut.insert(n);
                 }
-                FaultKind::Uncut | FaultKind::Heal => {
+                FaultKind::Uncut | FaultKind::Heal | FaultKind::DiskHeal => {
                     cut.remove(n.as_str());
                 }
                 FaultKind::Resume => {

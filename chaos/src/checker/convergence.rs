@@ -1,7 +1,8 @@
 //! Convergence: once healed and quiet, every metadata member has applied the same log index and
 //! holds the same state: byte-identical `cache-metadata/saved-files.json` and the same listing
 //! of the whole namespace from its own state. Replication: every file has its replication
-//! factor again (the leader's count of under-replicated files is zero).
+//! factor again (the leader's count of under-replicated files is zero). A node whose log shows
+//! a panic fails convergence too: a server must refuse or stop cleanly, never panic.
 use crate::history::Convergence;
 use std::collections::BTreeMap;
 
@@ -59,6 +60,9 @@ pub fn check(c: Option<&Convergence>) -> (ConvergenceReport, ReplicationReport) 
     let applied = agree("applied index", &c.applied, &mut problems);
     agree("saved-files.json", &c.saved_files, &mut problems);
     agree("namespace", &c.namespace, &mut problems);
+    for (node, line) in &c.panics {
+        problems.push(format!("{node} panicked: {line}"));
+    }
     if !c.note.is_empty() && !problems.is_empty() {
         problems.push(c.note.clone());
     }
@@ -73,4 +77,29 @@ pub fn check(c: Option<&Convergence>) -> (ConvergenceReport, ReplicationReport) 
             under_replicated_files: c.under_replicated_files,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_in_a_node_log_fails_convergence() {
+        let one = |v: &str| BTreeMap::from([("meta-1".to_string(), Some(v.to_string()))]);
+        let mut c = Convergence {
+            applied: BTreeMap::from([("meta-1".to_string(), Some(7))]),
+            saved_files: one("a"),
+            namespace: one("b"),
+            under_replicated_files: Some(0),
+            ..Default::default()
+        };
+        assert!(check(Some(&c)).0.pass);
+        c.panics.insert(
+            "chunk-2".into(),
+            "thread 'main' panicked at src/x.rs:1:1".into(),
+        );
+        let (r, _) = check(Some(&c));
+        assert!(!r.pass);
+        assert!(r.problems[0].starts_with("chunk-2 panicked"), "{r:?}");
+    }
 }

@@ -4,7 +4,9 @@
 //! absent (never metadata without its bytes).
 //!
 //! The final state comes from the final reads made after healing (`final_read` ops): a
-//! linearizable `get` of every file path of every group, bytes included.
+//! linearizable `get` of every file path of every group, and of every write-once put that may
+//! have been applied, bytes included. A write-once put is never destroyed by a later
+//! operation, so an acknowledged one that is not there whole is lost, whatever the timing.
 use crate::history::{Kind, Op, Outcome, Seen};
 use std::collections::{HashMap, HashSet};
 
@@ -20,6 +22,8 @@ pub struct LostWrite {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LostReport {
     pub checked: usize,
+    /// Of those, write-once puts (paths of their own in the ledger).
+    pub write_once: usize,
     pub lost: Vec<LostWrite>,
     /// Paths whose final state could not be read (the check cannot vouch for them).
     pub unreadable: Vec<String>,
@@ -134,6 +138,7 @@ pub fn check(ops: &[Op]) -> LostReport {
         match w.outcome {
             Outcome::Ok => {
                 report.checked += 1;
+                report.write_once += usize::from(w.write_once);
                 if whole.contains(&(w.group, content)) {
                     continue;
                 }

@@ -158,7 +158,11 @@ fn check_group(group: &model::Group, grace_us: u64, budget: usize) -> GroupVerdi
 fn is_undo(k: FaultKind) -> bool {
     matches!(
         k,
-        FaultKind::Restart | FaultKind::Resume | FaultKind::Uncut | FaultKind::Heal
+        FaultKind::Restart
+            | FaultKind::Resume
+            | FaultKind::Uncut
+            | FaultKind::Heal
+            | FaultKind::DiskHeal
     )
 }
 
@@ -212,9 +216,10 @@ pub fn fault_after(faults: &[Fault], at_us: u64) -> String {
 
 /// Linearizability of every group: bounded windows for unknown operations first, then (only
 /// where that fails) windows that never close. Each violation names the fault it followed.
+/// Write-once puts (each on a path of its own) are left to the lost-write checker.
 pub fn check_linear(ops: &[Op], faults: &[Fault], grace_us: u64, budget: usize) -> LinReport {
     let mut by_group: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-    for (i, o) in ops.iter().enumerate() {
+    for (i, o) in ops.iter().enumerate().filter(|(_, o)| !o.write_once) {
         by_group.entry(o.group).or_default().push(i);
     }
     let groups: Vec<(u32, model::Group)> = by_group

@@ -111,6 +111,26 @@ fn a_lost_write_is_caught() {
 }
 
 #[test]
+fn a_lost_write_once_put_is_caught_and_left_out_of_linearizability() {
+    const L: &str = "/chaos/ledger/7";
+    let mut h = H::default();
+    h.put(L, "c1", false, (0, 10), Outcome::Ok);
+    h.put("/chaos/ledger/8", "c2", false, (0, 10), Outcome::Ok);
+    h.final_get(L, 100, Seen::Absent);
+    h.final_get("/chaos/ledger/8", 100, file("c2"));
+    for o in &mut h.ops {
+        o.write_once = true;
+        o.group = 1;
+    }
+    let r = lost::check(&h.ops);
+    assert_eq!((r.checked, r.write_once), (2, 2), "{r:?}");
+    assert_eq!(r.lost.len(), 1, "{r:?}");
+    assert_eq!(r.lost[0].path, L);
+    let l = lin(&h);
+    assert_eq!((l.groups, l.ops), (0, 0), "{l:?}");
+}
+
+#[test]
 fn a_write_whose_bytes_vanished_is_lost() {
     let mut h = H::default();
     h.put(A, "c1", true, (0, 10), Outcome::Ok);
