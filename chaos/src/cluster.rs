@@ -70,6 +70,8 @@ pub struct Cluster {
     pub meta_addrs: Vec<String>,
     /// Chunk servers killed for good: never started again, not expected to be live.
     lost: Mutex<BTreeSet<String>>,
+    /// Nodes that could not be started again after a fault, and why (they are lost too).
+    unrecovered: Mutex<BTreeMap<String, String>>,
     /// The cut or partition in place now, if any.
     net: Mutex<Option<NetFault>>,
     /// The nodes' powerfs disks (power cuts), if the run has them.
@@ -170,6 +172,7 @@ impl Cluster {
             auth: dir.join("admin.auth"),
             meta_addrs: vec![],
             lost: Mutex::new(BTreeSet::new()),
+            unrecovered: Mutex::new(BTreeMap::new()),
             net: Mutex::new(None),
             disks: Mutex::new(disks),
         };
@@ -203,6 +206,23 @@ impl Cluster {
             .filter(|n| n.kind == kind)
             .map(|n| n.name)
             .collect())
+    }
+
+    /// Start a node again after a fault; if it will not start, give it up: it is lost from
+    /// then on and the convergence check fails, naming it and why. Whether it started.
+    pub async fn restart_or_give_up(&self, name: &str) -> bool {
+        match self.start(name).await {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("chaos: {name} did not start again: {e}");
+                self.lost_names().insert(name.to_string());
+                self.unrecovered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), e.to_string());
+                false
+            }
+        }
     }
 
     /// SIGKILL a node and never start it again (as if its disk died with it).
@@ -474,7 +494,7 @@ impl Cluster {
         }
         for n in self.nodes()?.nodes {
             if !alive(n.pid, &n.kind) && !self.is_lost(&n.name) {
-                self.start(&n.name).await?;
+                self.restart_or_give_up(&n.name).await;
             }
         }
         self.wait_ready(wait).await
@@ -514,7 +534,17 @@ impl Cluster {
                     .filter(|p| p.status != "over-replicated")
                     .count() as u64
             });
-        for n in nodes.nodes.iter().filter(|n| n.kind == "meta") {
+        c.unrecovered = self
+            .unrecovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // A member that never came back has nothing to compare (it fails the check itself).
+        let members = nodes
+            .nodes
+            .iter()
+            .filter(|n| n.kind == "meta" && !c.unrecovered.contains_key(&n.name));
+        for n in members {
             let applied = status.as_ref().and_then(|s| {
                 s.members
                     .iter()

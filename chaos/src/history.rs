@@ -252,6 +252,8 @@ pub enum FaultKind {
     Resume,
     /// A killed node started again.
     Restart,
+    /// A node that would not start again after a fault: given up, never started again.
+    Unrecovered,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +279,9 @@ pub struct Convergence {
     pub under_replicated_files: Option<u64>,
     /// Milliseconds spent waiting for the members to agree.
     pub waited_ms: u64,
+    /// Node -> why it could not be started again, for each node given up after a fault.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub unrecovered: BTreeMap<String, String>,
     /// Node -> the first panic in its log, for each node whose log has one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub panics: BTreeMap<String, String>,

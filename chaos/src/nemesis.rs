@@ -280,10 +280,19 @@ impl Nemesis {
             .await?)
     }
 
+    /// Start `names` again; one that will not start is given up (`Cluster::restart_or_give_up`)
+    /// and recorded as `unrecovered`.
     async fn restart(&self, names: &[String]) -> Result<(), NemesisError> {
+        // Recorded before the start: the quorum checker's windows end there.
         self.record(FaultKind::Restart, names, None)?;
+        let mut gone = Vec::new();
         for n in names {
-            self.cluster.start(n).await?;
+            if !self.cluster.restart_or_give_up(n).await {
+                gone.push(n.clone());
+            }
+        }
+        if !gone.is_empty() {
+            self.record(FaultKind::Unrecovered, &gone, None)?;
         }
         Ok(())
     }
@@ -624,13 +633,15 @@ impl Nemesis {
         tokio::time::sleep(millis(&mut self.rng, 3000, 6000, budget)).await;
         self.cluster.disk_fault(&victim, None)?;
         let exited = !self.cluster.is_alive(&victim);
-        if exited {
-            self.cluster.start(&victim).await?;
-        }
-        let note = if exited {
-            "it had exited on the fault and was started again"
-        } else {
-            "it kept running"
+        let note = match exited {
+            false => "it kept running",
+            true if self.cluster.restart_or_give_up(&victim).await => {
+                "it had exited on the fault and was started again"
+            }
+            true => {
+                self.record(FaultKind::Unrecovered, one, None)?;
+                "it had exited on the fault and did not start again"
+            }
         };
         self.record(FaultKind::DiskHeal, one, Some(note.into()))?;
         Ok(())

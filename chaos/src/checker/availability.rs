@@ -115,6 +115,7 @@ pub fn fault_name(k: FaultKind) -> &'static str {
         FaultKind::DiskHeal => "disk_heal",
         FaultKind::Resume => "resume",
         FaultKind::Restart => "restart",
+        FaultKind::Unrecovered => "unrecovered",
     }
 }
 
@@ -142,7 +143,7 @@ fn intervals(faults: &[Fault]) -> Vec<Active> {
             FaultKind::Cut => Some(FaultKind::Uncut),
             FaultKind::Partition => Some(FaultKind::Heal),
             FaultKind::DiskFault => Some(FaultKind::DiskHeal),
-            FaultKind::LoseChunk => None,
+            FaultKind::LoseChunk | FaultKind::Unrecovered => None,
             FaultKind::Resume
             | FaultKind::Restart
             | FaultKind::Uncut
@@ -194,6 +195,7 @@ fn unhealthy(faults: &[Fault], shape: Shape) -> Vec<(u64, u64)> {
                 | FaultKind::KillMajority
                 | FaultKind::KillChunk
                 | FaultKind::LoseChunk
+                | FaultKind::Unrecovered
                 | FaultKind::PowerCut => {
                     down.insert(n);
                 }

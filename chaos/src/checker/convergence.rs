@@ -2,7 +2,9 @@
 //! holds the same state: byte-identical `cache-metadata/saved-files.json` and the same listing
 //! of the whole namespace from its own state. Replication: every file has its replication
 //! factor again (the leader's count of under-replicated files is zero). A node whose log shows
-//! a panic fails convergence too: a server must refuse or stop cleanly, never panic.
+//! a panic fails convergence too: a server must refuse or stop cleanly, never panic; and so
+//! does a node that would not start again after a fault (it must recover from what its disk
+//! holds).
 use crate::history::Convergence;
 use std::collections::BTreeMap;
 
@@ -60,6 +62,9 @@ pub fn check(c: Option<&Convergence>) -> (ConvergenceReport, ReplicationReport) 
     let applied = agree("applied index", &c.applied, &mut problems);
     agree("saved-files.json", &c.saved_files, &mut problems);
     agree("namespace", &c.namespace, &mut problems);
+    for (node, why) in &c.unrecovered {
+        problems.push(format!("{node} did not start again after a fault: {why}"));
+    }
     for (node, line) in &c.panics {
         problems.push(format!("{node} panicked: {line}"));
     }
@@ -101,5 +106,24 @@ mod tests {
         let (r, _) = check(Some(&c));
         assert!(!r.pass);
         assert!(r.problems[0].starts_with("chunk-2 panicked"), "{r:?}");
+    }
+
+    #[test]
+    fn a_node_that_did_not_start_again_fails_convergence() {
+        let one = |v: &str| BTreeMap::from([("meta-1".to_string(), Some(v.to_string()))]);
+        let c = Convergence {
+            applied: BTreeMap::from([("meta-1".to_string(), Some(7))]),
+            saved_files: one("a"),
+            namespace: one("b"),
+            under_replicated_files: Some(0),
+            unrecovered: BTreeMap::from([("meta-2".into(), "exited while starting".into())]),
+            ..Default::default()
+        };
+        let (r, _) = check(Some(&c));
+        assert!(!r.pass);
+        assert!(
+            r.problems[0].starts_with("meta-2 did not start again"),
+            "{r:?}"
+        );
     }
 }
