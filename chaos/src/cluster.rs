@@ -481,13 +481,13 @@ impl Cluster {
     /// A cut or partition still in place is undone.
     pub async fn heal(&self, paused: &[String], wait: Duration) -> Result<(), ClusterError> {
         self.uncut()?;
-        if self
+        if let Some(d) = self
             .disks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .as_ref()
         {
-            self.with_disks(Disks::heal_all)?;
+            d.heal_all()?;
         }
         for p in paused {
             self.resume(p)?;
@@ -581,16 +581,14 @@ impl Cluster {
 
     /// Wait (up to `wait`) until all members agree on applied index, saved-files.json and
     /// namespace, then (up to `REPLICATION_WAIT` more) until fsck on the leader finds no file
-    /// short of live replicas; return the last snapshot.
-    /// Wait (up to `wait`) until the members agree and every file is fully replicated again;
-    /// what they hold then, and the first panic in each node's log.
+    /// short of live replicas; return the last snapshot, with the first panic in each node's
+    /// log.
     pub async fn convergence(&self, wait: Duration) -> Result<Convergence, ClusterError> {
         let started = Instant::now();
         let nodes = self.nodes()?;
         let mut agreed_since: Option<Instant> = None;
         loop {
             let mut c = self.snapshot(&nodes).await?;
-            c.panics = panics(&nodes);
             let same = |m: &BTreeMap<String, Option<String>>| {
                 let first = m.values().next().cloned().flatten();
                 first.is_some() && m.values().all(|v| *v == first)
@@ -602,6 +600,7 @@ impl Cluster {
             if agreed {
                 let since = *agreed_since.get_or_insert_with(Instant::now);
                 if c.under_replicated_files == Some(0) || since.elapsed() >= REPLICATION_WAIT {
+                    c.panics = panics(&nodes);
                     return Ok(c);
                 }
             } else {
@@ -612,6 +611,7 @@ impl Cluster {
                     "gave up waiting after {} s (members agree: {agreed})",
                     wait.as_secs()
                 );
+                c.panics = panics(&nodes);
                 return Ok(c);
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -622,13 +622,19 @@ impl Cluster {
 /// The first panic message in each node's log (`<data dir>/log`), by node. A log on a disk
 /// that failed or lost power may miss lines, so this finds panics, it cannot rule them out.
 fn panics(nodes: &LocalCluster) -> BTreeMap<String, String> {
+    use std::io::BufRead;
     let mut out = BTreeMap::new();
     for n in &nodes.nodes {
-        let Ok(log) = std::fs::read(n.data_dir.join("log")) else {
+        let Ok(log) = std::fs::File::open(n.data_dir.join("log")) else {
             continue;
         };
-        let text = String::from_utf8_lossy(&log);
-        if let Some(line) = text.lines().find(|l| l.contains("panicked at")) {
+        // Line by line: a long run's logs are large.
+        let first = std::io::BufReader::new(log)
+            .split(b'\n')
+            .map_while(Result::ok)
+            .find(|l| l.windows(11).any(|w| w == b"panicked at"));
+        if let Some(line) = first {
+            let line = String::from_utf8_lossy(&line);
             out.insert(n.name.clone(), line.chars().take(300).collect());
         }
     }

@@ -108,13 +108,24 @@ async fn run(args: config::Args) -> anyhow::Result<()> {
             )
         })?;
 
-    let (log_store, state_machine, durable) =
+    // sled 0.34 asserts (panics) on some damaged trees instead of returning an error (seen
+    // after a torn power cut of a store that skipped its fsyncs): say so plainly.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         store::open(&cfg.data_dir.join("raft"), &cfg.data_dir.join("snapshots")).map_err(|e| {
             anyhow::anyhow!(
                 "cannot open the store in {} (is another metasrv using it?): {e}",
                 cfg.data_dir.display()
             )
-        })?;
+        })
+    }));
+    let (log_store, state_machine, durable) = match opened {
+        Ok(r) => r?,
+        Err(_) => bail!(
+            "the store in {} is damaged and cannot be read (sled failed an internal check \
+             while opening it); this node cannot start from it",
+            cfg.data_dir.join("raft").display()
+        ),
+    };
     let shared = state_machine.shared();
     let log_for_metrics = log_store.clone();
     let raft = types::Raft::new(
