@@ -453,3 +453,30 @@ async fn drive(a: &Args, cluster: Arc<Cluster>, history_path: &Path) -> anyhow::
     history.write(&Record::Convergence(c))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_turns_off_every_family_it_does_not_name() {
+        let mut a = Args::parse_from(["chaos", "--faults", "power,disk"]);
+        a.only_faults();
+        assert_eq!(a.kill_leader_every, 0);
+        assert!(a.no_chunk_kills && a.no_majority_kills);
+        assert!(a.no_pauses && a.no_chunk_freezes);
+        assert!(a.no_cuts && a.no_partitions);
+        assert!(!a.no_power_cuts && !a.no_disk_faults);
+        assert!(a.powerfs());
+        let mut a = Args::parse_from(["chaos", "--faults", "kill,partition"]);
+        a.only_faults();
+        assert_eq!(a.kill_leader_every, 10);
+        assert!(!a.no_chunk_kills && !a.no_cuts && partitions(&a));
+        assert!(a.no_power_cuts && a.no_disk_faults && !a.powerfs());
+        // Without --faults, nothing changes.
+        let mut a = Args::parse_from(["chaos", "--no-pauses"]);
+        a.only_faults();
+        assert!(a.no_pauses && !a.no_chunk_freezes && !a.no_disk_faults);
+        assert!(Args::try_parse_from(["chaos", "--faults", "meteor"]).is_err());
+    }
+}

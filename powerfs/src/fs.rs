@@ -136,6 +136,7 @@ impl Backing {
             if let Err(e) = written {
                 tracing::warn!(ino, "writing back pending bytes at shutdown: {e}");
             }
+            // Gone either way: written back, or nowhere left to write it.
             c.forget(ino);
         }
         pending
