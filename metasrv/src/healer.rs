@@ -5,8 +5,11 @@
 //! `Fsck` and `SetReplication` handlers.
 //!
 //! Safety rules:
-//! - No repair until this node has been leader for the grace period (it must have heard the
-//!   chunk servers' heartbeats first: no repair storm after an election or a full restart).
+//! - No repair until this node has heard the chunk servers' heartbeats for the grace period
+//!   (and the dead timeout): as leader, or before, as a follower that heard every heartbeat
+//!   without a gap (chunk servers heartbeat every metadata node). So a follower elected
+//!   after a leader's crash repairs at once, while a node just started, just resumed from a
+//!   pause or just reconnected waits: no repair storm from a stale view.
 //! - A round stops as soon as the term changes or this node stops being leader; every command
 //!   is re-checked when applied (the file must still be the planned version).
 //! - Soft state only: a new leader rebuilds everything from heartbeats.
@@ -16,6 +19,7 @@ use crate::repair::{self, ServerHealth, View};
 use crate::service::{now_ms, Caller, MetaNode, OpError, OpResult};
 use crate::state::command::CommandV1;
 use crate::state::{Command, MAX_LIST_PAGE, MAX_REPLICATION};
+use crate::store::blocking;
 use crate::types::NodeId;
 use dfs_common::token::Op;
 use dfs_proto::chunk_client::ChunkClient;
@@ -56,14 +60,16 @@ pub struct HealArgs {
     /// (never sooner than 4 s, when it stops getting new chunks).
     #[arg(long, env = "DFS_META_DEAD_TIMEOUT_MS", default_value_t = 30_000)]
     pub dead_timeout_ms: u64,
-    /// After becoming leader, wait this long before any repair [default: the dead timeout].
+    /// Before any repair, hear the chunk servers for this long: as leader, or as a follower
+    /// whose heartbeats never stopped for 2 s [default: the dead timeout].
     #[arg(long, env = "DFS_META_REPAIR_GRACE_MS")]
     pub repair_grace_ms: Option<u64>,
     /// Repair copy rate limit in bytes per second across the cluster (0: unlimited).
     #[arg(long, env = "DFS_META_REPAIR_RATE", default_value_t = 100 * 1024 * 1024)]
     pub repair_rate: u64,
-    /// Repair copies running at once.
-    #[arg(long, env = "DFS_META_REPAIR_CONCURRENCY", default_value_t = 8)]
+    /// Repair copies running at once (small chunks are latency-bound: a copy is a transfer, a
+    /// target fsync and a Raft entry; `--repair-rate` bounds the bytes).
+    #[arg(long, env = "DFS_META_REPAIR_CONCURRENCY", default_value_t = 32)]
     pub repair_concurrency: usize,
     /// A chunk no file references is removed (by `dfsctl admin gc --apply`) only after the
     /// leader has seen it unreferenced in the server's reports for this long.
@@ -86,7 +92,7 @@ impl Default for HealArgs {
             dead_timeout_ms: 30_000,
             repair_grace_ms: None,
             repair_rate: 100 * 1024 * 1024,
-            repair_concurrency: 8,
+            repair_concurrency: 32,
             gc_grace_ms: 3_600_000,
         }
     }
@@ -361,10 +367,13 @@ async fn round(node: &MetaNode) -> Result<bool, HealError> {
         return Ok(false);
     }
     number_inodes_once(node).await;
-    let since = *lock(&h.leader_since).get_or_insert_with(Instant::now);
-    if since.elapsed() < h.args.grace() {
-        return Ok(false);
-    }
+    let leader_since = *lock(&h.leader_since).get_or_insert_with(Instant::now);
+    // A server never heard from counts as silent from the earlier of the two.
+    let since = match node.liveness.listening_since() {
+        Some(l) if l.elapsed() >= h.args.grace().max(h.args.dead_timeout()) => l.min(leader_since),
+        _ if leader_since.elapsed() >= h.args.grace() => leader_since,
+        _ => return Ok(false),
+    };
     let t = term(node);
     // Start the orphans' clock when a new chunk report arrives (they are removed only by
     // `admin gc --apply`, which checks them again).
@@ -378,7 +387,7 @@ async fn round(node: &MetaNode) -> Result<bool, HealError> {
         due
     };
     if scan {
-        let pass = gc_pass(node);
+        let pass = blocking(|| gc_pass(node));
         h.orphans_pending
             .store(pass.orphans.len() as u64, Ordering::Relaxed);
     }
@@ -414,7 +423,9 @@ async fn round(node: &MetaNode) -> Result<bool, HealError> {
             }
         }
     }
-    let (plan, addrs) = {
+    // Planning walks the whole namespace under the state's read lock: off this worker, so the
+    // node's other tasks (Raft's heartbeats and votes among them) go on meanwhile.
+    let (plan, addrs) = blocking(|| {
         let st = node.read_state();
         let addrs: BTreeMap<NodeId, String> = st
             .chunk_servers
@@ -422,7 +433,7 @@ async fn round(node: &MetaNode) -> Result<bool, HealError> {
             .map(|(id, s)| (*id, s.addr.clone()))
             .collect();
         (repair::plan(&st, &view), addrs)
-    };
+    });
     h.queue.store(plan.copies.len() as u64, Ordering::Relaxed);
     h.lost.store(plan.lost as u64, Ordering::Relaxed);
     *lock(&h.last_plan) = Some((

@@ -79,6 +79,38 @@ pub struct Liveness {
     servers: Mutex<HashMap<NodeId, ServerView>>,
     /// Servers a writer reported stalled, and when (see `STALL_QUARANTINE`).
     stalled: Mutex<HashMap<NodeId, Instant>>,
+    listening: Mutex<Listening>,
+}
+
+/// Heartbeats from chunk servers arrive many times a second in all (each server sends one a
+/// second to every metadata node). A longer gap between any two means this node was paused,
+/// starved or cut off, and what it saw of the servers during the gap proves nothing.
+pub const MAX_HEARTBEAT_GAP: Duration = Duration::from_secs(2);
+
+/// The current run of heartbeats with no gap longer than `MAX_HEARTBEAT_GAP`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Listening {
+    since: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Listening {
+    fn heard(&mut self, at: Instant) {
+        let gap = self
+            .last
+            .is_none_or(|l| at.saturating_duration_since(l) > MAX_HEARTBEAT_GAP);
+        if gap {
+            self.since = Some(at);
+        }
+        self.last = Some(self.last.map_or(at, |l| l.max(at)));
+    }
+
+    fn since(&self, now: Instant) -> Option<Instant> {
+        let last = self.last?;
+        (now.saturating_duration_since(last) <= MAX_HEARTBEAT_GAP)
+            .then_some(self.since)
+            .flatten()
+    }
 }
 
 /// How long after a writer's stall report a server gets no new chunks. Heartbeats cannot end
@@ -89,12 +121,26 @@ impl Liveness {
     /// A heartbeat's view of `id`. Growth of its used bytes since the last one is taken off
     /// the bytes placed on it (they have landed).
     pub fn record(&self, id: NodeId, mut view: ServerView) {
+        self.listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heard(view.last_seen);
         let mut g = self.servers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = g.remove(&id) {
             view.placed = old.placed;
             view.placed.landed(view.used.saturating_sub(old.used));
         }
         g.insert(id, view);
+    }
+
+    /// Since when this node has been hearing chunk servers without a gap (`None`: not now).
+    /// A server silent for the dead timeout within that time was silent while this node was
+    /// listening: its silence is the server's, not this node's.
+    pub fn listening_since(&self) -> Option<Instant> {
+        self.listening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(Instant::now())
     }
 
     /// Count `bytes` more as placed on `id` (until its next heartbeat).
@@ -219,8 +265,25 @@ pub fn place(
 
 #[cfg(test)]
 mod tests {
-    use super::{place, Liveness, Placed, Room, ServerView, PLACED_TTL};
-    use std::time::Instant;
+    use super::{place, Listening, Liveness, Placed, Room, ServerView, PLACED_TTL};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn listening_starts_again_after_a_gap_and_ends_when_heartbeats_stop() {
+        let t0 = Instant::now();
+        let s = |secs: f64| t0 + Duration::from_secs_f64(secs);
+        let mut l = Listening::default();
+        assert_eq!(l.since(s(0.0)), None, "nothing heard yet");
+        for at in [0.0, 0.9, 1.5, 3.4] {
+            l.heard(s(at));
+        }
+        assert_eq!(l.since(s(4.0)), Some(s(0.0)), "gaps of 2 s at most");
+        l.heard(s(3.0));
+        assert_eq!(l.since(s(4.0)), Some(s(0.0)), "a late report is no gap");
+        assert_eq!(l.since(s(5.5)), None, "silent for 2.1 s: not listening now");
+        l.heard(s(5.5));
+        assert_eq!(l.since(s(6.0)), Some(s(5.5)), "a new run after the gap");
+    }
 
     fn view(capacity: u64, used: u64, disk_free: Option<u64>) -> ServerView {
         ServerView {

@@ -20,6 +20,7 @@ mod state_machine;
 mod tests;
 
 pub use log_store::LogStore;
+pub(crate) use state_machine::blocking;
 pub use state_machine::StateMachine;
 
 use std::fs::File;

@@ -238,7 +238,7 @@ impl<'a> RecordWriter<'a> {
 
 /// Run blocking work from an async function, handing this worker's other tasks (Raft's
 /// heartbeats among them) to another thread first when the runtime has one.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
