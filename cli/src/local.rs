@@ -268,6 +268,23 @@ fn binary(name: &str) -> PathBuf {
     }
 }
 
+/// Whether an HTTP server answers at `addr` (any status: `/healthz` says 503 while a node
+/// has no leader, and that node is serving all the same).
+async fn answers_http(addr: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.ok()?;
+        (&head == b"HTTP/").then_some(())
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), ask).await,
+        Ok(Some(()))
+    )
+}
+
 fn spawn(node: &mut LocalNode) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(&node.data_dir)?;
@@ -851,9 +868,14 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             spawn(n)?;
             let n = n.clone();
             c.save(&dir.dir)?;
-            // Return once it listens, so the next command finds it serving.
+            // Return once it serves, so the next command finds it serving. A node binds its
+            // ports before it opens its store, so a listening port alone says nothing: wait
+            // for an HTTP answer on its metrics address (served once the store is open), or
+            // for its exit (a store it cannot open).
             let deadline = Instant::now() + Duration::from_secs(30);
-            while tokio::net::TcpStream::connect(&n.addr).await.is_err() {
+            while !answers_http(&n.metrics_addr).await
+                || tokio::net::TcpStream::connect(&n.addr).await.is_err()
+            {
                 if !alive(n.pid, &n.kind) {
                     bail!(
                         "{node} exited while starting; see {}",
@@ -861,7 +883,7 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
                     );
                 }
                 if Instant::now() >= deadline {
-                    bail!("{node} did not listen on {} within 30 s", n.addr);
+                    bail!("{node} did not start serving on {} within 30 s", n.addr);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -887,5 +909,31 @@ pub async fn run(ctx: &Ctx, cmd: LocalCmd) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::answers_http;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_bound_port_that_does_not_serve_is_not_an_answer() {
+        // Bound (connections complete in the kernel's backlog) but never accepted: what a
+        // node looks like while it opens its store, or just before it exits on a bad one.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        assert!(!answers_http(&silent.local_addr().unwrap().to_string()).await);
+
+        let serving = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = serving.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut s, _) = serving.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        assert!(answers_http(&addr).await, "any status is an answer");
     }
 }

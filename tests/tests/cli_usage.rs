@@ -226,6 +226,25 @@ fn local_names_ids_and_json() {
     );
 }
 
+/// A node whose store cannot be opened (here `raft` is a file, not sled's directory) exits
+/// while starting: `local start` fails, names its log, and the log says why. (A node binds its
+/// ports before it opens its store; that `local start` waits for an HTTP answer, not a bound
+/// port, is `answers_http`'s unit test: this store fails too fast to tell the two apart.)
+#[test]
+fn a_node_whose_store_cannot_be_opened_is_not_reported_started() {
+    let c = dfs_tests::Cluster::up(3, 1, &[]);
+    c.ctl(&["local", "kill", "meta-3"]).ok();
+    let raft = c.path().join("meta-3").join("raft");
+    std::fs::remove_dir_all(&raft).unwrap();
+    std::fs::write(&raft, b"not a store").unwrap();
+    let err = c
+        .ctl(&["local", "start", "meta-3"])
+        .fails_with("meta-3 exited while starting");
+    assert!(err.contains("meta-3/log"), "{err}");
+    let log = std::fs::read_to_string(c.path().join("meta-3").join("log")).unwrap();
+    assert!(log.contains("cannot open the store"), "{log}");
+}
+
 /// Issue 26: `admin health` judges a chunk with no good replica as `fsck` does: fsck says
 /// CORRUPT, health says ERR (it said OK or WARN: it only looked when a server was down). The
 /// only replica is damaged on disk (both local copies) and a reader reports it bad.
